@@ -1,0 +1,248 @@
+//! Connection authentication: Rails' `identified_by` plus `connect`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+
+/// What the connection hook sees of the upgrade request. Transport-neutral:
+/// the server fills it from the HTTP request.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectRequest {
+    path: String,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    cookies: HashMap<String, String>,
+    peer: Option<SocketAddr>,
+}
+
+impl ConnectRequest {
+    /// Builds a request. Header names are matched case-insensitively; cookies
+    /// are parsed from every `Cookie` header and percent-decoded (as Rack does).
+    pub fn new(
+        path: impl Into<String>,
+        query: Option<&str>,
+        headers: Vec<(String, String)>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        let query = query
+            .map(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut cookies = HashMap::new();
+        for (name, value) in &headers {
+            if name.eq_ignore_ascii_case("cookie") {
+                for c in cookie::Cookie::split_parse_encoded(value.clone()).flatten() {
+                    // The first occurrence wins, like Rack.
+                    cookies
+                        .entry(c.name().to_owned())
+                        .or_insert_with(|| c.value().to_owned());
+                }
+            }
+        }
+        ConnectRequest {
+            path: path.into(),
+            query,
+            headers,
+            cookies,
+            peer,
+        }
+    }
+
+    /// The request path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers, in request order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// The value of cookie `name`, percent-decoded.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    /// The peer's socket address, when the transport knows it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+}
+
+/// The identifiers of an authenticated connection (`identified_by`), in the
+/// order they were declared. Values are the strings Rails would use: a plain
+/// `to_s`, or a model's GlobalID param.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identifiers(Vec<(String, String)>);
+
+impl Identifiers {
+    /// No identifiers (an anonymous connection).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) identifier `name`.
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// Adds (or replaces) identifier `name`.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of identifier `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All identifiers, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Rails' `connection_identifier`: the values sorted and joined with `:`.
+    ///
+    /// ```
+    /// use cable_core::Identifiers;
+    /// let ids = Identifiers::new().with("current_user", "bob").with("account", "acme");
+    /// assert_eq!(ids.connection_identifier(), "acme:bob");
+    /// ```
+    pub fn connection_identifier(&self) -> String {
+        let mut values: Vec<&str> = self.0.iter().map(|(_, v)| v.as_str()).collect();
+        values.sort_unstable();
+        values.join(":")
+    }
+}
+
+/// Returned by the connection hook to refuse a connection. The client gets
+/// `{"type":"disconnect","reason":"unauthorized","reconnect":false}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
+#[error("unauthorized connection: {reason}")]
+pub struct Unauthorized {
+    /// Why, for the log only; never sent to the client.
+    pub reason: String,
+}
+
+impl Unauthorized {
+    /// An `Unauthorized` with a reason for the log.
+    pub fn because(reason: impl Into<String>) -> Self {
+        Unauthorized {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The connection hook: decides who a connection is, once, after the upgrade.
+#[async_trait]
+pub trait Authenticate: Send + Sync + 'static {
+    /// Rails' `connect`: identify the connection or refuse it.
+    async fn connect(&self, request: &ConnectRequest) -> Result<Identifiers, Unauthorized>;
+
+    /// Rails' `disconnect`: runs once the connection has closed.
+    async fn disconnect(&self, _identifiers: &Identifiers) {}
+}
+
+/// Accepts every connection, with no identifiers. The default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+#[async_trait]
+impl Authenticate for AllowAll {
+    async fn connect(&self, _request: &ConnectRequest) -> Result<Identifiers, Unauthorized> {
+        Ok(Identifiers::new())
+    }
+}
+
+/// An [`Authenticate`] made from an async function of the request.
+#[derive(Clone, Debug)]
+pub struct AuthFn<F>(F);
+
+/// Wraps an async closure as the connection hook.
+///
+/// ```
+/// use cable_core::{authenticate_with, Identifiers, Unauthorized};
+/// let auth = authenticate_with(|req| async move {
+///     match req.cookie("user") {
+///         Some(u) => Ok(Identifiers::new().with("current_user", u)),
+///         None => Err(Unauthorized::because("no user cookie")),
+///     }
+/// });
+/// # let _ = auth;
+/// ```
+pub fn authenticate_with<F, Fut>(f: F) -> AuthFn<F>
+where
+    F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Identifiers, Unauthorized>> + Send,
+{
+    AuthFn(f)
+}
+
+#[async_trait]
+impl<F, Fut> Authenticate for AuthFn<F>
+where
+    F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Identifiers, Unauthorized>> + Send,
+{
+    async fn connect(&self, request: &ConnectRequest) -> Result<Identifiers, Unauthorized> {
+        (self.0)(request.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cookies_query_and_headers() {
+        let req = ConnectRequest::new(
+            "/cable",
+            Some("user=al%20ice&x=1&user=bob"),
+            vec![
+                ("Cookie".into(), "a=1; user=b%2Bc%3D; broken".into()),
+                ("Origin".into(), "http://x".into()),
+            ],
+            None,
+        );
+        assert_eq!(req.query("user"), Some("al ice"));
+        assert_eq!(req.cookie("user"), Some("b+c="));
+        assert_eq!(req.cookie("a"), Some("1"));
+        assert_eq!(req.header("origin"), Some("http://x"));
+        assert_eq!(req.cookie("missing"), None);
+    }
+}

@@ -1,0 +1,438 @@
+//! The server object: channels, the connection hook, the pub/sub adapter, the
+//! stream hub and the registry of live connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+
+use crate::auth::{AllowAll, Authenticate, ConnectRequest, Identifiers};
+use crate::channel::Channel;
+use crate::connection::{self, Inbound};
+use crate::hub::{Control, Hub};
+use crate::json;
+use crate::outbox::Outbox;
+use crate::protocol::Frame;
+use crate::pubsub::{Delivery, MemoryPubSub, PubSub, PubSubError};
+
+pub(crate) type ChannelFactory = Box<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
+
+/// Core settings. Transport settings (origins, buffer sizes) live in the server.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CableConfig {
+    /// Bytes a connection may have queued for sending before it is
+    /// disconnected as `too_slow`. Default 1 MiB.
+    pub outbound_queue_bytes: usize,
+    /// Send `reject_subscription` for an unknown channel. Rails sends nothing
+    /// (and the JS client retries forever); default false, as Rails.
+    pub reject_unknown_channels: bool,
+    /// Most subscriptions one connection may hold; further subscribes are
+    /// rejected. Default: no limit.
+    pub max_subscriptions_per_connection: Option<usize>,
+}
+
+impl Default for CableConfig {
+    fn default() -> Self {
+        CableConfig {
+            outbound_queue_bytes: 1 << 20,
+            reject_unknown_channels: false,
+            max_subscriptions_per_connection: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) messages_received: Counter,
+    pub(crate) unauthorized: Counter,
+    pub(crate) connections_total: Counter,
+    pub(crate) too_slow: Arc<AtomicU64>,
+}
+
+/// A snapshot of the server's figures.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Open, welcomed connections.
+    pub connections: usize,
+    /// Connections welcomed since start.
+    pub connections_total: u64,
+    /// Connections refused by the connection hook.
+    pub unauthorized: u64,
+    /// Streams with at least one local subscriber.
+    pub streams: usize,
+    /// Commands received from clients.
+    pub messages_received: u64,
+    /// Broadcasts that reached this process from the adapter.
+    pub broadcasts: u64,
+    /// Data frames queued to clients from broadcasts.
+    pub deliveries: u64,
+    /// Connections dropped because their outbound queue overflowed.
+    pub too_slow_disconnects: u64,
+    /// Seconds since the server was built.
+    pub uptime_secs: u64,
+}
+
+pub(crate) struct ConnHandle {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) ctl: mpsc::UnboundedSender<Control>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) channels: HashMap<Arc<str>, ChannelFactory>,
+    pub(crate) auth: Arc<dyn Authenticate>,
+    pub(crate) config: CableConfig,
+    pub(crate) counters: Counters,
+    connections: Mutex<HashMap<u64, ConnHandle>>,
+    next_id: AtomicU64,
+    shutting_down: AtomicBool,
+    drained: Notify,
+    started: Instant,
+}
+
+impl Inner {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, ConnHandle>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn register(&self, id: u64, handle: ConnHandle) {
+        self.counters.connections_total.inc();
+        let ctl = handle.ctl.clone();
+        self.conns().insert(id, handle);
+        // A shutdown that started while this connection was being welcomed
+        // must still reach it.
+        if self.is_shutting_down() {
+            let _ = ctl.send(Control::Shutdown);
+        }
+    }
+
+    pub(crate) fn deregister(&self, id: u64) {
+        let mut conns = self.conns();
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn broadcaster(&self) -> Broadcaster {
+        Broadcaster {
+            pubsub: self.hub.pubsub.clone(),
+        }
+    }
+}
+
+/// Broadcasts from anywhere: an axum handler, a background job, a channel.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Broadcaster {
+    pubsub: Arc<dyn PubSub>,
+}
+
+impl std::fmt::Debug for Broadcaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcaster")
+            .field("adapter", &self.pubsub.name())
+            .finish()
+    }
+}
+
+impl Broadcaster {
+    /// Rails' `ActionCable.server.broadcast(stream, message)`: encodes
+    /// `message` as Rails does and publishes it on `stream`.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        stream: &str,
+        message: &T,
+    ) -> Result<(), PubSubError> {
+        let payload = json::encode(message)
+            .map_err(|e| PubSubError::Backend(format!("could not encode message: {e}")))?;
+        self.pubsub.broadcast(stream, &payload).await
+    }
+
+    /// Publishes JSON text as it is (it must be valid JSON: subscribers drop
+    /// payloads they cannot decode, as Rails does).
+    pub async fn broadcast_raw(&self, stream: &str, json_text: &str) -> Result<(), PubSubError> {
+        self.pubsub.broadcast(stream, json_text).await
+    }
+
+    /// Rails' `remote_connections.where(...).disconnect(reconnect:)`: ends
+    /// every connection, on every node, whose identifiers are exactly these.
+    pub async fn remote_disconnect(
+        &self,
+        identifiers: &Identifiers,
+        reconnect: bool,
+    ) -> Result<(), PubSubError> {
+        let channel = format!("action_cable/{}", identifiers.connection_identifier());
+        let payload = format!(r#"{{"type":"disconnect","reconnect":{reconnect}}}"#);
+        self.pubsub.broadcast(&channel, &payload).await
+    }
+}
+
+/// The cable server core. Cheap to clone; all clones share one server.
+///
+/// ```
+/// use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
+///
+/// #[derive(Default)]
+/// struct Lobby;
+///
+/// #[async_trait]
+/// impl Channel for Lobby {
+///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+///         ctx.stream_from("lobby");
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cable = Cable::builder().channel("LobbyChannel", Lobby::default).build();
+/// cable.broadcast("lobby", &serde_json::json!({"hello": "world"})).await.unwrap();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cable {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cable")
+            .field("adapter", &self.inner.hub.pubsub.name())
+            .field("channels", &self.inner.channels.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+type PubSubFactory = Box<dyn FnOnce(Delivery) -> Arc<dyn PubSub>>;
+
+/// Builds a [`Cable`].
+pub struct CableBuilder {
+    channels: HashMap<Arc<str>, ChannelFactory>,
+    auth: Arc<dyn Authenticate>,
+    pubsub: PubSubFactory,
+    config: CableConfig,
+}
+
+impl std::fmt::Debug for CableBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CableBuilder").finish_non_exhaustive()
+    }
+}
+
+impl CableBuilder {
+    /// Registers a channel under its Rails class name (`"ChatChannel"`); a new
+    /// instance is made by `factory` for every subscription.
+    pub fn channel<C, F>(mut self, name: &str, factory: F) -> Self
+    where
+        C: Channel,
+        F: Fn() -> C + Send + Sync + 'static,
+    {
+        self.channels
+            .insert(name.into(), Box::new(move || Box::new(factory())));
+        self
+    }
+
+    /// Sets the connection hook. Default: [`AllowAll`].
+    pub fn authenticate(mut self, auth: impl Authenticate) -> Self {
+        self.auth = Arc::new(auth);
+        self
+    }
+
+    /// Sets the pub/sub adapter. `make` receives the [`Delivery`] handle the
+    /// adapter must hand incoming messages to. Default: [`MemoryPubSub`].
+    pub fn pubsub<P, F>(mut self, make: F) -> Self
+    where
+        P: PubSub,
+        F: FnOnce(Delivery) -> P + 'static,
+    {
+        self.pubsub = Box::new(move |d| Arc::new(make(d)));
+        self
+    }
+
+    /// Sets the core settings.
+    pub fn config(mut self, config: CableConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds the server.
+    pub fn build(self) -> Cable {
+        let make = self.pubsub;
+        let hub = Arc::new_cyclic(|weak| Hub::new(make(Delivery { hub: weak.clone() })));
+        Cable {
+            inner: Arc::new(Inner {
+                hub,
+                channels: self.channels,
+                auth: self.auth,
+                config: self.config,
+                counters: Counters::default(),
+                connections: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+                drained: Notify::new(),
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl Cable {
+    /// Starts building a server.
+    pub fn builder() -> CableBuilder {
+        CableBuilder {
+            channels: HashMap::new(),
+            auth: Arc::new(AllowAll),
+            pubsub: Box::new(|d| Arc::new(MemoryPubSub::new(d))),
+            config: CableConfig::default(),
+        }
+    }
+
+    /// A handle to broadcast from anywhere.
+    pub fn broadcaster(&self) -> Broadcaster {
+        self.inner.broadcaster()
+    }
+
+    /// See [`Broadcaster::broadcast`].
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        stream: &str,
+        message: &T,
+    ) -> Result<(), PubSubError> {
+        self.broadcaster().broadcast(stream, message).await
+    }
+
+    /// See [`Broadcaster::remote_disconnect`].
+    pub async fn remote_disconnect(
+        &self,
+        identifiers: &Identifiers,
+        reconnect: bool,
+    ) -> Result<(), PubSubError> {
+        self.broadcaster()
+            .remote_disconnect(identifiers, reconnect)
+            .await
+    }
+
+    /// The settings this server was built with.
+    pub fn config(&self) -> &CableConfig {
+        &self.inner.config
+    }
+
+    /// A new outbound queue sized by [`CableConfig::outbound_queue_bytes`].
+    pub fn new_outbox(&self) -> Arc<Outbox> {
+        Outbox::with_counter(
+            self.inner.config.outbound_queue_bytes,
+            Some(self.inner.counters.too_slow.clone()),
+        )
+    }
+
+    /// Runs one connection to its end: authenticates `request`, sends the
+    /// welcome, then handles frames from `inbound` until it ends, the server
+    /// ends the connection, or `outbox` closes. Everything to send goes to
+    /// `outbox`, which a transport drains; the last item is always a close.
+    /// Frames that arrive before the welcome wait in `inbound` and are handled
+    /// in order after it.
+    pub async fn run_connection<S>(&self, request: ConnectRequest, inbound: S, outbox: Arc<Outbox>)
+    where
+        S: Stream<Item = Inbound> + Unpin + Send,
+    {
+        connection::run(self.inner.clone(), request, inbound, outbox).await
+    }
+
+    /// Sends one ping to every welcomed connection (call every 3 s from a
+    /// single timer). Returns the number of connections pinged.
+    pub fn beat(&self) -> usize {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let frame = Frame::ping(secs);
+        let conns = self.inner.conns();
+        for c in conns.values() {
+            let _ = c.outbox.push(frame.clone());
+        }
+        conns.len()
+    }
+
+    /// Starts a shutdown: new connections are refused and every open one is
+    /// sent `{"type":"disconnect","reason":"server_restart","reconnect":true}`
+    /// and closed.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        for c in self.inner.conns().values() {
+            let _ = c.ctl.send(Control::Shutdown);
+        }
+    }
+
+    /// Whether [`Cable::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.is_shutting_down()
+    }
+
+    /// Waits until every connection has ended, at most `timeout`. Returns the
+    /// number still open.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.drained.notified();
+            let open = self.inner.conns().len();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inner.conns().len();
+            }
+        }
+    }
+
+    /// Whether the pub/sub adapter is connected.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.hub.pubsub.is_connected()
+    }
+
+    /// The pub/sub adapter's name.
+    pub fn adapter_name(&self) -> &'static str {
+        self.inner.hub.pubsub.name()
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            connections: self.inner.conns().len(),
+            connections_total: c.connections_total.get(),
+            unauthorized: c.unauthorized.get(),
+            streams: self.inner.hub.stream_count(),
+            messages_received: c.messages_received.get(),
+            broadcasts: self.inner.hub.broadcasts_received.load(Ordering::Relaxed),
+            deliveries: self.inner.hub.delivered.load(Ordering::Relaxed),
+            too_slow_disconnects: c.too_slow.load(Ordering::Relaxed),
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+        }
+    }
+}

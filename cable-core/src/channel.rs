@@ -1,0 +1,350 @@
+//! User channels (Rails' `ActionCable::Channel::Base`) and the context they
+//! work through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::Shared;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::task::AbortHandle;
+
+use crate::auth::Identifiers;
+use crate::cable::Broadcaster;
+use crate::connection::ConnShared;
+use crate::hub::{Control, Target};
+use crate::json;
+use crate::naming::{broadcasting_for, ToParam};
+use crate::protocol::Frame;
+use crate::pubsub::{Ack, PubSubError};
+
+/// A subscription's parameters: the decoded identifier, `channel` included.
+pub type Params = serde_json::Map<String, Value>;
+
+/// An error from channel code. The client is sent nothing (as in Rails); the
+/// server logs it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// No action of that name (Rails: `Unable to process ChatChannel#name`).
+    #[error("unknown action `{0}`")]
+    UnknownAction(String),
+    /// The data sent does not fit what the action expects.
+    #[error("invalid data: {0}")]
+    InvalidData(String),
+    /// A value could not be encoded as JSON.
+    #[error("could not encode JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A broadcast failed in the pub/sub adapter.
+    #[error(transparent)]
+    PubSub(#[from] PubSubError),
+    /// Anything else.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ChannelError {
+    /// Wraps any error (or message) as [`ChannelError::Other`].
+    pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ChannelError::Other(e.into())
+    }
+}
+
+/// A channel: one instance per subscription, like a Rails channel object.
+///
+/// All methods run on the connection's task, one at a time, so `&mut self`
+/// state needs no locking. Actions are dispatched by name through
+/// [`Channel::perform`]; an action the channel does not know should return
+/// [`ChannelError::UnknownAction`] (the default does).
+///
+/// ```
+/// use cable_core::{async_trait, Channel, ChannelError, Context};
+/// use serde_json::{json, Value};
+///
+/// #[derive(Default)]
+/// struct EchoChannel;
+///
+/// #[async_trait]
+/// impl Channel for EchoChannel {
+///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+///         let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+///         ctx.stream_from(format!("echo_{room}"));
+///         Ok(())
+///     }
+///     async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> Result<(), ChannelError> {
+///         match action {
+///             "ping" => ctx.transmit(&json!({"pong": data["n"]})),
+///             _ => Err(ChannelError::UnknownAction(action.into())),
+///         }
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Channel: Send + 'static {
+    /// Runs when the client subscribes. Call [`Context::stream_from`] here, or
+    /// [`Context::reject`] to refuse the subscription.
+    async fn subscribed(&mut self, _ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    /// Runs when the subscription ends (unsubscribe, rejection or socket close),
+    /// before its streams and timers are stopped.
+    async fn unsubscribed(&mut self, _ctx: &mut Context<'_>) {}
+
+    /// Runs action `action` (`data["action"]`, or `"receive"` when absent) with
+    /// the whole decoded data object, `action` included.
+    async fn perform(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        action: &str,
+        _data: Value,
+    ) -> Result<(), ChannelError> {
+        Err(ChannelError::UnknownAction(action.to_owned()))
+    }
+
+    /// Runs when a timer set with [`Context::periodically`] fires.
+    async fn timer(&mut self, _ctx: &mut Context<'_>, _name: &str) -> Result<(), ChannelError> {
+        Ok(())
+    }
+}
+
+/// Per-subscription state the context works on.
+pub(crate) struct SubState {
+    pub(crate) identifier: Arc<str>,
+    pub(crate) class: Arc<str>,
+    pub(crate) params: Params,
+    pub(crate) serial: u64,
+    pub(crate) streams: Vec<String>,
+    pub(crate) pending: Vec<(String, Shared<Ack>)>,
+    pub(crate) timers: Vec<AbortHandle>,
+    pub(crate) rejected: bool,
+    pub(crate) stopped: bool,
+}
+
+impl SubState {
+    pub(crate) fn new(identifier: Arc<str>, class: Arc<str>, params: Params, serial: u64) -> Self {
+        SubState {
+            identifier,
+            class,
+            params,
+            serial,
+            streams: Vec::new(),
+            pending: Vec::new(),
+            timers: Vec::new(),
+            rejected: false,
+            stopped: false,
+        }
+    }
+
+    pub(crate) fn stream_from(&mut self, conn: &ConnShared, stream: String) {
+        if self.stopped || self.streams.contains(&stream) {
+            return;
+        }
+        tracing::info!("{} is streaming from {}", self.class, stream);
+        let ack = conn.cable.hub.add(
+            &stream,
+            &self.identifier,
+            conn.id,
+            Target::Frames(conn.outbox.clone()),
+        );
+        self.pending.push((stream.clone(), ack));
+        self.streams.push(stream);
+    }
+
+    pub(crate) fn stop_stream_from(&mut self, conn: &ConnShared, stream: &str) {
+        if let Some(i) = self.streams.iter().position(|s| s == stream) {
+            self.streams.swap_remove(i);
+            self.pending.retain(|(s, _)| s != stream);
+            tracing::info!("{} stopped streaming from {}", self.class, stream);
+            conn.cable.hub.remove(stream, &self.identifier, conn.id);
+        }
+    }
+
+    pub(crate) fn stop_all_streams(&mut self, conn: &ConnShared) {
+        self.pending.clear();
+        for stream in self.streams.drain(..) {
+            tracing::info!("{} stopped streaming from {}", self.class, stream);
+            conn.cable.hub.remove(&stream, &self.identifier, conn.id);
+        }
+    }
+
+    /// Stops streams and timers; later `stream_from` calls are no-ops.
+    pub(crate) fn stop(&mut self, conn: &ConnShared) {
+        self.stopped = true;
+        self.stop_all_streams(conn);
+        for t in self.timers.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// What channel code can do: read params and identifiers, stream, transmit,
+/// reject, broadcast, set timers. Borrowed for the length of one callback.
+pub struct Context<'a> {
+    pub(crate) conn: &'a ConnShared,
+    pub(crate) sub: &'a mut SubState,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("identifier", &self.sub.identifier)
+            .field("connection", &self.conn.connection_identifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Context<'a> {
+    /// The subscription's params (the decoded identifier, `channel` included).
+    pub fn params(&self) -> &Params {
+        &self.sub.params
+    }
+
+    /// Param `name`.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.sub.params.get(name)
+    }
+
+    /// Param `name` when it is a string.
+    pub fn param_str(&self, name: &str) -> Option<&str> {
+        self.param(name).and_then(Value::as_str)
+    }
+
+    /// The subscription identifier exactly as the client sent it.
+    pub fn identifier(&self) -> &str {
+        &self.sub.identifier
+    }
+
+    /// The registered channel name (`"ChatChannel"`).
+    pub fn channel_class(&self) -> &str {
+        &self.sub.class
+    }
+
+    /// The connection's identifiers (from the connection hook).
+    pub fn identifiers(&self) -> &Identifiers {
+        &self.conn.identifiers
+    }
+
+    /// Identifier `name` of the connection (`current_user`, ...).
+    pub fn identified(&self, name: &str) -> Option<&str> {
+        self.conn.identifiers.get(name)
+    }
+
+    /// Rails' `connection_identifier`.
+    pub fn connection_identifier(&self) -> &str {
+        &self.conn.connection_identifier
+    }
+
+    /// Streams broadcasts on `stream` to this subscription. Inside `subscribed`,
+    /// the confirmation waits until the adapter has acknowledged every stream.
+    /// A no-op after the subscription ended (as in Rails 7.2+).
+    pub fn stream_from(&mut self, stream: impl Into<String>) {
+        self.sub.stream_from(self.conn, stream.into());
+    }
+
+    /// Streams from Rails' `broadcasting_for(key)` of this channel, e.g.
+    /// `chat:42` for `ChatChannel` and key `42`.
+    pub fn stream_for<K: ToParam + ?Sized>(&mut self, key: &K) {
+        let name = broadcasting_for(&self.sub.class, key);
+        self.stream_from(name);
+    }
+
+    /// Stops streaming from `stream`.
+    pub fn stop_stream_from(&mut self, stream: &str) {
+        self.sub.stop_stream_from(self.conn, stream);
+    }
+
+    /// Stops streaming from `broadcasting_for(key)`.
+    pub fn stop_stream_for<K: ToParam + ?Sized>(&mut self, key: &K) {
+        let name = broadcasting_for(&self.sub.class, key);
+        self.stop_stream_from(&name);
+    }
+
+    /// Stops every stream of this subscription.
+    pub fn stop_all_streams(&mut self) {
+        self.sub.stop_all_streams(self.conn);
+    }
+
+    /// The streams this subscription listens to.
+    pub fn streams(&self) -> &[String] {
+        &self.sub.streams
+    }
+
+    /// Sends `{"identifier":…,"message":<message>}` to this client only.
+    pub fn transmit<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), ChannelError> {
+        let encoded = json::encode(message)?;
+        tracing::debug!("{} transmitting {}", self.sub.class, encoded);
+        // A closed or overflowing outbox ends the connection on its own; the
+        // channel has nothing to do about it.
+        let _ = self
+            .conn
+            .outbox
+            .push(Frame::message(&self.sub.identifier, &encoded));
+        Ok(())
+    }
+
+    /// Refuses the subscription (call from `subscribed`): the client gets
+    /// `reject_subscription` after `unsubscribed` has run.
+    pub fn reject(&mut self) {
+        self.sub.rejected = true;
+    }
+
+    /// Whether [`Context::reject`] was called.
+    pub fn is_rejected(&self) -> bool {
+        self.sub.rejected
+    }
+
+    /// A handle to broadcast from anywhere (clone it into tasks).
+    pub fn broadcaster(&self) -> Broadcaster {
+        self.conn.cable.broadcaster()
+    }
+
+    /// Broadcasts `message` on `stream` through the pub/sub adapter.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        stream: &str,
+        message: &T,
+    ) -> Result<(), ChannelError> {
+        Ok(self
+            .conn
+            .cable
+            .broadcaster()
+            .broadcast(stream, message)
+            .await?)
+    }
+
+    /// Calls [`Channel::timer`] with `name` every `every`, until the
+    /// subscription ends (Rails' `periodically`). A zero period is refused.
+    pub fn periodically(&mut self, name: &str, every: Duration) -> Result<(), ChannelError> {
+        if every.is_zero() {
+            return Err(ChannelError::InvalidData(
+                "periodically: the period must be positive".into(),
+            ));
+        }
+        if self.sub.stopped {
+            return Ok(());
+        }
+        let tx = self.conn.ctl.clone();
+        let serial = self.sub.serial;
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if tx
+                    .send(Control::Timer {
+                        serial,
+                        name: name.clone(),
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        self.sub.timers.push(task.abort_handle());
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! `cable-core`: the socket-free heart of cable, an ActionCable-compatible
+//! channel server.
+//!
+//! It speaks Rails' `actioncable-v1-json` protocol as frames in and frames
+//! out: a transport (see the `cable-server` crate) hands a connection's text
+//! frames to [`Cable::run_connection`] and writes out whatever appears in the
+//! connection's [`Outbox`]. Nothing here opens a socket or parses HTTP, which
+//! is what makes the protocol testable end to end with plain channels.
+//!
+//! The pieces mirror Rails: a [`Cable`] server holds the registered
+//! [`Channel`]s, the connection hook ([`Authenticate`], Rails' `connect` and
+//! `identified_by`) and a [`PubSub`] adapter (Rails' subscription adapter; the
+//! in-memory [`MemoryPubSub`] is the default). Each subscription gets its own
+//! channel instance and a [`Context`] to stream, transmit and reject.
+//!
+//! ```
+//! use cable_core::{async_trait, authenticate_with, Cable, Channel, ChannelError, Context,
+//!     ConnectRequest, Identifiers, Inbound, Unauthorized};
+//! use serde_json::{json, Value};
+//!
+//! #[derive(Default)]
+//! struct ChatChannel;
+//!
+//! #[async_trait]
+//! impl Channel for ChatChannel {
+//!     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+//!         let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+//!         ctx.stream_from(format!("chat_{room}"));
+//!         Ok(())
+//!     }
+//!     async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> Result<(), ChannelError> {
+//!         match action {
+//!             "speak" => {
+//!                 let user = ctx.identified("current_user").unwrap_or("anon").to_owned();
+//!                 let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+//!                 ctx.broadcast(&format!("chat_{room}"), &json!({"user": user, "body": data["body"]})).await
+//!             }
+//!             _ => Err(ChannelError::UnknownAction(action.into())),
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let cable = Cable::builder()
+//!     .channel("ChatChannel", ChatChannel::default)
+//!     .authenticate(authenticate_with(|req: ConnectRequest| async move {
+//!         req.query("user")
+//!             .map(|u| Identifiers::new().with("current_user", u))
+//!             .ok_or_else(|| Unauthorized::because("no user"))
+//!     }))
+//!     .build();
+//!
+//! // A connection driven by hand: frames in through a channel, frames out of the outbox.
+//! let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+//! let inbound = tokio_stream_shim(rx);
+//! let outbox = cable.new_outbox();
+//! let request = ConnectRequest::new("/cable", Some("user=alice"), vec![], None);
+//! let id = r#"{"channel":"ChatChannel","room":"1"}"#;
+//! tx.send(Inbound::Text(json!({"command": "subscribe", "identifier": id}).to_string())).unwrap();
+//! drop(tx);
+//! cable.run_connection(request, inbound, outbox.clone()).await;
+//! let mut out = Vec::new();
+//! outbox.pop_batch(&mut out, 16).await;
+//! assert_eq!(format!("{:?}", out[0]), r#"Text(Frame("{\"type\":\"welcome\"}"))"#);
+//! # }
+//! # fn tokio_stream_shim(mut rx: tokio::sync::mpsc::UnboundedReceiver<Inbound>) -> impl futures_util::Stream<Item = Inbound> + Unpin {
+//! #     Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod auth;
+mod cable;
+mod channel;
+mod connection;
+mod hub;
+pub mod json;
+mod naming;
+mod outbox;
+pub mod protocol;
+mod pubsub;
+
+pub use async_trait::async_trait;
+
+#[doc(inline)]
+pub use crate::{
+    auth::{
+        authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
+        Unauthorized,
+    },
+    cable::{Broadcaster, Cable, CableBuilder, CableConfig, Stats},
+    channel::{Channel, ChannelError, Context, Params},
+    connection::Inbound,
+    naming::{broadcasting_for, channel_name, ToParam},
+    outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG},
+    protocol::{DisconnectReason, Frame},
+    pubsub::{Ack, Delivery, MemoryPubSub, PubSub, PubSubError},
+};

@@ -1,0 +1,253 @@
+//! A connection's outbound queue: bounded in bytes, never awaited by producers.
+//!
+//! Everything a connection sends (welcome, pings, confirmations, transmits and
+//! broadcasts) goes through its `Outbox`, so frames leave in the order they
+//! were produced. Producers (the stream hub, the heartbeat, the session) push
+//! without awaiting the socket; a transport's writer task drains the queue.
+//! When a client stops reading and the queue grows past its byte capacity, the
+//! queue is dropped and replaced by a `too_slow` disconnect (AnyCable's policy):
+//! memory per connection stays bounded and nobody else waits for that client.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::protocol::{DisconnectReason, Frame};
+
+/// WebSocket close code for a normal closure (what Rails always sends).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// WebSocket close code for a message larger than the server accepts.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// What a transport writes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A text frame.
+    Text(Frame),
+    /// A close frame; nothing follows it.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (short, ASCII).
+        reason: &'static str,
+    },
+}
+
+/// Why a push was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The outbox is closing or closed; the frame was dropped.
+    #[error("connection is closing")]
+    Closed,
+    /// The frame did not fit: the client was disconnected as too slow.
+    #[error("client too slow: outbound queue overflowed")]
+    Overflow,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    /// No more pushes are accepted (a close is queued or the writer failed).
+    closing: bool,
+    /// The close frame has been handed to the writer.
+    finished: bool,
+}
+
+/// A bounded, byte-counted outbound queue for one connection.
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    closed: CancellationToken,
+    capacity: usize,
+    overflows: Option<Arc<AtomicU64>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// An outbox that holds at most `capacity` bytes of queued text.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_counter(capacity, None)
+    }
+
+    pub(crate) fn with_counter(capacity: usize, overflows: Option<Arc<AtomicU64>>) -> Arc<Self> {
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            closed: CancellationToken::new(),
+            capacity,
+            overflows,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // in a way that matters more than losing the connection; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a text frame. Never waits.
+    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        let mut st = self.lock();
+        if st.closing {
+            return Err(PushError::Closed);
+        }
+        if st.bytes + frame.len() > self.capacity && !st.queue.is_empty() {
+            st.queue.clear();
+            st.bytes = 0;
+            st.queue.push_back(Outgoing::Text(Frame::disconnect(
+                Some(DisconnectReason::TooSlow),
+                true,
+            )));
+            st.queue.push_back(Outgoing::Close {
+                code: CLOSE_NORMAL,
+                reason: "",
+            });
+            st.closing = true;
+            drop(st);
+            if let Some(c) = &self.overflows {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            self.closed.cancel();
+            self.notify.notify_one();
+            return Err(PushError::Overflow);
+        }
+        st.bytes += frame.len();
+        st.queue.push_back(Outgoing::Text(frame));
+        drop(st);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues an optional last frame and a close frame; later pushes are refused.
+    /// Returns false if the outbox was already closing.
+    pub fn close(&self, last: Option<Frame>, code: u16, reason: &'static str) -> bool {
+        let mut st = self.lock();
+        if st.closing {
+            return false;
+        }
+        st.closing = true;
+        if let Some(f) = last {
+            st.bytes += f.len();
+            st.queue.push_back(Outgoing::Text(f));
+        }
+        st.queue.push_back(Outgoing::Close { code, reason });
+        drop(st);
+        self.closed.cancel();
+        self.notify.notify_one();
+        true
+    }
+
+    /// The transport failed: drop whatever is queued and stop.
+    pub fn abort(&self) {
+        let mut st = self.lock();
+        st.closing = true;
+        st.finished = true;
+        st.queue.clear();
+        st.bytes = 0;
+        drop(st);
+        self.closed.cancel();
+        self.notify.notify_one();
+    }
+
+    /// Whether the outbox accepts no more frames.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves once the outbox stops accepting frames.
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Moves up to `max` queued items into `buf`, waiting while the queue is
+    /// empty. Returns false once the close frame has been taken (or the outbox
+    /// was aborted): the writer should stop. Meant for a single consumer.
+    pub async fn pop_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> bool {
+        loop {
+            {
+                let mut st = self.lock();
+                if st.finished && st.queue.is_empty() {
+                    return false;
+                }
+                if !st.queue.is_empty() {
+                    while buf.len() < max {
+                        match st.queue.pop_front() {
+                            Some(Outgoing::Text(f)) => {
+                                st.bytes -= f.len();
+                                buf.push(Outgoing::Text(f));
+                            }
+                            Some(close @ Outgoing::Close { .. }) => {
+                                st.finished = true;
+                                st.queue.clear();
+                                st.bytes = 0;
+                                buf.push(close);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    return true;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_replaces_queue_with_too_slow() {
+        let ob = Outbox::new(100);
+        ob.push(Frame::message("i", &"x".repeat(40))).unwrap();
+        assert_eq!(
+            ob.push(Frame::message("i", &"y".repeat(40))),
+            Err(PushError::Overflow)
+        );
+        assert!(ob.is_closed());
+        assert_eq!(ob.push(Frame::welcome()), Err(PushError::Closed));
+        let mut buf = Vec::new();
+        assert!(ob.pop_batch(&mut buf, 16).await);
+        assert_eq!(
+            buf,
+            vec![
+                Outgoing::Text(Frame::disconnect(Some(DisconnectReason::TooSlow), true)),
+                Outgoing::Close {
+                    code: CLOSE_NORMAL,
+                    reason: ""
+                }
+            ]
+        );
+        buf.clear();
+        assert!(!ob.pop_batch(&mut buf, 16).await);
+    }
+
+    #[tokio::test]
+    async fn a_single_large_frame_is_accepted_into_an_empty_queue() {
+        let ob = Outbox::new(10);
+        ob.push(Frame::message("i", &"x".repeat(40))).unwrap();
+        assert_eq!(
+            ob.queued_bytes(),
+            Frame::message("i", &"x".repeat(40)).len()
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The pub/sub adapter contract (Rails' `SubscriptionAdapter`) and the
+//! in-memory adapter.
+//!
+//! An adapter moves broadcasts between processes. The local [`Hub`](crate::hub)
+//! is its only subscriber: the hub counts local subscribers per stream and asks
+//! the adapter to `subscribe` a stream when the first arrives and to
+//! `unsubscribe` it when the last leaves, so an adapter sees each stream at most
+//! once per process. Incoming messages go back through the [`Delivery`] handle
+//! the adapter was built with.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+
+use async_trait::async_trait;
+
+use crate::hub::Hub;
+
+/// The outcome of a subscribe or unsubscribe, resolved when the backend has
+/// acknowledged it (Redis' SUBSCRIBE reply, PostgreSQL's LISTEN).
+pub type Ack = Pin<Box<dyn Future<Output = Result<(), PubSubError>> + Send + 'static>>;
+
+/// An adapter failure, returned to whoever asked (a broadcaster, a subscribing
+/// channel); never a panic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PubSubError {
+    /// The backend cannot be reached right now.
+    #[error("pub/sub backend unavailable: {0}")]
+    Unavailable(String),
+    /// The payload is larger than the backend accepts.
+    #[error("payload of {size} bytes is over the {adapter} adapter's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Which adapter refused it.
+        adapter: &'static str,
+        /// The payload's size in bytes.
+        size: usize,
+        /// The largest payload accepted, in bytes.
+        limit: usize,
+    },
+    /// The adapter has been shut down.
+    #[error("pub/sub adapter is shut down")]
+    Closed,
+    /// Any other backend error, as text.
+    #[error("pub/sub backend error: {0}")]
+    Backend(String),
+}
+
+/// A pub/sub backend.
+///
+/// Contract for implementors:
+/// - `subscribe` and `unsubscribe` take effect in call order: the command is
+///   queued before the method returns; the returned [`Ack`] only reports the
+///   outcome, and dropping it cancels nothing.
+/// - Incoming messages are handed to [`Delivery::deliver`] with the stream name
+///   as broadcast (without any channel prefix the adapter adds) and the payload
+///   text exactly as published.
+/// - Errors are values; a backend outage must not panic or block callers forever.
+#[async_trait]
+pub trait PubSub: Send + Sync + 'static {
+    /// Publishes `payload` (JSON text) on `stream` to every process.
+    async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError>;
+    /// Starts receiving `stream`.
+    fn subscribe(&self, stream: &str) -> Ack;
+    /// Stops receiving `stream`.
+    fn unsubscribe(&self, stream: &str) -> Ack;
+    /// Whether the backend connection is up (for health checks).
+    fn is_connected(&self) -> bool {
+        true
+    }
+    /// A short name for logs ("memory", "redis", "postgres").
+    fn name(&self) -> &'static str;
+}
+
+/// The handle an adapter uses to hand incoming messages to this process's
+/// subscribers.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub(crate) hub: Weak<Hub>,
+}
+
+impl Delivery {
+    /// Delivers `payload` (JSON text) published on `stream` to local subscribers.
+    /// Never waits on a socket: slow clients are dealt with by their own queue.
+    pub fn deliver(&self, stream: &str, payload: &str) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.deliver(stream, payload);
+        }
+    }
+
+    /// A delivery handle that drops everything (for adapters under test).
+    pub fn detached() -> Self {
+        Delivery { hub: Weak::new() }
+    }
+}
+
+fn ready() -> Ack {
+    Box::pin(std::future::ready(Ok(())))
+}
+
+/// The in-process adapter (Rails' `async`): broadcasts reach subscribers of
+/// this process only. The default.
+#[derive(Debug)]
+pub struct MemoryPubSub {
+    delivery: Delivery,
+}
+
+impl MemoryPubSub {
+    /// An in-memory adapter delivering through `delivery`.
+    pub fn new(delivery: Delivery) -> Self {
+        MemoryPubSub { delivery }
+    }
+}
+
+#[async_trait]
+impl PubSub for MemoryPubSub {
+    async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
+        self.delivery.deliver(stream, payload);
+        Ok(())
+    }
+
+    fn subscribe(&self, _stream: &str) -> Ack {
+        ready()
+    }
+
+    fn unsubscribe(&self, _stream: &str) -> Ack {
+        ready()
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,165 @@
+//! `cable-server`: serves a [`cable_core::Cable`] over WebSockets with axum
+//! and tokio-tungstenite, the way Rails' ActionCable server does.
+//!
+//! - [`router`] gives an axum `Router` answering on the mount path (default
+//!   `/cable`), to merge into your own app;
+//! - [`serve`] runs a router (yours, or the cable one alone) on a listener with
+//!   Rails-style graceful shutdown: every client is told `server_restart` and
+//!   the server drains before returning.
+//!
+//! What the handshake does, in Rails' order: a request that is not a
+//! WebSocket upgrade, or whose `Origin` is not allowed, gets HTTP 404 `Page not
+//! found`; otherwise the answer is 101 with `Sec-WebSocket-Protocol:
+//! actioncable-v1-json` when the client offered it (and none when it offered
+//! nothing we know; the connection still works). Authentication runs after the
+//! upgrade, as in Rails.
+//!
+//! ```no_run
+//! use cable_core::Cable;
+//! use cable_server::{router, serve, shutdown_signal, ServerConfig};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let cable = Cable::builder().build();
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .merge(router(cable.clone(), ServerConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! serve(listener, app, cable, shutdown_signal(), std::time::Duration::from_secs(10)).await
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod origin;
+mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::any;
+use axum::Router;
+use cable_core::Cable;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub use crate::origin::{AllowedOrigin, OriginPolicy};
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Where the WebSocket endpoint answers. Default `/cable`.
+    pub mount_path: String,
+    /// Which origins may connect.
+    pub origins: OriginPolicy,
+    /// Largest inbound message, in bytes; a larger one closes the connection
+    /// with code 1009. Default 64 KiB.
+    pub max_message_size: usize,
+    /// Per-connection read buffer. Default 8 KiB (tungstenite's 128 KiB
+    /// default would cost that much for every idle socket).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before tungstenite writes to the socket. Default 8 KiB.
+    pub write_buffer_size: usize,
+    /// How long one batch of writes may take before the client is dropped.
+    /// Default 2 s.
+    pub write_timeout: Duration,
+    /// Heartbeat period. Default 3 s (Rails' `BEAT_INTERVAL`).
+    pub ping_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            mount_path: "/cable".to_owned(),
+            origins: OriginPolicy::default(),
+            max_message_size: 64 * 1024,
+            read_buffer_size: 8 * 1024,
+            write_buffer_size: 8 * 1024,
+            write_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+impl ServerConfig {
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_write_buffer_size(self.write_buffer_size.max(64 * 1024) * 16)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+    }
+}
+
+/// An axum router serving `cable` at `config.mount_path`.
+pub fn router(cable: Cable, config: ServerConfig) -> Router {
+    let path = config.mount_path.clone();
+    let state = Arc::new(ws::ServerState::new(cable, config));
+    Router::new()
+        .route(&path, any(ws::handle))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then shuts `cable`
+/// down: new connections are refused, every client is sent
+/// `{"type":"disconnect","reason":"server_restart","reconnect":true}`, and the
+/// call returns once all connections closed or `drain_timeout` passed.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    cable: Cable,
+    shutdown: F,
+    drain_timeout: Duration,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let c = cable.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("Shutting down: telling clients to reconnect (server_restart)");
+        c.begin_shutdown();
+    })
+    .await?;
+    // Upgraded sockets are not tracked by the HTTP server: drain them here.
+    let left = cable.drain(drain_timeout).await;
+    if left > 0 {
+        tracing::warn!("{left} connections still open after {drain_timeout:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,120 @@
+//! Rails' `allow_request_origin?`: which `Origin`s may open a connection.
+
+use regex::Regex;
+
+/// One entry of the origin allowlist.
+#[derive(Clone, Debug)]
+pub enum AllowedOrigin {
+    /// The origin must equal this string exactly (`"https://example.com"`).
+    Exact(String),
+    /// The origin must match this regular expression somewhere (unanchored,
+    /// like a Ruby `Regexp` in `allowed_request_origins`).
+    Pattern(Regex),
+}
+
+impl AllowedOrigin {
+    /// A pattern entry; fails on an invalid regular expression.
+    pub fn pattern(re: &str) -> Result<Self, regex::Error> {
+        Ok(AllowedOrigin::Pattern(Regex::new(re)?))
+    }
+
+    fn matches(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigin::Exact(s) => s == origin,
+            AllowedOrigin::Pattern(re) => re.is_match(origin),
+        }
+    }
+}
+
+impl From<&str> for AllowedOrigin {
+    fn from(s: &str) -> Self {
+        AllowedOrigin::Exact(s.to_owned())
+    }
+}
+
+impl From<String> for AllowedOrigin {
+    fn from(s: String) -> Self {
+        AllowedOrigin::Exact(s)
+    }
+}
+
+impl From<Regex> for AllowedOrigin {
+    fn from(re: Regex) -> Self {
+        AllowedOrigin::Pattern(re)
+    }
+}
+
+/// The origin check, with Rails' defaults: same origin as the `Host` allowed,
+/// nothing else until added; a request without `Origin` is refused.
+#[derive(Clone, Debug)]
+pub struct OriginPolicy {
+    /// Allow `Origin == "<proto>://<Host>"` (Rails' `allow_same_origin_as_host`,
+    /// default true). `proto` is https when `X-Forwarded-Proto: https`,
+    /// `X-Forwarded-Scheme: https` or `X-Forwarded-Ssl: on` says so.
+    pub allow_same_origin_as_host: bool,
+    /// Further allowed origins (`allowed_request_origins`).
+    pub allowed: Vec<AllowedOrigin>,
+    /// Skip the check entirely (`disable_request_forgery_protection`).
+    pub disabled: bool,
+}
+
+impl Default for OriginPolicy {
+    fn default() -> Self {
+        OriginPolicy {
+            allow_same_origin_as_host: true,
+            allowed: Vec::new(),
+            disabled: false,
+        }
+    }
+}
+
+impl OriginPolicy {
+    /// Whether a request with these headers may connect.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>, https: bool) -> bool {
+        if self.disabled {
+            return true;
+        }
+        let Some(origin) = origin else {
+            return false;
+        };
+        if self.allow_same_origin_as_host {
+            if let Some(host) = host {
+                let proto = if https { "https" } else { "http" };
+                if origin.len() == proto.len() + 3 + host.len()
+                    && origin.starts_with(proto)
+                    && origin[proto.len()..].starts_with("://")
+                    && &origin[proto.len() + 3..] == host
+                {
+                    return true;
+                }
+            }
+        }
+        self.allowed.iter().any(|a| a.matches(origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_rails_rules() {
+        let mut p = OriginPolicy::default();
+        assert!(p.allows(Some("http://a.test:3000"), Some("a.test:3000"), false));
+        assert!(!p.allows(Some("http://a.test:3000"), Some("a.test:3000"), true));
+        assert!(p.allows(Some("https://a.test"), Some("a.test"), true));
+        assert!(!p.allows(None, Some("a.test"), false));
+        assert!(!p.allows(Some("http://evil.test"), Some("a.test"), false));
+        p.allowed.push("http://evil.test".into());
+        assert!(p.allows(Some("http://evil.test"), Some("a.test"), false));
+        p.allowed
+            .push(AllowedOrigin::pattern(r"https?://localhost:\d+").unwrap());
+        // Unanchored, as in Ruby.
+        assert!(p.allows(Some("http://localhost:5173"), None, false));
+        assert!(p.allows(Some("xhttp://localhost:1"), None, false));
+        p.allow_same_origin_as_host = false;
+        assert!(!p.allows(Some("http://a.test"), Some("a.test"), false));
+        p.disabled = true;
+        assert!(p.allows(None, None, false));
+    }
+}

@@ -1,0 +1,356 @@
+//! The WebSocket handshake (Rails' checks and answers) and the socket pumps.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use cable_core::protocol::SERVER_SUBPROTOCOLS;
+use cable_core::{Cable, ConnectRequest, Inbound, Outbox, Outgoing};
+use futures_util::{SinkExt, Stream, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::ServerConfig;
+
+/// Most frames handed to the socket between two flushes.
+const WRITE_BATCH: usize = 64;
+
+pub(crate) struct ServerState {
+    pub(crate) cable: Cable,
+    pub(crate) config: ServerConfig,
+    heartbeat: OnceLock<()>,
+}
+
+impl ServerState {
+    pub(crate) fn new(cable: Cable, config: ServerConfig) -> Self {
+        ServerState {
+            cable,
+            config,
+            heartbeat: OnceLock::new(),
+        }
+    }
+
+    /// One timer for all connections, started with the first request (as
+    /// Rails starts its heartbeat on the first request).
+    fn ensure_heartbeat(&self) {
+        self.heartbeat.get_or_init(|| {
+            let cable = self.cable.clone();
+            let every = self.config.ping_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    cable.beat();
+                }
+            });
+        });
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// websocket-driver's `websocket?`: GET, `Connection: upgrade`, `Upgrade: websocket`.
+fn is_websocket(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+}
+
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.split(',').next())
+            .map(|s| s.trim().to_ascii_lowercase())
+    };
+    first("x-forwarded-proto").as_deref() == Some("https")
+        || first("x-forwarded-scheme").as_deref() == Some("https")
+        || first("x-forwarded-ssl").as_deref() == Some("on")
+}
+
+/// The first protocol, in the client's order, that the server accepts.
+fn choose_subprotocol(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| SERVER_SUBPROTOCOLS.iter().copied().find(|s| *s == p))
+}
+
+/// Rails' `respond_to_invalid_request`.
+fn page_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Page not found",
+    )
+        .into_response()
+}
+
+pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Request) -> Response {
+    state.ensure_heartbeat();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let peer_s = peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string());
+    let path = req.uri().path().to_owned();
+    let headers = req.headers();
+    if !is_websocket(req.method(), headers) {
+        tracing::info!(
+            "Started {} {path:?}[non-WebSocket] for {peer_s}",
+            req.method()
+        );
+        tracing::error!(
+            "Failed to upgrade to WebSocket (REQUEST_METHOD: {}, HTTP_CONNECTION: {}, HTTP_UPGRADE: {})",
+            req.method(),
+            header_str(headers, header::CONNECTION).unwrap_or(""),
+            header_str(headers, header::UPGRADE).unwrap_or("")
+        );
+        tracing::info!("Finished {path:?}[non-WebSocket] for {peer_s}");
+        return page_not_found();
+    }
+    tracing::info!("Started GET {path:?} [WebSocket] for {peer_s}");
+    let origin = header_str(headers, header::ORIGIN);
+    let host = header_str(headers, header::HOST);
+    if !state
+        .config
+        .origins
+        .allows(origin, host, forwarded_https(headers))
+    {
+        tracing::error!("Request origin not allowed: {}", origin.unwrap_or(""));
+        tracing::error!(
+            "Failed to upgrade to WebSocket (REQUEST_METHOD: GET, HTTP_CONNECTION: {}, HTTP_UPGRADE: {})",
+            header_str(headers, header::CONNECTION).unwrap_or(""),
+            header_str(headers, header::UPGRADE).unwrap_or("")
+        );
+        tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
+        return page_not_found();
+    }
+    if state.cable.is_shutting_down() {
+        tracing::warn!("Refusing connection from {peer_s}: server is shutting down");
+        return (StatusCode::SERVICE_UNAVAILABLE, "Server is restarting").into_response();
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = header_str(headers, header::SEC_WEBSOCKET_VERSION) == Some("13");
+    let Some(key) = key.filter(|_| version_ok) else {
+        tracing::error!("Failed to upgrade to WebSocket: missing Sec-WebSocket-Key or unsupported Sec-WebSocket-Version");
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "Unsupported WebSocket handshake",
+        )
+            .into_response();
+    };
+    let protocol = choose_subprotocol(headers);
+    let request = ConnectRequest::new(
+        path.clone(),
+        req.uri().query(),
+        headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        peer,
+    );
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        tracing::error!("Failed to upgrade to WebSocket: the HTTP server does not support upgrades on this connection");
+        return page_not_found();
+    };
+
+    let cable = state.cable.clone();
+    let ws_config = state.config.websocket_config();
+    let write_timeout = state.config.write_timeout;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("WebSocket upgrade failed: {e}");
+                return;
+            }
+        };
+        tracing::info!("Successfully upgraded to WebSocket (REQUEST_METHOD: GET, HTTP_CONNECTION: Upgrade, HTTP_UPGRADE: websocket)");
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        drive(cable, request, ws, write_timeout).await;
+        tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
+    });
+
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    res
+}
+
+enum Step {
+    Item(Inbound),
+    Skip,
+    End,
+}
+
+fn inbound_step(msg: Result<Message, WsError>) -> Step {
+    match msg {
+        Ok(Message::Text(t)) => Step::Item(Inbound::Text(t.as_str().to_owned())),
+        Ok(Message::Binary(b)) => Step::Item(Inbound::Binary(b.len())),
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Skip,
+        Ok(Message::Close(_)) => Step::End,
+        Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+            Step::Item(Inbound::TooLarge {
+                size,
+                max: max_size,
+            })
+        }
+        Err(e) => {
+            tracing::debug!("WebSocket read ended: {e}");
+            Step::End
+        }
+    }
+}
+
+fn inbound_stream<S>(stream: S) -> impl Stream<Item = Inbound> + Send + Unpin
+where
+    S: Stream<Item = Result<Message, WsError>> + Send + Unpin,
+{
+    stream
+        .map(inbound_step)
+        .take_while(|s| std::future::ready(!matches!(s, Step::End)))
+        .filter_map(|s| {
+            std::future::ready(match s {
+                Step::Item(i) => Some(i),
+                _ => None,
+            })
+        })
+}
+
+async fn drive<S>(
+    cable: Cable,
+    request: ConnectRequest,
+    ws: WebSocketStream<S>,
+    write_timeout: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let outbox = cable.new_outbox();
+    let writer = tokio::spawn(write_loop(sink, outbox.clone(), write_timeout));
+    let mut inbound = Box::pin(inbound_stream(stream));
+    cable
+        .run_connection(request, &mut inbound, outbox.clone())
+        .await;
+    let _ = writer.await;
+    // Read until the client answers our close (or goes away), so the socket is
+    // not torn down with unread data, which can make the peer lose our last
+    // frames.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while inbound.next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn write_loop<K>(mut sink: K, outbox: Arc<Outbox>, write_timeout: std::time::Duration)
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        if !outbox.pop_batch(&mut batch, WRITE_BATCH).await {
+            break;
+        }
+        let res = tokio::time::timeout(write_timeout, async {
+            for item in batch.drain(..) {
+                match item {
+                    Outgoing::Text(frame) => {
+                        // SAFETY: `Frame` guarantees its bytes are valid UTF-8
+                        // (it is only ever built from Rust strings).
+                        let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
+                        sink.feed(Message::Text(text)).await?;
+                    }
+                    Outgoing::Close { code, reason } => {
+                        sink.send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        })))
+                        .await?;
+                        return Ok::<bool, WsError>(true);
+                    }
+                }
+            }
+            sink.flush().await?;
+            Ok(false)
+        })
+        .await;
+        batch.clear();
+        match res {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                outbox.abort();
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "WebSocket write timed out after {:?}; dropping the connection",
+                    write_timeout
+                );
+                outbox.abort();
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_first_offered_protocol_the_server_knows() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("foo, actioncable-v1-json, actioncable-unsupported"),
+        );
+        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-json"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("actioncable-unsupported,actioncable-v1-json"),
+        );
+        assert_eq!(choose_subprotocol(&h), Some("actioncable-unsupported"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("x"),
+        );
+        assert_eq!(choose_subprotocol(&h), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! The chat example as a library, so tests can run it in-process.
+//!
+//! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`,
+//!   rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
+//!   `echo` transmits the data back (the whole object, as Rails does).
+//! - `BenchmarkChannel`: the websocket-shootout server's channel: a private
+//!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
+//! - Users come from the `user` cookie or `?user=NAME`; none, or `banned`, is
+//!   refused.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cable_core::{
+    async_trait, authenticate_with, Cable, Channel, ChannelError, ConnectRequest, Context,
+    Identifiers, Unauthorized,
+};
+use cable_server::ServerConfig;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const PAGE: &str = include_str!("../assets/index.html");
+const ACTIONCABLE_JS: &str = include_str!("../assets/actioncable.esm.js");
+
+/// `ChatChannel`: one room per subscription.
+#[derive(Default)]
+pub struct ChatChannel {
+    stream: String,
+}
+
+fn param_to_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Channel for ChatChannel {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let Some(room) = param_to_string(ctx.param("room")) else {
+            ctx.reject();
+            return Ok(());
+        };
+        if room == "forbidden" {
+            ctx.reject();
+            return Ok(());
+        }
+        self.stream = format!("chat_{room}");
+        ctx.stream_from(self.stream.clone());
+        Ok(())
+    }
+
+    async fn perform(
+        &mut self,
+        ctx: &mut Context<'_>,
+        action: &str,
+        data: Value,
+    ) -> Result<(), ChannelError> {
+        match action {
+            "speak" => {
+                let user = ctx.identified("current_user").unwrap_or_default();
+                let msg =
+                    json!({"user": user, "body": data.get("body").cloned().unwrap_or(Value::Null)});
+                ctx.broadcast(&self.stream, &msg).await
+            }
+            "echo" => ctx.transmit(&data),
+            _ => Err(ChannelError::UnknownAction(action.to_owned())),
+        }
+    }
+}
+
+static BENCH_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// `BenchmarkChannel`, as in websocket-shootout's ActionCable server.
+#[derive(Default)]
+pub struct BenchmarkChannel {
+    id: String,
+}
+
+#[async_trait]
+impl Channel for BenchmarkChannel {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        self.id = format!("benchmark:{}", BENCH_IDS.fetch_add(1, Ordering::Relaxed));
+        ctx.stream_from(self.id.clone());
+        ctx.stream_from("all");
+        Ok(())
+    }
+
+    async fn perform(
+        &mut self,
+        ctx: &mut Context<'_>,
+        action: &str,
+        mut data: Value,
+    ) -> Result<(), ChannelError> {
+        match action {
+            "echo" => ctx.broadcast(&self.id, &data).await,
+            "broadcast" => {
+                ctx.broadcast("all", &data).await?;
+                data["action"] = Value::from("broadcastResult");
+                ctx.broadcast(&self.id, &data).await
+            }
+            _ => Err(ChannelError::UnknownAction(action.to_owned())),
+        }
+    }
+}
+
+/// The connection hook: `user` cookie, else `?user=`; `banned` is refused.
+pub async fn identify(req: ConnectRequest) -> Result<Identifiers, Unauthorized> {
+    let user = req
+        .cookie("user")
+        .or_else(|| req.query("user"))
+        .filter(|u| !u.is_empty());
+    match user {
+        None => Err(Unauthorized::because("no user cookie or ?user=")),
+        Some("banned") => Err(Unauthorized::because("user is banned")),
+        Some(u) => Ok(Identifiers::new().with("current_user", u)),
+    }
+}
+
+/// A cable builder with the example's channels and connection hook (add an
+/// adapter or config before building).
+pub fn cable_builder() -> cable_core::CableBuilder {
+    Cable::builder()
+        .channel("ChatChannel", ChatChannel::default)
+        .channel("BenchmarkChannel", BenchmarkChannel::default)
+        .authenticate(authenticate_with(identify))
+}
+
+/// Options of the example app.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Transport settings (origins, limits, mount path).
+    pub server: ServerConfig,
+    /// Serve `/admin/broadcast` and `/admin/disconnect` to loopback clients.
+    pub admin: bool,
+}
+
+/// The whole app: page, vendored client, `/cable`, optional admin endpoints.
+pub fn app(cable: Cable, opts: &Options) -> Router {
+    let mut router = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route(
+            "/assets/actioncable.esm.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    ACTIONCABLE_JS,
+                )
+            }),
+        )
+        .merge(cable_server::router(cable.clone(), opts.server.clone()));
+    if opts.admin {
+        router = router.merge(
+            Router::new()
+                .route("/admin/broadcast", post(admin_broadcast))
+                .route("/admin/disconnect", post(admin_disconnect))
+                .with_state(cable),
+        );
+    }
+    router
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    stream: String,
+    message: Value,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default = "yes")]
+    reconnect: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer for a non-loopback caller of an admin endpoint.
+fn refuse_unless_loopback(peer: SocketAddr) -> Option<Response> {
+    (!peer.ip().is_loopback())
+        .then(|| (StatusCode::FORBIDDEN, "admin endpoints are loopback only").into_response())
+}
+
+async fn admin_broadcast(
+    State(cable): State<Cable>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<BroadcastBody>,
+) -> Response {
+    if let Some(refusal) = refuse_unless_loopback(peer) {
+        return refusal;
+    }
+    match cable.broadcast(&body.stream, &body.message).await {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn admin_disconnect(
+    State(cable): State<Cable>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<DisconnectBody>,
+) -> Response {
+    if let Some(refusal) = refuse_unless_loopback(peer) {
+        return refusal;
+    }
+    let ids = Identifiers::new().with("current_user", body.user);
+    match cable.remote_disconnect(&ids, body.reconnect).await {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}

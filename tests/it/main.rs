@@ -1,0 +1,6 @@
+//! One integration-test binary (see ripgrep's layout): the chat example over
+//! real sockets, driven by a raw WebSocket client, asserting exact frames.
+
+mod handshake;
+mod protocol;
+mod support;
