@@ -105,11 +105,9 @@ impl Outbox {
         }
         if st.bytes + frame.len() > self.capacity && !st.queue.is_empty() {
             st.queue.clear();
-            st.bytes = 0;
-            st.queue.push_back(Outgoing::Text(Frame::disconnect(
-                Some(DisconnectReason::TooSlow),
-                true,
-            )));
+            let notice = Frame::disconnect(Some(DisconnectReason::TooSlow), true);
+            st.bytes = notice.len();
+            st.queue.push_back(Outgoing::Text(notice));
             st.queue.push_back(Outgoing::Close {
                 code: CLOSE_NORMAL,
                 reason: "",

@@ -2,7 +2,6 @@
 //! frames a server sends, encoded with the exact bytes Rails emits.
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::json;
@@ -183,16 +182,6 @@ pub enum CommandError {
     BadIdentifier,
 }
 
-#[derive(Deserialize)]
-struct RawCommand {
-    #[serde(default)]
-    command: Option<Value>,
-    #[serde(default)]
-    identifier: Option<Value>,
-    #[serde(default)]
-    data: Option<Value>,
-}
-
 impl Command {
     /// Parses one text frame.
     ///
@@ -202,21 +191,19 @@ impl Command {
     /// assert_eq!(c, Command::Subscribe { identifier: r#"{"channel":"ChatChannel"}"#.into() });
     /// ```
     pub fn parse(text: &str) -> Result<Command, CommandError> {
-        let raw: RawCommand = match serde_json::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) if e.classify() == serde_json::error::Category::Data => {
-                return Err(CommandError::NotAnObject)
-            }
+        let mut map = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(CommandError::NotAnObject),
             Err(e) => return Err(CommandError::Malformed(e)),
         };
-        let command = match raw.command {
+        let command = match map.remove("command") {
             Some(Value::String(s)) => s,
             _ => return Err(CommandError::Unrecognized),
         };
         if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
             return Err(CommandError::Unrecognized);
         }
-        let identifier = match raw.identifier {
+        let identifier = match map.remove("identifier") {
             Some(Value::String(s)) => s,
             _ => return Err(CommandError::BadIdentifier),
         };
@@ -225,7 +212,7 @@ impl Command {
             "unsubscribe" => Command::Unsubscribe { identifier },
             _ => Command::Message {
                 identifier,
-                data: raw.data,
+                data: map.remove("data"),
             },
         })
     }
