@@ -3,6 +3,7 @@
 //!
 //! - [`router`] gives an axum `Router` answering on the mount path (default
 //!   `/cable`), to merge into your own app;
+//! - [`serve_standalone`] runs cable alone on its own port;
 //! - [`serve`] runs a router (yours, or the cable one alone) on a listener with
 //!   Rails-style graceful shutdown: every client is told `server_restart` and
 //!   the server drains before returning.
@@ -134,6 +135,24 @@ where
         tracing::warn!("{left} connections still open after {drain_timeout:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Standalone mode: serves `cable` alone on `addr` (like Rails' `bin/cable`)
+/// until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve_standalone(
+    addr: SocketAddr,
+    cable: Cable,
+    config: ServerConfig,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(
+        "cable listening on ws://{}{}",
+        listener.local_addr()?,
+        config.mount_path
+    );
+    let app = router(cable.clone(), config);
+    serve(listener, app, cable, shutdown_signal(), drain_timeout).await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -431,19 +431,14 @@ export class Scope {
     return waitFor(what, predicate, { timeout, diag: () => this.dump() });
   }
 
-  /** Wraps a test body so that any failure carries the clients' and servers' logs. */
+  /** Wraps a test body so that a failure is reported with the clients' and servers' logs. */
   wrap(fn) {
     return async (t) => {
       try {
         await fn(t);
       } catch (err) {
-        if (err && typeof err === "object" && !String(err.message).includes("--- client ")) {
-          try {
-            err.message += `\n${this.dump()}`;
-          } catch {
-            /* message not writable */
-          }
-        }
+        // waitFor() timeouts already carry the dump in their message.
+        if (!String(err?.message).includes("--- client ")) t.diagnostic(this.dump());
         throw err;
       }
     };

@@ -4,6 +4,10 @@
 //   cargo build -p chat-example
 //   cd tests/node && npm ci && npm test
 //
+// Needs Node >= 20.19: the package's actioncable.esm.js is ESM in a package
+// without "type": "module", which Node only loads with module syntax detection
+// (on by default from 20.19 / 22.7).
+//
 // Env: CHAT_BIN overrides the server binary; ACTIONCABLE_DEBUG=1 turns on the
 // client's own logger.
 //

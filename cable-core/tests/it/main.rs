@@ -93,7 +93,10 @@ struct Recorder {
 #[async_trait]
 impl Channel for Recorder {
     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        self.log.lock().unwrap().push(format!("subscribed {}", ctx.identifier()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("subscribed {}", ctx.identifier()));
         match ctx.param_str("mode") {
             Some("reject") => {
                 ctx.stream_from("doomed");
@@ -112,7 +115,10 @@ impl Channel for Recorder {
     }
 
     async fn unsubscribed(&mut self, ctx: &mut Context<'_>) {
-        self.log.lock().unwrap().push(format!("unsubscribed {}", ctx.identifier()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("unsubscribed {}", ctx.identifier()));
     }
 
     async fn perform(
@@ -276,7 +282,10 @@ async fn a_slow_client_is_dropped_and_nobody_else_waits() {
         slow.text().await,
         r#"{"type":"disconnect","reason":"too_slow","reconnect":true}"#
     );
-    assert!(matches!(slow.next().await, Outgoing::Close { code: 1000, .. }));
+    assert!(matches!(
+        slow.next().await,
+        Outgoing::Close { code: 1000, .. }
+    ));
     assert_eq!(cable.stats().too_slow_disconnects, 1);
     tokio::time::timeout(Duration::from_secs(5), slow.task)
         .await
@@ -300,7 +309,10 @@ async fn unknown_channels_can_be_rejected_by_configuration() {
         r#"{"identifier":"{\"channel\":\"NopeChannel\"}","type":"reject_subscription"}"#
     );
     c.send(sub(r#"{"channel":"RecChannel"}"#));
-    assert!(c.text().await.ends_with(r#""type":"confirm_subscription"}"#));
+    assert!(c
+        .text()
+        .await
+        .ends_with(r#""type":"confirm_subscription"}"#));
     c.send(sub(r#"{"channel":"RecChannel","n":2}"#));
     assert!(c.text().await.ends_with(r#""type":"reject_subscription"}"#));
     c.hang_up().await;
