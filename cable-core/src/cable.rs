@@ -86,6 +86,8 @@ pub struct Stats {
     pub deliveries: u64,
     /// Connections dropped because their outbound queue overflowed.
     pub too_slow_disconnects: u64,
+    /// Times the pub/sub adapter re-established its backend connection.
+    pub adapter_reconnects: u64,
     /// Seconds since the server was built.
     pub uptime_secs: u64,
 }
@@ -432,6 +434,7 @@ impl Cable {
             broadcasts: self.inner.hub.broadcasts_received.load(Ordering::Relaxed),
             deliveries: self.inner.hub.delivered.load(Ordering::Relaxed),
             too_slow_disconnects: c.too_slow.load(Ordering::Relaxed),
+            adapter_reconnects: self.inner.hub.pubsub.reconnects(),
             uptime_secs: self.inner.started.elapsed().as_secs(),
         }
     }

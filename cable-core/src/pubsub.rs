@@ -5,7 +5,8 @@
 //! is its only subscriber: the hub counts local subscribers per stream and asks
 //! the adapter to `subscribe` a stream when the first arrives and to
 //! `unsubscribe` it when the last leaves, so an adapter sees each stream at most
-//! once per process. Incoming messages go back through the [`Delivery`] handle
+//! once per process (a subscribe that failed is retried by the next local
+//! subscriber). Incoming messages go back through the [`Delivery`] handle
 //! the adapter was built with.
 
 use std::future::Future;
@@ -52,6 +53,8 @@ pub enum PubSubError {
 /// - `subscribe` and `unsubscribe` take effect in call order: the command is
 ///   queued before the method returns; the returned [`Ack`] only reports the
 ///   outcome, and dropping it cancels nothing.
+/// - `subscribe` may be called again for a stream whose earlier subscribe
+///   failed, with no `unsubscribe` in between: treat a repeat as harmless.
 /// - Incoming messages are handed to [`Delivery::deliver`] with the stream name
 ///   as broadcast (without any channel prefix the adapter adds) and the payload
 ///   text exactly as published.
@@ -64,6 +67,10 @@ pub trait PubSub: Send + Sync + 'static {
     fn subscribe(&self, stream: &str) -> Ack;
     /// Stops receiving `stream`.
     fn unsubscribe(&self, stream: &str) -> Ack;
+    /// How many times the backend connection was re-established (for stats).
+    fn reconnects(&self) -> u64 {
+        0
+    }
     /// Whether the backend connection is up (for health checks).
     fn is_connected(&self) -> bool {
         true
