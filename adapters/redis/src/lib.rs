@@ -1,0 +1,501 @@
+//! `cable-redis`: a Redis pub/sub adapter for [`cable_core`], wire-compatible
+//! with Rails' ActionCable `redis` adapter.
+//!
+//! A Rails app and cable servers can share one Redis: a broadcast from
+//! `ActionCable.server.broadcast("chat_lobby", {...})` reaches clients of a
+//! cable server, and the other way round, as long as both use the same
+//! `channel_prefix`.
+//!
+//! # Wire format
+//! - A stream `s` is the Redis channel `<channel_prefix>:s`, or just `s`
+//!   without a prefix (Rails joins `[prefix, s].compact` with `:`, so an empty
+//!   prefix gives `:s`, as in Rails).
+//! - A broadcast is `PUBLISH <channel> <payload>` with the payload (JSON text)
+//!   exactly as given; incoming messages are handed to
+//!   [`Delivery::deliver`] with the prefix removed and the payload untouched.
+//! - Remote disconnects need nothing special: the core subscribes each
+//!   connection's `action_cable/<id>` like any other stream.
+//!
+//! # Connections
+//! Each [`RedisPubSub`] keeps two connections, both named with `CLIENT SETNAME`
+//! ([`RedisConfig::connection_name`], `ActionCable-PID-<pid>` by default, as
+//! Rails does):
+//! - one dedicated **subscriber** connection, owned by a background task that
+//!   applies `SUBSCRIBE`/`UNSUBSCRIBE` strictly in call order and resolves each
+//!   [`Ack`] when Redis has replied. It speaks RESP3 (Redis 6+), which lets it
+//!   send `CLIENT SETNAME` and health-check `PING`s; on a server without
+//!   `HELLO` it falls back to a RESP2 pub/sub connection, which cannot be named.
+//! - one multiplexed **publisher** connection, opened on first use and
+//!   replaced after a failure. A broadcast fails with
+//!   [`PubSubError::Unavailable`] (connection problems, or no reply within
+//!   2 s) or [`PubSubError::Backend`] (Redis answered with an error); it never
+//!   hangs and never panics.
+//!
+//! Nothing connects in [`RedisPubSub::new`]: a server can start while Redis
+//! is down and the subscriber connects in the background.
+//!
+//! # Outages
+//! When the subscriber connection drops (say `redis-server` restarts) the task
+//! reconnects with exponential backoff (100 ms doubling to 5 s), re-subscribes
+//! every active stream and logs the gap with `tracing::warn!`: Redis pub/sub
+//! does not keep messages, so whatever was published during the gap is lost.
+//! [`RedisPubSub::reconnects`] counts the reconnections and
+//! [`RedisPubSub::is_connected`] tells whether the subscriber is up.
+//!
+//! A `subscribe` called during an outage is recorded at once and applied when
+//! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
+//! 5 s, and otherwise fails with [`PubSubError::Unavailable`], so the
+//! subscribing client gets no `confirm_subscription` for a stream that is not
+//! live. The stream stays recorded either way, until it is unsubscribed: it is
+//! subscribed as soon as Redis is back, so a subscriber that stays (such as a
+//! connection's internal channel) receives messages again after the outage. An
+//! `unsubscribe` during an outage resolves `Ok` at once: a new connection
+//! starts with no subscriptions.
+//!
+//! # Example
+//! ```no_run
+//! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
+//! use cable_redis::{RedisConfig, RedisPubSub};
+//!
+//! #[derive(Default)]
+//! struct ChatChannel;
+//!
+//! #[async_trait]
+//! impl Channel for ChatChannel {
+//!     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+//!         ctx.stream_from("chat_lobby");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = RedisConfig::new("redis://127.0.0.1:6379/1").channel_prefix("myapp_production");
+//! // The builder's factory cannot return an error: check the settings first.
+//! config.validate()?;
+//! let cable = Cable::builder()
+//!     .channel("ChatChannel", ChatChannel::default)
+//!     .pubsub(move |delivery| RedisPubSub::new(config, delivery).expect("validated above"))
+//!     .build();
+//! // PUBLISH myapp_production:chat_lobby {"body":"hi"}
+//! cable.broadcast("chat_lobby", &serde_json::json!({"body": "hi"})).await?;
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod publisher;
+mod subscriber;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cable_core::{Ack, Delivery, PubSub, PubSubError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::publisher::Publisher;
+use crate::subscriber::{Command, Op, State, Subscriber};
+
+/// How long a broadcast may take, connecting included, before it fails.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a subscribe or unsubscribe may wait for Redis' reply (including
+/// for the connection to come back) before its [`Ack`] fails.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of a [`RedisPubSub`].
+///
+/// ```
+/// use cable_redis::RedisConfig;
+/// let config = RedisConfig::new("rediss://:secret@redis.example:6380/0")
+///     .channel_prefix("myapp_production")
+///     .connection_name("cable-web-1");
+/// assert_eq!(config.channel_prefix.as_deref(), Some("myapp_production"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS, or
+    /// `redis+unix:///path/to/socket`. The database number does not matter
+    /// for pub/sub (which is why the prefix exists).
+    pub url: String,
+    /// Rails' `channel_prefix` from `cable.yml`. Must match the Rails app's to
+    /// interoperate.
+    pub channel_prefix: Option<String>,
+    /// Name given to both connections with `CLIENT SETNAME` (no spaces).
+    /// Default `ActionCable-PID-<pid>`, as Rails.
+    pub connection_name: String,
+}
+
+impl RedisConfig {
+    /// Settings for `url` with no channel prefix and the default connection name.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            channel_prefix: None,
+            connection_name: format!("ActionCable-PID-{}", std::process::id()),
+        }
+    }
+
+    /// Sets the channel prefix.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.channel_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Sets the name given to the connections.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Checks the URL and the connection name, as [`RedisPubSub::new`] does,
+    /// without connecting.
+    pub fn validate(&self) -> Result<(), RedisConfigError> {
+        self.client().map(drop)
+    }
+
+    fn client(&self) -> Result<redis::Client, RedisConfigError> {
+        let name = &self.connection_name;
+        if name.is_empty() || name.chars().any(|c| c == ' ' || c.is_control()) {
+            return Err(RedisConfigError::InvalidConnectionName(name.clone()));
+        }
+        redis::Client::open(self.url.as_str()).map_err(|e| RedisConfigError::InvalidUrl {
+            url: redact(&self.url),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
+}
+
+/// Why a [`RedisPubSub`] could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    /// The URL cannot be parsed or names an unsupported scheme.
+    #[error("invalid redis url {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Redis rejects client names that are empty or contain spaces or
+    /// control characters.
+    #[error("invalid redis connection name {0:?}: must be non-empty, without spaces")]
+    InvalidConnectionName(String),
+    /// [`RedisPubSub::new`] spawns its background task and needs a runtime.
+    #[error("RedisPubSub::new must be called from inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// The Redis adapter. Build it in [`cable_core::CableBuilder::pubsub`].
+///
+/// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
+/// background task and closes both connections.
+pub struct RedisPubSub {
+    commands: mpsc::UnboundedSender<Command>,
+    state: Arc<State>,
+    publisher: Publisher,
+    config: RedisConfig,
+}
+
+impl std::fmt::Debug for RedisPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSub")
+            .field("config", &self.config)
+            .field("connected", &self.is_connected())
+            .field("reconnects", &self.reconnects())
+            .finish()
+    }
+}
+
+impl RedisPubSub {
+    /// Validates `config` and starts the subscriber task on the current tokio
+    /// runtime. Connects nothing yet: the subscriber connects in the
+    /// background (retrying while Redis is down) and the publisher on the
+    /// first broadcast.
+    pub fn new(config: RedisConfig, delivery: Delivery) -> Result<Self, RedisConfigError> {
+        let client = config.client()?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RedisConfigError::NoRuntime)?;
+        if matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            install_tls_provider();
+        }
+
+        let state = Arc::new(State::default());
+        let (commands, rx) = mpsc::unbounded_channel();
+        let subscriber = Subscriber::new(
+            client.clone(),
+            config.connection_name.clone(),
+            prefix_of(&config),
+            redact(&config.url),
+            delivery,
+            state.clone(),
+            rx,
+        );
+        runtime.spawn(subscriber.run());
+        Ok(RedisPubSub {
+            commands,
+            state,
+            publisher: Publisher::new(client, config.connection_name.clone()),
+            config,
+        })
+    }
+
+    /// The Redis channel for `stream`: `<prefix>:<stream>`, or `stream`
+    /// without a prefix.
+    pub fn redis_channel(&self, stream: &str) -> String {
+        match &self.config.channel_prefix {
+            Some(p) => format!("{p}:{stream}"),
+            None => stream.to_owned(),
+        }
+    }
+
+    /// How many times the subscriber connection was re-established after it
+    /// had been up and was lost. The first connection does not count.
+    pub fn reconnects(&self) -> u64 {
+        self.state.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Whether the subscriber connection is up and has re-subscribed every
+    /// active stream.
+    pub fn is_connected(&self) -> bool {
+        self.state.connected.load(Ordering::Acquire)
+    }
+
+    /// A cloneable handle on the connection state, to keep for health checks
+    /// and metrics once the adapter has moved into the `Cable`.
+    pub fn status(&self) -> RedisStatus {
+        RedisStatus {
+            state: self.state.clone(),
+        }
+    }
+
+    /// The settings this adapter was built with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Queues `op` for the subscriber task now (so calls take effect in
+    /// order) and returns a future for Redis' reply.
+    fn queue(&self, op: Op, stream: &str) -> Ack {
+        let (reply, rx) = oneshot::channel();
+        let command = Command {
+            op,
+            channel: self.redis_channel(stream),
+            reply,
+        };
+        if self.commands.send(command).is_err() {
+            return Box::pin(std::future::ready(Err(PubSubError::Closed)));
+        }
+        // Counted from the call, not from the first poll of the Ack.
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(PubSubError::Closed),
+                Err(_) => Err(PubSubError::Unavailable(format!(
+                    "redis did not acknowledge {} within {}s (not connected?); \
+                     it still takes effect once the connection is back",
+                    op.command(),
+                    ACK_TIMEOUT.as_secs()
+                ))),
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl PubSub for RedisPubSub {
+    async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
+        self.publisher
+            .publish(&self.redis_channel(stream), payload)
+            .await
+    }
+
+    fn subscribe(&self, stream: &str) -> Ack {
+        self.queue(Op::Subscribe, stream)
+    }
+
+    fn unsubscribe(&self, stream: &str) -> Ack {
+        self.queue(Op::Unsubscribe, stream)
+    }
+
+    fn reconnects(&self) -> u64 {
+        RedisPubSub::reconnects(self)
+    }
+
+    fn is_connected(&self) -> bool {
+        RedisPubSub::is_connected(self)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// A view of a [`RedisPubSub`]'s subscriber connection that outlives the
+/// borrow of the adapter (the `Cable` owns the adapter itself).
+///
+/// ```no_run
+/// # use cable_core::Cable;
+/// # use cable_redis::{RedisConfig, RedisPubSub, RedisStatus};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let status = std::sync::Arc::new(std::sync::OnceLock::<RedisStatus>::new());
+/// let slot = status.clone();
+/// let cable = Cable::builder()
+///     .pubsub(move |d| {
+///         let redis = RedisPubSub::new(RedisConfig::new("redis://127.0.0.1"), d).expect("config");
+///         let _ = slot.set(redis.status());
+///         redis
+///     })
+///     .build();
+/// let reconnects = status.get().map_or(0, |s| s.reconnects());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStatus {
+    state: Arc<State>,
+}
+
+impl RedisStatus {
+    /// See [`RedisPubSub::is_connected`].
+    pub fn is_connected(&self) -> bool {
+        self.state.connected.load(Ordering::Acquire)
+    }
+
+    /// See [`RedisPubSub::reconnects`].
+    pub fn reconnects(&self) -> u64 {
+        self.state.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for RedisStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStatus")
+            .field("connected", &self.is_connected())
+            .field("reconnects", &self.reconnects())
+            .finish()
+    }
+}
+
+/// The `<prefix>:` that incoming channel names start with.
+fn prefix_of(config: &RedisConfig) -> Option<String> {
+    config.channel_prefix.as_ref().map(|p| format!("{p}:"))
+}
+
+/// rustls needs a process-wide crypto provider; install ring unless the
+/// application already chose one (installing a second one would fail).
+fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// `url` with the password (if any) replaced by `***`, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        // `redis://secret@host` puts the password in the user part.
+        "***".to_owned()
+    };
+    format!("{}{}{}", &url[..scheme_end], masked, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis://:pw@host:6379/1"),
+            "redis://:***@host:6379/1"
+        );
+        assert_eq!(
+            redact("rediss://user:p@ss@host/0"),
+            "rediss://user:***@host/0"
+        );
+        assert_eq!(redact("redis://pw@host"), "redis://***@host");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock"),
+            "redis+unix:///tmp/r.sock"
+        );
+    }
+
+    #[test]
+    fn default_connection_name_is_rails() {
+        let c = RedisConfig::new("redis://localhost");
+        assert_eq!(
+            c.connection_name,
+            format!("ActionCable-PID-{}", std::process::id())
+        );
+        let mut secret = c;
+        secret.url = "redis://:hunter2@h".into();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn validates_without_connecting() {
+        assert!(RedisConfig::new("redis://h:6379/0").validate().is_ok());
+        assert!(RedisConfig::new("not a url").validate().is_err());
+        let bad = RedisPubSub::new(RedisConfig::new("http://x"), Delivery::detached());
+        assert!(matches!(bad, Err(RedisConfigError::InvalidUrl { .. })));
+        let bad = RedisPubSub::new(
+            RedisConfig::new("redis://127.0.0.1:1").connection_name("a b"),
+            Delivery::detached(),
+        );
+        assert!(matches!(
+            bad,
+            Err(RedisConfigError::InvalidConnectionName(_))
+        ));
+        // Nothing listens on port 1: creation still succeeds.
+        let ok = RedisPubSub::new(
+            RedisConfig::new("redis://127.0.0.1:1").channel_prefix("p"),
+            Delivery::detached(),
+        )
+        .expect("valid config");
+        assert_eq!(ok.redis_channel("room"), "p:room");
+        assert!(!ok.is_connected());
+        let err = ok.broadcast("room", "{}").await.expect_err("redis is down");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    }
+
+    #[test]
+    fn needs_a_runtime() {
+        let r = RedisPubSub::new(RedisConfig::new("redis://localhost"), Delivery::detached());
+        assert!(matches!(r, Err(RedisConfigError::NoRuntime)));
+    }
+
+    #[test]
+    fn empty_prefix_is_rails_compact_join() {
+        let c = RedisConfig::new("redis://localhost").channel_prefix("");
+        assert_eq!(prefix_of(&c).as_deref(), Some(":"));
+    }
+}

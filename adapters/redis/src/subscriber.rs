@@ -1,0 +1,548 @@
+//! The subscribing side: one task owning one dedicated connection.
+//!
+//! Commands arrive over an mpsc queue in call order and are applied in that
+//! order: whatever is queued when the task wakes is sent as one pipeline (so a
+//! burst of subscribes costs one round trip) and each command's [`Command::reply`]
+//! is answered from Redis' reply to it. Between commands the task hands
+//! incoming messages to the [`Delivery`].
+//!
+//! The task owns the set of channels that should be subscribed (`wanted`),
+//! updated by every command whether or not Redis is reachable, so a new
+//! connection simply subscribes that set.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cable_core::{Delivery, PubSubError};
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult,
+    Value,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use crate::publisher::{set_name, to_pubsub_error};
+
+/// First reconnection delay after the connection is lost; doubles per failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between connection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bound on one connection attempt (TCP, TLS, HELLO/AUTH, SETNAME).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on Redis' replies to one pipeline of (UN)SUBSCRIBEs; past it the
+/// connection is considered dead.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an otherwise quiet connection is checked with PING: a peer that
+/// vanished without closing TCP (network partition, VM pause) is noticed
+/// within `PING_INTERVAL + REPLY_TIMEOUT`.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Most commands sent in one pipeline.
+const MAX_BATCH: usize = 1024;
+
+/// State shared with [`crate::RedisPubSub`].
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) connected: AtomicBool,
+    pub(crate) reconnects: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Op {
+    pub(crate) fn command(self) -> &'static str {
+        match self {
+            Op::Subscribe => "SUBSCRIBE",
+            Op::Unsubscribe => "UNSUBSCRIBE",
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), PubSubError>>;
+
+/// One `subscribe` or `unsubscribe` call, with the full Redis channel name.
+pub(crate) struct Command {
+    pub(crate) op: Op,
+    pub(crate) channel: String,
+    pub(crate) reply: Reply,
+}
+
+pub(crate) struct Subscriber {
+    /// For the RESP3 connection (preferred: it can be named and pinged).
+    resp3: redis::Client,
+    /// For the RESP2 fallback on servers without HELLO.
+    resp2: redis::Client,
+    name: String,
+    /// `<prefix>:`, stripped from incoming channel names.
+    prefix: Option<String>,
+    /// The URL without password, for logs.
+    url: String,
+    delivery: Delivery,
+    state: Arc<State>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Channels that should be subscribed, per the commands so far.
+    wanted: HashSet<String>,
+    /// Replies to subscribes made while disconnected, answered once a
+    /// connection has subscribed them.
+    waiting: Vec<(String, Reply)>,
+    /// `waiting` is pruned of abandoned replies when it reaches this length.
+    prune_at: usize,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        client: redis::Client,
+        name: String,
+        prefix: Option<String>,
+        url: String,
+        delivery: Delivery,
+        state: Arc<State>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let with = |protocol| {
+            let info = client.get_connection_info().clone();
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            // Re-opening a ConnectionInfo that came from a valid client cannot
+            // fail; fall back to the original client all the same.
+            redis::Client::open(info.set_redis_settings(settings)).unwrap_or(client.clone())
+        };
+        Subscriber {
+            resp3: with(ProtocolVersion::RESP3),
+            resp2: with(ProtocolVersion::RESP2),
+            name,
+            prefix,
+            url,
+            delivery,
+            state,
+            commands,
+            wanted: HashSet::new(),
+            waiting: Vec::new(),
+            prune_at: 64,
+        }
+    }
+
+    /// Runs until the [`crate::RedisPubSub`] is dropped.
+    pub(crate) async fn run(mut self) {
+        // When the last connection was lost; None until the first one is up.
+        let mut lost_at: Option<Instant> = None;
+        let mut first = true;
+        loop {
+            let Some(conn) = self.until_connected(first).await else {
+                return;
+            };
+            self.state.connected.store(true, Ordering::Release);
+            match lost_at.take() {
+                Some(at) => {
+                    self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        url = %self.url,
+                        gap_ms = at.elapsed().as_millis() as u64,
+                        streams = self.wanted.len(),
+                        "redis subscriber reconnected and re-subscribed; messages published \
+                         during the gap were lost"
+                    );
+                }
+                None => tracing::info!(
+                    url = %self.url,
+                    streams = self.wanted.len(),
+                    "redis subscriber connected"
+                ),
+            }
+            first = false;
+            let reason = self.serve(conn).await;
+            self.state.connected.store(false, Ordering::Release);
+            let Some(reason) = reason else {
+                return;
+            };
+            tracing::warn!(
+                url = %self.url,
+                reason = %reason,
+                "redis subscriber connection lost; reconnecting. Messages published until it \
+                 is back are lost"
+            );
+            lost_at = Some(Instant::now());
+        }
+    }
+
+    /// Connects (with backoff) and subscribes every wanted channel, recording
+    /// commands meanwhile. None when the adapter was dropped.
+    async fn until_connected(&mut self, first: bool) -> Option<Conn> {
+        let mut delay = if first { Duration::ZERO } else { BACKOFF_MIN };
+        let mut failures = 0u32;
+        loop {
+            let attempt = connect(
+                self.resp3.clone(),
+                self.resp2.clone(),
+                self.name.clone(),
+                delay,
+            );
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    command = self.commands.recv() => match command {
+                        Some(c) => self.record_offline(c),
+                        None => return None,
+                    },
+                    result = &mut attempt => break result,
+                }
+            };
+            let error = match result {
+                Ok(mut conn) => match self.resubscribe(&mut conn).await {
+                    Ok(()) => return Some(conn),
+                    Err(reason) => reason,
+                },
+                Err(reason) => reason,
+            };
+            failures += 1;
+            // One warning per outage; the retries themselves are debug noise.
+            if failures == 1 {
+                tracing::warn!(url = %self.url, error = %error, "redis subscriber cannot connect; retrying with backoff");
+            } else {
+                tracing::debug!(url = %self.url, error = %error, failures, "redis subscriber still cannot connect");
+            }
+            delay = (delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        }
+    }
+
+    /// While disconnected: the command changes `wanted` now; a subscribe is
+    /// answered once a connection has subscribed it, an unsubscribe at once
+    /// (a new connection starts with no subscriptions).
+    fn record_offline(&mut self, command: Command) {
+        match command.op {
+            Op::Subscribe => {
+                self.wanted.insert(command.channel.clone());
+                self.waiting.push((command.channel, command.reply));
+                if self.waiting.len() >= self.prune_at {
+                    // Acks time out after a few seconds; drop the abandoned.
+                    self.waiting.retain(|(_, reply)| !reply.is_closed());
+                    self.prune_at = (self.waiting.len() * 2).max(64);
+                }
+            }
+            Op::Unsubscribe => {
+                self.wanted.remove(&command.channel);
+                let _ = command.reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Subscribes every wanted channel on a new connection and answers the
+    /// subscribes that waited for it. Err (with the reason) if the connection
+    /// failed meanwhile.
+    async fn resubscribe(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let channels: Vec<String> = self.wanted.iter().cloned().collect();
+        let mut refused: Vec<(String, PubSubError)> = Vec::new();
+        for chunk in channels.chunks(MAX_BATCH) {
+            let ops: Vec<(Op, &str)> = chunk.iter().map(|c| (Op::Subscribe, c.as_str())).collect();
+            let results = conn.exec_within(&ops).await?;
+            for (channel, result) in chunk.iter().zip(results) {
+                if let Err(e) = result {
+                    tracing::error!(channel = %channel, error = %e, "redis refused SUBSCRIBE");
+                    self.wanted.remove(channel);
+                    refused.push((channel.clone(), e));
+                }
+            }
+        }
+        for (channel, reply) in self.waiting.drain(..) {
+            let result = match refused.iter().find(|(c, _)| *c == channel) {
+                Some((_, e)) => Err(e.clone()),
+                None => Ok(()),
+            };
+            let _ = reply.send(result);
+        }
+        self.prune_at = 64;
+        Ok(())
+    }
+
+    /// Applies commands and delivers messages until the connection is lost
+    /// (Some(reason)) or the adapter is dropped (None).
+    async fn serve(&mut self, mut conn: Conn) -> Option<String> {
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => {
+                    // None: the adapter was dropped.
+                    let first = command?;
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match self.commands.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(reason) = self.apply(&mut conn, batch).await {
+                        return Some(reason);
+                    }
+                }
+                event = conn.next_event() => match event {
+                    Event::Message { channel, payload } => self.deliver(&channel, &payload),
+                    Event::Other => {}
+                    Event::Lost(reason) => return Some(reason),
+                },
+                _ = ping.tick() => {
+                    if let Err(reason) = conn.ping_within().await {
+                        return Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` as one pipeline, in order, and answers each command.
+    async fn apply(&mut self, conn: &mut Conn, batch: Vec<Command>) -> Result<(), String> {
+        for c in &batch {
+            match c.op {
+                Op::Subscribe => self.wanted.insert(c.channel.clone()),
+                Op::Unsubscribe => self.wanted.remove(&c.channel),
+            };
+        }
+        let ops: Vec<(Op, &str)> = batch.iter().map(|c| (c.op, c.channel.as_str())).collect();
+        match conn.exec_within(&ops).await {
+            Ok(results) => {
+                for (c, result) in batch.into_iter().zip(results) {
+                    if let Err(e) = &result {
+                        tracing::error!(channel = %c.channel, error = %e, "redis refused {}", c.op.command());
+                        if c.op == Op::Subscribe {
+                            self.wanted.remove(&c.channel);
+                        }
+                    }
+                    let _ = c.reply.send(result);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                // `wanted` already reflects the batch; the next connection
+                // applies it, and the subscribes are answered then.
+                for c in batch {
+                    self.record_offline_reply(c);
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    fn record_offline_reply(&mut self, command: Command) {
+        match command.op {
+            Op::Subscribe => self.waiting.push((command.channel, command.reply)),
+            Op::Unsubscribe => {
+                let _ = command.reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, payload: &str) {
+        let stream = match &self.prefix {
+            Some(prefix) => match channel.strip_prefix(prefix.as_str()) {
+                Some(stream) => stream,
+                None => {
+                    tracing::debug!(channel, "message on a channel without our prefix; ignored");
+                    return;
+                }
+            },
+            None => channel,
+        };
+        self.delivery.deliver(stream, payload);
+    }
+}
+
+/// What the connection produced next.
+enum Event {
+    Message {
+        channel: String,
+        payload: String,
+    },
+    /// Subscribe confirmations (already handled as replies), pongs, pushes
+    /// we do not use.
+    Other,
+    Lost(String),
+}
+
+/// The subscriber connection: RESP3 when the server speaks it, else RESP2.
+enum Conn {
+    Resp3 {
+        conn: MultiplexedConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+    Resp2 {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+}
+
+/// Waits `delay`, then opens a subscriber connection. RESP3 first, because
+/// only a RESP3 connection can send CLIENT SETNAME and PING while subscribed
+/// with redis-rs; RESP2 if the server has no HELLO (Redis < 6).
+async fn connect(
+    resp3: redis::Client,
+    resp2: redis::Client,
+    name: String,
+    delay: Duration,
+) -> Result<Conn, String> {
+    tokio::time::sleep(delay).await;
+    let attempt = async {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // Replies are bounded by our own timeouts; an idle subscriber
+            // connection waits for messages indefinitely.
+            .set_response_timeout(None)
+            .set_push_sender(tx);
+        match resp3
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(mut conn) => {
+                set_name(&mut conn, &name).await;
+                Ok(Conn::Resp3 { conn, pushes })
+            }
+            // The server answered HELLO with an error: no RESP3 (Redis < 6,
+            // HELLO renamed or denied by an ACL). Any real problem (a wrong
+            // password) makes the RESP2 attempt fail too, with its own error.
+            Err(e)
+                if e.kind() == ErrorKind::RESP3NotSupported
+                    || matches!(e.kind(), ErrorKind::Server(_)) =>
+            {
+                tracing::info!(
+                    error = %e,
+                    "redis refused HELLO 3: the subscriber connection uses RESP2 and cannot be named"
+                );
+                let (sink, stream) = resp2.get_async_pubsub().await?.split();
+                Ok(Conn::Resp2 { sink, stream })
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result.map_err(|e: RedisError| e.to_string()),
+        Err(_) => Err(format!(
+            "no connection within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+impl Conn {
+    /// Cancel-safe: it only waits on a queue.
+    async fn next_event(&mut self) -> Event {
+        match self {
+            Conn::Resp3 { pushes, .. } => match pushes.recv().await {
+                None => Event::Lost("connection closed".into()),
+                Some(push) => match push.kind {
+                    PushKind::Disconnection => Event::Lost("connection closed".into()),
+                    PushKind::Message => {
+                        let mut data = push.data.into_iter();
+                        match (data.next(), data.next()) {
+                            (
+                                Some(Value::BulkString(channel)),
+                                Some(Value::BulkString(payload)),
+                            ) => message(channel, payload),
+                            _ => Event::Other,
+                        }
+                    }
+                    _ => Event::Other,
+                },
+            },
+            Conn::Resp2 { stream, .. } => match stream.next().await {
+                None => Event::Lost("connection closed".into()),
+                Some(msg) => match msg.get_channel::<Vec<u8>>() {
+                    Ok(channel) => message(channel, msg.get_payload_bytes().to_vec()),
+                    Err(_) => Event::Other,
+                },
+            },
+        }
+    }
+
+    /// Runs `ops` in order within [`REPLY_TIMEOUT`]: one result per op, or
+    /// Err(reason) if the connection failed.
+    async fn exec_within(
+        &mut self,
+        ops: &[(Op, &str)],
+    ) -> Result<Vec<Result<(), PubSubError>>, String> {
+        match timeout(REPLY_TIMEOUT, self.exec(ops)).await {
+            Ok(Ok(results)) if results.len() == ops.len() => Ok(results),
+            Ok(Ok(results)) => Err(format!(
+                "{} replies to {} commands",
+                results.len(),
+                ops.len()
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no reply to (UN)SUBSCRIBE within {}s",
+                REPLY_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn exec(&mut self, ops: &[(Op, &str)]) -> RedisResult<Vec<Result<(), PubSubError>>> {
+        let outcome = |r: RedisResult<Value>| r.map(drop).map_err(|e| to_pubsub_error(&e));
+        match self {
+            Conn::Resp3 { conn, .. } => {
+                let mut pipe = redis::pipe();
+                for (op, channel) in ops {
+                    pipe.cmd(op.command()).arg(*channel);
+                }
+                // Per-command results: a refused channel (ACL) fails alone.
+                pipe.ignore_errors();
+                let results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+                Ok(results.into_iter().map(outcome).collect())
+            }
+            // The RESP2 sink has no pipelines; one round trip per command.
+            Conn::Resp2 { sink, .. } => {
+                let mut results = Vec::with_capacity(ops.len());
+                for (op, channel) in ops {
+                    let result = match op {
+                        Op::Subscribe => sink.subscribe(*channel).await,
+                        Op::Unsubscribe => sink.unsubscribe(*channel).await,
+                    };
+                    match result {
+                        Err(e) if !matches!(e.kind(), ErrorKind::Server(_)) => return Err(e),
+                        other => results.push(outcome(other.map(|()| Value::Okay))),
+                    }
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    /// PING within [`REPLY_TIMEOUT`]; Err(reason) if the connection is dead.
+    async fn ping_within(&mut self) -> Result<(), String> {
+        let ping = async {
+            match self {
+                Conn::Resp3 { conn, .. } => redis::cmd("PING").query_async::<Value>(conn).await,
+                Conn::Resp2 { sink, .. } => sink.ping::<Value>().await,
+            }
+        };
+        match timeout(REPLY_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            // An error reply still proves the connection is alive.
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::Server(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no reply to PING within {}s",
+                REPLY_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// A message event, if channel and payload are UTF-8 (the core works on text;
+/// Rails would fail to decode such a payload too).
+fn message(channel: Vec<u8>, payload: Vec<u8>) -> Event {
+    match (String::from_utf8(channel), String::from_utf8(payload)) {
+        (Ok(channel), Ok(payload)) => Event::Message { channel, payload },
+        (channel, _) => {
+            tracing::warn!(
+                channel = ?channel.as_deref().ok(),
+                "dropped a redis message that is not UTF-8"
+            );
+            Event::Other
+        }
+    }
+}
