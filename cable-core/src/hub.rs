@@ -24,7 +24,7 @@ use crate::pubsub::{Ack, PubSub};
 const SHARDS: usize = 16;
 
 /// Messages to a connection's session that do not come from its socket.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Control {
     /// A `periodically` timer fired for subscription `serial`.
     Timer { serial: u64, name: Arc<str> },
@@ -151,7 +151,7 @@ impl Hub {
                 };
                 for target in subs.values() {
                     if let Target::Internal(tx) = target {
-                        let _ = tx.send(ctl.clone_ctl());
+                        let _ = tx.send(ctl.clone());
                     }
                 }
                 continue;
@@ -186,21 +186,6 @@ impl Hub {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
-    }
-}
-
-impl Control {
-    fn clone_ctl(&self) -> Control {
-        match self {
-            Control::Timer { serial, name } => Control::Timer {
-                serial: *serial,
-                name: name.clone(),
-            },
-            Control::RemoteDisconnect { reconnect } => Control::RemoteDisconnect {
-                reconnect: *reconnect,
-            },
-            Control::Shutdown => Control::Shutdown,
-        }
     }
 }
 
