@@ -3,13 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cable_redis::{RedisConfig, RedisPubSub};
 use cable_server::{serve, shutdown_signal, AllowedOrigin};
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 
-/// A chat room on cable's in-memory adapter, with the unmodified
-/// @rails/actioncable client in the page.
+/// A chat room on cable, with the unmodified @rails/actioncable client in the
+/// page. Runs alone on the in-memory adapter, or as one of several nodes
+/// sharing a Redis (and a Rails app's broadcasts) with `--adapter redis://…`.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "chat", version, about)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
@@ -29,6 +32,96 @@ struct Args {
     /// Seconds to wait for clients to leave on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
+    /// Pub/sub adapter: `memory` (this process only) or a Redis URL,
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or
+    /// `redis+unix:///PATH`, to share streams and remote disconnects with
+    /// other chat processes and Rails apps on the same Redis. (`postgres://`
+    /// is not available yet.)
+    #[arg(long, value_name = "memory|URL", default_value = "memory")]
+    adapter: String,
+    /// Rails' `channel_prefix` (cable.yml): stream S is the Redis channel
+    /// PREFIX:S. Redis adapter only (an error with `memory`); without it the
+    /// channel is S itself. Use the Rails app's prefix to interoperate.
+    #[arg(long, value_name = "PREFIX")]
+    channel_prefix: Option<String>,
+}
+
+/// The pub/sub adapter chosen on the command line.
+#[derive(Debug)]
+enum Adapter {
+    Memory,
+    Redis(RedisConfig),
+}
+
+/// Reads `--adapter` and `--channel-prefix`; an error names the flag and the
+/// value (with any password masked).
+fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (ErrorKind, String)> {
+    let scheme = adapter
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let chosen = match scheme.as_deref() {
+        None if adapter == "memory" => Adapter::Memory,
+        Some("memory") if adapter.len() == "memory://".len() => Adapter::Memory,
+        Some("redis" | "rediss" | "redis+unix") => {
+            let mut config = RedisConfig::new(adapter);
+            if let Some(p) = prefix {
+                config = config.channel_prefix(p);
+            }
+            // The error masks the password.
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::Redis(config));
+        }
+        Some("postgres" | "postgresql") => {
+            return Err((
+                ErrorKind::ValueValidation,
+                format!(
+                    "--adapter {}: the PostgreSQL adapter is not available yet; \
+                     use memory or redis://…",
+                    redact(adapter)
+                ),
+            ))
+        }
+        _ => {
+            return Err((
+                ErrorKind::ValueValidation,
+                format!(
+                    "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB] \
+                     or rediss://…",
+                    redact(adapter)
+                ),
+            ))
+        }
+    };
+    if let Some(p) = prefix {
+        return Err((
+            ErrorKind::ArgumentConflict,
+            format!(
+                "--channel-prefix {p:?} only applies to the redis adapter \
+                 (--adapter redis://…); the memory adapter does not use channel names"
+            ),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// `url` with the password part of its user info replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let masked = match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // `redis://secret@host` puts the password in the user part.
+        None => "***".to_owned(),
+    };
+    format!("{}{masked}{}", &url[..start], &rest[at..])
 }
 
 #[tokio::main]
@@ -41,6 +134,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
+        .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
     let mut opts = chat_example::Options {
         admin: args.admin,
         ..Default::default()
@@ -57,7 +152,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
-    let cable = chat_example::cable_builder().build();
+    let builder = chat_example::cable_builder();
+    let cable = match adapter {
+        Adapter::Memory => {
+            tracing::info!("pub/sub adapter: memory (this process only)");
+            builder.build()
+        }
+        Adapter::Redis(config) => {
+            tracing::info!(
+                "pub/sub adapter: redis at {} ({}, connection name {})",
+                redact(&config.url),
+                match &config.channel_prefix {
+                    Some(p) => format!("channel prefix {p:?}"),
+                    None => "no channel prefix".to_owned(),
+                },
+                config.connection_name,
+            );
+            // Nothing connects yet: the subscriber connects in the background
+            // and retries while Redis is down.
+            builder
+                .pubsub(move |delivery| {
+                    RedisPubSub::new(config, delivery)
+                        .expect("redis config validated at startup, inside the runtime")
+                })
+                .build()
+        }
+    };
     let app = chat_example::app(cable.clone(), &opts);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -76,4 +196,82 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     tracing::info!("bye");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(adapter: &str, prefix: Option<&str>) -> String {
+        match choose_adapter(adapter, prefix) {
+            Err((_, msg)) => msg,
+            Ok(a) => panic!("{adapter:?} accepted as {a:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_is_the_default_and_takes_no_prefix() {
+        let args = Args::try_parse_from(["chat"]).expect("no flags");
+        assert!(matches!(
+            choose_adapter(&args.adapter, None),
+            Ok(Adapter::Memory)
+        ));
+        assert!(matches!(
+            choose_adapter("memory://", None),
+            Ok(Adapter::Memory)
+        ));
+        let msg = err("memory", Some("app"));
+        assert!(msg.starts_with("--channel-prefix \"app\""), "{msg}");
+        assert!(err("memory://x", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn redis_urls_with_and_without_prefix() {
+        let Ok(Adapter::Redis(c)) = choose_adapter("redis://127.0.0.1:6379/1", Some("myapp"))
+        else {
+            panic!("redis url refused")
+        };
+        assert_eq!(c.url, "redis://127.0.0.1:6379/1");
+        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
+        assert_eq!(
+            c.connection_name,
+            format!("ActionCable-PID-{}", std::process::id())
+        );
+        let Ok(Adapter::Redis(c)) = choose_adapter("rediss://:pw@redis.example:6380", None) else {
+            panic!("rediss url refused")
+        };
+        assert_eq!(c.channel_prefix, None);
+        assert!(matches!(
+            choose_adapter("redis+unix:///tmp/redis.sock", None),
+            Ok(Adapter::Redis(_))
+        ));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_hide_passwords() {
+        let msg = err("redis://:hunter2@127.0.0.1:notaport", None);
+        assert!(msg.starts_with("--adapter: invalid redis url"), "{msg}");
+        assert!(msg.contains("127.0.0.1:notaport"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("postgres://u:hunter2@db/app", None);
+        assert!(
+            msg.contains("the PostgreSQL adapter is not available yet"),
+            "{msg}"
+        );
+        assert!(msg.contains("postgres://u:***@db/app"), "{msg}");
+        let msg = err("nats://localhost", None);
+        assert!(
+            msg.starts_with("--adapter \"nats://localhost\": unknown adapter"),
+            "{msg}"
+        );
+        assert!(err("redis", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn redacts_user_info() {
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact("redis://secret@h"), "redis://***@h");
+        assert_eq!(redact("memory"), "memory");
+    }
 }

@@ -1,0 +1,449 @@
+//! Helpers: real `chat` processes, a raw actioncable-v1-json WebSocket client,
+//! Redis discovery and `PUBSUB` queries.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for anything that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a `chat` process may take to start listening (or to exit).
+pub const START_WAIT: Duration = Duration::from_secs(15);
+
+/// `ChatChannel` in room `lobby`, as the JS client sends it.
+pub const LOBBY: &str = r#"{"channel":"ChatChannel","room":"lobby"}"#;
+
+pub fn room(r: &str) -> String {
+    format!(r#"{{"channel":"ChatChannel","room":"{r}"}}"#)
+}
+
+pub fn confirm(identifier: &str) -> String {
+    format!(
+        r#"{{"identifier":{},"type":"confirm_subscription"}}"#,
+        serde_json::to_string(identifier).expect("string")
+    )
+}
+
+/// `{"identifier":…,"message":…}` as the server frames a broadcast.
+pub fn message(identifier: &str, message_json: &str) -> String {
+    format!(
+        r#"{{"identifier":{},"message":{message_json}}}"#,
+        serde_json::to_string(identifier).expect("string")
+    )
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A plain connection for raw commands, or None if Redis is unreachable.
+pub async fn try_plain(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
+    let connect = client.get_multiplexed_async_connection();
+    let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+    pong.ok().map(|_| conn)
+}
+
+/// The shared Redis at `REDIS_URL`, or None after printing why the test is
+/// skipped (a failure instead when `CI` is set).
+pub async fn shared_redis() -> Option<(String, redis::aio::MultiplexedConnection)> {
+    let url = redis_url();
+    match try_plain(&url).await {
+        Some(conn) => Some((url, conn)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("Redis not reachable at {url} (CI is set, so this is a failure)")
+        }
+        None => {
+            println!("SKIPPED: Redis not reachable at {url} (start redis-server or set REDIS_URL)");
+            None
+        }
+    }
+}
+
+/// A channel prefix no other test, or test run, uses.
+pub fn unique_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "cable-test-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` every 20 ms until it holds, for at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .expect("PUBSUB NUMSUB");
+    reply.first().map_or(0, |(_, n)| *n)
+}
+
+/// Waits until `PUBSUB NUMSUB channel` is `n`.
+pub async fn until_numsub(conn: &redis::aio::MultiplexedConnection, channel: &str, n: i64) {
+    eventually(&format!("PUBSUB NUMSUB {channel} = {n}"), || {
+        let mut conn = conn.clone();
+        async move { numsub(&mut conn, channel).await == n }
+    })
+    .await;
+}
+
+pub async fn channels(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut list: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .expect("PUBSUB CHANNELS");
+    list.sort();
+    list
+}
+
+/// Runs the real `redis-cli` with `args`, or None (after printing why) when
+/// the binary is missing; a failure instead when `CI` is set.
+pub async fn redis_cli(args: Vec<String>) -> Option<Output> {
+    let run = tokio::task::spawn_blocking(move || Command::new("redis-cli").args(&args).output());
+    let run = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("redis-cli did not finish within 5s")
+        .expect("redis-cli task");
+    match run {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-cli not found (CI is set, so this is a failure)"
+            );
+            println!("SKIPPED: redis-cli not found on PATH");
+            None
+        }
+        Err(e) => panic!("cannot run redis-cli: {e}"),
+    }
+}
+
+/// The `chat` binary of this package.
+fn chat_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A running `chat` process on a free port. Killed on drop; its log is
+/// printed if the test is failing.
+pub struct Chat {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Chat {
+    /// Starts `chat --bind 127.0.0.1:0 ARGS…` and waits until it listens.
+    pub async fn start(args: &[&str]) -> Chat {
+        let mut child = chat_command(&[&["--bind", "127.0.0.1:0"][..], args].concat())
+            .spawn()
+            .expect("spawn chat");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        std::thread::spawn({
+            let logs = logs.clone();
+            move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let addr = line
+                        .split_once("chat example listening on http://")
+                        .map(|(_, addr)| addr.trim().to_owned());
+                    logs.lock().expect("log lock").push(line);
+                    if let Some(addr) = addr {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                }
+            }
+        });
+        let mut chat = Chat {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+            logs,
+        };
+        // The reader drops `tx` without sending if chat exits first.
+        match tokio::time::timeout(START_WAIT, rx).await {
+            Ok(Ok(addr)) => chat.addr = addr.parse().expect("listening address"),
+            Ok(Err(_)) => panic!(
+                "chat {args:?} exited before listening ({:?}):\n{}",
+                chat.child.wait(),
+                chat.log_text()
+            ),
+            Err(_) => panic!(
+                "chat {args:?} not listening within {START_WAIT:?}:\n{}",
+                chat.log_text()
+            ),
+        }
+        chat
+    }
+
+    /// A node on `url` with `prefix`, admin endpoints on.
+    pub async fn redis_node(url: &str, prefix: &str) -> Chat {
+        Chat::start(&["--admin", "--adapter", url, "--channel-prefix", prefix]).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// `POST path` with a JSON body to this process; (status, body).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http_post(self.addr, path, body).await
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of chat on {} ---\n{}", self.addr, self.log_text());
+        }
+    }
+}
+
+/// Runs `chat ARGS…` expecting it to exit by itself within [`START_WAIT`];
+/// returns its status and stderr. Killed if it does not.
+pub async fn chat_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = chat_command(args).spawn().expect("spawn chat");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chat") {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chat {args:?} still running after {START_WAIT:?}:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+/// A bare HTTP/1.1 POST with a JSON body; returns (status, body).
+pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("no HTTP response within 5s")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// A raw actioncable-v1-json client, as the JS client connects: same-origin
+/// `Origin`, both subprotocols offered, the user in `?user=`.
+pub struct Client {
+    pub user: String,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects to `chat` as `user` and reads the welcome.
+    pub async fn connect(chat: &Chat, user: &str) -> Client {
+        let mut req = format!("ws://{}/cable?user={user}", chat.addr)
+            .into_client_request()
+            .expect("request");
+        let headers = req.headers_mut();
+        let origin = format!("http://{}", chat.addr);
+        headers.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("actioncable-v1-json, actioncable-unsupported"),
+        );
+        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("no handshake within 5s")
+            .expect("handshake");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("actioncable-v1-json")
+        );
+        let mut client = Client {
+            user: user.to_owned(),
+            ws,
+        };
+        client.expect(r#"{"type":"welcome"}"#).await;
+        client
+    }
+
+    /// Connects as `user` and joins `identifier` (confirmation awaited).
+    pub async fn joined(chat: &Chat, user: &str, identifier: &str) -> Client {
+        let mut c = Client::connect(chat, user).await;
+        c.join(identifier).await;
+        c
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Subscribes and waits for `confirm_subscription`, which the server sends
+    /// only once Redis acknowledged the SUBSCRIBE.
+    pub async fn join(&mut self, identifier: &str) {
+        self.send_json(serde_json::json!({"command": "subscribe", "identifier": identifier}))
+            .await;
+        self.expect(&confirm(identifier)).await;
+    }
+
+    /// Performs `speak` with `body` in the room of `identifier`.
+    pub async fn speak(&mut self, identifier: &str, body: &str) {
+        let data = serde_json::json!({"action": "speak", "body": body});
+        self.send_json(serde_json::json!({
+            "command": "message",
+            "identifier": identifier,
+            "data": data.to_string(),
+        }))
+        .await;
+    }
+
+    /// The next message of any kind before `deadline`, or None when the
+    /// stream ended. Panics at the deadline.
+    async fn next_message(&mut self, deadline: tokio::time::Instant) -> Option<Message> {
+        match tokio::time::timeout_at(deadline, self.ws.next()).await {
+            Ok(Some(Ok(m))) => Some(m),
+            Ok(Some(Err(_))) | Ok(None) => None,
+            Err(_) => panic!("{}: no frame (pings aside) within {WAIT:?}", self.user),
+        }
+    }
+
+    /// The next text frame that is not a ping, within [`WAIT`] (the server
+    /// pings every 3 s, so the deadline covers the whole wait).
+    pub async fn recv(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.next_message(deadline).await {
+                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
+                Some(Message::Text(t)) => return t.as_str().to_owned(),
+                Some(Message::Close(c)) => {
+                    panic!("{}: closed while waiting for a frame: {c:?}", self.user)
+                }
+                Some(_) => {}
+                None => panic!("{}: stream ended while waiting for a frame", self.user),
+            }
+        }
+    }
+
+    pub async fn expect(&mut self, frame: &str) {
+        let got = self.recv().await;
+        assert_eq!(got, frame, "{} received", self.user);
+    }
+
+    /// Asserts the server closes with `code` after some text frames (pings
+    /// aside), which are returned.
+    pub async fn expect_close(&mut self, code: CloseCode) -> Vec<String> {
+        let mut texts = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.next_message(deadline).await {
+                Some(Message::Close(Some(f))) => {
+                    assert_eq!(f.code, code, "{}: close code", self.user);
+                    return texts;
+                }
+                Some(Message::Close(None)) => panic!("{}: close without a code", self.user),
+                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
+                Some(Message::Text(t)) => texts.push(t.as_str().to_owned()),
+                Some(_) => {}
+                None => panic!(
+                    "{}: stream ended without a close frame; got {texts:?}",
+                    self.user
+                ),
+            }
+        }
+    }
+
+    /// Closes the socket and waits for the server's side of the close.
+    pub async fn leave(mut self) {
+        let _ = self.ws.close(None).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return,
+                Err(_) => panic!("{}: server did not close within {WAIT:?}", self.user),
+            }
+        }
+    }
+}
