@@ -1,0 +1,445 @@
+//! One benchmark client: a WebSocket speaking `actioncable-v1-json` to the
+//! websocket-shootout `BenchmarkChannel`, driven by its own task.
+//!
+//! Frames are classified by cheap byte searches, not parsed: thousands of
+//! clients share two cores with the server under test, and a client that
+//! spends its time in a JSON parser measures itself, not the server.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use memchr::memmem;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The subscription every client makes, as websocket-shootout's client does.
+pub const IDENTIFIER: &str = r#"{"channel":"BenchmarkChannel"}"#;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since this process's benchmark epoch; payload `sendTime`s
+/// carry it, so latencies are measured on one monotonic clock.
+pub fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Where clients connect and from which source addresses.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `ws://host:port/path?query`; `{i}` is replaced by the client's number.
+    pub url: String,
+    /// Source addresses, used round-robin (127.0.0.2-127.0.0.9 by default) so
+    /// that each gets its own ephemeral port range.
+    pub sources: Vec<IpAddr>,
+}
+
+impl Target {
+    pub fn new(url: impl Into<String>) -> Self {
+        Target {
+            url: url.into(),
+            sources: (2..=9)
+                .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+                .collect(),
+        }
+    }
+
+    fn addr(&self) -> Result<(SocketAddr, String)> {
+        let rest = self
+            .url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow!("only ws:// URLs are supported: {}", self.url))?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let addr: SocketAddr = hostport
+            .parse()
+            .with_context(|| format!("{hostport:?} is not an IP:port"))?;
+        Ok((addr, hostport.to_owned()))
+    }
+}
+
+/// `{"command":"subscribe","identifier":"{\"channel\":\"BenchmarkChannel\"}"}`
+pub fn subscribe_frame() -> String {
+    serde_json::json!({"command": "subscribe", "identifier": IDENTIFIER}).to_string()
+}
+
+/// A `message` command performing `action` with websocket-shootout's payload.
+pub fn perform_frame(action: &str, send_time_us: u64, padding: &str) -> String {
+    let mut payload = serde_json::Map::new();
+    payload.insert("sendTime".into(), send_time_us.to_string().into());
+    if !padding.is_empty() {
+        payload.insert("padding".into(), padding.into());
+    }
+    let data = serde_json::json!({"action": action, "payload": payload}).to_string();
+    serde_json::json!({"command": "message", "identifier": IDENTIFIER, "data": data}).to_string()
+}
+
+/// websocket-shootout's padding: `1234567890` repeated, cut to `len`.
+pub fn padding(len: usize) -> String {
+    "1234567890".repeat(len / 10 + 1)[..len].to_owned()
+}
+
+/// What one frame from the server is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    Welcome,
+    Ping,
+    Confirm,
+    Reject,
+    Disconnect {
+        too_slow: bool,
+    },
+    /// A BenchmarkChannel `broadcast` message, with its `sendTime`.
+    Broadcast(Option<u64>),
+    /// A `broadcastResult` (or `echo`) for this client, with its `sendTime`.
+    Result(Option<u64>),
+    Other,
+}
+
+pub fn classify(frame: &[u8]) -> Kind {
+    if frame.starts_with(br#"{"type":"#) {
+        let rest = &frame[8..];
+        return if rest.starts_with(br#""ping""#) {
+            Kind::Ping
+        } else if rest.starts_with(br#""welcome""#) {
+            Kind::Welcome
+        } else if rest.starts_with(br#""confirm_subscription""#) {
+            Kind::Confirm
+        } else if rest.starts_with(br#""reject_subscription""#) {
+            Kind::Reject
+        } else if rest.starts_with(br#""disconnect""#) {
+            Kind::Disconnect {
+                too_slow: memmem::find(frame, b"too_slow").is_some(),
+            }
+        } else {
+            Kind::Other
+        };
+    }
+    if frame.ends_with(br#""type":"confirm_subscription"}"#) {
+        return Kind::Confirm;
+    }
+    if frame.ends_with(br#""type":"reject_subscription"}"#) {
+        return Kind::Reject;
+    }
+    if memmem::find(frame, br#""broadcastResult""#).is_some()
+        || memmem::find(frame, br#""action":"echo""#).is_some()
+    {
+        Kind::Result(send_time(frame))
+    } else if memmem::find(frame, br#""action":"broadcast""#).is_some() {
+        Kind::Broadcast(send_time(frame))
+    } else {
+        Kind::Other
+    }
+}
+
+fn send_time(frame: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = br#""sendTime":""#;
+    let start = memmem::find(frame, KEY)? + KEY.len();
+    let digits = &frame[start..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Timings of one connection's start.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub welcome: Duration,
+    pub confirm: Duration,
+}
+
+/// Opens client `i`: TCP from its source address, the WebSocket handshake
+/// with the `actioncable-v1-json` subprotocol, the welcome, then the
+/// BenchmarkChannel subscription and its confirmation.
+pub async fn open(target: &Target, i: usize, rcvbuf: Option<u32>) -> Result<(Ws, Opened)> {
+    let started = Instant::now();
+    let (addr, hostport) = target.addr()?;
+    let socket = TcpSocket::new_v4()?;
+    if !target.sources.is_empty() {
+        let src = target.sources[i % target.sources.len()];
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .with_context(|| format!("bind {src}"))?;
+    }
+    if let Some(n) = rcvbuf {
+        socket.set_recv_buffer_size(n)?;
+    }
+    let tcp = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let url = target.url.replace("{i}", &i.to_string());
+    let mut req = url.as_str().into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("actioncable-v1-json"),
+    );
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{hostport}"))?,
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    let welcome = loop {
+        match next_kind(&mut ws).await? {
+            Kind::Welcome => break started.elapsed(),
+            Kind::Ping => {}
+            Kind::Disconnect { .. } => bail!("disconnected before the welcome"),
+            k => bail!("expected a welcome, got {k:?}"),
+        }
+    };
+    ws.send(Message::text(subscribe_frame())).await?;
+    let confirm = loop {
+        match next_kind(&mut ws).await? {
+            Kind::Confirm => break started.elapsed(),
+            Kind::Ping => {}
+            Kind::Reject => bail!("subscription rejected"),
+            k => bail!("expected confirm_subscription, got {k:?}"),
+        }
+    };
+    Ok((ws, Opened { welcome, confirm }))
+}
+
+async fn next_kind(ws: &mut Ws) -> Result<Kind> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(classify(t.as_bytes())),
+            Some(Ok(Message::Close(c))) => bail!("closed by the server: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection closed"),
+        }
+    }
+}
+
+/// Latency histogram in microseconds (1 µs to 10 min, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds are valid")
+}
+
+/// What every client of a run shares.
+pub struct Shared {
+    /// RTTs of `broadcastResult`s, to the ladder's coordinator.
+    pub rtt_tx: mpsc::UnboundedSender<Duration>,
+    /// Deliveries of broadcasts sent at or after this `now_us()` count in
+    /// `latency` and `delivered`; earlier ones are a previous step's.
+    pub window_start_us: AtomicU64,
+    pub delivered: AtomicU64,
+    pub latency: Vec<Mutex<Histogram<u64>>>,
+    pub closed: AtomicU64,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Duration>) {
+        let (rtt_tx, rtt_rx) = mpsc::unbounded_channel();
+        let shards = 8;
+        (
+            Arc::new(Shared {
+                rtt_tx,
+                window_start_us: AtomicU64::new(u64::MAX),
+                delivered: AtomicU64::new(0),
+                latency: (0..shards).map(|_| Mutex::new(histogram())).collect(),
+                closed: AtomicU64::new(0),
+                errors: Mutex::new(Vec::new()),
+            }),
+            rtt_rx,
+        )
+    }
+
+    /// Starts a measurement window: clears the histogram and the count.
+    pub fn start_window(&self) -> u64 {
+        let now = now_us();
+        for h in &self.latency {
+            h.lock().expect("histogram lock").reset();
+        }
+        self.delivered.store(0, Ordering::SeqCst);
+        self.window_start_us.store(now, Ordering::SeqCst);
+        now
+    }
+
+    /// The window's latencies merged.
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for h in &self.latency {
+            all.add(&*h.lock().expect("histogram lock"))
+                .expect("same bounds");
+        }
+        all
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.lock().expect("errors lock").len()
+    }
+
+    fn error(&self, e: String) {
+        let mut errs = self.errors.lock().expect("errors lock");
+        if errs.len() < 1000 {
+            errs.push(e);
+        }
+    }
+}
+
+/// Per-client state the coordinator reads.
+#[derive(Default)]
+pub struct State {
+    pub broadcasts: AtomicU64,
+    pub results: AtomicU64,
+    pub closed: AtomicBool,
+    pub too_slow: AtomicBool,
+    paused: AtomicBool,
+    resume: Notify,
+}
+
+/// A running client.
+pub struct Client {
+    pub id: usize,
+    pub state: Arc<State>,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl Client {
+    /// Sends a `broadcast` action stamped now; false if the client is gone.
+    pub fn broadcast(&self, padding: &str) -> bool {
+        self.send(perform_frame("broadcast", now_us(), padding))
+    }
+
+    pub fn send(&self, text: String) -> bool {
+        self.tx.send(Message::text(text)).is_ok()
+    }
+
+    /// Stops reading the socket (the server's writes back up), or resumes.
+    pub fn pause(&self, paused: bool) {
+        self.state.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.state.resume.notify_one();
+        }
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(Message::Close(None));
+    }
+}
+
+/// Runs an opened connection in its own task.
+pub fn spawn(id: usize, ws: Ws, shared: Arc<Shared>) -> Client {
+    let state = Arc::new(State::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(id, ws, shared, state.clone(), rx));
+    Client { id, state, tx }
+}
+
+async fn run(
+    id: usize,
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    state: Arc<State>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    let shard = id % shared.latency.len();
+    let mut closing = false;
+    loop {
+        if state.paused.load(Ordering::SeqCst) {
+            state.resume.notified().await;
+            continue;
+        }
+        tokio::select! {
+            out = rx.recv(), if !closing => match out {
+                Some(m) => {
+                    closing = matches!(m, Message::Close(_));
+                    if let Err(e) = ws.send(m).await {
+                        if !closing {
+                            shared.error(format!("client {id}: send: {e}"));
+                        }
+                        break;
+                    }
+                }
+                None => closing = true,
+            },
+            _ = state.resume.notified() => {}
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => match classify(t.as_bytes()) {
+                    Kind::Broadcast(Some(sent)) => {
+                        state.broadcasts.fetch_add(1, Ordering::Relaxed);
+                        if sent >= shared.window_start_us.load(Ordering::Relaxed) {
+                            let lat = now_us().saturating_sub(sent).max(1);
+                            shared.delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut h) = shared.latency[shard].lock() {
+                                h.saturating_record(lat);
+                            }
+                        }
+                    }
+                    Kind::Result(Some(sent)) => {
+                        state.results.fetch_add(1, Ordering::Relaxed);
+                        let _ = shared
+                            .rtt_tx
+                            .send(Duration::from_micros(now_us().saturating_sub(sent)));
+                    }
+                    Kind::Disconnect { too_slow } => {
+                        if too_slow {
+                            state.too_slow.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Kind::Ping | Kind::Confirm | Kind::Welcome => {}
+                    k => shared.error(format!("client {id}: unexpected frame {k:?}: {t}")),
+                },
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    if !closing {
+                        shared.error(format!("client {id}: {e}"));
+                    }
+                    break;
+                }
+            },
+        }
+    }
+    state.closed.store(true, Ordering::SeqCst);
+    shared.closed.fetch_add(1, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_rails_frames() {
+        assert_eq!(classify(br#"{"type":"ping","message":1}"#), Kind::Ping);
+        assert_eq!(classify(br#"{"type":"welcome"}"#), Kind::Welcome);
+        assert_eq!(
+            classify(br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","type":"confirm_subscription"}"#),
+            Kind::Confirm
+        );
+        assert_eq!(
+            classify(br#"{"type":"disconnect","reason":"too_slow","reconnect":true}"#),
+            Kind::Disconnect { too_slow: true }
+        );
+        let b = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"broadcast","payload":{"sendTime":"123","padding":"12"}}}"#;
+        assert_eq!(classify(b), Kind::Broadcast(Some(123)));
+        let r = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"broadcastResult","payload":{"sendTime":"9"}}}"#;
+        assert_eq!(classify(r), Kind::Result(Some(9)));
+    }
+
+    #[test]
+    fn perform_frame_is_websocket_shootouts() {
+        assert_eq!(
+            perform_frame("broadcast", 5, "12"),
+            r#"{"command":"message","identifier":"{\"channel\":\"BenchmarkChannel\"}","data":"{\"action\":\"broadcast\",\"payload\":{\"sendTime\":\"5\",\"padding\":\"12\"}}"}"#
+        );
+        assert_eq!(padding(12), "123456789012");
+    }
+}

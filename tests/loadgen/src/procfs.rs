@@ -1,0 +1,62 @@
+//! Server-side figures read from `/proc`: CPU time and resident memory.
+
+use anyhow::{anyhow, Context as _, Result};
+
+/// Clock ticks per second in `/proc/PID/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: u64 = 100;
+
+/// CPU time (user + system) of `pid` so far, in microseconds.
+pub fn cpu_us(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?
+        .1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime); `after` starts at field 3.
+    let ticks = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+            .parse::<u64>()
+            .map_err(Into::into)
+    };
+    Ok((ticks(14)? + ticks(15)?) * 1_000_000 / TICKS_PER_SEC)
+}
+
+/// Summed over several processes (a multi-node run, say).
+pub fn cpu_us_all(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| cpu_us(p)).sum()
+}
+
+/// Resident set size of `pid`, in bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("odd VmRSS line"))?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+pub fn rss_all(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| rss_bytes(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id();
+        assert!(super::rss_bytes(me).unwrap() > 0);
+        super::cpu_us(me).unwrap();
+    }
+}

@@ -1,0 +1,412 @@
+//! Turns a directory of run results into `BENCHMARKS.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::modes::RunResult;
+
+/// Reads every `*.json` run result in `dir` (other JSON, such as
+/// `meta.json`, is skipped), keyed by (server, mode).
+pub fn load(dir: &Path) -> Result<BTreeMap<(String, String), RunResult>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)?;
+            if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+                out.insert((r.server.clone(), r.mode.clone()), r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn fmt_num(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.digits$}"),
+        None => "—".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>, higher_is_better: bool) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+            let r = if higher_is_better { a / b } else { b / a };
+            format!("{r:.2}x")
+        }
+        _ => "—".into(),
+    }
+}
+
+/// A figure of one (server, mode), or None when that run is absent.
+type Pick = fn(&RunResult) -> Option<f64>;
+
+struct Row {
+    name: &'static str,
+    mode: &'static str,
+    pick: Pick,
+    digits: usize,
+    higher_is_better: bool,
+    target: &'static str,
+}
+
+fn ladder_max(r: &RunResult) -> Option<f64> {
+    if !r.ok {
+        return None;
+    }
+    num(&r.metrics["max_clients_within_limit"])
+}
+
+fn ladder_p95_at_top(r: &RunResult) -> Option<f64> {
+    let steps = r.metrics["steps"].as_array()?;
+    steps
+        .iter()
+        .rev()
+        .find(|s| s["within_limit"] == true)
+        .and_then(|s| num(&s["rtt"]["p95_ms"]))
+}
+
+fn fanout_best(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["best"]["deliveries_per_sec"])
+}
+
+fn fanout_p99(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["best"]["latency"]["p99_ms"])
+}
+
+fn fanout_cpu(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["best"]["server_cpu_us_per_delivery"])
+}
+
+fn connect_failures(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["failures"])
+}
+
+fn connect_welcome_p95(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["welcome"]["p95_ms"])
+}
+
+fn connect_confirm_p95(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["confirm"]["p95_ms"])
+}
+
+fn connect_rate(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["per_sec"])
+}
+
+fn idle_bytes(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["bytes_per_connection"])
+}
+
+fn slow_p99_before(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["before"]["latency"]["p99_ms"])
+}
+
+fn slow_p99_during(r: &RunResult) -> Option<f64> {
+    num(&r.metrics["during"]["latency"]["p99_ms"])
+}
+
+fn slow_rss_growth(r: &RunResult) -> Option<f64> {
+    let a = num(&r.metrics["before"]["max_rss_bytes"])?;
+    let b = num(&r.metrics["during"]["max_rss_bytes"])?;
+    Some((b - a) / 1048576.0)
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        name: "broadcast ladder: most clients with p95 RTT within the limit",
+        mode: "broadcast",
+        pick: ladder_max,
+        digits: 0,
+        higher_is_better: true,
+        target: "19,000 at p95 ≤ 100 ms",
+    },
+    Row {
+        name: "broadcast ladder: p95 RTT at that step (ms)",
+        mode: "broadcast",
+        pick: ladder_p95_at_top,
+        digits: 1,
+        higher_is_better: false,
+        target: "≤ 100",
+    },
+    Row {
+        name: "fanout: deliveries/s sustained with p99 ≤ limit",
+        mode: "fanout",
+        pick: fanout_best,
+        digits: 0,
+        higher_is_better: true,
+        target: "≥ 0.9x B1, ≥ 50x Rails",
+    },
+    Row {
+        name: "fanout: p99 latency at that rate (ms)",
+        mode: "fanout",
+        pick: fanout_p99,
+        digits: 1,
+        higher_is_better: false,
+        target: "≤ 100",
+    },
+    Row {
+        name: "fanout: server CPU µs per delivery",
+        mode: "fanout",
+        pick: fanout_cpu,
+        digits: 2,
+        higher_is_better: false,
+        target: "",
+    },
+    Row {
+        name: "connect: failures",
+        mode: "connect",
+        pick: connect_failures,
+        digits: 0,
+        higher_is_better: false,
+        target: "0",
+    },
+    Row {
+        name: "connect: p95 time to welcome (ms)",
+        mode: "connect",
+        pick: connect_welcome_p95,
+        digits: 1,
+        higher_is_better: false,
+        target: "",
+    },
+    Row {
+        name: "connect: p95 time to confirm_subscription (ms)",
+        mode: "connect",
+        pick: connect_confirm_p95,
+        digits: 1,
+        higher_is_better: false,
+        target: "≤ 1000",
+    },
+    Row {
+        name: "connect: connections/s",
+        mode: "connect",
+        pick: connect_rate,
+        digits: 0,
+        higher_is_better: true,
+        target: "",
+    },
+    Row {
+        name: "idle: server RSS per subscribed connection (bytes)",
+        mode: "idle",
+        pick: idle_bytes,
+        digits: 0,
+        higher_is_better: false,
+        target: "≤ 4096",
+    },
+    Row {
+        name: "slow: readers' p99 before the stall (ms)",
+        mode: "slow",
+        pick: slow_p99_before,
+        digits: 1,
+        higher_is_better: false,
+        target: "",
+    },
+    Row {
+        name: "slow: readers' p99 during the stall (ms)",
+        mode: "slow",
+        pick: slow_p99_during,
+        digits: 1,
+        higher_is_better: false,
+        target: "unchanged within noise",
+    },
+    Row {
+        name: "slow: server RSS growth during the stall (MiB)",
+        mode: "slow",
+        pick: slow_rss_growth,
+        digits: 1,
+        higher_is_better: false,
+        target: "≤ queue limit × stalled",
+    },
+];
+
+/// The comparison table: cable vs B1 vs Rails with ratios.
+pub fn summary_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let get = |server: &str, row: &Row| -> Option<f64> {
+        runs.get(&(server.to_owned(), row.mode.to_owned()))
+            .and_then(|r| (row.pick)(r))
+    };
+    let mut s = String::new();
+    s.push_str("| benchmark | cable | B1 | Rails | cable vs B1 | cable vs Rails | target |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---|\n");
+    for row in ROWS {
+        let (c, b, r) = (get("cable", row), get("b1", row), get("rails", row));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.name,
+            fmt_num(c, row.digits),
+            fmt_num(b, row.digits),
+            fmt_num(r, row.digits),
+            ratio(c, b, row.higher_is_better),
+            ratio(c, r, row.higher_is_better),
+            row.target
+        );
+    }
+    s.push_str(
+        "\nRatios are cable's advantage: above 1.00x cable is better (for latencies and \
+         memory, the other server's figure divided by cable's).\n",
+    );
+    s
+}
+
+/// The ladder's steps, one table per server.
+pub fn ladder_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut s = String::new();
+    for ((server, mode), r) in runs {
+        if mode != "broadcast" {
+            continue;
+        }
+        let _ = writeln!(s, "\n**{server}** ({})\n", status(r));
+        s.push_str("| clients | p95 RTT ms | min | median | max |\n|---:|---:|---:|---:|---:|\n");
+        for st in r.metrics["steps"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                st["clients"],
+                st["rtt"]["p95_ms"],
+                st["rtt"]["min_ms"],
+                st["rtt"]["p50_ms"],
+                st["rtt"]["max_ms"]
+            );
+        }
+    }
+    s
+}
+
+/// The fan-out sweeps, one table per server label.
+pub fn fanout_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut s = String::new();
+    for ((server, mode), r) in runs {
+        if mode != "fanout" {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\n**{server}**, {} subscribers ({})\n",
+            r.params["subscribers"],
+            status(r)
+        );
+        s.push_str(
+            "| broadcasts/s | deliveries/s | p50 ms | p99 ms | max ms | delivered | CPU µs/delivery | server CPU % |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for st in r.metrics["steps"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| {:.1} | {} | {} | {} | {} | {}/{} | {} | {} |",
+                st["rate"].as_f64().unwrap_or(0.0),
+                st["deliveries_per_sec"],
+                st["latency"]["p50_ms"],
+                st["latency"]["p99_ms"],
+                st["latency"]["max_ms"],
+                st["delivered"],
+                st["expected"],
+                fmt_num(num(&st["server_cpu_us_per_delivery"]), 2),
+                st["server_cpu_percent"],
+            );
+        }
+    }
+    s
+}
+
+/// Pub/sub adapters compared: fan-out runs labelled `adapter-<name>`, with
+/// the publisher on one node and the subscribers on another (or the same
+/// node for the in-memory adapter).
+pub fn adapter_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| adapter | subscribers | latency at the first rate: p50 ms | p99 ms | best deliveries/s with p99 ≤ limit | p50 / p99 ms at that rate |\n\
+         |---|---:|---:|---:|---:|---|\n",
+    );
+    let mut any = false;
+    for ((server, mode), r) in runs {
+        let Some(name) = server.strip_prefix("adapter-") else {
+            continue;
+        };
+        if mode != "fanout" {
+            continue;
+        }
+        any = true;
+        let first = &r.metrics["steps"][0];
+        let best = &r.metrics["best"];
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} / {} |",
+            r.params["subscribers"],
+            first["latency"]["p50_ms"],
+            first["latency"]["p99_ms"],
+            best["deliveries_per_sec"],
+            best["latency"]["p50_ms"],
+            best["latency"]["p99_ms"],
+        );
+    }
+    if any {
+        s
+    } else {
+        "No adapter runs in this result set.\n".into()
+    }
+}
+
+fn status(r: &RunResult) -> String {
+    if r.ok {
+        "ok".into()
+    } else {
+        format!("FAILED: {}", r.errors.first().cloned().unwrap_or_default())
+    }
+}
+
+/// Every run's parameters and figures as compact JSON lines.
+pub fn raw(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut s = String::new();
+    for ((server, mode), r) in runs {
+        let _ = writeln!(
+            s,
+            "- `{server} {mode}` ({}): params `{}`",
+            if r.ok { "ok" } else { "failed" },
+            r.params
+        );
+        for e in r.errors.iter().take(3) {
+            let _ = writeln!(s, "  - error: {e}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ratios_favour_cable_above_one() {
+        assert_eq!(ratio(Some(200.0), Some(100.0), true), "2.00x");
+        assert_eq!(ratio(Some(50.0), Some(100.0), false), "2.00x");
+        assert_eq!(ratio(None, Some(1.0), true), "—");
+    }
+
+    #[test]
+    fn table_has_a_row_per_figure() {
+        let mut runs = BTreeMap::new();
+        runs.insert(
+            ("cable".to_owned(), "idle".to_owned()),
+            RunResult {
+                mode: "idle".into(),
+                server: "cable".into(),
+                ok: true,
+                params: json!({}),
+                metrics: json!({"bytes_per_connection": 3000.0}),
+                errors: vec![],
+            },
+        );
+        let t = summary_table(&runs);
+        assert!(t.contains("| idle: server RSS per subscribed connection (bytes) | 3000 | — |"));
+    }
+}
