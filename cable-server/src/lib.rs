@@ -96,6 +96,11 @@ impl ServerConfig {
 }
 
 /// An axum router serving `cable` at `config.mount_path`.
+///
+/// [`serve`] sets `TCP_NODELAY` on every accepted socket; with your own
+/// `axum::serve`, do the same (`listener.tap_io(|tcp| tcp.set_nodelay(true))`
+/// with `axum::serve::ListenerExt`), or small frames can wait up to 40 ms for
+/// a delayed ACK.
 pub fn router(cable: Cable, config: ServerConfig) -> Router {
     let path = config.mount_path.clone();
     let state = Arc::new(ws::ServerState::new(cable, config));
@@ -118,7 +123,15 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    use axum::serve::ListenerExt;
     let c = cable.clone();
+    // Frames are small and latency matters: no Nagle delay (with delayed ACKs
+    // it holds a lone frame back by up to 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!("could not set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
