@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::Stream;
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::auth::{AllowAll, Authenticate, ConnectRequest, Identifiers};
 use crate::channel::Channel;
@@ -94,7 +94,7 @@ pub struct Stats {
 
 pub(crate) struct ConnHandle {
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) ctl: mpsc::UnboundedSender<Control>,
+    pub(crate) ctl: crate::mailbox::Mailbox,
 }
 
 pub(crate) struct Inner {

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::auth::{ConnectRequest, Identifiers};
 use crate::cable::{ConnHandle, Inner};
 use crate::channel::{Channel, ChannelError, Context, Params, SubState};
 use crate::hub::{Control, Target};
+use crate::mailbox::{mailbox, Mailbox};
 use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
 use crate::protocol::{Command, CommandError, DisconnectReason, Frame};
 
@@ -48,7 +48,7 @@ pub(crate) struct ConnShared {
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) identifiers: Identifiers,
     pub(crate) connection_identifier: String,
-    pub(crate) ctl: mpsc::UnboundedSender<Control>,
+    pub(crate) ctl: Mailbox,
 }
 
 struct Subscription {
@@ -96,7 +96,10 @@ pub(crate) async fn run<S>(
             return;
         }
     };
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
+    // Channels never see the request: free its headers now rather than keep
+    // them for the connection's lifetime.
+    drop(request);
+    let (ctl_tx, mut ctl_rx) = mailbox();
     let conn = ConnShared {
         id: cable.next_id(),
         connection_identifier: identifiers.connection_identifier(),
@@ -140,18 +143,18 @@ pub(crate) async fn run<S>(
         tokio::select! {
             biased;
             _ = outbox.closed() => break,
-            ctl = ctl_rx.recv() => match ctl {
-                Some(c) => {
-                    if session.control(c).await {
-                        break;
-                    }
+            ctl = ctl_rx.recv() => {
+                // Boxed (as are commands and close): the session future
+                // lives as long as the connection, and its size is that of
+                // its largest await; idle connections should not pay for it.
+                if Box::pin(session.control(ctl)).await {
+                    break;
                 }
-                None => break,
-            },
+            }
             frame = inbound.next() => match frame {
                 Some(Inbound::Text(text)) => {
                     cable.counters.messages_received.inc();
-                    session.command(&text).await;
+                    Box::pin(session.command(&text)).await;
                 }
                 Some(Inbound::Binary(len)) => {
                     tracing::error!("Couldn't handle non-string message: binary frame of {len} bytes");
@@ -165,7 +168,7 @@ pub(crate) async fn run<S>(
             },
         }
     }
-    session.close().await;
+    Box::pin(session.close()).await;
     if let Some(ch) = &internal {
         cable.hub.remove(ch, "", session.conn.id);
     }
@@ -177,7 +180,8 @@ pub(crate) async fn run<S>(
 
 struct Session {
     conn: ConnShared,
-    subs: HashMap<Arc<str>, Subscription>,
+    // Boxed: the map's spare slots then cost a pointer, not a Subscription.
+    subs: HashMap<Arc<str>, Box<Subscription>>,
 }
 
 impl Session {
@@ -316,7 +320,7 @@ impl Session {
         }
         tracing::info!("{class} is transmitting the subscription confirmation");
         let _ = self.conn.outbox.push(Frame::confirm(&identifier));
-        self.subs.insert(identifier, sub);
+        self.subs.insert(identifier, Box::new(sub));
     }
 
     async fn unsubscribe(&mut self, identifier: &str) {

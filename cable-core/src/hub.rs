@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{FutureExt, Shared};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::json;
 use crate::outbox::Outbox;
@@ -40,13 +39,116 @@ pub(crate) enum Target {
     /// A channel subscription: data frames into the connection's outbox.
     Frames(Arc<Outbox>),
     /// The connection's internal channel (`action_cable/<id>`).
-    Internal(UnboundedSender<Control>),
+    Internal(crate::mailbox::Mailbox),
 }
 
 struct Entry {
     /// Subscribers grouped by subscription identifier (empty for internal).
-    groups: HashMap<Arc<str>, HashMap<u64, Target>>,
+    groups: Groups,
     ack: Shared<Ack>,
+}
+
+/// Subscribers of one stream by identifier. Most streams (a user's, a
+/// connection's internal channel) have one subscriber with one identifier:
+/// that case allocates no maps.
+enum Groups {
+    One(Arc<str>, Subs),
+    Many(HashMap<Arc<str>, Subs>),
+}
+
+/// Subscribers of one stream with one identifier, by connection.
+enum Subs {
+    One(u64, Target),
+    Many(HashMap<u64, Target>),
+}
+
+impl Subs {
+    fn insert(&mut self, conn: u64, target: Target) {
+        match self {
+            Subs::One(c, t) if *c == conn => *t = target,
+            Subs::One(..) => {
+                let Subs::One(c, t) = std::mem::replace(self, Subs::Many(HashMap::new())) else {
+                    unreachable!("matched One above")
+                };
+                if let Subs::Many(m) = self {
+                    m.insert(c, t);
+                    m.insert(conn, target);
+                }
+            }
+            Subs::Many(m) => {
+                m.insert(conn, target);
+            }
+        }
+    }
+
+    /// Removes `conn`; true when no subscriber is left.
+    fn remove(&mut self, conn: u64) -> bool {
+        match self {
+            Subs::One(c, _) => *c == conn,
+            Subs::Many(m) => {
+                m.remove(&conn);
+                m.is_empty()
+            }
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Target)) {
+        match self {
+            Subs::One(_, t) => f(t),
+            Subs::Many(m) => m.values().for_each(f),
+        }
+    }
+}
+
+impl Groups {
+    fn new(identifier: &Arc<str>, conn: u64, target: Target) -> Self {
+        Groups::One(identifier.clone(), Subs::One(conn, target))
+    }
+
+    fn insert(&mut self, identifier: &Arc<str>, conn: u64, target: Target) {
+        match self {
+            Groups::One(id, subs) if **id == **identifier => subs.insert(conn, target),
+            Groups::One(..) => {
+                let Groups::One(id, subs) = std::mem::replace(self, Groups::Many(HashMap::new()))
+                else {
+                    unreachable!("matched One above")
+                };
+                if let Groups::Many(m) = self {
+                    m.insert(id, subs);
+                    m.insert(identifier.clone(), Subs::One(conn, target));
+                }
+            }
+            Groups::Many(m) => match m.get_mut(identifier) {
+                Some(subs) => subs.insert(conn, target),
+                None => {
+                    m.insert(identifier.clone(), Subs::One(conn, target));
+                }
+            },
+        }
+    }
+
+    /// Removes `conn`'s subscription with `identifier`; true when the stream
+    /// has no subscriber left.
+    fn remove(&mut self, identifier: &str, conn: u64) -> bool {
+        match self {
+            Groups::One(id, subs) => **id == *identifier && subs.remove(conn),
+            Groups::Many(m) => {
+                if let Some(subs) = m.get_mut(identifier) {
+                    if subs.remove(conn) {
+                        m.remove(identifier);
+                    }
+                }
+                m.is_empty()
+            }
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Arc<str>, &Subs)) {
+        match self {
+            Groups::One(id, subs) => f(id, subs),
+            Groups::Many(m) => m.iter().for_each(|(id, subs)| f(id, subs)),
+        }
+    }
 }
 
 pub(crate) struct Hub {
@@ -83,26 +185,24 @@ impl Hub {
         target: Target,
     ) -> Shared<Ack> {
         let mut shard = self.shard(stream);
-        let entry = match shard.entry(stream.to_owned()) {
+        match shard.entry(stream.to_owned()) {
             MapEntry::Occupied(o) => {
                 let e = o.into_mut();
                 // A failed subscribe is retried by the next subscriber.
                 if matches!(e.ack.peek(), Some(Err(_))) {
                     e.ack = self.pubsub.subscribe(stream).shared();
                 }
-                e
+                e.groups.insert(identifier, conn, target);
+                e.ack.clone()
             }
-            MapEntry::Vacant(v) => v.insert(Entry {
-                groups: HashMap::new(),
-                ack: self.pubsub.subscribe(stream).shared(),
-            }),
-        };
-        entry
-            .groups
-            .entry(identifier.clone())
-            .or_default()
-            .insert(conn, target);
-        entry.ack.clone()
+            MapEntry::Vacant(v) => v
+                .insert(Entry {
+                    groups: Groups::new(identifier, conn, target),
+                    ack: self.pubsub.subscribe(stream).shared(),
+                })
+                .ack
+                .clone(),
+        }
     }
 
     /// Removes a subscriber; unsubscribes the adapter when it was the last.
@@ -111,13 +211,7 @@ impl Hub {
         let Some(entry) = shard.get_mut(stream) else {
             return;
         };
-        if let Some(group) = entry.groups.get_mut(identifier) {
-            group.remove(&conn);
-            if group.is_empty() {
-                entry.groups.remove(identifier);
-            }
-        }
-        if entry.groups.is_empty() {
+        if entry.groups.remove(identifier, conn) {
             shard.remove(stream);
             // Queued now, under the shard lock, so it cannot overtake a later
             // subscribe of the same stream.
@@ -142,19 +236,23 @@ impl Hub {
             return;
         };
         let mut encoded: Option<String> = None;
+        let mut undecodable = false;
         let mut sent = 0u64;
-        for (identifier, subs) in &entry.groups {
+        entry.groups.for_each(|identifier, subs| {
             if identifier.is_empty() {
                 let Some(ctl) = internal_message(payload) else {
                     tracing::debug!(stream, payload, "ignoring internal message");
-                    continue;
+                    return;
                 };
-                for target in subs.values() {
+                subs.for_each(|target| {
                     if let Target::Internal(tx) = target {
                         let _ = tx.send(ctl.clone());
                     }
-                }
-                continue;
+                });
+                return;
+            }
+            if undecodable {
+                return;
             }
             let message = match &encoded {
                 Some(m) => m,
@@ -164,19 +262,20 @@ impl Hub {
                         // Rails' stream handler raises on a payload it cannot
                         // decode; nothing reaches the clients.
                         tracing::error!(stream, error = %e, "could not decode broadcast payload; dropped");
+                        undecodable = true;
                         return;
                     }
                 },
             };
             let frame = Frame::message(identifier, message);
-            for target in subs.values() {
+            subs.for_each(|target| {
                 if let Target::Frames(outbox) = target {
                     if outbox.push(frame.clone()).is_ok() {
                         sent += 1;
                     }
                 }
-            }
-        }
+            });
+        });
         self.delivered.fetch_add(sent, Ordering::Relaxed);
     }
 
@@ -204,6 +303,29 @@ fn internal_message(payload: &str) -> Option<Control> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_grow_from_one_subscriber_and_shrink_to_none() {
+        let (tx, _rx) = crate::mailbox::mailbox();
+        let t = || Target::Internal(tx.clone());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut g = Groups::new(&a, 1, t());
+        g.insert(&a, 2, t());
+        g.insert(&b, 3, t());
+        g.insert(&b, 3, t());
+        let mut n = 0;
+        g.for_each(|_, subs| subs.for_each(|_| n += 1));
+        assert_eq!(n, 3);
+        assert!(!g.remove("a", 1));
+        assert!(!g.remove("x", 2));
+        assert!(!g.remove("b", 3));
+        assert!(g.remove("a", 2));
+
+        let mut one = Groups::new(&a, 1, t());
+        assert!(!one.remove("a", 9));
+        assert!(!one.remove("b", 1));
+        assert!(one.remove("a", 1));
+    }
 
     #[test]
     fn internal_messages_follow_rails() {

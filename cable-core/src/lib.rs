@@ -77,6 +77,7 @@ mod channel;
 mod connection;
 mod hub;
 pub mod json;
+mod mailbox;
 mod naming;
 mod outbox;
 pub mod protocol;

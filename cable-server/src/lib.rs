@@ -58,8 +58,10 @@ pub struct ServerConfig {
     /// Largest inbound message, in bytes; a larger one closes the connection
     /// with code 1009. Default 64 KiB.
     pub max_message_size: usize,
-    /// Per-connection read buffer. Default 8 KiB (tungstenite's 128 KiB
-    /// default would cost that much for every idle socket).
+    /// Per-connection read buffer. Default 1 KiB, allocated for every
+    /// connection, idle or not (tungstenite's default is 128 KiB). A longer
+    /// message still arrives whole: the buffer grows to fit a frame once its
+    /// header has been read.
     pub read_buffer_size: usize,
     /// Bytes buffered before tungstenite writes to the socket. Default 8 KiB.
     pub write_buffer_size: usize,
@@ -76,7 +78,7 @@ impl Default for ServerConfig {
             mount_path: "/cable".to_owned(),
             origins: OriginPolicy::default(),
             max_message_size: 64 * 1024,
-            read_buffer_size: 8 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 8 * 1024,
             write_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(3),

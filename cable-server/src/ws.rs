@@ -281,7 +281,9 @@ async fn write_loop<K>(mut sink: K, outbox: Arc<Outbox>, write_timeout: std::tim
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows to the largest batch this connection has seen; an idle
+    // connection keeps a few slots, not WRITE_BATCH.
+    let mut batch = Vec::new();
     loop {
         if !outbox.pop_batch(&mut batch, WRITE_BATCH).await {
             break;
