@@ -170,10 +170,18 @@ impl Client {
         }
     }
 
-    /// The next text frame that is not a ping.
+    /// The next text frame that is not a ping. Panics after `WAIT` overall:
+    /// pings keep arriving, so a per-message timeout would wait forever for a
+    /// frame that never comes.
     pub async fn recv(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.next_message().await {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(m))) => Some(m),
+                Ok(Some(Err(_))) | Ok(None) => None,
+                Err(_) => panic!("no frame but pings within {WAIT:?}"),
+            };
+            match next {
                 Some(Message::Text(t)) => {
                     if t.as_str().starts_with(r#"{"type":"ping""#) {
                         continue;
@@ -208,8 +216,14 @@ impl Client {
     /// returned).
     pub async fn expect_close(&mut self, code: CloseCode) -> Vec<String> {
         let mut texts = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.next_message().await {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(m))) => Some(m),
+                Ok(Some(Err(_))) | Ok(None) => None,
+                Err(_) => panic!("no close frame within {WAIT:?}; got {texts:?}"),
+            };
+            match next {
                 Some(Message::Close(Some(f))) => {
                     assert_eq!(f.code, code, "close code");
                     return texts;
