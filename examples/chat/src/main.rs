@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cable_postgres::{PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisConfig, RedisPubSub};
 use cable_server::{serve, shutdown_signal, AllowedOrigin};
 use clap::error::ErrorKind;
@@ -10,7 +11,8 @@ use clap::{CommandFactory, Parser};
 
 /// A chat room on cable, with the unmodified @rails/actioncable client in the
 /// page. Runs alone on the in-memory adapter, or as one of several nodes
-/// sharing a Redis (and a Rails app's broadcasts) with `--adapter redis://…`.
+/// sharing a Redis or a PostgreSQL database (and a Rails app's broadcasts)
+/// with `--adapter redis://…` or `--adapter postgres://…`.
 #[derive(Parser, Debug)]
 #[command(name = "chat", version, about)]
 struct Args {
@@ -32,16 +34,18 @@ struct Args {
     /// Seconds to wait for clients to leave on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
-    /// Pub/sub adapter: `memory` (this process only) or a Redis URL,
+    /// Pub/sub adapter: `memory` (this process only); a Redis URL,
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or
-    /// `redis+unix:///PATH`, to share streams and remote disconnects with
-    /// other chat processes and Rails apps on the same Redis. (`postgres://`
-    /// is not available yet.)
+    /// `redis+unix:///PATH`; or a PostgreSQL URL,
+    /// `postgres://[USER[:PASSWORD]@]HOST[:PORT]/DB[?PARAMS]` (or
+    /// `postgresql://`; no TLS), to share streams and remote disconnects with
+    /// other chat processes and Rails apps on the same Redis or database.
     #[arg(long, value_name = "memory|URL", default_value = "memory")]
     adapter: String,
-    /// Rails' `channel_prefix` (cable.yml): stream S is the Redis channel
-    /// PREFIX:S. Redis adapter only (an error with `memory`); without it the
-    /// channel is S itself. Use the Rails app's prefix to interoperate.
+    /// Rails' `channel_prefix` (cable.yml): stream S is the Redis or
+    /// PostgreSQL channel PREFIX:S. Redis and PostgreSQL adapters only (an
+    /// error with `memory`); without it the channel is S itself. Use the Rails
+    /// app's prefix to interoperate.
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
 }
@@ -51,6 +55,7 @@ struct Args {
 enum Adapter {
     Memory,
     Redis(RedisConfig),
+    Postgres(PostgresConfig),
 }
 
 /// Reads `--adapter` and `--channel-prefix`; an error names the flag and the
@@ -74,21 +79,22 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
             return Ok(Adapter::Redis(config));
         }
         Some("postgres" | "postgresql") => {
-            return Err((
-                ErrorKind::ValueValidation,
-                format!(
-                    "--adapter {}: the PostgreSQL adapter is not available yet; \
-                     use memory or redis://…",
-                    redact(adapter)
-                ),
-            ))
+            let mut config = PostgresConfig::new(adapter);
+            if let Some(p) = prefix {
+                config = config.channel_prefix(p);
+            }
+            // The error masks the password.
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::Postgres(config));
         }
         _ => {
             return Err((
                 ErrorKind::ValueValidation,
                 format!(
-                    "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB] \
-                     or rediss://…",
+                    "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB], \
+                     rediss://… or postgres://HOST[:PORT]/DB",
                     redact(adapter)
                 ),
             ))
@@ -98,8 +104,9 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
         return Err((
             ErrorKind::ArgumentConflict,
             format!(
-                "--channel-prefix {p:?} only applies to the redis adapter \
-                 (--adapter redis://…); the memory adapter does not use channel names"
+                "--channel-prefix {p:?} only applies to the redis and postgres adapters \
+                 (--adapter redis://… or postgres://…); the memory adapter does not use \
+                 channel names"
             ),
         ));
     }
@@ -174,6 +181,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .pubsub(move |delivery| {
                     RedisPubSub::new(config, delivery)
                         .expect("redis config validated at startup, inside the runtime")
+                })
+                .build()
+        }
+        Adapter::Postgres(config) => {
+            tracing::info!(
+                "pub/sub adapter: postgres at {} ({}, application name {})",
+                config.redacted_url(),
+                match &config.channel_prefix {
+                    Some(p) => format!("channel prefix {p:?}"),
+                    None => "no channel prefix".to_owned(),
+                },
+                config.application_name,
+            );
+            // Nothing connects yet: the listener connects in the background
+            // and retries while the database is down.
+            builder
+                .pubsub(move |delivery| {
+                    PostgresPubSub::new(config, delivery)
+                        .expect("postgres config validated at startup, inside the runtime")
                 })
                 .build()
         }
@@ -253,18 +279,38 @@ mod tests {
         assert!(msg.starts_with("--adapter: invalid redis url"), "{msg}");
         assert!(msg.contains("127.0.0.1:notaport"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        let msg = err("postgres://u:hunter2@db/app", None);
-        assert!(
-            msg.contains("the PostgreSQL adapter is not available yet"),
-            "{msg}"
-        );
-        assert!(msg.contains("postgres://u:***@db/app"), "{msg}");
+        let msg = err("postgres://u:hunter2@db:notaport/app", None);
+        assert!(msg.starts_with("--adapter: invalid postgres url"), "{msg}");
+        assert!(msg.contains("postgres://u:***@db:notaport/app"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("postgres://u:hunter2@db/app?sslmode=require", None);
+        assert!(msg.contains("does not support TLS yet"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
         let msg = err("nats://localhost", None);
         assert!(
             msg.starts_with("--adapter \"nats://localhost\": unknown adapter"),
             "{msg}"
         );
         assert!(err("redis", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn postgres_urls_with_and_without_prefix() {
+        let Ok(Adapter::Postgres(c)) =
+            choose_adapter("postgres://postgres@127.0.0.1:5432/test", Some("myapp"))
+        else {
+            panic!("postgres url refused")
+        };
+        assert_eq!(c.url, "postgres://postgres@127.0.0.1:5432/test");
+        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
+        assert_eq!(
+            c.application_name,
+            format!("ActionCable-PID-{}", std::process::id())
+        );
+        let Ok(Adapter::Postgres(c)) = choose_adapter("postgresql://u:pw@db/app", None) else {
+            panic!("postgresql url refused")
+        };
+        assert_eq!(c.channel_prefix, None);
     }
 
     #[test]

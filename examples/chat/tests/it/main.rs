@@ -1,10 +1,12 @@
-//! The `chat` binary as several real processes sharing one Redis, driven by
-//! raw actioncable-v1-json WebSocket clients, asserting exact frames.
+//! The `chat` binary as several real processes sharing one Redis (here) or
+//! one PostgreSQL database (`postgres`), driven by raw actioncable-v1-json
+//! WebSocket clients, asserting exact frames.
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); each test uses
 //! its own channel prefix. Without a reachable Redis the Redis tests print
 //! `SKIPPED: …` and pass, unless `CI` is set. Startup tests need no Redis.
 
+mod postgres;
 mod support;
 
 use futures_util::StreamExt;
@@ -288,12 +290,17 @@ async fn bad_adapter_settings_stop_chat_at_startup() {
             "--adapter: invalid redis url redis://:***@127.0.0.1:notaport",
         ),
         (
-            &["--adapter", "postgres://localhost/app"],
-            "--adapter postgres://localhost/app: the PostgreSQL adapter is not available yet",
+            &["--adapter", "postgres://:hunter2@127.0.0.1:notaport/app"],
+            "--adapter: invalid postgres url postgres://:***@127.0.0.1:notaport/app",
+        ),
+        (
+            &["--adapter", "postgresql://localhost/app?sslmode=require"],
+            "--adapter: postgres url postgresql://localhost/app?sslmode=require asks for \
+             sslmode=require, but the postgres adapter does not support TLS yet",
         ),
         (
             &["--channel-prefix", "myapp"],
-            r#"--channel-prefix "myapp" only applies to the redis adapter"#,
+            r#"--channel-prefix "myapp" only applies to the redis and postgres adapters"#,
         ),
     ];
     for (args, wanted) in cases {

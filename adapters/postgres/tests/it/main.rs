@@ -1,0 +1,773 @@
+//! Integration tests against a real PostgreSQL: `DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`. Each test uses its own channel
+//! prefix and application names. Without a reachable PostgreSQL the tests
+//! print `SKIPPED: …` and pass, unless `CI` is set.
+//!
+//! Outages are simulated without harming the shared server: by terminating
+//! the adapter's own backends (`pg_terminate_backend`, what a server restart
+//! does to each session), by cutting a TCP proxy the adapter connects
+//! through, and by restarting a PostgreSQL server of the test's own (initdb
+//! into a temporary directory; run as `postgres` when the tests run as root).
+
+mod support;
+
+use std::time::Duration;
+
+use cable_core::{Identifiers, Outgoing, PubSubError};
+use serde_json::json;
+use sha1::{Digest, Sha1};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_on_one_node_reaches_subscribers_on_another() {
+    let Some((url, _)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (a, status_a) = node(&url, &prefix, &format!("{prefix}-a"));
+    let (b, status_b) = node(&url, &prefix, &format!("{prefix}-b"));
+    // Same streams, other prefix: must not hear anything.
+    let other_prefix = unique_prefix();
+    let (other, status_other) = node(&url, &other_prefix, &other_prefix);
+    until_connected(&status_a).await;
+    until_connected(&status_b).await;
+    until_connected(&status_other).await;
+
+    let mut bob = Client::connect(&b, "bob").await;
+    let id = bob.subscribe("lobby").await;
+    let mut carol = Client::connect(&a, "carol").await;
+    carol.subscribe("lobby").await;
+    let mut eve = Client::connect(&other, "eve").await;
+    eve.subscribe("lobby").await;
+
+    a.broadcast("chat_lobby", &json!({"user": "alice", "body": "hi"}))
+        .await
+        .expect("broadcast");
+    let expected = message_frame(&id, r#"{"user":"alice","body":"hi"}"#);
+    assert_eq!(bob.next_text().await, expected);
+    // The sender's own node hears it back through PostgreSQL, exactly once.
+    assert_eq!(carol.next_text().await, expected);
+    assert!(carol.quiet_for(Duration::from_millis(200)).await);
+    assert!(eve.quiet_for(Duration::from_millis(200)).await);
+    assert_eq!(b.adapter_name(), "postgres");
+    assert!(b.is_healthy());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_as_rails_sends_it_reaches_subscribers_exactly() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "ann").await;
+    let id = client.subscribe("lobby").await;
+
+    // What `ActionCable.server.broadcast("chat_lobby", user: "rails", body: "hi")` runs.
+    rails_notify(
+        &plain,
+        &format!("{prefix}:chat_lobby"),
+        r#"{"user":"rails","body":"hi"}"#,
+    )
+    .await;
+    assert_eq!(
+        client.next_text().await,
+        message_frame(&id, r#"{"user":"rails","body":"hi"}"#)
+    );
+    // Quotes, backslashes, ActiveSupport's escapes and non-ASCII arrive as sent.
+    let tricky = r#"{"body":"it's \"quoted\" \\ \u003cb\u003e \u2028 é ✓"}"#;
+    rails_notify(&plain, &format!("{prefix}:chat_lobby"), tricky).await;
+    assert_eq!(
+        client.next_text().await,
+        message_frame(
+            &id,
+            r#"{"body":"it's \"quoted\" \\ \u003cb\u003e \u2028 é ✓"}"#
+        )
+    );
+    // Without the prefix, or in another case, it is another channel.
+    rails_notify(&plain, "chat_lobby", r#"{"user":"x"}"#).await;
+    rails_notify(
+        &plain,
+        &format!("{}:chat_lobby", prefix.to_uppercase()),
+        r#"{"user":"x"}"#,
+    )
+    .await;
+    assert!(client.quiet_for(Duration::from_millis(300)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_a_rails_listener() {
+    let Some((url, _)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let mut rails = RawListener::connect(&url).await;
+    rails.listen(&format!("{prefix}:chat_lobby")).await;
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+
+    let payload = r#"{"user":"ann","body":"it's \"here\""}"#;
+    cable
+        .broadcaster()
+        .broadcast_raw("chat_lobby", payload)
+        .await
+        .expect("broadcast");
+    assert_eq!(
+        rails.next().await,
+        (format!("{prefix}:chat_lobby"), payload.to_owned())
+    );
+    // The internal channel of a remote disconnect, Rails 7.1+ payload.
+    rails.listen(&format!("{prefix}:action_cable/ann")).await;
+    cable
+        .remote_disconnect(&Identifiers::new().with("current_user", "ann"), false)
+        .await
+        .expect("remote disconnect");
+    assert_eq!(
+        rails.next().await,
+        (
+            format!("{prefix}:action_cable/ann"),
+            r#"{"type":"disconnect","reconnect":false}"#.to_owned()
+        )
+    );
+}
+
+/// Rails' rule, computed here independently of the adapter.
+fn rails_channel(prefix: &str, stream: &str) -> String {
+    let name = format!("{prefix}:{stream}");
+    if name.chars().count() > 63 {
+        Sha1::digest(name.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    } else {
+        name
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_over_63_characters_are_sha1_both_ways() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+
+    // "<prefix>:chat_" + room: exactly 63 characters stays a name, 64 is SHA1.
+    let base = format!("{prefix}:chat_").len();
+    let room_63 = "r".repeat(63 - base);
+    let room_64 = "R".repeat(64 - base);
+    let room_long = format!("{}_and_then_some_more_to_be_sure", "l".repeat(40));
+    let ch_63 = rails_channel(&prefix, &format!("chat_{room_63}"));
+    let ch_64 = rails_channel(&prefix, &format!("chat_{room_64}"));
+    let ch_long = rails_channel(&prefix, &format!("chat_{room_long}"));
+    assert_eq!(ch_63, format!("{prefix}:chat_{room_63}"));
+    assert_eq!(ch_64.len(), 40);
+    assert_eq!(ch_long.len(), 40);
+    let internal = format!("{prefix}:action_cable/ann");
+
+    let mut client = Client::connect(&cable, "ann").await;
+    let id_63 = client.subscribe(&room_63).await;
+    let id_64 = client.subscribe(&room_64).await;
+    let id_long = client.subscribe(&room_long).await;
+    until_listening(
+        &status,
+        &[ch_63.clone(), ch_64.clone(), ch_long.clone(), internal],
+    )
+    .await;
+
+    // From Rails (NOTIFY on the SHA1 name) to our subscribers.
+    for (channel, id) in [(&ch_63, &id_63), (&ch_64, &id_64), (&ch_long, &id_long)] {
+        rails_notify(&plain, channel, r#"{"from":"rails"}"#).await;
+        assert_eq!(
+            client.next_text().await,
+            message_frame(id, r#"{"from":"rails"}"#)
+        );
+    }
+
+    // From us to a Rails listener on the SHA1 name.
+    let mut rails = RawListener::connect(&url).await;
+    rails.listen(&ch_long).await;
+    cable
+        .broadcast(&format!("chat_{room_long}"), &json!({"from": "cable"}))
+        .await
+        .expect("broadcast");
+    assert_eq!(
+        rails.next().await,
+        (ch_long.clone(), r#"{"from":"cable"}"#.to_owned())
+    );
+    assert_eq!(
+        client.next_text().await,
+        message_frame(&id_long, r#"{"from":"cable"}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_of_8000_bytes_or_more_are_refused_and_the_adapter_keeps_working() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "ann").await;
+    let id = client.subscribe("lobby").await;
+
+    // {"body":"xxx…"}: 11 bytes around the body.
+    let payload = |size: usize| format!(r#"{{"body":"{}"}}"#, "x".repeat(size - 11));
+    let err = cable
+        .broadcaster()
+        .broadcast_raw("chat_lobby", &payload(9000))
+        .await
+        .expect_err("9000 bytes");
+    assert_eq!(
+        err,
+        PubSubError::PayloadTooLarge {
+            adapter: "postgres",
+            size: 9000,
+            limit: 7999
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "payload of 9000 bytes is over the postgres adapter's limit of 7999 bytes"
+    );
+    let err = cable
+        .broadcaster()
+        .broadcast_raw("chat_lobby", &payload(8000))
+        .await
+        .expect_err("8000 bytes");
+    assert!(matches!(
+        err,
+        PubSubError::PayloadTooLarge { size: 8000, .. }
+    ));
+    // Our limit is PostgreSQL's: it refuses 8000 bytes itself.
+    let refused = plain
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&format!("{prefix}:chat_lobby"), &payload(8000)],
+        )
+        .await
+        .expect_err("PostgreSQL refuses 8000 bytes");
+    assert!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("payload string too long")),
+        "{refused:?}"
+    );
+
+    // Nothing was sent, and the largest payload still goes through, whole.
+    cable
+        .broadcaster()
+        .broadcast_raw("chat_lobby", &payload(7999))
+        .await
+        .expect("7999 bytes");
+    assert_eq!(client.next_text().await, message_frame(&id, &payload(7999)));
+    cable
+        .broadcast("chat_lobby", &json!({"after": true}))
+        .await
+        .expect("broadcast");
+    assert_eq!(
+        client.next_text().await,
+        message_frame(&id, r#"{"after":true}"#)
+    );
+    assert!(status.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listening_connection_per_node_listening_to_the_active_streams() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (app_a, app_b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let (a, status_a) = node(&url, &prefix, &app_a);
+    let (b, status_b) = node(&url, &prefix, &app_b);
+    until_connected(&status_a).await;
+    until_connected(&status_b).await;
+    let lobby = format!("{prefix}:chat_lobby");
+    let attic = format!("{prefix}:chat_attic");
+    let internal = |user: &str| format!("{prefix}:action_cable/{user}");
+    until_listening(&status_a, &[]).await;
+
+    let mut on_a = Vec::new();
+    for user in ["a1", "a2", "a3"] {
+        let mut c = Client::connect(&a, user).await;
+        c.subscribe("lobby").await;
+        on_a.push(c);
+    }
+    let mut b1 = Client::connect(&b, "b1").await;
+    b1.subscribe("lobby").await;
+    b1.subscribe("attic").await;
+    until_listening(
+        &status_a,
+        &[
+            lobby.clone(),
+            internal("a1"),
+            internal("a2"),
+            internal("a3"),
+        ],
+    )
+    .await;
+    until_listening(&status_b, &[lobby.clone(), attic.clone(), internal("b1")]).await;
+
+    // One listening connection per node, however many streams and clients;
+    // broadcasting adds each node's publishing connection, named apart.
+    a.broadcast("chat_lobby", &json!({}))
+        .await
+        .expect("broadcast");
+    b.broadcast("chat_lobby", &json!({}))
+        .await
+        .expect("broadcast");
+    assert_eq!(sessions_named(&plain, &app_a).await.len(), 1);
+    assert_eq!(sessions_named(&plain, &app_b).await.len(), 1);
+    assert_eq!(
+        sessions_named(&plain, &format!("{app_a}-publisher"))
+            .await
+            .len(),
+        1
+    );
+
+    // A node keeps LISTENing while any local subscriber remains.
+    let last_a = on_a.pop().expect("three clients");
+    for c in on_a {
+        c.leave().await;
+    }
+    until_listening(&status_a, &[lobby.clone(), internal("a3")]).await;
+    last_a.leave().await;
+    until_listening(&status_a, &[]).await;
+    // B is unaffected; then it drops the room b1 leaves.
+    until_listening(&status_b, &[lobby.clone(), attic.clone(), internal("b1")]).await;
+    b1.send(json!({
+        "command": "unsubscribe",
+        "identifier": json!({"channel": "ChatChannel", "room": "attic"}).to_string(),
+    }));
+    until_listening(&status_b, &[lobby.clone(), internal("b1")]).await;
+    b1.leave().await;
+    until_listening(&status_b, &[]).await;
+    // The listening connection itself stays.
+    assert_eq!(sessions_named(&plain, &app_a).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_follows_listen() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "zed").await;
+    for i in 0..20 {
+        let id = client.start_subscribe(&format!("r{i}"));
+        client.expect_confirm(&id).await;
+        // Had the LISTEN not committed yet, this notification would be lost.
+        rails_notify(
+            &plain,
+            &format!("{prefix}:chat_r{i}"),
+            &format!(r#"{{"i":{i}}}"#),
+        )
+        .await;
+        assert_eq!(
+            client.next_text().await,
+            message_frame(&id, &format!(r#"{{"i":{i}}}"#)),
+            "confirm_subscription for r{i} before PostgreSQL ran LISTEN"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_disconnect_across_nodes() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (a, status_a) = node(&url, &prefix, &format!("{prefix}-a"));
+    let (b, status_b) = node(&url, &prefix, &format!("{prefix}-b"));
+    until_connected(&status_a).await;
+    until_connected(&status_b).await;
+
+    let mut alice = Client::connect(&b, "alice").await;
+    let mut bob = Client::connect(&b, "bob").await;
+    let mut dave = Client::connect(&b, "dave").await;
+    // The welcome does not wait for the internal channel; B must LISTEN
+    // before a disconnect can arrive.
+    let internal = |user: &str| format!("{prefix}:action_cable/{user}");
+    until_listening(
+        &status_b,
+        &[internal("alice"), internal("bob"), internal("dave")],
+    )
+    .await;
+
+    // Rails 7.1+: remote_connections.where(current_user: alice).disconnect(reconnect: false)
+    a.remote_disconnect(&Identifiers::new().with("current_user", "alice"), false)
+        .await
+        .expect("remote disconnect");
+    assert_eq!(
+        alice.next_text().await,
+        r#"{"type":"disconnect","reason":"remote","reconnect":false}"#
+    );
+    assert!(matches!(alice.next().await, Outgoing::Close { .. }));
+    assert!(bob.quiet_for(Duration::from_millis(200)).await);
+
+    // Rails 6.1/7.0 send no `reconnect`, which means true.
+    rails_notify(&plain, &internal("dave"), r#"{"type":"disconnect"}"#).await;
+    assert_eq!(
+        dave.next_text().await,
+        r#"{"type":"disconnect","reason":"remote","reconnect":true}"#
+    );
+    assert!(matches!(dave.next().await, Outgoing::Close { .. }));
+    assert!(bob.quiet_for(Duration::from_millis(100)).await);
+    until_listening(&status_b, &[internal("bob")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_its_backends_being_terminated() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.subscribe("lobby").await;
+    let mut other = Client::connect(&cable, "u2").await;
+    let other_id = other.subscribe("attic").await;
+    let channels = [
+        format!("{prefix}:action_cable/u1"),
+        format!("{prefix}:action_cable/u2"),
+        format!("{prefix}:chat_attic"),
+        format!("{prefix}:chat_lobby"),
+    ];
+    until_listening(&status, &channels).await;
+    cable
+        .broadcast("chat_lobby", &json!({"n": 0}))
+        .await
+        .expect("broadcast while up");
+    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":0}"#));
+    assert_eq!(status.reconnects(), 0);
+    let before = sessions_named(&plain, &prefix).await;
+    assert_eq!(before.len(), 1);
+
+    // What a server restart does to each session, on the shared server:
+    // terminate the listening backend, then the publishing one.
+    assert_eq!(terminate(&plain, &prefix).await, 1);
+    assert_eq!(terminate(&plain, &format!("{prefix}-publisher")).await, 1);
+    eventually("listener reconnected", || {
+        let status = status.clone();
+        async move { status.reconnects() >= 1 && status.is_connected() }
+    })
+    .await;
+    let after = sessions_named(&plain, &prefix).await;
+    assert_eq!(after.len(), 1, "one listening connection again");
+    assert_ne!(after, before, "a new backend");
+    // Every active stream is LISTENed again, on its own.
+    until_listening(&status, &channels).await;
+    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
+    assert!(cable.is_healthy());
+
+    // Notifications reach both subscribers again, from Rails and from us
+    // (the publisher reports its lost connection, if it notices it while
+    // publishing, and reconnects on the next broadcast).
+    rails_notify(&plain, &format!("{prefix}:chat_attic"), r#"{"n":1}"#).await;
+    assert_eq!(
+        other.next_text().await,
+        message_frame(&other_id, r#"{"n":1}"#)
+    );
+    let mut n = 2;
+    loop {
+        match cable.broadcast("chat_lobby", &json!({"n": n})).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}");
+                assert!(n < 5, "broadcasts keep failing: {e}");
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(
+        client.next_text().await,
+        message_frame(&id, &format!(r#"{{"n":{n}}}"#))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_postgres_restart() {
+    let Some(pg) = OwnPostgres::start().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&pg.url(), &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.subscribe("lobby").await;
+    cable
+        .broadcast("chat_lobby", &json!({"n": 1}))
+        .await
+        .expect("broadcast while up");
+    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":1}"#));
+
+    pg.stop().await;
+    eventually("outage noticed", || {
+        let status = status.clone();
+        async move { !status.is_connected() }
+    })
+    .await;
+    let err = cable
+        .broadcast("chat_lobby", &json!({"n": 2}))
+        .await
+        .expect_err("broadcast while the server is down");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    let mut late = Client::connect(&cable, "u2").await;
+    let late_id = late.start_subscribe("late");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.restart().await;
+    let restarted = tokio::time::Instant::now();
+    late.expect_confirm(&late_id).await;
+    let mut n = 3;
+    loop {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "delivery did not resume within 5s of the restart"
+        );
+        if cable
+            .broadcast("chat_lobby", &json!({"n": n}))
+            .await
+            .is_ok()
+        {
+            let expected = message_frame(&id, &format!(r#"{{"n":{n}}}"#));
+            if let Ok(Outgoing::Text(f)) =
+                tokio::time::timeout(Duration::from_millis(300), client.next()).await
+            {
+                assert_eq!(f.as_str(), expected);
+                break;
+            }
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.reconnects() >= 1);
+    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
+    until_listening(
+        &status,
+        &[
+            format!("{prefix}:action_cable/u1"),
+            format!("{prefix}:action_cable/u2"),
+            format!("{prefix}:chat_late"),
+            format!("{prefix}:chat_lobby"),
+        ],
+    )
+    .await;
+    cable
+        .broadcast("chat_late", &json!({"late": true}))
+        .await
+        .expect("broadcast after the restart");
+    assert_eq!(
+        late.next_text().await,
+        message_frame(&late_id, r#"{"late":true}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_database_outage() {
+    let Some((url, _)) = shared_postgres().await else {
+        return;
+    };
+    let Some(mut proxy) = Proxy::start(&url).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.subscribe("lobby").await;
+    cable
+        .broadcast("chat_lobby", &json!({"n": 1}))
+        .await
+        .expect("broadcast while up");
+    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":1}"#));
+
+    proxy.cut().await;
+    eventually("outage noticed", || {
+        let status = status.clone();
+        async move { !status.is_connected() }
+    })
+    .await;
+    assert!(!cable.is_healthy());
+    // Broadcasts during the outage fail, promptly, instead of being queued.
+    for n in 2..4 {
+        let started = tokio::time::Instant::now();
+        let err = cable
+            .broadcast("chat_lobby", &json!({"n": n}))
+            .await
+            .expect_err("broadcast during the outage fails");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+    let err = status
+        .listening_channels()
+        .await
+        .expect_err("not connected");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+
+    // A subscribe during the outage is applied (and confirmed) once it is over.
+    let mut late = Client::connect(&cable, "u2").await;
+    let late_id = late.start_subscribe("late");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore().await;
+    let restored = tokio::time::Instant::now();
+    late.expect_confirm(&late_id).await;
+
+    // Delivery resumes on its own.
+    let mut n = 4;
+    loop {
+        assert!(
+            restored.elapsed() < Duration::from_secs(5),
+            "delivery did not resume within 5s of the end of the outage"
+        );
+        if cable
+            .broadcast("chat_lobby", &json!({"n": n}))
+            .await
+            .is_ok()
+        {
+            let expected = message_frame(&id, &format!(r#"{{"n":{n}}}"#));
+            if let Ok(Outgoing::Text(f)) =
+                tokio::time::timeout(Duration::from_millis(300), client.next()).await
+            {
+                assert_eq!(f.as_str(), expected);
+                break;
+            }
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.reconnects() >= 1);
+    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
+    assert!(status.is_connected() && cable.is_healthy());
+    until_listening(
+        &status,
+        &[
+            format!("{prefix}:action_cable/u1"),
+            format!("{prefix}:action_cable/u2"),
+            format!("{prefix}:chat_late"),
+            format!("{prefix}:chat_lobby"),
+        ],
+    )
+    .await;
+    cable
+        .broadcast("chat_late", &json!({"late": true}))
+        .await
+        .expect("broadcast after the outage");
+    assert_eq!(
+        late.next_text().await,
+        message_frame(&late_id, r#"{"late":true}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_the_database_is_unreachable() {
+    let Some((url, _)) = shared_postgres().await else {
+        return;
+    };
+    let Some(mut proxy) = Proxy::start(&url).await else {
+        return;
+    };
+    proxy.cut().await;
+    let prefix = unique_prefix();
+    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
+    let err = cable
+        .broadcast("chat_lobby", &json!({}))
+        .await
+        .expect_err("nothing to connect to");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    // The cause is spelled out.
+    assert!(
+        err.to_string()
+            .contains("postgres: error connecting to server: Connection refused"),
+        "{err}"
+    );
+    assert!(!status.is_connected());
+
+    proxy.restore().await;
+    until_connected(&status).await;
+    assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.subscribe("lobby").await;
+    // The publisher connects on demand; for 100 ms after a failed attempt it
+    // answers with that failure instead of trying again.
+    eventually("a broadcast goes through", || {
+        let cable = cable.clone();
+        async move {
+            match cable.broadcast("chat_lobby", &json!({"up": true})).await {
+                Ok(()) => true,
+                Err(e) => {
+                    assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}");
+                    false
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        client.next_text().await,
+        message_frame(&id, r#"{"up":true}"#)
+    );
+    assert!(client.quiet_for(Duration::from_millis(200)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let Some(mut proxy) = Proxy::start(&url).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
+    until_connected(&status).await;
+    proxy.cut().await;
+    eventually("outage noticed", || {
+        let status = status.clone();
+        async move { !status.is_connected() }
+    })
+    .await;
+
+    // No confirmation for a stream that is not live: the core drops the
+    // subscription when the Ack fails (after 5 s) and the client retries.
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.start_subscribe("lobby");
+    assert!(client.quiet_for(Duration::from_millis(5500)).await);
+
+    proxy.restore().await;
+    until_connected(&status).await;
+    // The dropped subscription was unlistened, not listened again.
+    until_listening(&status, &[format!("{prefix}:action_cable/u1")]).await;
+    // The client's retry succeeds.
+    client.send(json!({"command": "subscribe", "identifier": id}));
+    client.expect_confirm(&id).await;
+    rails_notify(&plain, &format!("{prefix}:chat_lobby"), r#"{"ok":1}"#).await;
+    assert_eq!(client.next_text().await, message_frame(&id, r#"{"ok":1}"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_gives_errors_not_hangs() {
+    // Nothing listens on port 1.
+    let (cable, status) = node("postgres://postgres@127.0.0.1:1/test", "p", "closed-port");
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let err = cable
+            .broadcast("chat_lobby", &json!({}))
+            .await
+            .expect_err("closed port");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+    assert!(!status.is_connected());
+    assert!(!cable.is_healthy());
+    let mut client = Client::connect(&cable, "u1").await;
+    client.start_subscribe("lobby");
+    assert!(client.quiet_for(Duration::from_millis(5500)).await);
+}

@@ -1,0 +1,648 @@
+//! Helpers: PostgreSQL discovery, raw SQL as Rails would send it, a bare
+//! LISTENing session, socket-free clients, and a TCP proxy to cut the
+//! database off without touching the shared server.
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cable_core::{
+    async_trait, authenticate_with, Cable, Channel, ChannelError, ConnectRequest, Context,
+    Identifiers, Inbound, Outbox, Outgoing, Unauthorized,
+};
+use cable_postgres::{PostgresConfig, PostgresPubSub, PostgresStatus};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// How long a test waits for anything that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A plain session for raw SQL, or None if PostgreSQL is unreachable.
+pub async fn try_plain(url: &str) -> Option<tokio_postgres::Client> {
+    let connect = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.ok()?;
+    Some(client)
+}
+
+/// The shared PostgreSQL, or None after printing why the test is skipped (a
+/// failure instead when `CI` is set).
+pub async fn shared_postgres() -> Option<(String, tokio_postgres::Client)> {
+    let url = database_url();
+    match try_plain(&url).await {
+        Some(client) => Some((url, client)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL not reachable at {url} (CI is set, so this is a failure)")
+        }
+        None => {
+            println!("SKIPPED: PostgreSQL not reachable at {url} (set DATABASE_URL)");
+            None
+        }
+    }
+}
+
+/// A channel prefix no other test (or test run) uses.
+pub fn unique_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("cable_it_{:016x}", h.finish())
+}
+
+/// `ChatChannel`: streams from `chat_<room>` (room defaults to "lobby").
+#[derive(Default)]
+pub struct ChatChannel;
+
+#[async_trait]
+impl Channel for ChatChannel {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+        ctx.stream_from(format!("chat_{room}"));
+        Ok(())
+    }
+}
+
+/// A node: a Cable on PostgreSQL with `prefix`, users identified by `?user=`,
+/// its listening connection named `app`.
+pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
+    // Logs with RUST_LOG=cable_postgres=debug (and --nocapture).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let config = PostgresConfig::new(url)
+        .channel_prefix(prefix)
+        .application_name(app);
+    let status = Arc::new(OnceLock::new());
+    let slot = status.clone();
+    let cable = Cable::builder()
+        .channel("ChatChannel", ChatChannel::default)
+        .authenticate(authenticate_with(|req: ConnectRequest| async move {
+            req.query("user")
+                .map(|u| Identifiers::new().with("current_user", u))
+                .ok_or_else(|| Unauthorized::because("no user"))
+        }))
+        .pubsub(move |d| {
+            let pg = PostgresPubSub::new(config, d).expect("valid postgres config");
+            let _ = slot.set(pg.status());
+            pg
+        })
+        .build();
+    let status = status.get().cloned().expect("pubsub factory ran");
+    (cable, status)
+}
+
+/// Waits until `status` says connected.
+pub async fn until_connected(status: &PostgresStatus) {
+    eventually("postgres listener connected", || {
+        let s = status.clone();
+        async move { s.is_connected() }
+    })
+    .await;
+}
+
+/// Waits until the listening connection listens to exactly `channels`.
+pub async fn until_listening(status: &PostgresStatus, channels: &[String]) {
+    let mut wanted = channels.to_vec();
+    wanted.sort();
+    let what = format!("pg_listening_channels() = {wanted:?}");
+    eventually(&what, || {
+        let (s, wanted) = (status.clone(), wanted.clone());
+        async move { s.listening_channels().await.ok() == Some(wanted) }
+    })
+    .await;
+}
+
+/// Polls `check` every 20 ms until it holds, for at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `NOTIFY "<channel>", '<payload>'` exactly as Rails' adapter sends it
+/// (`escape_identifier`, `escape_string`).
+pub async fn rails_notify(client: &tokio_postgres::Client, channel: &str, payload: &str) {
+    let sql = format!(
+        "NOTIFY \"{}\", '{}'",
+        channel.replace('"', "\"\""),
+        payload.replace('\'', "''")
+    );
+    client.batch_execute(&sql).await.expect("NOTIFY");
+}
+
+/// Connections whose `application_name` is `name`.
+pub async fn sessions_named(client: &tokio_postgres::Client, name: &str) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+            &[&name],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Terminates the backends named `name`; how many there were.
+pub async fn terminate(client: &tokio_postgres::Client, name: &str) -> usize {
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .expect("pg_terminate_backend")
+        .len()
+}
+
+/// A bare session that LISTENs as Rails' listener does and collects what
+/// arrives, driven with `poll_message`.
+pub struct RawListener {
+    client: tokio_postgres::Client,
+    notifications: mpsc::UnboundedReceiver<(String, String)>,
+}
+
+impl RawListener {
+    pub async fn connect(url: &str) -> RawListener {
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .expect("raw listener connects");
+        let (tx, notifications) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let AsyncMessage::Notification(n) = message {
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            }
+        });
+        RawListener {
+            client,
+            notifications,
+        }
+    }
+
+    pub async fn listen(&self, channel: &str) {
+        let sql = format!("LISTEN \"{}\"", channel.replace('"', "\"\""));
+        self.client.batch_execute(&sql).await.expect("LISTEN");
+    }
+
+    /// The next notification: (channel, payload).
+    pub async fn next(&mut self) -> (String, String) {
+        tokio::time::timeout(WAIT, self.notifications.recv())
+            .await
+            .expect("no notification within 5s")
+            .expect("raw listener connection ended")
+    }
+}
+
+/// A client driven through `run_connection`, with no socket.
+pub struct Client {
+    tx: Option<mpsc::UnboundedSender<Inbound>>,
+    outbox: Arc<Outbox>,
+    task: JoinHandle<()>,
+    pending: VecDeque<Outgoing>,
+}
+
+impl Client {
+    /// Connects as `user` and reads the welcome.
+    pub async fn connect(cable: &Cable, user: &str) -> Client {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+        let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let outbox = cable.new_outbox();
+        let request = ConnectRequest::new("/cable", Some(&format!("user={user}")), vec![], None);
+        let task = tokio::spawn({
+            let cable = cable.clone();
+            let outbox = outbox.clone();
+            async move { cable.run_connection(request, inbound, outbox).await }
+        });
+        let mut client = Client {
+            tx: Some(tx),
+            outbox,
+            task,
+            pending: Default::default(),
+        };
+        assert_eq!(client.next_text().await, r#"{"type":"welcome"}"#);
+        client
+    }
+
+    pub fn send(&self, command: Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Inbound::Text(command.to_string()));
+        }
+    }
+
+    /// Subscribes to `ChatChannel` in `room`; returns the identifier. Does not
+    /// wait for the confirmation.
+    pub fn start_subscribe(&self, room: &str) -> String {
+        let identifier = json!({"channel": "ChatChannel", "room": room}).to_string();
+        self.send(json!({"command": "subscribe", "identifier": identifier}));
+        identifier
+    }
+
+    /// Subscribes and waits for `confirm_subscription`.
+    pub async fn subscribe(&mut self, room: &str) -> String {
+        let identifier = self.start_subscribe(room);
+        self.expect_confirm(&identifier).await;
+        identifier
+    }
+
+    pub async fn expect_confirm(&mut self, identifier: &str) {
+        let confirm = json!({"identifier": identifier, "type": "confirm_subscription"}).to_string();
+        assert_eq!(self.next_text().await, confirm);
+    }
+
+    /// The next item the connection sends, within [`WAIT`]; pings skipped.
+    pub async fn next(&mut self) -> Outgoing {
+        tokio::time::timeout(WAIT, self.next_inner())
+            .await
+            .expect("no frame within 5s")
+    }
+
+    async fn next_inner(&mut self) -> Outgoing {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if let Outgoing::Text(f) = &item {
+                    if f.as_str().contains(r#""type":"ping""#) {
+                        continue;
+                    }
+                }
+                return item;
+            }
+            let mut buf = Vec::new();
+            if !self.outbox.pop_batch(&mut buf, 64).await {
+                std::future::pending::<()>().await;
+            }
+            self.pending.extend(buf);
+        }
+    }
+
+    /// The next text frame.
+    pub async fn next_text(&mut self) -> String {
+        match self.next().await {
+            Outgoing::Text(f) => f.as_str().to_owned(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Whether anything arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.next_inner()).await.is_err()
+    }
+
+    /// Closes the socket side and waits for the connection to end.
+    pub async fn leave(mut self) {
+        self.tx = None;
+        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+    }
+}
+
+/// `{"identifier":…,"message":…}` as the core frames it.
+pub fn message_frame(identifier: &str, message_json: &str) -> String {
+    format!(
+        r#"{{"identifier":{},"message":{}}}"#,
+        serde_json::to_string(identifier).expect("string"),
+        message_json
+    )
+}
+
+/// A TCP proxy on a free loopback port in front of the shared PostgreSQL:
+/// cutting it drops every connection through it and refuses new ones, which
+/// is an outage (a restart, a network failure) as far as the adapter can
+/// tell, while the shared server and its other clients carry on.
+pub struct Proxy {
+    pub port: u16,
+    upstream: (String, u16),
+    accept: Option<AbortHandle>,
+    pipes: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    /// A proxy to the host and port of `url`, or None (after printing why)
+    /// when `url` is not a TCP address; a failure instead when `CI` is set.
+    pub async fn start(url: &str) -> Option<Proxy> {
+        let config: tokio_postgres::Config = url.parse().expect("DATABASE_URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "DATABASE_URL {url} is not host:port (CI is set, so this is a failure)"
+                );
+                println!("SKIPPED: DATABASE_URL {url} is not host:port; cannot proxy it");
+                return None;
+            }
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
+        let mut proxy = Proxy {
+            port: listener.local_addr().expect("bound").port(),
+            upstream: (host, port),
+            accept: None,
+            pipes: Arc::default(),
+        };
+        proxy.serve(listener);
+        Some(proxy)
+    }
+
+    /// `url` with the proxy as host and port, same user, password, database.
+    pub fn url(&self, url: &str) -> String {
+        let config: tokio_postgres::Config = url.parse().expect("DATABASE_URL parses");
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config
+            .get_password()
+            .map(|p| format!(":{}", percent_encode(p)))
+            .unwrap_or_default();
+        let dbname = config.get_dbname().unwrap_or(user);
+        format!(
+            "postgres://{}{password}@127.0.0.1:{}/{}",
+            percent_encode(user.as_bytes()),
+            self.port,
+            percent_encode(dbname.as_bytes())
+        )
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (upstream, pipes) = (self.upstream.clone(), self.pipes.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let pipe = tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                let mut pipes = pipes.lock().expect("pipes");
+                pipes.retain(|p| !p.is_finished());
+                pipes.push(pipe.abort_handle());
+            }
+        });
+        self.accept = Some(accept.abort_handle());
+    }
+
+    /// Closes the port and every connection through it, and waits until the
+    /// port refuses connections (aborted tasks are dropped a little later).
+    pub async fn cut(&mut self) {
+        self.abort();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {} still open",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        for pipe in self.pipes.lock().expect("pipes").drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Opens the same port again.
+    pub async fn restore(&mut self) {
+        assert!(self.accept.is_none(), "not cut");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "cannot bind port {} again: {e}",
+                        self.port
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A PostgreSQL server of our own (initdb into a temporary directory, on a
+/// free port), so that a real restart harms no one else. Stopped and removed
+/// on drop.
+pub struct OwnPostgres {
+    pub port: u16,
+    bindir: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    /// Run the server as `postgres` (it refuses to run as root).
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    /// Creates and starts one, or None (after printing why) when the server
+    /// binaries are missing; a failure instead when `CI` is set.
+    pub async fn start() -> Option<OwnPostgres> {
+        let Some(bindir) = server_bindir() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR \
+                 (CI is set, so this is a failure)"
+            );
+            println!(
+                "SKIPPED: PostgreSQL server binaries not found (set PG_BINDIR); cannot restart one"
+            );
+            return None;
+        };
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("{}-pg", unique_prefix()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let own = OwnPostgres {
+            port,
+            bindir,
+            dir,
+            as_postgres,
+        };
+        if as_postgres {
+            own.run("chown", &["postgres".as_ref(), own.dir.as_os_str()], false)
+                .await;
+        }
+        let data = own.dir.join("data");
+        own.run(
+            &own.bin("initdb"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+            true,
+        )
+        .await;
+        own.pg_ctl(&["start"]).await;
+        Some(own)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.bindir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Stops the server (fast shutdown: sessions are terminated, as in a
+    /// restart).
+    pub async fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast"]).await;
+    }
+
+    /// Starts it again on the same port and waits until it accepts
+    /// connections.
+    pub async fn restart(&self) {
+        self.pg_ctl(&["start"]).await;
+    }
+
+    async fn pg_ctl(&self, action: &[&str]) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "-w".as_ref(),
+        ];
+        args.extend(action.iter().map(|a| std::ffi::OsStr::new(*a)));
+        self.run(&self.bin("pg_ctl"), &args, true).await;
+    }
+
+    /// Runs `program args…` (as `postgres` if `as_postgres` and `drop_root`)
+    /// and asserts it succeeded.
+    async fn run(&self, program: &str, args: &[&std::ffi::OsStr], drop_root: bool) {
+        let mut command = if drop_root && self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        command.args(args);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("command task")
+            .expect("command runs");
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin("pg_ctl"));
+            c
+        } else {
+            std::process::Command::new(self.bin("pg_ctl"))
+        };
+        let _ = command
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: `PG_BINDIR`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian), else `PATH`.
+fn server_bindir() -> Option<std::path::PathBuf> {
+    let has_tools = |d: &std::path::Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(d) = std::env::var_os("PG_BINDIR") {
+        return Some(d.into()).filter(|d: &std::path::PathBuf| has_tools(d));
+    }
+    let mut debian: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_tools(d))
+        .collect();
+    debian.sort();
+    if let Some((_, d)) = debian.pop() {
+        return Some(d);
+    }
+    std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).find(|d| has_tools(d)))
+}
