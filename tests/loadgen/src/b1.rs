@@ -64,9 +64,11 @@ async fn connection(id: u64, tcp: TcpStream, subs: Arc<Subscribers>, frames: Arc
         }
         Ok(resp)
     };
+    // The same socket settings as cable's defaults: frames are buffered by
+    // `feed` and written by `flush`, one write per batch.
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
+        .write_buffer_size(8 * 1024);
     let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, choose, Some(config)).await
     else {
         return;
