@@ -26,6 +26,10 @@ use serde_json::{json, Value};
 
 const PAGE: &str = include_str!("../assets/index.html");
 const ACTIONCABLE_JS: &str = include_str!("../assets/actioncable.esm.js");
+/// The same chat page on `@cable-rs/client` (js-client/), served at `/cable-client`.
+const CABLE_CLIENT_PAGE: &str = include_str!("../assets/index-cable-client.html");
+/// js-client's single-file build (`npm run build:asset` in js-client).
+const CABLE_CLIENT_JS: &str = include_str!("../assets/cable-client.esm.js");
 
 /// `ChatChannel`: one room per subscription.
 #[derive(Default)]
@@ -142,18 +146,20 @@ pub struct Options {
     pub admin: bool,
 }
 
-/// The whole app: page, vendored client, `/cable`, optional admin endpoints.
+/// The whole app: the page on the vendored `@rails/actioncable` (`/`), the same
+/// page on js-client's `@cable-rs/client` (`/cable-client`), `/cable`,
+/// optional admin endpoints.
 pub fn app(cable: Cable, opts: &Options) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/cable-client", get(|| async { Html(CABLE_CLIENT_PAGE) }))
         .route(
             "/assets/actioncable.esm.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    ACTIONCABLE_JS,
-                )
-            }),
+            get(|| async { javascript(ACTIONCABLE_JS) }),
+        )
+        .route(
+            "/assets/cable-client.esm.js",
+            get(|| async { javascript(CABLE_CLIENT_JS) }),
         )
         .merge(cable_server::router(cable.clone(), opts.server.clone()));
     if opts.admin {
@@ -165,6 +171,13 @@ pub fn app(cable: Cable, opts: &Options) -> Router {
         );
     }
     router
+}
+
+fn javascript(source: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        source,
+    )
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,292 @@
+// @cable-rs/client under Node (with `ws`) against the real chat example
+// server (examples/chat): subscribe/confirm, reject, perform/receive,
+// unsubscribe, unauthorized, remote disconnect, server restart.
+//
+// The client's monitor notices a dead server only at a poll (6-12 s after the
+// last message, then backing off), so the restart test allows 40 s.
+
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+
+import { ConnectionClosedError, SubscriptionRejectedError } from "../../dist/index.js";
+import { cableClient } from "../support/clients.mjs";
+import { ChatServer, freePort, requireChatBin, sleep, waitFor } from "../support/server.mjs";
+
+const RECONNECT_TIMEOUT = 40_000;
+const chat = (room) => ({ channel: "ChatChannel", room });
+const connectedOnce = [{ cb: "initialized" }, { cb: "connected", arg: { reconnected: false } }];
+
+const skip = requireChatBin();
+// When skipped, one skipped test stands for the suite (a skipped describe counts none).
+if (skip.skip) it("@cable-rs/client against the chat server", skip, () => {});
+
+/** Clients and servers of a suite, closed after each test / the suite; logs on failure. */
+class Scope {
+  clients = [];
+  servers = [];
+  client(opts) {
+    const c = cableClient(opts);
+    this.clients.push(c);
+    return c;
+  }
+  async server(opts) {
+    const s = await ChatServer.start(opts);
+    this.servers.push(s);
+    return s;
+  }
+  dump() {
+    return [...this.clients.map((c) => c.dump()), ...this.servers.map((s) => `--- server :${s.port}\n${s.logTail()}`)].join("\n");
+  }
+  wait(what, predicate, timeout = 10_000) {
+    return waitFor(what, predicate, { timeout, diag: () => this.dump() });
+  }
+  wrap(fn) {
+    return async (t) => {
+      try {
+        await fn(t);
+      } catch (err) {
+        if (!String(err?.message).includes("--- ")) t.diagnostic(this.dump());
+        throw err;
+      }
+    };
+  }
+  async closeClients() {
+    const cs = this.clients;
+    this.clients = [];
+    await Promise.all(cs.map((c) => c.close()));
+  }
+  async closeAll() {
+    await this.closeClients();
+    await Promise.all(this.servers.map((s) => s.stop()));
+  }
+}
+
+describe("@cable-rs/client against the chat server", { ...skip, concurrency: true }, () => {
+  describe("one server (with --admin)", { concurrency: true }, () => {
+    const scope = new Scope();
+    let server;
+    /** A client identified by the Cookie header, with a same-origin Origin, as a browser on the page. */
+    const user = (name) =>
+      scope.client({ url: server.cableUrl, headers: { Cookie: `user=${name}`, Origin: server.origin }, name });
+
+    before(async () => {
+      server = await scope.server({ admin: true });
+    });
+    after(() => scope.closeAll());
+
+    it(
+      "subscribe() resolves on confirm; a message performed by one user reaches both (Cookie header and ?user=)",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const ann = user("ann");
+        const bob = scope.client({ url: `${server.cableUrl}?user=bob`, headers: { Origin: server.origin }, name: "bob" });
+        const [annSub, bobSub] = await Promise.all([
+          ann.consumer.subscribe(chat("t1"), ann.callbacks("t1")),
+          bob.consumer.subscribe(chat("t1"), bob.callbacks("t1")),
+        ]);
+        assert.equal(annSub.identifier, '{"channel":"ChatChannel","room":"t1"}');
+        assert.equal(ann.sockets[0].protocol, "actioncable-v1-json");
+        assert.deepEqual(ann.wire[0].data.headers, { Cookie: "user=ann", Origin: server.origin }, "headers option reached ws");
+        assert.deepEqual(ann.framesIn()[0], { type: "welcome" });
+
+        assert.equal(annSub.perform("speak", { body: "hello" }), true);
+        await scope.wait("both to receive ann's message", () => ann.has("t1", "received") && bob.has("t1", "received"));
+        await sleep(300);
+        const expected = [...connectedOnce, { cb: "received", arg: { user: "ann", body: "hello" } }];
+        assert.deepEqual(ann.seq("t1"), expected);
+        assert.deepEqual(bob.seq("t1"), expected);
+        assert.ok(bobSub.consumer === bob.consumer);
+      }),
+    );
+
+    it(
+      "perform() sends the data with the action last (the echo action returns it)",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const cat = user("cat");
+        const sub = await cat.consumer.subscribe(chat("t2"), cat.callbacks("t2"));
+        const data = { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true }, html: "<b>&</b>" };
+        sub.perform("echo", data);
+        await scope.wait("the echo", () => cat.has("t2", "received"));
+        assert.deepEqual(cat.seq("t2").at(-1), { cb: "received", arg: { ...data, action: "echo" } });
+        assert.deepEqual(data, { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true }, html: "<b>&</b>" });
+        // The server escapes <, > and & like ActiveSupport::JSON; JSON.parse restores them.
+        assert.ok(cat.wire.some((w) => w.kind === "in" && w.data.includes("\\u003cb\\u003e\\u0026")));
+      }),
+    );
+
+    it(
+      "room 'forbidden': subscribe() rejects with SubscriptionRejectedError, create() gets rejected(); the socket stays usable",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const dan = user("dan");
+        await assert.rejects(dan.consumer.subscribe(chat("forbidden"), dan.callbacks("promise")), (err) => {
+          assert.ok(err instanceof SubscriptionRejectedError, String(err));
+          assert.equal(err.identifier, '{"channel":"ChatChannel","room":"forbidden"}');
+          return true;
+        });
+        dan.create(chat("forbidden"), "create");
+        await scope.wait("the second rejection", () => dan.has("create", "rejected"));
+        await sleep(1200); // the guarantor would re-send by now if it still held them
+        assert.deepEqual(dan.seq("promise"), [{ cb: "initialized" }, { cb: "rejected" }]);
+        assert.deepEqual(dan.seq("create"), [{ cb: "initialized" }, { cb: "rejected" }]);
+        const subscribes = dan.framesOut().filter((f) => f.includes('"subscribe"'));
+        assert.equal(subscribes.length, 2, `one subscribe per rejected subscription: ${subscribes}`);
+        assert.ok(!dan.framesOut().some((f) => f.includes('"unsubscribe"')), "no unsubscribe for rejected ones");
+        assert.equal(dan.consumer.subscriptions.subscriptions.length, 0);
+
+        await dan.consumer.subscribe(chat("t3"), dan.callbacks("t3"));
+        assert.equal(dan.sockets.length, 1, "same socket throughout");
+      }),
+    );
+
+    it(
+      "unsubscribe() stops delivery to that subscription only",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const eve = user("eve");
+        const fay = user("fay");
+        const eveSub = await eve.consumer.subscribe(chat("t4"), eve.callbacks("t4"));
+        const faySub = await fay.consumer.subscribe(chat("t4"), fay.callbacks("t4"));
+        faySub.unsubscribe();
+        await scope.wait("the unsubscribe frame", () => fay.framesOut().some((f) => f.includes('"unsubscribe"')));
+        await sleep(200);
+        eveSub.perform("speak", { body: "after fay left" });
+        await scope.wait("eve's own message", () => eve.has("t4", "received"));
+        await sleep(700);
+        assert.deepEqual(fay.seq("t4"), connectedOnce, "fay got nothing after unsubscribing");
+        assert.ok(!fay.framesIn().some((f) => f.message), "and the server sent fay nothing");
+        assert.deepEqual(
+          JSON.parse(fay.framesOut().at(-1)),
+          { command: "unsubscribe", identifier: '{"channel":"ChatChannel","room":"t4"}' },
+        );
+      }),
+    );
+
+    it(
+      "unauthorized ('banned', or no user): disconnected({willAttemptReconnect:false}), subscribe() rejects, no retries",
+      { timeout: 30_000 },
+      scope.wrap(async () => {
+        const banned = user("banned");
+        const nobody = scope.client({ url: server.cableUrl, headers: { Origin: server.origin }, name: "nobody" });
+        const results = await Promise.allSettled([
+          banned.consumer.subscribe(chat("t5"), banned.callbacks("t5")),
+          nobody.consumer.subscribe(chat("t5"), nobody.callbacks("t5")),
+        ]);
+        for (const r of results) {
+          assert.equal(r.status, "rejected");
+          assert.ok(r.reason instanceof ConnectionClosedError, String(r.reason));
+          assert.equal(r.reason.reason, "unauthorized");
+        }
+        // Longer than a monitor poll (6-12 s) would take, were it running.
+        await sleep(13_000);
+        for (const c of [banned, nobody]) {
+          assert.deepEqual(c.framesIn(), [{ type: "disconnect", reason: "unauthorized", reconnect: false }]);
+          assert.deepEqual(c.seq("t5"), [{ cb: "initialized" }, { cb: "disconnected", arg: { willAttemptReconnect: false } }]);
+          assert.equal(c.sockets.length, 1, `${c.name}: one connection attempt`);
+          assert.deepEqual(c.framesOut(), [], "nothing sent without a welcome");
+          assert.equal(c.consumer.connection.monitor.isRunning(), false);
+        }
+      }),
+    );
+
+    it(
+      "POST /admin/disconnect with reconnect:false: disconnected for good; with reconnect:true: reconnects",
+      { timeout: 60_000 },
+      scope.wrap(async () => {
+        const gus = user("gus");
+        const hal = user("hal");
+        await gus.consumer.subscribe(chat("t6"), gus.callbacks("t6"));
+        await hal.consumer.subscribe(chat("t6"), hal.callbacks("t6"));
+
+        let res = await server.post("/admin/disconnect", { user: "gus", reconnect: false });
+        assert.equal(res.status, 200, res.body);
+        await scope.wait("gus's disconnect", () => gus.has("t6", "disconnected"));
+        assert.deepEqual(gus.framesIn().at(-1), { type: "disconnect", reason: "remote", reconnect: false });
+
+        res = await server.post("/admin/disconnect", { user: "hal" });
+        assert.equal(res.status, 200, res.body);
+        await scope.wait("hal to reconnect", () => hal.count("t6", "connected") === 2, RECONNECT_TIMEOUT);
+        assert.deepEqual(hal.seq("t6"), [
+          ...connectedOnce,
+          { cb: "disconnected", arg: { willAttemptReconnect: true } },
+          { cb: "connected", arg: { reconnected: true } },
+        ]);
+        assert.deepEqual(gus.seq("t6"), [...connectedOnce, { cb: "disconnected", arg: { willAttemptReconnect: false } }]);
+        assert.equal(gus.sockets.length, 1, "gus never reconnected");
+      }),
+    );
+
+    it(
+      "disconnect() then connect(): the subscriptions come back",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const ivy = user("ivy");
+        const sub = await ivy.consumer.subscribe(chat("t7"), ivy.callbacks("t7"));
+        ivy.consumer.disconnect();
+        await scope.wait("the disconnected callback", () => ivy.has("t7", "disconnected"));
+        ivy.consumer.connect();
+        await scope.wait("connected again", () => ivy.count("t7", "connected") === 2);
+        sub.perform("speak", { body: "back" });
+        await scope.wait("the message", () => ivy.has("t7", "received"));
+        assert.deepEqual(ivy.seq("t7"), [
+          ...connectedOnce,
+          { cb: "disconnected", arg: { willAttemptReconnect: false } },
+          { cb: "connected", arg: { reconnected: true } },
+          { cb: "received", arg: { user: "ivy", body: "back" } },
+        ]);
+      }),
+    );
+  });
+
+  describe("server restart", () => {
+    const scope = new Scope();
+    after(() => scope.closeAll());
+
+    it(
+      "SIGTERM: server_restart, disconnected({willAttemptReconnect:true}); a new server on the port: reconnect, resubscribe, messages flow",
+      { timeout: 90_000 },
+      scope.wrap(async () => {
+        const port = await freePort();
+        const first = await scope.server({ port });
+        const headers = { Cookie: "user=kim", Origin: first.origin };
+        const kim = scope.client({ url: first.cableUrl, headers, name: "kim" });
+        const lobby = await kim.consumer.subscribe(chat("r1"), kim.callbacks("r1"));
+        const other = await kim.consumer.subscribe(chat("r2"), kim.callbacks("r2"));
+        lobby.perform("speak", { body: "before" });
+        await scope.wait("the first message", () => kim.has("r1", "received"));
+
+        assert.deepEqual(await first.stop("SIGTERM"), { code: 0, signal: null });
+        await scope.wait("the disconnected callbacks", () => kim.has("r1", "disconnected") && kim.has("r2", "disconnected"));
+        assert.deepEqual(kim.framesIn().at(-1), { type: "disconnect", reason: "server_restart", reconnect: true });
+
+        const restartedAt = Date.now();
+        await scope.server({ port });
+        await scope.wait(
+          "kim to reconnect and resubscribe both",
+          () => kim.count("r1", "connected") === 2 && kim.count("r2", "connected") === 2,
+          RECONNECT_TIMEOUT,
+        );
+        const secs = ((Date.now() - restartedAt) / 1000).toFixed(1);
+        other.perform("speak", { body: "after" });
+        await scope.wait("the message after the restart", () => kim.has("r2", "received"));
+
+        assert.deepEqual(kim.seq("r1"), [
+          ...connectedOnce,
+          { cb: "received", arg: { user: "kim", body: "before" } },
+          { cb: "disconnected", arg: { willAttemptReconnect: true } },
+          { cb: "connected", arg: { reconnected: true } },
+        ], `reconnected ${secs} s after the restart`);
+        assert.deepEqual(kim.seq("r2"), [
+          ...connectedOnce,
+          { cb: "disconnected", arg: { willAttemptReconnect: true } },
+          { cb: "connected", arg: { reconnected: true } },
+          { cb: "received", arg: { user: "kim", body: "after" } },
+        ]);
+        const last = kim.sockets.at(-1);
+        assert.equal(last.protocol, "actioncable-v1-json");
+        assert.ok(kim.wire.filter((w) => w.kind === "construct").every((w) => w.data.headers.Cookie === "user=kim"), "headers on every connect");
+      }),
+    );
+  });
+});

@@ -1,0 +1,223 @@
+// The chat example in a real browser: Debian's Chromium (/usr/bin/chromium,
+// never a downloaded one) driven by playwright-core, against the real `chat`
+// binary. Two users in two isolated browser contexts join one room; one sends
+// a message and the other's page shows it. Run once on the page that uses the
+// unmodified @rails/actioncable (`/`) and once on the page that uses
+// @cable-rs/client (`/cable-client`), plus, on the latter, the reconnect on the
+// browser's `online` event. Screenshots go to tests/artifacts/.
+//
+// Env: CHAT_BIN (default: debug/chat under $CARGO_TARGET_DIR or <repo>/target),
+// CHROMIUM (default /usr/bin/chromium). Without Chromium or the binary the
+// suite prints a SKIPPED line, unless CI is set (then it fails).
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync } from "node:fs";
+import net from "node:net";
+import { resolve } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+const REPO = fileURLToPath(new URL("../../", import.meta.url));
+const CHAT_BIN = process.env.CHAT_BIN || resolve(REPO, process.env.CARGO_TARGET_DIR || "target", "debug", "chat");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = resolve(REPO, "tests", "artifacts");
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+function skipReason() {
+  const missing = [];
+  if (!existsSync(CHROMIUM)) missing.push(`Chromium not found at ${CHROMIUM} (apt-get install chromium)`);
+  if (!existsSync(CHAT_BIN)) missing.push(`chat binary not found at ${CHAT_BIN} (cargo build -p chat-example --bin chat)`);
+  if (!missing.length) return undefined;
+  const reason = missing.join("; ");
+  if (process.env.CI) throw new Error(`browser tests cannot run: ${reason}; CI is set, so this is an error`);
+  console.log(`SKIPPED: browser tests: ${reason}`);
+  return reason;
+}
+const skip = skipReason();
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = net.createServer();
+    srv.on("error", fail);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+const children = new Set();
+process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+
+/** Starts `chat --bind 127.0.0.1:PORT`; resolves once it logs that it listens. */
+async function startChat(port) {
+  const child = spawn(CHAT_BIN, ["--bind", `127.0.0.1:${port}`], { stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  let log = "";
+  const exited = new Promise((ok) => child.once("exit", (code, signal) => (children.delete(child), ok({ code, signal }))));
+  for (const s of [child.stdout, child.stderr]) s.on("data", (d) => (log += d.toString()));
+  const deadline = Date.now() + 20_000;
+  while (!/listening on/.test(log)) {
+    if (!children.has(child) || Date.now() > deadline) throw new Error(`chat did not start:\n${log}`);
+    await sleep(25);
+  }
+  return {
+    port,
+    origin: `http://127.0.0.1:${port}`,
+    log: () => log,
+    async stop() {
+      child.kill("SIGTERM");
+      return exited;
+    },
+  };
+}
+
+// When skipped, one skipped test stands for the suite (a skipped describe counts none).
+if (skip) it("the chat page in headless Chromium", { skip }, () => {});
+
+describe("the chat page in headless Chromium", { skip: !!skip }, () => {
+  let chromium;
+  let browser;
+  let server;
+  let port;
+
+  before(async () => {
+    ({ chromium } = await import("playwright-core"));
+    mkdirSync(ARTIFACTS, { recursive: true });
+    port = await freePort();
+    server = await startChat(port);
+    // launch() runs Chromium on a fresh temporary user-data-dir, removed on close.
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  /** A page for `user` in its own context (own cookies), with its errors and script loads recorded. */
+  async function openChat(path, user, room) {
+    const context = await browser.newContext({ viewport: { width: 720, height: 560 } });
+    const page = await context.newPage();
+    const errors = [];
+    const scripts = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    // Failed loads are checked by status below (Chromium asks for /favicon.ico, which 404s).
+    page.on("console", (m) => m.type() === "error" && !/^Failed to load resource/.test(m.text()) && errors.push(m.text()));
+    page.on("response", (r) => {
+      const path = new URL(r.url()).pathname;
+      if (r.status() >= 400 && path !== "/favicon.ico") errors.push(`HTTP ${r.status()} for ${path}`);
+    });
+    page.on("request", (r) => r.resourceType() === "script" && scripts.push(new URL(r.url()).pathname));
+    await page.goto(`${server.origin}${path}?user=${user}&room=${room}`);
+    const status = `connected to ${room} as ${user}`;
+    await page.waitForFunction((s) => document.body.dataset.status === s, status, { timeout: 20_000 });
+    return { page, context, errors, scripts };
+  }
+
+  async function say(chat, text) {
+    await chat.page.fill("#say input[name=body]", text);
+    await chat.page.click("#say button");
+  }
+
+  function messages(chat) {
+    return chat.page.$$eval("#messages li", (lis) => lis.map((li) => li.textContent));
+  }
+
+  for (const variant of [
+    { name: "rails-actioncable", path: "/", script: "/assets/actioncable.esm.js" },
+    { name: "cable-client", path: "/cable-client", script: "/assets/cable-client.esm.js" },
+  ]) {
+    it(`${variant.path}: what ann says, bob's page shows (${variant.name})`, { timeout: 60_000 }, async () => {
+      const room = `browser-${variant.name}`;
+      const ann = await openChat(variant.path, "ann", room);
+      const bob = await openChat(variant.path, "bob", room);
+      try {
+        const text = `hello from ann on ${variant.name}`;
+        await say(ann, text);
+        await bob.page.waitForFunction(
+          (t) => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === t),
+          `ann: ${text}`,
+          { timeout: 10_000 },
+        );
+        await say(bob, "hi ann");
+        await ann.page.waitForFunction(
+          () => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === "bob: hi ann"),
+          null,
+          { timeout: 10_000 },
+        );
+        assert.deepEqual(await messages(bob), [`ann: ${text}`, "bob: hi ann"]);
+        assert.deepEqual(await messages(ann), [`ann: ${text}`, "bob: hi ann"]);
+        for (const c of [ann, bob]) {
+          assert.deepEqual(c.scripts, [variant.script], "the page loaded exactly its client");
+          assert.deepEqual(c.errors, [], "no page errors");
+        }
+        const shot = resolve(ARTIFACTS, `chat-${variant.name}.png`);
+        await bob.page.screenshot({ path: shot });
+        await ann.page.screenshot({ path: resolve(ARTIFACTS, `chat-${variant.name}-sender.png`) });
+        console.log(`screenshot: ${shot}`);
+      } finally {
+        await ann.context.close();
+        await bob.context.close();
+      }
+    });
+  }
+
+  it("/cable-client: a rejected room shows the refusal, as on /", { timeout: 30_000 }, async () => {
+    for (const path of ["/", "/cable-client"]) {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      await page.goto(`${server.origin}${path}?user=zoe&room=forbidden`);
+      await page.waitForFunction(() => document.body.dataset.status === "rejected from forbidden", null, { timeout: 10_000 });
+      assert.deepEqual(
+        await page.$$eval("#messages li", (lis) => lis.map((li) => li.textContent)),
+        ["the server refused room forbidden"],
+        path,
+      );
+      await context.close();
+    }
+  });
+
+  it("/cable-client: after a server restart, the browser's `online` event reconnects at once", { timeout: 60_000 }, async () => {
+    const room = "browser-online";
+    const ann = await openChat("/cable-client", "ann", room);
+    try {
+      await server.stop();
+      await ann.page.waitForFunction(() => document.body.dataset.status === "disconnected", null, { timeout: 10_000 });
+      server = await startChat(port);
+      // The server is back, but the client would only notice at its next poll.
+      await sleep(1_500);
+      assert.equal(await ann.page.evaluate(() => document.body.dataset.status), "disconnected", "no reconnect yet");
+      const t0 = Date.now();
+      await ann.page.evaluate(() => window.dispatchEvent(new Event("online")));
+      await ann.page.waitForFunction((s) => document.body.dataset.status === s, `connected to ${room} as ann`, {
+        timeout: 4_000,
+      });
+      const ms = Date.now() - t0;
+      // The monitor alone would take 6-20 s (its next poll); `online` does it now.
+      assert.ok(ms < 4_000, `reconnected in ${ms} ms`);
+      await say(ann, "back online");
+      await ann.page.waitForFunction(
+        () => [...document.querySelectorAll("#messages li")].some((li) => li.textContent === "ann: back online"),
+        null,
+        { timeout: 10_000 },
+      );
+      await ann.page.screenshot({ path: resolve(ARTIFACTS, "chat-cable-client-online.png") });
+      console.log(`reconnected ${ms} ms after the online event`);
+      assert.deepEqual(ann.errors.filter((e) => !/WebSocket/.test(e)), []);
+    } finally {
+      await ann.context.close();
+    }
+  });
+});
