@@ -64,6 +64,10 @@ pub(crate) struct Counters {
     pub(crate) unauthorized: Counter,
     pub(crate) connections_total: Counter,
     pub(crate) too_slow: Arc<AtomicU64>,
+    pub(crate) sent: Arc<AtomicU64>,
+    /// Confirmed subscriptions open now.
+    pub(crate) subscriptions: AtomicU64,
+    pub(crate) refused_handshakes: Counter,
 }
 
 /// A snapshot of the server's figures.
@@ -76,10 +80,14 @@ pub struct Stats {
     pub connections_total: u64,
     /// Connections refused by the connection hook.
     pub unauthorized: u64,
+    /// Confirmed subscriptions open now.
+    pub subscriptions: u64,
     /// Streams with at least one local subscriber.
     pub streams: usize,
     /// Commands received from clients.
     pub messages_received: u64,
+    /// Frames handed to transports for sending (all kinds, pings included).
+    pub messages_sent: u64,
     /// Broadcasts that reached this process from the adapter.
     pub broadcasts: u64,
     /// Data frames queued to clients from broadcasts.
@@ -88,6 +96,8 @@ pub struct Stats {
     pub too_slow_disconnects: u64,
     /// Times the pub/sub adapter re-established its backend connection.
     pub adapter_reconnects: u64,
+    /// Handshakes a transport refused before the upgrade (server full).
+    pub refused_handshakes: u64,
     /// Seconds since the server was built.
     pub uptime_secs: u64,
 }
@@ -347,9 +357,10 @@ impl Cable {
 
     /// A new outbound queue sized by [`CableConfig::outbound_queue_bytes`].
     pub fn new_outbox(&self) -> Arc<Outbox> {
-        Outbox::with_counter(
+        Outbox::with_counters(
             self.inner.config.outbound_queue_bytes,
             Some(self.inner.counters.too_slow.clone()),
+            Some(self.inner.counters.sent.clone()),
         )
     }
 
@@ -412,6 +423,12 @@ impl Cable {
         }
     }
 
+    /// Counts a handshake the transport refused before the upgrade (for
+    /// example at its connection limit); see [`Stats::refused_handshakes`].
+    pub fn count_refused_handshake(&self) {
+        self.inner.counters.refused_handshakes.inc();
+    }
+
     /// Whether the pub/sub adapter is connected.
     pub fn is_healthy(&self) -> bool {
         self.inner.hub.pubsub.is_connected()
@@ -428,6 +445,9 @@ impl Cable {
         Stats {
             connections: self.inner.conns().len(),
             connections_total: c.connections_total.get(),
+            subscriptions: c.subscriptions.load(Ordering::Relaxed),
+            messages_sent: c.sent.load(Ordering::Relaxed),
+            refused_handshakes: c.refused_handshakes.get(),
             unauthorized: c.unauthorized.get(),
             streams: self.inner.hub.stream_count(),
             messages_received: c.messages_received.get(),

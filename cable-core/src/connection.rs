@@ -321,10 +321,21 @@ impl Session {
         tracing::info!("{class} is transmitting the subscription confirmation");
         let _ = self.conn.outbox.push(Frame::confirm(&identifier));
         self.subs.insert(identifier, Box::new(sub));
+        self.conn
+            .cable
+            .counters
+            .subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn unsubscribe(&mut self, identifier: &str) {
-        let Some(mut sub) = self.subs.remove(identifier) else {
+        let Some(mut sub) = self.subs.remove(identifier).inspect(|_| {
+            self.conn
+                .cable
+                .counters
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }) else {
             tracing::error!("Could not execute command from ({identifier}) [RuntimeError - Unable to find subscription with identifier: {identifier}]");
             return;
         };
@@ -386,6 +397,11 @@ impl Session {
     /// Ends every subscription (socket closed or connection ended).
     async fn close(&mut self) {
         let subs: Vec<_> = self.subs.drain().collect();
+        self.conn
+            .cable
+            .counters
+            .subscriptions
+            .fetch_sub(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (_, mut sub) in subs {
             end(&self.conn, &mut sub).await;
         }

@@ -65,6 +65,8 @@ pub struct Outbox {
     closed: CancellationToken,
     capacity: usize,
     overflows: Option<Arc<AtomicU64>>,
+    /// Frames handed to the writer, for the server's stats.
+    sent: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -78,16 +80,21 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// An outbox that holds at most `capacity` bytes of queued text.
     pub fn new(capacity: usize) -> Arc<Self> {
-        Self::with_counter(capacity, None)
+        Self::with_counters(capacity, None, None)
     }
 
-    pub(crate) fn with_counter(capacity: usize, overflows: Option<Arc<AtomicU64>>) -> Arc<Self> {
+    pub(crate) fn with_counters(
+        capacity: usize,
+        overflows: Option<Arc<AtomicU64>>,
+        sent: Option<Arc<AtomicU64>>,
+    ) -> Arc<Self> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             closed: CancellationToken::new(),
             capacity,
             overflows,
+            sent,
         })
     }
 
@@ -185,6 +192,7 @@ impl Outbox {
                     return false;
                 }
                 if !st.queue.is_empty() {
+                    let before = buf.len();
                     while buf.len() < max {
                         match st.queue.pop_front() {
                             Some(Outgoing::Text(f)) => {
@@ -200,6 +208,9 @@ impl Outbox {
                             }
                             None => break,
                         }
+                    }
+                    if let Some(sent) = &self.sent {
+                        sent.fetch_add((buf.len() - before) as u64, Ordering::Relaxed);
                     }
                     return true;
                 }

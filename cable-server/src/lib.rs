@@ -32,7 +32,12 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod ops;
 mod origin;
+#[cfg(feature = "standalone")]
+pub mod settings;
+#[cfg(feature = "standalone")]
+pub mod standalone;
 mod ws;
 
 use std::future::Future;
@@ -45,6 +50,7 @@ use axum::Router;
 use cable_core::Cable;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+pub use crate::ops::{ops_router, OpsConfig};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
 /// Transport settings.
@@ -70,6 +76,10 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Heartbeat period. Default 3 s (Rails' `BEAT_INTERVAL`).
     pub ping_interval: Duration,
+    /// Most WebSocket connections open at once; further handshakes get HTTP
+    /// 503 before the upgrade (counted in `Stats::refused_handshakes`).
+    /// Default: no limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +92,7 @@ impl Default for ServerConfig {
             write_buffer_size: 8 * 1024,
             write_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(3),
+            max_connections: None,
         }
     }
 }

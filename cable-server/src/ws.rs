@@ -1,6 +1,7 @@
 //! The WebSocket handshake (Rails' checks and answers) and the socket pumps.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
@@ -27,6 +28,17 @@ pub(crate) struct ServerState {
     pub(crate) cable: Cable,
     pub(crate) config: ServerConfig,
     heartbeat: OnceLock<()>,
+    /// WebSocket connections upgraded or being upgraded by this router.
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection slot under `ServerConfig::max_connections`, released on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ServerState {
@@ -35,7 +47,19 @@ impl ServerState {
             cable,
             config,
             heartbeat: OnceLock::new(),
+            open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Takes a connection slot, or None when `max_connections` are open.
+    fn reserve_slot(&self) -> Option<Slot> {
+        let max = self.config.max_connections.unwrap_or(usize::MAX);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.open.clone()))
     }
 
     /// One timer for all connections, started with the first request (as
@@ -164,6 +188,19 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         )
             .into_response();
     };
+    let Some(slot) = state.reserve_slot() else {
+        state.cable.count_refused_handshake();
+        tracing::warn!(
+            "Refusing connection from {peer_s}: {} connections open, the limit (max_connections)",
+            state.open.load(Ordering::Acquire)
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "Too many connections",
+        )
+            .into_response();
+    };
     let protocol = choose_subprotocol(headers);
     let request = ConnectRequest::new(
         path.clone(),
@@ -195,6 +232,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         drive(cable, request, ws, write_timeout).await;
+        drop(slot);
         tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
     });
 

@@ -1,0 +1,189 @@
+//! `cable-server`: the generic standalone ActionCable-compatible server.
+//!
+//! Settings come from a TOML file (`--config`), `CABLE_*` environment
+//! variables and flags, in that order of precedence; see
+//! `cable_server::settings`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cable_core::Cable;
+use cable_server::settings::{Layer, LogFormat, Raw, Settings, Source};
+use clap::Parser;
+
+/// ActionCable-compatible WebSocket server (actioncable-v1-json), standalone.
+///
+/// Every setting can also come from the TOML file given with --config, or
+/// from an environment variable CABLE_<NAME> (e.g. CABLE_BIND); a flag beats
+/// a variable, which beats the file.
+#[derive(Parser, Debug)]
+#[command(name = "cable-server", version, about, long_about = None)]
+struct Args {
+    /// TOML settings file (keys as the flags, with underscores).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective settings as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Address to listen on [default: 127.0.0.1:28080].
+    #[arg(long, value_name = "IP:PORT")]
+    bind: Option<String>,
+    /// Path of the WebSocket endpoint [default: /cable].
+    #[arg(long, value_name = "PATH")]
+    mount_path: Option<String>,
+    /// An allowed Origin, exactly (repeatable; same-origin is always allowed).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// An allowed Origin pattern, a regular expression (repeatable).
+    #[arg(long = "allowed-origin-pattern", value_name = "REGEX")]
+    allowed_origin_patterns: Vec<String>,
+    /// Accept any Origin (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    disable_origin_check: Option<String>,
+    /// Pub/sub adapter: memory, redis://…, rediss://… or postgres://… [default: memory].
+    #[arg(long, value_name = "URL")]
+    adapter: Option<String>,
+    /// Rails' channel_prefix (redis and postgres adapters).
+    #[arg(long, value_name = "PREFIX")]
+    channel_prefix: Option<String>,
+    /// Heartbeat period: seconds or 500ms/3s [default: 3].
+    #[arg(long, value_name = "DURATION")]
+    ping_interval: Option<String>,
+    /// Most connections at once; more get HTTP 503 (0: no limit) [default: 0].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Most subscriptions per connection (0: no limit) [default: 0].
+    #[arg(long, value_name = "N")]
+    max_subscriptions_per_connection: Option<String>,
+    /// Largest inbound message: bytes or 64KiB [default: 64KiB].
+    #[arg(long, value_name = "SIZE")]
+    max_message_size: Option<String>,
+    /// Outbound queue per connection before `too_slow`: bytes or 1MiB [default: 1MiB].
+    #[arg(long, value_name = "SIZE")]
+    outbound_queue: Option<String>,
+    /// How long shutdown waits for clients: seconds or 10s [default: 10].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_timeout: Option<String>,
+    /// error, warn, info, debug, trace, or a filter [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Bearer key for POST /_broadcast (at least 16 characters); unset disables it.
+    /// Prefer CABLE_BROADCAST_KEY: flags show in `ps`.
+    #[arg(long, value_name = "KEY")]
+    broadcast_key: Option<String>,
+    /// Serve /health, /stats, /metrics and /_broadcast on this address instead.
+    #[arg(long, value_name = "IP:PORT")]
+    stats_bind: Option<String>,
+}
+
+impl Args {
+    fn layer(&self) -> Layer {
+        let mut l = Layer::default();
+        let mut one = |key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                l.set(
+                    key,
+                    Raw::One(v.clone()),
+                    Source::Flag(format!("--{}", key.replace('_', "-"))),
+                );
+            }
+        };
+        one("bind", &self.bind);
+        one("mount_path", &self.mount_path);
+        one("disable_origin_check", &self.disable_origin_check);
+        one("adapter", &self.adapter);
+        one("channel_prefix", &self.channel_prefix);
+        one("ping_interval", &self.ping_interval);
+        one("max_connections", &self.max_connections);
+        one(
+            "max_subscriptions_per_connection",
+            &self.max_subscriptions_per_connection,
+        );
+        one("max_message_size", &self.max_message_size);
+        one("outbound_queue", &self.outbound_queue);
+        one("shutdown_timeout", &self.shutdown_timeout);
+        one("log_level", &self.log_level);
+        one("log_format", &self.log_format);
+        one("broadcast_key", &self.broadcast_key);
+        one("stats_bind", &self.stats_bind);
+        if !self.allowed_origins.is_empty() {
+            l.set(
+                "allowed_origins",
+                Raw::List(self.allowed_origins.clone()),
+                Source::Flag("--allowed-origin".into()),
+            );
+        }
+        if !self.allowed_origin_patterns.is_empty() {
+            l.set(
+                "allowed_origin_patterns",
+                Raw::List(self.allowed_origin_patterns.clone()),
+                Source::Flag("--allowed-origin-pattern".into()),
+            );
+        }
+        l
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut layers = Vec::new();
+    if let Some(path) = &args.config {
+        match Layer::from_file(path) {
+            Ok(l) => layers.push(l),
+            Err(e) => {
+                eprintln!("cable-server: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (env, unknown) = Layer::from_env(std::env::vars());
+    for name in unknown {
+        eprintln!("cable-server: warning: {name} is not a setting (ignored)");
+    }
+    layers.push(env);
+    layers.push(args.layer());
+    let settings = match Settings::from_layers(&layers) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cable-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&settings);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cable-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cable_server::standalone::run(settings, Cable::builder())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cable-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

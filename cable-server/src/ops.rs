@@ -1,0 +1,269 @@
+//! Operator endpoints: the HTTP broadcast API, health, stats and Prometheus
+//! metrics.
+//!
+//! - `POST /_broadcast`: publications in AnyCable's format,
+//!   `{"stream": "...", "data": "<JSON text>"}` or an array of them, with
+//!   `Authorization: Bearer <key>`. 201 when every publication was handed to
+//!   the adapter; 401 without the right key; 422 for a body that is not a
+//!   publication; 503 when the adapter refused (its error in the body).
+//! - `GET /health`: 200 `ok` while the pub/sub adapter is connected and the
+//!   server is not shutting down, 503 otherwise.
+//! - `GET /stats`: the [`cable_core::Stats`] figures as JSON.
+//! - `GET /metrics`: the same figures in Prometheus' text format.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cable_core::Cable;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use serde::Deserialize;
+
+/// Settings of the operator endpoints.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct OpsConfig {
+    /// The bearer key `POST /_broadcast` requires. `None` disables the
+    /// endpoint (404): an unauthenticated broadcast API is never served.
+    pub broadcast_key: Option<String>,
+}
+
+impl OpsConfig {
+    /// Settings with `POST /_broadcast` enabled for `key`.
+    pub fn with_broadcast_key(key: impl Into<String>) -> Self {
+        OpsConfig {
+            broadcast_key: Some(key.into()),
+        }
+    }
+}
+
+struct OpsState {
+    cable: Cable,
+    config: OpsConfig,
+    recorder: PrometheusRecorder,
+}
+
+/// An axum router with `/_broadcast`, `/health`, `/stats` and `/metrics`.
+/// Merge it into the cable router, or serve it on its own address.
+pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
+    let state = Arc::new(OpsState {
+        cable,
+        config,
+        recorder: PrometheusBuilder::new().build_recorder(),
+    });
+    Router::new()
+        .route("/_broadcast", post(broadcast))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/metrics", get(prometheus))
+        .with_state(state)
+}
+
+/// One publication, as AnyCable's broadcasters send it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publication {
+    stream: String,
+    /// The message as JSON text (not a JSON value), as Rails' adapters carry it.
+    data: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Publications {
+    One(Publication),
+    Many(Vec<Publication>),
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte.
+fn same_key(given: &[u8], key: &[u8]) -> bool {
+    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+async fn broadcast(
+    State(state): State<Arc<OpsState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = &state.config.broadcast_key else {
+        return text(StatusCode::NOT_FOUND, "Not found");
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !given.is_some_and(|g| same_key(g.as_bytes(), key.as_bytes())) {
+        tracing::warn!("broadcast API: request without the right bearer key refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized",
+        )
+            .into_response();
+    }
+    let pubs = match serde_json::from_slice::<Publications>(&body) {
+        Ok(Publications::One(p)) => vec![p],
+        Ok(Publications::Many(v)) => v,
+        Err(e) => {
+            tracing::warn!("broadcast API: not a publication: {e}");
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "expected {{\"stream\": \"...\", \"data\": \"<JSON text>\"}} or an array of them: {e}"
+                ),
+            );
+        }
+    };
+    // Validate everything first: a batch is either all handed over or not at all.
+    for (i, p) in pubs.iter().enumerate() {
+        if p.stream.is_empty() {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("publication {i}: empty stream"),
+            );
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&p.data) {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("publication {i}: data is not JSON text: {e}"),
+            );
+        }
+    }
+    let broadcaster = state.cable.broadcaster();
+    for (i, p) in pubs.iter().enumerate() {
+        if let Err(e) = broadcaster.broadcast_raw(&p.stream, &p.data).await {
+            tracing::error!(stream = %p.stream, error = %e, "broadcast API: the adapter refused a publication");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "publication {i} (stream {:?}) failed: {e}; {i} before it were broadcast",
+                    p.stream
+                ),
+            );
+        }
+    }
+    StatusCode::CREATED.into_response()
+}
+
+async fn health(State(state): State<Arc<OpsState>>) -> Response {
+    if state.cable.is_shutting_down() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if !state.cable.is_healthy() {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "pub/sub adapter ({}) not connected",
+                state.cable.adapter_name()
+            ),
+        )
+    } else {
+        text(StatusCode::OK, "ok")
+    }
+}
+
+async fn stats(State(state): State<Arc<OpsState>>) -> Response {
+    let mut v = serde_json::to_value(state.cable.stats()).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("adapter".into(), state.cable.adapter_name().into());
+        map.insert("adapter_connected".into(), state.cable.is_healthy().into());
+    }
+    axum::Json(v).into_response()
+}
+
+async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
+    let s = state.cable.stats();
+    metrics::with_local_recorder(&state.recorder, || {
+        use metrics::{counter, describe_counter, describe_gauge, gauge};
+        describe_gauge!("cable_connections", "Open, welcomed WebSocket connections");
+        gauge!("cable_connections").set(s.connections as f64);
+        describe_gauge!("cable_subscriptions", "Confirmed subscriptions open now");
+        gauge!("cable_subscriptions").set(s.subscriptions as f64);
+        describe_gauge!(
+            "cable_streams",
+            "Streams with at least one local subscriber"
+        );
+        gauge!("cable_streams").set(s.streams as f64);
+        describe_gauge!(
+            "cable_adapter_connected",
+            "1 while the pub/sub adapter is connected"
+        );
+        gauge!("cable_adapter_connected").set(if state.cable.is_healthy() { 1.0 } else { 0.0 });
+        describe_counter!(
+            "cable_connections_total",
+            "Connections welcomed since start"
+        );
+        counter!("cable_connections_total").absolute(s.connections_total);
+        describe_counter!(
+            "cable_unauthorized_total",
+            "Connections refused by the connection hook"
+        );
+        counter!("cable_unauthorized_total").absolute(s.unauthorized);
+        describe_counter!(
+            "cable_messages_received_total",
+            "Commands received from clients"
+        );
+        counter!("cable_messages_received_total").absolute(s.messages_received);
+        describe_counter!("cable_messages_sent_total", "Frames handed to sockets");
+        counter!("cable_messages_sent_total").absolute(s.messages_sent);
+        describe_counter!(
+            "cable_broadcasts_total",
+            "Broadcasts received from the adapter"
+        );
+        counter!("cable_broadcasts_total").absolute(s.broadcasts);
+        describe_counter!(
+            "cable_deliveries_total",
+            "Data frames queued to clients from broadcasts"
+        );
+        counter!("cable_deliveries_total").absolute(s.deliveries);
+        describe_counter!(
+            "cable_too_slow_disconnects_total",
+            "Clients dropped for an overflowing outbound queue"
+        );
+        counter!("cable_too_slow_disconnects_total").absolute(s.too_slow_disconnects);
+        describe_counter!(
+            "cable_adapter_reconnects_total",
+            "Reconnections of the pub/sub adapter"
+        );
+        counter!("cable_adapter_reconnects_total").absolute(s.adapter_reconnects);
+        describe_counter!(
+            "cable_refused_handshakes_total",
+            "Handshakes refused at max_connections"
+        );
+        counter!("cable_refused_handshakes_total").absolute(s.refused_handshakes);
+        describe_gauge!("cable_uptime_seconds", "Seconds since the server started");
+        gauge!("cable_uptime_seconds").set(s.uptime_secs as f64);
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.recorder.handle().render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_compare_whole() {
+        assert!(super::same_key(b"secret", b"secret"));
+        assert!(!super::same_key(b"secre", b"secret"));
+        assert!(!super::same_key(b"secreT", b"secret"));
+        assert!(!super::same_key(b"", b"secret"));
+    }
+}

@@ -1,0 +1,683 @@
+//! Settings of a standalone server, from a TOML file, `CABLE_*` environment
+//! variables and command-line flags, in that order of precedence (a flag
+//! beats a variable, which beats the file, which beats the default).
+//!
+//! Every value is read from text by one parser per key, whatever its source,
+//! so a bad value gets the same error everywhere: the key, where it came
+//! from, the value, and what is allowed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The TOML file.
+    File(PathBuf),
+    /// An environment variable (its name).
+    Env(String),
+    /// A command-line flag (its name, with the dashes).
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("the default"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(n) => write!(f, "environment variable {n}"),
+            Source::Flag(n) => write!(f, "flag {n}"),
+        }
+    }
+}
+
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A value that does not parse or is out of range.
+    #[error("invalid value for `{key}` from {from}: {value:?} ({expected})")]
+    Invalid {
+        /// The setting's name (as in the TOML file).
+        key: &'static str,
+        /// Where the value came from.
+        from: Source,
+        /// The value, with any password masked.
+        value: String,
+        /// What is allowed.
+        expected: String,
+    },
+    /// A key the TOML file should not have.
+    #[error("unknown setting `{key}` in {file}; known settings: {known}")]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// The file.
+        file: String,
+        /// Every known key.
+        known: String,
+    },
+    /// The TOML file could not be read or parsed.
+    #[error("cannot read settings file {file}: {message}")]
+    File {
+        /// The file.
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Two settings that cannot go together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything a standalone server needs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Address the WebSocket endpoint listens on. Default 127.0.0.1:28080.
+    pub bind: SocketAddr,
+    /// Path of the WebSocket endpoint. Default `/cable`.
+    pub mount_path: String,
+    /// Origins allowed exactly (same-origin requests are always allowed).
+    pub allowed_origins: Vec<String>,
+    /// Origin patterns (regular expressions, matched anywhere).
+    pub allowed_origin_patterns: Vec<String>,
+    /// Accept any Origin.
+    pub disable_origin_check: bool,
+    /// Pub/sub adapter: `memory`, `redis://…`, `rediss://…` or `postgres://…`.
+    pub adapter: String,
+    /// Rails' `channel_prefix` (Redis and PostgreSQL adapters).
+    pub channel_prefix: Option<String>,
+    /// Heartbeat period. Default 3 s.
+    pub ping_interval: Duration,
+    /// Most connections open at once. Default: no limit.
+    pub max_connections: Option<usize>,
+    /// Most subscriptions per connection. Default: no limit.
+    pub max_subscriptions_per_connection: Option<usize>,
+    /// Largest inbound message in bytes. Default 64 KiB.
+    pub max_message_size: usize,
+    /// Outbound queue per connection in bytes. Default 1 MiB.
+    pub outbound_queue: usize,
+    /// How long shutdown waits for clients to leave. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter.
+    pub log_level: String,
+    /// Log format. Default text.
+    pub log_format: LogFormat,
+    /// Bearer key of `POST /_broadcast`; unset disables it.
+    pub broadcast_key: Option<String>,
+    /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here instead
+    /// of beside the WebSocket endpoint.
+    pub stats_bind: Option<SocketAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 28080)),
+            mount_path: "/cable".to_owned(),
+            allowed_origins: Vec::new(),
+            allowed_origin_patterns: Vec::new(),
+            disable_origin_check: false,
+            adapter: "memory".to_owned(),
+            channel_prefix: None,
+            ping_interval: Duration::from_secs(3),
+            max_connections: None,
+            max_subscriptions_per_connection: None,
+            max_message_size: 64 * 1024,
+            outbound_queue: 1 << 20,
+            shutdown_timeout: Duration::from_secs(10),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            broadcast_key: None,
+            stats_bind: None,
+        }
+    }
+}
+
+/// The settings' names, as in the TOML file; the variable is `CABLE_` and
+/// the name in capitals, the flag `--` and the name with dashes.
+pub const KEYS: &[&str] = &[
+    "bind",
+    "mount_path",
+    "allowed_origins",
+    "allowed_origin_patterns",
+    "disable_origin_check",
+    "adapter",
+    "channel_prefix",
+    "ping_interval",
+    "max_connections",
+    "max_subscriptions_per_connection",
+    "max_message_size",
+    "outbound_queue",
+    "shutdown_timeout",
+    "log_level",
+    "log_format",
+    "broadcast_key",
+    "stats_bind",
+];
+
+/// A raw value: lists come as arrays from TOML, comma-separated text from a
+/// variable, or repeated flags.
+#[derive(Clone, Debug)]
+pub enum Raw {
+    /// One value.
+    One(String),
+    /// Several values.
+    List(Vec<String>),
+}
+
+impl Raw {
+    fn items(&self) -> Vec<String> {
+        match self {
+            Raw::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Raw::List(v) => v.clone(),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Raw::One(s) => s.clone(),
+            Raw::List(v) => v.join(","),
+        }
+    }
+}
+
+/// Values by key with their source, before parsing.
+#[derive(Clone, Debug, Default)]
+pub struct Layer(BTreeMap<&'static str, (Raw, Source)>);
+
+impl Layer {
+    /// Sets `key` (one of [`KEYS`]); unknown keys are ignored.
+    pub fn set(&mut self, key: &str, value: Raw, source: Source) {
+        if let Some(k) = KEYS.iter().find(|k| **k == key) {
+            self.0.insert(k, (value, source));
+        }
+    }
+
+    /// The `CABLE_*` variables among `vars`. Returns the layer and the
+    /// names of `CABLE_*` variables that are no setting (likely typos).
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> (Layer, Vec<String>) {
+        let mut layer = Layer::default();
+        let mut unknown = Vec::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("CABLE_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            if KEYS.contains(&key.as_str()) {
+                layer.set(&key, Raw::One(value), Source::Env(name));
+            } else {
+                unknown.push(name);
+            }
+        }
+        (layer, unknown)
+    }
+
+    /// The settings in a TOML file. Unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Layer, SettingsError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| SettingsError::File {
+                    file: file.clone(),
+                    message: e.to_string(),
+                })?;
+        let mut layer = Layer::default();
+        for (key, value) in table {
+            if !KEYS.contains(&key.as_str()) {
+                return Err(SettingsError::UnknownKey {
+                    key,
+                    file,
+                    known: KEYS.join(", "),
+                });
+            }
+            let raw = match value {
+                toml::Value::String(s) => Raw::One(s),
+                toml::Value::Integer(i) => Raw::One(i.to_string()),
+                toml::Value::Float(f) => Raw::One(f.to_string()),
+                toml::Value::Boolean(b) => Raw::One(b.to_string()),
+                toml::Value::Array(items) => Raw::List(
+                    items
+                        .into_iter()
+                        .map(|v| match v {
+                            toml::Value::String(s) => s,
+                            other => other.to_string(),
+                        })
+                        .collect(),
+                ),
+                other => Raw::One(other.to_string()),
+            };
+            layer.set(&key, raw, Source::File(path.to_owned()));
+        }
+        Ok(layer)
+    }
+}
+
+fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        from: source.clone(),
+        value: if key == "broadcast_key" {
+            "***".to_owned()
+        } else {
+            mask_password(value)
+        },
+        expected: expected.to_owned(),
+    }
+}
+
+/// `url` with the password in its user info replaced by `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let masked = match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{masked}{}", &url[..start], &rest[at..])
+}
+
+/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * mult))
+}
+
+/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`).
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let units: [(&str, usize); 6] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("B", 1),
+    ];
+    for (suffix, mult) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.trim().parse::<usize>().ok()?.checked_mul(mult);
+        }
+    }
+    s.parse().ok()
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// `0` or `none` means no limit.
+fn parse_limit(s: &str) -> Option<Option<usize>> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("none") || s == "0" {
+        return Some(None);
+    }
+    s.parse::<usize>().ok().map(Some)
+}
+
+impl Settings {
+    /// Applies layers in order (later ones win) over the defaults.
+    pub fn from_layers(layers: &[Layer]) -> Result<Settings, SettingsError> {
+        let mut merged: BTreeMap<&'static str, (Raw, Source)> = BTreeMap::new();
+        for l in layers {
+            for (k, v) in &l.0 {
+                merged.insert(k, v.clone());
+            }
+        }
+        let mut s = Settings::default();
+        for (key, (raw, src)) in &merged {
+            let text = raw.text();
+            let t = text.trim();
+            match *key {
+                "bind" => {
+                    s.bind = t
+                        .parse()
+                        .map_err(|_| invalid(key, src, t, "an IP:port, e.g. 0.0.0.0:28080"))?
+                }
+                "stats_bind" => {
+                    s.stats_bind = if t.is_empty() {
+                        None
+                    } else {
+                        Some(t.parse().map_err(|_| {
+                            invalid(key, src, t, "an IP:port, e.g. 127.0.0.1:28081")
+                        })?)
+                    }
+                }
+                "mount_path" => {
+                    if !t.starts_with('/') {
+                        return Err(invalid(key, src, t, "a path starting with /, e.g. /cable"));
+                    }
+                    s.mount_path = t.to_owned();
+                }
+                "allowed_origins" => {
+                    let items = raw.items();
+                    for o in &items {
+                        if !o.contains("://") {
+                            return Err(invalid(
+                                key,
+                                src,
+                                o,
+                                "origins like https://example.com (scheme, host, optional port)",
+                            ));
+                        }
+                    }
+                    s.allowed_origins = items;
+                }
+                "allowed_origin_patterns" => {
+                    let items = raw.items();
+                    for p in &items {
+                        if let Err(e) = regex::Regex::new(p) {
+                            return Err(invalid(key, src, p, &format!("regular expressions: {e}")));
+                        }
+                    }
+                    s.allowed_origin_patterns = items;
+                }
+                "disable_origin_check" => {
+                    s.disable_origin_check =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
+                }
+                "adapter" => {
+                    let scheme = t.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                    let ok = t == "memory"
+                        || matches!(
+                            scheme.as_deref(),
+                            Some(
+                                "memory"
+                                    | "redis"
+                                    | "rediss"
+                                    | "redis+unix"
+                                    | "postgres"
+                                    | "postgresql"
+                            )
+                        );
+                    if !ok {
+                        return Err(invalid(
+                            key,
+                            src,
+                            t,
+                            "memory, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                        ));
+                    }
+                    s.adapter = t.to_owned();
+                }
+                "channel_prefix" => {
+                    s.channel_prefix = (!text.is_empty()).then(|| text.clone());
+                }
+                "ping_interval" => {
+                    let d = parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            "a duration above 0: seconds (3, 0.5) or 500ms, 3s",
+                        )
+                    })?;
+                    s.ping_interval = d;
+                }
+                "shutdown_timeout" => {
+                    s.shutdown_timeout = parse_duration(t).ok_or_else(|| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            "a duration: seconds (10, 0.5) or 500ms, 10s, 1m",
+                        )
+                    })?
+                }
+                "max_connections" => {
+                    s.max_connections = parse_limit(t).ok_or_else(|| {
+                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                    })?
+                }
+                "max_subscriptions_per_connection" => {
+                    s.max_subscriptions_per_connection = parse_limit(t).ok_or_else(|| {
+                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                    })?
+                }
+                "max_message_size" => {
+                    s.max_message_size = parse_size(t).filter(|n| *n >= 256).ok_or_else(|| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            "a size of at least 256 bytes: 65536, 64KiB, 1MiB",
+                        )
+                    })?
+                }
+                "outbound_queue" => {
+                    s.outbound_queue = parse_size(t).filter(|n| *n >= 1024).ok_or_else(|| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            "a size of at least 1024 bytes: 1048576, 512KiB, 1MiB",
+                        )
+                    })?
+                }
+                "log_level" => {
+                    if tracing_filter_ok(t) {
+                        s.log_level = t.to_owned();
+                    } else {
+                        return Err(invalid(
+                            key,
+                            src,
+                            t,
+                            "error, warn, info, debug, trace, or a filter like info,cable_core=debug",
+                        ));
+                    }
+                }
+                "log_format" => {
+                    s.log_format = match t.to_ascii_lowercase().as_str() {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => return Err(invalid(key, src, t, "text or json")),
+                    }
+                }
+                "broadcast_key" => {
+                    if text.is_empty() {
+                        s.broadcast_key = None;
+                    } else if text.len() < 16 {
+                        return Err(invalid(key, src, &text, "a key of at least 16 characters"));
+                    } else {
+                        s.broadcast_key = Some(text.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
+            return Err(SettingsError::Conflict(
+                "`channel_prefix` only applies to the redis and postgres adapters; the memory \
+                 adapter does not name channels"
+                    .to_owned(),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The effective settings as TOML (the broadcast key and passwords masked).
+    pub fn to_toml(&self) -> String {
+        let mut t = toml::Table::new();
+        let mut put = |k: &str, v: toml::Value| {
+            t.insert(k.to_owned(), v);
+        };
+        let list =
+            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
+        let secs = |d: Duration| toml::Value::Float(d.as_secs_f64());
+        put("bind", self.bind.to_string().into());
+        put("mount_path", self.mount_path.clone().into());
+        put("allowed_origins", list(&self.allowed_origins));
+        put(
+            "allowed_origin_patterns",
+            list(&self.allowed_origin_patterns),
+        );
+        put("disable_origin_check", self.disable_origin_check.into());
+        put("adapter", mask_password(&self.adapter).into());
+        if let Some(p) = &self.channel_prefix {
+            put("channel_prefix", p.clone().into());
+        }
+        put("ping_interval", secs(self.ping_interval));
+        put(
+            "max_connections",
+            (self.max_connections.unwrap_or(0) as i64).into(),
+        );
+        put(
+            "max_subscriptions_per_connection",
+            (self.max_subscriptions_per_connection.unwrap_or(0) as i64).into(),
+        );
+        put("max_message_size", (self.max_message_size as i64).into());
+        put("outbound_queue", (self.outbound_queue as i64).into());
+        put("shutdown_timeout", secs(self.shutdown_timeout));
+        put("log_level", self.log_level.clone().into());
+        put(
+            "log_format",
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+            .into(),
+        );
+        if self.broadcast_key.is_some() {
+            put("broadcast_key", "***".into());
+        }
+        if let Some(b) = self.stats_bind {
+            put("stats_bind", b.to_string().into());
+        }
+        t.to_string()
+    }
+}
+
+fn tracing_filter_ok(s: &str) -> bool {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    !s.is_empty()
+        && s.split(',').all(|part| {
+            let level = part.rsplit('=').next().unwrap_or("");
+            let target_ok = part.split_once('=').is_none_or(|(t, _)| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            target_ok && LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(key: &str, v: &str, src: Source) -> Layer {
+        let mut l = Layer::default();
+        l.set(key, Raw::One(v.to_owned()), src);
+        l
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let file = one("ping_interval", "5", Source::File("c.toml".into()));
+        let env = one(
+            "ping_interval",
+            "2",
+            Source::Env("CABLE_PING_INTERVAL".into()),
+        );
+        let flag = one(
+            "ping_interval",
+            "500ms",
+            Source::Flag("--ping-interval".into()),
+        );
+        let s = Settings::from_layers(&[file.clone(), env.clone()]).unwrap();
+        assert_eq!(s.ping_interval, Duration::from_secs(2));
+        let s = Settings::from_layers(&[file, env, flag]).unwrap();
+        assert_eq!(s.ping_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_key_source_value_and_what_is_allowed() {
+        let e = Settings::from_layers(&[one(
+            "max_message_size",
+            "huge",
+            Source::Env("CABLE_MAX_MESSAGE_SIZE".into()),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`max_message_size`"), "{e}");
+        assert!(e.contains("CABLE_MAX_MESSAGE_SIZE"), "{e}");
+        assert!(e.contains("\"huge\""), "{e}");
+        assert!(e.contains("64KiB"), "{e}");
+        let e = Settings::from_layers(&[one(
+            "adapter",
+            "mysql://root:pw@db/x",
+            Source::Flag("--adapter".into()),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("root:***@db"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn sizes_durations_and_lists() {
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("-1"), None);
+        let s = Settings::from_layers(&[one(
+            "allowed_origins",
+            "https://a.example, https://b.example",
+            Source::Env("CABLE_ALLOWED_ORIGINS".into()),
+        )])
+        .unwrap();
+        assert_eq!(
+            s.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(tracing_filter_ok("info,cable_core=debug"));
+        assert!(!tracing_filter_ok("loud"));
+    }
+}

@@ -1,0 +1,536 @@
+//! The `cable-server` binary, started for real: settings, operator
+//! endpoints, limits and shutdown.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cable-server");
+const KEY: &str = "test-broadcast-key-0123456789";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `cable-server`; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn cable-server");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("cable listening on ws://").nth(1) {
+                    let addr = rest.split('/').next().unwrap_or("").to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("cable-server did not start in time")
+            .expect("cable-server exited before listening");
+        Server {
+            child,
+            addr: addr.parse().expect("address in the log line"),
+            log,
+        }
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ws://{}/cable{query}", self.addr)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, &[], None).await
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns status and body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Chunked bodies: good enough to search in.
+    (status, body.to_owned())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("actioncable-v1-json"),
+    );
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{host}")).unwrap(),
+    );
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// The next text frame that is not a ping.
+async fn recv(ws: &mut Ws) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
+            Ok(Some(Ok(Message::Text(t)))) => return t.as_str().to_owned(),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
+async fn welcomed(url: &str) -> Ws {
+    let mut ws = ws_connect(url).await.expect("handshake");
+    assert_eq!(recv(&mut ws).await, r#"{"type":"welcome"}"#);
+    ws
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stats(server: &Server) -> serde_json::Value {
+    let (status, body) = server.get("/stats").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("stats JSON: {e}: {body}"))
+}
+
+async fn output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("run cable-server");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn settings_come_from_file_then_env_then_flags() {
+    let dir = std::env::temp_dir().join(format!("cable-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cable.toml");
+    std::fs::write(
+        &file,
+        "ping_interval = 7\nmax_connections = 100\nallowed_origins = [\"https://a.example\"]\nlog_format = \"json\"\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = output(&["--config", f, "--print-config"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ping_interval = 7.0"), "{out}");
+    assert!(out.contains("max_connections = 100"), "{out}");
+    assert!(
+        out.contains("allowed_origins = [\"https://a.example\"]"),
+        "{out}"
+    );
+    assert!(out.contains("log_format = \"json\""), "{out}");
+    // The environment beats the file, a flag beats the environment.
+    let env = [
+        ("CABLE_PING_INTERVAL", "2"),
+        ("CABLE_MAX_CONNECTIONS", "50"),
+    ];
+    let (_, out, _) = output(&["--config", f, "--print-config"], &env).await;
+    assert!(out.contains("ping_interval = 2.0"), "{out}");
+    assert!(out.contains("max_connections = 50"), "{out}");
+    let (_, out, _) = output(
+        &["--config", f, "--print-config", "--ping-interval", "500ms"],
+        &env,
+    )
+    .await;
+    assert!(out.contains("ping_interval = 0.5"), "{out}");
+    assert!(out.contains("max_connections = 50"), "{out}");
+    // Secrets never printed.
+    let (_, out, _) = output(
+        &[
+            "--print-config",
+            "--adapter",
+            "redis://:hunter2@127.0.0.1:6379/0",
+        ],
+        &[("CABLE_BROADCAST_KEY", KEY)],
+    )
+    .await;
+    assert!(!out.contains("hunter2") && !out.contains(KEY), "{out}");
+
+    // Bad values: exit 2, naming the key, where it came from, the value and
+    // what is allowed.
+    // (arguments, environment, what the error must mention)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &["--print-config"],
+            &[("CABLE_MAX_MESSAGE_SIZE", "huge")],
+            &[
+                "`max_message_size`",
+                "CABLE_MAX_MESSAGE_SIZE",
+                "\"huge\"",
+                "64KiB",
+            ],
+        ),
+        (
+            &["--print-config", "--bind", "nowhere"],
+            &[],
+            &["`bind`", "--bind", "\"nowhere\"", "IP:port"],
+        ),
+        (
+            &["--print-config", "--log-format", "xml"],
+            &[],
+            &["`log_format`", "\"xml\"", "text or json"],
+        ),
+        (
+            &["--print-config", "--adapter", "mysql://db"],
+            &[],
+            &["`adapter`", "\"mysql://db\"", "redis://"],
+        ),
+        (
+            &["--print-config", "--config", f, "--channel-prefix", "x"],
+            &[],
+            &["channel_prefix", "memory"],
+        ),
+    ];
+    for (args, env, wants) in cases {
+        let (code, _, err) = output(args, env).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        for w in *wants {
+            assert!(err.contains(w), "{args:?}: {w:?} not in {err}");
+        }
+    }
+    std::fs::write(&file, "ping_intervall = 3\n").unwrap();
+    let (code, _, err) = output(&["--config", f, "--print-config"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown setting `ping_intervall`") && err.contains("ping_interval"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn health_stats_and_metrics_follow_clients() {
+    let server = Server::start(&[], &[]).await;
+    assert_eq!(server.get("/health").await, (200, "ok".to_owned()));
+    let s = stats(&server).await;
+    assert_eq!(s["connections"], 0);
+    assert_eq!(s["adapter"], "memory");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(welcomed(&server.url("")).await);
+    }
+    // A command for an unknown channel still counts as received.
+    clients[0]
+        .send(Message::text(
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"Nope\"}"}"#,
+        ))
+        .await
+        .unwrap();
+    eventually("3 connections and 1 message in /stats", || async {
+        let s = stats(&server).await;
+        s["connections"] == 3
+            && s["messages_received"] == 1
+            && s["messages_sent"].as_u64() >= Some(3)
+    })
+    .await;
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("cable_connections 3"), "{metrics}");
+    assert!(metrics.contains("cable_connections_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("cable_messages_received_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# HELP cable_connections"), "{metrics}");
+    for mut c in clients.drain(..) {
+        c.close(None).await.unwrap();
+    }
+    eventually("no connections in /stats", || async {
+        stats(&server).await["connections"] == 0
+    })
+    .await;
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("cable_connections 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn broadcast_api_needs_the_key_and_publications() {
+    // Without a key the endpoint does not exist.
+    let server = Server::start(&[], &[]).await;
+    let body = r#"{"stream":"s","data":"{\"a\":1}"}"#;
+    let (status, _) = http(server.addr, "POST", "/_broadcast", &[], Some(body)).await;
+    assert_eq!(status, 404);
+    drop(server);
+
+    let server = Server::start(&[], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let auth = format!("Bearer {KEY}");
+    let post = |headers: Vec<(&'static str, String)>, body: &'static str| {
+        let addr = server.addr;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(addr, "POST", "/_broadcast", &h, Some(body)).await
+        }
+    };
+    assert_eq!(post(vec![], body).await.0, 401);
+    assert_eq!(
+        post(
+            vec![("Authorization", "Bearer wrong-key-wrong-key".into())],
+            body
+        )
+        .await
+        .0,
+        401
+    );
+    for bad in [
+        "not json",
+        r#"{"stream":"s"}"#,
+        r#"{"stream":"s","data":{"a":1}}"#,
+        r#"{"stream":"s","data":"{not json"}"#,
+        r#"{"stream":"","data":"1"}"#,
+        r#"[{"stream":"s","data":"1"},{"data":"1"}]"#,
+    ] {
+        let (status, text) = post(vec![("Authorization", auth.clone())], bad).await;
+        assert_eq!(status, 422, "{bad}: {text}");
+    }
+    assert_eq!(
+        stats(&server).await["broadcasts"],
+        0,
+        "nothing was broadcast"
+    );
+    assert_eq!(
+        post(vec![("Authorization", auth.clone())], body).await.0,
+        201
+    );
+    let batch = r#"[{"stream":"a","data":"{\"n\":1}"},{"stream":"b","data":"\"two\""}]"#;
+    assert_eq!(
+        post(vec![("Authorization", auth.clone())], batch).await.0,
+        201
+    );
+    // The in-memory adapter hands every publication to this node's hub.
+    eventually("3 broadcasts in /stats", || async {
+        stats(&server).await["broadcasts"] == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_handshakes_with_503() {
+    let server = Server::start(&["--max-connections", "2"], &[]).await;
+    let a = welcomed(&server.url("")).await;
+    let _b = welcomed(&server.url("")).await;
+    match ws_connect(&server.url("")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| "a connection")),
+    }
+    assert_eq!(stats(&server).await["refused_handshakes"], 1);
+    assert!(
+        server.log().contains("max_connections"),
+        "the refusal is logged: {}",
+        server.log()
+    );
+    drop(a);
+    // The slot frees when the server sees the socket close.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if ws_connect(&server.url("")).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot after a client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_sends_server_restart_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-timeout", "5"], &[]).await;
+    let mut a = welcomed(&server.url("")).await;
+    let mut b = welcomed(&server.url("")).await;
+    let pid = server.child.id().expect("pid");
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let restart = r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#;
+    assert_eq!(recv(&mut a).await, restart);
+    assert_eq!(recv(&mut b).await, restart);
+    let exit = tokio::time::timeout(Duration::from_secs(8), server.child.wait())
+        .await
+        .expect("exits within the shutdown timeout")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(7));
+}
+
+#[tokio::test]
+async fn operator_endpoints_can_have_their_own_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stats_bind = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--stats-bind", &stats_bind], &[]).await;
+    let ops: SocketAddr = stats_bind.parse().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if TcpStream::connect(ops).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "operator address listening");
+    assert_eq!(http(ops, "GET", "/health", &[], None).await.0, 200);
+    // Not on the public address.
+    assert_eq!(server.get("/health").await.0, 404);
+}
+
+/// A redis-server of our own, so stopping it harms no other test.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<std::process::Child> {
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_is_503_while_redis_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(child) = OwnRedis::start(port) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server not found (CI is set, so this is a failure)"
+        );
+        println!("SKIPPED: redis-server not found; cannot test health against a stopped Redis");
+        return;
+    };
+    let mut redis = OwnRedis {
+        port,
+        child: Some(child),
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let server = Server::start(&["--adapter", &url, "--channel-prefix", "health-test"], &[]).await;
+    eventually("/health 200 with Redis up", || async {
+        server.get("/health").await.0 == 200
+    })
+    .await;
+    if let Some(mut c) = redis.child.take() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    eventually("/health 503 with Redis down", || async {
+        server.get("/health").await.0 == 503
+    })
+    .await;
+    let (_, body) = server.get("/health").await;
+    assert!(body.contains("redis"), "{body}");
+    redis.child = OwnRedis::start(port);
+    eventually("/health 200 again after Redis is back", || async {
+        server.get("/health").await.0 == 200
+    })
+    .await;
+    assert!(stats(&server).await["adapter_reconnects"].as_u64() >= Some(1));
+}
