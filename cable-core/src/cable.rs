@@ -118,6 +118,25 @@ pub(crate) struct Inner {
     shutting_down: AtomicBool,
     drained: Notify,
     started: Instant,
+    /// Sockets a transport still has open (see [`TransportGuard`]).
+    transports: AtomicU64,
+}
+
+/// Held by a transport while one of its sockets is open, so that
+/// [`Cable::drain`] also waits for the last frames (the `server_restart`
+/// notice, the close) to be written: a session ends before its writer does.
+#[derive(Debug)]
+#[must_use = "the socket counts as open only while the guard lives"]
+pub struct TransportGuard {
+    cable: Cable,
+}
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        if self.cable.inner.transports.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.cable.inner.drained.notify_waiters();
+        }
+    }
 }
 
 impl Inner {
@@ -309,6 +328,7 @@ impl CableBuilder {
                 shutting_down: AtomicBool::new(false),
                 drained: Notify::new(),
                 started: Instant::now(),
+                transports: AtomicU64::new(0),
             }),
         }
     }
@@ -407,18 +427,33 @@ impl Cable {
         self.inner.is_shutting_down()
     }
 
-    /// Waits until every connection has ended, at most `timeout`. Returns the
-    /// number still open.
+    /// Marks one transport socket open until the guard is dropped; see
+    /// [`TransportGuard`].
+    pub fn transport_guard(&self) -> TransportGuard {
+        self.inner.transports.fetch_add(1, Ordering::AcqRel);
+        TransportGuard {
+            cable: self.clone(),
+        }
+    }
+
+    /// Waits until every connection has ended and every transport socket
+    /// (see [`Cable::transport_guard`]) is closed, at most `timeout`. Returns
+    /// the number of connections or sockets still open.
     pub async fn drain(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
+        let open = || {
+            self.inner
+                .conns()
+                .len()
+                .max(self.inner.transports.load(Ordering::Acquire) as usize)
+        };
         loop {
             let notified = self.inner.drained.notified();
-            let open = self.inner.conns().len();
-            if open == 0 {
+            if open() == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inner.conns().len();
+                return open();
             }
         }
     }

@@ -91,7 +91,7 @@ pub use crate::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
         Unauthorized,
     },
-    cable::{Broadcaster, Cable, CableBuilder, CableConfig, Stats},
+    cable::{Broadcaster, Cable, CableBuilder, CableConfig, Stats, TransportGuard},
     channel::{Channel, ChannelError, Context, Params},
     connection::Inbound,
     naming::{broadcasting_for, channel_name, ToParam},

@@ -217,6 +217,9 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     };
 
     let cable = state.cable.clone();
+    // Shutdown's drain waits for this socket's last frames, not only for its
+    // session to end.
+    let guard = cable.transport_guard();
     let ws_config = state.config.websocket_config();
     let write_timeout = state.config.write_timeout;
     tokio::spawn(async move {
@@ -233,6 +236,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
                 .await;
         drive(cable, request, ws, write_timeout).await;
         drop(slot);
+        drop(guard);
         tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
     });
 
