@@ -123,6 +123,49 @@ pub struct Settings {
     /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here instead
     /// of beside the WebSocket endpoint.
     pub stats_bind: Option<SocketAddr>,
+    /// Beside a Rails app: its secrets, session and channels (docs/rails.md).
+    pub rails: RailsSettings,
+}
+
+/// The Rails integration's settings (all off by default); see `docs/rails.md`.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RailsSettings {
+    /// The app's `secret_key_base`, then older ones still accepted.
+    pub secret_key_base: Vec<String>,
+    /// PBKDF2 digests, tried in order (`sha256`, `sha1`). Empty: both.
+    pub key_derivation: Vec<String>,
+    /// `sha1` (Rails' default) or `sha256`.
+    pub signed_cookie_digest: Option<String>,
+    /// The session cookie's name, e.g. `_my_app_session`.
+    pub session_cookie: Option<String>,
+    /// `NAME=SOURCE[ as MODEL]`: identifiers taken from the session.
+    pub session_identifiers: Vec<String>,
+    /// Accept connections without a session.
+    pub allow_anonymous: bool,
+    /// `config.global_id.app`.
+    pub global_id_app: Option<String>,
+    /// Serve `Turbo::StreamsChannel`.
+    pub turbo_streams: bool,
+    /// Serve `$pubsub` with signed stream names.
+    pub pubsub_signed: bool,
+    /// Serve `$pubsub` with plain stream names (anyone may listen to any).
+    pub pubsub_public: bool,
+    /// The secret of signed `$pubsub` names (AnyCable's `streams_secret`).
+    pub streams_secret: Option<String>,
+    /// `config.turbo.signed_stream_verifier_key`, when the app sets one.
+    pub turbo_verifier_key: Option<String>,
+}
+
+impl RailsSettings {
+    /// Whether anything of the Rails integration is asked for.
+    pub fn enabled(&self) -> bool {
+        !self.secret_key_base.is_empty()
+            || self.session_cookie.is_some()
+            || self.turbo_streams
+            || self.pubsub_signed
+            || self.pubsub_public
+    }
 }
 
 impl Default for Settings {
@@ -145,6 +188,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             broadcast_key: None,
             stats_bind: None,
+            rails: RailsSettings::default(),
         }
     }
 }
@@ -169,6 +213,27 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "broadcast_key",
     "stats_bind",
+    "secret_key_base",
+    "secret_key_base_file",
+    "key_derivation",
+    "signed_cookie_digest",
+    "session_cookie",
+    "session_identifiers",
+    "allow_anonymous",
+    "global_id_app",
+    "turbo_streams",
+    "pubsub_signed",
+    "pubsub_public",
+    "streams_secret",
+    "turbo_verifier_key",
+];
+
+/// Keys whose values are secrets: never printed.
+const SECRET_KEYS: &[&str] = &[
+    "broadcast_key",
+    "secret_key_base",
+    "streams_secret",
+    "turbo_verifier_key",
 ];
 
 /// A raw value: lists come as arrays from TOML, comma-separated text from a
@@ -281,7 +346,7 @@ fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> S
     SettingsError::Invalid {
         key,
         from: source.clone(),
-        value: if key == "broadcast_key" {
+        value: if SECRET_KEYS.contains(&key) {
             "***".to_owned()
         } else {
             mask_password(value)
@@ -526,8 +591,110 @@ impl Settings {
                         s.broadcast_key = Some(text.clone());
                     }
                 }
+                "secret_key_base" => {
+                    let items = raw.items();
+                    if items.iter().any(|k| k.len() < 30) {
+                        return Err(invalid(key, src, &text, "the app's secret_key_base (usually 128 hex characters), comma-separated to accept older ones too"));
+                    }
+                    s.rails.secret_key_base = items;
+                }
+                "secret_key_base_file" => {
+                    let keys = std::fs::read_to_string(t).map_err(|e| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            &format!("a readable file with the secret_key_base ({e})"),
+                        )
+                    })?;
+                    let items: Vec<String> = keys
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if items.is_empty() || items.iter().any(|k| k.len() < 30) {
+                        return Err(invalid(key, src, t, "a file holding the secret_key_base (one per line, oldest last), each 30+ characters"));
+                    }
+                    s.rails.secret_key_base = items;
+                }
+                "key_derivation" => {
+                    let items = raw.items();
+                    if items.is_empty()
+                        || items
+                            .iter()
+                            .any(|d| !matches!(d.to_ascii_lowercase().as_str(), "sha1" | "sha256"))
+                    {
+                        return Err(invalid(key, src, &text, "sha256 and/or sha1, in the order to try (Rails 6.1 defaults: sha1; 7.0+: sha256)"));
+                    }
+                    s.rails.key_derivation = items;
+                }
+                "signed_cookie_digest" => {
+                    if !matches!(t.to_ascii_lowercase().as_str(), "sha1" | "sha256") {
+                        return Err(invalid(key, src, t, "sha1 (Rails' default) or sha256"));
+                    }
+                    s.rails.signed_cookie_digest = Some(t.to_owned());
+                }
+                "session_cookie" => {
+                    s.rails.session_cookie = (!t.is_empty()).then(|| t.to_owned());
+                }
+                "session_identifiers" => {
+                    let items = raw.items();
+                    for i in &items {
+                        let ok = i
+                            .split_once('=')
+                            .is_some_and(|(n, src)| !n.trim().is_empty() && !src.trim().is_empty());
+                        if !ok {
+                            return Err(invalid(key, src, i, "NAME=SESSION_KEY or NAME=warden:SCOPE, optionally followed by ` as Model`, e.g. current_user=warden:user as User"));
+                        }
+                    }
+                    s.rails.session_identifiers = items;
+                }
+                "allow_anonymous" => {
+                    s.rails.allow_anonymous =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
+                }
+                "global_id_app" => s.rails.global_id_app = (!t.is_empty()).then(|| t.to_owned()),
+                "turbo_streams" => {
+                    s.rails.turbo_streams =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
+                }
+                "pubsub_signed" => {
+                    s.rails.pubsub_signed =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
+                }
+                "pubsub_public" => {
+                    s.rails.pubsub_public =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
+                }
+                "streams_secret" => {
+                    s.rails.streams_secret = (!text.is_empty()).then(|| text.clone())
+                }
+                "turbo_verifier_key" => {
+                    s.rails.turbo_verifier_key = (!text.is_empty()).then(|| text.clone())
+                }
                 _ => {}
             }
+        }
+        if merged.contains_key("secret_key_base") && merged.contains_key("secret_key_base_file") {
+            return Err(SettingsError::Conflict(
+                "set `secret_key_base` or `secret_key_base_file`, not both".to_owned(),
+            ));
+        }
+        if (s.rails.session_cookie.is_some() || s.rails.turbo_streams || s.rails.pubsub_signed)
+            && s.rails.secret_key_base.is_empty()
+        {
+            return Err(SettingsError::Conflict(
+                "`session_cookie`, `turbo_streams` and `pubsub_signed` need the app's \
+                 `secret_key_base` (or `secret_key_base_file`)"
+                    .to_owned(),
+            ));
+        }
+        if !s.rails.session_identifiers.is_empty() && s.rails.session_cookie.is_none() {
+            return Err(SettingsError::Conflict(
+                "`session_identifiers` need `session_cookie` (the cookie to read them from)"
+                    .to_owned(),
+            ));
         }
         if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
             return Err(SettingsError::Conflict(
@@ -586,6 +753,37 @@ impl Settings {
         }
         if let Some(b) = self.stats_bind {
             put("stats_bind", b.to_string().into());
+        }
+        let r = &self.rails;
+        if !r.secret_key_base.is_empty() {
+            put("secret_key_base", "***".into());
+        }
+        if !r.key_derivation.is_empty() {
+            put("key_derivation", list(&r.key_derivation));
+        }
+        if let Some(d) = &r.signed_cookie_digest {
+            put("signed_cookie_digest", d.clone().into());
+        }
+        if let Some(c) = &r.session_cookie {
+            put("session_cookie", c.clone().into());
+        }
+        if !r.session_identifiers.is_empty() {
+            put("session_identifiers", list(&r.session_identifiers));
+        }
+        if r.allow_anonymous {
+            put("allow_anonymous", true.into());
+        }
+        if let Some(a) = &r.global_id_app {
+            put("global_id_app", a.clone().into());
+        }
+        put("turbo_streams", r.turbo_streams.into());
+        put("pubsub_signed", r.pubsub_signed.into());
+        put("pubsub_public", r.pubsub_public.into());
+        if r.streams_secret.is_some() {
+            put("streams_secret", "***".into());
+        }
+        if r.turbo_verifier_key.is_some() {
+            put("turbo_verifier_key", "***".into());
         }
         t.to_string()
     }

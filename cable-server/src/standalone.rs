@@ -38,6 +38,9 @@ pub enum StandaloneError {
     /// The adapter settings were refused.
     #[error("adapter: {0}")]
     Adapter(String),
+    /// The Rails settings were refused.
+    #[error("rails: {0}")]
+    Rails(String),
     /// An origin pattern is not a valid regular expression.
     #[error("allowed_origin_patterns: {0}")]
     OriginPattern(String),
@@ -99,6 +102,87 @@ pub fn with_adapter(
     }
 }
 
+/// Registers what `settings.rails` enables (session hook, Turbo, `$pubsub`).
+#[cfg(feature = "rails")]
+pub fn with_rails(
+    builder: CableBuilder,
+    settings: &Settings,
+) -> Result<CableBuilder, StandaloneError> {
+    use cable_rails::{
+        HmacDigest, KeyDigest, PubSubChannel, RailsConfig, SessionIdentifier, PUBSUB_CHANNEL,
+    };
+    let r = &settings.rails;
+    if !r.enabled() {
+        return Ok(builder);
+    }
+    if r.secret_key_base.is_empty() {
+        // Only public `$pubsub` streams: nothing to verify.
+        return Ok(if r.pubsub_public {
+            builder.channel(PUBSUB_CHANNEL, || PubSubChannel::new(None, true))
+        } else {
+            builder
+        });
+    }
+    let err = |e: String| StandaloneError::Rails(e);
+    let mut cfg = RailsConfig::new(r.secret_key_base[0].clone());
+    cfg.secret_key_base = r.secret_key_base.clone();
+    if !r.key_derivation.is_empty() {
+        cfg.key_derivation = r
+            .key_derivation
+            .iter()
+            .map(|d| {
+                d.parse::<KeyDigest>()
+                    .map_err(|e| err(format!("key_derivation: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(d) = &r.signed_cookie_digest {
+        cfg.signed_cookie_digest = d
+            .parse::<HmacDigest>()
+            .map_err(|e| err(format!("signed_cookie_digest: {e}")))?;
+    }
+    cfg.session_cookie = r.session_cookie.clone();
+    cfg.identifiers = r
+        .session_identifiers
+        .iter()
+        .map(|i| {
+            i.parse::<SessionIdentifier>()
+                .map_err(|e| err(format!("session_identifiers: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    cfg.allow_anonymous = r.allow_anonymous;
+    cfg.global_id_app = r.global_id_app.clone();
+    cfg.turbo = r.turbo_streams;
+    cfg.pubsub_signed = r.pubsub_signed;
+    cfg.pubsub_public = r.pubsub_public;
+    cfg.streams_secret = r.streams_secret.clone();
+    cfg.turbo_verifier_key = r.turbo_verifier_key.clone();
+    let rails = cfg.build().map_err(|e| err(e.to_string()))?;
+    tracing::info!(
+        "Rails integration: session cookie {:?}, identifiers {:?}, Turbo::StreamsChannel {}, $pubsub signed {} public {}",
+        r.session_cookie,
+        r.session_identifiers,
+        r.turbo_streams,
+        r.pubsub_signed,
+        r.pubsub_public
+    );
+    Ok(rails.install(builder))
+}
+
+/// Without the `rails` feature, Rails settings are an error.
+#[cfg(not(feature = "rails"))]
+pub fn with_rails(
+    builder: CableBuilder,
+    settings: &Settings,
+) -> Result<CableBuilder, StandaloneError> {
+    if settings.rails.enabled() {
+        return Err(StandaloneError::Rails(
+            "this build has no Rails support (cable-server feature `rails`)".to_owned(),
+        ));
+    }
+    Ok(builder)
+}
+
 /// The transport settings `settings` describe.
 pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneError> {
     let mut cfg = ServerConfig {
@@ -132,7 +216,8 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     let mut core = CableConfig::default();
     core.outbound_queue_bytes = settings.outbound_queue;
     core.max_subscriptions_per_connection = settings.max_subscriptions_per_connection;
-    let cable = with_adapter(builder.config(core), &settings)?.build();
+    let builder = with_rails(builder.config(core), &settings)?;
+    let cable = with_adapter(builder, &settings)?.build();
     let server_cfg = server_config(&settings)?;
     let ops = ops_router(
         cable.clone(),

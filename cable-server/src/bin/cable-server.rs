@@ -77,6 +77,43 @@ struct Args {
     /// Serve /health, /stats, /metrics and /_broadcast on this address instead.
     #[arg(long, value_name = "IP:PORT")]
     stats_bind: Option<String>,
+
+    // Beside a Rails app (docs/rails.md). The secrets themselves come from
+    // CABLE_SECRET_KEY_BASE / CABLE_STREAMS_SECRET or the file, never flags.
+    /// File holding the Rails app's secret_key_base (one per line, current first).
+    #[arg(long, value_name = "FILE", help_heading = "Rails")]
+    secret_key_base_file: Option<String>,
+    /// PBKDF2 digests to try: sha256, sha1 (Rails 6.1 defaults: sha1) [default: sha256,sha1].
+    #[arg(long, value_name = "LIST", help_heading = "Rails")]
+    key_derivation: Option<String>,
+    /// HMAC of cookies.signed: sha1 or sha256 [default: sha1].
+    #[arg(long, value_name = "DIGEST", help_heading = "Rails")]
+    signed_cookie_digest: Option<String>,
+    /// The Rails session cookie, e.g. _my_app_session.
+    #[arg(long, value_name = "NAME", help_heading = "Rails")]
+    session_cookie: Option<String>,
+    /// A connection identifier from the session: NAME=KEY or NAME=warden:SCOPE [as Model] (repeatable).
+    #[arg(
+        long = "session-identifier",
+        value_name = "SPEC",
+        help_heading = "Rails"
+    )]
+    session_identifiers: Vec<String>,
+    /// Accept connections without a valid session (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Rails")]
+    allow_anonymous: Option<String>,
+    /// The app's config.global_id.app, for identifiers given `as Model`.
+    #[arg(long, value_name = "APP", help_heading = "Rails")]
+    global_id_app: Option<String>,
+    /// Serve Turbo::StreamsChannel (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Rails")]
+    turbo_streams: Option<String>,
+    /// Serve $pubsub with signed stream names (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Rails")]
+    pubsub_signed: Option<String>,
+    /// Serve $pubsub with plain stream names: anyone may listen to any (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Rails")]
+    pubsub_public: Option<String>,
 }
 
 impl Args {
@@ -109,6 +146,22 @@ impl Args {
         one("log_format", &self.log_format);
         one("broadcast_key", &self.broadcast_key);
         one("stats_bind", &self.stats_bind);
+        one("secret_key_base_file", &self.secret_key_base_file);
+        one("key_derivation", &self.key_derivation);
+        one("signed_cookie_digest", &self.signed_cookie_digest);
+        one("session_cookie", &self.session_cookie);
+        one("allow_anonymous", &self.allow_anonymous);
+        one("global_id_app", &self.global_id_app);
+        one("turbo_streams", &self.turbo_streams);
+        one("pubsub_signed", &self.pubsub_signed);
+        one("pubsub_public", &self.pubsub_public);
+        if !self.session_identifiers.is_empty() {
+            l.set(
+                "session_identifiers",
+                Raw::List(self.session_identifiers.clone()),
+                Source::Flag("--session-identifier".into()),
+            );
+        }
         if !self.allowed_origins.is_empty() {
             l.set(
                 "allowed_origins",

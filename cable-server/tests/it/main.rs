@@ -534,3 +534,293 @@ async fn health_is_503_while_redis_is_down() {
     .await;
     assert!(stats(&server).await["adapter_reconnects"].as_u64() >= Some(1));
 }
+
+const NEWS: &str = r#"{\"channel\":\"$pubsub\",\"stream_name\":\"news\"}"#;
+
+async fn subscribe_news(ws: &mut Ws) {
+    ws.send(Message::text(format!(
+        r#"{{"command":"subscribe","identifier":"{NEWS}"}}"#
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(ws).await,
+        format!(r#"{{"identifier":"{NEWS}","type":"confirm_subscription"}}"#)
+    );
+}
+
+async fn publish(addr: SocketAddr, body: &str) -> u16 {
+    let auth = format!("Bearer {KEY}");
+    http(
+        addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(body),
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn published_messages_reach_public_stream_subscribers() {
+    let server = Server::start(&["--pubsub-public"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let mut a = welcomed(&server.url("")).await;
+    let mut b = welcomed(&server.url("")).await;
+    subscribe_news(&mut a).await;
+    subscribe_news(&mut b).await;
+    eventually("2 subscriptions in /stats", || async {
+        stats(&server).await["subscriptions"] == 2
+    })
+    .await;
+    assert!(server
+        .get("/metrics")
+        .await
+        .1
+        .contains("cable_subscriptions 2"));
+    assert_eq!(
+        publish(server.addr, r#"{"stream":"news","data":"{\"n\":1}"}"#).await,
+        201
+    );
+    let batch = r#"[{"stream":"news","data":"{\"n\":2}"},{"stream":"other","data":"0"},{"stream":"news","data":"\"three\""}]"#;
+    assert_eq!(publish(server.addr, batch).await, 201);
+    for ws in [&mut a, &mut b] {
+        for m in [r#"{"n":1}"#, r#"{"n":2}"#, r#""three""#] {
+            assert_eq!(
+                recv(ws).await,
+                format!(r#"{{"identifier":"{NEWS}","message":{m}}}"#)
+            );
+        }
+    }
+    a.send(Message::text(format!(
+        r#"{{"command":"unsubscribe","identifier":"{NEWS}"}}"#
+    )))
+    .await
+    .unwrap();
+    eventually("1 subscription after an unsubscribe", || async {
+        stats(&server).await["subscriptions"] == 1
+    })
+    .await;
+    drop(b);
+    eventually("no subscriptions once everyone left", || async {
+        stats(&server).await["subscriptions"] == 0
+    })
+    .await;
+    // Without --pubsub-public, a public stream is refused.
+    let plain = Server::start(&[], &[]).await;
+    let mut c = welcomed(&plain.url("")).await;
+    c.send(Message::text(format!(
+        r#"{{"command":"subscribe","identifier":"{NEWS}"}}"#
+    )))
+    .await
+    .unwrap();
+    c.send(Message::text(
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"Nope\"}"}"#,
+    ))
+    .await
+    .unwrap();
+    eventually("both commands handled", || async {
+        stats(&plain).await["messages_received"] == 2
+    })
+    .await;
+    assert_eq!(stats(&plain).await["subscriptions"], 0);
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether Redis answers; prints a SKIPPED line (or fails under CI) if not.
+async fn redis_up() -> bool {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .rsplit('@')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    if TcpStream::connect(&hostport).await.is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "Redis not reachable at {url} (CI is set, so this is a failure)"
+    );
+    println!("SKIPPED: Redis not reachable at {url} (start redis-server or set REDIS_URL)");
+    false
+}
+
+#[tokio::test]
+async fn a_publication_on_one_node_reaches_clients_of_another_through_redis() {
+    if !redis_up().await {
+        return;
+    }
+    let prefix = format!(
+        "cable-server-test-{}-{}",
+        std::process::id(),
+        fastish_nonce()
+    );
+    let args = [
+        "--adapter",
+        &redis_url(),
+        "--channel-prefix",
+        &prefix,
+        "--pubsub-public",
+    ];
+    let env = [("CABLE_BROADCAST_KEY", KEY)];
+    let a = Server::start(&args, &env).await;
+    let b = Server::start(&args, &env).await;
+    let mut on_b = welcomed(&b.url("")).await;
+    subscribe_news(&mut on_b).await;
+    assert_eq!(
+        publish(a.addr, r#"[{"stream":"news","data":"{\"from\":\"a\"}"}]"#).await,
+        201
+    );
+    assert_eq!(
+        recv(&mut on_b).await,
+        format!(r#"{{"identifier":"{NEWS}","message":{{"from":"a"}}}}"#)
+    );
+}
+
+fn fastish_nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Vectors made by Rails 6.1 itself (adapters/rails/tests/vectors).
+fn rails_vectors(file: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/../adapters/rails/tests/vectors/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors")).expect("JSON")
+}
+
+fn vector<'a>(list: &'a serde_json::Value, case: &str, kdf: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["case"] == case && v["kdf"] == kdf)
+        .unwrap_or_else(|| panic!("no vector {case}/{kdf}"))
+}
+
+async fn ws_with_cookie(url: &str, cookie: &str) -> Ws {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("actioncable-v1-json"),
+    );
+    let host = req.uri().authority().unwrap().to_string();
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{host}")).unwrap(),
+    );
+    req.headers_mut()
+        .insert("Cookie", HeaderValue::from_str(cookie).unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+#[tokio::test]
+async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
+    let sessions = rails_vectors("sessions.json");
+    let streams = rails_vectors("streams.json");
+    let secret = sessions["secrets"]["current"].as_str().unwrap().to_owned();
+    let session = vector(&sessions["vectors"], "user_id", "SHA1");
+    let turbo = vector(&streams["turbo"], "string", "SHA1");
+    assert_eq!(turbo["secret"], "current");
+    let server = Server::start(
+        &[
+            "--key-derivation",
+            "sha1",
+            "--session-cookie",
+            "_my_app_session",
+            "--session-identifier",
+            "current_user=user_id",
+            "--turbo-streams",
+        ],
+        &[
+            ("CABLE_SECRET_KEY_BASE", secret.as_str()),
+            ("CABLE_BROADCAST_KEY", KEY),
+        ],
+    )
+    .await;
+    let (_, printed, _) = output(&["--print-config"], &[("CABLE_SECRET_KEY_BASE", &secret)]).await;
+    assert!(!printed.contains(&secret), "the secret is never printed");
+
+    // The Rails-made session cookie logs the user in.
+    let cookie = format!(
+        "_my_app_session={}",
+        session["cookie_header_value"].as_str().unwrap()
+    );
+    let mut ws = ws_with_cookie(&server.url(""), &cookie).await;
+    assert_eq!(recv(&mut ws).await, r#"{"type":"welcome"}"#);
+    let identifier = serde_json::json!({
+        "channel": "Turbo::StreamsChannel",
+        "signed_stream_name": turbo["signed_stream_name"],
+    })
+    .to_string();
+    ws.send(Message::text(
+        serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&mut ws).await,
+        serde_json::json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()
+    );
+    // A broadcast to the decoded stream name (what Rails'
+    // Turbo::StreamsChannel.broadcast_* publish) reaches the subscriber.
+    let body = serde_json::json!({
+        "stream": turbo["stream_name"],
+        "data": "\"<turbo-stream action=\\\"append\\\"></turbo-stream>\"",
+    })
+    .to_string();
+    let auth = format!("Bearer {KEY}");
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let got: serde_json::Value = serde_json::from_str(&recv(&mut ws).await).unwrap();
+    assert_eq!(got["identifier"], identifier);
+    assert_eq!(
+        got["message"],
+        "<turbo-stream action=\"append\"></turbo-stream>"
+    );
+    // A forged name is rejected.
+    let forged = serde_json::json!({
+        "channel": "Turbo::StreamsChannel",
+        "signed_stream_name": "Im1lc3NhZ2VzIg==--0000000000000000000000000000000000000000000000000000000000000000",
+    })
+    .to_string();
+    ws.send(Message::text(
+        serde_json::json!({"command": "subscribe", "identifier": forged}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&mut ws).await,
+        serde_json::json!({"identifier": forged, "type": "reject_subscription"}).to_string()
+    );
+
+    // A tampered cookie, or none, is unauthorized.
+    let unauthorized = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
+    let tampered = cookie.replacen("CQf", "CQg", 1);
+    let mut bad = ws_with_cookie(&server.url(""), &tampered).await;
+    assert_eq!(recv(&mut bad).await, unauthorized);
+    let mut none = welcomed_or(&server.url("")).await;
+    assert_eq!(recv(&mut none).await, unauthorized);
+}
+
+async fn welcomed_or(url: &str) -> Ws {
+    ws_connect(url).await.expect("handshake")
+}
