@@ -52,8 +52,7 @@ pub fn shared_reference() -> Option<Value> {
     // where the checkout sits.
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/vectors/shared-reference-cookie-vectors.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Some(serde_json::from_str(&text).expect("reference vectors are JSON"))
 }
 
