@@ -5,8 +5,10 @@
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); each test uses
 //! its own channel prefix. Without a reachable Redis the Redis tests print
 //! `SKIPPED: …` and pass, unless `CI` is set. Startup tests need no Redis.
+//! `rails_interop`: a real Rails ActionCable server beside `chat` on each.
 
 mod postgres;
+mod rails_interop;
 mod support;
 
 use futures_util::StreamExt;
