@@ -390,11 +390,19 @@ impl Cable {
     /// `outbox`, which a transport drains; the last item is always a close.
     /// Frames that arrive before the welcome wait in `inbound` and are handled
     /// in order after it.
-    pub async fn run_connection<S>(&self, request: ConnectRequest, inbound: S, outbox: Arc<Outbox>)
+    pub fn run_connection<S>(
+        &self,
+        request: ConnectRequest,
+        inbound: S,
+        outbox: Arc<Outbox>,
+    ) -> impl std::future::Future<Output = ()> + Send
     where
         S: Stream<Item = Inbound> + Unpin + Send,
     {
-        connection::run(self.inner.clone(), request, inbound, outbox).await
+        // Boxed before the future is built: an async fn keeps room for its
+        // arguments for its whole life, and this one lives as long as the
+        // connection while the request is dropped after authentication.
+        connection::run(self.inner.clone(), Box::new(request), inbound, outbox)
     }
 
     /// Sends one ping to every welcomed connection (call every 3 s from a

@@ -63,7 +63,7 @@ fn internal_channel(connection_identifier: &str) -> String {
 /// Runs a connection to its end. See [`crate::Cable::run_connection`].
 pub(crate) async fn run<S>(
     cable: Arc<Inner>,
-    request: ConnectRequest,
+    request: Box<ConnectRequest>,
     mut inbound: S,
     outbox: Arc<Outbox>,
 ) where

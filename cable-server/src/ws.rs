@@ -202,7 +202,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             .into_response();
     };
     let protocol = choose_subprotocol(headers);
-    let request = ConnectRequest::new(
+    let request = Box::new(ConnectRequest::new(
         path.clone(),
         req.uri().query(),
         headers
@@ -210,7 +210,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
         peer,
-    );
+    ));
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         tracing::error!("Failed to upgrade to WebSocket: the HTTP server does not support upgrades on this connection");
         return page_not_found();
@@ -234,7 +234,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        drive(cable, request, ws, write_timeout).await;
+        drive(cable, request, Box::new(ws), write_timeout).await;
         drop(slot);
         drop(guard);
         tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
@@ -294,20 +294,23 @@ where
         })
 }
 
+/// Runs one upgraded connection. The request and the stream come boxed: an
+/// async fn keeps room for its arguments as long as it lives (here, the
+/// connection's life), so large ones would cost every idle connection.
 async fn drive<S>(
     cable: Cable,
-    request: ConnectRequest,
-    ws: WebSocketStream<S>,
+    request: Box<ConnectRequest>,
+    ws: Box<WebSocketStream<S>>,
     write_timeout: std::time::Duration,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, stream) = ws.split();
+    let (sink, stream) = (*ws).split();
     let outbox = cable.new_outbox();
     let writer = tokio::spawn(write_loop(sink, outbox.clone(), write_timeout));
     let mut inbound = Box::pin(inbound_stream(stream));
     cable
-        .run_connection(request, &mut inbound, outbox.clone())
+        .run_connection(*request, &mut inbound, outbox.clone())
         .await;
     let _ = writer.await;
     // Read until the client answers our close (or goes away), so the socket is
