@@ -857,6 +857,14 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
+        assert_eq!(mask_password("redis://u:p@ss@h/0"), "redis://u:***@h/0");
+        assert_eq!(mask_password("redis://secret@h"), "redis://***@h");
+        assert_eq!(mask_password("memory"), "memory");
+    }
+
+    #[test]
     fn sizes_durations_and_lists() {
         assert_eq!(parse_size("64KiB"), Some(65536));
         assert_eq!(parse_size("1MiB"), Some(1 << 20));

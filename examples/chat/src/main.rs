@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cable_postgres::{PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisConfig, RedisPubSub};
+use cable_server::settings::mask_password as redact;
 use cable_server::{serve, shutdown_signal, AllowedOrigin};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -111,24 +112,6 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
         ));
     }
     Ok(chosen)
-}
-
-/// `url` with the password part of its user info replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[start..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let masked = match authority[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        // `redis://secret@host` puts the password in the user part.
-        None => "***".to_owned(),
-    };
-    format!("{}{masked}{}", &url[..start], &rest[at..])
 }
 
 #[tokio::main]
