@@ -32,14 +32,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::support::*;
 
@@ -334,134 +327,6 @@ impl Drop for Rails {
     }
 }
 
-/// A raw actioncable-v1-json client for either server (support's `Client`
-/// connects to a `Chat` only), connecting as the JS client does.
-struct Peer {
-    /// `user@server`, for messages.
-    name: String,
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Peer {
-    /// Connects to `addr` as `user` (`?user=`) and reads the welcome.
-    async fn connect(server: &str, addr: SocketAddr, user: &str) -> Peer {
-        let mut req = format!("ws://{addr}/cable?user={user}")
-            .into_client_request()
-            .expect("request");
-        let headers = req.headers_mut();
-        let origin = format!("http://{addr}");
-        headers.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("actioncable-v1-json, actioncable-unsupported"),
-        );
-        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .unwrap_or_else(|_| panic!("{user}@{server}: no handshake within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("{user}@{server}: handshake: {e}"));
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
-            Some("actioncable-v1-json"),
-            "{user}@{server}: subprotocol"
-        );
-        let mut peer = Peer {
-            name: format!("{user}@{server}"),
-            ws,
-        };
-        peer.expect(r#"{"type":"welcome"}"#).await;
-        peer
-    }
-
-    /// Connects as `user` and joins `identifier` (confirmation awaited).
-    async fn joined(server: &str, addr: SocketAddr, user: &str, identifier: &str) -> Peer {
-        let mut peer = Peer::connect(server, addr, user).await;
-        peer.join(identifier).await;
-        peer
-    }
-
-    async fn send_json(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    /// Subscribes and waits for `confirm_subscription`, which both servers
-    /// send once the adapter has subscribed (LISTENed to) the stream.
-    async fn join(&mut self, identifier: &str) {
-        self.send_json(json!({"command": "subscribe", "identifier": identifier}))
-            .await;
-        self.expect(&confirm(identifier)).await;
-    }
-
-    /// Performs `speak` with `body` in the room of `identifier`.
-    async fn speak(&mut self, identifier: &str, body: &str) {
-        let data = json!({"action": "speak", "body": body});
-        self.send_json(json!({
-            "command": "message",
-            "identifier": identifier,
-            "data": data.to_string(),
-        }))
-        .await;
-    }
-
-    /// The next message of any kind before `deadline`; None when the stream
-    /// ended. Panics at the deadline.
-    async fn next_message(&mut self, deadline: tokio::time::Instant) -> Option<Message> {
-        match tokio::time::timeout_at(deadline, self.ws.next()).await {
-            Ok(Some(Ok(m))) => Some(m),
-            Ok(Some(Err(_))) | Ok(None) => None,
-            Err(_) => panic!("{}: no frame (pings aside) within {WAIT:?}", self.name),
-        }
-    }
-
-    /// The next text frame that is not a ping, within [`WAIT`].
-    async fn recv(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.next_message(deadline).await {
-                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
-                Some(Message::Text(t)) => return t.as_str().to_owned(),
-                Some(Message::Close(c)) => {
-                    panic!("{}: closed while waiting for a frame: {c:?}", self.name)
-                }
-                Some(_) => {}
-                None => panic!("{}: stream ended while waiting for a frame", self.name),
-            }
-        }
-    }
-
-    async fn expect(&mut self, frame: &str) {
-        let got = self.recv().await;
-        assert_eq!(got, frame, "{} received", self.name);
-    }
-
-    /// Asserts the server closes with `code` after some text frames (pings
-    /// aside), which are returned.
-    async fn expect_close(&mut self, code: CloseCode) -> Vec<String> {
-        let mut texts = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.next_message(deadline).await {
-                Some(Message::Close(Some(f))) => {
-                    assert_eq!(f.code, code, "{}: close code ({f:?})", self.name);
-                    return texts;
-                }
-                Some(Message::Close(None)) => panic!("{}: close without a code", self.name),
-                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
-                Some(Message::Text(t)) => texts.push(t.as_str().to_owned()),
-                Some(_) => {}
-                None => panic!(
-                    "{}: stream ended without a close frame; got {texts:?}",
-                    self.name
-                ),
-            }
-        }
-    }
-}
-
 /// A room whose stream, prefixed, is longer than PostgreSQL's 63-character
 /// identifiers: both adapters LISTEN/NOTIFY on its SHA1 instead.
 const LONG_ROOM: &str = "a-room-whose-name-is-long-enough-to-pass-the-63-character-limit";
@@ -483,12 +348,12 @@ async fn speak_crosses_both_ways(kind: Kind) {
     let (ours, rails) = shared.servers().await;
     let long = room(LONG_ROOM);
     let attic = room("attic");
-    let mut ann = Peer::joined("rails", rails.addr, "ann", LOBBY).await;
+    let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
     ann.join(&long).await;
-    let mut erin = Peer::joined("rails", rails.addr, "erin", &attic).await;
-    let mut bob = Peer::joined("cable", ours.addr, "bob", LOBBY).await;
+    let mut erin = Client::joined_to("rails", rails.addr, "erin", &attic).await;
+    let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
     bob.join(&long).await;
-    let mut finn = Peer::joined("cable", ours.addr, "finn", &attic).await;
+    let mut finn = Client::joined_to("cable", ours.addr, "finn", &attic).await;
 
     // Ours → Rails: Rails' client gets the frame Rails builds from our
     // payload, and it is the frame we send our own client.
@@ -530,8 +395,8 @@ async fn rails_runner_broadcast_reaches_cable(kind: Kind) {
         return;
     };
     let (ours, rails) = shared.servers().await;
-    let mut bob = Peer::joined("cable", ours.addr, "bob", LOBBY).await;
-    let mut ann = Peer::joined("rails", rails.addr, "ann", LOBBY).await;
+    let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
+    let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
 
     // A broadcast from outside any channel, as a job or `bin/rails runner`
     // makes it: a Ruby process of its own, on the same adapter and prefix.
@@ -569,12 +434,12 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
     // Each server subscribes (LISTENs) to a connection's internal channel
     // action_cable/<user> when it opens, before the room's stream, and in
     // order: the room's confirmation means the internal channel is live.
-    let mut bob = Peer::joined("cable", ours.addr, "bob", LOBBY).await;
-    let mut dave = Peer::joined("cable", ours.addr, "dave", LOBBY).await;
-    let mut bob_on_rails = Peer::joined("rails", rails.addr, "bob", LOBBY).await;
-    let mut carol = Peer::joined("rails", rails.addr, "carol", LOBBY).await;
-    let mut gina = Peer::joined("rails", rails.addr, "gina", LOBBY).await;
-    let mut ann = Peer::joined("rails", rails.addr, "ann", LOBBY).await;
+    let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
+    let mut dave = Client::joined_to("cable", ours.addr, "dave", LOBBY).await;
+    let mut bob_on_rails = Client::joined_to("rails", rails.addr, "bob", LOBBY).await;
+    let mut carol = Client::joined_to("rails", rails.addr, "carol", LOBBY).await;
+    let mut gina = Client::joined_to("rails", rails.addr, "gina", LOBBY).await;
+    let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
     if kind == Kind::Redis {
         // Redis shows it: both servers listen on bob's channel, under the
         // same name (Rails' connection identifier of a String is the string).
@@ -653,8 +518,8 @@ async fn reencodes_as_rails_does(kind: Kind, payload: &str, expected: &str) {
         return;
     };
     let (ours, rails) = shared.servers().await;
-    let mut bob = Peer::joined("cable", ours.addr, "bob", LOBBY).await;
-    let mut ann = Peer::joined("rails", rails.addr, "ann", LOBBY).await;
+    let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
+    let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
     shared
         .ruby(&format!(
             r#"ActionCable.server.broadcast("chat_lobby", {payload})"#

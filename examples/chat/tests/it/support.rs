@@ -309,8 +309,10 @@ pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String
 }
 
 /// A raw actioncable-v1-json client, as the JS client connects: same-origin
-/// `Origin`, both subprotocols offered, the user in `?user=`.
+/// `Origin`, both subprotocols offered, the user in `?user=`. It speaks to
+/// any ActionCable server (the Rails interop tests point it at Rails).
 pub struct Client {
+    /// The user, or `user@server` when the server was named; for messages.
     pub user: String,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
@@ -318,11 +320,21 @@ pub struct Client {
 impl Client {
     /// Connects to `chat` as `user` and reads the welcome.
     pub async fn connect(chat: &Chat, user: &str) -> Client {
-        let mut req = format!("ws://{}/cable?user={user}", chat.addr)
+        Client::connect_to(None, chat.addr, user).await
+    }
+
+    /// Connects to the ActionCable server at `addr` (named `server` in
+    /// failure messages) as `user` and reads the welcome.
+    pub async fn connect_to(server: Option<&str>, addr: SocketAddr, user: &str) -> Client {
+        let name = match server {
+            Some(s) => format!("{user}@{s}"),
+            None => user.to_owned(),
+        };
+        let mut req = format!("ws://{addr}/cable?user={user}")
             .into_client_request()
             .expect("request");
         let headers = req.headers_mut();
-        let origin = format!("http://{}", chat.addr);
+        let origin = format!("http://{addr}");
         headers.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
         headers.insert(
             "Sec-WebSocket-Protocol",
@@ -330,18 +342,16 @@ impl Client {
         );
         let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
-            .expect("no handshake within 5s")
-            .expect("handshake");
+            .unwrap_or_else(|_| panic!("{name}: no handshake within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("{name}: handshake: {e}"));
         assert_eq!(
             resp.headers()
                 .get("sec-websocket-protocol")
                 .and_then(|v| v.to_str().ok()),
-            Some("actioncable-v1-json")
+            Some("actioncable-v1-json"),
+            "{name}: subprotocol"
         );
-        let mut client = Client {
-            user: user.to_owned(),
-            ws,
-        };
+        let mut client = Client { user: name, ws };
         client.expect(r#"{"type":"welcome"}"#).await;
         client
     }
@@ -349,6 +359,13 @@ impl Client {
     /// Connects as `user` and joins `identifier` (confirmation awaited).
     pub async fn joined(chat: &Chat, user: &str, identifier: &str) -> Client {
         let mut c = Client::connect(chat, user).await;
+        c.join(identifier).await;
+        c
+    }
+
+    /// [`Client::connect_to`], then joins `identifier`.
+    pub async fn joined_to(server: &str, addr: SocketAddr, user: &str, identifier: &str) -> Client {
+        let mut c = Client::connect_to(Some(server), addr, user).await;
         c.join(identifier).await;
         c
     }
@@ -419,7 +436,7 @@ impl Client {
         loop {
             match self.next_message(deadline).await {
                 Some(Message::Close(Some(f))) => {
-                    assert_eq!(f.code, code, "{}: close code", self.user);
+                    assert_eq!(f.code, code, "{}: close code ({f:?})", self.user);
                     return texts;
                 }
                 Some(Message::Close(None)) => panic!("{}: close without a code", self.user),
