@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cable_core::Cable;
+use cable_core::{Cable, Stats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde::Deserialize;
 
@@ -53,7 +53,7 @@ pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
     let state = Arc::new(OpsState {
         cable,
         config,
-        recorder: PrometheusBuilder::new().build_recorder(),
+        recorder: recorder(),
     });
     Router::new()
         .route("/_broadcast", post(broadcast))
@@ -184,68 +184,112 @@ async fn stats(State(state): State<Arc<OpsState>>) -> Response {
     axum::Json(v).into_response()
 }
 
-async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
-    let s = state.cable.stats();
-    metrics::with_local_recorder(&state.recorder, || {
-        use metrics::{counter, describe_counter, describe_gauge, gauge};
-        describe_gauge!("cable_connections", "Open, welcomed WebSocket connections");
-        gauge!("cable_connections").set(s.connections as f64);
-        describe_gauge!("cable_subscriptions", "Confirmed subscriptions open now");
-        gauge!("cable_subscriptions").set(s.subscriptions as f64);
-        describe_gauge!(
+/// One exported figure.
+enum Figure {
+    Gauge(f64),
+    Counter(u64),
+}
+
+/// Every figure `/metrics` exports: name, help, value.
+fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 14] {
+    use Figure::{Counter, Gauge};
+    [
+        (
+            "cable_connections",
+            "Open, welcomed WebSocket connections",
+            Gauge(s.connections as f64),
+        ),
+        (
+            "cable_subscriptions",
+            "Confirmed subscriptions open now",
+            Gauge(s.subscriptions as f64),
+        ),
+        (
             "cable_streams",
-            "Streams with at least one local subscriber"
-        );
-        gauge!("cable_streams").set(s.streams as f64);
-        describe_gauge!(
+            "Streams with at least one local subscriber",
+            Gauge(s.streams as f64),
+        ),
+        (
             "cable_adapter_connected",
-            "1 while the pub/sub adapter is connected"
-        );
-        gauge!("cable_adapter_connected").set(if state.cable.is_healthy() { 1.0 } else { 0.0 });
-        describe_counter!(
+            "1 while the pub/sub adapter is connected",
+            Gauge(if adapter_connected { 1.0 } else { 0.0 }),
+        ),
+        (
             "cable_connections_total",
-            "Connections welcomed since start"
-        );
-        counter!("cable_connections_total").absolute(s.connections_total);
-        describe_counter!(
+            "Connections welcomed since start",
+            Counter(s.connections_total),
+        ),
+        (
             "cable_unauthorized_total",
-            "Connections refused by the connection hook"
-        );
-        counter!("cable_unauthorized_total").absolute(s.unauthorized);
-        describe_counter!(
+            "Connections refused by the connection hook",
+            Counter(s.unauthorized),
+        ),
+        (
             "cable_messages_received_total",
-            "Commands received from clients"
-        );
-        counter!("cable_messages_received_total").absolute(s.messages_received);
-        describe_counter!("cable_messages_sent_total", "Frames handed to sockets");
-        counter!("cable_messages_sent_total").absolute(s.messages_sent);
-        describe_counter!(
+            "Commands received from clients",
+            Counter(s.messages_received),
+        ),
+        (
+            "cable_messages_sent_total",
+            "Frames handed to sockets",
+            Counter(s.messages_sent),
+        ),
+        (
             "cable_broadcasts_total",
-            "Broadcasts received from the adapter"
-        );
-        counter!("cable_broadcasts_total").absolute(s.broadcasts);
-        describe_counter!(
+            "Broadcasts received from the adapter",
+            Counter(s.broadcasts),
+        ),
+        (
             "cable_deliveries_total",
-            "Data frames queued to clients from broadcasts"
-        );
-        counter!("cable_deliveries_total").absolute(s.deliveries);
-        describe_counter!(
+            "Data frames queued to clients from broadcasts",
+            Counter(s.deliveries),
+        ),
+        (
             "cable_too_slow_disconnects_total",
-            "Clients dropped for an overflowing outbound queue"
-        );
-        counter!("cable_too_slow_disconnects_total").absolute(s.too_slow_disconnects);
-        describe_counter!(
+            "Clients dropped for an overflowing outbound queue",
+            Counter(s.too_slow_disconnects),
+        ),
+        (
             "cable_adapter_reconnects_total",
-            "Reconnections of the pub/sub adapter"
-        );
-        counter!("cable_adapter_reconnects_total").absolute(s.adapter_reconnects);
-        describe_counter!(
+            "Reconnections of the pub/sub adapter",
+            Counter(s.adapter_reconnects),
+        ),
+        (
             "cable_refused_handshakes_total",
-            "Handshakes refused at max_connections"
-        );
-        counter!("cable_refused_handshakes_total").absolute(s.refused_handshakes);
-        describe_gauge!("cable_uptime_seconds", "Seconds since the server started");
-        gauge!("cable_uptime_seconds").set(s.uptime_secs as f64);
+            "Handshakes refused at max_connections",
+            Counter(s.refused_handshakes),
+        ),
+        (
+            "cable_uptime_seconds",
+            "Seconds since the server started",
+            Gauge(s.uptime_secs as f64),
+        ),
+    ]
+}
+
+/// A recorder with every figure described (once, not per scrape).
+fn recorder() -> PrometheusRecorder {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        for (name, help, figure) in figures(&Stats::default(), false) {
+            match figure {
+                Figure::Gauge(_) => metrics::describe_gauge!(name, help),
+                Figure::Counter(_) => metrics::describe_counter!(name, help),
+            }
+        }
+    });
+    recorder
+}
+
+async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
+    let all = figures(&state.cable.stats(), state.cable.is_healthy());
+    metrics::with_local_recorder(&state.recorder, || {
+        for (name, _, figure) in all {
+            match figure {
+                Figure::Gauge(v) => metrics::gauge!(name).set(v),
+                Figure::Counter(v) => metrics::counter!(name).absolute(v),
+            }
+        }
     });
     (
         [(
