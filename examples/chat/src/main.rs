@@ -295,12 +295,4 @@ mod tests {
         };
         assert_eq!(c.channel_prefix, None);
     }
-
-    #[test]
-    fn redacts_user_info() {
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact("redis://u:p@ss@h/0"), "redis://u:***@h/0");
-        assert_eq!(redact("redis://secret@h"), "redis://***@h");
-        assert_eq!(redact("memory"), "memory");
-    }
 }
