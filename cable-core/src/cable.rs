@@ -31,9 +31,48 @@ pub struct CableConfig {
     /// Send `reject_subscription` for an unknown channel. Rails sends nothing
     /// (and the JS client retries forever); default false, as Rails.
     pub reject_unknown_channels: bool,
-    /// Most subscriptions one connection may hold; further subscribes are
-    /// rejected. Default: no limit.
+    /// Most subscriptions one connection may hold; further subscribes get
+    /// `reject_subscription` and a warning. Default 256 (Rails: no limit);
+    /// `None` turns the limit off.
     pub max_subscriptions_per_connection: Option<usize>,
+    /// Longest subscription identifier accepted, in bytes; a longer one gets
+    /// `reject_subscription`. Default 4 KiB (Rails: no limit).
+    pub max_identifier_bytes: usize,
+    /// Commands (and control frames) a connection may send: a token bucket.
+    /// Past it the connection gets `{"type":"disconnect","reason":
+    /// "rate_limited","reconnect":true}` and is closed. Default: a burst of
+    /// 300, then 100 per second (Rails: no limit); `None` turns it off.
+    pub command_rate: Option<CommandRate>,
+    /// Largest message (the JSON of one broadcast or transmit) a client may be
+    /// sent, in bytes. Bigger broadcasts and transmits return an error;
+    /// bigger messages arriving from the adapter are dropped with a warning.
+    /// Default 512 KiB; never more than `outbound_queue_bytes`.
+    pub max_outbound_message_bytes: usize,
+    /// How long the connection hook may take before the connection is
+    /// refused as unauthorized. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long one channel callback (`subscribed`, `perform`, `timer`,
+    /// `unsubscribed`) may take before it is abandoned and logged. Default 30 s.
+    pub callback_timeout: Duration,
+}
+
+/// A token bucket for a connection's commands: `burst` at once, refilled at
+/// `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandRate {
+    /// Commands that may arrive at once.
+    pub burst: u32,
+    /// Commands per second sustained.
+    pub per_second: u32,
+}
+
+impl Default for CommandRate {
+    fn default() -> Self {
+        CommandRate {
+            burst: 300,
+            per_second: 100,
+        }
+    }
 }
 
 impl Default for CableConfig {
@@ -41,7 +80,12 @@ impl Default for CableConfig {
         CableConfig {
             outbound_queue_bytes: 1 << 20,
             reject_unknown_channels: false,
-            max_subscriptions_per_connection: None,
+            max_subscriptions_per_connection: Some(256),
+            max_identifier_bytes: 4096,
+            command_rate: Some(CommandRate::default()),
+            max_outbound_message_bytes: 512 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            callback_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -53,7 +97,7 @@ impl Counter {
     pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -68,6 +112,9 @@ pub(crate) struct Counters {
     /// Confirmed subscriptions open now.
     pub(crate) subscriptions: AtomicU64,
     pub(crate) refused_handshakes: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) panics: Counter,
+    pub(crate) timeouts: Counter,
 }
 
 /// A snapshot of the server's figures.
@@ -98,6 +145,16 @@ pub struct Stats {
     pub adapter_reconnects: u64,
     /// Handshakes a transport refused before the upgrade (server full).
     pub refused_handshakes: u64,
+    /// Connections closed for sending commands faster than
+    /// [`CableConfig::command_rate`].
+    pub rate_limited_disconnects: u64,
+    /// Panics caught in the connection hook or in channel callbacks.
+    pub callback_panics: u64,
+    /// Connection hooks and channel callbacks abandoned at their timeout.
+    pub callback_timeouts: u64,
+    /// Messages from the adapter dropped for being over
+    /// [`CableConfig::max_outbound_message_bytes`].
+    pub oversized_dropped: u64,
     /// Seconds since the server was built.
     pub uptime_secs: u64,
 }
@@ -120,6 +177,8 @@ pub(crate) struct Inner {
     started: Instant,
     /// Sockets a transport still has open (see [`TransportGuard`]).
     transports: AtomicU64,
+    /// Set once the heartbeat task runs (one per server).
+    heartbeat: std::sync::OnceLock<()>,
 }
 
 /// Held by a transport while one of its sockets is open, so that
@@ -174,6 +233,7 @@ impl Inner {
     pub(crate) fn broadcaster(&self) -> Broadcaster {
         Broadcaster {
             pubsub: self.hub.pubsub.clone(),
+            limit: self.config.max_outbound_message_bytes,
         }
     }
 }
@@ -183,6 +243,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct Broadcaster {
     pubsub: Arc<dyn PubSub>,
+    /// [`CableConfig::max_outbound_message_bytes`].
+    limit: usize,
 }
 
 impl std::fmt::Debug for Broadcaster {
@@ -195,7 +257,9 @@ impl std::fmt::Debug for Broadcaster {
 
 impl Broadcaster {
     /// Rails' `ActionCable.server.broadcast(stream, message)`: encodes
-    /// `message` as Rails does and publishes it on `stream`.
+    /// `message` as Rails does and publishes it on `stream`. A message over
+    /// [`CableConfig::max_outbound_message_bytes`] is refused with
+    /// [`PubSubError::MessageTooLarge`]: no client could be sent it.
     pub async fn broadcast<T: Serialize + ?Sized>(
         &self,
         stream: &str,
@@ -203,12 +267,19 @@ impl Broadcaster {
     ) -> Result<(), PubSubError> {
         let payload = json::encode(message)
             .map_err(|e| PubSubError::Backend(format!("could not encode message: {e}")))?;
-        self.pubsub.broadcast(stream, &payload).await
+        self.broadcast_raw(stream, &payload).await
     }
 
     /// Publishes JSON text as it is (it must be valid JSON: subscribers drop
-    /// payloads they cannot decode, as Rails does).
+    /// payloads they cannot decode, as Rails does). Size limit as
+    /// [`Broadcaster::broadcast`].
     pub async fn broadcast_raw(&self, stream: &str, json_text: &str) -> Result<(), PubSubError> {
+        if json_text.len() > self.limit {
+            return Err(PubSubError::MessageTooLarge {
+                size: json_text.len(),
+                limit: self.limit,
+            });
+        }
         self.pubsub.broadcast(stream, json_text).await
     }
 
@@ -313,9 +384,20 @@ impl CableBuilder {
     }
 
     /// Builds the server.
-    pub fn build(self) -> Cable {
+    pub fn build(mut self) -> Cable {
+        if self.config.max_outbound_message_bytes > self.config.outbound_queue_bytes {
+            tracing::warn!(
+                "max_outbound_message_bytes ({}) is over outbound_queue_bytes ({}); using {}",
+                self.config.max_outbound_message_bytes,
+                self.config.outbound_queue_bytes,
+                self.config.outbound_queue_bytes
+            );
+            self.config.max_outbound_message_bytes = self.config.outbound_queue_bytes;
+        }
         let make = self.pubsub;
-        let hub = Arc::new_cyclic(|weak| Hub::new(make(Delivery { hub: weak.clone() })));
+        let max_message = self.config.max_outbound_message_bytes;
+        let hub =
+            Arc::new_cyclic(|weak| Hub::new(make(Delivery { hub: weak.clone() }), max_message));
         Cable {
             inner: Arc::new(Inner {
                 hub,
@@ -329,6 +411,7 @@ impl CableBuilder {
                 drained: Notify::new(),
                 started: Instant::now(),
                 transports: AtomicU64::new(0),
+                heartbeat: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -403,6 +486,25 @@ impl Cable {
         // arguments for its whole life, and this one lives as long as the
         // connection while the request is dropped after authentication.
         connection::run(self.inner.clone(), Box::new(request), inbound, outbox)
+    }
+
+    /// Starts the server's heartbeat: one ping to every welcomed connection
+    /// every `every`. Only the first call starts it (one heartbeat per
+    /// server, however many transports or routers share it); the task holds
+    /// no strong reference and ends once the last `Cable` clone is dropped.
+    pub fn start_heartbeat(&self, every: Duration) {
+        self.inner.heartbeat.get_or_init(|| {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    Cable { inner }.beat();
+                }
+            });
+        });
     }
 
     /// Sends one ping to every welcomed connection (call every 3 s from a
@@ -491,6 +593,10 @@ impl Cable {
             subscriptions: c.subscriptions.load(Ordering::Relaxed),
             messages_sent: c.sent.load(Ordering::Relaxed),
             refused_handshakes: c.refused_handshakes.get(),
+            rate_limited_disconnects: c.rate_limited.get(),
+            callback_panics: c.panics.get(),
+            callback_timeouts: c.timeouts.get(),
+            oversized_dropped: self.inner.hub.oversized_dropped.load(Ordering::Relaxed),
             unauthorized: c.unauthorized.get(),
             streams: self.inner.hub.stream_count(),
             messages_received: c.messages_received.get(),

@@ -1,6 +1,7 @@
 //! User channels (Rails' `ActionCable::Channel::Base`) and the context they
 //! work through.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,15 @@ pub enum ChannelError {
     /// A value could not be encoded as JSON.
     #[error("could not encode JSON: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A transmitted message is larger than a client may be sent
+    /// ([`crate::CableConfig::max_outbound_message_bytes`]).
+    #[error("message of {size} bytes is over the limit of {limit} bytes a client may be sent")]
+    MessageTooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A broadcast failed in the pub/sub adapter.
     #[error(transparent)]
     PubSub(#[from] PubSubError),
@@ -272,9 +282,22 @@ impl<'a> Context<'a> {
     }
 
     /// Sends `{"identifier":…,"message":<message>}` to this client only.
+    /// A message over [`crate::CableConfig::max_outbound_message_bytes`] is
+    /// refused with [`ChannelError::MessageTooLarge`].
     pub fn transmit<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), ChannelError> {
         let encoded = json::encode(message)?;
-        tracing::debug!("{} transmitting {}", self.sub.class, encoded);
+        let limit = self.conn.cable.config.max_outbound_message_bytes;
+        if encoded.len() > limit {
+            return Err(ChannelError::MessageTooLarge {
+                size: encoded.len(),
+                limit,
+            });
+        }
+        tracing::debug!(
+            "{} transmitting {}",
+            self.sub.class,
+            crate::logging::Snip(&encoded)
+        );
         // A closed or overflowing outbox ends the connection on its own; the
         // channel has nothing to do about it.
         let _ = self
@@ -328,15 +351,22 @@ impl<'a> Context<'a> {
         let tx = self.conn.ctl.clone();
         let serial = self.sub.serial;
         let name: Arc<str> = name.into();
+        // Set while a tick waits in the session's mailbox: a busy
+        // subscription gets at most one pending tick per timer, not a pile.
+        let pending = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if pending.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
                 if tx
                     .send(Control::Timer {
                         serial,
                         name: name.clone(),
+                        pending: pending.clone(),
                     })
                     .is_err()
                 {

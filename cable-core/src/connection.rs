@@ -4,25 +4,49 @@
 //! The session owns its subscriptions and runs every channel callback on its
 //! own task, so commands of one connection are handled strictly in order.
 //! Frames leave only through the connection's [`Outbox`].
+//!
+//! User code is guarded: every callback (the connect hook included) runs
+//! under `catch_unwind` and a timeout, and while it runs the session keeps
+//! watching the socket, its mailbox and its outbox, so a client that leaves,
+//! a shutdown or a remote disconnect is acted on at once (the callback is
+//! then dropped). Whatever ends the session, drop guards give back its hub
+//! entries, timers and registration.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde_json::Value;
 
 use crate::auth::{ConnectRequest, Identifiers};
-use crate::cable::{ConnHandle, Inner};
+use crate::cable::{CommandRate, ConnHandle, Inner};
 use crate::channel::{Channel, ChannelError, Context, Params, SubState};
 use crate::hub::{Control, Target};
-use crate::mailbox::{mailbox, Mailbox};
+use crate::logging::{LogLimiter, Snip};
+use crate::mailbox::{mailbox, Mailbox, MailboxReceiver};
 use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
 use crate::protocol::{Command, CommandError, DisconnectReason, Frame};
+
+/// Logs an error the client caused, within the connection's log budget.
+macro_rules! client_error {
+    ($session:expr, $($arg:tt)*) => {
+        if $session.log.allow(&$session.conn.connection_identifier) {
+            tracing::error!($($arg)*);
+        }
+    };
+}
 
 /// How long a subscription waits for the adapter to acknowledge its streams
 /// before it is dropped (the client's subscribe retry then tries again).
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames read and kept while a callback runs. Past this the session stops
+/// reading until the callback is done (TCP then pushes back on the client).
+const BACKLOG_MAX: usize = 32;
 
 /// What a transport hands the session from the socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,12 +56,23 @@ pub enum Inbound {
     Text(String),
     /// A binary frame (ignored, as Rails does), with its length.
     Binary(usize),
+    /// A control frame (ping or pong). Nothing to do but count it against
+    /// the connection's command rate.
+    Control,
     /// A message over the size limit arrived; the connection is closed with 1009.
     TooLarge {
         /// The size announced or read so far.
         size: usize,
         /// The limit.
         max: usize,
+    },
+    /// The peer broke the transport's protocol (invalid UTF-8 in a text
+    /// frame, a bad frame): the connection is closed with `code` and `reason`.
+    Invalid {
+        /// The close code (1007 invalid data, 1002 protocol error).
+        code: u16,
+        /// The close reason (short, ASCII).
+        reason: &'static str,
     },
 }
 
@@ -60,6 +95,52 @@ fn internal_channel(connection_identifier: &str) -> String {
     format!("action_cable/{connection_identifier}")
 }
 
+/// How a guarded callback ended.
+enum Outcome<T> {
+    Done(T),
+    Panicked(String),
+    TimedOut,
+    /// The connection is ending (client gone, shutdown, remote disconnect,
+    /// protocol error): the callback was dropped.
+    Interrupted,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Runs user code with a panic guard and a timeout, nothing else.
+async fn contained<F: Future>(timeout: Duration, fut: F) -> Outcome<F::Output> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(v)) => Outcome::Done(v),
+        Ok(Err(p)) => Outcome::Panicked(panic_message(&*p)),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+/// Deregisters the connection and leaves its internal channel however the
+/// session ends (a panic that escaped included).
+struct Registration {
+    cable: Arc<Inner>,
+    id: u64,
+    internal: Option<String>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(ch) = &self.internal {
+            self.cable.hub.remove(ch, "", self.id);
+        }
+        self.cable.deregister(self.id);
+    }
+}
+
 /// Runs a connection to its end. See [`crate::Cable::run_connection`].
 pub(crate) async fn run<S>(
     cable: Arc<Inner>,
@@ -69,6 +150,8 @@ pub(crate) async fn run<S>(
 ) where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
+    // Whatever ends this function (a panic included), the writer finishes.
+    let _close_outbox = CloseOnDrop(outbox.clone());
     if cable.is_shutting_down() {
         outbox.close(
             Some(Frame::disconnect(
@@ -80,10 +163,29 @@ pub(crate) async fn run<S>(
         );
         return;
     }
-    let identifiers = match cable.auth.connect(&request).await {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::info!(reason = %e.reason, "An unauthorized connection attempt was rejected");
+    let outcome = contained(cable.config.connect_timeout, cable.auth.connect(&request)).await;
+    let identifiers = match outcome {
+        Outcome::Done(Ok(ids)) => ids,
+        other => {
+            match other {
+                Outcome::Done(Err(e)) => {
+                    tracing::info!(reason = %e.reason, "An unauthorized connection attempt was rejected");
+                }
+                Outcome::Panicked(msg) => {
+                    cable.counters.panics.inc();
+                    tracing::error!(
+                        "The connection hook panicked: {}; connection refused as unauthorized",
+                        Snip(&msg)
+                    );
+                }
+                _ => {
+                    cable.counters.timeouts.inc();
+                    tracing::error!(
+                        "The connection hook did not finish within {:?}; connection refused as unauthorized",
+                        cable.config.connect_timeout
+                    );
+                }
+            }
             cable.counters.unauthorized.inc();
             outbox.close(
                 Some(Frame::disconnect(
@@ -134,144 +236,435 @@ pub(crate) async fn run<S>(
             ctl: ctl_tx,
         },
     );
+    let registration = Registration {
+        cable: cable.clone(),
+        id: conn.id,
+        internal,
+    };
 
     let mut session = Session {
+        bucket: cable.config.command_rate.map(Bucket::new),
         conn,
         subs: HashMap::new(),
+        log: LogLimiter::new(),
+    };
+    let mut io = Io {
+        inbound: &mut inbound,
+        ctl: &mut ctl_rx,
+        backlog: VecDeque::new(),
+        deferred: VecDeque::new(),
+        ended: false,
     };
     loop {
-        tokio::select! {
-            biased;
-            _ = outbox.closed() => break,
-            ctl = ctl_rx.recv() => {
+        if outbox.is_closed() {
+            break;
+        }
+        let event = if let Some(ctl) = io.deferred.pop_front() {
+            Event::Control(ctl)
+        } else if let Some(item) = io.backlog.pop_front() {
+            Event::Frame(Some(item))
+        } else if io.ended {
+            Event::Frame(None)
+        } else {
+            tokio::select! {
+                biased;
+                _ = outbox.closed() => break,
+                ctl = io.ctl.recv() => Event::Control(ctl),
+                frame = io.inbound.next() => Event::Frame(frame),
+            }
+        };
+        match event {
+            Event::Control(ctl) => {
                 // Boxed (as are commands and close): the session future
                 // lives as long as the connection, and its size is that of
                 // its largest await; idle connections should not pay for it.
-                if Box::pin(session.control(ctl)).await {
+                if Box::pin(session.control(&mut io, ctl)).await {
                     break;
                 }
             }
-            frame = inbound.next() => match frame {
-                Some(Inbound::Text(text)) => {
-                    cable.counters.messages_received.inc();
-                    Box::pin(session.command(&text)).await;
-                }
-                Some(Inbound::Binary(len)) => {
-                    tracing::error!("Couldn't handle non-string message: binary frame of {len} bytes");
-                }
-                Some(Inbound::TooLarge { size, max }) => {
-                    tracing::warn!(size, max, "Closing connection ({}): message of {size} bytes is over the limit of {max} bytes", session.conn.connection_identifier);
-                    outbox.close(None, CLOSE_TOO_BIG, "Message too big");
+            Event::Frame(None) => break,
+            Event::Frame(Some(item)) => {
+                if ends_connection(&session.conn, &item) {
                     break;
                 }
-                None => break,
-            },
+                if !session.take_token() {
+                    break;
+                }
+                match item {
+                    Inbound::Text(text) => {
+                        cable.counters.messages_received.inc();
+                        Box::pin(session.command(&mut io, &text)).await;
+                    }
+                    Inbound::Binary(len) => {
+                        client_error!(
+                            session,
+                            "Couldn't handle non-string message: binary frame of {len} bytes"
+                        );
+                    }
+                    _ => {}
+                }
+            }
         }
     }
-    Box::pin(session.close()).await;
-    if let Some(ch) = &internal {
-        cable.hub.remove(ch, "", session.conn.id);
+    // The socket is done with: let the writer answer the client's close (or
+    // send ours) now, not after the `unsubscribed` callbacks.
+    if io.ended {
+        outbox.close(None, CLOSE_NORMAL, "");
     }
-    cable.deregister(session.conn.id);
-    cable.auth.disconnect(&session.conn.identifiers).await;
-    // Whatever ended the session, make sure the writer finishes.
-    outbox.close(None, CLOSE_NORMAL, "");
+    drop(io);
+    Box::pin(session.close()).await;
+    drop(registration);
+    let identifiers = std::mem::take(&mut session.conn.identifiers);
+    drop(session);
+    let timeout = cable.config.callback_timeout;
+    match contained(timeout, cable.auth.disconnect(&identifiers)).await {
+        Outcome::Done(()) | Outcome::Interrupted => {}
+        Outcome::Panicked(msg) => {
+            cable.counters.panics.inc();
+            tracing::error!("The disconnect hook panicked: {}", Snip(&msg));
+        }
+        Outcome::TimedOut => {
+            cable.counters.timeouts.inc();
+            tracing::error!("The disconnect hook did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Closes the outbox when dropped (the writer must always get its close).
+struct CloseOnDrop(Arc<Outbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(None, CLOSE_NORMAL, "");
+    }
+}
+
+enum Event {
+    Control(Control),
+    Frame(Option<Inbound>),
+}
+
+/// Closes the connection for frames that end it; true when it did.
+fn ends_connection(conn: &ConnShared, item: &Inbound) -> bool {
+    match item {
+        Inbound::TooLarge { size, max } => {
+            tracing::warn!(
+                size,
+                max,
+                "Closing connection ({}): message of {size} bytes is over the limit of {max} bytes",
+                conn.connection_identifier
+            );
+            conn.outbox
+                .close(None, CLOSE_TOO_BIG, "WebSocket frame length too large");
+            true
+        }
+        Inbound::Invalid { code, reason } => {
+            tracing::warn!(
+                "Closing connection ({}) with {code}: {reason}",
+                conn.connection_identifier
+            );
+            conn.outbox.close(None, *code, reason);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// What the session reads besides its own state: the socket's frames and
+/// the control mailbox, plus what arrived while a callback ran.
+struct Io<'a, S> {
+    inbound: &'a mut S,
+    ctl: &'a mut MailboxReceiver,
+    /// Frames read while a callback ran, handled after it, in order.
+    backlog: VecDeque<Inbound>,
+    /// Timer ticks that arrived while a callback ran.
+    deferred: VecDeque<Control>,
+    /// The socket ended.
+    ended: bool,
+}
+
+impl<S: Stream<Item = Inbound> + Unpin> Io<'_, S> {
+    /// Runs a callback of `conn` guarded: panics caught, bounded by the
+    /// callback timeout, and dropped as soon as the connection is ending.
+    async fn guarded<F: Future>(&mut self, conn: &ConnShared, fut: F) -> Outcome<F::Output> {
+        let fut = AssertUnwindSafe(fut).catch_unwind();
+        let sleep = tokio::time::sleep(conn.cable.config.callback_timeout);
+        tokio::pin!(fut, sleep);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => {
+                    return match r {
+                        Ok(v) => Outcome::Done(v),
+                        Err(p) => Outcome::Panicked(panic_message(&*p)),
+                    }
+                }
+                _ = conn.outbox.closed() => return Outcome::Interrupted,
+                ctl = self.ctl.recv() => match ctl {
+                    Control::Timer { .. } => self.deferred.push_back(ctl),
+                    other => {
+                        end_by_control(conn, other);
+                        return Outcome::Interrupted;
+                    }
+                },
+                item = self.inbound.next(), if !self.ended && self.backlog.len() < BACKLOG_MAX => {
+                    match item {
+                        None => {
+                            self.ended = true;
+                            return Outcome::Interrupted;
+                        }
+                        Some(item) => {
+                            if ends_connection(conn, &item) {
+                                return Outcome::Interrupted;
+                            }
+                            self.backlog.push_back(item);
+                        }
+                    }
+                }
+                _ = &mut sleep => return Outcome::TimedOut,
+            }
+        }
+    }
+}
+
+/// Ends the connection for a remote disconnect or a shutdown; false for
+/// other control messages.
+fn end_by_control(conn: &ConnShared, ctl: Control) -> bool {
+    let (reason, reconnect) = match ctl {
+        Control::RemoteDisconnect { reconnect } => {
+            tracing::info!("Removing connection ({})", conn.connection_identifier);
+            (DisconnectReason::Remote, reconnect)
+        }
+        Control::Shutdown => (DisconnectReason::ServerRestart, true),
+        Control::Timer { .. } => return false,
+    };
+    conn.outbox.close(
+        Some(Frame::disconnect(Some(reason), reconnect)),
+        CLOSE_NORMAL,
+        "",
+    );
+    true
+}
+
+/// A token bucket over a connection's frames.
+struct Bucket {
+    rate: CommandRate,
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: CommandRate) -> Self {
+        Bucket {
+            rate,
+            tokens: rate.burst as f32,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f32() * self.rate.per_second as f32;
+        self.tokens = (self.tokens + refill).min(self.rate.burst as f32);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Session {
     conn: ConnShared,
     // Boxed: the map's spare slots then cost a pointer, not a Subscription.
     subs: HashMap<Arc<str>, Box<Subscription>>,
+    bucket: Option<Bucket>,
+    log: LogLimiter,
+}
+
+impl Drop for Session {
+    /// A backstop for sessions that end without `close` (a panic outside
+    /// the guarded callbacks): streams and timers are given back anyway.
+    fn drop(&mut self) {
+        if self.subs.is_empty() {
+            return;
+        }
+        self.conn
+            .cable
+            .counters
+            .subscriptions
+            .fetch_sub(self.subs.len() as u64, Ordering::Relaxed);
+        for (_, mut sub) in self.subs.drain() {
+            sub.state.stop(&self.conn);
+        }
+    }
+}
+
+/// Logs what a guarded callback's failure was; true when it did not finish.
+fn report<T>(conn: &ConnShared, class: &str, callback: &str, outcome: &Outcome<T>) -> bool {
+    match outcome {
+        Outcome::Done(_) => false,
+        Outcome::Panicked(msg) => {
+            conn.cable.counters.panics.inc();
+            tracing::error!(
+                "{class}#{callback} panicked: {} (connection {})",
+                Snip(msg),
+                conn.connection_identifier
+            );
+            true
+        }
+        Outcome::TimedOut => {
+            conn.cable.counters.timeouts.inc();
+            tracing::error!(
+                "{class}#{callback} did not finish within {:?}; abandoned (connection {})",
+                conn.cable.config.callback_timeout,
+                conn.connection_identifier
+            );
+            true
+        }
+        Outcome::Interrupted => true,
+    }
 }
 
 impl Session {
-    /// Handles a control message; true when the connection must end.
-    async fn control(&mut self, ctl: Control) -> bool {
-        match ctl {
-            Control::Timer { serial, name } => {
-                let Some(sub) = self.subs.values_mut().find(|s| s.state.serial == serial) else {
-                    return false;
-                };
-                let mut ctx = Context {
-                    conn: &self.conn,
-                    sub: &mut sub.state,
-                };
-                if let Err(e) = sub.channel.timer(&mut ctx, &name).await {
-                    tracing::error!("{} timer {} failed: {}", sub.state.class, name, e);
-                }
-                if let Err((stream, e)) = settle_pending(&mut sub.state).await {
-                    tracing::error!(
-                        "{} could not stream from {}: {}",
-                        sub.state.class,
-                        stream,
-                        e
-                    );
-                }
-                false
-            }
-            Control::RemoteDisconnect { reconnect } => {
-                tracing::info!("Removing connection ({})", self.conn.connection_identifier);
-                self.conn.outbox.close(
-                    Some(Frame::disconnect(Some(DisconnectReason::Remote), reconnect)),
-                    CLOSE_NORMAL,
-                    "",
-                );
-                true
-            }
-            Control::Shutdown => {
-                self.conn.outbox.close(
-                    Some(Frame::disconnect(
-                        Some(DisconnectReason::ServerRestart),
-                        true,
-                    )),
-                    CLOSE_NORMAL,
-                    "",
-                );
-                true
-            }
+    /// Takes one token of the command rate; when there is none the client is
+    /// disconnected and false returned.
+    fn take_token(&mut self) -> bool {
+        let Some(bucket) = &mut self.bucket else {
+            return true;
+        };
+        if bucket.take() {
+            return true;
         }
+        let rate = bucket.rate;
+        self.conn.cable.counters.rate_limited.inc();
+        tracing::warn!(
+            "Closing connection ({}): more commands than the limit of {} at once and {} per second (command_rate)",
+            self.conn.connection_identifier,
+            rate.burst,
+            rate.per_second
+        );
+        self.conn.outbox.close(
+            Some(Frame::disconnect(Some(DisconnectReason::RateLimited), true)),
+            CLOSE_NORMAL,
+            "",
+        );
+        false
     }
 
-    async fn command(&mut self, text: &str) {
+    /// Handles a control message; true when the connection must end.
+    async fn control<S>(&mut self, io: &mut Io<'_, S>, ctl: Control) -> bool
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let Control::Timer {
+            serial,
+            name,
+            pending,
+        } = ctl
+        else {
+            return end_by_control(&self.conn, ctl);
+        };
+        pending.store(false, Ordering::Release);
+        let Some(sub) = self.subs.values_mut().find(|s| s.state.serial == serial) else {
+            return false;
+        };
+        let class = sub.state.class.clone();
+        let mut ctx = Context {
+            conn: &self.conn,
+            sub: &mut sub.state,
+        };
+        let outcome = io
+            .guarded(&self.conn, sub.channel.timer(&mut ctx, &name))
+            .await;
+        if let Outcome::Done(Err(e)) = &outcome {
+            tracing::error!("{class} timer {name} failed: {e}");
+        }
+        if report(&self.conn, &class, "timer", &outcome) {
+            return false;
+        }
+        if let Outcome::Done(Err((stream, e))) =
+            io.guarded(&self.conn, settle_pending(&mut sub.state)).await
+        {
+            tracing::error!("{class} could not stream from {stream}: {e}");
+        }
+        false
+    }
+
+    async fn command<S>(&mut self, io: &mut Io<'_, S>, text: &str)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
         match Command::parse(text) {
-            Ok(Command::Subscribe { identifier }) => self.subscribe(identifier).await,
-            Ok(Command::Unsubscribe { identifier }) => self.unsubscribe(&identifier).await,
+            Ok(Command::Subscribe { identifier }) => self.subscribe(io, identifier).await,
+            Ok(Command::Unsubscribe { identifier }) => self.unsubscribe(io, &identifier).await,
             Ok(Command::Message { identifier, data }) => {
-                self.message(&identifier, data, text).await
+                self.message(io, &identifier, data, text).await
             }
             Err(CommandError::Malformed(e)) => {
-                tracing::error!("There was an exception - JSON::ParserError({e}) in {text:?}");
+                client_error!(
+                    self,
+                    "There was an exception - JSON::ParserError({e}) in {}",
+                    Snip(text)
+                );
             }
             Err(CommandError::Unrecognized) => {
-                tracing::error!("Received unrecognized command in {text}");
+                client_error!(self, "Received unrecognized command in {}", Snip(text));
             }
             Err(e) => {
-                tracing::error!("Could not execute command from ({text}) [{e}]");
+                client_error!(
+                    self,
+                    "Could not execute command from ({}) [{e}]",
+                    Snip(text)
+                );
             }
         }
     }
 
-    async fn subscribe(&mut self, identifier: String) {
+    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
         if self.subs.contains_key(identifier.as_str()) {
             // The JS client re-sends subscribe until confirmed: ignore quietly.
+            return;
+        }
+        let max_id = self.conn.cable.config.max_identifier_bytes;
+        if identifier.len() > max_id {
+            if self.log.allow(&self.conn.connection_identifier) {
+                tracing::warn!(
+                    "Subscription rejected: identifier of {} bytes is over the limit of {max_id} bytes (max_identifier_bytes): {}",
+                    identifier.len(),
+                    Snip(&identifier)
+                );
+            }
+            let _ = self.conn.outbox.push(Frame::reject(&identifier));
             return;
         }
         let params: Params = match serde_json::from_str::<Value>(&identifier) {
             Ok(Value::Object(m)) => m,
             _ => {
-                tracing::error!("Could not execute command from ({identifier}) [identifier is not a JSON object]");
+                client_error!(
+                    self,
+                    "Could not execute command from ({}) [identifier is not a JSON object]",
+                    Snip(&identifier)
+                );
                 return;
             }
         };
         let Some(class) = params.get("channel").and_then(Value::as_str) else {
-            tracing::error!(
-                "Could not execute command from ({identifier}) [identifier has no channel]"
+            client_error!(
+                self,
+                "Could not execute command from ({}) [identifier has no channel]",
+                Snip(&identifier)
             );
             return;
         };
-        let cable = &self.conn.cable;
+        let cable = self.conn.cable.clone();
         let Some((class, factory)) = cable.channels.get_key_value(class) else {
-            tracing::error!("Subscription class not found: {class:?}");
+            client_error!(self, "Subscription class not found: {}", Snip(class));
             if cable.config.reject_unknown_channels {
                 let _ = self.conn.outbox.push(Frame::reject(&identifier));
             }
@@ -279,93 +672,151 @@ impl Session {
         };
         if let Some(max) = cable.config.max_subscriptions_per_connection {
             if self.subs.len() >= max {
-                tracing::warn!(
-                    "{class} subscription rejected: connection has {max} subscriptions, the limit"
-                );
+                if self.log.allow(&self.conn.connection_identifier) {
+                    tracing::warn!(
+                        "{class} subscription rejected: connection ({}) has {max} subscriptions, the limit (max_subscriptions_per_connection)",
+                        self.conn.connection_identifier
+                    );
+                }
                 let _ = self.conn.outbox.push(Frame::reject(&identifier));
                 return;
             }
         }
         let identifier: Arc<str> = identifier.into();
-        let mut sub = Subscription {
+        let mut sub = Box::new(Subscription {
             state: SubState::new(identifier.clone(), class.clone(), params, cable.next_id()),
             channel: factory(),
-        };
+        });
         let mut ctx = Context {
             conn: &self.conn,
             sub: &mut sub.state,
         };
-        if let Err(e) = sub.channel.subscribed(&mut ctx).await {
-            tracing::error!(
-                "Could not execute command from ({identifier}) [{class}#subscribed: {e}]"
-            );
-            sub.state.stop(&self.conn);
-            return;
+        let outcome = io
+            .guarded(&self.conn, sub.channel.subscribed(&mut ctx))
+            .await;
+        match &outcome {
+            Outcome::Done(Ok(())) => {}
+            Outcome::Done(Err(e)) => {
+                tracing::error!(
+                    "Could not execute command from ({}) [{class}#subscribed: {e}]",
+                    Snip(&identifier)
+                );
+                sub.state.stop(&self.conn);
+                return;
+            }
+            Outcome::Interrupted => {
+                sub.state.stop(&self.conn);
+                return;
+            }
+            Outcome::Panicked(_) | Outcome::TimedOut => {
+                report(&self.conn, class, "subscribed", &outcome);
+                sub.state.stop(&self.conn);
+                tracing::info!("{class} is transmitting the subscription rejection");
+                let _ = self.conn.outbox.push(Frame::reject(&identifier));
+                return;
+            }
         }
         if sub.state.rejected {
             let mut ctx = Context {
                 conn: &self.conn,
                 sub: &mut sub.state,
             };
-            sub.channel.unsubscribed(&mut ctx).await;
+            let outcome = io
+                .guarded(&self.conn, sub.channel.unsubscribed(&mut ctx))
+                .await;
+            report(&self.conn, class, "unsubscribed", &outcome);
             sub.state.stop(&self.conn);
             tracing::info!("{class} is transmitting the subscription rejection");
             let _ = self.conn.outbox.push(Frame::reject(&identifier));
             return;
         }
-        if let Err((stream, e)) = settle_pending(&mut sub.state).await {
-            tracing::error!("{class} could not stream from {stream}: {e}; subscription dropped, the client will retry");
-            sub.state.stop(&self.conn);
-            return;
+        match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
+            Outcome::Done(Ok(())) => {}
+            Outcome::Done(Err((stream, e))) => {
+                tracing::error!("{class} could not stream from {stream}: {e}; subscription dropped, the client will retry");
+                sub.state.stop(&self.conn);
+                return;
+            }
+            _ => {
+                sub.state.stop(&self.conn);
+                return;
+            }
         }
         tracing::info!("{class} is transmitting the subscription confirmation");
         let _ = self.conn.outbox.push(Frame::confirm(&identifier));
-        self.subs.insert(identifier, Box::new(sub));
+        self.subs.insert(identifier, sub);
         self.conn
             .cable
             .counters
             .subscriptions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn unsubscribe(&mut self, identifier: &str) {
-        let Some(mut sub) = self.subs.remove(identifier).inspect(|_| {
-            self.conn
-                .cable
-                .counters
-                .subscriptions
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }) else {
-            tracing::error!("Could not execute command from ({identifier}) [RuntimeError - Unable to find subscription with identifier: {identifier}]");
+    async fn unsubscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let Some(mut sub) = self.subs.remove(identifier) else {
+            client_error!(
+                self,
+                "Could not execute command from ({}) [RuntimeError - Unable to find subscription with identifier: {}]",
+                Snip(identifier),
+                Snip(identifier)
+            );
             return;
         };
-        tracing::info!("Unsubscribing from channel: {identifier}");
-        end(&self.conn, &mut sub).await;
+        self.conn
+            .cable
+            .counters
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::info!("Unsubscribing from channel: {}", Snip(identifier));
+        let class = sub.state.class.clone();
+        let mut ctx = Context {
+            conn: &self.conn,
+            sub: &mut sub.state,
+        };
+        let outcome = io
+            .guarded(&self.conn, sub.channel.unsubscribed(&mut ctx))
+            .await;
+        report(&self.conn, &class, "unsubscribed", &outcome);
+        sub.state.stop(&self.conn);
     }
 
-    async fn message(&mut self, identifier: &str, data: Option<Value>, text: &str) {
+    async fn message<S>(
+        &mut self,
+        io: &mut Io<'_, S>,
+        identifier: &str,
+        data: Option<Value>,
+        text: &str,
+    ) where
+        S: Stream<Item = Inbound> + Unpin,
+    {
         let Some(sub) = self.subs.get_mut(identifier) else {
-            tracing::error!("Could not execute command from ({text}) [RuntimeError - Unable to find subscription with identifier: {identifier}]");
+            client_error!(
+                self,
+                "Could not execute command from ({}) [RuntimeError - Unable to find subscription with identifier: {}]",
+                Snip(text),
+                Snip(identifier)
+            );
             return;
         };
         let data = match data {
             Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-                Ok(v @ Value::Object(_)) => v,
-                Ok(_) => {
-                    tracing::error!(
-                        "Could not execute command from ({text}) [data is not a JSON object]"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "Could not execute command from ({text}) [JSON::ParserError - {e}]"
-                    );
-                    return;
-                }
+                Ok(v @ Value::Object(_)) => Ok(v),
+                Ok(_) => Err("data is not a JSON object".to_owned()),
+                Err(e) => Err(format!("JSON::ParserError - {e}")),
             },
-            _ => {
-                tracing::error!("Could not execute command from ({text}) [data is missing or not a JSON string]");
+            _ => Err("data is missing or not a JSON string".to_owned()),
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(why) => {
+                client_error!(
+                    self,
+                    "Could not execute command from ({}) [{why}]",
+                    Snip(text)
+                );
                 return;
             }
         };
@@ -375,47 +826,66 @@ impl Session {
             .unwrap_or("receive")
             .to_owned();
         let class = sub.state.class.clone();
-        tracing::debug!("{class}#{action}({data})");
+        tracing::debug!("{class}#{}({})", Snip(&action), Snip(text));
         let mut ctx = Context {
             conn: &self.conn,
             sub: &mut sub.state,
         };
-        match sub.channel.perform(&mut ctx, &action, data).await {
-            Ok(()) => {}
-            Err(ChannelError::UnknownAction(a)) => {
-                tracing::error!("Unable to process {class}#{a}({text})");
-            }
-            Err(e) => {
-                tracing::error!("Could not execute command from ({text}) [{class}#{action}: {e}]");
-            }
+        let outcome = io
+            .guarded(&self.conn, sub.channel.perform(&mut ctx, &action, data))
+            .await;
+        let failed = match &outcome {
+            Outcome::Done(Ok(())) => None,
+            Outcome::Done(Err(ChannelError::UnknownAction(a))) => Some(format!(
+                "Unable to process {class}#{}({})",
+                Snip(a),
+                Snip(text)
+            )),
+            Outcome::Done(Err(e)) => Some(format!(
+                "Could not execute command from ({}) [{class}#{}: {e}]",
+                Snip(text),
+                Snip(&action)
+            )),
+            _ => None,
+        };
+        if report(&self.conn, &class, "perform", &outcome) && failed.is_none() {
+            return;
         }
-        if let Err((stream, e)) = settle_pending(&mut sub.state).await {
+        if let Some(line) = failed {
+            client_error!(self, "{line}");
+        }
+        let Some(sub) = self.subs.get_mut(identifier) else {
+            return;
+        };
+        if let Outcome::Done(Err((stream, e))) =
+            io.guarded(&self.conn, settle_pending(&mut sub.state)).await
+        {
             tracing::error!("{class} could not stream from {stream}: {e}");
         }
     }
 
-    /// Ends every subscription (socket closed or connection ended).
+    /// Ends every subscription (socket closed or connection ended). The
+    /// `unsubscribed` callbacks run even though the socket is gone, each
+    /// guarded and bounded by the callback timeout.
     async fn close(&mut self) {
         let subs: Vec<_> = self.subs.drain().collect();
         self.conn
             .cable
             .counters
             .subscriptions
-            .fetch_sub(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(subs.len() as u64, Ordering::Relaxed);
+        let timeout = self.conn.cable.config.callback_timeout;
         for (_, mut sub) in subs {
-            end(&self.conn, &mut sub).await;
+            let class = sub.state.class.clone();
+            let mut ctx = Context {
+                conn: &self.conn,
+                sub: &mut sub.state,
+            };
+            let outcome = contained(timeout, sub.channel.unsubscribed(&mut ctx)).await;
+            report(&self.conn, &class, "unsubscribed", &outcome);
+            sub.state.stop(&self.conn);
         }
     }
-}
-
-/// Runs `unsubscribed`, then stops the subscription's streams and timers.
-async fn end(conn: &ConnShared, sub: &mut Subscription) {
-    let mut ctx = Context {
-        conn,
-        sub: &mut sub.state,
-    };
-    sub.channel.unsubscribed(&mut ctx).await;
-    sub.state.stop(conn);
 }
 
 /// Waits for the adapter to acknowledge every stream started since the last

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::{FutureExt, Shared};
 
 use crate::json;
+use crate::logging::Snip;
 use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::pubsub::{Ack, PubSub};
@@ -25,8 +26,13 @@ const SHARDS: usize = 16;
 /// Messages to a connection's session that do not come from its socket.
 #[derive(Clone, Debug)]
 pub(crate) enum Control {
-    /// A `periodically` timer fired for subscription `serial`.
-    Timer { serial: u64, name: Arc<str> },
+    /// A `periodically` timer fired for subscription `serial`; the session
+    /// clears `pending` when it takes the tick.
+    Timer {
+        serial: u64,
+        name: Arc<str>,
+        pending: Arc<std::sync::atomic::AtomicBool>,
+    },
     /// A remote disconnect arrived on the connection's internal channel.
     RemoteDisconnect { reconnect: bool },
     /// The server is shutting down.
@@ -50,33 +56,36 @@ struct Entry {
 
 /// Subscribers of one stream by identifier. Most streams (a user's, a
 /// connection's internal channel) have one subscriber with one identifier:
-/// that case allocates no maps.
+/// that case allocates no maps. The maps sit behind `Arc`s so that a
+/// delivery takes a snapshot (a reference count) under the shard lock and
+/// fans out after releasing it; a change while a snapshot is out copies the
+/// map (`Arc::make_mut`), which costs far less than the fan-out it spares
+/// the other streams of the shard from waiting on.
+#[derive(Clone)]
 enum Groups {
     One(Arc<str>, Subs),
-    Many(HashMap<Arc<str>, Subs>),
+    Many(Arc<HashMap<Arc<str>, Subs>>),
 }
 
 /// Subscribers of one stream with one identifier, by connection.
+#[derive(Clone)]
 enum Subs {
     One(u64, Target),
-    Many(HashMap<u64, Target>),
+    Many(Arc<HashMap<u64, Target>>),
 }
 
 impl Subs {
     fn insert(&mut self, conn: u64, target: Target) {
         match self {
             Subs::One(c, t) if *c == conn => *t = target,
-            Subs::One(..) => {
-                let Subs::One(c, t) = std::mem::replace(self, Subs::Many(HashMap::new())) else {
-                    unreachable!("matched One above")
-                };
-                if let Subs::Many(m) = self {
-                    m.insert(c, t);
-                    m.insert(conn, target);
-                }
+            Subs::One(c, t) => {
+                let mut m = HashMap::with_capacity(2);
+                m.insert(*c, t.clone());
+                m.insert(conn, target);
+                *self = Subs::Many(Arc::new(m));
             }
             Subs::Many(m) => {
-                m.insert(conn, target);
+                Arc::make_mut(m).insert(conn, target);
             }
         }
     }
@@ -86,7 +95,9 @@ impl Subs {
         match self {
             Subs::One(c, _) => *c == conn,
             Subs::Many(m) => {
-                m.remove(&conn);
+                if m.contains_key(&conn) {
+                    Arc::make_mut(m).remove(&conn);
+                }
                 m.is_empty()
             }
         }
@@ -108,20 +119,16 @@ impl Groups {
     fn insert(&mut self, identifier: &Arc<str>, conn: u64, target: Target) {
         match self {
             Groups::One(id, subs) if **id == **identifier => subs.insert(conn, target),
-            Groups::One(..) => {
-                let Groups::One(id, subs) = std::mem::replace(self, Groups::Many(HashMap::new()))
-                else {
-                    unreachable!("matched One above")
-                };
-                if let Groups::Many(m) = self {
-                    m.insert(id, subs);
-                    m.insert(identifier.clone(), Subs::One(conn, target));
-                }
+            Groups::One(id, subs) => {
+                let mut m = HashMap::with_capacity(2);
+                m.insert(id.clone(), subs.clone());
+                m.insert(identifier.clone(), Subs::One(conn, target));
+                *self = Groups::Many(Arc::new(m));
             }
-            Groups::Many(m) => match m.get_mut(identifier) {
+            Groups::Many(m) => match Arc::make_mut(m).get_mut(identifier) {
                 Some(subs) => subs.insert(conn, target),
                 None => {
-                    m.insert(identifier.clone(), Subs::One(conn, target));
+                    Arc::make_mut(m).insert(identifier.clone(), Subs::One(conn, target));
                 }
             },
         }
@@ -133,9 +140,12 @@ impl Groups {
         match self {
             Groups::One(id, subs) => **id == *identifier && subs.remove(conn),
             Groups::Many(m) => {
-                if let Some(subs) = m.get_mut(identifier) {
-                    if subs.remove(conn) {
-                        m.remove(identifier);
+                if m.contains_key(identifier) {
+                    let m = Arc::make_mut(m);
+                    if let Some(subs) = m.get_mut(identifier) {
+                        if subs.remove(conn) {
+                            m.remove(identifier);
+                        }
                     }
                 }
                 m.is_empty()
@@ -156,15 +166,20 @@ pub(crate) struct Hub {
     pub(crate) pubsub: Arc<dyn PubSub>,
     pub(crate) delivered: AtomicU64,
     pub(crate) broadcasts_received: AtomicU64,
+    /// Largest message a client may be sent (`max_outbound_message_bytes`).
+    max_message: usize,
+    pub(crate) oversized_dropped: AtomicU64,
 }
 
 impl Hub {
-    pub(crate) fn new(pubsub: Arc<dyn PubSub>) -> Self {
+    pub(crate) fn new(pubsub: Arc<dyn PubSub>, max_message: usize) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pubsub,
             delivered: AtomicU64::new(0),
             broadcasts_received: AtomicU64::new(0),
+            max_message,
+            oversized_dropped: AtomicU64::new(0),
         }
     }
 
@@ -228,20 +243,20 @@ impl Hub {
         }
     }
 
-    /// Fans `payload`, published on `stream`, out to local subscribers.
+    /// Fans `payload`, published on `stream`, out to local subscribers. The
+    /// shard lock is held only to take a snapshot of the subscribers.
     pub(crate) fn deliver(&self, stream: &str, payload: &str) {
         self.broadcasts_received.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shard(stream);
-        let Some(entry) = shard.get(stream) else {
+        let Some(groups) = self.shard(stream).get(stream).map(|e| e.groups.clone()) else {
             return;
         };
         let mut encoded: Option<String> = None;
-        let mut undecodable = false;
+        let mut dropped = false;
         let mut sent = 0u64;
-        entry.groups.for_each(|identifier, subs| {
+        groups.for_each(|identifier, subs| {
             if identifier.is_empty() {
                 let Some(ctl) = internal_message(payload) else {
-                    tracing::debug!(stream, payload, "ignoring internal message");
+                    tracing::debug!(stream, payload = %Snip(payload), "ignoring internal message");
                     return;
                 };
                 subs.for_each(|target| {
@@ -251,18 +266,15 @@ impl Hub {
                 });
                 return;
             }
-            if undecodable {
+            if dropped {
                 return;
             }
             let message = match &encoded {
                 Some(m) => m,
-                None => match json::reencode(payload) {
-                    Ok(m) => encoded.insert(m),
-                    Err(e) => {
-                        // Rails' stream handler raises on a payload it cannot
-                        // decode; nothing reaches the clients.
-                        tracing::error!(stream, error = %e, "could not decode broadcast payload; dropped");
-                        undecodable = true;
+                None => match self.encode(stream, payload) {
+                    Some(m) => encoded.insert(m),
+                    None => {
+                        dropped = true;
                         return;
                     }
                 },
@@ -277,6 +289,39 @@ impl Hub {
             });
         });
         self.delivered.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Re-encodes a broadcast payload as Rails does; None (logged) when it
+    /// cannot be decoded or is too large for any client.
+    fn encode(&self, stream: &str, payload: &str) -> Option<String> {
+        let too_large = |size: usize| {
+            self.oversized_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stream,
+                size,
+                limit = self.max_message,
+                "broadcast on {stream:?} of {size} bytes is over the limit of {} bytes a client may be sent (max_outbound_message_bytes); dropped",
+                self.max_message
+            );
+        };
+        if payload.len() > self.max_message {
+            too_large(payload.len());
+            return None;
+        }
+        match json::reencode(payload) {
+            // Escaping can make the text longer than what was published.
+            Ok(m) if m.len() > self.max_message => {
+                too_large(m.len());
+                None
+            }
+            Ok(m) => Some(m),
+            Err(e) => {
+                // Rails' stream handler raises on a payload it cannot decode;
+                // nothing reaches the clients.
+                tracing::error!(stream, error = %e, payload = %Snip(payload), "could not decode broadcast payload; dropped");
+                None
+            }
+        }
     }
 
     /// Number of streams with at least one local subscriber.
@@ -325,6 +370,60 @@ mod tests {
         assert!(!one.remove("a", 9));
         assert!(!one.remove("b", 1));
         assert!(one.remove("a", 1));
+    }
+
+    /// A fan-out in progress (here stuck on one subscriber's queue) must not
+    /// hold its shard: subscribes and unsubscribes on other streams of the
+    /// same shard go through.
+    #[test]
+    fn fan_out_does_not_hold_the_shard_lock() {
+        let hub = Arc::new(Hub::new(
+            Arc::new(crate::pubsub::MemoryPubSub::new(
+                crate::pubsub::Delivery::detached(),
+            )),
+            1 << 20,
+        ));
+        let id: Arc<str> = "i".into();
+        let stuck = Outbox::new(1 << 20);
+        for conn in 0..10_000u64 {
+            let target = if conn == 5_000 {
+                stuck.clone()
+            } else {
+                Outbox::new(1 << 20)
+            };
+            drop(hub.add("big", &id, conn, Target::Frames(target)));
+        }
+        // Another stream in the same shard as "big".
+        let shard_of = |s: &str| {
+            let mut h = DefaultHasher::new();
+            s.hash(&mut h);
+            (h.finish() as usize) % SHARDS
+        };
+        let other = (0..)
+            .map(|n| format!("other{n}"))
+            .find(|s| shard_of(s) == shard_of("big"))
+            .unwrap();
+        let held = stuck.hold_lock();
+        let h = hub.clone();
+        let fan = std::thread::spawn(move || h.deliver("big", r#"{"n":1}"#));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = hub.clone();
+        let o = other.clone();
+        std::thread::spawn(move || {
+            drop(h.add(&o, &"j".into(), 1, Target::Frames(Outbox::new(64))));
+            h.remove(&o, "j", 1);
+            drop(h.add(&o, &"j".into(), 2, Target::Frames(Outbox::new(64))));
+            let _ = tx.send(());
+        });
+        let went_through = rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok();
+        drop(held);
+        fan.join().unwrap();
+        assert!(
+            went_through,
+            "a subscribe waited for another stream's fan-out"
+        );
+        assert_eq!(hub.delivered.load(Ordering::Relaxed), 10_000);
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod channel;
 mod connection;
 mod hub;
 pub mod json;
+mod logging;
 mod mailbox;
 mod naming;
 mod outbox;
@@ -91,7 +92,7 @@ pub use crate::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
         Unauthorized,
     },
-    cable::{Broadcaster, Cable, CableBuilder, CableConfig, Stats, TransportGuard},
+    cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Stats, TransportGuard},
     channel::{Channel, ChannelError, Context, Params},
     connection::Inbound,
     naming::{broadcasting_for, channel_name, ToParam},

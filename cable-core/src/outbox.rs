@@ -104,6 +104,12 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Holds the queue's lock (tests: a push blocks until it is released).
+    #[cfg(test)]
+    pub(crate) fn hold_lock(&self) -> impl Drop + '_ {
+        self.lock()
+    }
+
     /// Queues a text frame. Never waits.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
         let mut st = self.lock();

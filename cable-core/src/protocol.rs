@@ -29,6 +29,9 @@ pub enum DisconnectReason {
     /// The client did not read fast enough and its outbound queue overflowed.
     /// Not a Rails reason: AnyCable's, for the same situation.
     TooSlow,
+    /// The client sent commands faster than the server's rate limit allows
+    /// (`reconnect: true`). Not a Rails reason: cable's own.
+    RateLimited,
 }
 
 impl DisconnectReason {
@@ -40,6 +43,7 @@ impl DisconnectReason {
             Self::ServerRestart => "server_restart",
             Self::Remote => "remote",
             Self::TooSlow => "too_slow",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

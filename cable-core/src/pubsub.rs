@@ -39,6 +39,15 @@ pub enum PubSubError {
         /// The largest payload accepted, in bytes.
         limit: usize,
     },
+    /// The message is larger than any client may be sent
+    /// ([`crate::CableConfig::max_outbound_message_bytes`]).
+    #[error("message of {size} bytes is over the limit of {limit} bytes a client may be sent (max_outbound_message_bytes)")]
+    MessageTooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The adapter has been shut down.
     #[error("pub/sub adapter is shut down")]
     Closed,

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod http;
 mod ops;
 mod origin;
 #[cfg(feature = "standalone")]
@@ -50,6 +51,7 @@ use axum::Router;
 use cable_core::Cable;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+pub use crate::http::ServeOptions;
 pub use crate::ops::{ops_router, OpsConfig};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
@@ -98,11 +100,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    fn websocket_config(&self) -> WebSocketConfig {
+    /// `largest_frame`: the most one frame can hold (the outbox capacity).
+    /// The write buffer must take any frame the core lets through, or
+    /// tungstenite fails the write and the client is dropped.
+    fn websocket_config(&self, largest_frame: usize) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             .write_buffer_size(self.write_buffer_size)
-            .max_write_buffer_size(self.write_buffer_size.max(64 * 1024) * 16)
+            .max_write_buffer_size(self.write_buffer_size + largest_frame + 64 * 1024)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))
     }
@@ -126,6 +131,7 @@ pub fn router(cable: Cable, config: ServerConfig) -> Router {
 /// down: new connections are refused, every client is sent
 /// `{"type":"disconnect","reason":"server_restart","reconnect":true}`, and the
 /// call returns once all connections closed or `drain_timeout` passed.
+/// [`ServeOptions`]' other defaults apply; see [`serve_with`].
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -136,29 +142,46 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    use axum::serve::ListenerExt;
-    let c = cable.clone();
-    // Frames are small and latency matters: no Nagle delay (with delayed ACKs
-    // it holds a lone frame back by up to 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::trace!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(
+    serve_with(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        cable,
+        shutdown,
+        ServeOptions::with_drain_timeout(drain_timeout),
     )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
+    .await
+}
+
+/// [`serve`] with every HTTP option: the header read timeout and the bound
+/// on connections that have not become WebSockets (half-sent requests), so
+/// neither slow clients nor a flood of them can hold the server's file
+/// descriptors or its shutdown. Shutdown takes at most
+/// `options.drain_timeout` (plus the time to close sockets).
+pub async fn serve_with<F>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    cable: Cable,
+    shutdown: F,
+    options: ServeOptions,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let c = cable.clone();
+    let began = http::accept_loop(listener, app, shutdown, &options, move || {
         tracing::info!("Shutting down: telling clients to reconnect (server_restart)");
         c.begin_shutdown();
     })
     .await?;
-    // Upgraded sockets are not tracked by the HTTP server: drain them here.
-    let left = cable.drain(drain_timeout).await;
+    // Upgraded sockets are not tracked by the HTTP side: drain them here,
+    // within what is left of the drain timeout.
+    let left_time = options.drain_timeout.saturating_sub(began.elapsed());
+    let left = cable.drain(left_time).await;
     if left > 0 {
-        tracing::warn!("{left} connections still open after {drain_timeout:?}; exiting anyway");
+        tracing::warn!(
+            "{left} connections still open after {:?}; exiting anyway",
+            options.drain_timeout
+        );
     }
     Ok(())
 }

@@ -7,15 +7,19 @@ use regex::Regex;
 pub enum AllowedOrigin {
     /// The origin must equal this string exactly (`"https://example.com"`).
     Exact(String),
-    /// The origin must match this regular expression somewhere (unanchored,
-    /// like a Ruby `Regexp` in `allowed_request_origins`).
+    /// The whole origin must match this regular expression. Deliberately
+    /// unlike Rails, which matches a `Regexp` anywhere in the origin: there
+    /// `/https:\/\/app.example.com/` lets `https://app.example.com.evil.net`
+    /// in, which with cookie authentication is cross-site WebSocket
+    /// hijacking. Build it with [`AllowedOrigin::pattern`], which anchors it.
     Pattern(Regex),
 }
 
 impl AllowedOrigin {
-    /// A pattern entry; fails on an invalid regular expression.
+    /// A pattern entry that must match the whole origin (it is anchored as
+    /// `^(?:re)$`); fails on an invalid regular expression.
     pub fn pattern(re: &str) -> Result<Self, regex::Error> {
-        Ok(AllowedOrigin::Pattern(Regex::new(re)?))
+        Ok(AllowedOrigin::Pattern(Regex::new(&format!("^(?:{re})$"))?))
     }
 
     fn matches(&self, origin: &str) -> bool {
@@ -39,8 +43,12 @@ impl From<String> for AllowedOrigin {
 }
 
 impl From<Regex> for AllowedOrigin {
+    /// A compiled pattern; it too must match the whole origin (it is
+    /// recompiled anchored).
     fn from(re: Regex) -> Self {
-        AllowedOrigin::Pattern(re)
+        // Anchoring a valid expression keeps it valid; fall back just in case.
+        let anchored = Regex::new(&format!("^(?:{})$", re.as_str())).unwrap_or(re);
+        AllowedOrigin::Pattern(anchored)
     }
 }
 
@@ -109,9 +117,23 @@ mod tests {
         assert!(p.allows(Some("http://evil.test"), Some("a.test"), false));
         p.allowed
             .push(AllowedOrigin::pattern(r"https?://localhost:\d+").unwrap());
-        // Unanchored, as in Ruby.
+        // Anchored, unlike Ruby: the whole origin must match.
         assert!(p.allows(Some("http://localhost:5173"), None, false));
-        assert!(p.allows(Some("xhttp://localhost:1"), None, false));
+        assert!(!p.allows(Some("xhttp://localhost:1"), None, false));
+        assert!(!p.allows(Some("http://localhost:1.evil.net"), None, false));
+        p.allowed
+            .push(AllowedOrigin::pattern(r"https://app\.example\.com").unwrap());
+        assert!(p.allows(Some("https://app.example.com"), None, false));
+        assert!(!p.allows(Some("https://app.example.com.evil.net"), None, false));
+        assert!(!p.allows(
+            Some("https://evil.net/https://app.example.com"),
+            None,
+            false
+        ));
+        // A Regex built by hand is held to the whole origin too.
+        p.allowed.push(regex::Regex::new("trusted").unwrap().into());
+        assert!(!p.allows(Some("https://trusted.evil.net"), None, false));
+        assert!(p.allows(Some("trusted"), None, false));
         p.allow_same_origin_as_host = false;
         assert!(!p.allows(Some("http://a.test"), Some("a.test"), false));
         p.disabled = true;

@@ -94,7 +94,7 @@ pub struct Settings {
     pub mount_path: String,
     /// Origins allowed exactly (same-origin requests are always allowed).
     pub allowed_origins: Vec<String>,
-    /// Origin patterns (regular expressions, matched anywhere).
+    /// Origin patterns (regular expressions the whole Origin must match).
     pub allowed_origin_patterns: Vec<String>,
     /// Accept any Origin.
     pub disable_origin_check: bool,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -12,7 +12,7 @@ use cable_core::{Cable, ConnectRequest, Inbound, Outbox, Outgoing};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -27,7 +27,6 @@ const WRITE_BATCH: usize = 64;
 pub(crate) struct ServerState {
     pub(crate) cable: Cable,
     pub(crate) config: ServerConfig,
-    heartbeat: OnceLock<()>,
     /// WebSocket connections upgraded or being upgraded by this router.
     open: Arc<AtomicUsize>,
 }
@@ -46,7 +45,6 @@ impl ServerState {
         ServerState {
             cable,
             config,
-            heartbeat: OnceLock::new(),
             open: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -62,21 +60,11 @@ impl ServerState {
             .map(|_| Slot(self.open.clone()))
     }
 
-    /// One timer for all connections, started with the first request (as
-    /// Rails starts its heartbeat on the first request).
+    /// One timer for all connections of the `Cable` (however many routers
+    /// share it), started with the first request as Rails starts its
+    /// heartbeat on the first request.
     fn ensure_heartbeat(&self) {
-        self.heartbeat.get_or_init(|| {
-            let cable = self.cable.clone();
-            let every = self.config.ping_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    cable.beat();
-                }
-            });
-        });
+        self.cable.start_heartbeat(self.config.ping_interval);
     }
 }
 
@@ -220,7 +208,9 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     // Shutdown's drain waits for this socket's last frames, not only for its
     // session to end.
     let guard = cable.transport_guard();
-    let ws_config = state.config.websocket_config();
+    let ws_config = state
+        .config
+        .websocket_config(state.cable.config().outbound_queue_bytes);
     let write_timeout = state.config.write_timeout;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -260,16 +250,57 @@ enum Step {
     End,
 }
 
+/// RFC 6455 close code for invalid data in a text frame.
+const CLOSE_INVALID_DATA: u16 = 1007;
+/// RFC 6455 close code for a protocol violation.
+const CLOSE_PROTOCOL: u16 = 1002;
+
+/// The close reason for a protocol violation, in websocket-driver's (Rails')
+/// words where it has them.
+fn protocol_reason(e: &ProtocolError) -> &'static str {
+    match e {
+        ProtocolError::NonZeroReservedBits => "One or more reserved bits are on",
+        ProtocolError::UnmaskedFrameFromClient => "Received unmasked frame",
+        ProtocolError::FragmentedControlFrame => "Received fragmented control frame",
+        ProtocolError::ControlFrameTooBig => "Received control frame having too long payload",
+        ProtocolError::UnknownControlFrameType(_) | ProtocolError::UnknownDataFrameType(_) => {
+            "Unrecognized frame opcode"
+        }
+        ProtocolError::UnexpectedContinueFrame => "Received unexpected continuation frame",
+        ProtocolError::ExpectedFragment(_) => {
+            "Received new data frame but previous continuous frame is unfinished"
+        }
+        _ => "Protocol error",
+    }
+}
+
 fn inbound_step(msg: Result<Message, WsError>) -> Step {
     match msg {
         Ok(Message::Text(t)) => Step::Item(Inbound::Text(t.as_str().to_owned())),
         Ok(Message::Binary(b)) => Step::Item(Inbound::Binary(b.len())),
-        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Step::Skip,
+        Ok(Message::Ping(_) | Message::Pong(_)) => Step::Item(Inbound::Control),
+        Ok(Message::Frame(_)) => Step::Skip,
+        // tungstenite has queued the echo of the client's close (its code and
+        // reason); the writer flushes it once the session has ended.
         Ok(Message::Close(_)) => Step::End,
         Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
             Step::Item(Inbound::TooLarge {
                 size,
                 max: max_size,
+            })
+        }
+        Err(WsError::Utf8(_)) => Step::Item(Inbound::Invalid {
+            code: CLOSE_INVALID_DATA,
+            reason: "Could not decode a text frame as UTF-8",
+        }),
+        Err(WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::ReceivedAfterClosing,
+        )) => Step::End,
+        Err(WsError::Protocol(e)) => {
+            tracing::debug!("WebSocket protocol violation: {e}");
+            Step::Item(Inbound::Invalid {
+                code: CLOSE_PROTOCOL,
+                reason: protocol_reason(&e),
             })
         }
         Err(e) => {
@@ -322,6 +353,57 @@ async fn drive<S>(
     .await;
 }
 
+/// How a write batch ended.
+enum Written {
+    /// More to come.
+    Open,
+    /// The close frame went out (ours, or the echo of the client's).
+    Closed,
+}
+
+async fn write_batch<K>(sink: &mut K, batch: &mut Vec<Outgoing>) -> Result<Written, WsError>
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    for item in batch.drain(..) {
+        let res = match item {
+            Outgoing::Text(frame) => {
+                // SAFETY: `Frame` guarantees its bytes are valid UTF-8
+                // (it is only ever built from Rust strings).
+                let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
+                sink.feed(Message::Text(text)).await
+            }
+            Outgoing::Close { code, reason } => {
+                match sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    })))
+                    .await
+                {
+                    Ok(()) => return Ok(Written::Closed),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match res {
+            Ok(()) => {}
+            // The client closed first: tungstenite refuses our frames and
+            // holds the echo of its close; flushing sends it (and then
+            // reports the connection closed, which is the point).
+            Err(WsError::Protocol(ProtocolError::SendAfterClosing)) => {
+                return match sink.flush().await {
+                    Ok(()) | Err(WsError::ConnectionClosed) => Ok(Written::Closed),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    sink.flush().await?;
+    Ok(Written::Open)
+}
+
 async fn write_loop<K>(mut sink: K, outbox: Arc<Outbox>, write_timeout: std::time::Duration)
 where
     K: futures_util::Sink<Message, Error = WsError> + Unpin,
@@ -333,35 +415,17 @@ where
         if !outbox.pop_batch(&mut batch, WRITE_BATCH).await {
             break;
         }
-        let res = tokio::time::timeout(write_timeout, async {
-            for item in batch.drain(..) {
-                match item {
-                    Outgoing::Text(frame) => {
-                        // SAFETY: `Frame` guarantees its bytes are valid UTF-8
-                        // (it is only ever built from Rust strings).
-                        let text = unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) };
-                        sink.feed(Message::Text(text)).await?;
-                    }
-                    Outgoing::Close { code, reason } => {
-                        sink.send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::from(code),
-                            reason: reason.into(),
-                        })))
-                        .await?;
-                        return Ok::<bool, WsError>(true);
-                    }
-                }
-            }
-            sink.flush().await?;
-            Ok(false)
-        })
-        .await;
+        let res = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut batch)).await;
         batch.clear();
         match res {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => break,
+            Ok(Ok(Written::Open)) => {}
+            Ok(Ok(Written::Closed)) => break,
+            Ok(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                outbox.abort();
+                break;
+            }
             Ok(Err(e)) => {
-                tracing::debug!("WebSocket write failed: {e}");
+                tracing::warn!("WebSocket write failed: {e}; dropping the connection");
                 outbox.abort();
                 break;
             }

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+mod hardening;
+
 /// A client connection without a socket.
 struct Conn {
     tx: Option<mpsc::UnboundedSender<Inbound>>,
@@ -37,8 +39,12 @@ impl Conn {
     }
 
     fn send(&self, v: Value) {
+        self.send_inbound(Inbound::Text(v.to_string()));
+    }
+
+    fn send_inbound(&self, item: Inbound) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Inbound::Text(v.to_string()));
+            let _ = tx.send(item);
         }
     }
 

@@ -213,6 +213,9 @@ async fn admin_broadcast(
     }
     match cable.broadcast(&body.stream, &body.message).await {
         Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e @ cable_core::PubSubError::MessageTooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
 }

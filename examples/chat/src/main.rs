@@ -23,7 +23,7 @@ struct Args {
     /// An allowed Origin, exactly (repeatable). Same-origin requests are always allowed.
     #[arg(long = "allowed-origin")]
     allowed_origins: Vec<String>,
-    /// An allowed Origin pattern, a regular expression matched anywhere (repeatable).
+    /// An allowed Origin pattern, a regular expression the whole Origin must match (repeatable).
     #[arg(long = "allowed-origin-regex")]
     allowed_origin_regexes: Vec<String>,
     /// Skip the Origin check entirely.
