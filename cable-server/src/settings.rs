@@ -106,8 +106,27 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Most connections open at once. Default: no limit.
     pub max_connections: Option<usize>,
-    /// Most subscriptions per connection. Default: no limit.
+    /// Most subscriptions per connection. Default 256.
     pub max_subscriptions_per_connection: Option<usize>,
+    /// Longest subscription identifier in bytes. Default 4 KiB.
+    pub max_identifier_size: usize,
+    /// Commands a connection may send at once (the rate limit's burst).
+    /// Default 300.
+    pub command_burst: u32,
+    /// Commands per second a connection may send, sustained; `None`: no
+    /// rate limit. Default 100.
+    pub command_rate: Option<u32>,
+    /// Largest message a client may be sent, in bytes. Default 512 KiB.
+    pub max_outbound_message_size: usize,
+    /// How long the connection hook may take. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long one channel callback may take. Default 30 s.
+    pub callback_timeout: Duration,
+    /// How long a client may take to send its request headers. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most connections not (yet) upgraded to WebSocket; past it the oldest
+    /// is closed. Default 1024.
+    pub max_pending_connections: usize,
     /// Largest inbound message in bytes. Default 64 KiB.
     pub max_message_size: usize,
     /// Outbound queue per connection in bytes. Default 1 MiB.
@@ -180,7 +199,15 @@ impl Default for Settings {
             channel_prefix: None,
             ping_interval: Duration::from_secs(3),
             max_connections: None,
-            max_subscriptions_per_connection: None,
+            max_subscriptions_per_connection: Some(256),
+            max_identifier_size: 4096,
+            command_burst: 300,
+            command_rate: Some(100),
+            max_outbound_message_size: 512 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            callback_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_pending_connections: 1024,
             max_message_size: 64 * 1024,
             outbound_queue: 1 << 20,
             shutdown_timeout: Duration::from_secs(10),
@@ -206,6 +233,14 @@ pub const KEYS: &[&str] = &[
     "ping_interval",
     "max_connections",
     "max_subscriptions_per_connection",
+    "max_identifier_size",
+    "command_burst",
+    "command_rate",
+    "max_outbound_message_size",
+    "connect_timeout",
+    "callback_timeout",
+    "header_read_timeout",
+    "max_pending_connections",
     "max_message_size",
     "outbound_queue",
     "shutdown_timeout",
@@ -543,6 +578,66 @@ impl Settings {
                         invalid(key, src, t, "a whole number, or 0 / none for no limit")
                     })?
                 }
+                "max_identifier_size" => {
+                    s.max_identifier_size = parse_size(t).filter(|n| *n >= 64).ok_or_else(|| {
+                        invalid(key, src, t, "a size of at least 64 bytes: 4096, 4KiB")
+                    })?
+                }
+                "command_burst" => {
+                    s.command_burst = t
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| invalid(key, src, t, "a whole number of at least 1"))?
+                }
+                "command_rate" => {
+                    s.command_rate = parse_limit(t)
+                        .and_then(|l| match l {
+                            None => Some(None),
+                            Some(n) => u32::try_from(n).ok().map(Some),
+                        })
+                        .ok_or_else(|| {
+                            invalid(
+                                key,
+                                src,
+                                t,
+                                "commands per second, a whole number, or 0 / none for no limit",
+                            )
+                        })?
+                }
+                "max_outbound_message_size" => {
+                    s.max_outbound_message_size =
+                        parse_size(t).filter(|n| *n >= 1024).ok_or_else(|| {
+                            invalid(
+                                key,
+                                src,
+                                t,
+                                "a size of at least 1024 bytes, at most outbound_queue: 512KiB",
+                            )
+                        })?
+                }
+                "connect_timeout" | "callback_timeout" | "header_read_timeout" => {
+                    let d = parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        invalid(
+                            key,
+                            src,
+                            t,
+                            "a duration above 0: seconds (10, 0.5) or 500ms, 10s, 1m",
+                        )
+                    })?;
+                    match *key {
+                        "connect_timeout" => s.connect_timeout = d,
+                        "callback_timeout" => s.callback_timeout = d,
+                        _ => s.header_read_timeout = d,
+                    }
+                }
+                "max_pending_connections" => {
+                    s.max_pending_connections = t
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| invalid(key, src, t, "a whole number of at least 1"))?
+                }
                 "max_message_size" => {
                     s.max_message_size = parse_size(t).filter(|n| *n >= 256).ok_or_else(|| {
                         invalid(
@@ -696,6 +791,13 @@ impl Settings {
                     .to_owned(),
             ));
         }
+        if s.max_outbound_message_size > s.outbound_queue {
+            return Err(SettingsError::Conflict(format!(
+                "`max_outbound_message_size` ({}) must not be over `outbound_queue` ({}): a \
+                 client's queue must be able to hold the largest message",
+                s.max_outbound_message_size, s.outbound_queue
+            )));
+        }
         if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
             return Err(SettingsError::Conflict(
                 "`channel_prefix` only applies to the redis and postgres adapters; the memory \
@@ -735,6 +837,26 @@ impl Settings {
         put(
             "max_subscriptions_per_connection",
             (self.max_subscriptions_per_connection.unwrap_or(0) as i64).into(),
+        );
+        put(
+            "max_identifier_size",
+            (self.max_identifier_size as i64).into(),
+        );
+        put("command_burst", i64::from(self.command_burst).into());
+        put(
+            "command_rate",
+            i64::from(self.command_rate.unwrap_or(0)).into(),
+        );
+        put(
+            "max_outbound_message_size",
+            (self.max_outbound_message_size as i64).into(),
+        );
+        put("connect_timeout", secs(self.connect_timeout));
+        put("callback_timeout", secs(self.callback_timeout));
+        put("header_read_timeout", secs(self.header_read_timeout));
+        put(
+            "max_pending_connections",
+            (self.max_pending_connections as i64).into(),
         );
         put("max_message_size", (self.max_message_size as i64).into());
         put("outbound_queue", (self.outbound_queue as i64).into());
@@ -811,6 +933,61 @@ mod tests {
         let mut l = Layer::default();
         l.set(key, Raw::One(v.to_owned()), src);
         l
+    }
+
+    #[test]
+    fn hardening_limits_have_defaults_and_can_be_set_or_turned_off() {
+        let d = Settings::from_layers(&[]).unwrap();
+        assert_eq!(d.max_subscriptions_per_connection, Some(256));
+        assert_eq!(d.command_rate, Some(100));
+        assert_eq!(d.command_burst, 300);
+        assert_eq!(d.max_identifier_size, 4096);
+        assert_eq!(d.max_outbound_message_size, 512 * 1024);
+        let src = || Source::Flag("--x".into());
+        let mut l = Layer::default();
+        for (k, v) in [
+            ("max_subscriptions_per_connection", "none"),
+            ("command_rate", "0"),
+            ("command_burst", "50"),
+            ("max_identifier_size", "8KiB"),
+            ("max_outbound_message_size", "256KiB"),
+            ("connect_timeout", "2s"),
+            ("callback_timeout", "500ms"),
+            ("header_read_timeout", "3"),
+            ("max_pending_connections", "10"),
+        ] {
+            l.set(k, Raw::One(v.into()), src());
+        }
+        let s = Settings::from_layers(&[l]).unwrap();
+        assert_eq!(s.max_subscriptions_per_connection, None);
+        assert_eq!(s.command_rate, None);
+        assert_eq!(s.command_burst, 50);
+        assert_eq!(s.max_identifier_size, 8192);
+        assert_eq!(s.max_outbound_message_size, 256 * 1024);
+        assert_eq!(s.connect_timeout, Duration::from_secs(2));
+        assert_eq!(s.callback_timeout, Duration::from_millis(500));
+        assert_eq!(s.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_pending_connections, 10);
+        // --print-config output reads back the same.
+        let path = std::env::temp_dir().join(format!("cable-limits-{}.toml", std::process::id()));
+        std::fs::write(&path, s.to_toml()).unwrap();
+        let again = Settings::from_layers(&[Layer::from_file(&path).unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(again.to_toml(), s.to_toml());
+        // A message limit the queue cannot hold is refused.
+        let e =
+            Settings::from_layers(&[one("max_outbound_message_size", "2MiB", src())]).unwrap_err();
+        assert!(e.to_string().contains("outbound_queue"), "{e}");
+        for (k, v) in [
+            ("command_burst", "0"),
+            ("callback_timeout", "0"),
+            ("max_pending_connections", "x"),
+        ] {
+            assert!(
+                Settings::from_layers(&[one(k, v, src())]).is_err(),
+                "{k}={v}"
+            );
+        }
     }
 
     #[test]

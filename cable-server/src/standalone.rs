@@ -25,11 +25,14 @@
 
 use std::net::SocketAddr;
 
-use cable_core::{CableBuilder, CableConfig};
+use cable_core::{CableBuilder, CableConfig, CommandRate};
 use tokio::net::TcpListener;
 
 use crate::settings::{mask_password, Settings};
-use crate::{ops_router, router, serve, shutdown_signal, AllowedOrigin, OpsConfig, ServerConfig};
+use crate::{
+    ops_router, router, serve_with, shutdown_signal, AllowedOrigin, OpsConfig, ServeOptions,
+    ServerConfig,
+};
 
 /// Why a standalone server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +219,14 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     let mut core = CableConfig::default();
     core.outbound_queue_bytes = settings.outbound_queue;
     core.max_subscriptions_per_connection = settings.max_subscriptions_per_connection;
+    core.max_identifier_bytes = settings.max_identifier_size;
+    core.command_rate = settings.command_rate.map(|per_second| CommandRate {
+        burst: settings.command_burst,
+        per_second,
+    });
+    core.max_outbound_message_bytes = settings.max_outbound_message_size;
+    core.connect_timeout = settings.connect_timeout;
+    core.callback_timeout = settings.callback_timeout;
     let builder = with_rails(builder.config(core), &settings)?;
     let cable = with_adapter(builder, &settings)?.build();
     let server_cfg = server_config(&settings)?;
@@ -261,14 +272,10 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
             "off: no broadcast_key"
         }
     );
-    let res = serve(
-        listener,
-        app,
-        cable,
-        shutdown_signal(),
-        settings.shutdown_timeout,
-    )
-    .await;
+    let mut options = ServeOptions::with_drain_timeout(settings.shutdown_timeout);
+    options.header_read_timeout = settings.header_read_timeout;
+    options.max_pending_connections = settings.max_pending_connections;
+    let res = serve_with(listener, app, cable, shutdown_signal(), options).await;
     if let Some(t) = stats_task {
         t.abort();
     }

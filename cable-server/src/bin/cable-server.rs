@@ -52,9 +52,33 @@ struct Args {
     /// Most connections at once; more get HTTP 503 (0: no limit) [default: 0].
     #[arg(long, value_name = "N")]
     max_connections: Option<String>,
-    /// Most subscriptions per connection (0: no limit) [default: 0].
+    /// Most subscriptions per connection; more get reject_subscription (0: no limit) [default: 256].
     #[arg(long, value_name = "N")]
     max_subscriptions_per_connection: Option<String>,
+    /// Longest subscription identifier: bytes or 4KiB [default: 4KiB].
+    #[arg(long, value_name = "SIZE")]
+    max_identifier_size: Option<String>,
+    /// Commands a connection may send at once (rate limit burst) [default: 300].
+    #[arg(long, value_name = "N")]
+    command_burst: Option<String>,
+    /// Commands per second a connection may send, sustained (0: no limit) [default: 100].
+    #[arg(long, value_name = "N")]
+    command_rate: Option<String>,
+    /// Largest message a client may be sent: bytes or 512KiB [default: 512KiB].
+    #[arg(long, value_name = "SIZE")]
+    max_outbound_message_size: Option<String>,
+    /// How long the connection hook may take: seconds or 10s [default: 10].
+    #[arg(long, value_name = "DURATION")]
+    connect_timeout: Option<String>,
+    /// How long one channel callback may take: seconds or 30s [default: 30].
+    #[arg(long, value_name = "DURATION")]
+    callback_timeout: Option<String>,
+    /// How long a client may take to send its request headers [default: 10].
+    #[arg(long, value_name = "DURATION")]
+    header_read_timeout: Option<String>,
+    /// Most connections not upgraded yet; past it the oldest is closed [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_pending_connections: Option<String>,
     /// Largest inbound message: bytes or 64KiB [default: 64KiB].
     #[arg(long, value_name = "SIZE")]
     max_message_size: Option<String>,
@@ -139,6 +163,14 @@ impl Args {
             "max_subscriptions_per_connection",
             &self.max_subscriptions_per_connection,
         );
+        one("max_identifier_size", &self.max_identifier_size);
+        one("command_burst", &self.command_burst);
+        one("command_rate", &self.command_rate);
+        one("max_outbound_message_size", &self.max_outbound_message_size);
+        one("connect_timeout", &self.connect_timeout);
+        one("callback_timeout", &self.callback_timeout);
+        one("header_read_timeout", &self.header_read_timeout);
+        one("max_pending_connections", &self.max_pending_connections);
         one("max_message_size", &self.max_message_size);
         one("outbound_queue", &self.outbound_queue);
         one("shutdown_timeout", &self.shutdown_timeout);

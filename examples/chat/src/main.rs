@@ -6,7 +6,7 @@ use std::time::Duration;
 use cable_postgres::{PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisConfig, RedisPubSub};
 use cable_server::settings::mask_password as redact;
-use cable_server::{serve, shutdown_signal, AllowedOrigin};
+use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
@@ -49,6 +49,70 @@ struct Args {
     /// app's prefix to interoperate.
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
+    /// Most subscriptions per connection; more get reject_subscription (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_subscriptions_per_connection: usize,
+    /// Longest subscription identifier, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    max_identifier_size: usize,
+    /// Commands a connection may send at once (the rate limit's burst).
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    command_burst: u32,
+    /// Commands per second a connection may send, sustained (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    command_rate: u32,
+    /// Largest message a client may be sent, in bytes (at most 1 MiB, the
+    /// outbound queue).
+    #[arg(long, value_name = "BYTES", default_value_t = 512 * 1024)]
+    max_outbound_message_size: usize,
+    /// Seconds the connection hook may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Seconds one channel callback may take.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    callback_timeout: f64,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Most connections not upgraded yet; past it the oldest is closed.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_pending_connections: usize,
+}
+
+/// Seconds from a flag as a duration; an error names the flag.
+fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} {secs}: a number of seconds above 0"))
+}
+
+impl Args {
+    /// The limits the flags set, in the core's and the HTTP server's terms.
+    fn limits(&self) -> Result<(cable_core::CableConfig, ServeOptions), String> {
+        let mut core = cable_core::CableConfig::default();
+        core.max_subscriptions_per_connection = (self.max_subscriptions_per_connection > 0)
+            .then_some(self.max_subscriptions_per_connection);
+        core.max_identifier_bytes = self.max_identifier_size;
+        core.command_rate = (self.command_rate > 0).then_some(cable_core::CommandRate {
+            burst: self.command_burst.max(1),
+            per_second: self.command_rate,
+        });
+        if self.max_outbound_message_size > core.outbound_queue_bytes {
+            return Err(format!(
+                "--max-outbound-message-size {}: at most {} (the outbound queue)",
+                self.max_outbound_message_size, core.outbound_queue_bytes
+            ));
+        }
+        core.max_outbound_message_bytes = self.max_outbound_message_size;
+        core.connect_timeout = seconds("connect-timeout", self.connect_timeout)?;
+        core.callback_timeout = seconds("callback-timeout", self.callback_timeout)?;
+        let mut serve =
+            ServeOptions::with_drain_timeout(Duration::from_secs(self.shutdown_timeout));
+        serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
+        serve.max_pending_connections = self.max_pending_connections.max(1);
+        Ok((core, serve))
+    }
 }
 
 /// The pub/sub adapter chosen on the command line.
@@ -124,6 +188,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let (core, serve_options) = args
+        .limits()
+        .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
     let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
         .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
     let mut opts = chat_example::Options {
@@ -142,7 +209,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
-    let builder = chat_example::cable_builder();
+    let builder = chat_example::cable_builder().config(core);
     let cable = match adapter {
         Adapter::Memory => {
             tracing::info!("pub/sub adapter: memory (this process only)");
@@ -195,14 +262,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chat example listening on http://{}",
         listener.local_addr()?
     );
-    serve(
-        listener,
-        app,
-        cable,
-        shutdown_signal(),
-        Duration::from_secs(args.shutdown_timeout),
-    )
-    .await?;
+    serve_with(listener, app, cable, shutdown_signal(), serve_options).await?;
     tracing::info!("bye");
     Ok(())
 }
