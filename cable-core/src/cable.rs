@@ -546,6 +546,20 @@ impl Cable {
         }
     }
 
+    /// Like [`Cable::transport_guard`], but only while fewer than `max`
+    /// sockets are open (a transport's `max_connections`); None at the limit.
+    pub fn try_transport_guard(&self, max: usize) -> Option<TransportGuard> {
+        self.inner
+            .transports
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                ((n as usize) < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TransportGuard {
+                cable: self.clone(),
+            })
+    }
+
     /// Waits until every connection has ended and every transport socket
     /// (see [`Cable::transport_guard`]) is closed, at most `timeout`. Returns
     /// the number of connections or sockets still open.

@@ -1,7 +1,6 @@
 //! The WebSocket handshake (Rails' checks and answers) and the socket pumps.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -27,37 +26,11 @@ const WRITE_BATCH: usize = 64;
 pub(crate) struct ServerState {
     pub(crate) cable: Cable,
     pub(crate) config: ServerConfig,
-    /// WebSocket connections upgraded or being upgraded by this router.
-    open: Arc<AtomicUsize>,
-}
-
-/// A connection slot under `ServerConfig::max_connections`, released on drop.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl ServerState {
     pub(crate) fn new(cable: Cable, config: ServerConfig) -> Self {
-        ServerState {
-            cable,
-            config,
-            open: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Takes a connection slot, or None when `max_connections` are open.
-    fn reserve_slot(&self) -> Option<Slot> {
-        let max = self.config.max_connections.unwrap_or(usize::MAX);
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.open.clone()))
+        ServerState { cable, config }
     }
 
     /// One timer for all connections of the `Cable` (however many routers
@@ -176,11 +149,14 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         )
             .into_response();
     };
-    let Some(slot) = state.reserve_slot() else {
+    // The slot counts the Cable's open sockets, whichever router or
+    // transport holds them, from the upgrade until the socket is closed;
+    // shutdown's drain waits for it too.
+    let max = state.config.max_connections.unwrap_or(usize::MAX);
+    let Some(guard) = state.cable.try_transport_guard(max) else {
         state.cable.count_refused_handshake();
         tracing::warn!(
-            "Refusing connection from {peer_s}: {} connections open, the limit (max_connections)",
-            state.open.load(Ordering::Acquire)
+            "Refusing connection from {peer_s}: {max} connections open, the limit (max_connections)"
         );
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,9 +181,6 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     };
 
     let cable = state.cable.clone();
-    // Shutdown's drain waits for this socket's last frames, not only for its
-    // session to end.
-    let guard = cable.transport_guard();
     let ws_config = state
         .config
         .websocket_config(state.cable.config().outbound_queue_bytes);
@@ -225,7 +198,6 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         drive(cable, request, Box::new(ws), write_timeout).await;
-        drop(slot);
         drop(guard);
         tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
     });

@@ -560,3 +560,54 @@ async fn an_oversized_identifier_is_rejected_over_the_wire() {
     c.expect(&reject(&big)).await;
     c.subscribe(&room("ok")).await;
 }
+
+#[tokio::test]
+async fn max_connections_counts_open_sockets_across_routers_of_one_cable() {
+    let cable = chat_example::cable_builder().build();
+    let mut config = test_config();
+    config.max_connections = Some(2);
+    let mut other = config.clone();
+    other.mount_path = "/cable2".to_owned();
+    let app = cable_server::router(cable.clone(), config)
+        .merge(cable_server::router(cable.clone(), other));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let c = cable.clone();
+    let task = tokio::spawn(cable_server::serve(
+        listener,
+        app,
+        c,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let a = connect_to(&format!("ws://{addr}/cable"), "a").await;
+    let _b = connect_to(&format!("ws://{addr}/cable2"), "b").await;
+    let third = Client::connect_raw(
+        &format!("ws://{addr}/cable2"),
+        &[("Origin", ORIGIN), ("Cookie", "user=c")],
+    )
+    .await;
+    match third {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(cable.stats().refused_handshakes, 1);
+    drop(a);
+    let mut ok = None;
+    for _ in 0..100 {
+        if let Ok(c) = Client::connect_raw(
+            &format!("ws://{addr}/cable"),
+            &[("Origin", ORIGIN), ("Cookie", "user=d")],
+        )
+        .await
+        {
+            ok = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok.expect("a slot was given back when a socket closed")
+        .expect(r#"{"type":"welcome"}"#)
+        .await;
+    task.abort();
+}
