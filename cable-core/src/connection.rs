@@ -585,6 +585,10 @@ impl Session {
         if report(&self.conn, &class, "timer", &outcome) {
             return false;
         }
+        // Most actions start no stream: skip the guard (and its timer) then.
+        if sub.state.pending.is_empty() {
+            return false;
+        }
         if let Outcome::Done(Err((stream, e))) =
             io.guarded(&self.conn, settle_pending(&mut sub.state)).await
         {
@@ -857,6 +861,10 @@ impl Session {
         let Some(sub) = self.subs.get_mut(identifier) else {
             return;
         };
+        // Most actions start no stream: skip the guard (and its timer) then.
+        if sub.state.pending.is_empty() {
+            return;
+        }
         if let Outcome::Done(Err((stream, e))) =
             io.guarded(&self.conn, settle_pending(&mut sub.state)).await
         {
