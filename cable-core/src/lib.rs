@@ -72,6 +72,7 @@
 #![warn(unreachable_pub)]
 
 mod auth;
+mod backoff;
 mod cable;
 mod channel;
 mod connection;
@@ -91,6 +92,7 @@ pub use crate::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
         Unauthorized,
     },
+    backoff::Backoff,
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, Stats, TransportGuard},
     channel::{Channel, ChannelError, Context, Params},
     connection::Inbound,

@@ -71,9 +71,11 @@
 //! # Outages
 //! When the listening connection drops (PostgreSQL restarts, the backend is
 //! terminated, the network fails) the task reconnects with exponential
-//! backoff (100 ms doubling to 5 s), `LISTEN`s every active channel again and
-//! logs the gap with `tracing::warn!`: PostgreSQL keeps no notifications for
-//! a session that is gone, so whatever was sent during the gap is lost.
+//! backoff with jitter ([`cable_core::Backoff`]: a random delay in the upper
+//! half of a ceiling of 100 ms doubling to 5 s, so a fleet of servers does not
+//! reconnect in lockstep), `LISTEN`s every active channel again and logs the
+//! gap with `tracing::warn!`: PostgreSQL keeps no notifications for a session
+//! that is gone, so whatever was sent during the gap is lost.
 //! [`PostgresPubSub::reconnects`] counts the reconnections and
 //! [`PostgresPubSub::is_connected`] tells whether the listener is up. A quiet
 //! connection is checked with `SELECT 1` every 15 s, so a server that vanished

@@ -36,9 +36,11 @@
 //!
 //! # Outages
 //! When the subscriber connection drops (say `redis-server` restarts) the task
-//! reconnects with exponential backoff (100 ms doubling to 5 s), re-subscribes
-//! every active stream and logs the gap with `tracing::warn!`: Redis pub/sub
-//! does not keep messages, so whatever was published during the gap is lost.
+//! reconnects with jittered exponential backoff ([`cable_core::Backoff`]: a
+//! random delay in the upper half of a ceiling of 100 ms doubling to 5 s, so a
+//! fleet of servers does not reconnect in lockstep), re-subscribes every
+//! active stream and logs the gap with `tracing::warn!`: Redis pub/sub does
+//! not keep messages, so whatever was published during the gap is lost.
 //! [`RedisPubSub::reconnects`] counts the reconnections and
 //! [`RedisPubSub::is_connected`] tells whether the subscriber is up.
 //!

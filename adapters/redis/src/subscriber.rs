@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cable_core::{Delivery, PubSubError};
+use cable_core::{Backoff, Delivery, PubSubError};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{
@@ -27,10 +27,6 @@ use tokio::time::{timeout, Instant};
 
 use crate::publisher::{set_name, to_pubsub_error};
 
-/// First reconnection delay after the connection is lost; doubles per failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest delay between connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bound on one connection attempt (TCP, TLS, HELLO/AUTH, SETNAME).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on Redis' replies to one pipeline of (UN)SUBSCRIBEs; past it the
@@ -94,6 +90,8 @@ pub(crate) struct Subscriber {
     waiting: Vec<(String, Reply)>,
     /// `waiting` is pruned of abandoned replies when it reaches this length.
     prune_at: usize,
+    /// Delays between connection attempts while the backend is unreachable.
+    backoff: Backoff,
 }
 
 impl Subscriber {
@@ -125,6 +123,7 @@ impl Subscriber {
             wanted: HashSet::new(),
             waiting: Vec::new(),
             prune_at: 64,
+            backoff: Backoff::default(),
         }
     }
 
@@ -174,7 +173,13 @@ impl Subscriber {
     /// Connects (with backoff) and subscribes every wanted channel, recording
     /// commands meanwhile. None when the adapter was dropped.
     async fn until_connected(&mut self, first: bool) -> Option<Conn> {
-        let mut delay = if first { Duration::ZERO } else { BACKOFF_MIN };
+        // The first connection is tried at once; after a loss, the delay is
+        // jittered so that a fleet does not reconnect in lockstep.
+        let mut delay = if first {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay()
+        };
         let mut failures = 0u32;
         loop {
             let attempt = connect(
@@ -195,7 +200,10 @@ impl Subscriber {
             };
             let error = match result {
                 Ok(mut conn) => match self.resubscribe(&mut conn).await {
-                    Ok(()) => return Some(conn),
+                    Ok(()) => {
+                        self.backoff.reset();
+                        return Some(conn);
+                    }
                     Err(reason) => reason,
                 },
                 Err(reason) => reason,
@@ -207,7 +215,7 @@ impl Subscriber {
             } else {
                 tracing::debug!(url = %self.url, error = %error, failures, "redis subscriber still cannot connect");
             }
-            delay = (delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            delay = self.backoff.next_delay();
         }
     }
 
