@@ -83,6 +83,7 @@ mod naming;
 mod outbox;
 pub mod protocol;
 mod pubsub;
+mod redact;
 
 pub use async_trait::async_trait;
 
@@ -100,4 +101,5 @@ pub use crate::{
     outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG},
     protocol::{DisconnectReason, Frame},
     pubsub::{Ack, Delivery, MemoryPubSub, PubSub, PubSubError},
+    redact::redact_url,
 };

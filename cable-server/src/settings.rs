@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cable_core::redact_url;
+
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -84,8 +86,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything a standalone server needs.
-#[derive(Clone, Debug)]
+/// Everything a standalone server needs. Its `Debug` masks the secrets.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
     /// Address the WebSocket endpoint listens on. Default 127.0.0.1:28080.
@@ -128,7 +130,8 @@ pub struct Settings {
 }
 
 /// The Rails integration's settings (all off by default); see `docs/rails.md`.
-#[derive(Clone, Debug, Default)]
+/// Its `Debug` masks the secrets.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct RailsSettings {
     /// The app's `secret_key_base`, then older ones still accepted.
@@ -155,6 +158,61 @@ pub struct RailsSettings {
     pub streams_secret: Option<String>,
     /// `config.turbo.signed_stream_verifier_key`, when the app sets one.
     pub turbo_verifier_key: Option<String>,
+}
+
+/// `Some("***")` for a secret that is set.
+fn masked<T>(secret: &Option<T>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("bind", &self.bind)
+            .field("mount_path", &self.mount_path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_origin_patterns", &self.allowed_origin_patterns)
+            .field("disable_origin_check", &self.disable_origin_check)
+            .field("adapter", &redact_url(&self.adapter))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("ping_interval", &self.ping_interval)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_subscriptions_per_connection",
+                &self.max_subscriptions_per_connection,
+            )
+            .field("max_message_size", &self.max_message_size)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("broadcast_key", &masked(&self.broadcast_key))
+            .field("stats_bind", &self.stats_bind)
+            .field("rails", &self.rails)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RailsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RailsSettings")
+            .field(
+                "secret_key_base",
+                &format_args!("[{} masked]", self.secret_key_base.len()),
+            )
+            .field("key_derivation", &self.key_derivation)
+            .field("signed_cookie_digest", &self.signed_cookie_digest)
+            .field("session_cookie", &self.session_cookie)
+            .field("session_identifiers", &self.session_identifiers)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("global_id_app", &self.global_id_app)
+            .field("turbo_streams", &self.turbo_streams)
+            .field("pubsub_signed", &self.pubsub_signed)
+            .field("pubsub_public", &self.pubsub_public)
+            .field("streams_secret", &masked(&self.streams_secret))
+            .field("turbo_verifier_key", &masked(&self.turbo_verifier_key))
+            .finish()
+    }
 }
 
 impl RailsSettings {
@@ -349,27 +407,10 @@ fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> S
         value: if SECRET_KEYS.contains(&key) {
             "***".to_owned()
         } else {
-            mask_password(value)
+            redact_url(value)
         },
         expected: expected.to_owned(),
     }
-}
-
-/// `url` with the password in its user info replaced by `***`.
-pub fn mask_password(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[start..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let masked = match authority[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    format!("{}{masked}{}", &url[..start], &rest[at..])
 }
 
 /// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
@@ -723,7 +764,7 @@ impl Settings {
             list(&self.allowed_origin_patterns),
         );
         put("disable_origin_check", self.disable_origin_check.into());
-        put("adapter", mask_password(&self.adapter).into());
+        put("adapter", redact_url(&self.adapter).into());
         if let Some(p) = &self.channel_prefix {
             put("channel_prefix", p.clone().into());
         }
@@ -857,11 +898,19 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
-        assert_eq!(mask_password("redis://u:p@ss@h/0"), "redis://u:***@h/0");
-        assert_eq!(mask_password("redis://secret@h"), "redis://***@h");
-        assert_eq!(mask_password("memory"), "memory");
+    fn secrets_are_masked_in_debug_and_toml() {
+        let mut s = Settings {
+            adapter: "postgres://app@db/app?password=hunter2".into(),
+            broadcast_key: Some("broadcast-key-hunter2".into()),
+            ..Settings::default()
+        };
+        s.rails.secret_key_base = vec!["base-hunter2".into()];
+        s.rails.streams_secret = Some("streams-hunter2".into());
+        s.rails.turbo_verifier_key = Some("turbo-hunter2".into());
+        for text in [format!("{s:?}"), s.to_toml()] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("password=***"), "{text}");
+        }
     }
 
     #[test]

@@ -25,10 +25,10 @@
 
 use std::net::SocketAddr;
 
-use cable_core::{CableBuilder, CableConfig};
+use cable_core::{redact_url, CableBuilder, CableConfig};
 use tokio::net::TcpListener;
 
-use crate::settings::{mask_password, Settings};
+use crate::settings::Settings;
 use crate::{ops_router, router, serve, shutdown_signal, AllowedOrigin, OpsConfig, ServerConfig};
 
 /// Why a standalone server could not start or stopped with an error.
@@ -97,7 +97,7 @@ pub fn with_adapter(
         }
         other => Err(StandaloneError::Adapter(format!(
             "{other}:// is not supported by this build (adapter {})",
-            mask_password(url)
+            redact_url(url)
         ))),
     }
 }
@@ -254,7 +254,7 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     tracing::info!(
         "cable listening on ws://{local}{} (adapter {}, broadcast API {})",
         settings.mount_path,
-        mask_password(&settings.adapter),
+        redact_url(&settings.adapter),
         if settings.broadcast_key.is_some() {
             "on"
         } else {

@@ -134,7 +134,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{Ack, Delivery, PubSub, PubSubError};
+use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 
@@ -225,7 +225,7 @@ impl PostgresConfig {
     /// assert_eq!(config.redacted_url(), "postgres://app:***@db/app?sslmode=disable");
     /// ```
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     /// The PostgreSQL channel for `stream`, as Rails names it:
@@ -261,7 +261,7 @@ impl PostgresConfig {
             return Err(PostgresConfigError::InvalidApplicationName(name.clone()));
         }
         let invalid = |reason: String| PostgresConfigError::InvalidUrl {
-            url: redact(&self.url),
+            url: redact_url(&self.url),
             reason,
         };
         let mut config: tokio_postgres::Config =
@@ -278,7 +278,7 @@ impl PostgresConfig {
             SslMode::Disable | SslMode::Prefer => {}
             other => {
                 return Err(PostgresConfigError::TlsNotSupported {
-                    url: redact(&self.url),
+                    url: redact_url(&self.url),
                     sslmode: format!("{other:?}").to_ascii_lowercase(),
                 })
             }
@@ -304,7 +304,7 @@ impl PostgresConfig {
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("channel_prefix", &self.channel_prefix)
             .field("application_name", &self.application_name)
             .finish()
@@ -318,7 +318,7 @@ pub enum PostgresConfigError {
     /// The URL cannot be parsed, or names no host.
     #[error("invalid postgres url {url}: {reason}")]
     InvalidUrl {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -329,7 +329,7 @@ pub enum PostgresConfigError {
          support TLS yet (use sslmode=disable or prefer, a Unix socket or a private network)"
     )]
     TlsNotSupported {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// The `sslmode` asked for.
         sslmode: String,
@@ -374,7 +374,7 @@ impl PostgresPubSub {
             tokio::runtime::Handle::try_current().map_err(|_| PostgresConfigError::NoRuntime)?;
         let state = Arc::new(State::default());
         let (commands, rx) = mpsc::unbounded_channel();
-        let url = redact(&config.url);
+        let url = redact_url(&config.url);
         let listener = Listener::new(listen, url.clone(), delivery, state.clone(), rx);
         runtime.spawn(listener.run());
         Ok(PostgresPubSub {
@@ -600,104 +600,9 @@ impl std::fmt::Debug for PostgresStatus {
     }
 }
 
-/// `url` with the password (user info, or a `password=` parameter) replaced
-/// by `***`, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    let mut out = match url.find("://").map(|i| i + 3) {
-        Some(scheme_end) => {
-            let rest = &url[scheme_end..];
-            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => {
-                    let masked = match rest[..at].split_once(':') {
-                        Some((user, _)) => format!("{user}:***"),
-                        None => rest[..at].to_owned(),
-                    };
-                    format!("{}{}{}", &url[..scheme_end], masked, &rest[at..])
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    };
-    // `?password=…` in a URL, `password=…` or `password = '…'` in key=value.
-    let mut from = 0;
-    while let Some(found) = out[from..].find("password") {
-        let key = from + found;
-        let after_key = key + "password".len();
-        let boundary = key == 0 || matches!(out.as_bytes()[key - 1], b'?' | b'&' | b' ' | b'\t');
-        let rest = &out[after_key..];
-        let trimmed = rest.trim_start();
-        if !boundary || !trimmed.starts_with('=') {
-            from = after_key;
-            continue;
-        }
-        let value_start = out.len() - trimmed.len() + 1;
-        let value = &out[value_start..];
-        let lead = value.len() - value.trim_start().len();
-        let value_start = value_start + lead;
-        let value = &out[value_start..];
-        let value_len = if let Some(quoted) = value.strip_prefix('\'') {
-            // A quoted value ends at the first unescaped quote.
-            let mut end = quoted.len();
-            let mut escaped = false;
-            for (i, c) in quoted.char_indices() {
-                match c {
-                    '\\' if !escaped => escaped = true,
-                    '\'' if !escaped => {
-                        end = i + 1;
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            1 + end
-        } else {
-            value
-                .find(|c: char| c == '&' || c.is_whitespace())
-                .unwrap_or(value.len())
-        };
-        out.replace_range(value_start..value_start + value_len, "***");
-        from = value_start + 3;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/test"),
-            "postgres://postgres@127.0.0.1:5432/test"
-        );
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(
-            redact("postgresql://app:p@ss@db/app"),
-            "postgresql://app:***@db/app"
-        );
-        assert_eq!(
-            redact("postgres://db/app?user=app&password=s3cret&sslmode=disable"),
-            "postgres://db/app?user=app&password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact("host=db user=app password=s3cret dbname=app"),
-            "host=db user=app password=*** dbname=app"
-        );
-        assert_eq!(
-            redact(r"host=db password = 'it\'s secret' dbname=app"),
-            "host=db password = *** dbname=app"
-        );
-        assert_eq!(
-            redact("postgres:///app?host=/tmp"),
-            "postgres:///app?host=/tmp"
-        );
-    }
 
     #[test]
     fn default_application_name_is_rails() {

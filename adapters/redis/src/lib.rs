@@ -94,7 +94,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{Ack, Delivery, PubSub, PubSubError};
+use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::publisher::Publisher;
@@ -164,7 +164,7 @@ impl RedisConfig {
             return Err(RedisConfigError::InvalidConnectionName(name.clone()));
         }
         redis::Client::open(self.url.as_str()).map_err(|e| RedisConfigError::InvalidUrl {
-            url: redact(&self.url),
+            url: redact_url(&self.url),
             reason: e.to_string(),
         })
     }
@@ -173,7 +173,7 @@ impl RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("channel_prefix", &self.channel_prefix)
             .field("connection_name", &self.connection_name)
             .finish()
@@ -187,7 +187,7 @@ pub enum RedisConfigError {
     /// The URL cannot be parsed or names an unsupported scheme.
     #[error("invalid redis url {url}: {reason}")]
     InvalidUrl {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -244,7 +244,7 @@ impl RedisPubSub {
             client.clone(),
             config.connection_name.clone(),
             prefix_of(&config),
-            redact(&config.url),
+            redact_url(&config.url),
             delivery,
             state.clone(),
             rx,
@@ -408,48 +408,9 @@ fn install_tls_provider() {
     }
 }
 
-/// `url` with the password (if any) replaced by `***`, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // `redis://secret@host` puts the password in the user part.
-        "***".to_owned()
-    };
-    format!("{}{}{}", &url[..scheme_end], masked, &rest[at..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(
-            redact("redis://:pw@host:6379/1"),
-            "redis://:***@host:6379/1"
-        );
-        assert_eq!(
-            redact("rediss://user:p@ss@host/0"),
-            "rediss://user:***@host/0"
-        );
-        assert_eq!(redact("redis://pw@host"), "redis://***@host");
-        assert_eq!(
-            redact("redis+unix:///tmp/r.sock"),
-            "redis+unix:///tmp/r.sock"
-        );
-    }
 
     #[test]
     fn default_connection_name_is_rails() {

@@ -824,3 +824,51 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
 async fn welcomed_or(url: &str) -> Ws {
     ws_connect(url).await.expect("handshake")
 }
+
+/// No password of an adapter URL in `--print-config`, in the log of a
+/// running server, or in a start-up error.
+#[tokio::test]
+async fn adapter_passwords_are_never_printed_or_logged() {
+    const PW: &str = "hunter2-secret";
+    let pg = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let with_param = |url: &str, name: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{name}={PW}")
+    };
+    let adapters = [
+        // PostgreSQL runs with trust auth here: the password is ignored.
+        with_param(&pg, "password"),
+        format!("redis://:{PW}@127.0.0.1:1/0"),
+        with_param("redis+unix:///nonexistent/redis.sock?db=0", "pass"),
+    ];
+    for adapter in &adapters {
+        let (code, out, err) = output(&["--print-config", "--adapter", adapter], &[]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("adapter = "), "{out}");
+        assert!(!out.contains(PW), "{out}");
+        assert!(out.contains("***"), "{out}");
+
+        let server = Server::start(&["--adapter", adapter, "--log-level", "debug"], &[]).await;
+        // Let the adapter connect (or fail to) and log about it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let log = server.log();
+        assert!(log.contains("cable listening on"), "{log}");
+        assert!(
+            log.contains("***"),
+            "the start-up line names the adapter: {log}"
+        );
+        assert!(!log.contains(PW), "{log}");
+    }
+    // Refused at start-up: the error names the URL, masked.
+    for adapter in [
+        with_param("postgres://u@db:notaport/app", "password"),
+        with_param("postgres://u@db/app?sslmode=require", "password"),
+        format!("postgres://u:{PW}@db:notaport/app"),
+    ] {
+        let (code, _, err) = output(&["--adapter", &adapter, "--bind", "127.0.0.1:0"], &[]).await;
+        assert_ne!(code, 0, "{adapter}: {err}");
+        assert!(err.contains("postgres"), "{err}");
+        assert!(!err.contains(PW), "{err}");
+    }
+}
