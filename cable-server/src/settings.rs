@@ -413,23 +413,39 @@ fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> S
     }
 }
 
-/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
+/// The longest duration a setting takes. Far more than any sane timeout,
+/// and far from where adding it to an `Instant` overflows (which panics).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The largest count or size a setting takes: what a TOML integer holds, so
+/// that `--print-config` prints the value in effect.
+const MAX_NUMBER: u64 = i64::MAX as u64;
+
+/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`, `1h`, `1d`), up
+/// to [`MAX_DURATION`].
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * mult))
+    let units: [(&str, f64); 5] = [
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+        ("d", 86_400.0),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
+        .unwrap_or((s, 1.0));
+    let secs = num.trim().parse::<f64>().ok()? * mult;
+    // `from_secs_f64` panics on huge values; the range check comes first.
+    if !(secs.is_finite() && (0.0..=MAX_DURATION.as_secs_f64()).contains(&secs)) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`).
+/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`), up to
+/// [`MAX_NUMBER`].
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
     let units: [(&str, usize); 6] = [
@@ -440,12 +456,12 @@ fn parse_size(s: &str) -> Option<usize> {
         ("MB", 1_000_000),
         ("B", 1),
     ];
-    for (suffix, mult) in units {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return n.trim().parse::<usize>().ok()?.checked_mul(mult);
-        }
-    }
-    s.parse().ok()
+    let (num, mult) = units
+        .iter()
+        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
+        .unwrap_or((s, 1));
+    let bytes = num.trim().parse::<usize>().ok()?.checked_mul(mult)?;
+    (bytes as u64 <= MAX_NUMBER).then_some(bytes)
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -462,7 +478,10 @@ fn parse_limit(s: &str) -> Option<Option<usize>> {
     if s.eq_ignore_ascii_case("none") || s == "0" {
         return Some(None);
     }
-    s.parse::<usize>().ok().map(Some)
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n as u64 <= MAX_NUMBER)
+        .map(Some)
 }
 
 impl Settings {
@@ -559,7 +578,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a duration above 0: seconds (3, 0.5) or 500ms, 3s",
+                            "a duration above 0 and at most 1 day: seconds (3, 0.5) or 500ms, 3s",
                         )
                     })?;
                     s.ping_interval = d;
@@ -570,18 +589,18 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a duration: seconds (10, 0.5) or 500ms, 10s, 1m",
+                            "a duration of at most 1 day: seconds (10, 0.5) or 500ms, 10s, 1m",
                         )
                     })?
                 }
                 "max_connections" => {
                     s.max_connections = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
                     })?
                 }
                 "max_subscriptions_per_connection" => {
                     s.max_subscriptions_per_connection = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
                     })?
                 }
                 "max_message_size" => {
@@ -590,7 +609,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a size of at least 256 bytes: 65536, 64KiB, 1MiB",
+                            "a size of at least 256 bytes (at most 2^63 - 1): 65536, 64KiB, 1MiB",
                         )
                     })?
                 }
@@ -600,7 +619,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a size of at least 1024 bytes: 1048576, 512KiB, 1MiB",
+                            "a size of at least 1024 bytes (at most 2^63 - 1): 1048576, 512KiB, 1MiB",
                         )
                     })?
                 }
@@ -769,16 +788,15 @@ impl Settings {
             put("channel_prefix", p.clone().into());
         }
         put("ping_interval", secs(self.ping_interval));
-        put(
-            "max_connections",
-            (self.max_connections.unwrap_or(0) as i64).into(),
-        );
+        // The parsers keep these within i64 (MAX_NUMBER).
+        let int = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        put("max_connections", int(self.max_connections.unwrap_or(0)));
         put(
             "max_subscriptions_per_connection",
-            (self.max_subscriptions_per_connection.unwrap_or(0) as i64).into(),
+            int(self.max_subscriptions_per_connection.unwrap_or(0)),
         );
-        put("max_message_size", (self.max_message_size as i64).into());
-        put("outbound_queue", (self.outbound_queue as i64).into());
+        put("max_message_size", int(self.max_message_size));
+        put("outbound_queue", int(self.outbound_queue));
         put("shutdown_timeout", secs(self.shutdown_timeout));
         put("log_level", self.log_level.clone().into());
         put(
@@ -911,6 +929,47 @@ mod tests {
             assert!(!text.contains("hunter2"), "{text}");
             assert!(text.contains("password=***"), "{text}");
         }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors_not_panics() {
+        let cases = [
+            ("ping_interval", "1e300"),
+            ("ping_interval", "1e300ms"),
+            ("ping_interval", "1e300m"),
+            ("ping_interval", "1e19"),
+            ("ping_interval", "90000"),
+            ("shutdown_timeout", "1e19"),
+            ("shutdown_timeout", "1e300"),
+            ("shutdown_timeout", "inf"),
+            ("max_connections", "18446744073709551615"),
+            ("max_subscriptions_per_connection", "9223372036854775808"),
+            ("max_message_size", "18446744073709551615"),
+            ("outbound_queue", "9223372036854775808B"),
+            ("outbound_queue", "18446744073709551615GiB"),
+        ];
+        for (key, value) in cases {
+            let env = format!("CABLE_{}", key.to_ascii_uppercase());
+            let r = std::panic::catch_unwind(|| {
+                Settings::from_layers(&[one(key, value, Source::Env(env.clone()))])
+            });
+            match r {
+                Ok(Err(SettingsError::Invalid { key: k, .. })) => assert_eq!(k, key),
+                Ok(Ok(s)) => panic!("{key} = {value} accepted: {s:?}"),
+                Ok(Err(e)) => panic!("{key} = {value}: {e}"),
+                Err(_) => panic!("{key} = {value} panicked"),
+            }
+        }
+        // The largest accepted values print as what they are.
+        let s = Settings::from_layers(&[
+            one("shutdown_timeout", "1d", Source::Default),
+            one("max_connections", "9223372036854775807", Source::Default),
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(86_400));
+        assert!(s
+            .to_toml()
+            .contains("max_connections = 9223372036854775807"));
     }
 
     #[test]

@@ -872,3 +872,45 @@ async fn adapter_passwords_are_never_printed_or_logged() {
         assert!(!err.contains(PW), "{err}");
     }
 }
+
+/// Numbers too large for a Duration, an Instant or a TOML integer are
+/// refused like any bad value (exit 2, naming the key), never a panic.
+#[tokio::test]
+async fn huge_numbers_are_errors_not_panics() {
+    let dir = std::env::temp_dir().join(format!("cable-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cable.toml");
+    std::fs::write(&file, "ping_interval = 1e300\n").unwrap();
+    let f = file.to_str().unwrap();
+    // (arguments, environment, the key)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--ping-interval", "1e300"], &[], "`ping_interval`"),
+        (&["--shutdown-timeout", "1e19"], &[], "`shutdown_timeout`"),
+        (&["--config", f], &[], "`ping_interval`"),
+        (
+            &[],
+            &[("CABLE_MAX_CONNECTIONS", "18446744073709551615")],
+            "`max_connections`",
+        ),
+        (
+            &["--outbound-queue", "18446744073709551615"],
+            &[],
+            "`outbound_queue`",
+        ),
+    ];
+    for (args, env, key) in cases {
+        for print in [true, false] {
+            let mut all = args.to_vec();
+            all.extend(["--bind", "127.0.0.1:0"]);
+            if print {
+                all.push("--print-config");
+            }
+            let (code, _, err) = output(&all, env).await;
+            assert_eq!(code, 2, "{all:?} {env:?}: {err}");
+            assert!(err.contains(key), "{all:?}: {key} not in {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
