@@ -22,6 +22,8 @@ use axum::Router;
 use cable_core::{Cable, Stats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Settings of the operator endpoints.
 #[derive(Clone, Debug, Default)]
@@ -43,7 +45,8 @@ impl OpsConfig {
 
 struct OpsState {
     cable: Cable,
-    config: OpsConfig,
+    /// From `OpsConfig::broadcast_key`; None: `/_broadcast` is off.
+    broadcast_key: Option<BroadcastKey>,
     recorder: PrometheusRecorder,
 }
 
@@ -52,7 +55,7 @@ struct OpsState {
 pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
     let state = Arc::new(OpsState {
         cable,
-        config,
+        broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
         recorder: recorder(),
     });
     Router::new()
@@ -79,9 +82,29 @@ enum Publications {
     Many(Vec<Publication>),
 }
 
-/// Constant-time comparison, so the key cannot be guessed byte by byte.
-fn same_key(given: &[u8], key: &[u8]) -> bool {
-    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+/// The broadcast key as the endpoint keeps it: only its SHA-256 digest.
+///
+/// A request's key is digested too and the two digests are compared in
+/// constant time. Comparing digests instead of the keys means the time taken
+/// depends neither on how much of the key a guess got right nor on the key's
+/// length (a plain constant-time comparison returns early on a length
+/// mismatch, and an attacker could find the length first).
+struct BroadcastKey([u8; 32]);
+
+impl BroadcastKey {
+    fn new(key: &str) -> Self {
+        BroadcastKey(digest(key.as_bytes()))
+    }
+
+    fn matches(&self, given: &[u8]) -> bool {
+        self.0.ct_eq(&digest(given)).into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(bytes));
+    out
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -98,7 +121,7 @@ async fn broadcast(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = &state.config.broadcast_key else {
+    let Some(key) = &state.broadcast_key else {
         return text(StatusCode::NOT_FOUND, "Not found");
     };
     let given = headers
@@ -106,7 +129,7 @@ async fn broadcast(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| same_key(g.as_bytes(), key.as_bytes())) {
+    if !given.is_some_and(|g| key.matches(g.as_bytes())) {
         tracing::warn!("broadcast API: request without the right bearer key refused");
         return (
             StatusCode::UNAUTHORIZED,
@@ -303,11 +326,33 @@ async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::BroadcastKey;
+
     #[test]
     fn keys_compare_whole() {
-        assert!(super::same_key(b"secret", b"secret"));
-        assert!(!super::same_key(b"secre", b"secret"));
-        assert!(!super::same_key(b"secreT", b"secret"));
-        assert!(!super::same_key(b"", b"secret"));
+        let key = BroadcastKey::new("secret-key-0123456789");
+        assert!(key.matches(b"secret-key-0123456789"));
+        for wrong in [
+            &b"secret-key-012345678"[..],
+            b"secret-key-01234567890",
+            b"Secret-key-0123456789",
+            b"secret-key-0123456788",
+            b"",
+            &[0u8; 32],
+        ] {
+            assert!(!key.matches(wrong), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_fixed_size_digest_of_the_key_is_kept() {
+        // Whatever the key's length, what is compared is 32 bytes: the
+        // comparison cannot stop early on a length mismatch.
+        for key in ["k".repeat(16), "k".repeat(1000)] {
+            let kept = BroadcastKey::new(&key);
+            assert_eq!(std::mem::size_of_val(&kept.0), 32);
+            assert_ne!(&kept.0[..16], &key.as_bytes()[..16], "not the key itself");
+            assert!(kept.matches(key.as_bytes()));
+        }
     }
 }
