@@ -51,19 +51,31 @@ struct OpsState {
 }
 
 /// An axum router with `/_broadcast`, `/health`, `/stats` and `/metrics`.
-/// Merge it into the cable router, or serve it on its own address.
+///
+/// Serve it on a private address. `/stats` and `/metrics` answer anyone,
+/// and `/_broadcast` reaches every client with the right key, so merging it
+/// into a public router puts all three on the internet; the standalone
+/// server does so only with `ops_on_public_port = true`.
 pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
     let state = Arc::new(OpsState {
-        cable,
+        cable: cable.clone(),
         broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
         recorder: recorder(),
     });
     Router::new()
         .route("/_broadcast", post(broadcast))
-        .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .with_state(state)
+        .merge(health_router(cable))
+}
+
+/// `/health` alone: what the public address serves by default, for load
+/// balancers and probes.
+pub(crate) fn health_router(cable: Cable) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(cable)
 }
 
 /// One publication, as AnyCable's broadcasters send it.
@@ -182,16 +194,13 @@ async fn broadcast(
     StatusCode::CREATED.into_response()
 }
 
-async fn health(State(state): State<Arc<OpsState>>) -> Response {
-    if state.cable.is_shutting_down() {
+async fn health(State(cable): State<Cable>) -> Response {
+    if cable.is_shutting_down() {
         text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-    } else if !state.cable.is_healthy() {
+    } else if !cable.is_healthy() {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "pub/sub adapter ({}) not connected",
-                state.cable.adapter_name()
-            ),
+            format!("pub/sub adapter ({}) not connected", cable.adapter_name()),
         )
     } else {
         text(StatusCode::OK, "ok")

@@ -122,9 +122,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Bearer key of `POST /_broadcast`; unset disables it.
     pub broadcast_key: Option<String>,
-    /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here instead
-    /// of beside the WebSocket endpoint.
+    /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here. The
+    /// public address (`bind`) serves only `/health` beside the WebSocket
+    /// endpoint, unless `ops_on_public_port` is set.
     pub stats_bind: Option<SocketAddr>,
+    /// Serve `/stats`, `/metrics` and `/_broadcast` on the public address,
+    /// beside the WebSocket endpoint (no `stats_bind` then). Default false:
+    /// only `/health` is public.
+    pub ops_on_public_port: bool,
     /// Beside a Rails app: its secrets, session and channels (docs/rails.md).
     pub rails: RailsSettings,
 }
@@ -188,6 +193,7 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("broadcast_key", &masked(&self.broadcast_key))
             .field("stats_bind", &self.stats_bind)
+            .field("ops_on_public_port", &self.ops_on_public_port)
             .field("rails", &self.rails)
             .finish()
     }
@@ -246,6 +252,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             broadcast_key: None,
             stats_bind: None,
+            ops_on_public_port: false,
             rails: RailsSettings::default(),
         }
     }
@@ -271,6 +278,7 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "broadcast_key",
     "stats_bind",
+    "ops_on_public_port",
     "secret_key_base",
     "secret_key_base_file",
     "key_derivation",
@@ -285,6 +293,9 @@ pub const KEYS: &[&str] = &[
     "streams_secret",
     "turbo_verifier_key",
 ];
+
+/// Paths of the operator endpoints, which the WebSocket endpoint must not take.
+const OPS_PATHS: &[&str] = &["/health", "/stats", "/metrics", "/_broadcast"];
 
 /// Keys whose values are secrets: never printed.
 const SECRET_KEYS: &[&str] = &[
@@ -516,6 +527,15 @@ impl Settings {
                     if !t.starts_with('/') {
                         return Err(invalid(key, src, t, "a path starting with /, e.g. /cable"));
                     }
+                    if OPS_PATHS.contains(&t) {
+                        return Err(invalid(
+                            key,
+                            src,
+                            t,
+                            "a path other than the operator endpoints' (/health, /stats, \
+                             /metrics, /_broadcast), e.g. /cable",
+                        ));
+                    }
                     s.mount_path = t.to_owned();
                 }
                 "allowed_origins" => {
@@ -540,6 +560,10 @@ impl Settings {
                         }
                     }
                     s.allowed_origin_patterns = items;
+                }
+                "ops_on_public_port" => {
+                    s.ops_on_public_port =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
                 }
                 "disable_origin_check" => {
                     s.disable_origin_check =
@@ -756,6 +780,21 @@ impl Settings {
                     .to_owned(),
             ));
         }
+        if s.stats_bind.is_some() && s.ops_on_public_port {
+            return Err(SettingsError::Conflict(
+                "set `stats_bind` (operator endpoints on their own address) or \
+                 `ops_on_public_port` (beside the WebSocket endpoint), not both"
+                    .to_owned(),
+            ));
+        }
+        if s.broadcast_key.is_some() && s.stats_bind.is_none() && !s.ops_on_public_port {
+            return Err(SettingsError::Conflict(
+                "`broadcast_key` is set but POST /_broadcast is served nowhere: set \
+                 `stats_bind` to a private address (or `ops_on_public_port = true` to serve it \
+                 beside the WebSocket endpoint)"
+                    .to_owned(),
+            ));
+        }
         if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
             return Err(SettingsError::Conflict(
                 "`channel_prefix` only applies to the redis and postgres adapters; the memory \
@@ -813,6 +852,7 @@ impl Settings {
         if let Some(b) = self.stats_bind {
             put("stats_bind", b.to_string().into());
         }
+        put("ops_on_public_port", self.ops_on_public_port.into());
         let r = &self.rails;
         if !r.secret_key_base.is_empty() {
             put("secret_key_base", "***".into());
@@ -970,6 +1010,32 @@ mod tests {
         assert!(s
             .to_toml()
             .contains("max_connections = 9223372036854775807"));
+    }
+
+    #[test]
+    fn operator_endpoints_settings_are_consistent() {
+        let flag = |k: &str, v: &str| one(k, v, Source::Flag(format!("--{k}")));
+        let s = Settings::from_layers(&[]).unwrap();
+        assert!(!s.ops_on_public_port && s.stats_bind.is_none());
+        for layers in [
+            vec![flag("broadcast_key", "k".repeat(16).as_str())],
+            vec![
+                flag("stats_bind", "127.0.0.1:0"),
+                flag("ops_on_public_port", "true"),
+            ],
+        ] {
+            let e = Settings::from_layers(&layers).unwrap_err();
+            assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
+        }
+        for with in ["stats_bind=127.0.0.1:0", "ops_on_public_port=yes"] {
+            let (k, v) = with.split_once('=').unwrap();
+            let s = Settings::from_layers(&[flag("broadcast_key", &"k".repeat(16)), flag(k, v)]);
+            assert!(s.is_ok(), "{with}: {s:?}");
+        }
+        for path in ["/health", "/stats", "/metrics", "/_broadcast"] {
+            let e = Settings::from_layers(&[flag("mount_path", path)]).unwrap_err();
+            assert!(e.to_string().contains("`mount_path`"), "{e}");
+        }
     }
 
     #[test]

@@ -286,7 +286,7 @@ async fn settings_come_from_file_then_env_then_flags() {
 
 #[tokio::test]
 async fn health_stats_and_metrics_follow_clients() {
-    let server = Server::start(&[], &[]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[]).await;
     assert_eq!(server.get("/health").await, (200, "ok".to_owned()));
     let s = stats(&server).await;
     assert_eq!(s["connections"], 0);
@@ -332,13 +332,13 @@ async fn health_stats_and_metrics_follow_clients() {
 #[tokio::test]
 async fn broadcast_api_needs_the_key_and_publications() {
     // Without a key the endpoint does not exist.
-    let server = Server::start(&[], &[]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[]).await;
     let body = r#"{"stream":"s","data":"{\"a\":1}"}"#;
     let (status, _) = http(server.addr, "POST", "/_broadcast", &[], Some(body)).await;
     assert_eq!(status, 404);
     drop(server);
 
-    let server = Server::start(&[], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
     let auth = format!("Bearer {KEY}");
     let post = |headers: Vec<(&'static str, String)>, body: &'static str| {
         let addr = server.addr;
@@ -391,7 +391,7 @@ async fn broadcast_api_needs_the_key_and_publications() {
 
 #[tokio::test]
 async fn max_connections_refuses_handshakes_with_503() {
-    let server = Server::start(&["--max-connections", "2"], &[]).await;
+    let server = Server::start(&["--max-connections", "2", "--ops-on-public-port"], &[]).await;
     let a = welcomed(&server.url("")).await;
     let _b = welcomed(&server.url("")).await;
     match ws_connect(&server.url("")).await {
@@ -461,8 +461,83 @@ async fn operator_endpoints_can_have_their_own_address() {
     }
     assert!(ok, "operator address listening");
     assert_eq!(http(ops, "GET", "/health", &[], None).await.0, 200);
-    // Not on the public address.
-    assert_eq!(server.get("/health").await.0, 404);
+    assert_eq!(http(ops, "GET", "/stats", &[], None).await.0, 200);
+    assert_eq!(http(ops, "GET", "/metrics", &[], None).await.0, 200);
+    // Health stays on the public address too (load balancer probes); the
+    // rest is not there.
+    assert_eq!(server.get("/health").await.0, 200);
+    assert_eq!(server.get("/stats").await.0, 404);
+    assert_eq!(server.get("/metrics").await.0, 404);
+}
+
+/// By default the public address serves the WebSocket endpoint and
+/// `/health`, nothing else; the other operator endpoints need `stats_bind`
+/// or an explicit `ops_on_public_port = true`.
+#[tokio::test]
+async fn operator_endpoints_are_not_public_by_default() {
+    let server = Server::start(&[], &[]).await;
+    let _client = welcomed(&server.url("")).await;
+    assert_eq!(server.get("/health").await, (200, "ok".to_owned()));
+    for path in ["/stats", "/metrics"] {
+        assert_eq!(server.get(path).await.0, 404, "{path}");
+    }
+    let body = r#"{"stream":"s","data":"1"}"#;
+    let auth = format!("Bearer {KEY}");
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        server.log().contains("ops_on_public_port"),
+        "the log says how to get them: {}",
+        server.log()
+    );
+    drop(server);
+
+    // A broadcast key with nowhere to serve /_broadcast is a mistake, said
+    // at start-up rather than found out by a failing broadcaster.
+    let (code, _, err) = output(&["--print-config"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stats_bind") && err.contains("ops_on_public_port"),
+        "{err}"
+    );
+    // Both places at once is ambiguous.
+    let (code, _, err) = output(
+        &[
+            "--print-config",
+            "--stats-bind",
+            "127.0.0.1:0",
+            "--ops-on-public-port",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stats_bind") && err.contains("ops_on_public_port"),
+        "{err}"
+    );
+    // The opt-in serves them all beside the WebSocket endpoint.
+    let server = Server::start(&["--ops-on-public-port"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    assert_eq!(server.get("/stats").await.0, 200);
+    assert_eq!(server.get("/metrics").await.0, 200);
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, printed, _) = output(&["--print-config", "--ops-on-public-port"], &[]).await;
+    assert!(printed.contains("ops_on_public_port = true"), "{printed}");
 }
 
 /// A redis-server of our own, so stopping it harms no other test.
@@ -512,7 +587,17 @@ async fn health_is_503_while_redis_is_down() {
         child: Some(child),
     };
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let server = Server::start(&["--adapter", &url, "--channel-prefix", "health-test"], &[]).await;
+    let server = Server::start(
+        &[
+            "--adapter",
+            &url,
+            "--channel-prefix",
+            "health-test",
+            "--ops-on-public-port",
+        ],
+        &[],
+    )
+    .await;
     eventually("/health 200 with Redis up", || async {
         server.get("/health").await.0 == 200
     })
@@ -564,7 +649,11 @@ async fn publish(addr: SocketAddr, body: &str) -> u16 {
 
 #[tokio::test]
 async fn published_messages_reach_public_stream_subscribers() {
-    let server = Server::start(&["--pubsub-public"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let server = Server::start(
+        &["--pubsub-public", "--ops-on-public-port"],
+        &[("CABLE_BROADCAST_KEY", KEY)],
+    )
+    .await;
     let mut a = welcomed(&server.url("")).await;
     let mut b = welcomed(&server.url("")).await;
     subscribe_news(&mut a).await;
@@ -607,7 +696,7 @@ async fn published_messages_reach_public_stream_subscribers() {
     })
     .await;
     // Without --pubsub-public, a public stream is refused.
-    let plain = Server::start(&[], &[]).await;
+    let plain = Server::start(&["--ops-on-public-port"], &[]).await;
     let mut c = welcomed(&plain.url("")).await;
     c.send(Message::text(format!(
         r#"{{"command":"subscribe","identifier":"{NEWS}"}}"#
@@ -669,6 +758,7 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_redis() {
         "--channel-prefix",
         &prefix,
         "--pubsub-public",
+        "--ops-on-public-port",
     ];
     let env = [("CABLE_BROADCAST_KEY", KEY)];
     let a = Server::start(&args, &env).await;
@@ -742,6 +832,7 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
             "--session-identifier",
             "current_user=user_id",
             "--turbo-streams",
+            "--ops-on-public-port",
         ],
         &[
             ("CABLE_SECRET_KEY_BASE", secret.as_str()),
