@@ -81,6 +81,15 @@
 //! connection is checked with `SELECT 1` every 15 s, so a server that vanished
 //! without closing TCP is noticed within 20 s.
 //!
+//! # Backlog
+//! Notifications are not queued in this process: the driver reads one,
+//! hands it to the hub and only then reads the next, so when delivery is
+//! slower than PostgreSQL the rest wait in the socket and in PostgreSQL's
+//! notification queue (8 GB by default, shared by the database cluster; once
+//! it is full, `NOTIFY` fails, and so do broadcasts, with an error).
+//! [`PubSub::backlog`] and [`PubSub::dropped`] are therefore always 0; the
+//! server's own view of that queue is `SELECT pg_notification_queue_usage()`.
+//!
 //! A `subscribe` called during an outage is recorded at once and applied when
 //! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
 //! 5 s, and otherwise fails with [`PubSubError::Unavailable`], so the
@@ -518,6 +527,17 @@ impl PubSub for PostgresPubSub {
 
     fn is_connected(&self) -> bool {
         PostgresPubSub::is_connected(self)
+    }
+
+    /// Always 0: notifications wait in PostgreSQL, not here (crate docs,
+    /// "Backlog").
+    fn backlog(&self) -> u64 {
+        0
+    }
+
+    /// Always 0: nothing is dropped for lack of room.
+    fn dropped(&self) -> u64 {
+        0
     }
 
     fn name(&self) -> &'static str {

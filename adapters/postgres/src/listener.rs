@@ -13,6 +13,12 @@
 //!   once it has run. It never waits on the driver, and the driver never waits
 //!   on it: listening goes on while a `LISTEN` is in flight.
 //!
+//! The driver delivers each notification before it reads the next, so
+//! nothing from the server queues up here (TCP and PostgreSQL's own bounded
+//! queue hold the rest). The command queue is unbounded but fed by the hub,
+//! not by the server: a LISTEN per stream's first local subscriber (whose
+//! confirmation waits for it) and an UNLISTEN per last one leaving.
+//!
 //! [`Routes`] (channel to streams) is shared by both: the listener updates it
 //! with every command, connected or not, so a new connection simply LISTENs
 //! every channel in it; the driver looks notifications up in it.

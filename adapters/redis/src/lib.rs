@@ -44,6 +44,19 @@
 //! [`RedisPubSub::reconnects`] counts the reconnections and
 //! [`RedisPubSub::is_connected`] tells whether the subscriber is up.
 //!
+//! # Backlog
+//! Messages wait between the socket and the hub in a queue bounded in bytes
+//! ([`RedisConfig::max_backlog_bytes`], 64 MiB by default, counting channel,
+//! payload and 64 bytes of bookkeeping per message). It is drained
+//! continuously, also while a `SUBSCRIBE` waits for its reply, so it only
+//! fills when the fan-out cannot keep up with Redis. A message that does not
+//! fit is dropped, counted in [`RedisPubSub::dropped`] and logged (one
+//! warning when dropping starts, one when it stops); [`RedisPubSub::backlog`]
+//! is the queue's length now. Dropping keeps the connection and every
+//! subscription, where Redis' own limit for slow subscribers
+//! (`client-output-buffer-limit pubsub`) closes the connection and loses
+//! everything until the reconnection.
+//!
 //! A `subscribe` called during an outage is recorded at once and applied when
 //! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
 //! 5 s, and otherwise fails with [`PubSubError::Unavailable`], so the
@@ -86,6 +99,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod inbox;
 mod publisher;
 mod subscriber;
 
@@ -105,6 +119,8 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`RedisConfig::max_backlog_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BACKLOG_BYTES: usize = 64 << 20;
 
 /// Settings of a [`RedisPubSub`].
 ///
@@ -128,6 +144,10 @@ pub struct RedisConfig {
     /// Name given to both connections with `CLIENT SETNAME` (no spaces).
     /// Default `ActionCable-PID-<pid>`, as Rails.
     pub connection_name: String,
+    /// Most bytes of received messages waiting for delivery; past it new
+    /// messages are dropped and counted (see the crate docs, "Backlog").
+    /// Default [`DEFAULT_MAX_BACKLOG_BYTES`].
+    pub max_backlog_bytes: usize,
 }
 
 impl RedisConfig {
@@ -137,6 +157,7 @@ impl RedisConfig {
             url: url.into(),
             channel_prefix: None,
             connection_name: format!("ActionCable-PID-{}", std::process::id()),
+            max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
         }
     }
 
@@ -149,6 +170,12 @@ impl RedisConfig {
     /// Sets the name given to the connections.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
+        self
+    }
+
+    /// Sets the bound of the backlog of received messages, in bytes.
+    pub fn max_backlog_bytes(mut self, bytes: usize) -> Self {
+        self.max_backlog_bytes = bytes;
         self
     }
 
@@ -176,6 +203,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &redact_url(&self.url))
             .field("channel_prefix", &self.channel_prefix)
             .field("connection_name", &self.connection_name)
+            .field("max_backlog_bytes", &self.max_backlog_bytes)
             .finish()
     }
 }
@@ -247,6 +275,7 @@ impl RedisPubSub {
             redact_url(&config.url),
             delivery,
             state.clone(),
+            config.max_backlog_bytes,
             rx,
         );
         runtime.spawn(subscriber.run());
@@ -277,6 +306,17 @@ impl RedisPubSub {
     /// active stream.
     pub fn is_connected(&self) -> bool {
         self.state.connected.load(Ordering::Acquire)
+    }
+
+    /// Messages received from Redis and not yet handed to the hub, now.
+    pub fn backlog(&self) -> u64 {
+        self.state.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Messages received from Redis and dropped because the backlog was
+    /// full ([`RedisConfig::max_backlog_bytes`]), since the adapter was built.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
     }
 
     /// A cloneable handle on the connection state, to keep for health checks
@@ -345,6 +385,14 @@ impl PubSub for RedisPubSub {
         RedisPubSub::is_connected(self)
     }
 
+    fn backlog(&self) -> u64 {
+        RedisPubSub::backlog(self)
+    }
+
+    fn dropped(&self) -> u64 {
+        RedisPubSub::dropped(self)
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -384,6 +432,16 @@ impl RedisStatus {
     pub fn reconnects(&self) -> u64 {
         self.state.reconnects.load(Ordering::Relaxed)
     }
+
+    /// See [`RedisPubSub::backlog`].
+    pub fn backlog(&self) -> u64 {
+        self.state.backlog.load(Ordering::Relaxed)
+    }
+
+    /// See [`RedisPubSub::dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for RedisStatus {
@@ -391,6 +449,8 @@ impl std::fmt::Debug for RedisStatus {
         f.debug_struct("RedisStatus")
             .field("connected", &self.is_connected())
             .field("reconnects", &self.reconnects())
+            .field("backlog", &self.backlog())
+            .field("dropped", &self.dropped())
             .finish()
     }
 }
@@ -446,6 +506,8 @@ mod tests {
         .expect("valid config");
         assert_eq!(ok.redis_channel("room"), "p:room");
         assert!(!ok.is_connected());
+        assert_eq!((PubSub::backlog(&ok), PubSub::dropped(&ok)), (0, 0));
+        assert_eq!(ok.config().max_backlog_bytes, DEFAULT_MAX_BACKLOG_BYTES);
         let err = ok.broadcast("room", "{}").await.expect_err("redis is down");
         assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
     }
