@@ -155,6 +155,12 @@ pub struct Stats {
     /// Messages from the adapter dropped for being over
     /// [`CableConfig::max_outbound_message_bytes`].
     pub oversized_dropped: u64,
+    /// Messages the adapter received from its backend and has not delivered
+    /// yet ([`PubSub::backlog`]).
+    pub adapter_backlog: u64,
+    /// Messages the adapter dropped because its backlog was full
+    /// ([`PubSub::dropped`]).
+    pub adapter_dropped: u64,
     /// Seconds since the server was built.
     pub uptime_secs: u64,
 }
@@ -611,6 +617,8 @@ impl Cable {
             callback_panics: c.panics.get(),
             callback_timeouts: c.timeouts.get(),
             oversized_dropped: self.inner.hub.oversized_dropped.load(Ordering::Relaxed),
+            adapter_backlog: self.inner.hub.pubsub.backlog(),
+            adapter_dropped: self.inner.hub.pubsub.dropped(),
             unauthorized: c.unauthorized.get(),
             streams: self.inner.hub.stream_count(),
             messages_received: c.messages_received.get(),

@@ -72,6 +72,7 @@
 #![warn(unreachable_pub)]
 
 mod auth;
+mod backoff;
 mod cable;
 mod channel;
 mod connection;
@@ -83,6 +84,7 @@ mod naming;
 mod outbox;
 pub mod protocol;
 mod pubsub;
+mod redact;
 
 pub use async_trait::async_trait;
 
@@ -92,6 +94,7 @@ pub use crate::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
         Unauthorized,
     },
+    backoff::Backoff,
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Stats, TransportGuard},
     channel::{Channel, ChannelError, Context, Params},
     connection::Inbound,
@@ -99,4 +102,5 @@ pub use crate::{
     outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG},
     protocol::{DisconnectReason, Frame},
     pubsub::{Ack, Delivery, MemoryPubSub, PubSub, PubSubError},
+    redact::redact_url,
 };

@@ -68,6 +68,11 @@ pub enum PubSubError {
 ///   as broadcast (without any channel prefix the adapter adds) and the payload
 ///   text exactly as published.
 /// - Errors are values; a backend outage must not panic or block callers forever.
+/// - Messages from the backend must not pile up without bound when delivery
+///   is slower than the backend: either leave them with the backend (read
+///   one, deliver it, read the next: TCP holds the rest back) or queue them
+///   with a bound, drop past it with a warning, and report both through
+///   [`PubSub::backlog`] and [`PubSub::dropped`].
 #[async_trait]
 pub trait PubSub: Send + Sync + 'static {
     /// Publishes `payload` (JSON text) on `stream` to every process.
@@ -83,6 +88,16 @@ pub trait PubSub: Send + Sync + 'static {
     /// Whether the backend connection is up (for health checks).
     fn is_connected(&self) -> bool {
         true
+    }
+    /// Messages received from the backend and not yet delivered, now (a
+    /// gauge, for stats: a growing backlog means delivery cannot keep up).
+    fn backlog(&self) -> u64 {
+        0
+    }
+    /// Messages received from the backend and dropped undelivered because
+    /// the backlog was full, since start (a counter, for stats).
+    fn dropped(&self) -> u64 {
+        0
     }
     /// A short name for logs ("memory", "redis", "postgres").
     fn name(&self) -> &'static str;

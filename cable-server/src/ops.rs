@@ -22,6 +22,8 @@ use axum::Router;
 use cable_core::{Cable, Stats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Settings of the operator endpoints.
 #[derive(Clone, Debug, Default)]
@@ -43,24 +45,37 @@ impl OpsConfig {
 
 struct OpsState {
     cable: Cable,
-    config: OpsConfig,
+    /// From `OpsConfig::broadcast_key`; None: `/_broadcast` is off.
+    broadcast_key: Option<BroadcastKey>,
     recorder: PrometheusRecorder,
 }
 
 /// An axum router with `/_broadcast`, `/health`, `/stats` and `/metrics`.
-/// Merge it into the cable router, or serve it on its own address.
+///
+/// Serve it on a private address. `/stats` and `/metrics` answer anyone,
+/// and `/_broadcast` reaches every client with the right key, so merging it
+/// into a public router puts all three on the internet; the standalone
+/// server does so only with `ops_on_public_port = true`.
 pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
     let state = Arc::new(OpsState {
-        cable,
-        config,
+        cable: cable.clone(),
+        broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
         recorder: recorder(),
     });
     Router::new()
         .route("/_broadcast", post(broadcast))
-        .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .with_state(state)
+        .merge(health_router(cable))
+}
+
+/// `/health` alone: what the public address serves by default, for load
+/// balancers and probes.
+pub(crate) fn health_router(cable: Cable) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(cable)
 }
 
 /// One publication, as AnyCable's broadcasters send it.
@@ -79,9 +94,29 @@ enum Publications {
     Many(Vec<Publication>),
 }
 
-/// Constant-time comparison, so the key cannot be guessed byte by byte.
-fn same_key(given: &[u8], key: &[u8]) -> bool {
-    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+/// The broadcast key as the endpoint keeps it: only its SHA-256 digest.
+///
+/// A request's key is digested too and the two digests are compared in
+/// constant time. Comparing digests instead of the keys means the time taken
+/// depends neither on how much of the key a guess got right nor on the key's
+/// length (a plain constant-time comparison returns early on a length
+/// mismatch, and an attacker could find the length first).
+struct BroadcastKey([u8; 32]);
+
+impl BroadcastKey {
+    fn new(key: &str) -> Self {
+        BroadcastKey(digest(key.as_bytes()))
+    }
+
+    fn matches(&self, given: &[u8]) -> bool {
+        self.0.ct_eq(&digest(given)).into()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(bytes));
+    out
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -98,7 +133,7 @@ async fn broadcast(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = &state.config.broadcast_key else {
+    let Some(key) = &state.broadcast_key else {
         return text(StatusCode::NOT_FOUND, "Not found");
     };
     let given = headers
@@ -106,7 +141,7 @@ async fn broadcast(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| same_key(g.as_bytes(), key.as_bytes())) {
+    if !given.is_some_and(|g| key.matches(g.as_bytes())) {
         tracing::warn!("broadcast API: request without the right bearer key refused");
         return (
             StatusCode::UNAUTHORIZED,
@@ -146,9 +181,15 @@ async fn broadcast(
     let broadcaster = state.cable.broadcaster();
     for (i, p) in pubs.iter().enumerate() {
         if let Err(e) = broadcaster.broadcast_raw(&p.stream, &p.data).await {
-            tracing::error!(stream = %p.stream, error = %e, "broadcast API: the adapter refused a publication");
+            tracing::error!(stream = %p.stream, error = %e, "broadcast API: a publication was refused");
+            let status = match e {
+                // No client could be sent it: the caller's mistake, not an outage.
+                cable_core::PubSubError::MessageTooLarge { .. }
+                | cable_core::PubSubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
             return text(
-                StatusCode::SERVICE_UNAVAILABLE,
+                status,
                 format!(
                     "publication {i} (stream {:?}) failed: {e}; {i} before it were broadcast",
                     p.stream
@@ -159,16 +200,13 @@ async fn broadcast(
     StatusCode::CREATED.into_response()
 }
 
-async fn health(State(state): State<Arc<OpsState>>) -> Response {
-    if state.cable.is_shutting_down() {
+async fn health(State(cable): State<Cable>) -> Response {
+    if cable.is_shutting_down() {
         text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-    } else if !state.cable.is_healthy() {
+    } else if !cable.is_healthy() {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "pub/sub adapter ({}) not connected",
-                state.cable.adapter_name()
-            ),
+            format!("pub/sub adapter ({}) not connected", cable.adapter_name()),
         )
     } else {
         text(StatusCode::OK, "ok")
@@ -191,7 +229,7 @@ enum Figure {
 }
 
 /// Every figure `/metrics` exports: name, help, value.
-fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 14] {
+fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 20] {
     use Figure::{Counter, Gauge};
     [
         (
@@ -260,6 +298,36 @@ fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, 
             Counter(s.refused_handshakes),
         ),
         (
+            "cable_rate_limited_disconnects_total",
+            "Connections closed for sending commands faster than command_rate",
+            Counter(s.rate_limited_disconnects),
+        ),
+        (
+            "cable_callback_panics_total",
+            "Panics caught in the connection hook or channel callbacks",
+            Counter(s.callback_panics),
+        ),
+        (
+            "cable_callback_timeouts_total",
+            "Connection hooks and channel callbacks abandoned at their timeout",
+            Counter(s.callback_timeouts),
+        ),
+        (
+            "cable_oversized_dropped_total",
+            "Messages from the adapter dropped for being over max_outbound_message_size",
+            Counter(s.oversized_dropped),
+        ),
+        (
+            "cable_adapter_backlog",
+            "Messages received from the backend and not yet delivered",
+            Gauge(s.adapter_backlog as f64),
+        ),
+        (
+            "cable_adapter_dropped_total",
+            "Messages the adapter dropped because its backlog was full",
+            Counter(s.adapter_dropped),
+        ),
+        (
             "cable_uptime_seconds",
             "Seconds since the server started",
             Gauge(s.uptime_secs as f64),
@@ -303,11 +371,33 @@ async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::BroadcastKey;
+
     #[test]
     fn keys_compare_whole() {
-        assert!(super::same_key(b"secret", b"secret"));
-        assert!(!super::same_key(b"secre", b"secret"));
-        assert!(!super::same_key(b"secreT", b"secret"));
-        assert!(!super::same_key(b"", b"secret"));
+        let key = BroadcastKey::new("secret-key-0123456789");
+        assert!(key.matches(b"secret-key-0123456789"));
+        for wrong in [
+            &b"secret-key-012345678"[..],
+            b"secret-key-01234567890",
+            b"Secret-key-0123456789",
+            b"secret-key-0123456788",
+            b"",
+            &[0u8; 32],
+        ] {
+            assert!(!key.matches(wrong), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_fixed_size_digest_of_the_key_is_kept() {
+        // Whatever the key's length, what is compared is 32 bytes: the
+        // comparison cannot stop early on a length mismatch.
+        for key in ["k".repeat(16), "k".repeat(1000)] {
+            let kept = BroadcastKey::new(&key);
+            assert_eq!(std::mem::size_of_val(&kept.0), 32);
+            assert_ne!(&kept.0[..16], &key.as_bytes()[..16], "not the key itself");
+            assert!(kept.matches(key.as_bytes()));
+        }
     }
 }

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cable_core::redact_url;
+
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -84,8 +86,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything a standalone server needs.
-#[derive(Clone, Debug)]
+/// Everything a standalone server needs. Its `Debug` masks the secrets.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
     /// Address the WebSocket endpoint listens on. Default 127.0.0.1:28080.
@@ -139,15 +141,21 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Bearer key of `POST /_broadcast`; unset disables it.
     pub broadcast_key: Option<String>,
-    /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here instead
-    /// of beside the WebSocket endpoint.
+    /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here. The
+    /// public address (`bind`) serves only `/health` beside the WebSocket
+    /// endpoint, unless `ops_on_public_port` is set.
     pub stats_bind: Option<SocketAddr>,
+    /// Serve `/stats`, `/metrics` and `/_broadcast` on the public address,
+    /// beside the WebSocket endpoint (no `stats_bind` then). Default false:
+    /// only `/health` is public.
+    pub ops_on_public_port: bool,
     /// Beside a Rails app: its secrets, session and channels (docs/rails.md).
     pub rails: RailsSettings,
 }
 
 /// The Rails integration's settings (all off by default); see `docs/rails.md`.
-#[derive(Clone, Debug, Default)]
+/// Its `Debug` masks the secrets.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct RailsSettings {
     /// The app's `secret_key_base`, then older ones still accepted.
@@ -174,6 +182,62 @@ pub struct RailsSettings {
     pub streams_secret: Option<String>,
     /// `config.turbo.signed_stream_verifier_key`, when the app sets one.
     pub turbo_verifier_key: Option<String>,
+}
+
+/// `Some("***")` for a secret that is set.
+fn masked<T>(secret: &Option<T>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("bind", &self.bind)
+            .field("mount_path", &self.mount_path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_origin_patterns", &self.allowed_origin_patterns)
+            .field("disable_origin_check", &self.disable_origin_check)
+            .field("adapter", &redact_url(&self.adapter))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("ping_interval", &self.ping_interval)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_subscriptions_per_connection",
+                &self.max_subscriptions_per_connection,
+            )
+            .field("max_message_size", &self.max_message_size)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("broadcast_key", &masked(&self.broadcast_key))
+            .field("stats_bind", &self.stats_bind)
+            .field("ops_on_public_port", &self.ops_on_public_port)
+            .field("rails", &self.rails)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RailsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RailsSettings")
+            .field(
+                "secret_key_base",
+                &format_args!("[{} masked]", self.secret_key_base.len()),
+            )
+            .field("key_derivation", &self.key_derivation)
+            .field("signed_cookie_digest", &self.signed_cookie_digest)
+            .field("session_cookie", &self.session_cookie)
+            .field("session_identifiers", &self.session_identifiers)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("global_id_app", &self.global_id_app)
+            .field("turbo_streams", &self.turbo_streams)
+            .field("pubsub_signed", &self.pubsub_signed)
+            .field("pubsub_public", &self.pubsub_public)
+            .field("streams_secret", &masked(&self.streams_secret))
+            .field("turbo_verifier_key", &masked(&self.turbo_verifier_key))
+            .finish()
+    }
 }
 
 impl RailsSettings {
@@ -215,6 +279,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             broadcast_key: None,
             stats_bind: None,
+            ops_on_public_port: false,
             rails: RailsSettings::default(),
         }
     }
@@ -248,6 +313,7 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "broadcast_key",
     "stats_bind",
+    "ops_on_public_port",
     "secret_key_base",
     "secret_key_base_file",
     "key_derivation",
@@ -262,6 +328,9 @@ pub const KEYS: &[&str] = &[
     "streams_secret",
     "turbo_verifier_key",
 ];
+
+/// Paths of the operator endpoints, which the WebSocket endpoint must not take.
+const OPS_PATHS: &[&str] = &["/health", "/stats", "/metrics", "/_broadcast"];
 
 /// Keys whose values are secrets: never printed.
 const SECRET_KEYS: &[&str] = &[
@@ -384,46 +453,45 @@ fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> S
         value: if SECRET_KEYS.contains(&key) {
             "***".to_owned()
         } else {
-            mask_password(value)
+            redact_url(value)
         },
         expected: expected.to_owned(),
     }
 }
 
-/// `url` with the password in its user info replaced by `***`.
-pub fn mask_password(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[start..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let masked = match authority[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    format!("{}{masked}{}", &url[..start], &rest[at..])
-}
+/// The longest duration a setting takes. Far more than any sane timeout,
+/// and far from where adding it to an `Instant` overflows (which panics).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
+/// The largest count or size a setting takes: what a TOML integer holds, so
+/// that `--print-config` prints the value in effect.
+const MAX_NUMBER: u64 = i64::MAX as u64;
+
+/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`, `1h`, `1d`), up
+/// to [`MAX_DURATION`].
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * mult))
+    let units: [(&str, f64); 5] = [
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+        ("d", 86_400.0),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
+        .unwrap_or((s, 1.0));
+    let secs = num.trim().parse::<f64>().ok()? * mult;
+    // `from_secs_f64` panics on huge values; the range check comes first.
+    if !(secs.is_finite() && (0.0..=MAX_DURATION.as_secs_f64()).contains(&secs)) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`).
+/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`), up to
+/// [`MAX_NUMBER`].
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
     let units: [(&str, usize); 6] = [
@@ -434,12 +502,12 @@ fn parse_size(s: &str) -> Option<usize> {
         ("MB", 1_000_000),
         ("B", 1),
     ];
-    for (suffix, mult) in units {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return n.trim().parse::<usize>().ok()?.checked_mul(mult);
-        }
-    }
-    s.parse().ok()
+    let (num, mult) = units
+        .iter()
+        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
+        .unwrap_or((s, 1));
+    let bytes = num.trim().parse::<usize>().ok()?.checked_mul(mult)?;
+    (bytes as u64 <= MAX_NUMBER).then_some(bytes)
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -456,7 +524,10 @@ fn parse_limit(s: &str) -> Option<Option<usize>> {
     if s.eq_ignore_ascii_case("none") || s == "0" {
         return Some(None);
     }
-    s.parse::<usize>().ok().map(Some)
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n as u64 <= MAX_NUMBER)
+        .map(Some)
 }
 
 impl Settings {
@@ -491,6 +562,15 @@ impl Settings {
                     if !t.starts_with('/') {
                         return Err(invalid(key, src, t, "a path starting with /, e.g. /cable"));
                     }
+                    if OPS_PATHS.contains(&t) {
+                        return Err(invalid(
+                            key,
+                            src,
+                            t,
+                            "a path other than the operator endpoints' (/health, /stats, \
+                             /metrics, /_broadcast), e.g. /cable",
+                        ));
+                    }
                     s.mount_path = t.to_owned();
                 }
                 "allowed_origins" => {
@@ -515,6 +595,10 @@ impl Settings {
                         }
                     }
                     s.allowed_origin_patterns = items;
+                }
+                "ops_on_public_port" => {
+                    s.ops_on_public_port =
+                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
                 }
                 "disable_origin_check" => {
                     s.disable_origin_check =
@@ -553,7 +637,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a duration above 0: seconds (3, 0.5) or 500ms, 3s",
+                            "a duration above 0 and at most 1 day: seconds (3, 0.5) or 500ms, 3s",
                         )
                     })?;
                     s.ping_interval = d;
@@ -564,18 +648,18 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a duration: seconds (10, 0.5) or 500ms, 10s, 1m",
+                            "a duration of at most 1 day: seconds (10, 0.5) or 500ms, 10s, 1m",
                         )
                     })?
                 }
                 "max_connections" => {
                     s.max_connections = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
                     })?
                 }
                 "max_subscriptions_per_connection" => {
                     s.max_subscriptions_per_connection = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number, or 0 / none for no limit")
+                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
                     })?
                 }
                 "max_identifier_size" => {
@@ -644,7 +728,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a size of at least 256 bytes: 65536, 64KiB, 1MiB",
+                            "a size of at least 256 bytes (at most 2^63 - 1): 65536, 64KiB, 1MiB",
                         )
                     })?
                 }
@@ -654,7 +738,7 @@ impl Settings {
                             key,
                             src,
                             t,
-                            "a size of at least 1024 bytes: 1048576, 512KiB, 1MiB",
+                            "a size of at least 1024 bytes (at most 2^63 - 1): 1048576, 512KiB, 1MiB",
                         )
                     })?
                 }
@@ -798,6 +882,21 @@ impl Settings {
                 s.max_outbound_message_size, s.outbound_queue
             )));
         }
+        if s.stats_bind.is_some() && s.ops_on_public_port {
+            return Err(SettingsError::Conflict(
+                "set `stats_bind` (operator endpoints on their own address) or \
+                 `ops_on_public_port` (beside the WebSocket endpoint), not both"
+                    .to_owned(),
+            ));
+        }
+        if s.broadcast_key.is_some() && s.stats_bind.is_none() && !s.ops_on_public_port {
+            return Err(SettingsError::Conflict(
+                "`broadcast_key` is set but POST /_broadcast is served nowhere: set \
+                 `stats_bind` to a private address (or `ops_on_public_port = true` to serve it \
+                 beside the WebSocket endpoint)"
+                    .to_owned(),
+            ));
+        }
         if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
             return Err(SettingsError::Conflict(
                 "`channel_prefix` only applies to the redis and postgres adapters; the memory \
@@ -825,18 +924,17 @@ impl Settings {
             list(&self.allowed_origin_patterns),
         );
         put("disable_origin_check", self.disable_origin_check.into());
-        put("adapter", mask_password(&self.adapter).into());
+        put("adapter", redact_url(&self.adapter).into());
         if let Some(p) = &self.channel_prefix {
             put("channel_prefix", p.clone().into());
         }
         put("ping_interval", secs(self.ping_interval));
-        put(
-            "max_connections",
-            (self.max_connections.unwrap_or(0) as i64).into(),
-        );
+        // The parsers keep these within i64 (MAX_NUMBER).
+        let int = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        put("max_connections", int(self.max_connections.unwrap_or(0)));
         put(
             "max_subscriptions_per_connection",
-            (self.max_subscriptions_per_connection.unwrap_or(0) as i64).into(),
+            int(self.max_subscriptions_per_connection.unwrap_or(0)),
         );
         put(
             "max_identifier_size",
@@ -858,8 +956,8 @@ impl Settings {
             "max_pending_connections",
             (self.max_pending_connections as i64).into(),
         );
-        put("max_message_size", (self.max_message_size as i64).into());
-        put("outbound_queue", (self.outbound_queue as i64).into());
+        put("max_message_size", int(self.max_message_size));
+        put("outbound_queue", int(self.outbound_queue));
         put("shutdown_timeout", secs(self.shutdown_timeout));
         put("log_level", self.log_level.clone().into());
         put(
@@ -876,6 +974,7 @@ impl Settings {
         if let Some(b) = self.stats_bind {
             put("stats_bind", b.to_string().into());
         }
+        put("ops_on_public_port", self.ops_on_public_port.into());
         let r = &self.rails;
         if !r.secret_key_base.is_empty() {
             put("secret_key_base", "***".into());
@@ -1034,11 +1133,86 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
-        assert_eq!(mask_password("redis://u:p@ss@h/0"), "redis://u:***@h/0");
-        assert_eq!(mask_password("redis://secret@h"), "redis://***@h");
-        assert_eq!(mask_password("memory"), "memory");
+    fn secrets_are_masked_in_debug_and_toml() {
+        let mut s = Settings {
+            adapter: "postgres://app@db/app?password=hunter2".into(),
+            broadcast_key: Some("broadcast-key-hunter2".into()),
+            ..Settings::default()
+        };
+        s.rails.secret_key_base = vec!["base-hunter2".into()];
+        s.rails.streams_secret = Some("streams-hunter2".into());
+        s.rails.turbo_verifier_key = Some("turbo-hunter2".into());
+        for text in [format!("{s:?}"), s.to_toml()] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("password=***"), "{text}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors_not_panics() {
+        let cases = [
+            ("ping_interval", "1e300"),
+            ("ping_interval", "1e300ms"),
+            ("ping_interval", "1e300m"),
+            ("ping_interval", "1e19"),
+            ("ping_interval", "90000"),
+            ("shutdown_timeout", "1e19"),
+            ("shutdown_timeout", "1e300"),
+            ("shutdown_timeout", "inf"),
+            ("max_connections", "18446744073709551615"),
+            ("max_subscriptions_per_connection", "9223372036854775808"),
+            ("max_message_size", "18446744073709551615"),
+            ("outbound_queue", "9223372036854775808B"),
+            ("outbound_queue", "18446744073709551615GiB"),
+        ];
+        for (key, value) in cases {
+            let env = format!("CABLE_{}", key.to_ascii_uppercase());
+            let r = std::panic::catch_unwind(|| {
+                Settings::from_layers(&[one(key, value, Source::Env(env.clone()))])
+            });
+            match r {
+                Ok(Err(SettingsError::Invalid { key: k, .. })) => assert_eq!(k, key),
+                Ok(Ok(s)) => panic!("{key} = {value} accepted: {s:?}"),
+                Ok(Err(e)) => panic!("{key} = {value}: {e}"),
+                Err(_) => panic!("{key} = {value} panicked"),
+            }
+        }
+        // The largest accepted values print as what they are.
+        let s = Settings::from_layers(&[
+            one("shutdown_timeout", "1d", Source::Default),
+            one("max_connections", "9223372036854775807", Source::Default),
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(86_400));
+        assert!(s
+            .to_toml()
+            .contains("max_connections = 9223372036854775807"));
+    }
+
+    #[test]
+    fn operator_endpoints_settings_are_consistent() {
+        let flag = |k: &str, v: &str| one(k, v, Source::Flag(format!("--{k}")));
+        let s = Settings::from_layers(&[]).unwrap();
+        assert!(!s.ops_on_public_port && s.stats_bind.is_none());
+        for layers in [
+            vec![flag("broadcast_key", "k".repeat(16).as_str())],
+            vec![
+                flag("stats_bind", "127.0.0.1:0"),
+                flag("ops_on_public_port", "true"),
+            ],
+        ] {
+            let e = Settings::from_layers(&layers).unwrap_err();
+            assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
+        }
+        for with in ["stats_bind=127.0.0.1:0", "ops_on_public_port=yes"] {
+            let (k, v) = with.split_once('=').unwrap();
+            let s = Settings::from_layers(&[flag("broadcast_key", &"k".repeat(16)), flag(k, v)]);
+            assert!(s.is_ok(), "{with}: {s:?}");
+        }
+        for path in ["/health", "/stats", "/metrics", "/_broadcast"] {
+            let e = Settings::from_layers(&[flag("mount_path", path)]).unwrap_err();
+            assert!(e.to_string().contains("`mount_path`"), "{e}");
+        }
     }
 
     #[test]

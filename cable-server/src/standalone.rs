@@ -25,10 +25,11 @@
 
 use std::net::SocketAddr;
 
-use cable_core::{CableBuilder, CableConfig, CommandRate};
+use cable_core::{redact_url, CableBuilder, CableConfig, CommandRate};
 use tokio::net::TcpListener;
 
-use crate::settings::{mask_password, Settings};
+use crate::ops::health_router;
+use crate::settings::Settings;
 use crate::{
     ops_router, router, serve_with, shutdown_signal, AllowedOrigin, OpsConfig, ServeOptions,
     ServerConfig,
@@ -100,7 +101,7 @@ pub fn with_adapter(
         }
         other => Err(StandaloneError::Adapter(format!(
             "{other}:// is not supported by this build (adapter {})",
-            mask_password(url)
+            redact_url(url)
         ))),
     }
 }
@@ -210,11 +211,12 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneErro
     Ok(cfg)
 }
 
-/// Runs a server until SIGINT or SIGTERM: the WebSocket endpoint on
-/// `settings.bind`, the operator endpoints beside it (or on
-/// `settings.stats_bind`). On a signal, every client is sent
-/// `server_restart`, connections drain for up to `settings.shutdown_timeout`,
-/// and the call returns `Ok`.
+/// Runs a server until SIGINT or SIGTERM: the WebSocket endpoint and
+/// `/health` on `settings.bind`; `/stats`, `/metrics` and `/_broadcast` on
+/// `settings.stats_bind` (with `/health` again), or beside the WebSocket
+/// endpoint if `settings.ops_on_public_port` (and nowhere otherwise). On a
+/// signal, every client is sent `server_restart`, connections drain for up
+/// to `settings.shutdown_timeout`, and the call returns `Ok`.
 pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), StandaloneError> {
     let mut core = CableConfig::default();
     core.outbound_queue_bytes = settings.outbound_queue;
@@ -244,28 +246,51 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
                 source,
             })?;
     let local = listener.local_addr()?;
-    let mut app = router(cable.clone(), server_cfg);
-    let stats_task = match settings.stats_bind {
-        None => {
-            app = app.merge(ops);
-            None
+    let app = router(cable.clone(), server_cfg);
+    // The public address gets /health alone unless asked otherwise: /stats
+    // and /metrics answer anyone, and /_broadcast is worth guessing at.
+    let (app, stats_task) = match (settings.stats_bind, settings.ops_on_public_port) {
+        (None, true) => {
+            tracing::warn!(
+                "operator endpoints /stats, /metrics and /_broadcast on the public address \
+                 (ops_on_public_port): keep them from the internet at the proxy"
+            );
+            (app.merge(ops), None)
         }
-        Some(addr) => {
+        (None, false) => {
+            if settings.broadcast_key.is_some() {
+                tracing::warn!(
+                    "broadcast_key is set but POST /_broadcast is served nowhere: set \
+                     stats_bind or ops_on_public_port"
+                );
+            }
+            tracing::info!(
+                "operator endpoints /stats, /metrics and /_broadcast are off: set stats_bind \
+                 (a private address) or ops_on_public_port = true; /health is on the public \
+                 address"
+            );
+            (app.merge(health_router(cable.clone())), None)
+        }
+        (Some(addr), _) => {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StandaloneError::Bind { addr, source })?;
-            tracing::info!("operator endpoints on http://{}", l.local_addr()?);
-            Some(tokio::spawn(async move {
+            tracing::info!(
+                "operator endpoints on http://{} (/health also on the public address)",
+                l.local_addr()?
+            );
+            let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, ops).await {
                     tracing::error!("operator endpoints stopped: {e}");
                 }
-            }))
+            });
+            (app.merge(health_router(cable.clone())), Some(task))
         }
     };
     tracing::info!(
         "cable listening on ws://{local}{} (adapter {}, broadcast API {})",
         settings.mount_path,
-        mask_password(&settings.adapter),
+        redact_url(&settings.adapter),
         if settings.broadcast_key.is_some() {
             "on"
         } else {

@@ -71,13 +71,24 @@
 //! # Outages
 //! When the listening connection drops (PostgreSQL restarts, the backend is
 //! terminated, the network fails) the task reconnects with exponential
-//! backoff (100 ms doubling to 5 s), `LISTEN`s every active channel again and
-//! logs the gap with `tracing::warn!`: PostgreSQL keeps no notifications for
-//! a session that is gone, so whatever was sent during the gap is lost.
+//! backoff with jitter ([`cable_core::Backoff`]: a random delay in the upper
+//! half of a ceiling of 100 ms doubling to 5 s, so a fleet of servers does not
+//! reconnect in lockstep), `LISTEN`s every active channel again and logs the
+//! gap with `tracing::warn!`: PostgreSQL keeps no notifications for a session
+//! that is gone, so whatever was sent during the gap is lost.
 //! [`PostgresPubSub::reconnects`] counts the reconnections and
 //! [`PostgresPubSub::is_connected`] tells whether the listener is up. A quiet
 //! connection is checked with `SELECT 1` every 15 s, so a server that vanished
 //! without closing TCP is noticed within 20 s.
+//!
+//! # Backlog
+//! Notifications are not queued in this process: the driver reads one,
+//! hands it to the hub and only then reads the next, so when delivery is
+//! slower than PostgreSQL the rest wait in the socket and in PostgreSQL's
+//! notification queue (8 GB by default, shared by the database cluster; once
+//! it is full, `NOTIFY` fails, and so do broadcasts, with an error).
+//! [`PubSub::backlog`] and [`PubSub::dropped`] are therefore always 0; the
+//! server's own view of that queue is `SELECT pg_notification_queue_usage()`.
 //!
 //! A `subscribe` called during an outage is recorded at once and applied when
 //! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
@@ -132,7 +143,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{Ack, Delivery, PubSub, PubSubError};
+use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 
@@ -223,7 +234,7 @@ impl PostgresConfig {
     /// assert_eq!(config.redacted_url(), "postgres://app:***@db/app?sslmode=disable");
     /// ```
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     /// The PostgreSQL channel for `stream`, as Rails names it:
@@ -259,7 +270,7 @@ impl PostgresConfig {
             return Err(PostgresConfigError::InvalidApplicationName(name.clone()));
         }
         let invalid = |reason: String| PostgresConfigError::InvalidUrl {
-            url: redact(&self.url),
+            url: redact_url(&self.url),
             reason,
         };
         let mut config: tokio_postgres::Config =
@@ -276,7 +287,7 @@ impl PostgresConfig {
             SslMode::Disable | SslMode::Prefer => {}
             other => {
                 return Err(PostgresConfigError::TlsNotSupported {
-                    url: redact(&self.url),
+                    url: redact_url(&self.url),
                     sslmode: format!("{other:?}").to_ascii_lowercase(),
                 })
             }
@@ -302,7 +313,7 @@ impl PostgresConfig {
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("channel_prefix", &self.channel_prefix)
             .field("application_name", &self.application_name)
             .finish()
@@ -316,7 +327,7 @@ pub enum PostgresConfigError {
     /// The URL cannot be parsed, or names no host.
     #[error("invalid postgres url {url}: {reason}")]
     InvalidUrl {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -327,7 +338,7 @@ pub enum PostgresConfigError {
          support TLS yet (use sslmode=disable or prefer, a Unix socket or a private network)"
     )]
     TlsNotSupported {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// The `sslmode` asked for.
         sslmode: String,
@@ -372,7 +383,7 @@ impl PostgresPubSub {
             tokio::runtime::Handle::try_current().map_err(|_| PostgresConfigError::NoRuntime)?;
         let state = Arc::new(State::default());
         let (commands, rx) = mpsc::unbounded_channel();
-        let url = redact(&config.url);
+        let url = redact_url(&config.url);
         let listener = Listener::new(listen, url.clone(), delivery, state.clone(), rx);
         runtime.spawn(listener.run());
         Ok(PostgresPubSub {
@@ -518,6 +529,17 @@ impl PubSub for PostgresPubSub {
         PostgresPubSub::is_connected(self)
     }
 
+    /// Always 0: notifications wait in PostgreSQL, not here (crate docs,
+    /// "Backlog").
+    fn backlog(&self) -> u64 {
+        0
+    }
+
+    /// Always 0: nothing is dropped for lack of room.
+    fn dropped(&self) -> u64 {
+        0
+    }
+
     fn name(&self) -> &'static str {
         "postgres"
     }
@@ -598,104 +620,9 @@ impl std::fmt::Debug for PostgresStatus {
     }
 }
 
-/// `url` with the password (user info, or a `password=` parameter) replaced
-/// by `***`, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    let mut out = match url.find("://").map(|i| i + 3) {
-        Some(scheme_end) => {
-            let rest = &url[scheme_end..];
-            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => {
-                    let masked = match rest[..at].split_once(':') {
-                        Some((user, _)) => format!("{user}:***"),
-                        None => rest[..at].to_owned(),
-                    };
-                    format!("{}{}{}", &url[..scheme_end], masked, &rest[at..])
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    };
-    // `?password=…` in a URL, `password=…` or `password = '…'` in key=value.
-    let mut from = 0;
-    while let Some(found) = out[from..].find("password") {
-        let key = from + found;
-        let after_key = key + "password".len();
-        let boundary = key == 0 || matches!(out.as_bytes()[key - 1], b'?' | b'&' | b' ' | b'\t');
-        let rest = &out[after_key..];
-        let trimmed = rest.trim_start();
-        if !boundary || !trimmed.starts_with('=') {
-            from = after_key;
-            continue;
-        }
-        let value_start = out.len() - trimmed.len() + 1;
-        let value = &out[value_start..];
-        let lead = value.len() - value.trim_start().len();
-        let value_start = value_start + lead;
-        let value = &out[value_start..];
-        let value_len = if let Some(quoted) = value.strip_prefix('\'') {
-            // A quoted value ends at the first unescaped quote.
-            let mut end = quoted.len();
-            let mut escaped = false;
-            for (i, c) in quoted.char_indices() {
-                match c {
-                    '\\' if !escaped => escaped = true,
-                    '\'' if !escaped => {
-                        end = i + 1;
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            1 + end
-        } else {
-            value
-                .find(|c: char| c == '&' || c.is_whitespace())
-                .unwrap_or(value.len())
-        };
-        out.replace_range(value_start..value_start + value_len, "***");
-        from = value_start + 3;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/test"),
-            "postgres://postgres@127.0.0.1:5432/test"
-        );
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(
-            redact("postgresql://app:p@ss@db/app"),
-            "postgresql://app:***@db/app"
-        );
-        assert_eq!(
-            redact("postgres://db/app?user=app&password=s3cret&sslmode=disable"),
-            "postgres://db/app?user=app&password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact("host=db user=app password=s3cret dbname=app"),
-            "host=db user=app password=*** dbname=app"
-        );
-        assert_eq!(
-            redact(r"host=db password = 'it\'s secret' dbname=app"),
-            "host=db password = *** dbname=app"
-        );
-        assert_eq!(
-            redact("postgres:///app?host=/tmp"),
-            "postgres:///app?host=/tmp"
-        );
-    }
 
     #[test]
     fn default_application_name_is_rails() {

@@ -13,6 +13,12 @@
 //!   once it has run. It never waits on the driver, and the driver never waits
 //!   on it: listening goes on while a `LISTEN` is in flight.
 //!
+//! The driver delivers each notification before it reads the next, so
+//! nothing from the server queues up here (TCP and PostgreSQL's own bounded
+//! queue hold the rest). The command queue is unbounded but fed by the hub,
+//! not by the server: a LISTEN per stream's first local subscriber (whose
+//! confirmation waits for it) and an UNLISTEN per last one leaving.
+//!
 //! [`Routes`] (channel to streams) is shared by both: the listener updates it
 //! with every command, connected or not, so a new connection simply LISTENs
 //! every channel in it; the driver looks notifications up in it.
@@ -22,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cable_core::{Delivery, PubSubError};
+use cable_core::{Backoff, Delivery, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
@@ -32,10 +38,6 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, SimpleQueryMessage
 use crate::error::{describe, is_connection_error, to_pubsub_error};
 use crate::naming::quote_identifier;
 
-/// First reconnection delay after the connection is lost; doubles per failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest delay between connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bound on one connection attempt (TCP, startup, authentication).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the reply to one batch of LISTEN/UNLISTEN (or a ping); past it
@@ -135,6 +137,8 @@ pub(crate) struct Listener {
     waiting: Vec<(String, Reply)>,
     /// `waiting` is pruned of abandoned replies when it reaches this length.
     prune_at: usize,
+    /// Delays between connection attempts while the backend is unreachable.
+    backoff: Backoff,
 }
 
 /// The listening connection: its client, and the task driving it.
@@ -171,6 +175,7 @@ impl Listener {
             commands,
             waiting: Vec::new(),
             prune_at: 64,
+            backoff: Backoff::default(),
         }
     }
 
@@ -226,7 +231,13 @@ impl Listener {
     /// Connects (with backoff) and LISTENs every channel, recording commands
     /// meanwhile. None when the adapter was dropped.
     async fn until_connected(&mut self, first: bool) -> Option<Conn> {
-        let mut delay = if first { Duration::ZERO } else { BACKOFF_MIN };
+        // The first connection is tried at once; after a loss, the delay is
+        // jittered so that a fleet does not reconnect in lockstep.
+        let mut delay = if first {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay()
+        };
         let mut failures = 0u32;
         loop {
             let attempt = connect(
@@ -247,7 +258,10 @@ impl Listener {
             };
             let error = match result {
                 Ok(conn) => match self.relisten(&conn.client).await {
-                    Ok(()) => return Some(conn),
+                    Ok(()) => {
+                        self.backoff.reset();
+                        return Some(conn);
+                    }
                     Err(reason) => {
                         conn.driver.abort();
                         reason
@@ -262,7 +276,7 @@ impl Listener {
             } else {
                 tracing::debug!(url = %self.url, error = %error, failures, "postgres listener still cannot connect");
             }
-            delay = (delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            delay = self.backoff.next_delay();
         }
     }
 

@@ -36,11 +36,26 @@
 //!
 //! # Outages
 //! When the subscriber connection drops (say `redis-server` restarts) the task
-//! reconnects with exponential backoff (100 ms doubling to 5 s), re-subscribes
-//! every active stream and logs the gap with `tracing::warn!`: Redis pub/sub
-//! does not keep messages, so whatever was published during the gap is lost.
+//! reconnects with jittered exponential backoff ([`cable_core::Backoff`]: a
+//! random delay in the upper half of a ceiling of 100 ms doubling to 5 s, so a
+//! fleet of servers does not reconnect in lockstep), re-subscribes every
+//! active stream and logs the gap with `tracing::warn!`: Redis pub/sub does
+//! not keep messages, so whatever was published during the gap is lost.
 //! [`RedisPubSub::reconnects`] counts the reconnections and
 //! [`RedisPubSub::is_connected`] tells whether the subscriber is up.
+//!
+//! # Backlog
+//! Messages wait between the socket and the hub in a queue bounded in bytes
+//! ([`RedisConfig::max_backlog_bytes`], 64 MiB by default, counting channel,
+//! payload and 64 bytes of bookkeeping per message). It is drained
+//! continuously, also while a `SUBSCRIBE` waits for its reply, so it only
+//! fills when the fan-out cannot keep up with Redis. A message that does not
+//! fit is dropped, counted in [`RedisPubSub::dropped`] and logged (one
+//! warning when dropping starts, one when it stops); [`RedisPubSub::backlog`]
+//! is the queue's length now. Dropping keeps the connection and every
+//! subscription, where Redis' own limit for slow subscribers
+//! (`client-output-buffer-limit pubsub`) closes the connection and loses
+//! everything until the reconnection.
 //!
 //! A `subscribe` called during an outage is recorded at once and applied when
 //! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
@@ -84,6 +99,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod inbox;
 mod publisher;
 mod subscriber;
 
@@ -92,7 +108,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{Ack, Delivery, PubSub, PubSubError};
+use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::publisher::Publisher;
@@ -103,6 +119,8 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`RedisConfig::max_backlog_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BACKLOG_BYTES: usize = 64 << 20;
 
 /// Settings of a [`RedisPubSub`].
 ///
@@ -126,6 +144,10 @@ pub struct RedisConfig {
     /// Name given to both connections with `CLIENT SETNAME` (no spaces).
     /// Default `ActionCable-PID-<pid>`, as Rails.
     pub connection_name: String,
+    /// Most bytes of received messages waiting for delivery; past it new
+    /// messages are dropped and counted (see the crate docs, "Backlog").
+    /// Default [`DEFAULT_MAX_BACKLOG_BYTES`].
+    pub max_backlog_bytes: usize,
 }
 
 impl RedisConfig {
@@ -135,6 +157,7 @@ impl RedisConfig {
             url: url.into(),
             channel_prefix: None,
             connection_name: format!("ActionCable-PID-{}", std::process::id()),
+            max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
         }
     }
 
@@ -150,6 +173,12 @@ impl RedisConfig {
         self
     }
 
+    /// Sets the bound of the backlog of received messages, in bytes.
+    pub fn max_backlog_bytes(mut self, bytes: usize) -> Self {
+        self.max_backlog_bytes = bytes;
+        self
+    }
+
     /// Checks the URL and the connection name, as [`RedisPubSub::new`] does,
     /// without connecting.
     pub fn validate(&self) -> Result<(), RedisConfigError> {
@@ -162,7 +191,7 @@ impl RedisConfig {
             return Err(RedisConfigError::InvalidConnectionName(name.clone()));
         }
         redis::Client::open(self.url.as_str()).map_err(|e| RedisConfigError::InvalidUrl {
-            url: redact(&self.url),
+            url: redact_url(&self.url),
             reason: e.to_string(),
         })
     }
@@ -171,9 +200,10 @@ impl RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("channel_prefix", &self.channel_prefix)
             .field("connection_name", &self.connection_name)
+            .field("max_backlog_bytes", &self.max_backlog_bytes)
             .finish()
     }
 }
@@ -185,7 +215,7 @@ pub enum RedisConfigError {
     /// The URL cannot be parsed or names an unsupported scheme.
     #[error("invalid redis url {url}: {reason}")]
     InvalidUrl {
-        /// The URL, with any password replaced by `***`.
+        /// The URL, its secrets masked ([`cable_core::redact_url`]).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -242,9 +272,10 @@ impl RedisPubSub {
             client.clone(),
             config.connection_name.clone(),
             prefix_of(&config),
-            redact(&config.url),
+            redact_url(&config.url),
             delivery,
             state.clone(),
+            config.max_backlog_bytes,
             rx,
         );
         runtime.spawn(subscriber.run());
@@ -275,6 +306,17 @@ impl RedisPubSub {
     /// active stream.
     pub fn is_connected(&self) -> bool {
         self.state.connected.load(Ordering::Acquire)
+    }
+
+    /// Messages received from Redis and not yet handed to the hub, now.
+    pub fn backlog(&self) -> u64 {
+        self.state.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Messages received from Redis and dropped because the backlog was
+    /// full ([`RedisConfig::max_backlog_bytes`]), since the adapter was built.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
     }
 
     /// A cloneable handle on the connection state, to keep for health checks
@@ -343,6 +385,14 @@ impl PubSub for RedisPubSub {
         RedisPubSub::is_connected(self)
     }
 
+    fn backlog(&self) -> u64 {
+        RedisPubSub::backlog(self)
+    }
+
+    fn dropped(&self) -> u64 {
+        RedisPubSub::dropped(self)
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -382,6 +432,16 @@ impl RedisStatus {
     pub fn reconnects(&self) -> u64 {
         self.state.reconnects.load(Ordering::Relaxed)
     }
+
+    /// See [`RedisPubSub::backlog`].
+    pub fn backlog(&self) -> u64 {
+        self.state.backlog.load(Ordering::Relaxed)
+    }
+
+    /// See [`RedisPubSub::dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for RedisStatus {
@@ -389,6 +449,8 @@ impl std::fmt::Debug for RedisStatus {
         f.debug_struct("RedisStatus")
             .field("connected", &self.is_connected())
             .field("reconnects", &self.reconnects())
+            .field("backlog", &self.backlog())
+            .field("dropped", &self.dropped())
             .finish()
     }
 }
@@ -406,48 +468,9 @@ fn install_tls_provider() {
     }
 }
 
-/// `url` with the password (if any) replaced by `***`, for logs and errors.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // `redis://secret@host` puts the password in the user part.
-        "***".to_owned()
-    };
-    format!("{}{}{}", &url[..scheme_end], masked, &rest[at..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(
-            redact("redis://:pw@host:6379/1"),
-            "redis://:***@host:6379/1"
-        );
-        assert_eq!(
-            redact("rediss://user:p@ss@host/0"),
-            "rediss://user:***@host/0"
-        );
-        assert_eq!(redact("redis://pw@host"), "redis://***@host");
-        assert_eq!(
-            redact("redis+unix:///tmp/r.sock"),
-            "redis+unix:///tmp/r.sock"
-        );
-    }
 
     #[test]
     fn default_connection_name_is_rails() {
@@ -483,6 +506,8 @@ mod tests {
         .expect("valid config");
         assert_eq!(ok.redis_channel("room"), "p:room");
         assert!(!ok.is_connected());
+        assert_eq!((PubSub::backlog(&ok), PubSub::dropped(&ok)), (0, 0));
+        assert_eq!(ok.config().max_backlog_bytes, DEFAULT_MAX_BACKLOG_BYTES);
         let err = ok.broadcast("room", "{}").await.expect_err("redis is down");
         assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
     }

@@ -3,34 +3,38 @@
 //! Commands arrive over an mpsc queue in call order and are applied in that
 //! order: whatever is queued when the task wakes is sent as one pipeline (so a
 //! burst of subscribes costs one round trip) and each command's [`Command::reply`]
-//! is answered from Redis' reply to it. Between commands the task hands
-//! incoming messages to the [`Delivery`].
+//! is answered from Redis' reply to it. Incoming messages wait in the
+//! connection's [`Inbox`] (bounded in bytes) and the task hands them to the
+//! [`Delivery`] whenever it is not sending, and also while it waits for
+//! Redis' replies, so a slow (UN)SUBSCRIBE does not hold messages back.
+//!
+//! The command queue itself is unbounded but is fed by the hub, not by Redis:
+//! one subscribe per stream's first local subscriber, whose confirmation
+//! waits for the reply, and one unsubscribe per last one leaving. It holds at
+//! most a few commands per connection, and while Redis is down they are
+//! folded into `wanted` as they arrive.
 //!
 //! The task owns the set of channels that should be subscribed (`wanted`),
 //! updated by every command whether or not Redis is reachable, so a new
 //! connection simply subscribes that set.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cable_core::{Delivery, PubSubError};
+use cable_core::{Backoff, Delivery, PubSubError};
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{
-    AsyncConnectionConfig, ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, RedisResult,
-    Value,
-};
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::{AsyncConnectionConfig, ErrorKind, ProtocolVersion, RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
+use crate::inbox::{Inbox, Message, PushSender};
 use crate::publisher::{set_name, to_pubsub_error};
 
-/// First reconnection delay after the connection is lost; doubles per failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest delay between connection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bound on one connection attempt (TCP, TLS, HELLO/AUTH, SETNAME).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on Redis' replies to one pipeline of (UN)SUBSCRIBEs; past it the
@@ -48,6 +52,10 @@ const MAX_BATCH: usize = 1024;
 pub(crate) struct State {
     pub(crate) connected: AtomicBool,
     pub(crate) reconnects: AtomicU64,
+    /// Messages in an [`Inbox`] now.
+    pub(crate) backlog: AtomicU64,
+    /// Messages an [`Inbox`] had no room for, since start.
+    pub(crate) dropped: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,12 +88,12 @@ pub(crate) struct Subscriber {
     /// For the RESP2 fallback on servers without HELLO.
     resp2: redis::Client,
     name: String,
-    /// `<prefix>:`, stripped from incoming channel names.
-    prefix: Option<String>,
     /// The URL without password, for logs.
     url: String,
-    delivery: Delivery,
+    out: Deliverer,
     state: Arc<State>,
+    /// Bound of each connection's [`Inbox`], in bytes.
+    max_backlog_bytes: usize,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Channels that should be subscribed, per the commands so far.
     wanted: HashSet<String>,
@@ -94,9 +102,12 @@ pub(crate) struct Subscriber {
     waiting: Vec<(String, Reply)>,
     /// `waiting` is pruned of abandoned replies when it reaches this length.
     prune_at: usize,
+    /// Delays between connection attempts while the backend is unreachable.
+    backoff: Backoff,
 }
 
 impl Subscriber {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: redis::Client,
         name: String,
@@ -104,6 +115,7 @@ impl Subscriber {
         url: String,
         delivery: Delivery,
         state: Arc<State>,
+        max_backlog_bytes: usize,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
         let with = |protocol| {
@@ -117,14 +129,15 @@ impl Subscriber {
             resp3: with(ProtocolVersion::RESP3),
             resp2: with(ProtocolVersion::RESP2),
             name,
-            prefix,
             url,
-            delivery,
+            out: Deliverer { prefix, delivery },
             state,
+            max_backlog_bytes,
             commands,
             wanted: HashSet::new(),
             waiting: Vec::new(),
             prune_at: 64,
+            backoff: Backoff::default(),
         }
     }
 
@@ -174,13 +187,21 @@ impl Subscriber {
     /// Connects (with backoff) and subscribes every wanted channel, recording
     /// commands meanwhile. None when the adapter was dropped.
     async fn until_connected(&mut self, first: bool) -> Option<Conn> {
-        let mut delay = if first { Duration::ZERO } else { BACKOFF_MIN };
+        // The first connection is tried at once; after a loss, the delay is
+        // jittered so that a fleet does not reconnect in lockstep.
+        let mut delay = if first {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay()
+        };
         let mut failures = 0u32;
         loop {
+            let (limit, state) = (self.max_backlog_bytes, self.state.clone());
             let attempt = connect(
                 self.resp3.clone(),
                 self.resp2.clone(),
                 self.name.clone(),
+                move || Inbox::new(limit, state.clone()),
                 delay,
             );
             tokio::pin!(attempt);
@@ -195,7 +216,10 @@ impl Subscriber {
             };
             let error = match result {
                 Ok(mut conn) => match self.resubscribe(&mut conn).await {
-                    Ok(()) => return Some(conn),
+                    Ok(()) => {
+                        self.backoff.reset();
+                        return Some(conn);
+                    }
                     Err(reason) => reason,
                 },
                 Err(reason) => reason,
@@ -207,7 +231,7 @@ impl Subscriber {
             } else {
                 tracing::debug!(url = %self.url, error = %error, failures, "redis subscriber still cannot connect");
             }
-            delay = (delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+            delay = self.backoff.next_delay();
         }
     }
 
@@ -240,7 +264,11 @@ impl Subscriber {
         let mut refused: Vec<(String, PubSubError)> = Vec::new();
         for chunk in channels.chunks(MAX_BATCH) {
             let ops: Vec<(Op, &str)> = chunk.iter().map(|c| (Op::Subscribe, c.as_str())).collect();
-            let results = conn.exec_within(&ops).await?;
+            let inbox = conn.inbox.clone();
+            let results = self
+                .out
+                .while_awaiting(&inbox, conn.exec_within(&ops))
+                .await?;
             for (channel, result) in chunk.iter().zip(results) {
                 if let Err(e) = result {
                     tracing::error!(channel = %channel, error = %e, "redis refused SUBSCRIBE");
@@ -263,6 +291,18 @@ impl Subscriber {
     /// Applies commands and delivers messages until the connection is lost
     /// (Some(reason)) or the adapter is dropped (None).
     async fn serve(&mut self, mut conn: Conn) -> Option<String> {
+        let inbox = conn.inbox.clone();
+        let reason = self.serve_until_lost(&mut conn, &inbox).await;
+        if reason.is_some() {
+            // What the connection received before it failed is still good.
+            while let Some(m) = inbox.try_pop() {
+                self.out.deliver(&m);
+            }
+        }
+        reason
+    }
+
+    async fn serve_until_lost(&mut self, conn: &mut Conn, inbox: &Inbox) -> Option<String> {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -277,17 +317,16 @@ impl Subscriber {
                             Err(_) => break,
                         }
                     }
-                    if let Err(reason) = self.apply(&mut conn, batch).await {
+                    if let Err(reason) = self.apply(conn, inbox, batch).await {
                         return Some(reason);
                     }
                 }
-                event = conn.next_event() => match event {
-                    Event::Message { channel, payload } => self.deliver(&channel, &payload),
-                    Event::Other => {}
-                    Event::Lost(reason) => return Some(reason),
+                message = inbox.pop() => match message {
+                    Some(m) => self.out.deliver(&m),
+                    None => return Some("connection closed".to_owned()),
                 },
                 _ = ping.tick() => {
-                    if let Err(reason) = conn.ping_within().await {
+                    if let Err(reason) = self.out.while_awaiting(inbox, conn.ping_within()).await {
                         return Some(reason);
                     }
                 }
@@ -296,7 +335,12 @@ impl Subscriber {
     }
 
     /// Sends `batch` as one pipeline, in order, and answers each command.
-    async fn apply(&mut self, conn: &mut Conn, batch: Vec<Command>) -> Result<(), String> {
+    async fn apply(
+        &mut self,
+        conn: &mut Conn,
+        inbox: &Inbox,
+        batch: Vec<Command>,
+    ) -> Result<(), String> {
         for c in &batch {
             match c.op {
                 Op::Subscribe => self.wanted.insert(c.channel.clone()),
@@ -304,7 +348,7 @@ impl Subscriber {
             };
         }
         let ops: Vec<(Op, &str)> = batch.iter().map(|c| (c.op, c.channel.as_str())).collect();
-        match conn.exec_within(&ops).await {
+        match self.out.while_awaiting(inbox, conn.exec_within(&ops)).await {
             Ok(results) => {
                 for (c, result) in batch.into_iter().zip(results) {
                     if let Err(e) = &result {
@@ -336,8 +380,18 @@ impl Subscriber {
             }
         }
     }
+}
 
-    fn deliver(&self, channel: &str, payload: &str) {
+/// Hands messages to the hub, without the channel prefix.
+struct Deliverer {
+    /// `<prefix>:`, stripped from incoming channel names.
+    prefix: Option<String>,
+    delivery: Delivery,
+}
+
+impl Deliverer {
+    fn deliver(&self, message: &Message) {
+        let channel = message.channel.as_str();
         let stream = match &self.prefix {
             Some(prefix) => match channel.strip_prefix(prefix.as_str()) {
                 Some(stream) => stream,
@@ -348,32 +402,48 @@ impl Subscriber {
             },
             None => channel,
         };
-        self.delivery.deliver(stream, payload);
+        self.delivery.deliver(stream, &message.payload);
+    }
+
+    /// Awaits `work` (a round trip to Redis) while delivering whatever
+    /// arrives meanwhile.
+    async fn while_awaiting<T>(&self, inbox: &Inbox, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                message = inbox.pop(), if open => match message {
+                    Some(m) => self.deliver(&m),
+                    // The connection ended; `work` fails or times out soon.
+                    None => open = false,
+                },
+            }
+        }
     }
 }
 
-/// What the connection produced next.
-enum Event {
-    Message {
-        channel: String,
-        payload: String,
-    },
-    /// Subscribe confirmations (already handled as replies), pongs, pushes
-    /// we do not use.
-    Other,
-    Lost(String),
+/// The subscriber connection: RESP3 when the server speaks it, else RESP2;
+/// its messages arrive in `inbox`.
+struct Conn {
+    link: Link,
+    inbox: Arc<Inbox>,
+    /// RESP2: the task moving messages from redis-rs' stream to the inbox.
+    _pump: Option<AbortOnDrop>,
 }
 
-/// The subscriber connection: RESP3 when the server speaks it, else RESP2.
-enum Conn {
-    Resp3 {
-        conn: MultiplexedConnection,
-        pushes: mpsc::UnboundedReceiver<PushInfo>,
-    },
-    Resp2 {
-        sink: PubSubSink,
-        stream: PubSubStream,
-    },
+enum Link {
+    Resp3(MultiplexedConnection),
+    Resp2(PubSubSink),
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Waits `delay`, then opens a subscriber connection. RESP3 first, because
@@ -383,24 +453,29 @@ async fn connect(
     resp3: redis::Client,
     resp2: redis::Client,
     name: String,
+    new_inbox: impl Fn() -> Arc<Inbox>,
     delay: Duration,
 ) -> Result<Conn, String> {
     tokio::time::sleep(delay).await;
     let attempt = async {
-        let (tx, pushes) = mpsc::unbounded_channel();
+        let inbox = new_inbox();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             // Replies are bounded by our own timeouts; an idle subscriber
             // connection waits for messages indefinitely.
             .set_response_timeout(None)
-            .set_push_sender(tx);
+            .set_push_sender(PushSender(inbox.clone()));
         match resp3
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
             Ok(mut conn) => {
                 set_name(&mut conn, &name).await;
-                Ok(Conn::Resp3 { conn, pushes })
+                Ok(Conn {
+                    link: Link::Resp3(conn),
+                    inbox: inbox.clone(),
+                    _pump: None,
+                })
             }
             // The server answered HELLO with an error: no RESP3 (Redis < 6,
             // HELLO renamed or denied by an ACL). Any real problem (a wrong
@@ -413,8 +488,32 @@ async fn connect(
                     error = %e,
                     "redis refused HELLO 3: the subscriber connection uses RESP2 and cannot be named"
                 );
-                let (sink, stream) = resp2.get_async_pubsub().await?.split();
-                Ok(Conn::Resp2 { sink, stream })
+                // The RESP3 attempt's sender is gone, and its drop closed
+                // that inbox: a new one.
+                let inbox = new_inbox();
+                let (sink, mut stream) = resp2.get_async_pubsub().await?.split();
+                // redis-rs queues RESP2 messages without bound; this task
+                // only moves them into the bounded inbox, so they never wait
+                // there for long.
+                let pump = {
+                    let inbox = inbox.clone();
+                    tokio::spawn(async move {
+                        while let Some(msg) = stream.next().await {
+                            if let Ok(channel) = msg.get_channel::<Vec<u8>>() {
+                                let payload = msg.get_payload_bytes().to_vec();
+                                if let Some(m) = Message::from_bytes(channel, payload) {
+                                    inbox.push(m);
+                                }
+                            }
+                        }
+                        inbox.close();
+                    })
+                };
+                Ok(Conn {
+                    link: Link::Resp2(sink),
+                    inbox: inbox.clone(),
+                    _pump: Some(AbortOnDrop(pump)),
+                })
             }
             Err(e) => Err(e),
         }
@@ -429,36 +528,6 @@ async fn connect(
 }
 
 impl Conn {
-    /// Cancel-safe: it only waits on a queue.
-    async fn next_event(&mut self) -> Event {
-        match self {
-            Conn::Resp3 { pushes, .. } => match pushes.recv().await {
-                None => Event::Lost("connection closed".into()),
-                Some(push) => match push.kind {
-                    PushKind::Disconnection => Event::Lost("connection closed".into()),
-                    PushKind::Message => {
-                        let mut data = push.data.into_iter();
-                        match (data.next(), data.next()) {
-                            (
-                                Some(Value::BulkString(channel)),
-                                Some(Value::BulkString(payload)),
-                            ) => message(channel, payload),
-                            _ => Event::Other,
-                        }
-                    }
-                    _ => Event::Other,
-                },
-            },
-            Conn::Resp2 { stream, .. } => match stream.next().await {
-                None => Event::Lost("connection closed".into()),
-                Some(msg) => match msg.get_channel::<Vec<u8>>() {
-                    Ok(channel) => message(channel, msg.get_payload_bytes().to_vec()),
-                    Err(_) => Event::Other,
-                },
-            },
-        }
-    }
-
     /// Runs `ops` in order within [`REPLY_TIMEOUT`]: one result per op, or
     /// Err(reason) if the connection failed.
     async fn exec_within(
@@ -482,8 +551,8 @@ impl Conn {
 
     async fn exec(&mut self, ops: &[(Op, &str)]) -> RedisResult<Vec<Result<(), PubSubError>>> {
         let outcome = |r: RedisResult<Value>| r.map(drop).map_err(|e| to_pubsub_error(&e));
-        match self {
-            Conn::Resp3 { conn, .. } => {
+        match &mut self.link {
+            Link::Resp3(conn) => {
                 let mut pipe = redis::pipe();
                 for (op, channel) in ops {
                     pipe.cmd(op.command()).arg(*channel);
@@ -494,7 +563,7 @@ impl Conn {
                 Ok(results.into_iter().map(outcome).collect())
             }
             // The RESP2 sink has no pipelines; one round trip per command.
-            Conn::Resp2 { sink, .. } => {
+            Link::Resp2(sink) => {
                 let mut results = Vec::with_capacity(ops.len());
                 for (op, channel) in ops {
                     let result = match op {
@@ -514,9 +583,9 @@ impl Conn {
     /// PING within [`REPLY_TIMEOUT`]; Err(reason) if the connection is dead.
     async fn ping_within(&mut self) -> Result<(), String> {
         let ping = async {
-            match self {
-                Conn::Resp3 { conn, .. } => redis::cmd("PING").query_async::<Value>(conn).await,
-                Conn::Resp2 { sink, .. } => sink.ping::<Value>().await,
+            match &mut self.link {
+                Link::Resp3(conn) => redis::cmd("PING").query_async::<Value>(conn).await,
+                Link::Resp2(sink) => sink.ping::<Value>().await,
             }
         };
         match timeout(REPLY_TIMEOUT, ping).await {
@@ -528,21 +597,6 @@ impl Conn {
                 "no reply to PING within {}s",
                 REPLY_TIMEOUT.as_secs()
             )),
-        }
-    }
-}
-
-/// A message event, if channel and payload are UTF-8 (the core works on text;
-/// Rails would fail to decode such a payload too).
-fn message(channel: Vec<u8>, payload: Vec<u8>) -> Event {
-    match (String::from_utf8(channel), String::from_utf8(payload)) {
-        (Ok(channel), Ok(payload)) => Event::Message { channel, payload },
-        (channel, _) => {
-            tracing::warn!(
-                channel = ?channel.as_deref().ok(),
-                "dropped a redis message that is not UTF-8"
-            );
-            Event::Other
         }
     }
 }

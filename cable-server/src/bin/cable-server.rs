@@ -98,9 +98,13 @@ struct Args {
     /// Prefer CABLE_BROADCAST_KEY: flags show in `ps`.
     #[arg(long, value_name = "KEY")]
     broadcast_key: Option<String>,
-    /// Serve /health, /stats, /metrics and /_broadcast on this address instead.
+    /// Serve /health, /stats, /metrics and /_broadcast on this (private) address.
     #[arg(long, value_name = "IP:PORT")]
     stats_bind: Option<String>,
+    /// Serve /stats, /metrics and /_broadcast beside the WebSocket endpoint
+    /// (true/false); by default only /health is on the public address.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    ops_on_public_port: Option<String>,
 
     // Beside a Rails app (docs/rails.md). The secrets themselves come from
     // CABLE_SECRET_KEY_BASE / CABLE_STREAMS_SECRET or the file, never flags.
@@ -178,6 +182,7 @@ impl Args {
         one("log_format", &self.log_format);
         one("broadcast_key", &self.broadcast_key);
         one("stats_bind", &self.stats_bind);
+        one("ops_on_public_port", &self.ops_on_public_port);
         one("secret_key_base_file", &self.secret_key_base_file);
         one("key_derivation", &self.key_derivation);
         one("signed_cookie_digest", &self.signed_cookie_digest);

@@ -286,7 +286,7 @@ async fn settings_come_from_file_then_env_then_flags() {
 
 #[tokio::test]
 async fn health_stats_and_metrics_follow_clients() {
-    let server = Server::start(&[], &[]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[]).await;
     assert_eq!(server.get("/health").await, (200, "ok".to_owned()));
     let s = stats(&server).await;
     assert_eq!(s["connections"], 0);
@@ -318,6 +318,16 @@ async fn health_stats_and_metrics_follow_clients() {
         "{metrics}"
     );
     assert!(metrics.contains("# HELP cable_connections"), "{metrics}");
+    for hardening in [
+        "cable_rate_limited_disconnects_total 0",
+        "cable_callback_panics_total 0",
+        "cable_callback_timeouts_total 0",
+        "cable_oversized_dropped_total 0",
+        "cable_adapter_backlog 0",
+        "cable_adapter_dropped_total 0",
+    ] {
+        assert!(metrics.contains(hardening), "{hardening}: {metrics}");
+    }
     for mut c in clients.drain(..) {
         c.close(None).await.unwrap();
     }
@@ -332,13 +342,13 @@ async fn health_stats_and_metrics_follow_clients() {
 #[tokio::test]
 async fn broadcast_api_needs_the_key_and_publications() {
     // Without a key the endpoint does not exist.
-    let server = Server::start(&[], &[]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[]).await;
     let body = r#"{"stream":"s","data":"{\"a\":1}"}"#;
     let (status, _) = http(server.addr, "POST", "/_broadcast", &[], Some(body)).await;
     assert_eq!(status, 404);
     drop(server);
 
-    let server = Server::start(&[], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let server = Server::start(&["--ops-on-public-port"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
     let auth = format!("Bearer {KEY}");
     let post = |headers: Vec<(&'static str, String)>, body: &'static str| {
         let addr = server.addr;
@@ -391,7 +401,7 @@ async fn broadcast_api_needs_the_key_and_publications() {
 
 #[tokio::test]
 async fn max_connections_refuses_handshakes_with_503() {
-    let server = Server::start(&["--max-connections", "2"], &[]).await;
+    let server = Server::start(&["--max-connections", "2", "--ops-on-public-port"], &[]).await;
     let a = welcomed(&server.url("")).await;
     let _b = welcomed(&server.url("")).await;
     match ws_connect(&server.url("")).await {
@@ -461,8 +471,83 @@ async fn operator_endpoints_can_have_their_own_address() {
     }
     assert!(ok, "operator address listening");
     assert_eq!(http(ops, "GET", "/health", &[], None).await.0, 200);
-    // Not on the public address.
-    assert_eq!(server.get("/health").await.0, 404);
+    assert_eq!(http(ops, "GET", "/stats", &[], None).await.0, 200);
+    assert_eq!(http(ops, "GET", "/metrics", &[], None).await.0, 200);
+    // Health stays on the public address too (load balancer probes); the
+    // rest is not there.
+    assert_eq!(server.get("/health").await.0, 200);
+    assert_eq!(server.get("/stats").await.0, 404);
+    assert_eq!(server.get("/metrics").await.0, 404);
+}
+
+/// By default the public address serves the WebSocket endpoint and
+/// `/health`, nothing else; the other operator endpoints need `stats_bind`
+/// or an explicit `ops_on_public_port = true`.
+#[tokio::test]
+async fn operator_endpoints_are_not_public_by_default() {
+    let server = Server::start(&[], &[]).await;
+    let _client = welcomed(&server.url("")).await;
+    assert_eq!(server.get("/health").await, (200, "ok".to_owned()));
+    for path in ["/stats", "/metrics"] {
+        assert_eq!(server.get(path).await.0, 404, "{path}");
+    }
+    let body = r#"{"stream":"s","data":"1"}"#;
+    let auth = format!("Bearer {KEY}");
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        server.log().contains("ops_on_public_port"),
+        "the log says how to get them: {}",
+        server.log()
+    );
+    drop(server);
+
+    // A broadcast key with nowhere to serve /_broadcast is a mistake, said
+    // at start-up rather than found out by a failing broadcaster.
+    let (code, _, err) = output(&["--print-config"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stats_bind") && err.contains("ops_on_public_port"),
+        "{err}"
+    );
+    // Both places at once is ambiguous.
+    let (code, _, err) = output(
+        &[
+            "--print-config",
+            "--stats-bind",
+            "127.0.0.1:0",
+            "--ops-on-public-port",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("stats_bind") && err.contains("ops_on_public_port"),
+        "{err}"
+    );
+    // The opt-in serves them all beside the WebSocket endpoint.
+    let server = Server::start(&["--ops-on-public-port"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    assert_eq!(server.get("/stats").await.0, 200);
+    assert_eq!(server.get("/metrics").await.0, 200);
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/_broadcast",
+        &[("Authorization", &auth)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, printed, _) = output(&["--print-config", "--ops-on-public-port"], &[]).await;
+    assert!(printed.contains("ops_on_public_port = true"), "{printed}");
 }
 
 /// A redis-server of our own, so stopping it harms no other test.
@@ -512,7 +597,17 @@ async fn health_is_503_while_redis_is_down() {
         child: Some(child),
     };
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let server = Server::start(&["--adapter", &url, "--channel-prefix", "health-test"], &[]).await;
+    let server = Server::start(
+        &[
+            "--adapter",
+            &url,
+            "--channel-prefix",
+            "health-test",
+            "--ops-on-public-port",
+        ],
+        &[],
+    )
+    .await;
     eventually("/health 200 with Redis up", || async {
         server.get("/health").await.0 == 200
     })
@@ -564,7 +659,11 @@ async fn publish(addr: SocketAddr, body: &str) -> u16 {
 
 #[tokio::test]
 async fn published_messages_reach_public_stream_subscribers() {
-    let server = Server::start(&["--pubsub-public"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
+    let server = Server::start(
+        &["--pubsub-public", "--ops-on-public-port"],
+        &[("CABLE_BROADCAST_KEY", KEY)],
+    )
+    .await;
     let mut a = welcomed(&server.url("")).await;
     let mut b = welcomed(&server.url("")).await;
     subscribe_news(&mut a).await;
@@ -607,7 +706,7 @@ async fn published_messages_reach_public_stream_subscribers() {
     })
     .await;
     // Without --pubsub-public, a public stream is refused.
-    let plain = Server::start(&[], &[]).await;
+    let plain = Server::start(&["--ops-on-public-port"], &[]).await;
     let mut c = welcomed(&plain.url("")).await;
     c.send(Message::text(format!(
         r#"{{"command":"subscribe","identifier":"{NEWS}"}}"#
@@ -669,6 +768,7 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_redis() {
         "--channel-prefix",
         &prefix,
         "--pubsub-public",
+        "--ops-on-public-port",
     ];
     let env = [("CABLE_BROADCAST_KEY", KEY)];
     let a = Server::start(&args, &env).await;
@@ -742,6 +842,7 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
             "--session-identifier",
             "current_user=user_id",
             "--turbo-streams",
+            "--ops-on-public-port",
         ],
         &[
             ("CABLE_SECRET_KEY_BASE", secret.as_str()),
@@ -823,4 +924,94 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
 
 async fn welcomed_or(url: &str) -> Ws {
     ws_connect(url).await.expect("handshake")
+}
+
+/// No password of an adapter URL in `--print-config`, in the log of a
+/// running server, or in a start-up error.
+#[tokio::test]
+async fn adapter_passwords_are_never_printed_or_logged() {
+    const PW: &str = "hunter2-secret";
+    let pg = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let with_param = |url: &str, name: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{name}={PW}")
+    };
+    let adapters = [
+        // PostgreSQL runs with trust auth here: the password is ignored.
+        with_param(&pg, "password"),
+        format!("redis://:{PW}@127.0.0.1:1/0"),
+        with_param("redis+unix:///nonexistent/redis.sock?db=0", "pass"),
+    ];
+    for adapter in &adapters {
+        let (code, out, err) = output(&["--print-config", "--adapter", adapter], &[]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("adapter = "), "{out}");
+        assert!(!out.contains(PW), "{out}");
+        assert!(out.contains("***"), "{out}");
+
+        let server = Server::start(&["--adapter", adapter, "--log-level", "debug"], &[]).await;
+        // Let the adapter connect (or fail to) and log about it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let log = server.log();
+        assert!(log.contains("cable listening on"), "{log}");
+        assert!(
+            log.contains("***"),
+            "the start-up line names the adapter: {log}"
+        );
+        assert!(!log.contains(PW), "{log}");
+    }
+    // Refused at start-up: the error names the URL, masked.
+    for adapter in [
+        with_param("postgres://u@db:notaport/app", "password"),
+        with_param("postgres://u@db/app?sslmode=require", "password"),
+        format!("postgres://u:{PW}@db:notaport/app"),
+    ] {
+        let (code, _, err) = output(&["--adapter", &adapter, "--bind", "127.0.0.1:0"], &[]).await;
+        assert_ne!(code, 0, "{adapter}: {err}");
+        assert!(err.contains("postgres"), "{err}");
+        assert!(!err.contains(PW), "{err}");
+    }
+}
+
+/// Numbers too large for a Duration, an Instant or a TOML integer are
+/// refused like any bad value (exit 2, naming the key), never a panic.
+#[tokio::test]
+async fn huge_numbers_are_errors_not_panics() {
+    let dir = std::env::temp_dir().join(format!("cable-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cable.toml");
+    std::fs::write(&file, "ping_interval = 1e300\n").unwrap();
+    let f = file.to_str().unwrap();
+    // (arguments, environment, the key)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--ping-interval", "1e300"], &[], "`ping_interval`"),
+        (&["--shutdown-timeout", "1e19"], &[], "`shutdown_timeout`"),
+        (&["--config", f], &[], "`ping_interval`"),
+        (
+            &[],
+            &[("CABLE_MAX_CONNECTIONS", "18446744073709551615")],
+            "`max_connections`",
+        ),
+        (
+            &["--outbound-queue", "18446744073709551615"],
+            &[],
+            "`outbound_queue`",
+        ),
+    ];
+    for (args, env, key) in cases {
+        for print in [true, false] {
+            let mut all = args.to_vec();
+            all.extend(["--bind", "127.0.0.1:0"]);
+            if print {
+                all.push("--print-config");
+            }
+            let (code, _, err) = output(&all, env).await;
+            assert_eq!(code, 2, "{all:?} {env:?}: {err}");
+            assert!(err.contains(key), "{all:?}: {key} not in {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cable_core::redact_url;
 use cable_postgres::{PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisConfig, RedisPubSub};
-use cable_server::settings::mask_password as redact;
 use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -160,7 +160,7 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
                 format!(
                     "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB], \
                      rediss://… or postgres://HOST[:PORT]/DB",
-                    redact(adapter)
+                    redact_url(adapter)
                 ),
             ))
         }
@@ -218,7 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Adapter::Redis(config) => {
             tracing::info!(
                 "pub/sub adapter: redis at {} ({}, connection name {})",
-                redact(&config.url),
+                redact_url(&config.url),
                 match &config.channel_prefix {
                     Some(p) => format!("channel prefix {p:?}"),
                     None => "no channel prefix".to_owned(),

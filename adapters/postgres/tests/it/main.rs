@@ -771,3 +771,35 @@ async fn a_closed_port_gives_errors_not_hangs() {
     client.start_subscribe("lobby");
     assert!(client.quiet_for(Duration::from_millis(5500)).await);
 }
+
+/// A burst bigger than any sane in-process queue arrives whole: the listener
+/// reads one notification, delivers it and reads the next, so the rest waits
+/// in the socket and in PostgreSQL's own (bounded) queue, never here.
+#[tokio::test]
+async fn a_burst_of_notifications_is_delivered_whole_without_a_backlog() {
+    const BURST: u64 = 3000;
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    let mut client = Client::connect(&cable, "u1").await;
+    let id = client.subscribe("lobby").await;
+    // One transaction: PostgreSQL sends all of them at commit.
+    plain
+        .execute(
+            "SELECT pg_notify($1, json_build_object('n', g, 'pad', repeat('x', 64))::text) \
+             FROM generate_series(1, $2::int) g",
+            &[&format!("{prefix}:chat_lobby"), &(BURST as i32)],
+        )
+        .await
+        .expect("burst");
+    let pad = "x".repeat(64);
+    for n in 1..=BURST {
+        // The hub re-encodes PostgreSQL's `{"n" : 1, ...}` as Rails does.
+        let message = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
+        assert_eq!(client.next_text().await, message_frame(&id, &message));
+    }
+    assert_eq!(cable.stats().broadcasts, BURST);
+}

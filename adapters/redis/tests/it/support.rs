@@ -76,14 +76,20 @@ impl Channel for ChatChannel {
 
 /// A node: a Cable on Redis with `prefix`, users identified by `?user=`.
 pub fn node(url: &str, prefix: &str) -> (Cable, RedisStatus) {
+    node_with(
+        RedisConfig::new(url)
+            .channel_prefix(prefix)
+            .connection_name(format!("{prefix}-node")),
+    )
+}
+
+/// A node as [`node`], with these adapter settings.
+pub fn node_with(config: RedisConfig) -> (Cable, RedisStatus) {
     // Logs with RUST_LOG=cable_redis=debug (and --nocapture).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let config = RedisConfig::new(url)
-        .channel_prefix(prefix)
-        .connection_name(format!("{prefix}-node"));
     let status = Arc::new(OnceLock::new());
     let slot = status.clone();
     let cable = Cable::builder()
