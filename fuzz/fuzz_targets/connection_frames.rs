@@ -108,7 +108,8 @@ enum Action {
     Shout,
     Big,
     Fail,
-    NoAction,
+    /// No `action`: dispatched to `receive`.
+    Receive,
     Named(String),
 }
 
@@ -164,7 +165,7 @@ fn action_json(action: &Action, stream: &Stream, n: u16, body: &str) -> Value {
         Action::Shout => "shout",
         Action::Big => "big",
         Action::Fail => "fail",
-        Action::NoAction => return json!({"body": body}),
+        Action::Receive => return json!({"body": body}),
         Action::Named(s) => s,
     };
     json!({"action": name, "stream": stream.name(), "n": n, "body": body})

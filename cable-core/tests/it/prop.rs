@@ -444,7 +444,7 @@ fn check(
             .map_err(|e| TestCaseError::fail(format!("{frame:?} is not JSON: {e}")))?;
         let obj = v
             .as_object()
-            .ok_or_else(|| TestCaseError::fail(format!("{frame}")))?;
+            .ok_or_else(|| TestCaseError::fail(format!("{frame} is not an object")))?;
         match obj.get("type").and_then(Value::as_str) {
             Some("welcome") => prop_assert_eq!(i, 0, "{:?}", frames),
             Some("ping") => prop_assert!(obj["message"].is_u64(), "{}", frame),
