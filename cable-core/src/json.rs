@@ -226,6 +226,17 @@ mod tests {
         assert_eq!(encode(&f64::NAN).unwrap(), "null");
     }
 
+    /// Found by the `command_parse` fuzz target: serde_json's default float
+    /// parser is not correctly rounded, so `-2.5e-30` was decoded one ULP
+    /// off and re-encoded as `-2.5000000000000002e-30` (Ruby keeps
+    /// `-2.5e-30`). cable-core enables serde_json's `float_roundtrip`.
+    #[test]
+    fn reencoded_floats_keep_their_value() {
+        for text in ["-2.5e-30", "2.5e-30", "[1,-2.5e-30,0.1]"] {
+            assert_eq!(reencode(text).unwrap(), text);
+        }
+    }
+
     #[test]
     fn reencode_keeps_key_order_and_rejects_garbage() {
         assert_eq!(

@@ -1,5 +1,7 @@
 //! The connection state machine driven with plain channels: no sockets.
 
+mod prop;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
