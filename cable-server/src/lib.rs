@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod close_code;
 mod http;
 mod ops;
 mod origin;

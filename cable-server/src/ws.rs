@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::close_code::CloseCodeFix;
 use crate::ServerConfig;
 
 /// Most frames handed to the socket between two flushes.
@@ -194,9 +195,12 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             }
         };
         tracing::info!("Successfully upgraded to WebSocket (REQUEST_METHOD: GET, HTTP_CONNECTION: Upgrade, HTTP_UPGRADE: websocket)");
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(
+            CloseCodeFix::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(ws_config),
+        )
+        .await;
         drive(cable, request, Box::new(ws), write_timeout).await;
         drop(guard);
         tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
@@ -235,15 +239,41 @@ fn protocol_reason(e: &ProtocolError) -> &'static str {
         ProtocolError::UnmaskedFrameFromClient => "Received unmasked frame",
         ProtocolError::FragmentedControlFrame => "Received fragmented control frame",
         ProtocolError::ControlFrameTooBig => "Received control frame having too long payload",
-        ProtocolError::UnknownControlFrameType(_) | ProtocolError::UnknownDataFrameType(_) => {
-            "Unrecognized frame opcode"
-        }
+        ProtocolError::UnknownControlFrameType(op)
+        | ProtocolError::UnknownDataFrameType(op)
+        | ProtocolError::InvalidOpcode(op) => unrecognized_opcode(*op),
         ProtocolError::UnexpectedContinueFrame => "Received unexpected continuation frame",
         ProtocolError::ExpectedFragment(_) => {
             "Received new data frame but previous continuous frame is unfinished"
         }
         _ => "Protocol error",
     }
+}
+
+/// websocket-driver's `Unrecognized frame opcode: N` (reasons are static).
+fn unrecognized_opcode(op: u8) -> &'static str {
+    const REASONS: [&str; 16] = [
+        "Unrecognized frame opcode: 0",
+        "Unrecognized frame opcode: 1",
+        "Unrecognized frame opcode: 2",
+        "Unrecognized frame opcode: 3",
+        "Unrecognized frame opcode: 4",
+        "Unrecognized frame opcode: 5",
+        "Unrecognized frame opcode: 6",
+        "Unrecognized frame opcode: 7",
+        "Unrecognized frame opcode: 8",
+        "Unrecognized frame opcode: 9",
+        "Unrecognized frame opcode: 10",
+        "Unrecognized frame opcode: 11",
+        "Unrecognized frame opcode: 12",
+        "Unrecognized frame opcode: 13",
+        "Unrecognized frame opcode: 14",
+        "Unrecognized frame opcode: 15",
+    ];
+    REASONS
+        .get(usize::from(op))
+        .copied()
+        .unwrap_or("Unrecognized frame opcode")
 }
 
 fn inbound_step(msg: Result<Message, WsError>) -> Step {

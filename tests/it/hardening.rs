@@ -120,6 +120,22 @@ async fn a_client_close_is_answered_with_its_code_and_reason() {
         let took = until_closed(&mut c).await;
         assert!(took < Duration::from_millis(1500), "{took:?}");
     }
+    // A Close without a code (what `close()` sends) is answered with 1000,
+    // as websocket-driver does.
+    let mut c = Client::connect(&server, "closer").await;
+    c.ws.send(Message::Close(None)).await.unwrap();
+    loop {
+        match c.next_message().await {
+            Some(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1000);
+                assert_eq!(f.reason.as_str(), "");
+                break;
+            }
+            Some(Message::Close(None)) => panic!("answered without a code"),
+            Some(_) => continue,
+            None => panic!("no close frame"),
+        }
+    }
     // Nothing was left behind.
     for _ in 0..50 {
         if server.cable.stats().connections == 0 {

@@ -43,11 +43,19 @@ describe("closing handshake (ws)", () => {
     });
   }
 
-  it("a close without a code is answered without one (1005 on the client)", async () => {
+  it("a close without a code (what close() sends) is answered with 1000, as Rails does", async () => {
     const ws = await open(server.cableUrl, "closer");
     const done = closed(ws);
     ws.close();
-    assert.equal((await done).code, 1005);
+    assert.deepEqual(await done, { code: 1000, reason: "" });
+  });
+
+  it("an unknown opcode is closed with 1002 and websocket-driver's reason", async () => {
+    const ws = await open(server.cableUrl, "bad");
+    const done = closed(ws);
+    const mask = Buffer.from([1, 2, 3, 4]);
+    ws._socket.write(Buffer.concat([Buffer.from([0x83, 0x82]), mask, Buffer.from([0x78 ^ 1, 0x78 ^ 2])]));
+    assert.deepEqual(await done, { code: 1002, reason: "Unrecognized frame opcode: 3" });
   });
 
   it("invalid UTF-8 is closed with 1007", async () => {
