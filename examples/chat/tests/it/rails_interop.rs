@@ -594,3 +594,80 @@ async fn rails_redis_remote_disconnect_crosses_both_ways() {
 async fn rails_postgres_remote_disconnect_crosses_both_ways() {
     remote_disconnect_crosses_both_ways(Kind::Postgres).await;
 }
+
+/// How the server answers one way of ending a connection: the close code
+/// and reason the client is sent.
+async fn close_answer(addr: SocketAddr, case: &str) -> (u16, String) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut req = format!("ws://{addr}/cable?user=closer")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "Origin",
+        format!("http://{addr}").parse().expect("origin header"),
+    );
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "actioncable-v1-json".parse().expect("protocol header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .unwrap_or_else(|e| panic!("{case} on {addr}: {e}"));
+    // The welcome first.
+    let _ = tokio::time::timeout(WAIT, ws.next()).await;
+    let raw =
+        |op: OpCode, payload: &[u8]| Message::Frame(Frame::message(payload.to_vec(), op, true));
+    let msg = match case {
+        "close 4001 bye" => Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4001),
+            reason: "bye".into(),
+        })),
+        "close 1001" => Message::Close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "".into(),
+        })),
+        "close without code" => Message::Close(None),
+        "invalid UTF-8" => raw(OpCode::Data(Data::Text), &[b'{', 0xff, 0xfe, b'}']),
+        "stray continuation" => raw(OpCode::Data(Data::Continue), b"xx"),
+        "unknown opcode" => raw(OpCode::Data(Data::Reserved(3)), b"xx"),
+        other => panic!("unknown case {other}"),
+    };
+    ws.send(msg).await.expect("send");
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (u16::from(f.code), f.reason.to_string())
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return (1005, String::new()),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("{case} on {addr}: no close frame ({other:?})"),
+        }
+    }
+}
+
+/// The closing handshake and protocol-error closes, side by side with Rails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rails_and_cable_close_connections_alike() {
+    let Some(shared) = Shared::get(Kind::Redis).await else {
+        return;
+    };
+    let (ours, rails) = shared.servers().await;
+    for case in [
+        "close 4001 bye",
+        "close 1001",
+        "close without code",
+        "invalid UTF-8",
+        "stray continuation",
+        "unknown opcode",
+    ] {
+        let want = close_answer(rails.addr, case).await;
+        let got = close_answer(ours.addr, case).await;
+        assert_eq!(got, want, "{case}: cable vs Rails");
+    }
+}
