@@ -2,5 +2,6 @@
 //! real sockets, driven by a raw WebSocket client, asserting exact frames.
 
 mod handshake;
+mod hostile;
 mod protocol;
 mod support;
