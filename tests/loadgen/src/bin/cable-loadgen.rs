@@ -184,7 +184,8 @@ enum Run {
         /// The canary's worst round trip allowed in any case (0: not judged).
         #[arg(long, default_value_t = 100)]
         rtt_limit_ms: u64,
-        /// Most the server's RSS may grow over its level before the first case.
+        /// Most the server's RSS may grow during one case (peak over its
+        /// level before the case).
         #[arg(long, default_value_t = 64)]
         rss_limit_mib: u64,
     },
@@ -254,6 +255,8 @@ fn write_report(
     md.push_str(&report::fanout_tables(&runs));
     md.push_str("\n## Pub/sub adapters\n\n");
     md.push_str(&report::adapter_table(&runs));
+    md.push_str("\n## Hostile load\n");
+    md.push_str(&report::hostile_section(&runs));
     md.push_str("\n## Runs\n\n");
     md.push_str(&report::raw(&runs));
     if let Some(h) = history {

@@ -104,7 +104,8 @@ pub struct HostileOpts {
     pub admin_url: Option<String>,
     /// The canary's worst round trip allowed per case (0: not judged).
     pub rtt_limit_ms: u64,
-    /// Most the server's RSS may grow over its level before the first case.
+    /// Most the server's RSS may grow during one case (peak over its level
+    /// before the case); the growth over the first case's level is reported.
     pub rss_limit_mib: u64,
 }
 
@@ -383,8 +384,14 @@ pub async fn run(common: &Common, o: &HostileOpts) -> Result<RunResult> {
         .max();
     println!("{}", summary_table(results));
     println!(
-        "hostile: {passed} of {} cases passed; canary worst {worst:.1} ms",
-        results.len()
+        "hostile: {passed} of {} cases passed; canary worst {worst:.1} ms{}",
+        results.len(),
+        peak_growth
+            .map(|g| format!(
+                "; server RSS peak {:.1} MiB over its level before the first case",
+                g as f64 / 1048576.0
+            ))
+            .unwrap_or_default()
     );
     Ok(RunResult {
         mode: "hostile".into(),
@@ -502,14 +509,16 @@ pub async fn run_report(common: &Common, o: &HostileOpts) -> Result<Report> {
         }
         if let Some(r) = &rss {
             let limit = o.rss_limit_mib << 20;
+            let growth = r.peak.saturating_sub(r.before);
             checks.push(Check::new(
                 "rss_bounded",
-                r.peak_over_baseline <= limit,
+                growth <= limit,
                 format!(
-                    "peak {:.1} MiB over the baseline (limit {} MiB); {:+.1} MiB over the case",
-                    r.peak_over_baseline as f64 / 1048576.0,
+                    "peak {:.1} MiB over the level before the case (limit {} MiB), {:+.1} MiB left after it; {:.1} MiB over the run's baseline",
+                    growth as f64 / 1048576.0,
                     o.rss_limit_mib,
-                    (r.after as f64 - r.before as f64) / 1048576.0
+                    (r.after as f64 - r.before as f64) / 1048576.0,
+                    r.peak_over_baseline as f64 / 1048576.0,
                 ),
             ));
         }
@@ -548,6 +557,142 @@ pub async fn run_report(common: &Common, o: &HostileOpts) -> Result<Report> {
         cases: results,
         errors,
     })
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+/// `{"close 1000": 3}` as `close 1000 ×3`; empty maps as `none`.
+fn tally(v: &Value) -> String {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    }
+}
+
+fn observed_summary(v: &Value) -> String {
+    let mut got = Vec::new();
+    for (key, what) in [
+        ("confirms", "confirmations"),
+        ("rejects", "rejections"),
+        ("messages", "messages"),
+        ("pongs", "pongs"),
+    ] {
+        let n = count(v, key);
+        if n > 0 {
+            got.push(format!("{n} {what}"));
+        }
+    }
+    let mut s = format!(
+        "{} sockets sent {}; got {}",
+        count(v, "sockets"),
+        count(v, "sent"),
+        if got.is_empty() {
+            "nothing".to_owned()
+        } else {
+            got.join(", ")
+        }
+    );
+    let ended = count(v, "ended_by_server");
+    if ended > 0 {
+        s.push_str(&format!(
+            "; {ended} ended by the server ({}; disconnect reasons: {})",
+            tally(&v["endings"]),
+            tally(&v["disconnect_reasons"])
+        ));
+    } else {
+        s.push_str("; none ended by the server");
+    }
+    s
+}
+
+/// One line on what a case's attacking sockets experienced.
+pub fn attack_summary(case: &str, a: &Value) -> String {
+    if a.is_null() {
+        return "attack did not run".into();
+    }
+    match case {
+        "subscriptions" => format!(
+            "{} subscribes: {} answered ({} confirmed, {} rejected){}; socket {}",
+            count(a, "subscribes_sent"),
+            count(a, "answered"),
+            count(a, "confirms"),
+            count(a, "rejects"),
+            a["ms_to_last_answer"]
+                .as_f64()
+                .map(|ms| format!(" within {ms:.0} ms"))
+                .unwrap_or_default(),
+            a["socket_ending"].as_str().unwrap_or("stayed open")
+        ),
+        "big_identifiers" => {
+            let part = |k: &str| {
+                let p = &a[k];
+                format!(
+                    "{} of {} B: {} answered, socket {}",
+                    count(p, "sent"),
+                    count(p, "command_bytes"),
+                    count(p, "answered"),
+                    p["socket_ending"].as_str().unwrap_or("stayed open")
+                )
+            };
+            format!(
+                "{}; {}; one of {} B: socket {}",
+                part("near_limit"),
+                part("few_kib"),
+                count(&a["over_limit"], "command_bytes"),
+                a["over_limit"]["socket_ending"]
+                    .as_str()
+                    .unwrap_or("stayed open")
+            )
+        }
+        "big_broadcast" => format!(
+            "{} members, {} B broadcast (POST {}): {} got it; small one (POST {}): {} got it; {} still connected; ended: {}; disconnect reasons: {}",
+            count(a, "members"),
+            count(a, "broadcast_bytes"),
+            a["big_post"],
+            count(a, "got_big"),
+            a["small_post"],
+            count(a, "got_small"),
+            count(a, "still_connected"),
+            tally(&a["endings"]),
+            tally(&a["disconnect_reasons"])
+        ),
+        "half_open" => format!(
+            "{} held {:.1} s: {} closed by the server ({}); a new client meanwhile: {}",
+            count(a, "opened"),
+            a["held_secs"].as_f64().unwrap_or(0.0),
+            count(a, "closed_by_server"),
+            tally(&a["server_answers"]),
+            if a["fresh_client_during"]["ok"] == true {
+                format!("ok in {} ms", a["fresh_client_during"]["ms"])
+            } else {
+                format!(
+                    "FAILED ({})",
+                    a["fresh_client_during"]["error"].as_str().unwrap_or("?")
+                )
+            }
+        ),
+        "slow_readers" => format!(
+            "{} broadcasts of {} B; {} stalled: {} dropped ({} told too_slow; ended: {}); {} readers got {:?}",
+            count(a, "broadcasts_sent"),
+            count(a, "payload_bytes"),
+            count(a, "slow_readers"),
+            count(a, "slow_dropped"),
+            count(a, "slow_told_too_slow"),
+            tally(&a["slow_observed"]["endings"]),
+            count(a, "readers"),
+            a["readers_received"]
+                .as_array()
+                .map(|v| v.iter().filter_map(Value::as_u64).collect::<Vec<_>>())
+                .unwrap_or_default()
+        ),
+        _ => observed_summary(a),
+    }
 }
 
 fn mib(b: i64) -> String {
@@ -611,8 +756,13 @@ pub fn summary_table(results: &[CaseResult]) -> String {
         ));
     }
     for r in results {
+        s.push_str(&format!(
+            "  {}: {}\n",
+            r.name,
+            attack_summary(&r.name, &r.attack)
+        ));
         for c in r.checks.iter().filter(|c| !c.ok) {
-            s.push_str(&format!("  {} {}: {}\n", r.name, c.name, c.detail));
+            s.push_str(&format!("    FAILED {}: {}\n", c.name, c.detail));
         }
     }
     s
@@ -699,8 +849,10 @@ pub async fn shutdown(common: &Common, pid: u32, o: &ShutdownOpts) -> Result<Run
         ),
     };
     println!(
-        "shutdown: {} half-sent requests open: {verdict}; live client got {:?}, ended {:?}",
-        o.half_open, metrics["live_client_disconnect"], metrics["live_client_ending"]
+        "shutdown: {} half-sent requests open: {verdict}; a subscribed client got {}, its socket ended with {}",
+        o.half_open,
+        metrics["live_client_disconnect"].as_str().unwrap_or("nothing"),
+        metrics["live_client_ending"].as_str().unwrap_or("nothing")
     );
     Ok(RunResult {
         mode: "hostile-shutdown".into(),
