@@ -40,6 +40,9 @@ pub struct CanaryReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub worst_ms: f64,
+    /// When the echo with the worst round trip was sent, in ms since the
+    /// window opened (the case's start).
+    pub worst_sent_at_ms: f64,
     /// Times the canary's connection ended and it reconnected.
     pub disconnects: u64,
     pub notes: Vec<String>,
@@ -52,6 +55,9 @@ struct Window {
     duplicated: u64,
     late: u64,
     rtt: Histogram<u64>,
+    worst: Duration,
+    worst_sent_at: Duration,
+    started: Instant,
     disconnects: u64,
     notes: Vec<String>,
 }
@@ -65,6 +71,9 @@ impl Window {
             duplicated: 0,
             late: 0,
             rtt: histogram(),
+            worst: Duration::ZERO,
+            worst_sent_at: Duration::ZERO,
+            started: Instant::now(),
             disconnects: 0,
             notes: Vec::new(),
         }
@@ -146,6 +155,10 @@ impl State {
                 let w = self.window(p.window);
                 w.echoed += 1;
                 w.rtt.saturating_record((rtt.as_micros() as u64).max(1));
+                if rtt > w.worst {
+                    w.worst = rtt;
+                    w.worst_sent_at = p.sent.saturating_duration_since(w.started);
+                }
             }
             _ => {
                 // Already counted lost after the grace period.
@@ -219,7 +232,7 @@ impl Canary {
     /// Opens window `w`: echoes sent from now on count there.
     pub fn begin_window(&self, w: usize) {
         let mut s = self.shared.state.lock().expect("canary lock");
-        s.window(w);
+        s.window(w).started = Instant::now();
         s.current = w;
     }
 
@@ -252,6 +265,7 @@ impl Canary {
             p50_ms: us(win.rtt.value_at_quantile(0.5)),
             p99_ms: us(win.rtt.value_at_quantile(0.99)),
             worst_ms: us(win.rtt.max()),
+            worst_sent_at_ms: crate::modes::ms(win.worst_sent_at),
             disconnects: win.disconnects,
             notes: win.notes.clone(),
         }

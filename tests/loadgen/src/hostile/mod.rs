@@ -502,8 +502,12 @@ pub async fn run_report(common: &Common, o: &HostileOpts) -> Result<Report> {
                 "canary_rtt",
                 report.worst_ms <= o.rtt_limit_ms as f64 && report.echoed > 0,
                 format!(
-                    "worst round trip {:.1} ms (limit {} ms), p99 {:.1} ms",
-                    report.worst_ms, o.rtt_limit_ms, report.p99_ms
+                    "worst round trip {:.1} ms (limit {} ms; sent {:.1} s into the case, whose attack lasts {} s before teardown), p99 {:.1} ms",
+                    report.worst_ms,
+                    o.rtt_limit_ms,
+                    report.worst_sent_at_ms / 1e3,
+                    o.case_secs,
+                    report.p99_ms
                 ),
             ));
         }
@@ -632,12 +636,18 @@ pub fn attack_summary(case: &str, a: &Value) -> String {
         "big_identifiers" => {
             let part = |k: &str| {
                 let p = &a[k];
+                let told = &p["observed"]["disconnect_reasons"];
                 format!(
-                    "{} of {} B: {} answered, socket {}",
+                    "{} of {} B: {} answered, socket {}{}",
                     count(p, "sent"),
                     count(p, "command_bytes"),
                     count(p, "answered"),
-                    p["socket_ending"].as_str().unwrap_or("stayed open")
+                    p["socket_ending"].as_str().unwrap_or("stayed open"),
+                    if told.as_object().is_some_and(|m| !m.is_empty()) {
+                        format!(" (told {})", tally(told))
+                    } else {
+                        String::new()
+                    }
                 )
             };
             format!(
