@@ -3,5 +3,6 @@
 
 mod handshake;
 mod hardening;
+mod hostile;
 mod protocol;
 mod support;

@@ -53,7 +53,8 @@ impl Target {
         }
     }
 
-    fn addr(&self) -> Result<(SocketAddr, String)> {
+    /// The server's address and its `host:port` as written in the URL.
+    pub fn addr(&self) -> Result<(SocketAddr, String)> {
         let rest = self
             .url
             .strip_prefix("ws://")
@@ -162,7 +163,26 @@ pub struct Opened {
 /// BenchmarkChannel subscription and its confirmation.
 pub async fn open(target: &Target, i: usize, rcvbuf: Option<u32>) -> Result<(Ws, Opened)> {
     let started = Instant::now();
-    let (addr, hostport) = target.addr()?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, welcome) = handshake(target, i, rcvbuf, config).await?;
+    ws.send(Message::text(subscribe_frame())).await?;
+    let confirm = loop {
+        match next_kind(&mut ws).await? {
+            Kind::Confirm => break started.elapsed(),
+            Kind::Ping => {}
+            Kind::Reject => bail!("subscription rejected"),
+            k => bail!("expected confirm_subscription, got {k:?}"),
+        }
+    };
+    Ok((ws, Opened { welcome, confirm }))
+}
+
+/// A TCP connection for client `i` to the target's host and port, from the
+/// client's source address (and with a receive buffer of `rcvbuf` bytes).
+pub async fn tcp_connect(target: &Target, i: usize, rcvbuf: Option<u32>) -> Result<TcpStream> {
+    let (addr, _) = target.addr()?;
     let socket = TcpSocket::new_v4()?;
     if !target.sources.is_empty() {
         let src = target.sources[i % target.sources.len()];
@@ -178,6 +198,22 @@ pub async fn open(target: &Target, i: usize, rcvbuf: Option<u32>) -> Result<(Ws,
         .await
         .with_context(|| format!("connect {addr}"))?;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Client `i`'s connection up to the welcome: TCP ([`tcp_connect`]), the
+/// WebSocket handshake offering `actioncable-v1-json` with a same-origin
+/// `Origin`, then the `welcome` (pings before it are skipped). Returns the
+/// socket and the time to the welcome.
+pub async fn handshake(
+    target: &Target,
+    i: usize,
+    rcvbuf: Option<u32>,
+    config: WebSocketConfig,
+) -> Result<(Ws, Duration)> {
+    let started = Instant::now();
+    let (_, hostport) = target.addr()?;
+    let tcp = tcp_connect(target, i, rcvbuf).await?;
     let url = target.url.replace("{i}", &i.to_string());
     let mut req = url.as_str().into_client_request()?;
     req.headers_mut().insert(
@@ -188,30 +224,18 @@ pub async fn open(target: &Target, i: usize, rcvbuf: Option<u32>) -> Result<(Ws,
         "Origin",
         HeaderValue::from_str(&format!("http://{hostport}"))?,
     );
-    let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0);
     let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
         .await
         .context("WebSocket handshake")?;
-    let welcome = loop {
+    loop {
         match next_kind(&mut ws).await? {
-            Kind::Welcome => break started.elapsed(),
+            Kind::Welcome => break,
             Kind::Ping => {}
             Kind::Disconnect { .. } => bail!("disconnected before the welcome"),
             k => bail!("expected a welcome, got {k:?}"),
         }
-    };
-    ws.send(Message::text(subscribe_frame())).await?;
-    let confirm = loop {
-        match next_kind(&mut ws).await? {
-            Kind::Confirm => break started.elapsed(),
-            Kind::Ping => {}
-            Kind::Reject => bail!("subscription rejected"),
-            k => bail!("expected confirm_subscription, got {k:?}"),
-        }
-    };
-    Ok((ws, Opened { welcome, confirm }))
+    }
+    Ok((ws, started.elapsed()))
 }
 
 async fn next_kind(ws: &mut Ws) -> Result<Kind> {

@@ -4,12 +4,15 @@
 //! Runs (see [`modes`]): websocket-shootout's `broadcast` ladder in its
 //! `actioncable` mode, `fanout`, `connect`, `idle` and `slow`. Every run
 //! talks to `BenchmarkChannel` over `actioncable-v1-json`, so the same run
-//! measures cable, [`b1`] and Rails ActionCable alike. Results are JSON
+//! measures cable, [`b1`] and Rails ActionCable alike. [`hostile`] attacks a
+//! server with the chat example's `ChatChannel` while a canary client
+//! measures what that costs everyone else. Results are JSON
 //! ([`modes::RunResult`]); [`report`] turns a directory of them into
 //! `BENCHMARKS.md`. `scripts/bench` runs the whole suite.
 
 pub mod b1;
 pub mod client;
+pub mod hostile;
 pub mod modes;
 pub mod procfs;
 pub mod report;

@@ -371,6 +371,132 @@ pub fn adapter_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
     }
 }
 
+/// The hostile-load run (`hostile` and `hostile-shutdown` results of any
+/// server label): one row per case.
+pub fn hostile_section(runs: &BTreeMap<(String, String), RunResult>) -> String {
+    let mut s = String::new();
+    let mut any = false;
+    for ((server, mode), r) in runs {
+        if mode != "hostile" {
+            continue;
+        }
+        any = true;
+        let p = &r.params;
+        let _ = writeln!(
+            s,
+            "\n**{server}** ({}): each case {} s; the canary echoes every {} ms (its p99 over a case's few dozen echoes is close to the worst); an echo not back within {} ms is lost. Targets: the canary's worst round trip {}, nothing lost, RSS growth during a case ≤ {} MiB, a fresh client served after every case.\n",
+            if r.ok { "every case passed".to_owned() } else {
+                format!(
+                    "{} of {} cases passed",
+                    r.metrics["cases_passed"],
+                    r.metrics["cases_run"]
+                )
+            },
+            p["case_secs"],
+            p["canary_interval_ms"],
+            p["echo_grace_ms"],
+            match p["rtt_limit_ms"].as_u64() {
+                Some(0) | None => "not judged (smoke run)".to_owned(),
+                Some(l) => format!("≤ {l} ms"),
+            },
+            p["rss_limit_mib"],
+        );
+        let b = &r.metrics["baseline"];
+        let _ = writeln!(
+            s,
+            "Canary alone before the first case: p99 {} ms, worst {} ms. Server RSS then {} MiB; at its highest during the run {} MiB above that (memory a case leaves behind stays in the later cases' figures).\n",
+            fmt_num(num(&b["canary"]["p99_ms"]), 1),
+            fmt_num(num(&b["canary"]["worst_ms"]), 1),
+            fmt_num(num(&b["rss_bytes"]).map(|x| x / 1048576.0), 1),
+            fmt_num(num(&r.metrics["rss_peak_growth_bytes"]).map(|x| x / 1048576.0), 1),
+        );
+        s.push_str(
+            "| case | canary worst RTT ms | p99 ms | lost / dup | RSS growth in the case MiB | RSS left after the case MiB | fresh client | verdict |\n\
+             |---|---:|---:|---:|---:|---:|---|---|\n",
+        );
+        let cases = r.metrics["cases"].as_array().cloned().unwrap_or_default();
+        for c in &cases {
+            let rss = &c["rss"];
+            let over = |k: &str| match (num(&rss[k]), num(&rss["before"])) {
+                (Some(a), Some(b)) => Some((a - b) / 1048576.0),
+                _ => None,
+            };
+            let (peak, after) = (over("peak"), over("after"));
+            let failed: Vec<&str> = c["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|k| k["ok"] != true)
+                .filter_map(|k| k["name"].as_str())
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+                c["name"].as_str().unwrap_or("?"),
+                fmt_num(num(&c["canary"]["worst_ms"]), 1),
+                fmt_num(num(&c["canary"]["p99_ms"]), 1),
+                c["canary"]["lost"],
+                c["canary"]["duplicated"],
+                fmt_num(peak, 1),
+                after
+                    .map(|x| format!("{x:+.1}"))
+                    .unwrap_or_else(|| "—".into()),
+                if c["fresh"]["ok"] == true {
+                    "ok"
+                } else {
+                    "FAILED"
+                },
+                if failed.is_empty() {
+                    "passed".to_owned()
+                } else {
+                    format!("FAILED: {}", failed.join(", "))
+                },
+            );
+        }
+        s.push_str("\nWhat the attacking sockets got, and every failed check:\n\n");
+        for c in &cases {
+            let name = c["name"].as_str().unwrap_or("?");
+            let _ = writeln!(
+                s,
+                "- `{name}`, {}: {}",
+                c["description"].as_str().unwrap_or(""),
+                crate::hostile::attack_summary(name, &c["attack"])
+            );
+            for k in c["checks"].as_array().into_iter().flatten() {
+                if k["ok"] != true {
+                    let _ = writeln!(
+                        s,
+                        "  - FAILED {}: {}",
+                        k["name"].as_str().unwrap_or("?"),
+                        k["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        if let Some(sd) = runs.get(&(server.clone(), "hostile-shutdown".to_owned())) {
+            let m = &sd.metrics;
+            let _ = writeln!(
+                s,
+                "\n**SIGTERM with {} half-sent requests open** (drain timeout {} s, limit {} s): {}; a subscribed client got `{}` and its socket ended with `{}`.",
+                sd.params["half_open"],
+                sd.params["shutdown_timeout_secs"],
+                m["limit_secs"],
+                match num(&m["exit_secs"]) {
+                    Some(x) => format!("gone after {x:.2} s ({})", if sd.ok { "passed" } else { "FAILED" }),
+                    None => format!("still running {} s after the signal (FAILED)", sd.params["wait_secs"]),
+                },
+                m["live_client_disconnect"].as_str().unwrap_or("nothing"),
+                m["live_client_ending"].as_str().unwrap_or("nothing"),
+            );
+        }
+    }
+    if any {
+        s
+    } else {
+        "\nNo hostile run in this result set.\n".into()
+    }
+}
+
 fn status(r: &RunResult) -> String {
     if r.ok {
         "ok".into()
@@ -406,6 +532,45 @@ mod tests {
         assert_eq!(ratio(Some(200.0), Some(100.0), true), "2.00x");
         assert_eq!(ratio(Some(50.0), Some(100.0), false), "2.00x");
         assert_eq!(ratio(None, Some(1.0), true), "—");
+    }
+
+    #[test]
+    fn hostile_section_has_a_row_per_case() {
+        let mut runs = BTreeMap::new();
+        runs.insert(
+            ("cable".to_owned(), "hostile".to_owned()),
+            RunResult {
+                mode: "hostile".into(),
+                server: "cable".into(),
+                ok: false,
+                params: json!({"case_secs": 3.0, "canary_interval_ms": 50, "echo_grace_ms": 5000, "rtt_limit_ms": 100, "rss_limit_mib": 64}),
+                metrics: json!({
+                    "baseline": {"canary": {"p99_ms": 1.0, "worst_ms": 1.5}, "rss_bytes": 10485760},
+                    "cases_run": 1,
+                    "cases_passed": 0,
+                    "cases": [{
+                        "name": "big_broadcast",
+                        "description": "a big broadcast",
+                        "canary": {"worst_ms": 12.34, "p99_ms": 10.0, "lost": 0, "duplicated": 0},
+                        "rss": {"before": 10485760, "after": 12582912, "peak": 20971520, "peak_over_baseline": 10485760},
+                        "fresh": {"ok": true},
+                        "attack": {"members": 20, "got_small": 0, "still_connected": 0},
+                        "checks": [
+                            {"name": "canary_lost_nothing", "ok": true, "detail": ""},
+                            {"name": "members_connected", "ok": false, "detail": "0 of 20"}
+                        ],
+                    }],
+                }),
+                errors: vec![],
+            },
+        );
+        let t = hostile_section(&runs);
+        assert!(t.contains("**cable** (0 of 1 cases passed)"), "{t}");
+        assert!(
+            t.contains("| big_broadcast | 12.3 | 10.0 | 0 / 0 | 10.0 | +2.0 | ok | FAILED: members_connected |"),
+            "{t}"
+        );
+        assert!(t.contains("  - FAILED members_connected: 0 of 20"), "{t}");
     }
 
     #[test]

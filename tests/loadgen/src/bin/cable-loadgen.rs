@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use cable_loadgen::client::Target;
 use cable_loadgen::modes::{self, Common, RunResult};
-use cable_loadgen::report;
+use cable_loadgen::{hostile, report};
 use clap::{Parser, Subcommand};
 
 /// Load generator for ActionCable servers: websocket-shootout's broadcast
@@ -130,6 +130,77 @@ enum Run {
         #[arg(long, default_value_t = 1 << 20)]
         queue_limit_bytes: u64,
     },
+    /// A canary echoes every 50 ms while other sockets attack a server with
+    /// the chat example's ChatChannel (floods, 20,000 subscriptions, big
+    /// identifiers, a 1.5 MiB broadcast, half-sent requests, slow readers).
+    Hostile {
+        /// Comma-separated cases, or `all`: subscribe_flood, action_flood,
+        /// ping_flood, subscriptions, big_identifiers, big_broadcast,
+        /// half_open, slow_readers.
+        #[arg(long, default_value = "all")]
+        cases: String,
+        /// Seconds each flood, hold or busy phase lasts.
+        #[arg(long, default_value_t = 3.0)]
+        case_secs: f64,
+        /// Admin endpoints (`POST /admin/broadcast`) as http://host:port;
+        /// default: the --url's host and port.
+        #[arg(long)]
+        admin_url: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        canary_interval_ms: u64,
+        /// An echo not back within this counts as lost.
+        #[arg(long, default_value_t = 5000)]
+        echo_grace_ms: u64,
+        #[arg(long, default_value_t = 3)]
+        flood_sockets: usize,
+        /// Most frames one flooding socket sends.
+        #[arg(long, default_value_t = 200_000)]
+        flood_max_commands: u64,
+        #[arg(long, default_value_t = 20_000)]
+        subscriptions: usize,
+        #[arg(long, default_value_t = 20)]
+        big_identifiers: usize,
+        /// Size of each near-limit subscribe command.
+        #[arg(long, default_value_t = 65_000)]
+        big_identifier_bytes: usize,
+        #[arg(long, default_value_t = 2_000)]
+        medium_identifiers: usize,
+        #[arg(long, default_value_t = 4096)]
+        medium_identifier_bytes: usize,
+        #[arg(long, default_value_t = 20)]
+        room_size: usize,
+        #[arg(long, default_value_t = 1536 * 1024)]
+        big_broadcast_bytes: usize,
+        #[arg(long, default_value_t = 500)]
+        half_open: usize,
+        #[arg(long, default_value_t = 10)]
+        slow_readers: usize,
+        /// Broadcasts per second in the busy room.
+        #[arg(long, default_value_t = 200.0)]
+        slow_rate: f64,
+        /// Bytes of each busy-room broadcast's body.
+        #[arg(long, default_value_t = 16_000)]
+        slow_payload: usize,
+        /// The canary's worst round trip allowed in any case (0: not judged).
+        #[arg(long, default_value_t = 100)]
+        rtt_limit_ms: u64,
+        /// Most the server's RSS may grow during one case (peak over its
+        /// level before the case).
+        #[arg(long, default_value_t = 64)]
+        rss_limit_mib: u64,
+    },
+    /// SIGTERM to --server-pid with half-sent requests open: how long until
+    /// the process is gone (it must be within its drain timeout plus 5 s).
+    HostileShutdown {
+        #[arg(long, default_value_t = 200)]
+        half_open: usize,
+        /// The server's drain timeout (chat's --shutdown-timeout).
+        #[arg(long, default_value_t = 10.0)]
+        shutdown_timeout_secs: f64,
+        /// Give up waiting for the exit after this long.
+        #[arg(long, default_value_t = 20.0)]
+        wait_secs: f64,
+    },
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -184,6 +255,8 @@ fn write_report(
     md.push_str(&report::fanout_tables(&runs));
     md.push_str("\n## Pub/sub adapters\n\n");
     md.push_str(&report::adapter_table(&runs));
+    md.push_str("\n## Hostile load\n");
+    md.push_str(&report::hostile_section(&runs));
     md.push_str("\n## Runs\n\n");
     md.push_str(&report::raw(&runs));
     if let Some(h) = history {
@@ -327,6 +400,79 @@ async fn run(args: Args) -> Result<()> {
                     payload_padding,
                     phase_secs,
                     queue_limit_bytes,
+                },
+            )
+            .await?
+        }
+        Run::Hostile {
+            cases,
+            case_secs,
+            admin_url,
+            canary_interval_ms,
+            echo_grace_ms,
+            flood_sockets,
+            flood_max_commands,
+            subscriptions,
+            big_identifiers,
+            big_identifier_bytes,
+            medium_identifiers,
+            medium_identifier_bytes,
+            room_size,
+            big_broadcast_bytes,
+            half_open,
+            slow_readers,
+            slow_rate,
+            slow_payload,
+            rtt_limit_ms,
+            rss_limit_mib,
+        } => {
+            let cases = if cases == "all" {
+                hostile::CASES.iter().map(|c| c.to_string()).collect()
+            } else {
+                cases.split(',').map(|c| c.trim().to_owned()).collect()
+            };
+            hostile::run(
+                &common,
+                &hostile::HostileOpts {
+                    cases,
+                    case_secs,
+                    canary_interval_ms,
+                    echo_grace_ms,
+                    flood_sockets,
+                    flood_max_commands,
+                    subscriptions,
+                    big_identifiers,
+                    big_identifier_bytes,
+                    medium_identifiers,
+                    medium_identifier_bytes,
+                    room_size,
+                    big_broadcast_bytes,
+                    half_open,
+                    slow_readers,
+                    slow_rate,
+                    slow_payload,
+                    admin_url,
+                    rtt_limit_ms,
+                    rss_limit_mib,
+                },
+            )
+            .await?
+        }
+        Run::HostileShutdown {
+            half_open,
+            shutdown_timeout_secs,
+            wait_secs,
+        } => {
+            let [pid] = common.server_pids[..] else {
+                bail!("hostile-shutdown needs exactly one --server-pid");
+            };
+            hostile::shutdown(
+                &common,
+                pid,
+                &hostile::ShutdownOpts {
+                    half_open,
+                    shutdown_timeout_secs,
+                    wait_secs,
                 },
             )
             .await?
