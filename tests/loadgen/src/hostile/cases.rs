@@ -454,7 +454,12 @@ pub async fn slow_readers(ctx: &Ctx) -> Result<Outcome> {
     let obs_read = Observed::new();
     let obs_slow = Observed::new();
     let readers_n = 4;
-    let mut publisher = attackers(ctx, 1, &obs_pub).await?;
+    // The room's traffic comes from several members, each well under the
+    // server's per-connection command rate (100/s sustained by default):
+    // this case is about readers that stall, not about a flooding sender.
+    let publishers_n = ((o.slow_rate / 50.0).ceil() as usize).max(1);
+    let mut publisher = attackers(ctx, publishers_n, &obs_pub).await?;
+    let publishers_n = publisher.len();
     let ids = (0..readers_n).map(|_| ctx.next_id()).collect();
     let (mut readers, f1) =
         sock::connect_many(&ctx.target, ids, 20, &obs_read, no_markers(), |_| None).await;
@@ -492,7 +497,7 @@ pub async fn slow_readers(ctx: &Ctx) -> Result<Outcome> {
         let due = ((started.elapsed().as_secs_f64() * o.slow_rate) as u64 + 1).min(total);
         while sent < due {
             let frame = perform_command(&id, &json!({"action": "speak", "body": body}));
-            if let Err(e) = publisher[0].send(frame).await {
+            if let Err(e) = publisher[sent as usize % publishers_n].send(frame).await {
                 send_error = Some(format!("{e:#}"));
                 break;
             }
@@ -530,7 +535,9 @@ pub async fn slow_readers(ctx: &Ctx) -> Result<Outcome> {
         .count();
     let attack = json!({
         "broadcasts_sent": sent,
+        "publishers": publishers_n,
         "publisher_send_error": send_error,
+        "publishers_observed": obs_pub.summary(),
         "rate": o.slow_rate,
         "payload_bytes": o.slow_payload,
         "readers": readers_n,
