@@ -26,7 +26,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use cable_core::Backoff;
+/// use cable_core::pubsub::Backoff;
 ///
 /// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// let first = backoff.next_delay();

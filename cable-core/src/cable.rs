@@ -188,7 +188,7 @@ pub(crate) struct Inner {
 }
 
 /// Held by a transport while one of its sockets is open, so that
-/// [`Cable::drain`] also waits for the last frames (the `server_restart`
+/// [`transport::drain`](crate::transport::drain) also waits for the last frames (the `server_restart`
 /// notice, the close) to be written: a session ends before its writer does.
 #[derive(Debug)]
 #[must_use = "the socket counts as open only while the guard lives"]
@@ -337,13 +337,18 @@ impl std::fmt::Debug for Cable {
     }
 }
 
-type PubSubFactory = Box<dyn FnOnce(Delivery) -> Arc<dyn PubSub>>;
+/// The adapter, made by [`CableBuilder::try_pubsub`] with the delivery handle
+/// it was given (bound to the hub by `build`), or a factory still to run.
+enum PubSubSlot {
+    Made(Delivery, Arc<dyn PubSub>),
+    Factory(Box<dyn FnOnce(Delivery) -> Arc<dyn PubSub>>),
+}
 
 /// Builds a [`Cable`].
 pub struct CableBuilder {
     channels: HashMap<Arc<str>, ChannelFactory>,
     auth: Arc<dyn Authenticate>,
-    pubsub: PubSubFactory,
+    pubsub: PubSubSlot,
     config: CableConfig,
 }
 
@@ -379,8 +384,43 @@ impl CableBuilder {
         P: PubSub,
         F: FnOnce(Delivery) -> P + 'static,
     {
-        self.pubsub = Box::new(move |d| Arc::new(make(d)));
+        self.pubsub = PubSubSlot::Factory(Box::new(move |d| Arc::new(make(d))));
         self
+    }
+
+    /// Sets the pub/sub adapter with a constructor that may refuse (a bad
+    /// URL, a setting out of range): the error comes back here, before
+    /// anything is served, instead of a panic in [`build`](Self::build).
+    /// `make` runs now; messages it delivers before `build` are dropped
+    /// (nobody is subscribed yet).
+    ///
+    /// ```
+    /// use cable_core::Cable;
+    /// use cable_core::pubsub::{Delivery, MemoryPubSub};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("no such backend: {0}")]
+    /// struct BadUrl(String);
+    ///
+    /// fn adapter(url: &str, d: Delivery) -> Result<MemoryPubSub, BadUrl> {
+    ///     if url == "memory:" { Ok(MemoryPubSub::new(d)) } else { Err(BadUrl(url.into())) }
+    /// }
+    ///
+    /// let err = Cable::builder().try_pubsub(|d| adapter("nats://x", d)).unwrap_err();
+    /// assert_eq!(err.to_string(), "no such backend: nats://x");
+    /// let cable = Cable::builder().try_pubsub(|d| adapter("memory:", d))?.build();
+    /// # drop(cable);
+    /// # Ok::<(), BadUrl>(())
+    /// ```
+    pub fn try_pubsub<P, E, F>(mut self, make: F) -> Result<Self, E>
+    where
+        P: PubSub,
+        F: FnOnce(Delivery) -> Result<P, E>,
+    {
+        let delivery = Delivery::detached();
+        let adapter = make(delivery.clone())?;
+        self.pubsub = PubSubSlot::Made(delivery, Arc::new(adapter));
+        Ok(self)
     }
 
     /// Sets the core settings.
@@ -400,10 +440,19 @@ impl CableBuilder {
             );
             self.config.max_outbound_message_bytes = self.config.outbound_queue_bytes;
         }
-        let make = self.pubsub;
+        let (delivery, adapter) = match self.pubsub {
+            PubSubSlot::Made(delivery, adapter) => (delivery, adapter),
+            PubSubSlot::Factory(make) => {
+                let delivery = Delivery::detached();
+                let adapter = make(delivery.clone());
+                (delivery, adapter)
+            }
+        };
         let max_message = self.config.max_outbound_message_bytes;
-        let hub =
-            Arc::new_cyclic(|weak| Hub::new(make(Delivery { hub: weak.clone() }), max_message));
+        let hub = Arc::new_cyclic(|weak| {
+            delivery.bind(weak.clone());
+            Hub::new(adapter, max_message)
+        });
         Cable {
             inner: Arc::new(Inner {
                 hub,
@@ -429,7 +478,7 @@ impl Cable {
         CableBuilder {
             channels: HashMap::new(),
             auth: Arc::new(AllowAll),
-            pubsub: Box::new(|d| Arc::new(MemoryPubSub::new(d))),
+            pubsub: PubSubSlot::Factory(Box::new(|d| Arc::new(MemoryPubSub::new(d)))),
             config: CableConfig::default(),
         }
     }
@@ -465,7 +514,7 @@ impl Cable {
     }
 
     /// A new outbound queue sized by [`CableConfig::outbound_queue_bytes`].
-    pub fn new_outbox(&self) -> Arc<Outbox> {
+    pub(crate) fn new_outbox(&self) -> Arc<Outbox> {
         Outbox::with_counters(
             self.inner.config.outbound_queue_bytes,
             Some(self.inner.counters.too_slow.clone()),
@@ -479,7 +528,7 @@ impl Cable {
     /// `outbox`, which a transport drains; the last item is always a close.
     /// Frames that arrive before the welcome wait in `inbound` and are handled
     /// in order after it.
-    pub fn run_connection<S>(
+    pub(crate) fn run_connection<S>(
         &self,
         request: ConnectRequest,
         inbound: S,
@@ -498,7 +547,7 @@ impl Cable {
     /// every `every`. Only the first call starts it (one heartbeat per
     /// server, however many transports or routers share it); the task holds
     /// no strong reference and ends once the last `Cable` clone is dropped.
-    pub fn start_heartbeat(&self, every: Duration) {
+    pub(crate) fn start_heartbeat(&self, every: Duration) {
         self.inner.heartbeat.get_or_init(|| {
             let weak = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
@@ -515,7 +564,7 @@ impl Cable {
 
     /// Sends one ping to every welcomed connection (call every 3 s from a
     /// single timer). Returns the number of connections pinged.
-    pub fn beat(&self) -> usize {
+    pub(crate) fn beat(&self) -> usize {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -531,30 +580,30 @@ impl Cable {
     /// Starts a shutdown: new connections are refused and every open one is
     /// sent `{"type":"disconnect","reason":"server_restart","reconnect":true}`
     /// and closed.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
         for c in self.inner.conns().values() {
             let _ = c.ctl.send(Control::Shutdown);
         }
     }
 
-    /// Whether [`Cable::begin_shutdown`] was called.
+    /// Whether [`transport::begin_shutdown`](crate::transport::begin_shutdown) was called.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.is_shutting_down()
     }
 
     /// Marks one transport socket open until the guard is dropped; see
     /// [`TransportGuard`].
-    pub fn transport_guard(&self) -> TransportGuard {
+    pub(crate) fn transport_guard(&self) -> TransportGuard {
         self.inner.transports.fetch_add(1, Ordering::AcqRel);
         TransportGuard {
             cable: self.clone(),
         }
     }
 
-    /// Like [`Cable::transport_guard`], but only while fewer than `max`
+    /// Like [`transport_guard`](Cable::transport_guard), but only while fewer than `max`
     /// sockets are open (a transport's `max_connections`); None at the limit.
-    pub fn try_transport_guard(&self, max: usize) -> Option<TransportGuard> {
+    pub(crate) fn try_transport_guard(&self, max: usize) -> Option<TransportGuard> {
         self.inner
             .transports
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -567,9 +616,9 @@ impl Cable {
     }
 
     /// Waits until every connection has ended and every transport socket
-    /// (see [`Cable::transport_guard`]) is closed, at most `timeout`. Returns
+    /// (see [`transport::transport_guard`](crate::transport::transport_guard)) is closed, at most `timeout`. Returns
     /// the number of connections or sockets still open.
-    pub async fn drain(&self, timeout: Duration) -> usize {
+    pub(crate) async fn drain(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         let open = || {
             self.inner
@@ -590,7 +639,7 @@ impl Cable {
 
     /// Counts a handshake the transport refused before the upgrade (for
     /// example at its connection limit); see [`Stats::refused_handshakes`].
-    pub fn count_refused_handshake(&self) {
+    pub(crate) fn count_refused_handshake(&self) {
         self.inner.counters.refused_handshakes.inc();
     }
 

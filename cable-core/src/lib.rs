@@ -3,19 +3,34 @@
 //!
 //! It speaks Rails' `actioncable-v1-json` protocol as frames in and frames
 //! out: a transport (see the `cable-server` crate) hands a connection's text
-//! frames to [`Cable::run_connection`] and writes out whatever appears in the
-//! connection's [`Outbox`]. Nothing here opens a socket or parses HTTP, which
-//! is what makes the protocol testable end to end with plain channels.
+//! frames to [`transport::run_connection`] and writes out whatever appears
+//! in the connection's [`transport::Outbox`]. Nothing here opens a socket or
+//! parses HTTP, which is what makes the protocol testable end to end with
+//! plain channels.
 //!
 //! The pieces mirror Rails: a [`Cable`] server holds the registered
 //! [`Channel`]s, the connection hook ([`Authenticate`], Rails' `connect` and
-//! `identified_by`) and a [`PubSub`] adapter (Rails' subscription adapter; the
-//! in-memory [`MemoryPubSub`] is the default). Each subscription gets its own
-//! channel instance and a [`Context`] to stream, transmit and reject.
+//! `identified_by`) and a [`pubsub::PubSub`] adapter (Rails' subscription
+//! adapter; the in-memory [`pubsub::MemoryPubSub`] is the default). Each
+//! subscription gets its own channel instance and a [`Context`] to stream,
+//! transmit and reject.
+//!
+//! The API is grouped by who uses it:
+//! - the crate root, for application authors: [`Cable`], [`CableBuilder`],
+//!   [`Channel`], [`Context`], [`Broadcaster`], the connection hook
+//!   ([`Authenticate`], [`ConnectRequest`], [`Identifiers`]) and settings;
+//! - [`transport`], for transports (the WebSocket server, a test driver):
+//!   [`Inbound`](transport::Inbound), [`Outbox`](transport::Outbox),
+//!   [`run_connection`](transport::run_connection), heartbeat, shutdown;
+//! - [`pubsub`], for adapter authors: [`PubSub`](pubsub::PubSub),
+//!   [`Delivery`](pubsub::Delivery), [`Ack`](pubsub::Ack),
+//!   [`Backoff`](pubsub::Backoff);
+//! - [`protocol`] and [`json`]: the wire format.
 //!
 //! ```
 //! use cable_core::{async_trait, authenticate_with, Cable, Channel, ChannelError, Context,
-//!     ConnectRequest, Identifiers, Inbound, Unauthorized};
+//!     ConnectRequest, Identifiers, Unauthorized};
+//! use cable_core::transport::{self, Inbound};
 //! use serde_json::{json, Value};
 //!
 //! #[derive(Default)]
@@ -53,12 +68,12 @@
 //! // A connection driven by hand: frames in through a channel, frames out of the outbox.
 //! let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
 //! let inbound = tokio_stream_shim(rx);
-//! let outbox = cable.new_outbox();
+//! let outbox = transport::new_outbox(&cable);
 //! let request = ConnectRequest::new("/cable", Some("user=alice"), vec![], None);
 //! let id = r#"{"channel":"ChatChannel","room":"1"}"#;
 //! tx.send(Inbound::Text(json!({"command": "subscribe", "identifier": id}).to_string())).unwrap();
 //! drop(tx);
-//! cable.run_connection(request, inbound, outbox.clone()).await;
+//! transport::run_connection(&cable, request, inbound, outbox.clone()).await;
 //! let mut out = Vec::new();
 //! outbox.pop_batch(&mut out, 16).await;
 //! assert_eq!(format!("{:?}", out[0]), r#"Text(Frame("{\"type\":\"welcome\"}"))"#);
@@ -83,8 +98,9 @@ mod mailbox;
 mod naming;
 mod outbox;
 pub mod protocol;
-mod pubsub;
+pub mod pubsub;
 mod redact;
+pub mod transport;
 
 pub use async_trait::async_trait;
 
@@ -94,13 +110,9 @@ pub use crate::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
         Unauthorized,
     },
-    backoff::Backoff,
-    cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Stats, TransportGuard},
+    cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Stats},
     channel::{Channel, ChannelError, Context, Params},
-    connection::Inbound,
     naming::{broadcasting_for, channel_name, ToParam},
-    outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG},
-    protocol::{DisconnectReason, Frame},
-    pubsub::{Ack, Delivery, MemoryPubSub, PubSub, PubSubError},
+    pubsub::PubSubError,
     redact::redact_url,
 };

@@ -1,5 +1,5 @@
-//! The pub/sub adapter contract (Rails' `SubscriptionAdapter`) and the
-//! in-memory adapter.
+//! For adapter authors: the pub/sub adapter contract (Rails' `SubscriptionAdapter`),
+//! the in-memory adapter, and the reconnect [`Backoff`] adapters share.
 //!
 //! An adapter moves broadcasts between processes. The local [`Hub`](crate::hub)
 //! is its only subscriber: the hub counts local subscribers per stream and asks
@@ -11,11 +11,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
 
 use crate::hub::Hub;
+
+pub use crate::backoff::Backoff;
 
 /// The outcome of a subscribe or unsubscribe, resolved when the backend has
 /// acknowledged it (Redis' SUBSCRIBE reply, PostgreSQL's LISTEN).
@@ -105,23 +107,36 @@ pub trait PubSub: Send + Sync + 'static {
 
 /// The handle an adapter uses to hand incoming messages to this process's
 /// subscribers.
+///
+/// It is made before the hub it delivers to (an adapter is built first, and
+/// [`CableBuilder::try_pubsub`](crate::CableBuilder::try_pubsub) may refuse
+/// it), and is bound to the hub when the [`Cable`](crate::Cable) is built;
+/// until then, and after the `Cable` is gone, deliveries are dropped (there
+/// is nobody to deliver to).
 #[derive(Clone, Debug)]
 pub struct Delivery {
-    pub(crate) hub: Weak<Hub>,
+    hub: Arc<OnceLock<Weak<Hub>>>,
 }
 
 impl Delivery {
     /// Delivers `payload` (JSON text) published on `stream` to local subscribers.
     /// Never waits on a socket: slow clients are dealt with by their own queue.
     pub fn deliver(&self, stream: &str, payload: &str) {
-        if let Some(hub) = self.hub.upgrade() {
+        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
             hub.deliver(stream, payload);
         }
     }
 
     /// A delivery handle that drops everything (for adapters under test).
     pub fn detached() -> Self {
-        Delivery { hub: Weak::new() }
+        Delivery {
+            hub: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Binds this handle (and its clones) to `hub`; later calls do nothing.
+    pub(crate) fn bind(&self, hub: Weak<Hub>) {
+        let _ = self.hub.set(hub);
     }
 }
 

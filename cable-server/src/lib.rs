@@ -36,10 +36,6 @@ mod close_code;
 mod http;
 mod ops;
 mod origin;
-#[cfg(feature = "standalone")]
-pub mod settings;
-#[cfg(feature = "standalone")]
-pub mod standalone;
 mod ws;
 
 use std::future::Future;
@@ -53,7 +49,7 @@ use cable_core::Cable;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub use crate::http::ServeOptions;
-pub use crate::ops::{ops_router, OpsConfig};
+pub use crate::ops::{health_router, ops_router, OpsConfig};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
 /// Transport settings.
@@ -171,13 +167,13 @@ where
     let c = cable.clone();
     let began = http::accept_loop(listener, app, shutdown, &options, move || {
         tracing::info!("Shutting down: telling clients to reconnect (server_restart)");
-        c.begin_shutdown();
+        cable_core::transport::begin_shutdown(&c);
     })
     .await?;
     // Upgraded sockets are not tracked by the HTTP side: drain them here,
     // within what is left of the drain timeout.
     let left_time = options.drain_timeout.saturating_sub(began.elapsed());
-    let left = cable.drain(left_time).await;
+    let left = cable_core::transport::drain(&cable, left_time).await;
     if left > 0 {
         tracing::warn!(
             "{left} connections still open after {:?}; exiting anyway",

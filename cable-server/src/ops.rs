@@ -72,7 +72,7 @@ pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
 
 /// `/health` alone: what the public address serves by default, for load
 /// balancers and probes.
-pub(crate) fn health_router(cable: Cable) -> Router {
+pub fn health_router(cable: Cable) -> Router {
     Router::new()
         .route("/health", get(health))
         .with_state(cable)

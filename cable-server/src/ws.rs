@@ -7,7 +7,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use cable_core::protocol::SERVER_SUBPROTOCOLS;
-use cable_core::{Cable, ConnectRequest, Inbound, Outbox, Outgoing};
+use cable_core::transport::{Inbound, Outbox, Outgoing};
+use cable_core::{Cable, ConnectRequest};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -38,7 +39,7 @@ impl ServerState {
     /// share it), started with the first request as Rails starts its
     /// heartbeat on the first request.
     fn ensure_heartbeat(&self) {
-        self.cable.start_heartbeat(self.config.ping_interval);
+        cable_core::transport::start_heartbeat(&self.cable, self.config.ping_interval);
     }
 }
 
@@ -154,8 +155,8 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     // transport holds them, from the upgrade until the socket is closed;
     // shutdown's drain waits for it too.
     let max = state.config.max_connections.unwrap_or(usize::MAX);
-    let Some(guard) = state.cable.try_transport_guard(max) else {
-        state.cable.count_refused_handshake();
+    let Some(guard) = cable_core::transport::try_transport_guard(&state.cable, max) else {
+        cable_core::transport::count_refused_handshake(&state.cable);
         tracing::warn!(
             "Refusing connection from {peer_s}: {max} connections open, the limit (max_connections)"
         );
@@ -339,12 +340,10 @@ async fn drive<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = (*ws).split();
-    let outbox = cable.new_outbox();
+    let outbox = cable_core::transport::new_outbox(&cable);
     let writer = tokio::spawn(write_loop(sink, outbox.clone(), write_timeout));
     let mut inbound = Box::pin(inbound_stream(stream));
-    cable
-        .run_connection(*request, &mut inbound, outbox.clone())
-        .await;
+    cable_core::transport::run_connection(&cable, *request, &mut inbound, outbox.clone()).await;
     let _ = writer.await;
     // Read until the client answers our close (or goes away), so the socket is
     // not torn down with unread data, which can make the peer lose our last

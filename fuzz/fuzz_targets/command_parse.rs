@@ -7,7 +7,7 @@
 
 use cable_core::json;
 use cable_core::protocol::{Command, CommandError};
-use cable_core::Frame;
+use cable_core::protocol::Frame;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 

@@ -19,10 +19,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use cable_core::{
-    async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest,
-    Context, Identifiers, Inbound, Outgoing, Unauthorized,
-};
+use cable_core::{async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest, Context, Identifiers, Unauthorized};
+use cable_core::transport::{Inbound, Outgoing};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
@@ -342,7 +340,7 @@ async fn drive(flags: u8, steps: &[Step]) -> (Vec<Outgoing>, cable_core::Stats) 
     let cable = build_cable(flags);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Inbound>();
     let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    let outbox = cable.new_outbox();
+    let outbox = cable_core::transport::new_outbox(&cable);
     let query = if flags & 1 != 0 { "user=alice" } else { "" };
     let request = ConnectRequest::new("/cable", Some(query), vec![], None);
 
@@ -384,7 +382,7 @@ async fn drive(flags: u8, steps: &[Step]) -> (Vec<Outgoing>, cable_core::Stats) 
                     tokio::time::sleep(Duration::from_millis(100 * (*n as u64 % 50))).await
                 }
                 Step::Beat => {
-                    cable.beat();
+                    cable_core::transport::beat(&cable);
                 }
                 Step::Broadcast(stream, payload) => {
                     let stream = stream.name();
@@ -401,7 +399,7 @@ async fn drive(flags: u8, steps: &[Step]) -> (Vec<Outgoing>, cable_core::Stats) 
                     let ids = Identifiers::new().with("current_user", "alice");
                     let _ = cable.remote_disconnect(&ids, *r).await;
                 }
-                Step::Shutdown => cable.begin_shutdown(),
+                Step::Shutdown => cable_core::transport::begin_shutdown(&cable),
                 _ => {}
             }
             // Let the session catch up, so outside events land between frames.
@@ -410,7 +408,7 @@ async fn drive(flags: u8, steps: &[Step]) -> (Vec<Outgoing>, cable_core::Stats) 
         // Dropping the sender ends the inbound stream: the client hangs up.
     });
 
-    cable.run_connection(request, inbound, outbox).await;
+    cable_core::transport::run_connection(&cable, request, inbound, outbox).await;
     let _ = start_tx.send(());
     let out = writer.await.expect("writer task");
     // The feeder may still be sleeping; it has nothing left to deliver.

@@ -71,7 +71,7 @@
 //! # Outages
 //! When the listening connection drops (PostgreSQL restarts, the backend is
 //! terminated, the network fails) the task reconnects with exponential
-//! backoff with jitter ([`cable_core::Backoff`]: a random delay in the upper
+//! backoff with jitter ([`cable_core::pubsub::Backoff`]: a random delay in the upper
 //! half of a ceiling of 100 ms doubling to 5 s, so a fleet of servers does not
 //! reconnect in lockstep), `LISTEN`s every active channel again and logs the
 //! gap with `tracing::warn!`: PostgreSQL keeps no notifications for a session
@@ -119,11 +119,10 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = PostgresConfig::new("postgres://app:secret@127.0.0.1:5432/app_production")
 //!     .channel_prefix("myapp_production");
-//! // The builder's factory cannot return an error: check the settings first.
-//! config.validate()?;
+//! // A bad URL or setting is an error here, before anything is served.
 //! let cable = Cable::builder()
 //!     .channel("ChatChannel", ChatChannel::default)
-//!     .pubsub(move |delivery| PostgresPubSub::new(config, delivery).expect("validated above"))
+//!     .try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
 //!     .build();
 //! // SELECT pg_notify('myapp_production:chat_lobby', '{"body":"hi"}')
 //! cable.broadcast("chat_lobby", &serde_json::json!({"body": "hi"})).await?;
@@ -143,7 +142,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
+use cable_core::pubsub::{Ack, Delivery, PubSub};
+use cable_core::{redact_url, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 
@@ -551,20 +551,18 @@ impl PubSub for PostgresPubSub {
 ///
 /// ```no_run
 /// # use cable_core::Cable;
-/// # use cable_postgres::{PostgresConfig, PostgresPubSub, PostgresStatus};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let status = std::sync::Arc::new(std::sync::OnceLock::<PostgresStatus>::new());
-/// let slot = status.clone();
+/// # use cable_postgres::{PostgresConfig, PostgresPubSub};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cable_postgres::PostgresConfigError> {
+/// let mut status = None;
 /// let cable = Cable::builder()
-///     .pubsub(move |d| {
-///         let pg = PostgresPubSub::new(PostgresConfig::new("postgres://localhost/app"), d)
-///             .expect("config");
-///         let _ = slot.set(pg.status());
-///         pg
-///     })
+///     .try_pubsub(|d| {
+///         let pg = PostgresPubSub::new(PostgresConfig::new("postgres://localhost/app"), d)?;
+///         status = Some(pg.status());
+///         Ok::<_, cable_postgres::PostgresConfigError>(pg)
+///     })?
 ///     .build();
-/// let reconnects = status.get().map_or(0, |s| s.reconnects());
-/// # }
+/// let reconnects = status.map_or(0, |s| s.reconnects());
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct PostgresStatus {

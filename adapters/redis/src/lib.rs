@@ -36,7 +36,7 @@
 //!
 //! # Outages
 //! When the subscriber connection drops (say `redis-server` restarts) the task
-//! reconnects with jittered exponential backoff ([`cable_core::Backoff`]: a
+//! reconnects with jittered exponential backoff ([`cable_core::pubsub::Backoff`]: a
 //! random delay in the upper half of a ceiling of 100 ms doubling to 5 s, so a
 //! fleet of servers does not reconnect in lockstep), re-subscribes every
 //! active stream and logs the gap with `tracing::warn!`: Redis pub/sub does
@@ -85,11 +85,10 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = RedisConfig::new("redis://127.0.0.1:6379/1").channel_prefix("myapp_production");
-//! // The builder's factory cannot return an error: check the settings first.
-//! config.validate()?;
+//! // A bad URL or setting is an error here, before anything is served.
 //! let cable = Cable::builder()
 //!     .channel("ChatChannel", ChatChannel::default)
-//!     .pubsub(move |delivery| RedisPubSub::new(config, delivery).expect("validated above"))
+//!     .try_pubsub(move |delivery| RedisPubSub::new(config, delivery))?
 //!     .build();
 //! // PUBLISH myapp_production:chat_lobby {"body":"hi"}
 //! cable.broadcast("chat_lobby", &serde_json::json!({"body": "hi"})).await?;
@@ -108,7 +107,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_core::{redact_url, Ack, Delivery, PubSub, PubSubError};
+use cable_core::pubsub::{Ack, Delivery, PubSub};
+use cable_core::{redact_url, PubSubError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::publisher::Publisher;
@@ -403,19 +403,18 @@ impl PubSub for RedisPubSub {
 ///
 /// ```no_run
 /// # use cable_core::Cable;
-/// # use cable_redis::{RedisConfig, RedisPubSub, RedisStatus};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let status = std::sync::Arc::new(std::sync::OnceLock::<RedisStatus>::new());
-/// let slot = status.clone();
+/// # use cable_redis::{RedisConfig, RedisPubSub};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cable_redis::RedisConfigError> {
+/// let mut status = None;
 /// let cable = Cable::builder()
-///     .pubsub(move |d| {
-///         let redis = RedisPubSub::new(RedisConfig::new("redis://127.0.0.1"), d).expect("config");
-///         let _ = slot.set(redis.status());
-///         redis
-///     })
+///     .try_pubsub(|d| {
+///         let redis = RedisPubSub::new(RedisConfig::new("redis://127.0.0.1"), d)?;
+///         status = Some(redis.status());
+///         Ok::<_, cable_redis::RedisConfigError>(redis)
+///     })?
 ///     .build();
-/// let reconnects = status.get().map_or(0, |s| s.reconnects());
-/// # }
+/// let reconnects = status.map_or(0, |s| s.reconnects());
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisStatus {

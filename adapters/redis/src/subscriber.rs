@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cable_core::{Backoff, Delivery, PubSubError};
+use cable_core::pubsub::{Backoff, Delivery};
+use cable_core::PubSubError;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, ErrorKind, ProtocolVersion, RedisError, RedisResult, Value};

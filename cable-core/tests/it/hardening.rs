@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cable_core::pubsub::{Ack, Delivery, MemoryPubSub, PubSub};
+use cable_core::transport::{Inbound, Outgoing};
 use cable_core::{
-    async_trait, authenticate_with, Ack, Cable, CableConfig, Channel, ChannelError, CommandRate,
-    ConnectRequest, Context, Delivery, Identifiers, Inbound, MemoryPubSub, Outgoing, PubSub,
-    PubSubError, Unauthorized,
+    async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, CommandRate,
+    ConnectRequest, Context, Identifiers, PubSubError, Unauthorized,
 };
 use serde_json::{json, Value};
 
@@ -362,13 +363,16 @@ async fn shutdown_and_remote_disconnects_are_not_held_up_by_a_callback() {
         r#"{"type":"disconnect","reason":"remote","reconnect":false}"#
     );
     assert!(matches!(a.next().await, Outgoing::Close { .. }));
-    cable.begin_shutdown();
+    cable_core::transport::begin_shutdown(&cable);
     assert_eq!(
         b.text().await,
         r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
     );
     assert!(matches!(b.next().await, Outgoing::Close { .. }));
-    assert_eq!(cable.drain(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        cable_core::transport::drain(&cable, Duration::from_secs(5)).await,
+        0
+    );
     assert_released(&cable, &probe).await;
 }
 
@@ -537,9 +541,9 @@ async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
 async fn one_heartbeat_per_cable_and_it_ends_with_the_cable() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    cable.start_heartbeat(Duration::from_millis(100));
-    cable.start_heartbeat(Duration::from_millis(100));
-    cable.clone().start_heartbeat(Duration::from_millis(10));
+    cable_core::transport::start_heartbeat(&cable, Duration::from_millis(100));
+    cable_core::transport::start_heartbeat(&cable, Duration::from_millis(100));
+    cable_core::transport::start_heartbeat(&cable.clone(), Duration::from_millis(10));
     let mut c = Conn::open(&cable, "user=a");
     c.text().await;
     tokio::time::sleep(Duration::from_millis(550)).await;

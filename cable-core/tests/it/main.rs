@@ -5,9 +5,10 @@ mod prop;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cable_core::transport::{Inbound, Outbox, Outgoing};
 use cable_core::{
     async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest,
-    Context, Identifiers, Inbound, Outbox, Outgoing, Unauthorized,
+    Context, Identifiers, Unauthorized,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -27,11 +28,13 @@ impl Conn {
     fn open(cable: &Cable, query: &str) -> Conn {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-        let outbox = cable.new_outbox();
+        let outbox = cable_core::transport::new_outbox(cable);
         let req = ConnectRequest::new("/cable", Some(query), vec![], None);
         let c = cable.clone();
         let ob = outbox.clone();
-        let task = tokio::spawn(async move { c.run_connection(req, inbound, ob).await });
+        let task = tokio::spawn(async move {
+            cable_core::transport::run_connection(&c, req, inbound, ob).await
+        });
         Conn {
             tx: Some(tx),
             outbox,
@@ -344,7 +347,7 @@ async fn heartbeat_reaches_every_welcomed_connection() {
     let mut b = Conn::open(&cable, "user=b");
     a.text().await;
     b.text().await;
-    assert_eq!(cable.beat(), 2);
+    assert_eq!(cable_core::transport::beat(&cable), 2);
     for c in [&mut a, &mut b] {
         assert!(c.text().await.starts_with(r#"{"type":"ping","message":"#));
     }

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use cable_core::json;
 use cable_core::protocol::Command;
+use cable_core::transport::{Inbound, Outgoing};
 use cable_core::{
     async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest,
-    Context, Identifiers, Inbound, Outgoing, Stats, Unauthorized,
+    Context, Identifiers, Stats, Unauthorized,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -346,7 +347,7 @@ async fn drive(setup: Setup, steps: Vec<Step>) -> (Vec<Outgoing>, Stats) {
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    let outbox = cable.new_outbox();
+    let outbox = cable_core::transport::new_outbox(&cable);
     let query = if setup.authorized { "user=alice" } else { "" };
     let request = ConnectRequest::new("/cable", Some(query), vec![], None);
 
@@ -375,19 +376,19 @@ async fn drive(setup: Setup, steps: Vec<Step>) -> (Vec<Outgoing>, Stats) {
                     max: 65_536,
                 })),
                 Step::Sleep(n) => tokio::time::sleep(Duration::from_millis(100 * n)).await,
-                Step::Beat => drop(c.beat()),
+                Step::Beat => drop(cable_core::transport::beat(&c)),
                 Step::Broadcast(s, p) => drop(c.broadcaster().broadcast_raw(&s, &p).await),
                 Step::RemoteDisconnect(r) => {
                     let ids = Identifiers::new().with("current_user", "alice");
                     drop(c.remote_disconnect(&ids, r).await);
                 }
-                Step::Shutdown => c.begin_shutdown(),
+                Step::Shutdown => cable_core::transport::begin_shutdown(&c),
             }
             tokio::task::yield_now().await;
         }
     });
 
-    cable.run_connection(request, inbound, outbox).await;
+    cable_core::transport::run_connection(&cable, request, inbound, outbox).await;
     let _ = go.send(());
     let out = writer.await.unwrap();
     feeder.abort();

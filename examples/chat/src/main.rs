@@ -228,10 +228,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Nothing connects yet: the subscriber connects in the background
             // and retries while Redis is down.
             builder
-                .pubsub(move |delivery| {
-                    RedisPubSub::new(config, delivery)
-                        .expect("redis config validated at startup, inside the runtime")
-                })
+                .try_pubsub(move |delivery| RedisPubSub::new(config, delivery))?
                 .build()
         }
         Adapter::Postgres(config) => {
@@ -247,10 +244,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Nothing connects yet: the listener connects in the background
             // and retries while the database is down.
             builder
-                .pubsub(move |delivery| {
-                    PostgresPubSub::new(config, delivery)
-                        .expect("postgres config validated at startup, inside the runtime")
-                })
+                .try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
                 .build()
         }
     };

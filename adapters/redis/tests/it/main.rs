@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use cable_core::{Identifiers, Outgoing, PubSubError};
+use cable_core::transport::Outgoing;
+use cable_core::{Identifiers, PubSubError};
 use serde_json::json;
 use support::*;
 

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use cable_core::transport::{Inbound, Outbox, Outgoing};
 use cable_core::{
     async_trait, authenticate_with, Cable, Channel, ChannelError, ConnectRequest, Context,
-    Identifiers, Inbound, Outbox, Outgoing, Unauthorized,
+    Identifiers, Unauthorized,
 };
 use cable_redis::{RedisConfig, RedisPubSub, RedisStatus};
 use serde_json::{json, Value};
@@ -147,12 +148,12 @@ impl Client {
     pub async fn connect(cable: &Cable, user: &str) -> Client {
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-        let outbox = cable.new_outbox();
+        let outbox = cable_core::transport::new_outbox(cable);
         let request = ConnectRequest::new("/cable", Some(&format!("user={user}")), vec![], None);
         let task = tokio::spawn({
             let cable = cable.clone();
             let outbox = outbox.clone();
-            async move { cable.run_connection(request, inbound, outbox).await }
+            async move { cable_core::transport::run_connection(&cable, request, inbound, outbox).await }
         });
         let mut client = Client {
             tx: Some(tx),

@@ -2,13 +2,13 @@
 //!
 //! Settings come from a TOML file (`--config`), `CABLE_*` environment
 //! variables and flags, in that order of precedence; see
-//! `cable_server::settings`.
+//! `cable_standalone::settings`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cable_core::Cable;
-use cable_server::settings::{Layer, LogFormat, Raw, Settings, Source};
+use cable_standalone::settings::{Layer, LogFormat, Raw, Settings, Source};
 use clap::Parser;
 
 /// ActionCable-compatible WebSocket server (actioncable-v1-json), standalone.
@@ -268,7 +268,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cable_server::standalone::run(settings, Cable::builder())) {
+    match rt.block_on(cable_standalone::run(settings, Cable::builder())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

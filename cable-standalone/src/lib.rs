@@ -1,10 +1,17 @@
-//! A standalone server process: your channels and connection hook, everything
-//! else from [`Settings`] (adapter, origins, limits, operator endpoints,
-//! graceful shutdown).
+//! `cable-standalone`: cable as a server process of its own, the library
+//! behind the `cable-server` binary (a thin `main.rs` over it, as ripgrep
+//! does it). Your channels and connection hook, everything else from
+//! [`Settings`] (adapter, origins, limits, operator endpoints, Rails
+//! integration, graceful shutdown), read from a TOML file, `CABLE_*`
+//! variables and flags.
+//!
+//! The transport itself is `cable-server`, which knows nothing of adapters,
+//! settings files or Rails; an axum app that mounts its router needs only
+//! that crate.
 //!
 //! ```no_run
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
-//! use cable_server::settings::Settings;
+//! use cable_standalone::Settings;
 //!
 //! #[derive(Default)]
 //! struct ChatChannel;
@@ -19,7 +26,7 @@
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = Settings::default();
-//! cable_server::standalone::run(settings, Cable::builder().channel("ChatChannel", ChatChannel::default)).await?;
+//! cable_standalone::run(settings, Cable::builder().channel("ChatChannel", ChatChannel::default)).await?;
 //! # Ok(()) }
 //! ```
 
@@ -28,26 +35,65 @@ use std::net::SocketAddr;
 use cable_core::{redact_url, CableBuilder, CableConfig, CommandRate};
 use tokio::net::TcpListener;
 
-use crate::ops::health_router;
-use crate::settings::Settings;
-use crate::{
-    ops_router, router, serve_with, shutdown_signal, AllowedOrigin, OpsConfig, ServeOptions,
-    ServerConfig,
+use cable_server::{
+    health_router, ops_router, router, serve_with, shutdown_signal, AllowedOrigin, OpsConfig,
+    ServeOptions, ServerConfig,
 };
+
+pub mod settings;
+pub use settings::Settings;
+
+/// An error from a crate this one wires up (an adapter's settings, Rails'
+/// key derivation, a regex).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a standalone server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StandaloneError {
-    /// The adapter settings were refused.
-    #[error("adapter: {0}")]
-    Adapter(String),
-    /// The Rails settings were refused.
-    #[error("rails: {0}")]
-    Rails(String),
+    /// The adapter's settings were refused.
+    #[error("adapter: {source}")]
+    Adapter {
+        /// The adapter URL, password masked.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The adapter URL names a backend this build does not have.
+    #[error("adapter: {scheme}:// is not supported by this build (adapter {url})")]
+    UnsupportedAdapter {
+        /// The URL's scheme.
+        scheme: String,
+        /// The adapter URL, password masked.
+        url: String,
+    },
+    /// A Rails setting was refused.
+    #[error("rails: {setting}: {source}")]
+    RailsSetting {
+        /// The setting's key.
+        setting: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The Rails integration could not be built from the settings.
+    #[error("rails: {source}")]
+    Rails {
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// Rails settings were given to a build without the `rails` feature.
+    #[error("rails: this build has no Rails support (cable-standalone feature `rails`)")]
+    NoRailsSupport,
     /// An origin pattern is not a valid regular expression.
-    #[error("allowed_origin_patterns: {0}")]
-    OriginPattern(String),
+    #[error("allowed_origin_patterns: {source}")]
+    OriginPattern {
+        /// The regex error.
+        #[source]
+        source: BoxError,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -79,12 +125,9 @@ pub fn with_adapter(
             if let Some(p) = &settings.channel_prefix {
                 cfg = cfg.channel_prefix(p);
             }
-            cfg.validate()
-                .map_err(|e| StandaloneError::Adapter(e.to_string()))?;
-            Ok(builder.pubsub(move |delivery| {
-                cable_redis::RedisPubSub::new(cfg, delivery)
-                    .expect("the settings were validated before")
-            }))
+            builder
+                .try_pubsub(move |delivery| cable_redis::RedisPubSub::new(cfg, delivery))
+                .map_err(|e| adapter_error(url, e))
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
@@ -92,17 +135,22 @@ pub fn with_adapter(
             if let Some(p) = &settings.channel_prefix {
                 cfg = cfg.channel_prefix(p);
             }
-            cfg.validate()
-                .map_err(|e| StandaloneError::Adapter(e.to_string()))?;
-            Ok(builder.pubsub(move |delivery| {
-                cable_postgres::PostgresPubSub::new(cfg, delivery)
-                    .expect("the settings were validated before")
-            }))
+            builder
+                .try_pubsub(move |delivery| cable_postgres::PostgresPubSub::new(cfg, delivery))
+                .map_err(|e| adapter_error(url, e))
         }
-        other => Err(StandaloneError::Adapter(format!(
-            "{other}:// is not supported by this build (adapter {})",
-            redact_url(url)
-        ))),
+        other => Err(StandaloneError::UnsupportedAdapter {
+            scheme: other.to_owned(),
+            url: redact_url(url),
+        }),
+    }
+}
+
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn adapter_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> StandaloneError {
+    StandaloneError::Adapter {
+        url: redact_url(url),
+        source: Box::new(e),
     }
 }
 
@@ -127,23 +175,25 @@ pub fn with_rails(
             builder
         });
     }
-    let err = |e: String| StandaloneError::Rails(e);
+    fn err<E: Into<BoxError>>(setting: &'static str) -> impl FnOnce(E) -> StandaloneError {
+        move |e| StandaloneError::RailsSetting {
+            setting,
+            source: e.into(),
+        }
+    }
     let mut cfg = RailsConfig::new(r.secret_key_base[0].clone());
     cfg.secret_key_base = r.secret_key_base.clone();
     if !r.key_derivation.is_empty() {
         cfg.key_derivation = r
             .key_derivation
             .iter()
-            .map(|d| {
-                d.parse::<KeyDigest>()
-                    .map_err(|e| err(format!("key_derivation: {e}")))
-            })
+            .map(|d| d.parse::<KeyDigest>().map_err(err("key_derivation")))
             .collect::<Result<_, _>>()?;
     }
     if let Some(d) = &r.signed_cookie_digest {
         cfg.signed_cookie_digest = d
             .parse::<HmacDigest>()
-            .map_err(|e| err(format!("signed_cookie_digest: {e}")))?;
+            .map_err(err("signed_cookie_digest"))?;
     }
     cfg.session_cookie = r.session_cookie.clone();
     cfg.identifiers = r
@@ -151,7 +201,7 @@ pub fn with_rails(
         .iter()
         .map(|i| {
             i.parse::<SessionIdentifier>()
-                .map_err(|e| err(format!("session_identifiers: {e}")))
+                .map_err(err("session_identifiers"))
         })
         .collect::<Result<_, _>>()?;
     cfg.allow_anonymous = r.allow_anonymous;
@@ -161,7 +211,9 @@ pub fn with_rails(
     cfg.pubsub_public = r.pubsub_public;
     cfg.streams_secret = r.streams_secret.clone();
     cfg.turbo_verifier_key = r.turbo_verifier_key.clone();
-    let rails = cfg.build().map_err(|e| err(e.to_string()))?;
+    let rails = cfg.build().map_err(|e| StandaloneError::Rails {
+        source: BoxError::from(e),
+    })?;
     tracing::info!(
         "Rails integration: session cookie {:?}, identifiers {:?}, Turbo::StreamsChannel {}, $pubsub signed {} public {}",
         r.session_cookie,
@@ -180,22 +232,18 @@ pub fn with_rails(
     settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
     if settings.rails.enabled() {
-        return Err(StandaloneError::Rails(
-            "this build has no Rails support (cable-server feature `rails`)".to_owned(),
-        ));
+        return Err(StandaloneError::NoRailsSupport);
     }
     Ok(builder)
 }
 
 /// The transport settings `settings` describe.
 pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneError> {
-    let mut cfg = ServerConfig {
-        mount_path: settings.mount_path.clone(),
-        max_message_size: settings.max_message_size,
-        ping_interval: settings.ping_interval,
-        max_connections: settings.max_connections,
-        ..ServerConfig::default()
-    };
+    let mut cfg = ServerConfig::default();
+    cfg.mount_path = settings.mount_path.clone();
+    cfg.max_message_size = settings.max_message_size;
+    cfg.ping_interval = settings.ping_interval;
+    cfg.max_connections = settings.max_connections;
     cfg.origins.disabled = settings.disable_origin_check;
     cfg.origins.allowed = settings
         .allowed_origins
@@ -204,9 +252,13 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneErro
         .map(AllowedOrigin::from)
         .collect();
     for p in &settings.allowed_origin_patterns {
-        cfg.origins.allowed.push(
-            AllowedOrigin::pattern(p).map_err(|e| StandaloneError::OriginPattern(e.to_string()))?,
-        );
+        cfg.origins
+            .allowed
+            .push(
+                AllowedOrigin::pattern(p).map_err(|e| StandaloneError::OriginPattern {
+                    source: BoxError::from(e),
+                })?,
+            );
     }
     Ok(cfg)
 }
@@ -234,8 +286,9 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     let server_cfg = server_config(&settings)?;
     let ops = ops_router(
         cable.clone(),
-        OpsConfig {
-            broadcast_key: settings.broadcast_key.clone(),
+        match &settings.broadcast_key {
+            Some(key) => OpsConfig::with_broadcast_key(key.clone()),
+            None => OpsConfig::default(),
         },
     );
     let listener =

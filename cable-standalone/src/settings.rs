@@ -590,7 +590,7 @@ impl Settings {
                 "allowed_origin_patterns" => {
                     let items = raw.items();
                     for p in &items {
-                        if let Err(e) = regex::Regex::new(p) {
+                        if let Err(e) = cable_server::AllowedOrigin::pattern(p) {
                             return Err(invalid(key, src, p, &format!("regular expressions: {e}")));
                         }
                     }

@@ -1,0 +1,258 @@
+//! The dependency rules of ARCHITECTURE.md ("Which crate may depend on
+//! which"), read from `cargo metadata`: a new `use` of the wrong crate fails
+//! here, not in review.
+//!
+//! Only normal dependencies count (dev-dependencies may reach anything: the
+//! test kit, the chat example). The transitive check walks the resolved
+//! graph, whose features are unified over the workspace, so it names crates
+//! that do I/O of a kind (an HTTP stack, a database or broker client, CLI
+//! and settings parsers) rather than features of shared crates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Workspace crates each library may depend on directly (normal edges).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("cable-core", &[]),
+    ("cable-server", &["cable-core"]),
+    ("cable-redis", &["cable-core"]),
+    ("cable-postgres", &["cable-core"]),
+    ("cable-rails", &["cable-core"]),
+    (
+        "cable-standalone",
+        &[
+            "cable-core",
+            "cable-server",
+            "cable-redis",
+            "cable-postgres",
+            "cable-rails",
+        ],
+    ),
+];
+
+/// Crates that must not be anywhere in a library's normal dependency tree.
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    // Protocol, state machine, hub: no sockets, no HTTP, no backend.
+    (
+        "cable-core",
+        &[
+            "axum",
+            "hyper",
+            "tungstenite",
+            "tokio-tungstenite",
+            "redis",
+            "tokio-postgres",
+            "async-nats",
+        ],
+    ),
+    // The transport: what an axum app gets when it mounts the router.
+    (
+        "cable-server",
+        &[
+            "redis",
+            "tokio-postgres",
+            "aes-gcm",
+            "pbkdf2",
+            "clap",
+            "toml",
+            "tracing-subscriber",
+            "cable-redis",
+            "cable-postgres",
+            "cable-rails",
+            "cable-standalone",
+        ],
+    ),
+    // Adapters and integrations sit behind core's traits, beside the
+    // transport, never on top of it.
+    (
+        "cable-redis",
+        &["axum", "hyper", "tungstenite", "cable-server"],
+    ),
+    (
+        "cable-postgres",
+        &["axum", "hyper", "tungstenite", "cable-server"],
+    ),
+    (
+        "cable-rails",
+        &["axum", "hyper", "tungstenite", "cable-server"],
+    ),
+];
+
+struct Graph {
+    /// Package id -> name.
+    names: BTreeMap<String, String>,
+    /// Package id -> ids of its normal dependencies.
+    normal: BTreeMap<String, Vec<String>>,
+    /// Names of the workspace members.
+    members: BTreeSet<String>,
+}
+
+fn graph() -> Graph {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    // As `cargo tree` does: only what builds for this host, so that a
+    // dependency behind `cfg(loom)` or another platform does not count.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let vv = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    let host = String::from_utf8_lossy(&vv.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host");
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            manifest,
+        ])
+        .args(["--filter-platform", &host])
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata is JSON");
+    let names = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id").to_owned(),
+                p["name"].as_str().expect("name").to_owned(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    let members = meta["workspace_members"]
+        .as_array()
+        .expect("workspace_members")
+        .iter()
+        .map(|id| names[id.as_str().expect("member id")].clone())
+        .collect();
+    let mut normal = BTreeMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
+        let deps = node["deps"]
+            .as_array()
+            .expect("deps")
+            .iter()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null()))
+            })
+            .map(|d| d["pkg"].as_str().expect("pkg").to_owned())
+            .collect::<Vec<_>>();
+        normal.insert(node["id"].as_str().expect("node id").to_owned(), deps);
+    }
+    Graph {
+        names,
+        normal,
+        members,
+    }
+}
+
+impl Graph {
+    fn id(&self, name: &str) -> &str {
+        self.names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(id, _)| id.as_str())
+            .unwrap_or_else(|| panic!("{name} is not in the workspace's dependency graph"))
+    }
+
+    fn direct(&self, name: &str) -> BTreeSet<&str> {
+        self.normal[self.id(name)]
+            .iter()
+            .map(|id| self.names[id].as_str())
+            .collect()
+    }
+
+    /// Every crate in `name`'s normal tree, with the path to it.
+    fn closure<'a>(&'a self, name: &'a str) -> BTreeMap<&'a str, Vec<&'a str>> {
+        let mut seen = BTreeMap::new();
+        let mut todo = vec![(self.id(name), vec![name])];
+        while let Some((id, path)) = todo.pop() {
+            for dep in &self.normal[id] {
+                let dep_name = self.names[dep].as_str();
+                if seen.contains_key(dep_name) {
+                    continue;
+                }
+                let mut p = path.clone();
+                p.push(dep_name);
+                seen.insert(dep_name, p.clone());
+                todo.push((dep.as_str(), p));
+            }
+        }
+        seen
+    }
+}
+
+#[test]
+fn workspace_crates_depend_only_as_architecture_md_says() {
+    let g = graph();
+    let libs: BTreeSet<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
+    let mut wrong = Vec::new();
+    for (krate, allowed) in ALLOWED {
+        for dep in g.direct(krate) {
+            if g.members.contains(dep) && !allowed.contains(&dep) {
+                wrong.push(format!("{krate} -> {dep}"));
+            }
+        }
+    }
+    // A member that is not a library above (examples, tests, the harness)
+    // is a leaf: no library may depend on it.
+    for krate in &libs {
+        for dep in g.direct(krate) {
+            if g.members.contains(dep) && !libs.contains(dep) {
+                wrong.push(format!("{krate} -> {dep} (not a library crate)"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "dependencies ARCHITECTURE.md does not allow: {wrong:?}"
+    );
+}
+
+#[test]
+fn libraries_keep_forbidden_crates_out_of_their_trees() {
+    let g = graph();
+    let mut wrong = Vec::new();
+    for (krate, forbidden) in FORBIDDEN {
+        let tree = g.closure(krate);
+        for f in *forbidden {
+            if let Some(path) = tree.get(f) {
+                wrong.push(path.join(" -> "));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "crates that must not be in these trees: {wrong:#?}"
+    );
+}
+
+#[test]
+fn every_library_crate_is_covered_by_the_rules() {
+    let g = graph();
+    let known: BTreeSet<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
+    // Members that are not libraries users build on: nothing depends on them.
+    let leaves = ["chat-example", "cable-tests", "cable-loadgen"];
+    let unknown: Vec<&String> = g
+        .members
+        .iter()
+        .filter(|m| !known.contains(m.as_str()) && !leaves.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "workspace members without a rule in ARCHITECTURE.md and tests/it/architecture.rs: {unknown:?}"
+    );
+}
