@@ -1,5 +1,5 @@
 //! `cable-rails`' public decoders on arbitrary input, with the secret of its
-//! reference vectors (`adapters/rails/tests/vectors/*.json`, "current"):
+//! reference vectors (`integrations/rails/tests/vectors/*.json`, "current"):
 //! signed and encrypted cookies, the session cookie and the connection hook
 //! built on it, signed stream names (Turbo and `$pubsub`), GlobalIDs and
 //! session identifier mappings.

@@ -792,10 +792,10 @@ fn fastish_nonce() -> u128 {
         .unwrap_or(0)
 }
 
-/// Vectors made by Rails 6.1 itself (adapters/rails/tests/vectors).
+/// Vectors made by Rails 6.1 itself (integrations/rails/tests/vectors).
 fn rails_vectors(file: &str) -> serde_json::Value {
     let path = format!(
-        "{}/../adapters/rails/tests/vectors/{file}",
+        "{}/../integrations/rails/tests/vectors/{file}",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).expect("vectors")).expect("JSON")

@@ -1,5 +1,5 @@
 //! Interop with a real Rails ActionCable server (Debian's Rails 6.1 on puma,
-//! `tests/bench/rails` in interop mode) sharing one Redis or one PostgreSQL
+//! `bench/rails` in interop mode) sharing one Redis or one PostgreSQL
 //! database, and one channel prefix, with a real `chat` process.
 //!
 //! The Rails app mirrors the chat example: `identified_by :current_user`
@@ -21,7 +21,7 @@
 //!   other bytes than Rails' clients get.
 //!
 //! Needs ruby, puma, Rails' actioncable and the adapter's gems
-//! (`tests/bench/rails/install.sh`), and Redis (`REDIS_URL`) or PostgreSQL
+//! (`bench/rails/install.sh`), and Redis (`REDIS_URL`) or PostgreSQL
 //! (`DATABASE_URL`); without them the tests print `SKIPPED: …` and pass,
 //! unless `CI` is set.
 
@@ -36,9 +36,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
 
-/// The Rails app of `tests/bench/rails`.
+/// The Rails app of `bench/rails`.
 fn rails_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/bench/rails")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/rails")
 }
 
 /// Prints why a test is skipped and returns None; a failure when `CI` is set.
@@ -81,7 +81,7 @@ impl Shared {
         })
     }
 
-    /// The Rails app's interop settings (README.md in tests/bench/rails).
+    /// The Rails app's interop settings (README.md in bench/rails).
     fn rails_env(&self) -> Vec<(&'static str, String)> {
         let adapter = match self.kind {
             Kind::Redis => "redis",
@@ -213,7 +213,7 @@ async fn ruby_ready(kind: Kind) -> Option<()> {
         Kind::Postgres => r#"gem "pg", "~> 1.1"; require "pg"; require "active_record""#,
     };
     let script = format!(r#"require "rails"; require "action_cable/engine"; {gems}"#);
-    let install = "run tests/bench/rails/install.sh";
+    let install = "run bench/rails/install.sh";
     let mut cmd = ruby_command();
     cmd.arg("-e").arg(&script);
     match run_with_timeout(cmd, START_WAIT).await {
@@ -241,7 +241,7 @@ async fn ruby_ready(kind: Kind) -> Option<()> {
     }
 }
 
-/// Rails' puma (`tests/bench/rails/run.sh 0`, interop mode) on a free port.
+/// Rails' puma (`bench/rails/run.sh 0`, interop mode) on a free port.
 /// Killed on drop; its log is printed if the test is failing.
 struct Rails {
     addr: SocketAddr,
@@ -263,7 +263,7 @@ impl Rails {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn tests/bench/rails/run.sh");
+            .expect("spawn bench/rails/run.sh");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel::<String>();
         let tx = Arc::new(Mutex::new(Some(tx)));

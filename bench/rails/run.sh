@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rails ActionCable baseline server for the benchmarks.
 #
-# Usage: tests/bench/rails/run.sh PORT
+# Usage: bench/rails/run.sh PORT
 #
 # Serves ws://127.0.0.1:PORT/cable (BenchmarkChannel, async adapter) from one
 # puma process in the foreground; SIGTERM or SIGINT stops it. Run install.sh

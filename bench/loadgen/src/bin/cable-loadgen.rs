@@ -241,7 +241,7 @@ fn write_report(
     let mut md = String::from("# Benchmarks\n\n");
     md.push_str(
         "Written by `scripts/bench` (see the README); do not edit by hand. The history at the \
-         end comes from `tests/bench/HISTORY.md`.\n\n",
+         end comes from `bench/HISTORY.md`.\n\n",
     );
     if let Some(h) = header {
         md.push_str(&std::fs::read_to_string(&h).with_context(|| h.display().to_string())?);

@@ -6,7 +6,7 @@
 # and ruby-globalid (0.6.0).
 #
 #   apt-get install ruby-activesupport ruby-actionpack ruby-actioncable ruby-globalid
-#   ruby adapters/rails/tests/vectors/make-vectors.rb   # rewrites the *.json beside it
+#   ruby integrations/rails/tests/vectors/make-vectors.rb   # rewrites the *.json beside it
 #
 # What is real and what is reproduced:
 # - Cookies are written by ActionDispatch's own cookie jar (cookies.signed /
@@ -373,7 +373,7 @@ end
 # --- Write --------------------------------------------------------------------
 
 meta = {
-  generated_by: "adapters/rails/tests/vectors/make-vectors.rb",
+  generated_by: "integrations/rails/tests/vectors/make-vectors.rb",
   ruby: RUBY_VERSION,
   activesupport: ActiveSupport::VERSION::STRING,
   actionpack: ActionPack::VERSION::STRING,
