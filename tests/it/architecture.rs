@@ -20,6 +20,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cable-redis", &["cable-core"]),
     ("cable-postgres", &["cable-core"]),
     ("cable-rails", &["cable-core"]),
+    // The test kit drives the transport, like any application.
+    ("cable-test", &["cable-core", "cable-server"]),
     (
         "cable-standalone",
         &[

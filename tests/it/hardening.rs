@@ -263,7 +263,7 @@ async fn twenty_thousand_subscribes_on_one_socket_are_capped() {
         .max_subscriptions_per_connection
         .unwrap();
     let mut c = Client::connect(&server, "hoarder").await;
-    let (mut sink, mut stream) = c.ws.split();
+    let (mut sink, mut stream) = c.0.ws.split();
     let writer = tokio::spawn(async move {
         for n in 0..20_000 {
             let f = json!({"command": "subscribe", "identifier": room(&format!("r{n}"))});
@@ -289,7 +289,7 @@ async fn twenty_thousand_subscribes_on_one_socket_are_capped() {
     assert_eq!(rejects, 20_000 - cap);
     assert_eq!(server.cable.stats().subscriptions, cap as u64);
     let sink = writer.await.unwrap();
-    c.ws = sink.reunite(stream).unwrap();
+    c.0.ws = sink.reunite(stream).unwrap();
     c.assert_alive(&room("r0")).await;
 }
 

@@ -130,21 +130,7 @@ pub async fn until_listening(status: &PostgresStatus, channels: &[String]) {
     .await;
 }
 
-/// Polls `check` every 20 ms until it holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use cable_test::eventually;
 
 /// `NOTIFY "<channel>", '<payload>'` exactly as Rails' adapter sends it
 /// (`escape_identifier`, `escape_string`).

@@ -119,21 +119,7 @@ pub async fn until_connected(status: &RedisStatus) {
     .await;
 }
 
-/// Polls `check` every 20 ms until it holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use cable_test::eventually;
 
 /// A client driven through `run_connection`, with no socket.
 pub struct Client {

@@ -8,18 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use std::ops::{Deref, DerefMut};
 
 /// How long a test waits for anything that should happen.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub use cable_test::WAIT;
 /// How long a `chat` process may take to start listening (or to exit).
 pub const START_WAIT: Duration = Duration::from_secs(15);
 
@@ -30,20 +22,7 @@ pub fn room(r: &str) -> String {
     format!(r#"{{"channel":"ChatChannel","room":"{r}"}}"#)
 }
 
-pub fn confirm(identifier: &str) -> String {
-    format!(
-        r#"{{"identifier":{},"type":"confirm_subscription"}}"#,
-        serde_json::to_string(identifier).expect("string")
-    )
-}
-
-/// `{"identifier":…,"message":…}` as the server frames a broadcast.
-pub fn message(identifier: &str, message_json: &str) -> String {
-    format!(
-        r#"{{"identifier":{},"message":{message_json}}}"#,
-        serde_json::to_string(identifier).expect("string")
-    )
-}
+pub use cable_test::frames::message;
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -91,21 +70,7 @@ pub fn unique_prefix() -> String {
     )
 }
 
-/// Polls `check` every 20 ms until it holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use cable_test::eventually;
 
 pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
     let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
@@ -287,34 +252,29 @@ pub async fn chat_exit(args: &[&str]) -> (ExitStatus, String) {
 
 /// A bare HTTP/1.1 POST with a JSON body; returns (status, body).
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("no HTTP response within 5s")
-        .expect("read response");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+    cable_test::http(addr, "POST", path, &[], Some(body)).await
 }
 
-/// A raw actioncable-v1-json client, as the JS client connects: same-origin
-/// `Origin`, both subprotocols offered, the user in `?user=`. It speaks to
-/// any ActionCable server (the Rails interop tests point it at Rails).
+/// A raw actioncable-v1-json client (`cable_test::Client`), connected as
+/// the JS client connects: same-origin `Origin`, both subprotocols offered,
+/// the user in `?user=`. It speaks to any ActionCable server (the Rails
+/// interop tests point it at Rails).
+/// Failures name it by its user, or `user@server` when the server was named.
 pub struct Client {
-    /// The user, or `user@server` when the server was named; for messages.
-    pub user: String,
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    inner: cable_test::Client,
+}
+
+impl Deref for Client {
+    type Target = cable_test::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
 }
 
 impl Client {
@@ -330,29 +290,21 @@ impl Client {
             Some(s) => format!("{user}@{s}"),
             None => user.to_owned(),
         };
-        let mut req = format!("ws://{addr}/cable?user={user}")
-            .into_client_request()
-            .expect("request");
-        let headers = req.headers_mut();
         let origin = format!("http://{addr}");
-        headers.insert("Origin", HeaderValue::from_str(&origin).expect("origin"));
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("actioncable-v1-json, actioncable-unsupported"),
-        );
-        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .unwrap_or_else(|_| panic!("{name}: no handshake within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("{name}: handshake: {e}"));
+        let inner = cable_test::Client::connect(
+            &format!("ws://{addr}/cable?user={user}"),
+            &[("Origin", &origin), cable_test::JS_CLIENT_PROTOCOLS],
+        )
+        .await
+        .named(name);
         assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
+            inner.protocol.as_deref(),
             Some("actioncable-v1-json"),
-            "{name}: subprotocol"
+            "{}: subprotocol",
+            inner.name
         );
-        let mut client = Client { user: name, ws };
-        client.expect(r#"{"type":"welcome"}"#).await;
+        let mut client = Client { inner };
+        client.expect(cable_test::frames::WELCOME).await;
         client
     }
 
@@ -370,97 +322,20 @@ impl Client {
         c
     }
 
-    pub async fn send_json(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
     /// Subscribes and waits for `confirm_subscription`, which the server sends
-    /// only once Redis acknowledged the SUBSCRIBE.
+    /// only once the adapter acknowledged the subscription.
     pub async fn join(&mut self, identifier: &str) {
-        self.send_json(serde_json::json!({"command": "subscribe", "identifier": identifier}))
-            .await;
-        self.expect(&confirm(identifier)).await;
+        self.inner.subscribe(identifier).await;
     }
 
     /// Performs `speak` with `body` in the room of `identifier`.
     pub async fn speak(&mut self, identifier: &str, body: &str) {
         let data = serde_json::json!({"action": "speak", "body": body});
-        self.send_json(serde_json::json!({
-            "command": "message",
-            "identifier": identifier,
-            "data": data.to_string(),
-        }))
-        .await;
-    }
-
-    /// The next message of any kind before `deadline`, or None when the
-    /// stream ended. Panics at the deadline.
-    async fn next_message(&mut self, deadline: tokio::time::Instant) -> Option<Message> {
-        match tokio::time::timeout_at(deadline, self.ws.next()).await {
-            Ok(Some(Ok(m))) => Some(m),
-            Ok(Some(Err(_))) | Ok(None) => None,
-            Err(_) => panic!("{}: no frame (pings aside) within {WAIT:?}", self.user),
-        }
-    }
-
-    /// The next text frame that is not a ping, within [`WAIT`] (the server
-    /// pings every 3 s, so the deadline covers the whole wait).
-    pub async fn recv(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.next_message(deadline).await {
-                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
-                Some(Message::Text(t)) => return t.as_str().to_owned(),
-                Some(Message::Close(c)) => {
-                    panic!("{}: closed while waiting for a frame: {c:?}", self.user)
-                }
-                Some(_) => {}
-                None => panic!("{}: stream ended while waiting for a frame", self.user),
-            }
-        }
-    }
-
-    pub async fn expect(&mut self, frame: &str) {
-        let got = self.recv().await;
-        assert_eq!(got, frame, "{} received", self.user);
-    }
-
-    /// Asserts the server closes with `code` after some text frames (pings
-    /// aside), which are returned.
-    pub async fn expect_close(&mut self, code: CloseCode) -> Vec<String> {
-        let mut texts = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.next_message(deadline).await {
-                Some(Message::Close(Some(f))) => {
-                    assert_eq!(f.code, code, "{}: close code ({f:?})", self.user);
-                    return texts;
-                }
-                Some(Message::Close(None)) => panic!("{}: close without a code", self.user),
-                Some(Message::Text(t)) if t.as_str().starts_with(r#"{"type":"ping""#) => {}
-                Some(Message::Text(t)) => texts.push(t.as_str().to_owned()),
-                Some(_) => {}
-                None => panic!(
-                    "{}: stream ended without a close frame; got {texts:?}",
-                    self.user
-                ),
-            }
-        }
+        self.inner.perform(identifier, data).await;
     }
 
     /// Closes the socket and waits for the server's side of the close.
-    pub async fn leave(mut self) {
-        let _ = self.ws.close(None).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return,
-                Err(_) => panic!("{}: server did not close within {WAIT:?}", self.user),
-            }
-        }
+    pub async fn leave(self) {
+        self.inner.leave().await;
     }
 }
