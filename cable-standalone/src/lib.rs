@@ -263,6 +263,15 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneErro
     Ok(cfg)
 }
 
+/// The HTTP side's options `settings` describe (drain, header timeout,
+/// pending cap).
+pub fn serve_options(settings: &Settings) -> ServeOptions {
+    let mut options = ServeOptions::with_drain_timeout(settings.shutdown_timeout);
+    options.header_read_timeout = settings.header_read_timeout;
+    options.max_pending_connections = settings.max_pending_connections;
+    options
+}
+
 /// Runs a server until SIGINT or SIGTERM: the WebSocket endpoint and
 /// `/health` on `settings.bind`; `/stats`, `/metrics` and `/_broadcast` on
 /// `settings.stats_bind` (with `/health` again), or beside the WebSocket
@@ -332,8 +341,13 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
                 "operator endpoints on http://{} (/health also on the public address)",
                 l.local_addr()?
             );
+            // The same accept loop as the public address (header read
+            // timeout, pending cap); it runs until the process ends, so its
+            // shutdown never comes (the public server drains the cable).
+            let c = cable.clone();
+            let opts = serve_options(&settings);
             let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, ops).await {
+                if let Err(e) = serve_with(l, ops, c, std::future::pending(), opts).await {
                     tracing::error!("operator endpoints stopped: {e}");
                 }
             });
@@ -350,10 +364,14 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
             "off: no broadcast_key"
         }
     );
-    let mut options = ServeOptions::with_drain_timeout(settings.shutdown_timeout);
-    options.header_read_timeout = settings.header_read_timeout;
-    options.max_pending_connections = settings.max_pending_connections;
-    let res = serve_with(listener, app, cable, shutdown_signal(), options).await;
+    let res = serve_with(
+        listener,
+        app,
+        cable,
+        shutdown_signal(),
+        serve_options(&settings),
+    )
+    .await;
     if let Some(t) = stats_task {
         t.abort();
     }

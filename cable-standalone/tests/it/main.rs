@@ -447,6 +447,51 @@ async fn operator_endpoints_can_have_their_own_address() {
     assert_eq!(server.get("/metrics").await.0, 404);
 }
 
+/// The operator address gets the same accept loop as the public one: a
+/// request whose headers never finish is closed after `header_read_timeout`.
+#[tokio::test]
+async fn operator_address_closes_half_sent_requests() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stats_bind = format!("127.0.0.1:{port}");
+    let _server = Server::start(
+        &["--stats-bind", &stats_bind, "--header-read-timeout", "1"],
+        &[],
+    )
+    .await;
+    let ops: SocketAddr = stats_bind.parse().unwrap();
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect(ops).await {
+            conn = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = conn.expect("operator address listening");
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /stats HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "a half-sent request to the operator address was still open after 5 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed too early"
+    );
+}
+
 /// By default the public address serves the WebSocket endpoint and
 /// `/health`, nothing else; the other operator endpoints need `stats_bind`
 /// or an explicit `ops_on_public_port = true`.
