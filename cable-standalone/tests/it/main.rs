@@ -418,15 +418,18 @@ async fn sigterm_sends_server_restart_and_exits_zero() {
     assert!(started.elapsed() < Duration::from_secs(7));
 }
 
-#[tokio::test]
-async fn operator_endpoints_can_have_their_own_address() {
+/// A server with its operator endpoints on a free address of their own
+/// (`--stats-bind`, plus `args`), once that address accepts connections.
+async fn with_stats_bind(args: &[&str]) -> (Server, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let stats_bind = format!("127.0.0.1:{port}");
-    let server = Server::start(&["--stats-bind", &stats_bind], &[]).await;
+    let mut all = vec!["--stats-bind", stats_bind.as_str()];
+    all.extend_from_slice(args);
+    let server = Server::start(&all, &[]).await;
     let ops: SocketAddr = stats_bind.parse().unwrap();
     let mut ok = false;
     for _ in 0..100 {
@@ -437,6 +440,12 @@ async fn operator_endpoints_can_have_their_own_address() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "operator address listening");
+    (server, ops)
+}
+
+#[tokio::test]
+async fn operator_endpoints_can_have_their_own_address() {
+    let (server, ops) = with_stats_bind(&[]).await;
     assert_eq!(http(ops, "GET", "/health", &[], None).await.0, 200);
     assert_eq!(http(ops, "GET", "/stats", &[], None).await.0, 200);
     assert_eq!(http(ops, "GET", "/metrics", &[], None).await.0, 200);
@@ -451,27 +460,8 @@ async fn operator_endpoints_can_have_their_own_address() {
 /// request whose headers never finish is closed after `header_read_timeout`.
 #[tokio::test]
 async fn operator_address_closes_half_sent_requests() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let stats_bind = format!("127.0.0.1:{port}");
-    let _server = Server::start(
-        &["--stats-bind", &stats_bind, "--header-read-timeout", "1"],
-        &[],
-    )
-    .await;
-    let ops: SocketAddr = stats_bind.parse().unwrap();
-    let mut conn = None;
-    for _ in 0..100 {
-        if let Ok(s) = TcpStream::connect(ops).await {
-            conn = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut s = conn.expect("operator address listening");
+    let (_server, ops) = with_stats_bind(&["--header-read-timeout", "1"]).await;
+    let mut s = TcpStream::connect(ops).await.expect("connect");
     tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /stats HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
