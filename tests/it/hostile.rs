@@ -22,22 +22,16 @@
 //! issue allows the full-size run; a server that keeps what a flood sends
 //! without a bound passes it within seconds.
 //!
-//! The binary is `$CHAT_BIN`, or `chat` in this test binary's profile
-//! directory (`cargo test --workspace` builds it), built first with `cargo
-//! build -p chat-example --bin chat` when it is missing or older than its
-//! sources.
+//! The binary is `$CHAT_BIN`, or this package's `chat-node` (the chat
+//! example's command line; see `chat_process`).
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cable_loadgen::client::Target;
 use cable_loadgen::hostile::{self, CaseResult, HostileOpts, ShutdownOpts};
 use cable_loadgen::modes::Common;
+
+use crate::chat_process::Chat;
 
 /// One hostile case at a time: they share two cores with everything else.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,169 +42,25 @@ const CASE_BOUND: Duration = Duration::from_secs(60);
 /// chat's drain timeout in these tests (`--shutdown-timeout`).
 const SHUTDOWN_TIMEOUT_SECS: u64 = 2;
 
-fn chat_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CHAT_BIN") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/it-HASH -> target/<profile>/chat
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("test binary in target/<profile>/deps")
-            .to_owned();
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let bin = profile_dir.join("chat");
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        if !stale(&bin, &root) {
-            return bin;
-        }
-        let manifest = root.join("Cargo.toml");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "chat-example", "--bin", "chat"])
-            .arg("--profile")
-            .arg(if profile == "debug" { "dev" } else { &profile })
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target dir"))
-            .status()
-            .expect("run cargo build for the chat binary");
-        assert!(status.success(), "cargo build -p chat-example failed");
-        bin
-    })
-    .clone()
+/// `chat --admin` as the hostile cases want it: a short drain, and only
+/// the startup line and warnings logged (the floods make the server log an
+/// error per bad command).
+async fn start_chat() -> Chat {
+    let timeout = SHUTDOWN_TIMEOUT_SECS.to_string();
+    Chat::start_logging(
+        &["--admin", "--shutdown-timeout", &timeout],
+        "warn,chat_example=info",
+    )
+    .await
 }
 
-/// Whether `bin` is missing or older than a source it is built from (the
-/// workspace's `Cargo.lock`, or a `.rs`/`Cargo.toml` of the crates chat
-/// links). Building it again from here costs a rebuild with other features
-/// than the test build's, so it is skipped when it is current.
-fn stale(bin: &Path, root: &Path) -> bool {
-    fn newest(dir: &Path, found: &mut SystemTime, depth: usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name();
-            if p.is_dir() {
-                if depth < 8 && name != "target" && name != "node_modules" {
-                    newest(&p, found, depth + 1);
-                }
-            } else if p.extension().is_some_and(|x| x == "rs") || name == "Cargo.toml" {
-                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    *found = (*found).max(t);
-                }
-            }
-        }
-    }
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return true;
-    };
-    let mut latest = std::fs::metadata(root.join("Cargo.lock"))
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    for dir in ["cable-core", "cable-server", "adapters", "examples/chat"] {
-        newest(&root.join(dir), &mut latest, 0);
-    }
-    latest > built
-}
-
-/// A running `chat --admin` on a free port; killed on drop, its last log
-/// lines printed when the test is failing.
-struct Chat {
-    addr: SocketAddr,
-    child: Child,
-    log: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Chat {
-    async fn start() -> Chat {
-        let bin = chat_bin();
-        let mut child = Command::new(&bin)
-            .args(["--admin", "--bind", "127.0.0.1:0", "--shutdown-timeout"])
-            .arg(SHUTDOWN_TIMEOUT_SECS.to_string())
-            // The floods make the server log an error per bad command: keep
-            // the startup line and warnings only.
-            .env("RUST_LOG", "warn,chat=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some((_, addr)) = line.split_once("chat example listening on http://") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr.trim().to_owned());
-                        }
-                    }
-                    let mut l = log.lock().expect("log lock");
-                    if l.len() >= 200 {
-                        l.pop_front();
-                    }
-                    l.push_back(line);
-                }
-            }
-        });
-        let mut chat = Chat {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-            log,
-        };
-        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(addr)) => chat.addr = addr.parse().expect("listening address"),
-            _ => panic!("chat did not start listening:\n{}", chat.log_text()),
-        }
-        chat
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        let l = self.log.lock().expect("log lock");
-        l.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    fn common(&self) -> Common {
-        Common {
-            target: Target::new(format!("ws://{}/cable?user=hostile{{i}}", self.addr)),
-            server: "chat".into(),
-            server_pids: vec![self.pid()],
-            progress: false,
-            connect_concurrency: 50,
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- last log lines of chat on {} ---\n{}",
-                self.addr,
-                self.log_text()
-            );
-        }
+fn common(chat: &Chat) -> Common {
+    Common {
+        target: Target::new(format!("ws://{}/cable?user=hostile{{i}}", chat.addr)),
+        server: "chat".into(),
+        server_pids: vec![chat.pid()],
+        progress: false,
+        connect_concurrency: 50,
     }
 }
 
@@ -243,8 +93,8 @@ fn test_opts(case: &str) -> HostileOpts {
 async fn survives(case: &str) -> CaseResult {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let chat = Chat::start().await;
-    let common = chat.common();
+    let chat = start_chat().await;
+    let common = common(&chat);
     let opts = test_opts(case);
     let report = tokio::time::timeout(CASE_BOUND, hostile::run_report(&common, &opts))
         .await
@@ -338,8 +188,8 @@ async fn hostile_slow_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_half_sent_requests_exits_in_time() {
     let _serial = SERIAL.lock().await;
-    let chat = Chat::start().await;
-    let common = chat.common();
+    let chat = start_chat().await;
+    let common = common(&chat);
     let opts = ShutdownOpts {
         half_open: 200,
         shutdown_timeout_secs: SHUTDOWN_TIMEOUT_SECS as f64,

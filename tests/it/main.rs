@@ -2,8 +2,10 @@
 //! real sockets, driven by a raw WebSocket client, asserting exact frames.
 
 mod architecture;
+mod chat_process;
 mod handshake;
 mod hardening;
 mod hostile;
+mod multinode;
 mod protocol;
 mod support;

@@ -8,6 +8,8 @@
 //! - Users come from the `user` cookie or `?user=NAME`; none, or `banned`, is
 //!   refused.
 
+pub mod cli;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::*;
+use super::support::*;
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")

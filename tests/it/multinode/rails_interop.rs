@@ -34,11 +34,11 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::*;
+use super::support::*;
 
 /// The Rails app of `bench/rails`.
 fn rails_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/rails")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/rails")
 }
 
 /// Prints why a test is skipped and returns None; a failure when `CI` is set.

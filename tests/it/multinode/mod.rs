@@ -29,7 +29,7 @@ async fn next_raw(
 
 /// Two nodes on the same Redis and prefix, with admin endpoints.
 async fn two_nodes(url: &str, prefix: &str) -> (Chat, Chat) {
-    tokio::join!(Chat::redis_node(url, prefix), Chat::redis_node(url, prefix))
+    tokio::join!(redis_node(url, prefix), redis_node(url, prefix))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +194,7 @@ async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them() {
     raw.subscribe(&internal).await.expect("SUBSCRIBE");
     let mut raw = raw.into_on_message();
 
-    let a = Chat::redis_node(&url, &prefix).await;
+    let a = redis_node(&url, &prefix).await;
     let mut ann = Client::joined(&a, "ann", LOBBY).await;
     ann.speak(LOBBY, "yo").await;
     assert_eq!(

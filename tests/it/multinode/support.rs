@@ -1,19 +1,16 @@
 //! Helpers: real `chat` processes, a raw actioncable-v1-json WebSocket client,
 //! Redis discovery and `PUBSUB` queries.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::ops::{Deref, DerefMut};
 
+pub use crate::chat_process::{chat_exit, Chat, START_WAIT};
 /// How long a test waits for anything that should happen.
 pub use cable_test::WAIT;
-/// How long a `chat` process may take to start listening (or to exit).
-pub const START_WAIT: Duration = Duration::from_secs(15);
 
 /// `ChatChannel` in room `lobby`, as the JS client sends it.
 pub const LOBBY: &str = r#"{"channel":"ChatChannel","room":"lobby"}"#;
@@ -124,135 +121,9 @@ pub async fn redis_cli(args: Vec<String>) -> Option<Output> {
     }
 }
 
-/// The `chat` binary of this package.
-fn chat_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat"));
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// A running `chat` process on a free port. Killed on drop; its log is
-/// printed if the test is failing.
-pub struct Chat {
-    pub addr: SocketAddr,
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Chat {
-    /// Starts `chat --bind 127.0.0.1:0 ARGS…` and waits until it listens.
-    pub async fn start(args: &[&str]) -> Chat {
-        let mut child = chat_command(&[&["--bind", "127.0.0.1:0"][..], args].concat())
-            .spawn()
-            .expect("spawn chat");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-        std::thread::spawn({
-            let logs = logs.clone();
-            move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let addr = line
-                        .split_once("chat example listening on http://")
-                        .map(|(_, addr)| addr.trim().to_owned());
-                    logs.lock().expect("log lock").push(line);
-                    if let Some(addr) = addr {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
-                        }
-                    }
-                }
-            }
-        });
-        let mut chat = Chat {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-            logs,
-        };
-        // The reader drops `tx` without sending if chat exits first.
-        match tokio::time::timeout(START_WAIT, rx).await {
-            Ok(Ok(addr)) => chat.addr = addr.parse().expect("listening address"),
-            Ok(Err(_)) => panic!(
-                "chat {args:?} exited before listening ({:?}):\n{}",
-                chat.child.wait(),
-                chat.log_text()
-            ),
-            Err(_) => panic!(
-                "chat {args:?} not listening within {START_WAIT:?}:\n{}",
-                chat.log_text()
-            ),
-        }
-        chat
-    }
-
-    /// A node on `url` with `prefix`, admin endpoints on.
-    pub async fn redis_node(url: &str, prefix: &str) -> Chat {
-        Chat::start(&["--admin", "--adapter", url, "--channel-prefix", prefix]).await
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything it logged so far.
-    pub fn log_text(&self) -> String {
-        self.logs.lock().expect("log lock").join("\n")
-    }
-
-    /// `POST path` with a JSON body to this process; (status, body).
-    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
-        http_post(self.addr, path, body).await
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- log of chat on {} ---\n{}", self.addr, self.log_text());
-        }
-    }
-}
-
-/// Runs `chat ARGS…` expecting it to exit by itself within [`START_WAIT`];
-/// returns its status and stderr. Killed if it does not.
-pub async fn chat_exit(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = chat_command(args).spawn().expect("spawn chat");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let deadline = tokio::time::Instant::now() + START_WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for chat") {
-            break status;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "chat {args:?} still running after {START_WAIT:?}:\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    (status, reader.join().expect("stderr reader"))
-}
-
-/// A bare HTTP/1.1 POST with a JSON body; returns (status, body).
-pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    cable_test::http(addr, "POST", path, &[], Some(body)).await
+/// A node on `url` with `prefix`, admin endpoints on.
+pub async fn redis_node(url: &str, prefix: &str) -> Chat {
+    Chat::start(&["--admin", "--adapter", url, "--channel-prefix", prefix]).await
 }
 
 /// A raw actioncable-v1-json client (`cable_test::Client`), connected as

@@ -1,0 +1,356 @@
+//! The `chat` command line: flags, the adapter choice, logging and serving.
+//! `src/main.rs` only calls [`run`]; the end-to-end tests' `chat-node`
+//! binary (in `tests/`) calls it too, so both run the same code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cable_core::redact_url;
+use cable_postgres::{PostgresConfig, PostgresPubSub};
+use cable_redis::{RedisConfig, RedisPubSub};
+use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+
+/// A chat room on cable, with the unmodified @rails/actioncable client in the
+/// page. Runs alone on the in-memory adapter, or as one of several nodes
+/// sharing a Redis or a PostgreSQL database (and a Rails app's broadcasts)
+/// with `--adapter redis://…` or `--adapter postgres://…`.
+#[derive(Parser, Debug)]
+#[command(name = "chat", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    bind: SocketAddr,
+    /// An allowed Origin, exactly (repeatable). Same-origin requests are always allowed.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// An allowed Origin pattern, a regular expression the whole Origin must match (repeatable).
+    #[arg(long = "allowed-origin-regex")]
+    allowed_origin_regexes: Vec<String>,
+    /// Skip the Origin check entirely.
+    #[arg(long)]
+    disable_origin_check: bool,
+    /// Serve POST /admin/broadcast and /admin/disconnect (loopback clients only).
+    #[arg(long)]
+    admin: bool,
+    /// Seconds to wait for clients to leave on shutdown.
+    #[arg(long, default_value_t = 10)]
+    shutdown_timeout: u64,
+    /// Pub/sub adapter: `memory` (this process only); a Redis URL,
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or
+    /// `redis+unix:///PATH`; or a PostgreSQL URL,
+    /// `postgres://[USER[:PASSWORD]@]HOST[:PORT]/DB[?PARAMS]` (or
+    /// `postgresql://`; no TLS), to share streams and remote disconnects with
+    /// other chat processes and Rails apps on the same Redis or database.
+    #[arg(long, value_name = "memory|URL", default_value = "memory")]
+    adapter: String,
+    /// Rails' `channel_prefix` (cable.yml): stream S is the Redis or
+    /// PostgreSQL channel PREFIX:S. Redis and PostgreSQL adapters only (an
+    /// error with `memory`); without it the channel is S itself. Use the Rails
+    /// app's prefix to interoperate.
+    #[arg(long, value_name = "PREFIX")]
+    channel_prefix: Option<String>,
+    /// Most subscriptions per connection; more get reject_subscription (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_subscriptions_per_connection: usize,
+    /// Longest subscription identifier, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    max_identifier_size: usize,
+    /// Commands a connection may send at once (the rate limit's burst).
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    command_burst: u32,
+    /// Commands per second a connection may send, sustained (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    command_rate: u32,
+    /// Largest message a client may be sent, in bytes (at most 1 MiB, the
+    /// outbound queue).
+    #[arg(long, value_name = "BYTES", default_value_t = 512 * 1024)]
+    max_outbound_message_size: usize,
+    /// Seconds the connection hook may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Seconds one channel callback may take.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    callback_timeout: f64,
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_read_timeout: f64,
+    /// Most connections not upgraded yet; past it the oldest is closed.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_pending_connections: usize,
+}
+
+/// Seconds from a flag as a duration; an error names the flag.
+fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} {secs}: a number of seconds above 0"))
+}
+
+impl Args {
+    /// The limits the flags set, in the core's and the HTTP server's terms.
+    fn limits(&self) -> Result<(cable_core::CableConfig, ServeOptions), String> {
+        let mut core = cable_core::CableConfig::default();
+        core.max_subscriptions_per_connection = (self.max_subscriptions_per_connection > 0)
+            .then_some(self.max_subscriptions_per_connection);
+        core.max_identifier_bytes = self.max_identifier_size;
+        core.command_rate = (self.command_rate > 0).then_some(cable_core::CommandRate {
+            burst: self.command_burst.max(1),
+            per_second: self.command_rate,
+        });
+        if self.max_outbound_message_size > core.outbound_queue_bytes {
+            return Err(format!(
+                "--max-outbound-message-size {}: at most {} (the outbound queue)",
+                self.max_outbound_message_size, core.outbound_queue_bytes
+            ));
+        }
+        core.max_outbound_message_bytes = self.max_outbound_message_size;
+        core.connect_timeout = seconds("connect-timeout", self.connect_timeout)?;
+        core.callback_timeout = seconds("callback-timeout", self.callback_timeout)?;
+        let mut serve =
+            ServeOptions::with_drain_timeout(Duration::from_secs(self.shutdown_timeout));
+        serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
+        serve.max_pending_connections = self.max_pending_connections.max(1);
+        Ok((core, serve))
+    }
+}
+
+/// The pub/sub adapter chosen on the command line.
+#[derive(Debug)]
+enum Adapter {
+    Memory,
+    Redis(RedisConfig),
+    Postgres(PostgresConfig),
+}
+
+/// Reads `--adapter` and `--channel-prefix`; an error names the flag and the
+/// value (with any password masked).
+fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (ErrorKind, String)> {
+    let scheme = adapter
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let chosen = match scheme.as_deref() {
+        None if adapter == "memory" => Adapter::Memory,
+        Some("memory") if adapter.len() == "memory://".len() => Adapter::Memory,
+        Some("redis" | "rediss" | "redis+unix") => {
+            let mut config = RedisConfig::new(adapter);
+            if let Some(p) = prefix {
+                config = config.channel_prefix(p);
+            }
+            // The error masks the password.
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::Redis(config));
+        }
+        Some("postgres" | "postgresql") => {
+            let mut config = PostgresConfig::new(adapter);
+            if let Some(p) = prefix {
+                config = config.channel_prefix(p);
+            }
+            // The error masks the password.
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::Postgres(config));
+        }
+        _ => {
+            return Err((
+                ErrorKind::ValueValidation,
+                format!(
+                    "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB], \
+                     rediss://… or postgres://HOST[:PORT]/DB",
+                    redact_url(adapter)
+                ),
+            ))
+        }
+    };
+    if let Some(p) = prefix {
+        return Err((
+            ErrorKind::ArgumentConflict,
+            format!(
+                "--channel-prefix {p:?} only applies to the redis and postgres adapters \
+                 (--adapter redis://… or postgres://…); the memory adapter does not use \
+                 channel names"
+            ),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Runs the `chat` command: parses the process's arguments (exiting with
+/// clap's usage error on bad ones), logs to stderr, serves until SIGINT or
+/// SIGTERM.
+pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let (core, serve_options) = args
+        .limits()
+        .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
+    let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
+        .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
+    let mut opts = crate::Options {
+        admin: args.admin,
+        ..Default::default()
+    };
+    opts.server.origins.disabled = args.disable_origin_check;
+    opts.server.origins.allowed = args
+        .allowed_origins
+        .into_iter()
+        .map(AllowedOrigin::from)
+        .collect();
+    for re in &args.allowed_origin_regexes {
+        opts.server.origins.allowed.push(
+            AllowedOrigin::pattern(re)
+                .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
+        );
+    }
+    let builder = crate::cable_builder().config(core);
+    let cable = match adapter {
+        Adapter::Memory => {
+            tracing::info!("pub/sub adapter: memory (this process only)");
+            builder.build()
+        }
+        Adapter::Redis(config) => {
+            tracing::info!(
+                "pub/sub adapter: redis at {} ({}, connection name {})",
+                redact_url(&config.url),
+                match &config.channel_prefix {
+                    Some(p) => format!("channel prefix {p:?}"),
+                    None => "no channel prefix".to_owned(),
+                },
+                config.connection_name,
+            );
+            // Nothing connects yet: the subscriber connects in the background
+            // and retries while Redis is down.
+            builder
+                .try_pubsub(move |delivery| RedisPubSub::new(config, delivery))?
+                .build()
+        }
+        Adapter::Postgres(config) => {
+            tracing::info!(
+                "pub/sub adapter: postgres at {} ({}, application name {})",
+                config.redacted_url(),
+                match &config.channel_prefix {
+                    Some(p) => format!("channel prefix {p:?}"),
+                    None => "no channel prefix".to_owned(),
+                },
+                config.application_name,
+            );
+            // Nothing connects yet: the listener connects in the background
+            // and retries while the database is down.
+            builder
+                .try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
+                .build()
+        }
+    };
+    let app = crate::app(cable.clone(), &opts);
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
+    tracing::info!(
+        "chat example listening on http://{}",
+        listener.local_addr()?
+    );
+    serve_with(listener, app, cable, shutdown_signal(), serve_options).await?;
+    tracing::info!("bye");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(adapter: &str, prefix: Option<&str>) -> String {
+        match choose_adapter(adapter, prefix) {
+            Err((_, msg)) => msg,
+            Ok(a) => panic!("{adapter:?} accepted as {a:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_is_the_default_and_takes_no_prefix() {
+        let args = Args::try_parse_from(["chat"]).expect("no flags");
+        assert!(matches!(
+            choose_adapter(&args.adapter, None),
+            Ok(Adapter::Memory)
+        ));
+        assert!(matches!(
+            choose_adapter("memory://", None),
+            Ok(Adapter::Memory)
+        ));
+        let msg = err("memory", Some("app"));
+        assert!(msg.starts_with("--channel-prefix \"app\""), "{msg}");
+        assert!(err("memory://x", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn redis_urls_with_and_without_prefix() {
+        let Ok(Adapter::Redis(c)) = choose_adapter("redis://127.0.0.1:6379/1", Some("myapp"))
+        else {
+            panic!("redis url refused")
+        };
+        assert_eq!(c.url, "redis://127.0.0.1:6379/1");
+        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
+        assert_eq!(
+            c.connection_name,
+            format!("ActionCable-PID-{}", std::process::id())
+        );
+        let Ok(Adapter::Redis(c)) = choose_adapter("rediss://:pw@redis.example:6380", None) else {
+            panic!("rediss url refused")
+        };
+        assert_eq!(c.channel_prefix, None);
+        assert!(matches!(
+            choose_adapter("redis+unix:///tmp/redis.sock", None),
+            Ok(Adapter::Redis(_))
+        ));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_hide_passwords() {
+        let msg = err("redis://:hunter2@127.0.0.1:notaport", None);
+        assert!(msg.starts_with("--adapter: invalid redis url"), "{msg}");
+        assert!(msg.contains("127.0.0.1:notaport"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("postgres://u:hunter2@db:notaport/app", None);
+        assert!(msg.starts_with("--adapter: invalid postgres url"), "{msg}");
+        assert!(msg.contains("postgres://u:***@db:notaport/app"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("postgres://u:hunter2@db/app?sslmode=require", None);
+        assert!(msg.contains("does not support TLS yet"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("nats://localhost", None);
+        assert!(
+            msg.starts_with("--adapter \"nats://localhost\": unknown adapter"),
+            "{msg}"
+        );
+        assert!(err("redis", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn postgres_urls_with_and_without_prefix() {
+        let Ok(Adapter::Postgres(c)) =
+            choose_adapter("postgres://postgres@127.0.0.1:5432/test", Some("myapp"))
+        else {
+            panic!("postgres url refused")
+        };
+        assert_eq!(c.url, "postgres://postgres@127.0.0.1:5432/test");
+        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
+        assert_eq!(
+            c.application_name,
+            format!("ActionCable-PID-{}", std::process::id())
+        );
+        let Ok(Adapter::Postgres(c)) = choose_adapter("postgresql://u:pw@db/app", None) else {
+            panic!("postgresql url refused")
+        };
+        assert_eq!(c.channel_prefix, None);
+    }
+}
