@@ -7,5 +7,6 @@ mod handshake;
 mod hardening;
 mod hostile;
 mod multinode;
+mod process;
 mod protocol;
 mod support;

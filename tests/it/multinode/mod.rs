@@ -1,44 +1,35 @@
-//! The `chat` binary as several real processes sharing one Redis (here) or
-//! one PostgreSQL database (`postgres`), driven by raw actioncable-v1-json
-//! WebSocket clients, asserting exact frames.
+//! The `chat` binary as several real processes sharing one Redis or one
+//! PostgreSQL database, driven by raw actioncable-v1-json WebSocket clients,
+//! asserting exact frames. What holds on both backends is written once and
+//! run on each (`both!`); `postgres` has what is PostgreSQL's own;
+//! `rails_interop` puts a real Rails ActionCable server beside `chat`.
 //!
-//! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); each test uses
-//! its own channel prefix. Without a reachable Redis the Redis tests print
-//! `SKIPPED: …` and pass, unless `CI` is set. Startup tests need no Redis.
-//! `rails_interop`: a real Rails ActionCable server beside `chat` on each.
+//! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`), PostgreSQL
+//! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`); each
+//! test uses its own channel prefix. Without a reachable backend its tests
+//! print `SKIPPED: …` and pass, unless `CI` is set. Startup tests need
+//! neither.
 
 mod postgres;
 mod rails_interop;
 mod support;
 
-use futures_util::StreamExt;
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// The next message a bare Redis subscriber gets: (channel, payload).
-async fn next_raw(
-    raw: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
-) -> (String, String) {
-    let msg = tokio::time::timeout(WAIT, raw.next())
-        .await
-        .expect("nothing published within 5s")
-        .expect("pubsub stream ended");
-    let payload: String = msg.get_payload().expect("text payload");
-    (msg.get_channel_name().to_owned(), payload)
-}
+both!(
+    speak_on_one_node_reaches_room_members_on_both,
+    remote_disconnect_via_one_node_closes_the_user_on_the_other,
+    rails_publish_with_the_backends_cli_reaches_subscribers,
+    speak_and_remote_disconnect_are_published_as_rails_publishes_them,
+    the_adapter_in_use_is_logged_and_the_backend_need_not_be_up,
+);
 
-/// Two nodes on the same Redis and prefix, with admin endpoints.
-async fn two_nodes(url: &str, prefix: &str) -> (Chat, Chat) {
-    tokio::join!(redis_node(url, prefix), redis_node(url, prefix))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speak_on_one_node_reaches_room_members_on_both() {
-    let Some((url, _)) = shared_redis().await else {
+async fn speak_on_one_node_reaches_room_members_on_both(kind: Kind) {
+    let Some(shared) = kind.shared().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (a, b) = two_nodes(&url, &prefix).await;
+    let (a, b) = shared.two_nodes().await;
     let mut alice = Client::joined(&a, "alice", LOBBY).await;
     let mut dave = Client::joined(&a, "dave", LOBBY).await;
     let mut bob = Client::joined(&b, "bob", LOBBY).await;
@@ -68,20 +59,18 @@ async fn speak_on_one_node_reaches_room_members_on_both() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_disconnect_via_one_node_closes_the_user_on_the_other() {
-    let Some((url, plain)) = shared_redis().await else {
+async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind) {
+    let Some(shared) = kind.shared().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (a, b) = two_nodes(&url, &prefix).await;
+    let (a, b) = shared.two_nodes().await;
     let mut alice = Client::joined(&a, "alice", LOBBY).await;
     let mut bob1 = Client::joined(&b, "bob", LOBBY).await;
     let mut bob2 = Client::joined(&b, "bob", LOBBY).await;
     let mut carol = Client::joined(&b, "carol", LOBBY).await;
     // B listens on bob's internal channel (once for both connections).
-    let bobs_channel = format!("{prefix}:action_cable/bob");
-    until_numsub(&plain, &bobs_channel, 1).await;
+    let bobs_channel = shared.channel("action_cable/bob");
+    shared.until_subscribed(&bobs_channel, 1).await;
 
     let (status, body) = a.post("/admin/disconnect", r#"{"user":"bob"}"#).await;
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
@@ -91,7 +80,7 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other() {
             vec![r#"{"type":"disconnect","reason":"remote","reconnect":true}"#]
         );
     }
-    until_numsub(&plain, &bobs_channel, 0).await;
+    shared.until_subscribed(&bobs_channel, 0).await;
 
     // Everyone else is still connected, on both nodes.
     alice.speak(LOBBY, "bye bob").await;
@@ -115,43 +104,33 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_publish_with_redis_cli_reaches_subscribers() {
-    let Some((url, _)) = shared_redis().await else {
+async fn rails_publish_with_the_backends_cli_reaches_subscribers(kind: Kind) {
+    let Some(shared) = kind.shared().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (a, b) = two_nodes(&url, &prefix).await;
+    let (a, b) = shared.two_nodes().await;
     let mut clients = vec![
         Client::joined(&a, "ann", LOBBY).await,
         Client::joined(&b, "ben", LOBBY).await,
         Client::joined(&b, "bea", LOBBY).await,
     ];
-    let publish = |channel: String, payload: &str| {
-        let args = ["-u", &url, "PUBLISH", &channel, payload].map(str::to_owned);
-        redis_cli(args.to_vec())
-    };
+    let lobby = shared.channel("chat_lobby");
 
     // What `ActionCable.server.broadcast("chat_lobby", user: "rails", body: "hi")`
-    // sends through Rails' redis adapter with this channel_prefix.
-    let Some(out) = publish(
-        format!("{prefix}:chat_lobby"),
-        r#"{"user":"rails","body":"hi"}"#,
-    )
-    .await
+    // sends through Rails' adapter with this channel_prefix.
+    let Some(out) = shared
+        .cli_publish(&lobby, r#"{"user":"rails","body":"hi"}"#)
+        .await
     else {
         return;
     };
-    assert!(
-        out.status.success(),
-        "redis-cli PUBLISH: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "2",
-        "receivers: one subscription per process"
-    );
+    if kind == Kind::Redis {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "2",
+            "receivers: one subscription per process"
+        );
+    }
     for c in &mut clients {
         c.expect(r#"{"identifier":"{\"channel\":\"ChatChannel\",\"room\":\"lobby\"}","message":{"user":"rails","body":"hi"}}"#)
             .await;
@@ -159,46 +138,34 @@ async fn rails_publish_with_redis_cli_reaches_subscribers() {
 
     // Without the prefix it is another channel: the next frame is the one
     // published after it, with the prefix.
-    let out = publish("chat_lobby".to_owned(), r#"{"user":"rails","body":"lost"}"#)
+    let lost = r#"{"user":"rails","body":"lost"}"#;
+    shared
+        .cli_publish("chat_lobby", lost)
         .await
-        .expect("redis-cli ran before");
-    assert!(out.status.success());
-    let out = publish(
-        format!("{prefix}:chat_lobby"),
-        r#"{"user":"rails","body":"2"}"#,
-    )
-    .await
-    .expect("redis-cli ran before");
-    assert!(out.status.success());
+        .expect("ran before");
+    let quoted = r#"{"user":"rails","body":"it's 2"}"#;
+    shared
+        .cli_publish(&lobby, quoted)
+        .await
+        .expect("ran before");
     for c in &mut clients {
-        c.expect(&message(LOBBY, r#"{"user":"rails","body":"2"}"#))
-            .await;
+        c.expect(&message(LOBBY, quoted)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them() {
-    let Some((url, _)) = shared_redis().await else {
+async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them(kind: Kind) {
+    let Some(shared) = kind.shared().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let lobby = format!("{prefix}:chat_lobby");
-    let internal = format!("{prefix}:action_cable/ann");
-    // A bare Redis subscriber, as Rails' adapter is.
-    let mut raw = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_async_pubsub()
-        .await
-        .expect("pubsub connection");
-    raw.subscribe(&lobby).await.expect("SUBSCRIBE");
-    raw.subscribe(&internal).await.expect("SUBSCRIBE");
-    let mut raw = raw.into_on_message();
+    let lobby = shared.channel("chat_lobby");
+    let internal = shared.channel("action_cable/ann");
+    let mut raw = shared.raw_subscriber(&[&lobby, &internal]).await;
 
-    let a = redis_node(&url, &prefix).await;
+    let a = shared.node().await;
     let mut ann = Client::joined(&a, "ann", LOBBY).await;
     ann.speak(LOBBY, "yo").await;
     assert_eq!(
-        next_raw(&mut raw).await,
+        raw.next().await,
         (lobby.clone(), r#"{"user":"ann","body":"yo"}"#.to_owned())
     );
     ann.expect(&message(LOBBY, r#"{"user":"ann","body":"yo"}"#))
@@ -209,7 +176,7 @@ async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        next_raw(&mut raw).await,
+        raw.next().await,
         (
             internal,
             r#"{"type":"disconnect","reconnect":false}"#.to_owned()
@@ -221,15 +188,56 @@ async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them() {
     );
 }
 
+async fn the_adapter_in_use_is_logged_and_the_backend_need_not_be_up(kind: Kind) {
+    // Nothing listens on port 1: the subscriber retries in the background
+    // and the server starts anyway.
+    let urls: &[(&str, &str)] = match kind {
+        Kind::Redis => &[(
+            "redis://:hunter2@127.0.0.1:1/0",
+            "redis://:***@127.0.0.1:1/0",
+        )],
+        Kind::Postgres => &[
+            (
+                "postgres://app:hunter2@127.0.0.1:1/app",
+                "postgres://app:***@127.0.0.1:1/app",
+            ),
+            (
+                "postgresql://app:hunter2@127.0.0.1:1/app",
+                "postgresql://app:***@127.0.0.1:1/app",
+            ),
+        ],
+    };
+    for (url, shown) in urls {
+        let chat = Chat::start(&["--adapter", url, "--channel-prefix", "myapp"]).await;
+        let log = chat.log_text();
+        let (name, connection) = match kind {
+            Kind::Redis => ("redis", "connection name"),
+            Kind::Postgres => ("postgres", "application name"),
+        };
+        let wanted = format!(
+            r#"pub/sub adapter: {name} at {shown} (channel prefix "myapp", {connection} ActionCable-PID-{})"#,
+            chat.pid()
+        );
+        assert!(log.contains(&wanted), "{log}");
+        assert!(!log.contains("hunter2"), "{log}");
+        // It serves clients meanwhile.
+        Client::connect(&chat, "early").await.leave().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_subscription_per_process_while_clients_come_and_go() {
-    let Some((url, mut plain)) = shared_redis().await else {
+    let Some(shared) = Kind::Redis.shared().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (a, b) = two_nodes(&url, &prefix).await;
-    let lobby = format!("{prefix}:chat_lobby");
-    let internal = |user: &str| format!("{prefix}:action_cable/{user}");
+    let Plain::Redis(plain) = &shared.plain else {
+        unreachable!("a Redis backend")
+    };
+    let mut plain = plain.clone();
+    let (a, b) = shared.two_nodes().await;
+    let prefix = &shared.prefix;
+    let lobby = shared.channel("chat_lobby");
+    let internal = |user: &str| shared.channel(&format!("action_cable/{user}"));
     assert_eq!(numsub(&mut plain, &lobby).await, 0);
 
     // The confirmation follows Redis' SUBSCRIBE reply: no waiting needed.
@@ -316,7 +324,7 @@ async fn bad_adapter_settings_stop_chat_at_startup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_adapter_in_use_is_logged_and_redis_need_not_be_up() {
+async fn the_memory_adapter_is_the_default_and_logged() {
     for args in [
         &[][..],
         &["--adapter", "memory"],
@@ -330,22 +338,4 @@ async fn the_adapter_in_use_is_logged_and_redis_need_not_be_up() {
             chat.log_text()
         );
     }
-    // Nothing listens on port 1: the subscriber retries in the background
-    // and the server starts anyway.
-    let chat = Chat::start(&[
-        "--adapter",
-        "redis://:hunter2@127.0.0.1:1/0",
-        "--channel-prefix",
-        "myapp",
-    ])
-    .await;
-    let log = chat.log_text();
-    let wanted = format!(
-        r#"pub/sub adapter: redis at redis://:***@127.0.0.1:1/0 (channel prefix "myapp", connection name ActionCable-PID-{})"#,
-        chat.pid()
-    );
-    assert!(log.contains(&wanted), "{log}");
-    assert!(!log.contains("hunter2"), "{log}");
-    // It serves clients meanwhile.
-    Client::connect(&chat, "early").await.leave().await;
 }

@@ -25,12 +25,10 @@
 //! (`DATABASE_URL`); without them the tests print `SKIPPED: …` and pass,
 //! unless `CI` is set.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -41,44 +39,23 @@ fn rails_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/rails")
 }
 
-/// Prints why a test is skipped and returns None; a failure when `CI` is set.
-fn skip<T>(why: &str) -> Option<T> {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{why} (CI is set, so this is a failure)"
-    );
-    println!("SKIPPED: {why}");
-    None
+/// One backend both servers use, with a prefix of this test's own.
+struct Interop(Shared);
+
+impl Deref for Interop {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
-/// The two pub/sub backends Rails and we share.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Redis,
-    Postgres,
-}
-
-/// One adapter both servers use: the URL, and a prefix of this test's own.
-struct Shared {
-    kind: Kind,
-    url: String,
-    prefix: String,
-}
-
-impl Shared {
+impl Interop {
     /// The backend and the Ruby side, or None (after printing why) when either
     /// is missing.
-    async fn get(kind: Kind) -> Option<Shared> {
-        let url = match kind {
-            Kind::Redis => shared_redis().await?.0,
-            Kind::Postgres => shared_postgres().await?,
-        };
+    async fn get(kind: Kind) -> Option<Interop> {
+        let shared = kind.shared().await?;
         ruby_ready(kind).await?;
-        Some(Shared {
-            kind,
-            url,
-            prefix: unique_prefix(),
-        })
+        Some(Interop(shared))
     }
 
     /// The Rails app's interop settings (README.md in bench/rails).
@@ -96,14 +73,7 @@ impl Shared {
 
     /// Our `chat` with admin endpoints and Rails' puma, on this adapter.
     async fn servers(&self) -> (Chat, Rails) {
-        let args = [
-            "--admin",
-            "--adapter",
-            &self.url,
-            "--channel-prefix",
-            &self.prefix,
-        ];
-        tokio::join!(Chat::start(&args), Rails::start(self.rails_env()))
+        tokio::join!(self.node(), Rails::start(self.rails_env()))
     }
 
     /// Runs `script` in a fresh Ruby process that loaded the Rails app with
@@ -127,32 +97,6 @@ impl Shared {
     }
 }
 
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// The database at `DATABASE_URL`, or None after printing why the test is
-/// skipped (a failure instead when `CI` is set).
-async fn shared_postgres() -> Option<String> {
-    let url = database_url();
-    let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
-    let reachable = match tokio::time::timeout(Duration::from_secs(2), connect).await {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(connection);
-            client.simple_query("SELECT 1").await.is_ok()
-        }
-        _ => false,
-    };
-    if reachable {
-        Some(url)
-    } else {
-        skip(&format!(
-            "PostgreSQL not reachable at {url} (set DATABASE_URL)"
-        ))
-    }
-}
-
 /// `ruby` as `run.sh` runs it: production, Debian's gems, no bundler.
 fn ruby_command() -> Command {
     let mut cmd = Command::new("ruby");
@@ -163,46 +107,6 @@ fn ruby_command() -> Command {
         .env_remove("RUBYOPT")
         .stdin(Stdio::null());
     cmd
-}
-
-/// Runs `cmd` to completion within `limit`; Err(NotFound) when the program
-/// is missing. Killed (and a panic) past the limit.
-async fn run_with_timeout(mut cmd: Command, limit: Duration) -> std::io::Result<Output> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let what = format!("{cmd:?}");
-    let mut child = cmd.spawn()?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = tokio::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} still running after {limit:?}:\n{}",
-                String::from_utf8_lossy(&err.join().unwrap_or_default())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    })
 }
 
 /// Checks that ruby, puma, Rails' actioncable and the adapter's gems load;
@@ -241,89 +145,28 @@ async fn ruby_ready(kind: Kind) -> Option<()> {
     }
 }
 
-/// Rails' puma (`bench/rails/run.sh 0`, interop mode) on a free port.
-/// Killed on drop; its log is printed if the test is failing.
-struct Rails {
-    addr: SocketAddr,
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+/// Rails' puma (`bench/rails/run.sh 0`, interop mode) on a free port (a
+/// [`Server`]).
+struct Rails(Server);
+
+impl Deref for Rails {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
 }
 
 impl Rails {
     /// Starts puma with `env` and waits until it listens.
     async fn start(env: Vec<(&'static str, String)>) -> Rails {
-        let mut child = Command::new(rails_dir().join("run.sh"))
-            .arg("0")
+        let mut cmd = Command::new(rails_dir().join("run.sh"));
+        cmd.arg("0")
             .envs(env)
             // The banner names the port puma bound; info logs show the
             // connections, subscriptions and broadcasts on failure.
             .env("CABLE_BENCH_VERBOSE", "1")
-            .env("CABLE_RAILS_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bench/rails/run.sh");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        for pipe in [
-            Box::new(stdout) as Box<dyn Read + Send>,
-            Box::new(stderr) as Box<dyn Read + Send>,
-        ] {
-            let (logs, tx) = (logs.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let addr = line
-                        .split_once("Listening on http://")
-                        .map(|(_, addr)| addr.trim().to_owned());
-                    logs.lock().expect("log lock").push(line);
-                    if let Some(addr) = addr {
-                        if let Some(tx) = tx.lock().expect("tx lock").take() {
-                            let _ = tx.send(addr);
-                        }
-                    }
-                }
-                // Both readers done: dropping the sender tells the waiter.
-                drop(tx);
-            });
-        }
-        drop(tx);
-        let mut rails = Rails {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-            logs,
-        };
-        match tokio::time::timeout(START_WAIT, rx).await {
-            Ok(Ok(addr)) => rails.addr = addr.parse().expect("listening address"),
-            Ok(Err(_)) => panic!(
-                "Rails exited before listening ({:?}):\n{}",
-                rails.child.wait(),
-                rails.log_text()
-            ),
-            Err(_) => panic!(
-                "Rails not listening within {START_WAIT:?}:\n{}",
-                rails.log_text()
-            ),
-        }
-        rails
-    }
-
-    fn log_text(&self) -> String {
-        self.logs.lock().expect("log lock").join("\n")
-    }
-}
-
-impl Drop for Rails {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- log of Rails on {} ---\n{}", self.addr, self.log_text());
-        }
+            .env("CABLE_RAILS_LOG_LEVEL", "info");
+        Rails(Server::spawn("Rails", cmd, "Listening on http://").await)
     }
 }
 
@@ -342,7 +185,7 @@ fn spoken(identifier: &str, user: &str, body_json: &str) -> String {
 }
 
 async fn speak_crosses_both_ways(kind: Kind) {
-    let Some(shared) = Shared::get(kind).await else {
+    let Some(shared) = Interop::get(kind).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;
@@ -391,7 +234,7 @@ async fn speak_crosses_both_ways(kind: Kind) {
 }
 
 async fn rails_runner_broadcast_reaches_cable(kind: Kind) {
-    let Some(shared) = Shared::get(kind).await else {
+    let Some(shared) = Interop::get(kind).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;
@@ -427,7 +270,7 @@ async fn rails_runner_broadcast_reaches_cable(kind: Kind) {
 }
 
 async fn remote_disconnect_crosses_both_ways(kind: Kind) {
-    let Some(shared) = Shared::get(kind).await else {
+    let Some(shared) = Interop::get(kind).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;
@@ -443,10 +286,9 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
     if kind == Kind::Redis {
         // Redis shows it: both servers listen on bob's channel, under the
         // same name (Rails' connection identifier of a String is the string).
-        let (_, plain) = shared_redis().await.expect("Redis was reachable");
         for (user, n) in [("bob", 2), ("carol", 1), ("gina", 1)] {
-            let channel = format!("{}:action_cable/{user}", shared.prefix);
-            until_numsub(&plain, &channel, n).await;
+            let channel = shared.channel(&format!("action_cable/{user}"));
+            shared.until_subscribed(&channel, n).await;
         }
     }
 
@@ -514,7 +356,7 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
 /// A Rails broadcast of `payload` (Ruby) reaches both servers' clients as
 /// the same bytes, `expected`.
 async fn reencodes_as_rails_does(kind: Kind, payload: &str, expected: &str) {
-    let Some(shared) = Shared::get(kind).await else {
+    let Some(shared) = Interop::get(kind).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;
@@ -549,50 +391,17 @@ async fn bignums_reencode_as_rails_does(kind: Kind) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_redis_numbers_reencode_as_rails_does() {
-    numbers_reencode_as_rails_does(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_postgres_numbers_reencode_as_rails_does() {
-    numbers_reencode_as_rails_does(Kind::Postgres).await;
-}
+both!(
+    numbers_reencode_as_rails_does,
+    speak_crosses_both_ways,
+    rails_runner_broadcast_reaches_cable,
+    remote_disconnect_crosses_both_ways,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known divergence: integers past 64 bits lose precision (serde_json without arbitrary_precision)"]
-async fn rails_redis_bignums_reencode_as_rails_does() {
+async fn redis_bignums_reencode_as_rails_does() {
     bignums_reencode_as_rails_does(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_redis_speak_crosses_both_ways() {
-    speak_crosses_both_ways(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_postgres_speak_crosses_both_ways() {
-    speak_crosses_both_ways(Kind::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_redis_runner_broadcast_reaches_cable() {
-    rails_runner_broadcast_reaches_cable(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_postgres_runner_broadcast_reaches_cable() {
-    rails_runner_broadcast_reaches_cable(Kind::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_redis_remote_disconnect_crosses_both_ways() {
-    remote_disconnect_crosses_both_ways(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rails_postgres_remote_disconnect_crosses_both_ways() {
-    remote_disconnect_crosses_both_ways(Kind::Postgres).await;
 }
 
 /// How the server answers one way of ending a connection: the close code
@@ -654,7 +463,7 @@ async fn close_answer(addr: SocketAddr, case: &str) -> (u16, String) {
 /// The closing handshake and protocol-error closes, side by side with Rails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rails_and_cable_close_connections_alike() {
-    let Some(shared) = Shared::get(Kind::Redis).await else {
+    let Some(shared) = Interop::get(Kind::Redis).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;

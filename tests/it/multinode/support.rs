@@ -1,16 +1,20 @@
-//! Helpers: real `chat` processes, a raw actioncable-v1-json WebSocket client,
-//! Redis discovery and `PUBSUB` queries.
+//! Helpers: the two shared backends (Redis, PostgreSQL) as one [`Kind`],
+//! `chat` nodes on them, bare subscribers and command-line publishers as
+//! Rails' side would use, and a client that connects as the JS client does.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::ops::{Deref, DerefMut};
+use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::ops::{Deref, DerefMut};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
-pub use crate::chat_process::{chat_exit, Chat, START_WAIT};
-/// How long a test waits for anything that should happen.
-pub use cable_test::WAIT;
+pub use crate::chat_process::{chat_exit, Chat};
+pub use crate::process::{run_with_timeout, skip, tool, Server, START_WAIT};
+pub use cable_test::frames::message;
+pub use cable_test::{eventually, WAIT};
 
 /// `ChatChannel` in room `lobby`, as the JS client sends it.
 pub const LOBBY: &str = r#"{"channel":"ChatChannel","room":"lobby"}"#;
@@ -19,14 +23,80 @@ pub fn room(r: &str) -> String {
     format!(r#"{{"channel":"ChatChannel","room":"{r}"}}"#)
 }
 
-pub use cable_test::frames::message;
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+/// The pub/sub backends chat nodes (and Rails) share.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Redis,
+    Postgres,
 }
 
-/// A plain connection for raw commands, or None if Redis is unreachable.
-pub async fn try_plain(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+/// Expands to one `#[tokio::test]` per backend calling `body(Kind)`:
+/// `both!(name)` makes `name::redis` and `name::postgres`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Kind::Redis).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Kind::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use both;
+
+/// A plain connection to a backend, for raw commands and queries.
+pub enum Plain {
+    Redis(redis::aio::MultiplexedConnection),
+    Postgres(tokio_postgres::Client),
+}
+
+/// A backend reachable at `url`, with a channel prefix of this test's own.
+pub struct Shared {
+    pub kind: Kind,
+    pub url: String,
+    pub prefix: String,
+    pub plain: Plain,
+}
+
+impl Kind {
+    /// `REDIS_URL` / `DATABASE_URL`, or the local defaults.
+    pub fn url(self) -> String {
+        let (var, default) = match self {
+            Kind::Redis => ("REDIS_URL", "redis://127.0.0.1:6379"),
+            Kind::Postgres => ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+        };
+        std::env::var(var).unwrap_or_else(|_| default.to_owned())
+    }
+
+    /// The shared backend, or None after printing why the test is skipped
+    /// (a failure instead when `CI` is set).
+    pub async fn shared(self) -> Option<Shared> {
+        let url = self.url();
+        let plain = match self {
+            Kind::Redis => try_redis(&url).await.map(Plain::Redis),
+            Kind::Postgres => try_postgres(&url).await.map(Plain::Postgres),
+        };
+        let Some(plain) = plain else {
+            let hint = match self {
+                Kind::Redis => "start redis-server or set REDIS_URL",
+                Kind::Postgres => "set DATABASE_URL",
+            };
+            return skip(&format!("{self:?} not reachable at {url} ({hint})"));
+        };
+        Some(Shared {
+            kind: self,
+            url,
+            prefix: unique_prefix(),
+            plain,
+        })
+    }
+}
+
+async fn try_redis(url: &str) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).ok()?;
     let connect = client.get_multiplexed_async_connection();
     let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
@@ -37,19 +107,137 @@ pub async fn try_plain(url: &str) -> Option<redis::aio::MultiplexedConnection> {
     pong.ok().map(|_| conn)
 }
 
-/// The shared Redis at `REDIS_URL`, or None after printing why the test is
-/// skipped (a failure instead when `CI` is set).
-pub async fn shared_redis() -> Option<(String, redis::aio::MultiplexedConnection)> {
-    let url = redis_url();
-    match try_plain(&url).await {
-        Some(conn) => Some((url, conn)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("Redis not reachable at {url} (CI is set, so this is a failure)")
+async fn try_postgres(url: &str) -> Option<tokio_postgres::Client> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.ok()?;
+    Some(client)
+}
+
+impl Shared {
+    /// The backend's name for stream `stream` under this prefix.
+    pub fn channel(&self, stream: &str) -> String {
+        format!("{}:{stream}", self.prefix)
+    }
+
+    /// A `chat` node on this backend and prefix, admin endpoints on.
+    pub async fn node(&self) -> Chat {
+        let args = [
+            "--admin",
+            "--adapter",
+            &self.url,
+            "--channel-prefix",
+            &self.prefix,
+        ];
+        Chat::start(&args).await
+    }
+
+    /// Two nodes on this backend and prefix.
+    pub async fn two_nodes(&self) -> (Chat, Chat) {
+        tokio::join!(self.node(), self.node())
+    }
+
+    /// Publishes `payload` on `channel` (the backend's name, prefix
+    /// included) the way a Rails app does, with the backend's own
+    /// command-line client (`redis-cli PUBLISH`, `psql -c NOTIFY`); None
+    /// (after printing why) when that client is not installed. Panics unless
+    /// it succeeds.
+    pub async fn cli_publish(&self, channel: &str, payload: &str) -> Option<Output> {
+        let out = match self.kind {
+            Kind::Redis => {
+                tool("redis-cli", &["-u", &self.url, "PUBLISH", channel, payload]).await?
+            }
+            Kind::Postgres => {
+                let sql = format!("NOTIFY \"{channel}\", '{}'", payload.replace('\'', "''"));
+                tool("psql", &[&self.url, "-v", "ON_ERROR_STOP=1", "-c", &sql]).await?
+            }
+        };
+        assert!(
+            out.status.success(),
+            "{:?} publish: {}",
+            self.kind,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(out)
+    }
+
+    /// A bare subscriber on `channels` (backend names), as Rails' adapter
+    /// has: what it receives, as (channel, payload).
+    pub async fn raw_subscriber(&self, channels: &[&str]) -> RawSubscriber {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut keep = None;
+        match self.kind {
+            Kind::Redis => {
+                let mut raw = redis::Client::open(self.url.as_str())
+                    .expect("url")
+                    .get_async_pubsub()
+                    .await
+                    .expect("pubsub connection");
+                for c in channels {
+                    raw.subscribe(*c).await.expect("SUBSCRIBE");
+                }
+                tokio::spawn(async move {
+                    let mut raw = raw.into_on_message();
+                    while let Some(msg) = raw.next().await {
+                        let payload: String = msg.get_payload().expect("text payload");
+                        let _ = tx.send((msg.get_channel_name().to_owned(), payload));
+                    }
+                });
+            }
+            Kind::Postgres => {
+                let (raw, mut connection) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                        .await
+                        .expect("raw session");
+                tokio::spawn(async move {
+                    while let Some(Ok(m)) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                            let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                        }
+                    }
+                });
+                let listen: String = channels
+                    .iter()
+                    .map(|c| format!("LISTEN \"{c}\";"))
+                    .collect();
+                raw.batch_execute(&listen).await.expect("LISTEN");
+                // Dropping the client would end the session.
+                keep = Some(raw);
+            }
         }
-        None => {
-            println!("SKIPPED: Redis not reachable at {url} (start redis-server or set REDIS_URL)");
-            None
+        RawSubscriber { rx, _keep: keep }
+    }
+
+    /// Waits until the other nodes' subscriptions to `channel` number `n`,
+    /// where the backend can tell (Redis' `PUBSUB NUMSUB`). PostgreSQL shows
+    /// no other session's LISTENs; there the confirmation order is the
+    /// guarantee (a node LISTENs on a user's channel before its welcome).
+    pub async fn until_subscribed(&self, channel: &str, n: i64) {
+        if let Plain::Redis(conn) = &self.plain {
+            until_numsub(conn, channel, n).await;
         }
+    }
+}
+
+/// What a bare subscriber received.
+pub struct RawSubscriber {
+    rx: mpsc::UnboundedReceiver<(String, String)>,
+    _keep: Option<tokio_postgres::Client>,
+}
+
+impl RawSubscriber {
+    /// The next (channel, payload), within [`WAIT`].
+    pub async fn next(&mut self) -> (String, String) {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("nothing published within 5s")
+            .expect("raw subscriber ended")
     }
 }
 
@@ -66,8 +254,6 @@ pub fn unique_prefix() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
-
-pub use cable_test::eventually;
 
 pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
     let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
@@ -99,33 +285,6 @@ pub async fn channels(conn: &mut redis::aio::MultiplexedConnection, pattern: &st
     list
 }
 
-/// Runs the real `redis-cli` with `args`, or None (after printing why) when
-/// the binary is missing; a failure instead when `CI` is set.
-pub async fn redis_cli(args: Vec<String>) -> Option<Output> {
-    let run = tokio::task::spawn_blocking(move || Command::new("redis-cli").args(&args).output());
-    let run = tokio::time::timeout(WAIT, run)
-        .await
-        .expect("redis-cli did not finish within 5s")
-        .expect("redis-cli task");
-    match run {
-        Ok(out) => Some(out),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-cli not found (CI is set, so this is a failure)"
-            );
-            println!("SKIPPED: redis-cli not found on PATH");
-            None
-        }
-        Err(e) => panic!("cannot run redis-cli: {e}"),
-    }
-}
-
-/// A node on `url` with `prefix`, admin endpoints on.
-pub async fn redis_node(url: &str, prefix: &str) -> Chat {
-    Chat::start(&["--admin", "--adapter", url, "--channel-prefix", prefix]).await
-}
-
 /// A raw actioncable-v1-json client (`cable_test::Client`), connected as
 /// the JS client connects: same-origin `Origin`, both subprotocols offered,
 /// the user in `?user=`. It speaks to any ActionCable server (the Rails
@@ -150,7 +309,7 @@ impl DerefMut for Client {
 
 impl Client {
     /// Connects to `chat` as `user` and reads the welcome.
-    pub async fn connect(chat: &Chat, user: &str) -> Client {
+    pub async fn connect(chat: &Server, user: &str) -> Client {
         Client::connect_to(None, chat.addr, user).await
     }
 
@@ -180,7 +339,7 @@ impl Client {
     }
 
     /// Connects as `user` and joins `identifier` (confirmation awaited).
-    pub async fn joined(chat: &Chat, user: &str, identifier: &str) -> Client {
+    pub async fn joined(chat: &Server, user: &str, identifier: &str) -> Client {
         let mut c = Client::connect(chat, user).await;
         c.join(identifier).await;
         c
