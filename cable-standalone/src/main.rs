@@ -48,7 +48,7 @@ struct Args {
     /// Rails' channel_prefix (redis and postgres adapters).
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
-    /// Heartbeat period: seconds or 500ms/3s [default: 3].
+    /// Heartbeat period: 3s, 500ms or seconds [default: 3s].
     #[arg(long, value_name = "DURATION")]
     ping_interval: Option<String>,
     /// Most connections at once; more get HTTP 503 (0: no limit) [default: 0].
@@ -69,13 +69,13 @@ struct Args {
     /// Largest message a client may be sent: bytes or 512KiB [default: 512KiB].
     #[arg(long, value_name = "SIZE")]
     max_outbound_message_size: Option<String>,
-    /// How long the connection hook may take: seconds or 10s [default: 10].
+    /// How long the connection hook may take: 10s, 500ms or seconds [default: 10s].
     #[arg(long, value_name = "DURATION")]
     connect_timeout: Option<String>,
-    /// How long one channel callback may take: seconds or 30s [default: 30].
+    /// How long one channel callback may take: 30s or seconds [default: 30s].
     #[arg(long, value_name = "DURATION")]
     callback_timeout: Option<String>,
-    /// How long a client may take to send its request headers [default: 10].
+    /// How long a client may take to send its request headers [default: 10s].
     #[arg(long, value_name = "DURATION")]
     header_read_timeout: Option<String>,
     /// Most connections not upgraded yet; past it the oldest is closed [default: 1024].
@@ -87,7 +87,7 @@ struct Args {
     /// Outbound queue per connection before `too_slow`: bytes or 1MiB [default: 1MiB].
     #[arg(long, value_name = "SIZE")]
     outbound_queue: Option<String>,
-    /// How long shutdown waits for clients: seconds or 10s [default: 10].
+    /// How long shutdown waits for clients: 10s or seconds [default: 10s].
     #[arg(long, value_name = "DURATION")]
     shutdown_timeout: Option<String>,
     /// error, warn, info, debug, trace, or a filter [default: info].

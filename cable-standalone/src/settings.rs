@@ -556,17 +556,19 @@ impl Settings {
 
     /// The checks serde's types do not make, once, on the merged settings.
     fn check(&mut self, figment: &Figment) -> Result<(), SettingsError> {
-        let invalid = |key: &str, expected: &str| {
+        let invalid_item = |key: &str, item: Option<&str>, expected: &str| {
             let path = if rails_keys().contains(&key) {
                 format!("rails.{key}")
             } else {
                 key.to_owned()
             };
             let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-            let value = figment
-                .find_value(&path)
-                .map(|v| show(&v))
-                .unwrap_or_default();
+            let value = item.map(str::to_owned).unwrap_or_else(|| {
+                figment
+                    .find_value(&path)
+                    .map(|v| show(&v))
+                    .unwrap_or_default()
+            });
             SettingsError::Invalid {
                 key: key.to_owned(),
                 from: source_of(figment.find_metadata(&path), &segments),
@@ -574,6 +576,7 @@ impl Settings {
                 expected: expected.to_owned(),
             }
         };
+        let invalid = |key: &str, expected: &str| invalid_item(key, None, expected);
         let conflict = |m: &str| Err(SettingsError::Conflict(m.to_owned()));
         if !self.mount_path.starts_with('/') {
             return Err(invalid("mount_path", "a path starting with /, e.g. /cable"));
@@ -586,25 +589,16 @@ impl Settings {
             ));
         }
         if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
-            let mut e = invalid(
+            return Err(invalid_item(
                 "allowed_origins",
+                Some(o),
                 "origins like https://example.com (scheme, host, optional port)",
-            );
-            if let SettingsError::Invalid { value, .. } = &mut e {
-                *value = o.clone();
-            }
-            return Err(e);
+            ));
         }
         for p in &self.allowed_origin_patterns {
-            if let Err(err) = cable_server::AllowedOrigin::pattern(p) {
-                let mut e = invalid(
-                    "allowed_origin_patterns",
-                    &format!("regular expressions: {err}"),
-                );
-                if let SettingsError::Invalid { value, .. } = &mut e {
-                    *value = p.clone();
-                }
-                return Err(e);
+            if let Err(e) = cable_server::AllowedOrigin::pattern(p) {
+                let expected = format!("regular expressions: {e}");
+                return Err(invalid_item("allowed_origin_patterns", Some(p), &expected));
             }
         }
         let scheme = self
@@ -800,16 +794,17 @@ mod de {
 
     use super::MAX_NUMBER;
 
+    /// What a value is before its type reads it.
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    pub(super) enum Text {
         Int(u64),
         Float(f64),
         Str(String),
         List(Vec<String>),
     }
 
-    fn invalid<E: Error>(t: &Text, expected: &str) -> E {
+    pub(super) fn invalid<E: Error>(t: &Text, expected: &str) -> E {
         match t {
             Text::Int(n) => E::invalid_value(Unexpected::Unsigned(*n), &expected),
             Text::Float(f) => E::invalid_value(Unexpected::Float(*f), &expected),
@@ -902,6 +897,7 @@ mod duration {
     use serde::de::{Deserializer, Error, Unexpected};
     use serde::{Deserialize, Serializer};
 
+    use super::de::{invalid, Text};
     use super::MAX_DURATION;
 
     const EXPECTED: &str =
@@ -914,22 +910,14 @@ mod duration {
             .flatten()
     }
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Float(f64),
-        Str(String),
-    }
-
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => secs(n as f64)
+        match Text::deserialize(d)? {
+            Text::Int(n) => secs(n as f64)
                 .ok_or_else(|| D::Error::invalid_value(Unexpected::Unsigned(n), &EXPECTED)),
-            Raw::Float(f) => {
+            Text::Float(f) => {
                 secs(f).ok_or_else(|| D::Error::invalid_value(Unexpected::Float(f), &EXPECTED))
             }
-            Raw::Str(s) => {
+            Text::Str(s) => {
                 let t = s.trim();
                 let d = match t.parse::<f64>() {
                     Ok(f) => secs(f),
@@ -939,6 +927,7 @@ mod duration {
                 };
                 d.ok_or_else(|| D::Error::invalid_value(Unexpected::Str(&s), &EXPECTED))
             }
+            t => Err(invalid(&t, EXPECTED)),
         }
     }
 
@@ -950,37 +939,32 @@ mod duration {
 /// A count where `0` or `none` means no limit, at most [`MAX_NUMBER`];
 /// printed as the number, `0` for none.
 mod limit {
-    use serde::de::{Deserializer, Error, Unexpected};
+    use serde::de::Deserializer;
     use serde::{Deserialize, Serializer};
 
+    use super::de::{invalid, Text};
     use super::MAX_NUMBER;
 
     const EXPECTED: &str = "a whole number up to 9223372036854775807, or 0 / none for no limit";
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Str(String),
-    }
 
     pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
         T: TryFrom<u64>,
     {
-        let (n, shown) = match Raw::deserialize(d)? {
-            Raw::Int(n) => (Some(n), Unexpected::Unsigned(n).to_string()),
-            Raw::Str(s) if s.trim().eq_ignore_ascii_case("none") => return Ok(None),
-            Raw::Str(s) => (s.trim().parse::<u64>().ok(), s),
+        let t = Text::deserialize(d)?;
+        let n = match &t {
+            Text::Int(n) => Some(*n),
+            Text::Str(s) if s.trim().eq_ignore_ascii_case("none") => Some(0),
+            Text::Str(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
         };
         match n {
             Some(0) => Ok(None),
-            Some(n) if n <= MAX_NUMBER => T::try_from(n)
-                .map(Some)
-                .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(n), &EXPECTED)),
-            Some(n) => Err(D::Error::invalid_value(Unexpected::Unsigned(n), &EXPECTED)),
-            None => Err(D::Error::invalid_value(Unexpected::Str(&shown), &EXPECTED)),
+            Some(n) if n <= MAX_NUMBER => {
+                T::try_from(n).map(Some).map_err(|_| invalid(&t, EXPECTED))
+            }
+            _ => Err(invalid(&t, EXPECTED)),
         }
     }
 
@@ -1002,6 +986,12 @@ mod tests {
 
     fn flag() -> Source {
         Source::Flag("--x".into())
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cable-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
@@ -1058,8 +1048,7 @@ mod tests {
     #[test]
     #[cfg(feature = "rails")]
     fn printed_settings_read_back_the_same() {
-        let dir = std::env::temp_dir().join(format!("cable-roundtrip-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("roundtrip");
         let secret_file = dir.join("secret");
         std::fs::write(&secret_file, format!("{}\n", "s".repeat(64))).unwrap();
         let (env, unknown) = Layer::from_env([
@@ -1259,8 +1248,7 @@ mod tests {
     #[test]
     #[cfg(feature = "rails")]
     fn sizes_durations_and_lists_from_the_file() {
-        let dir = std::env::temp_dir().join(format!("cable-forms-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("forms");
         let file = dir.join("cable.toml");
         std::fs::write(
             &file,
