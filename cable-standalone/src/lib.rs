@@ -68,15 +68,6 @@ pub enum StandaloneError {
         /// The adapter URL, password masked.
         url: String,
     },
-    /// A Rails setting was refused.
-    #[error("rails: {setting}: {source}")]
-    RailsSetting {
-        /// The setting's key.
-        setting: &'static str,
-        /// Why.
-        #[source]
-        source: BoxError,
-    },
     /// The Rails integration could not be built from the settings.
     #[error("rails: {source}")]
     Rails {
@@ -84,9 +75,6 @@ pub enum StandaloneError {
         #[source]
         source: BoxError,
     },
-    /// Rails settings were given to a build without the `rails` feature.
-    #[error("rails: this build has no Rails support (cable-standalone feature `rails`)")]
-    NoRailsSupport,
     /// An origin pattern is not a valid regular expression.
     #[error("allowed_origin_patterns: {source}")]
     OriginPattern {
@@ -154,86 +142,37 @@ fn adapter_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -
     }
 }
 
-/// Registers what `settings.rails` enables (session hook, Turbo, `$pubsub`).
+/// Registers what `settings.rails` enables (session hook, Turbo, `$pubsub`);
+/// the settings were validated when read, the keys are derived here.
 #[cfg(feature = "rails")]
 pub fn with_rails(
     builder: CableBuilder,
     settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
-    use cable_rails::{
-        HmacDigest, KeyDigest, PubSubChannel, RailsConfig, SessionIdentifier, PUBSUB_CHANNEL,
-    };
     let r = &settings.rails;
     if !r.enabled() {
         return Ok(builder);
     }
-    if r.secret_key_base.is_empty() {
-        // Only public `$pubsub` streams: nothing to verify.
-        return Ok(if r.pubsub_public {
-            builder.channel(PUBSUB_CHANNEL, || PubSubChannel::new(None, true))
-        } else {
-            builder
-        });
-    }
-    fn err<E: Into<BoxError>>(setting: &'static str) -> impl FnOnce(E) -> StandaloneError {
-        move |e| StandaloneError::RailsSetting {
-            setting,
-            source: e.into(),
-        }
-    }
-    let mut cfg = RailsConfig::new(r.secret_key_base[0].clone());
-    cfg.secret_key_base = r.secret_key_base.clone();
-    if !r.key_derivation.is_empty() {
-        cfg.key_derivation = r
-            .key_derivation
-            .iter()
-            .map(|d| d.parse::<KeyDigest>().map_err(err("key_derivation")))
-            .collect::<Result<_, _>>()?;
-    }
-    if let Some(d) = &r.signed_cookie_digest {
-        cfg.signed_cookie_digest = d
-            .parse::<HmacDigest>()
-            .map_err(err("signed_cookie_digest"))?;
-    }
-    cfg.session_cookie = r.session_cookie.clone();
-    cfg.identifiers = r
-        .session_identifiers
-        .iter()
-        .map(|i| {
-            i.parse::<SessionIdentifier>()
-                .map_err(err("session_identifiers"))
-        })
-        .collect::<Result<_, _>>()?;
-    cfg.allow_anonymous = r.allow_anonymous;
-    cfg.global_id_app = r.global_id_app.clone();
-    cfg.turbo = r.turbo_streams;
-    cfg.pubsub_signed = r.pubsub_signed;
-    cfg.pubsub_public = r.pubsub_public;
-    cfg.streams_secret = r.streams_secret.clone();
-    cfg.turbo_verifier_key = r.turbo_verifier_key.clone();
-    let rails = cfg.build().map_err(|e| StandaloneError::Rails {
+    let rails = r.clone().build().map_err(|e| StandaloneError::Rails {
         source: BoxError::from(e),
     })?;
     tracing::info!(
         "Rails integration: session cookie {:?}, identifiers {:?}, Turbo::StreamsChannel {}, $pubsub signed {} public {}",
         r.session_cookie,
-        r.session_identifiers,
-        r.turbo_streams,
+        r.identifiers,
+        r.turbo,
         r.pubsub_signed,
         r.pubsub_public
     );
     Ok(rails.install(builder))
 }
 
-/// Without the `rails` feature, Rails settings are an error.
+/// Without the `rails` feature there are no Rails settings to wire.
 #[cfg(not(feature = "rails"))]
 pub fn with_rails(
     builder: CableBuilder,
-    settings: &Settings,
+    _settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
-    if settings.rails.enabled() {
-        return Err(StandaloneError::NoRailsSupport);
-    }
     Ok(builder)
 }
 

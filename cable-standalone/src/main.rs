@@ -8,22 +8,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cable_core::Cable;
-use cable_standalone::settings::{Layer, LogFormat, Raw, Settings, Source};
-use clap::Parser;
+use cable_standalone::settings::{Layer, LogFormat, Settings};
+use clap::{CommandFactory, Parser};
 
 /// ActionCable-compatible WebSocket server (actioncable-v1-json), standalone.
 ///
 /// Every setting can also come from the TOML file given with --config, or
 /// from an environment variable CABLE_<NAME> (e.g. CABLE_BIND); a flag beats
 /// a variable, which beats the file.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, serde::Serialize)]
 #[command(name = "cable-server", version, about, long_about = None)]
 struct Args {
     /// TOML settings file (keys as the flags, with underscores).
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
+    #[serde(skip)]
     print_config: bool,
     /// Address to listen on [default: 127.0.0.1:28080].
     #[arg(long, value_name = "IP:PORT")]
@@ -46,7 +48,7 @@ struct Args {
     /// Rails' channel_prefix (redis and postgres adapters).
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
-    /// Heartbeat period: seconds or 500ms/3s [default: 3].
+    /// Heartbeat period: 3s, 500ms or seconds [default: 3s].
     #[arg(long, value_name = "DURATION")]
     ping_interval: Option<String>,
     /// Most connections at once; more get HTTP 503 (0: no limit) [default: 0].
@@ -67,13 +69,13 @@ struct Args {
     /// Largest message a client may be sent: bytes or 512KiB [default: 512KiB].
     #[arg(long, value_name = "SIZE")]
     max_outbound_message_size: Option<String>,
-    /// How long the connection hook may take: seconds or 10s [default: 10].
+    /// How long the connection hook may take: 10s, 500ms or seconds [default: 10s].
     #[arg(long, value_name = "DURATION")]
     connect_timeout: Option<String>,
-    /// How long one channel callback may take: seconds or 30s [default: 30].
+    /// How long one channel callback may take: 30s or seconds [default: 30s].
     #[arg(long, value_name = "DURATION")]
     callback_timeout: Option<String>,
-    /// How long a client may take to send its request headers [default: 10].
+    /// How long a client may take to send its request headers [default: 10s].
     #[arg(long, value_name = "DURATION")]
     header_read_timeout: Option<String>,
     /// Most connections not upgraded yet; past it the oldest is closed [default: 1024].
@@ -85,7 +87,7 @@ struct Args {
     /// Outbound queue per connection before `too_slow`: bytes or 1MiB [default: 1MiB].
     #[arg(long, value_name = "SIZE")]
     outbound_queue: Option<String>,
-    /// How long shutdown waits for clients: seconds or 10s [default: 10].
+    /// How long shutdown waits for clients: 10s or seconds [default: 10s].
     #[arg(long, value_name = "DURATION")]
     shutdown_timeout: Option<String>,
     /// error, warn, info, debug, trace, or a filter [default: info].
@@ -145,75 +147,13 @@ struct Args {
 }
 
 impl Args {
-    fn layer(&self) -> Layer {
-        let mut l = Layer::default();
-        let mut one = |key: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                l.set(
-                    key,
-                    Raw::One(v.clone()),
-                    Source::Flag(format!("--{}", key.replace('_', "-"))),
-                );
-            }
-        };
-        one("bind", &self.bind);
-        one("mount_path", &self.mount_path);
-        one("disable_origin_check", &self.disable_origin_check);
-        one("adapter", &self.adapter);
-        one("channel_prefix", &self.channel_prefix);
-        one("ping_interval", &self.ping_interval);
-        one("max_connections", &self.max_connections);
-        one(
-            "max_subscriptions_per_connection",
-            &self.max_subscriptions_per_connection,
-        );
-        one("max_identifier_size", &self.max_identifier_size);
-        one("command_burst", &self.command_burst);
-        one("command_rate", &self.command_rate);
-        one("max_outbound_message_size", &self.max_outbound_message_size);
-        one("connect_timeout", &self.connect_timeout);
-        one("callback_timeout", &self.callback_timeout);
-        one("header_read_timeout", &self.header_read_timeout);
-        one("max_pending_connections", &self.max_pending_connections);
-        one("max_message_size", &self.max_message_size);
-        one("outbound_queue", &self.outbound_queue);
-        one("shutdown_timeout", &self.shutdown_timeout);
-        one("log_level", &self.log_level);
-        one("log_format", &self.log_format);
-        one("broadcast_key", &self.broadcast_key);
-        one("stats_bind", &self.stats_bind);
-        one("ops_on_public_port", &self.ops_on_public_port);
-        one("secret_key_base_file", &self.secret_key_base_file);
-        one("key_derivation", &self.key_derivation);
-        one("signed_cookie_digest", &self.signed_cookie_digest);
-        one("session_cookie", &self.session_cookie);
-        one("allow_anonymous", &self.allow_anonymous);
-        one("global_id_app", &self.global_id_app);
-        one("turbo_streams", &self.turbo_streams);
-        one("pubsub_signed", &self.pubsub_signed);
-        one("pubsub_public", &self.pubsub_public);
-        if !self.session_identifiers.is_empty() {
-            l.set(
-                "session_identifiers",
-                Raw::List(self.session_identifiers.clone()),
-                Source::Flag("--session-identifier".into()),
-            );
-        }
-        if !self.allowed_origins.is_empty() {
-            l.set(
-                "allowed_origins",
-                Raw::List(self.allowed_origins.clone()),
-                Source::Flag("--allowed-origin".into()),
-            );
-        }
-        if !self.allowed_origin_patterns.is_empty() {
-            l.set(
-                "allowed_origin_patterns",
-                Raw::List(self.allowed_origin_patterns.clone()),
-                Source::Flag("--allowed-origin-pattern".into()),
-            );
-        }
-        l
+    /// Each key's flag, from clap's own definition (`allowed_origins` is
+    /// `--allowed-origin`).
+    fn flag_names() -> Vec<(String, String)> {
+        Args::command()
+            .get_arguments()
+            .filter_map(|a| Some((a.get_id().to_string(), format!("--{}", a.get_long()?))))
+            .collect()
     }
 }
 
@@ -248,7 +188,13 @@ fn main() -> ExitCode {
         eprintln!("cable-server: warning: {name} is not a setting (ignored)");
     }
     layers.push(env);
-    layers.push(args.layer());
+    match Layer::from_flags(&args, Args::flag_names()) {
+        Ok(l) => layers.push(l),
+        Err(e) => {
+            eprintln!("cable-server: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let settings = match Settings::from_layers(&layers) {
         Ok(s) => s,
         Err(e) => {

@@ -1,18 +1,22 @@
-//! Settings of a standalone server, from a TOML file, `CABLE_*` environment
-//! variables and command-line flags, in that order of precedence (a flag
-//! beats a variable, which beats the file, which beats the default).
+//! Settings of a standalone server: one [`Settings`] type read by serde
+//! from layers merged with figment, later layers winning: the defaults, a
+//! TOML file, `CABLE_*` environment variables, command-line flags.
 //!
-//! Every value is read from text by one parser per key, whatever its source,
-//! so a bad value gets the same error everywhere: the key, where it came
-//! from, the value, and what is allowed.
+//! Keys are flat, as in the file (`ping_interval = "3s"`); the variable is
+//! `CABLE_` and the key in capitals, the flag `--` and the key with dashes.
+//! The Rails keys are [`cable_rails::RailsConfig`]'s own, nested under
+//! `rails` while reading. A bad value gets the same error from any layer:
+//! the key, where it came from, the value, and what is allowed.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cable_core::redact_url;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +50,7 @@ pub enum SettingsError {
     #[error("invalid value for `{key}` from {from}: {value:?} ({expected})")]
     Invalid {
         /// The setting's name (as in the TOML file).
-        key: &'static str,
+        key: String,
         /// Where the value came from.
         from: Source,
         /// The value, with any password masked.
@@ -75,10 +79,15 @@ pub enum SettingsError {
     /// Two settings that cannot go together.
     #[error("{0}")]
     Conflict(String),
+    /// The Rails settings do not work together.
+    #[cfg(feature = "rails")]
+    #[error("rails: {0}")]
+    Rails(#[source] cable_rails::ConfigError),
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -86,168 +95,121 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything a standalone server needs. Its `Debug` masks the secrets.
-#[derive(Clone)]
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("text or json"),
+        }
+    }
+}
+
+/// Everything a standalone server needs. Its `Debug` and its serialised
+/// form (`--print-config`) mask the secrets.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Settings {
     /// Address the WebSocket endpoint listens on. Default 127.0.0.1:28080.
+    #[serde(deserialize_with = "de::addr")]
     pub bind: SocketAddr,
     /// Path of the WebSocket endpoint. Default `/cable`.
     pub mount_path: String,
     /// Origins allowed exactly (same-origin requests are always allowed).
+    #[serde(deserialize_with = "de::list")]
     pub allowed_origins: Vec<String>,
     /// Origin patterns (regular expressions the whole Origin must match).
+    #[serde(deserialize_with = "de::list")]
     pub allowed_origin_patterns: Vec<String>,
     /// Accept any Origin.
     pub disable_origin_check: bool,
     /// Pub/sub adapter: `memory`, `redis://…`, `rediss://…` or `postgres://…`.
+    #[serde(serialize_with = "ser::redacted")]
     pub adapter: String,
     /// Rails' `channel_prefix` (Redis and PostgreSQL adapters).
+    #[serde(
+        deserialize_with = "de::non_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub channel_prefix: Option<String>,
     /// Heartbeat period. Default 3 s.
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
     /// Most connections open at once. Default: no limit.
+    #[serde(with = "limit")]
     pub max_connections: Option<usize>,
     /// Most subscriptions per connection. Default 256.
+    #[serde(with = "limit")]
     pub max_subscriptions_per_connection: Option<usize>,
     /// Longest subscription identifier in bytes. Default 4 KiB.
+    #[serde(deserialize_with = "de::size")]
     pub max_identifier_size: usize,
     /// Commands a connection may send at once (the rate limit's burst).
     /// Default 300.
     pub command_burst: u32,
     /// Commands per second a connection may send, sustained; `None`: no
     /// rate limit. Default 100.
+    #[serde(with = "limit")]
     pub command_rate: Option<u32>,
     /// Largest message a client may be sent, in bytes. Default 512 KiB.
+    #[serde(deserialize_with = "de::size")]
     pub max_outbound_message_size: usize,
     /// How long the connection hook may take. Default 10 s.
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// How long one channel callback may take. Default 30 s.
+    #[serde(with = "duration")]
     pub callback_timeout: Duration,
     /// How long a client may take to send its request headers. Default 10 s.
+    #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// Most connections not (yet) upgraded to WebSocket; past it the oldest
     /// is closed. Default 1024.
     pub max_pending_connections: usize,
     /// Largest inbound message in bytes. Default 64 KiB.
+    #[serde(deserialize_with = "de::size")]
     pub max_message_size: usize,
     /// Outbound queue per connection in bytes. Default 1 MiB.
+    #[serde(deserialize_with = "de::size")]
     pub outbound_queue: usize,
     /// How long shutdown waits for clients to leave. Default 10 s.
+    #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter.
     pub log_level: String,
     /// Log format. Default text.
+    #[serde(deserialize_with = "de::text")]
     pub log_format: LogFormat,
     /// Bearer key of `POST /_broadcast`; unset disables it.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
     pub broadcast_key: Option<String>,
     /// Serve `/health`, `/stats`, `/metrics` and `/_broadcast` here. The
     /// public address (`bind`) serves only `/health` beside the WebSocket
     /// endpoint, unless `ops_on_public_port` is set.
+    #[serde(
+        deserialize_with = "de::opt_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stats_bind: Option<SocketAddr>,
     /// Serve `/stats`, `/metrics` and `/_broadcast` on the public address,
     /// beside the WebSocket endpoint (no `stats_bind` then). Default false:
     /// only `/health` is public.
     pub ops_on_public_port: bool,
+    /// A file holding the Rails app's `secret_key_base` (one per line,
+    /// current first), read into `rails.secret_key_base`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_base_file: Option<PathBuf>,
     /// Beside a Rails app: its secrets, session and channels (docs/rails.md).
-    pub rails: RailsSettings,
-}
-
-/// The Rails integration's settings (all off by default); see `docs/rails.md`.
-/// Its `Debug` masks the secrets.
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub struct RailsSettings {
-    /// The app's `secret_key_base`, then older ones still accepted.
-    pub secret_key_base: Vec<String>,
-    /// PBKDF2 digests, tried in order (`sha256`, `sha1`). Empty: both.
-    pub key_derivation: Vec<String>,
-    /// `sha1` (Rails' default) or `sha256`.
-    pub signed_cookie_digest: Option<String>,
-    /// The session cookie's name, e.g. `_my_app_session`.
-    pub session_cookie: Option<String>,
-    /// `NAME=SOURCE[ as MODEL]`: identifiers taken from the session.
-    pub session_identifiers: Vec<String>,
-    /// Accept connections without a session.
-    pub allow_anonymous: bool,
-    /// `config.global_id.app`.
-    pub global_id_app: Option<String>,
-    /// Serve `Turbo::StreamsChannel`.
-    pub turbo_streams: bool,
-    /// Serve `$pubsub` with signed stream names.
-    pub pubsub_signed: bool,
-    /// Serve `$pubsub` with plain stream names (anyone may listen to any).
-    pub pubsub_public: bool,
-    /// The secret of signed `$pubsub` names (AnyCable's `streams_secret`).
-    pub streams_secret: Option<String>,
-    /// `config.turbo.signed_stream_verifier_key`, when the app sets one.
-    pub turbo_verifier_key: Option<String>,
-}
-
-/// `Some("***")` for a secret that is set.
-fn masked<T>(secret: &Option<T>) -> Option<&'static str> {
-    secret.as_ref().map(|_| "***")
+    #[cfg(feature = "rails")]
+    pub rails: cable_rails::RailsConfig,
 }
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("bind", &self.bind)
-            .field("mount_path", &self.mount_path)
-            .field("allowed_origins", &self.allowed_origins)
-            .field("allowed_origin_patterns", &self.allowed_origin_patterns)
-            .field("disable_origin_check", &self.disable_origin_check)
-            .field("adapter", &redact_url(&self.adapter))
-            .field("channel_prefix", &self.channel_prefix)
-            .field("ping_interval", &self.ping_interval)
-            .field("max_connections", &self.max_connections)
-            .field(
-                "max_subscriptions_per_connection",
-                &self.max_subscriptions_per_connection,
-            )
-            .field("max_message_size", &self.max_message_size)
-            .field("outbound_queue", &self.outbound_queue)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .field("broadcast_key", &masked(&self.broadcast_key))
-            .field("stats_bind", &self.stats_bind)
-            .field("ops_on_public_port", &self.ops_on_public_port)
-            .field("rails", &self.rails)
-            .finish()
-    }
-}
-
-impl fmt::Debug for RailsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RailsSettings")
-            .field(
-                "secret_key_base",
-                &format_args!("[{} masked]", self.secret_key_base.len()),
-            )
-            .field("key_derivation", &self.key_derivation)
-            .field("signed_cookie_digest", &self.signed_cookie_digest)
-            .field("session_cookie", &self.session_cookie)
-            .field("session_identifiers", &self.session_identifiers)
-            .field("allow_anonymous", &self.allow_anonymous)
-            .field("global_id_app", &self.global_id_app)
-            .field("turbo_streams", &self.turbo_streams)
-            .field("pubsub_signed", &self.pubsub_signed)
-            .field("pubsub_public", &self.pubsub_public)
-            .field("streams_secret", &masked(&self.streams_secret))
-            .field("turbo_verifier_key", &masked(&self.turbo_verifier_key))
-            .finish()
-    }
-}
-
-impl RailsSettings {
-    /// Whether anything of the Rails integration is asked for.
-    pub fn enabled(&self) -> bool {
-        !self.secret_key_base.is_empty()
-            || self.session_cookie.is_some()
-            || self.turbo_streams
-            || self.pubsub_signed
-            || self.pubsub_public
+        // The serialised form has the secrets masked or left out.
+        f.write_str(&self.to_toml())
     }
 }
 
@@ -280,184 +242,23 @@ impl Default for Settings {
             broadcast_key: None,
             stats_bind: None,
             ops_on_public_port: false,
-            rails: RailsSettings::default(),
+            secret_key_base_file: None,
+            #[cfg(feature = "rails")]
+            rails: cable_rails::RailsConfig::default(),
         }
     }
 }
 
-/// The settings' names, as in the TOML file; the variable is `CABLE_` and
-/// the name in capitals, the flag `--` and the name with dashes.
-pub const KEYS: &[&str] = &[
-    "bind",
-    "mount_path",
-    "allowed_origins",
-    "allowed_origin_patterns",
-    "disable_origin_check",
-    "adapter",
-    "channel_prefix",
-    "ping_interval",
-    "max_connections",
-    "max_subscriptions_per_connection",
-    "max_identifier_size",
-    "command_burst",
-    "command_rate",
-    "max_outbound_message_size",
-    "connect_timeout",
-    "callback_timeout",
-    "header_read_timeout",
-    "max_pending_connections",
-    "max_message_size",
-    "outbound_queue",
-    "shutdown_timeout",
-    "log_level",
-    "log_format",
-    "broadcast_key",
-    "stats_bind",
-    "ops_on_public_port",
-    "secret_key_base",
-    "secret_key_base_file",
-    "key_derivation",
-    "signed_cookie_digest",
-    "session_cookie",
-    "session_identifiers",
-    "allow_anonymous",
-    "global_id_app",
-    "turbo_streams",
-    "pubsub_signed",
-    "pubsub_public",
-    "streams_secret",
-    "turbo_verifier_key",
-];
-
 /// Paths of the operator endpoints, which the WebSocket endpoint must not take.
 const OPS_PATHS: &[&str] = &["/health", "/stats", "/metrics", "/_broadcast"];
 
-/// Keys whose values are secrets: never printed.
+/// Keys whose values are secrets: never printed, never in an error.
 const SECRET_KEYS: &[&str] = &[
     "broadcast_key",
     "secret_key_base",
     "streams_secret",
     "turbo_verifier_key",
 ];
-
-/// A raw value: lists come as arrays from TOML, comma-separated text from a
-/// variable, or repeated flags.
-#[derive(Clone, Debug)]
-pub enum Raw {
-    /// One value.
-    One(String),
-    /// Several values.
-    List(Vec<String>),
-}
-
-impl Raw {
-    fn items(&self) -> Vec<String> {
-        match self {
-            Raw::One(s) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            Raw::List(v) => v.clone(),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Raw::One(s) => s.clone(),
-            Raw::List(v) => v.join(","),
-        }
-    }
-}
-
-/// Values by key with their source, before parsing.
-#[derive(Clone, Debug, Default)]
-pub struct Layer(BTreeMap<&'static str, (Raw, Source)>);
-
-impl Layer {
-    /// Sets `key` (one of [`KEYS`]); unknown keys are ignored.
-    pub fn set(&mut self, key: &str, value: Raw, source: Source) {
-        if let Some(k) = KEYS.iter().find(|k| **k == key) {
-            self.0.insert(k, (value, source));
-        }
-    }
-
-    /// The `CABLE_*` variables among `vars`. Returns the layer and the
-    /// names of `CABLE_*` variables that are no setting (likely typos).
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> (Layer, Vec<String>) {
-        let mut layer = Layer::default();
-        let mut unknown = Vec::new();
-        for (name, value) in vars {
-            let Some(rest) = name.strip_prefix("CABLE_") else {
-                continue;
-            };
-            let key = rest.to_ascii_lowercase();
-            if KEYS.contains(&key.as_str()) {
-                layer.set(&key, Raw::One(value), Source::Env(name));
-            } else {
-                unknown.push(name);
-            }
-        }
-        (layer, unknown)
-    }
-
-    /// The settings in a TOML file. Unknown keys are an error.
-    pub fn from_file(path: &Path) -> Result<Layer, SettingsError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
-        let table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| SettingsError::File {
-                    file: file.clone(),
-                    message: e.to_string(),
-                })?;
-        let mut layer = Layer::default();
-        for (key, value) in table {
-            if !KEYS.contains(&key.as_str()) {
-                return Err(SettingsError::UnknownKey {
-                    key,
-                    file,
-                    known: KEYS.join(", "),
-                });
-            }
-            let raw = match value {
-                toml::Value::String(s) => Raw::One(s),
-                toml::Value::Integer(i) => Raw::One(i.to_string()),
-                toml::Value::Float(f) => Raw::One(f.to_string()),
-                toml::Value::Boolean(b) => Raw::One(b.to_string()),
-                toml::Value::Array(items) => Raw::List(
-                    items
-                        .into_iter()
-                        .map(|v| match v {
-                            toml::Value::String(s) => s,
-                            other => other.to_string(),
-                        })
-                        .collect(),
-                ),
-                other => Raw::One(other.to_string()),
-            };
-            layer.set(&key, raw, Source::File(path.to_owned()));
-        }
-        Ok(layer)
-    }
-}
-
-fn invalid(key: &'static str, source: &Source, value: &str, expected: &str) -> SettingsError {
-    SettingsError::Invalid {
-        key,
-        from: source.clone(),
-        value: if SECRET_KEYS.contains(&key) {
-            "***".to_owned()
-        } else {
-            redact_url(value)
-        },
-        expected: expected.to_owned(),
-    }
-}
 
 /// The longest duration a setting takes. Far more than any sane timeout,
 /// and far from where adding it to an `Instant` overflows (which panics).
@@ -467,546 +268,496 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// that `--print-config` prints the value in effect.
 const MAX_NUMBER: u64 = i64::MAX as u64;
 
-/// Seconds (`3`, `0.5`) or with a unit (`500ms`, `2s`, `1m`, `1h`, `1d`), up
-/// to [`MAX_DURATION`].
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let units: [(&str, f64); 5] = [
-        ("ms", 1e-3),
-        ("s", 1.0),
-        ("m", 60.0),
-        ("h", 3600.0),
-        ("d", 86_400.0),
-    ];
-    let (num, mult) = units
+/// The field names serde's derive gives a struct, read by asking it to
+/// deserialise from a deserializer that only records them.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    #[derive(Debug)]
+    struct Found(&'static [&'static str]);
+    impl fmt::Display for Found {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field names")
+        }
+    }
+    impl std::error::Error for Found {}
+    impl serde::de::Error for Found {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Found(&[])
+        }
+    }
+    struct Probe;
+    impl<'de> serde::Deserializer<'de> for Probe {
+        type Error = Found;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(Found(&[]))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Found(fields)) => fields,
+        Ok(_) => &[],
+    }
+}
+
+/// The Rails keys, which live under `rails` in [`Settings`].
+fn rails_keys() -> &'static [&'static str] {
+    #[cfg(feature = "rails")]
+    return fields_of::<cable_rails::RailsConfig>();
+    #[cfg(not(feature = "rails"))]
+    return &[];
+}
+
+/// Every setting's name, as in the file.
+pub fn keys() -> Vec<&'static str> {
+    let mut keys: Vec<_> = fields_of::<Settings>()
         .iter()
-        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
-        .unwrap_or((s, 1.0));
-    let secs = num.trim().parse::<f64>().ok()? * mult;
-    // `from_secs_f64` panics on huge values; the range check comes first.
-    if !(secs.is_finite() && (0.0..=MAX_DURATION.as_secs_f64()).contains(&secs)) {
-        return None;
+        .copied()
+        .filter(|k| *k != "rails")
+        .collect();
+    keys.extend(rails_keys());
+    keys
+}
+
+/// One layer of settings: a flat table of values and where they came from.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    metadata: Metadata,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
     }
-    Duration::try_from_secs_f64(secs).ok()
-}
 
-/// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1MB`), up to
-/// [`MAX_NUMBER`].
-fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let units: [(&str, usize); 6] = [
-        ("KiB", 1 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("KB", 1000),
-        ("MB", 1_000_000),
-        ("B", 1),
-    ];
-    let (num, mult) = units
-        .iter()
-        .find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|n| (n, *mult)))
-        .unwrap_or((s, 1));
-    let bytes = num.trim().parse::<usize>().ok()?.checked_mul(mult)?;
-    (bytes as u64 <= MAX_NUMBER).then_some(bytes)
-}
-
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        // Rails' keys are flat in every source and nested for serde.
+        let mut dict = self.dict.clone();
+        let mut rails = Dict::new();
+        for k in rails_keys() {
+            if let Some(v) = dict.remove(*k) {
+                rails.insert((*k).to_owned(), v);
+            }
+        }
+        if !rails.is_empty() {
+            dict.insert("rails".to_owned(), rails.into());
+        }
+        Ok(Profile::Default.collect(dict))
     }
 }
 
-/// `0` or `none` means no limit.
-fn parse_limit(s: &str) -> Option<Option<usize>> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("none") || s == "0" {
-        return Some(None);
+impl Layer {
+    /// The settings in a TOML file. Unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Layer, SettingsError> {
+        let file = path.display().to_string();
+        let error = |message: String| SettingsError::File {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let known = keys();
+        if let Some(key) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(SettingsError::UnknownKey {
+                key: key.clone(),
+                file,
+                known: known.join(", "),
+            });
+        }
+        Ok(Layer {
+            metadata: Metadata::from("TOML file", path),
+            dict: figment::providers::Serialized::defaults(table)
+                .data()
+                .map_err(|e| error(e.to_string()))?
+                .remove(&Profile::Default)
+                .unwrap_or_default(),
+        })
     }
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| *n as u64 <= MAX_NUMBER)
-        .map(Some)
+
+    /// The `CABLE_*` variables among `vars`, their values as text. Returns
+    /// the layer and the names of `CABLE_*` variables that are no setting
+    /// (likely typos).
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> (Layer, Vec<String>) {
+        let known = keys();
+        let mut dict = Dict::new();
+        let mut unknown = Vec::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("CABLE_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            if known.contains(&key.as_str()) {
+                dict.insert(key, value.into());
+            } else {
+                unknown.push(name);
+            }
+        }
+        let metadata =
+            Metadata::named("environment variable").interpolater(|_: &Profile, k: &[&str]| {
+                format!("CABLE_{}", k.last().unwrap_or(&"").to_ascii_uppercase())
+            });
+        (Layer { metadata, dict }, unknown)
+    }
+
+    /// Flags: `flags` serialises to a table of keys (`None` and empty
+    /// lists are flags not given); `names` maps a key to its flag where it
+    /// is not `--key` with dashes (a repeatable `--allowed-origin`).
+    pub fn from_flags(
+        flags: &impl Serialize,
+        names: Vec<(String, String)>,
+    ) -> Result<Layer, SettingsError> {
+        let mut dict = figment::providers::Serialized::defaults(flags)
+            .data()
+            .map_err(|e| SettingsError::Conflict(format!("flags: {e}")))?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
+        dict.retain(|_, v| match v {
+            Value::Empty(..) => false,
+            Value::Array(_, items) => !items.is_empty(),
+            _ => true,
+        });
+        let metadata = Metadata::named("flag").interpolater(move |_: &Profile, k: &[&str]| {
+            let key = k.last().unwrap_or(&"");
+            names
+                .iter()
+                .find(|(n, _)| n == key)
+                .map(|(_, f)| f.clone())
+                .unwrap_or_else(|| format!("--{}", key.replace('_', "-")))
+        });
+        Ok(Layer { metadata, dict })
+    }
+
+    /// One value (for tests and for programs that set a few keys).
+    pub fn one(key: &str, value: impl Into<Value>, source: Source) -> Layer {
+        let mut dict = Dict::new();
+        dict.insert(key.to_owned(), value.into());
+        let metadata = match source {
+            Source::File(p) => Metadata::from("TOML file", p.as_path()),
+            Source::Env(_) => Layer::from_env(Vec::new()).0.metadata,
+            Source::Flag(f) => {
+                Metadata::named("flag").interpolater(move |_: &Profile, _: &[&str]| f.clone())
+            }
+            Source::Default => Metadata::named("default"),
+        };
+        Layer { metadata, dict }
+    }
+}
+
+/// What `meta` names as the source of the value at `path`.
+fn source_of(meta: Option<&Metadata>, path: &[String]) -> Source {
+    let Some(m) = meta else {
+        return Source::Default;
+    };
+    if let Some(p) = m.source.as_ref().and_then(|s| s.file_path()) {
+        return Source::File(p.to_owned());
+    }
+    let name = m.interpolate(&Profile::Default, path);
+    match m.name.as_ref() {
+        "environment variable" => Source::Env(name),
+        "flag" => Source::Flag(name),
+        _ => Source::Default,
+    }
+}
+
+/// A value as text, as the user wrote it.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(_, s) => s.clone(),
+        Value::Array(_, items) => items.iter().map(show).collect::<Vec<_>>().join(","),
+        other => toml::Value::try_from(other)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// `value` as an error may show it: secrets never, passwords masked.
+fn masked(key: &str, value: &str) -> String {
+    if SECRET_KEYS.contains(&key) {
+        "***".to_owned()
+    } else {
+        redact_url(value)
+    }
+}
+
+/// Plainer words for the type names serde's errors expect.
+fn allowed(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i64" => "a whole number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn from_figment_error(figment: &Figment, e: figment::Error) -> SettingsError {
+    use figment::error::{Actual, Kind};
+    let key = e.path.last().cloned().unwrap_or_default();
+    let from = source_of(e.metadata.as_ref(), &e.path);
+    let raw = || {
+        figment
+            .find_value(&e.path.join("."))
+            .map(|v| show(&v))
+            .unwrap_or_default()
+    };
+    let actual = |a: &Actual| match a {
+        Actual::Str(s) => s.clone(),
+        Actual::Unsigned(n) => n.to_string(),
+        Actual::Signed(n) => n.to_string(),
+        Actual::Float(n) => n.to_string(),
+        Actual::Bool(b) => b.to_string(),
+        _ => raw(),
+    };
+    let (value, expected) = match &e.kind {
+        Kind::InvalidType(a, x) | Kind::InvalidValue(a, x) => (actual(a), allowed(x)),
+        Kind::UnknownVariant(v, options) => (v.clone(), options.join(" or ")),
+        Kind::UnknownField(k, _) => {
+            return SettingsError::UnknownKey {
+                key: k.clone(),
+                file: from.to_string(),
+                known: keys().join(", "),
+            }
+        }
+        Kind::Message(m) => (raw(), m.clone()),
+        other => (raw(), other.to_string()),
+    };
+    SettingsError::Invalid {
+        value: masked(&key, &value),
+        key,
+        from,
+        expected,
+    }
 }
 
 impl Settings {
-    /// Applies layers in order (later ones win) over the defaults.
+    /// Merges `layers` in order (later ones win) over the defaults, reads
+    /// the settings and checks them.
     pub fn from_layers(layers: &[Layer]) -> Result<Settings, SettingsError> {
-        let mut merged: BTreeMap<&'static str, (Raw, Source)> = BTreeMap::new();
-        for l in layers {
-            for (k, v) in &l.0 {
-                merged.insert(k, v.clone());
-            }
-        }
-        let mut s = Settings::default();
-        for (key, (raw, src)) in &merged {
-            let text = raw.text();
-            let t = text.trim();
-            match *key {
-                "bind" => {
-                    s.bind = t
-                        .parse()
-                        .map_err(|_| invalid(key, src, t, "an IP:port, e.g. 0.0.0.0:28080"))?
-                }
-                "stats_bind" => {
-                    s.stats_bind = if t.is_empty() {
-                        None
-                    } else {
-                        Some(t.parse().map_err(|_| {
-                            invalid(key, src, t, "an IP:port, e.g. 127.0.0.1:28081")
-                        })?)
-                    }
-                }
-                "mount_path" => {
-                    if !t.starts_with('/') {
-                        return Err(invalid(key, src, t, "a path starting with /, e.g. /cable"));
-                    }
-                    if OPS_PATHS.contains(&t) {
-                        return Err(invalid(
-                            key,
-                            src,
-                            t,
-                            "a path other than the operator endpoints' (/health, /stats, \
-                             /metrics, /_broadcast), e.g. /cable",
-                        ));
-                    }
-                    s.mount_path = t.to_owned();
-                }
-                "allowed_origins" => {
-                    let items = raw.items();
-                    for o in &items {
-                        if !o.contains("://") {
-                            return Err(invalid(
-                                key,
-                                src,
-                                o,
-                                "origins like https://example.com (scheme, host, optional port)",
-                            ));
-                        }
-                    }
-                    s.allowed_origins = items;
-                }
-                "allowed_origin_patterns" => {
-                    let items = raw.items();
-                    for p in &items {
-                        if let Err(e) = cable_server::AllowedOrigin::pattern(p) {
-                            return Err(invalid(key, src, p, &format!("regular expressions: {e}")));
-                        }
-                    }
-                    s.allowed_origin_patterns = items;
-                }
-                "ops_on_public_port" => {
-                    s.ops_on_public_port =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "disable_origin_check" => {
-                    s.disable_origin_check =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "adapter" => {
-                    let scheme = t.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-                    let ok = t == "memory"
-                        || matches!(
-                            scheme.as_deref(),
-                            Some(
-                                "memory"
-                                    | "redis"
-                                    | "rediss"
-                                    | "redis+unix"
-                                    | "postgres"
-                                    | "postgresql"
-                            )
-                        );
-                    if !ok {
-                        return Err(invalid(
-                            key,
-                            src,
-                            t,
-                            "memory, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
-                        ));
-                    }
-                    s.adapter = t.to_owned();
-                }
-                "channel_prefix" => {
-                    s.channel_prefix = (!text.is_empty()).then(|| text.clone());
-                }
-                "ping_interval" => {
-                    let d = parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            "a duration above 0 and at most 1 day: seconds (3, 0.5) or 500ms, 3s",
-                        )
-                    })?;
-                    s.ping_interval = d;
-                }
-                "shutdown_timeout" => {
-                    s.shutdown_timeout = parse_duration(t).ok_or_else(|| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            "a duration of at most 1 day: seconds (10, 0.5) or 500ms, 10s, 1m",
-                        )
-                    })?
-                }
-                "max_connections" => {
-                    s.max_connections = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
-                    })?
-                }
-                "max_subscriptions_per_connection" => {
-                    s.max_subscriptions_per_connection = parse_limit(t).ok_or_else(|| {
-                        invalid(key, src, t, "a whole number up to 9223372036854775807, or 0 / none for no limit")
-                    })?
-                }
-                "max_identifier_size" => {
-                    s.max_identifier_size = parse_size(t).filter(|n| *n >= 64).ok_or_else(|| {
-                        invalid(key, src, t, "a size of at least 64 bytes: 4096, 4KiB")
-                    })?
-                }
-                "command_burst" => {
-                    s.command_burst = t
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| invalid(key, src, t, "a whole number of at least 1"))?
-                }
-                "command_rate" => {
-                    s.command_rate = parse_limit(t)
-                        .and_then(|l| match l {
-                            None => Some(None),
-                            Some(n) => u32::try_from(n).ok().map(Some),
-                        })
-                        .ok_or_else(|| {
-                            invalid(
-                                key,
-                                src,
-                                t,
-                                "commands per second, a whole number, or 0 / none for no limit",
-                            )
-                        })?
-                }
-                "max_outbound_message_size" => {
-                    s.max_outbound_message_size =
-                        parse_size(t).filter(|n| *n >= 1024).ok_or_else(|| {
-                            invalid(
-                                key,
-                                src,
-                                t,
-                                "a size of at least 1024 bytes, at most outbound_queue: 512KiB",
-                            )
-                        })?
-                }
-                "connect_timeout" | "callback_timeout" | "header_read_timeout" => {
-                    let d = parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            "a duration above 0: seconds (10, 0.5) or 500ms, 10s, 1m",
-                        )
-                    })?;
-                    match *key {
-                        "connect_timeout" => s.connect_timeout = d,
-                        "callback_timeout" => s.callback_timeout = d,
-                        _ => s.header_read_timeout = d,
-                    }
-                }
-                "max_pending_connections" => {
-                    s.max_pending_connections = t
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| invalid(key, src, t, "a whole number of at least 1"))?
-                }
-                "max_message_size" => {
-                    s.max_message_size = parse_size(t).filter(|n| *n >= 256).ok_or_else(|| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            "a size of at least 256 bytes (at most 2^63 - 1): 65536, 64KiB, 1MiB",
-                        )
-                    })?
-                }
-                "outbound_queue" => {
-                    s.outbound_queue = parse_size(t).filter(|n| *n >= 1024).ok_or_else(|| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            "a size of at least 1024 bytes (at most 2^63 - 1): 1048576, 512KiB, 1MiB",
-                        )
-                    })?
-                }
-                "log_level" => {
-                    if tracing_filter_ok(t) {
-                        s.log_level = t.to_owned();
-                    } else {
-                        return Err(invalid(
-                            key,
-                            src,
-                            t,
-                            "error, warn, info, debug, trace, or a filter like info,cable_core=debug",
-                        ));
-                    }
-                }
-                "log_format" => {
-                    s.log_format = match t.to_ascii_lowercase().as_str() {
-                        "text" => LogFormat::Text,
-                        "json" => LogFormat::Json,
-                        _ => return Err(invalid(key, src, t, "text or json")),
-                    }
-                }
-                "broadcast_key" => {
-                    if text.is_empty() {
-                        s.broadcast_key = None;
-                    } else if text.len() < 16 {
-                        return Err(invalid(key, src, &text, "a key of at least 16 characters"));
-                    } else {
-                        s.broadcast_key = Some(text.clone());
-                    }
-                }
-                "secret_key_base" => {
-                    let items = raw.items();
-                    if items.iter().any(|k| k.len() < 30) {
-                        return Err(invalid(key, src, &text, "the app's secret_key_base (usually 128 hex characters), comma-separated to accept older ones too"));
-                    }
-                    s.rails.secret_key_base = items;
-                }
-                "secret_key_base_file" => {
-                    let keys = std::fs::read_to_string(t).map_err(|e| {
-                        invalid(
-                            key,
-                            src,
-                            t,
-                            &format!("a readable file with the secret_key_base ({e})"),
-                        )
-                    })?;
-                    let items: Vec<String> = keys
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    if items.is_empty() || items.iter().any(|k| k.len() < 30) {
-                        return Err(invalid(key, src, t, "a file holding the secret_key_base (one per line, oldest last), each 30+ characters"));
-                    }
-                    s.rails.secret_key_base = items;
-                }
-                "key_derivation" => {
-                    let items = raw.items();
-                    if items.is_empty()
-                        || items
-                            .iter()
-                            .any(|d| !matches!(d.to_ascii_lowercase().as_str(), "sha1" | "sha256"))
-                    {
-                        return Err(invalid(key, src, &text, "sha256 and/or sha1, in the order to try (Rails 6.1 defaults: sha1; 7.0+: sha256)"));
-                    }
-                    s.rails.key_derivation = items;
-                }
-                "signed_cookie_digest" => {
-                    if !matches!(t.to_ascii_lowercase().as_str(), "sha1" | "sha256") {
-                        return Err(invalid(key, src, t, "sha1 (Rails' default) or sha256"));
-                    }
-                    s.rails.signed_cookie_digest = Some(t.to_owned());
-                }
-                "session_cookie" => {
-                    s.rails.session_cookie = (!t.is_empty()).then(|| t.to_owned());
-                }
-                "session_identifiers" => {
-                    let items = raw.items();
-                    for i in &items {
-                        let ok = i
-                            .split_once('=')
-                            .is_some_and(|(n, src)| !n.trim().is_empty() && !src.trim().is_empty());
-                        if !ok {
-                            return Err(invalid(key, src, i, "NAME=SESSION_KEY or NAME=warden:SCOPE, optionally followed by ` as Model`, e.g. current_user=warden:user as User"));
-                        }
-                    }
-                    s.rails.session_identifiers = items;
-                }
-                "allow_anonymous" => {
-                    s.rails.allow_anonymous =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "global_id_app" => s.rails.global_id_app = (!t.is_empty()).then(|| t.to_owned()),
-                "turbo_streams" => {
-                    s.rails.turbo_streams =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "pubsub_signed" => {
-                    s.rails.pubsub_signed =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "pubsub_public" => {
-                    s.rails.pubsub_public =
-                        parse_bool(t).ok_or_else(|| invalid(key, src, t, "true or false"))?
-                }
-                "streams_secret" => {
-                    s.rails.streams_secret = (!text.is_empty()).then(|| text.clone())
-                }
-                "turbo_verifier_key" => {
-                    s.rails.turbo_verifier_key = (!text.is_empty()).then(|| text.clone())
-                }
-                _ => {}
-            }
-        }
-        if merged.contains_key("secret_key_base") && merged.contains_key("secret_key_base_file") {
-            return Err(SettingsError::Conflict(
-                "set `secret_key_base` or `secret_key_base_file`, not both".to_owned(),
-            ));
-        }
-        if (s.rails.session_cookie.is_some() || s.rails.turbo_streams || s.rails.pubsub_signed)
-            && s.rails.secret_key_base.is_empty()
-        {
-            return Err(SettingsError::Conflict(
-                "`session_cookie`, `turbo_streams` and `pubsub_signed` need the app's \
-                 `secret_key_base` (or `secret_key_base_file`)"
-                    .to_owned(),
-            ));
-        }
-        if !s.rails.session_identifiers.is_empty() && s.rails.session_cookie.is_none() {
-            return Err(SettingsError::Conflict(
-                "`session_identifiers` need `session_cookie` (the cookie to read them from)"
-                    .to_owned(),
-            ));
-        }
-        if s.max_outbound_message_size > s.outbound_queue {
-            return Err(SettingsError::Conflict(format!(
-                "`max_outbound_message_size` ({}) must not be over `outbound_queue` ({}): a \
-                 client's queue must be able to hold the largest message",
-                s.max_outbound_message_size, s.outbound_queue
-            )));
-        }
-        if s.stats_bind.is_some() && s.ops_on_public_port {
-            return Err(SettingsError::Conflict(
-                "set `stats_bind` (operator endpoints on their own address) or \
-                 `ops_on_public_port` (beside the WebSocket endpoint), not both"
-                    .to_owned(),
-            ));
-        }
-        if s.broadcast_key.is_some() && s.stats_bind.is_none() && !s.ops_on_public_port {
-            return Err(SettingsError::Conflict(
-                "`broadcast_key` is set but POST /_broadcast is served nowhere: set \
-                 `stats_bind` to a private address (or `ops_on_public_port = true` to serve it \
-                 beside the WebSocket endpoint)"
-                    .to_owned(),
-            ));
-        }
-        if s.channel_prefix.is_some() && s.adapter.starts_with("memory") {
-            return Err(SettingsError::Conflict(
-                "`channel_prefix` only applies to the redis and postgres adapters; the memory \
-                 adapter does not name channels"
-                    .to_owned(),
-            ));
-        }
+        let figment = layers
+            .iter()
+            .fold(Figment::new(), |f, l| f.merge(l.clone()));
+        // Lossy: `"yes"`, `"1"` and `"on"` are true, numbers may come as
+        // text (every variable and flag does).
+        let mut s: Settings = figment
+            .extract_lossy()
+            .map_err(|e| from_figment_error(&figment, e))?;
+        s.check(&figment)?;
         Ok(s)
     }
 
-    /// The effective settings as TOML (the broadcast key and passwords masked).
-    pub fn to_toml(&self) -> String {
-        let mut t = toml::Table::new();
-        let mut put = |k: &str, v: toml::Value| {
-            t.insert(k.to_owned(), v);
-        };
-        let list =
-            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
-        let secs = |d: Duration| toml::Value::Float(d.as_secs_f64());
-        put("bind", self.bind.to_string().into());
-        put("mount_path", self.mount_path.clone().into());
-        put("allowed_origins", list(&self.allowed_origins));
-        put(
-            "allowed_origin_patterns",
-            list(&self.allowed_origin_patterns),
-        );
-        put("disable_origin_check", self.disable_origin_check.into());
-        put("adapter", redact_url(&self.adapter).into());
-        if let Some(p) = &self.channel_prefix {
-            put("channel_prefix", p.clone().into());
-        }
-        put("ping_interval", secs(self.ping_interval));
-        // The parsers keep these within i64 (MAX_NUMBER).
-        let int = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
-        put("max_connections", int(self.max_connections.unwrap_or(0)));
-        put(
-            "max_subscriptions_per_connection",
-            int(self.max_subscriptions_per_connection.unwrap_or(0)),
-        );
-        put(
-            "max_identifier_size",
-            (self.max_identifier_size as i64).into(),
-        );
-        put("command_burst", i64::from(self.command_burst).into());
-        put(
-            "command_rate",
-            i64::from(self.command_rate.unwrap_or(0)).into(),
-        );
-        put(
-            "max_outbound_message_size",
-            (self.max_outbound_message_size as i64).into(),
-        );
-        put("connect_timeout", secs(self.connect_timeout));
-        put("callback_timeout", secs(self.callback_timeout));
-        put("header_read_timeout", secs(self.header_read_timeout));
-        put(
-            "max_pending_connections",
-            (self.max_pending_connections as i64).into(),
-        );
-        put("max_message_size", int(self.max_message_size));
-        put("outbound_queue", int(self.outbound_queue));
-        put("shutdown_timeout", secs(self.shutdown_timeout));
-        put("log_level", self.log_level.clone().into());
-        put(
-            "log_format",
-            match self.log_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
+    /// The checks serde's types do not make, once, on the merged settings.
+    fn check(&mut self, figment: &Figment) -> Result<(), SettingsError> {
+        let invalid_item = |key: &str, item: Option<&str>, expected: &str| {
+            let path = if rails_keys().contains(&key) {
+                format!("rails.{key}")
+            } else {
+                key.to_owned()
+            };
+            let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+            let value = item.map(str::to_owned).unwrap_or_else(|| {
+                figment
+                    .find_value(&path)
+                    .map(|v| show(&v))
+                    .unwrap_or_default()
+            });
+            SettingsError::Invalid {
+                key: key.to_owned(),
+                from: source_of(figment.find_metadata(&path), &segments),
+                value: masked(key, &value),
+                expected: expected.to_owned(),
             }
-            .into(),
-        );
+        };
+        let invalid = |key: &str, expected: &str| invalid_item(key, None, expected);
+        let conflict = |m: &str| Err(SettingsError::Conflict(m.to_owned()));
+        if !self.mount_path.starts_with('/') {
+            return Err(invalid("mount_path", "a path starting with /, e.g. /cable"));
+        }
+        if OPS_PATHS.contains(&self.mount_path.as_str()) {
+            return Err(invalid(
+                "mount_path",
+                "a path other than the operator endpoints' (/health, /stats, /metrics, \
+                 /_broadcast), e.g. /cable",
+            ));
+        }
+        if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
+            return Err(invalid_item(
+                "allowed_origins",
+                Some(o),
+                "origins like https://example.com (scheme, host, optional port)",
+            ));
+        }
+        for p in &self.allowed_origin_patterns {
+            if let Err(e) = cable_server::AllowedOrigin::pattern(p) {
+                let expected = format!("regular expressions: {e}");
+                return Err(invalid_item("allowed_origin_patterns", Some(p), &expected));
+            }
+        }
+        let scheme = self
+            .adapter
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
+        let adapter_ok = self.adapter == "memory"
+            || matches!(
+                scheme.as_deref(),
+                Some("memory" | "redis" | "rediss" | "redis+unix" | "postgres" | "postgresql")
+            );
+        if !adapter_ok {
+            return Err(invalid(
+                "adapter",
+                "memory, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+            ));
+        }
+        let durations = [
+            ("ping_interval", self.ping_interval),
+            ("connect_timeout", self.connect_timeout),
+            ("callback_timeout", self.callback_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(invalid(key, "a duration above 0: 500ms, 3s, 1m"));
+        }
+        let sizes = [
+            ("max_identifier_size", self.max_identifier_size, 64),
+            (
+                "max_outbound_message_size",
+                self.max_outbound_message_size,
+                1024,
+            ),
+            ("max_message_size", self.max_message_size, 256),
+            ("outbound_queue", self.outbound_queue, 1024),
+        ];
+        for (key, size, least) in sizes {
+            if size < least {
+                return Err(invalid(
+                    key,
+                    &format!("a size of at least {least} bytes: 65536, 64KiB, 1MiB"),
+                ));
+            }
+        }
+        if self.command_burst == 0 {
+            return Err(invalid("command_burst", "a whole number of at least 1"));
+        }
+        if self.max_pending_connections == 0 {
+            return Err(invalid(
+                "max_pending_connections",
+                "a whole number of at least 1",
+            ));
+        }
+        if !tracing_filter_ok(&self.log_level) {
+            return Err(invalid(
+                "log_level",
+                "error, warn, info, debug, trace, or a filter like info,cable_core=debug",
+            ));
+        }
+        if self.broadcast_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(invalid("broadcast_key", "a key of at least 16 characters"));
+        }
+        if self.max_outbound_message_size > self.outbound_queue {
+            return Err(SettingsError::Conflict(format!(
+                "`max_outbound_message_size` ({}) must not be over `outbound_queue` ({}): a \
+                 client's queue must be able to hold the largest message",
+                self.max_outbound_message_size, self.outbound_queue
+            )));
+        }
+        if self.stats_bind.is_some() && self.ops_on_public_port {
+            return conflict(
+                "set `stats_bind` (operator endpoints on their own address) or \
+                 `ops_on_public_port` (beside the WebSocket endpoint), not both",
+            );
+        }
+        if self.broadcast_key.is_some() && self.stats_bind.is_none() && !self.ops_on_public_port {
+            return conflict(
+                "`broadcast_key` is set but POST /_broadcast is served nowhere: set \
+                 `stats_bind` to a private address (or `ops_on_public_port = true` to serve it \
+                 beside the WebSocket endpoint)",
+            );
+        }
+        if self.channel_prefix.is_some() && self.adapter.starts_with("memory") {
+            return conflict(
+                "`channel_prefix` only applies to the redis and postgres adapters; the memory \
+                 adapter does not name channels",
+            );
+        }
+        if let Some(path) = &self.secret_key_base_file {
+            let keys = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "secret_key_base_file",
+                    &format!("a readable file with the secret_key_base ({e})"),
+                )
+            })?;
+            let keys: Vec<String> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if keys.is_empty() {
+                return Err(invalid(
+                    "secret_key_base_file",
+                    "a file holding the secret_key_base (one per line, current first)",
+                ));
+            }
+            #[cfg(feature = "rails")]
+            {
+                if !self.rails.secret_key_base.is_empty() {
+                    return conflict("set `secret_key_base` or `secret_key_base_file`, not both");
+                }
+                self.rails.secret_key_base = keys;
+            }
+        }
+        #[cfg(feature = "rails")]
+        if self.rails.enabled() {
+            self.rails.validate().map_err(SettingsError::Rails)?;
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML that `--config` reads back. Secrets
+    /// are left out (a comment says which are set: give them again, from
+    /// the environment as before); an adapter URL's password shows as
+    /// `***`, which does not read back as the password.
+    pub fn to_toml(&self) -> String {
+        let mut table = toml::Table::try_from(self).unwrap_or_default();
+        if let Some(toml::Value::Table(rails)) = table.remove("rails") {
+            table.extend(rails);
+        }
+        if self.secret_key_base_file.is_some() {
+            table.remove("secret_key_base");
+        }
+        let mut set = Vec::new();
         if self.broadcast_key.is_some() {
-            put("broadcast_key", "***".into());
+            set.push("broadcast_key");
         }
-        if let Some(b) = self.stats_bind {
-            put("stats_bind", b.to_string().into());
+        #[cfg(feature = "rails")]
+        {
+            let r = &self.rails;
+            if !r.secret_key_base.is_empty() && self.secret_key_base_file.is_none() {
+                set.push("secret_key_base");
+            }
+            if r.streams_secret.is_some() {
+                set.push("streams_secret");
+            }
+            if r.turbo_verifier_key.is_some() {
+                set.push("turbo_verifier_key");
+            }
         }
-        put("ops_on_public_port", self.ops_on_public_port.into());
-        let r = &self.rails;
-        if !r.secret_key_base.is_empty() {
-            put("secret_key_base", "***".into());
+        let mut out = String::new();
+        for key in set {
+            out.push_str(&format!(
+                "# {key} is set (not printed: give it again, e.g. CABLE_{})\n",
+                key.to_ascii_uppercase()
+            ));
         }
-        if !r.key_derivation.is_empty() {
-            put("key_derivation", list(&r.key_derivation));
-        }
-        if let Some(d) = &r.signed_cookie_digest {
-            put("signed_cookie_digest", d.clone().into());
-        }
-        if let Some(c) = &r.session_cookie {
-            put("session_cookie", c.clone().into());
-        }
-        if !r.session_identifiers.is_empty() {
-            put("session_identifiers", list(&r.session_identifiers));
-        }
-        if r.allow_anonymous {
-            put("allow_anonymous", true.into());
-        }
-        if let Some(a) = &r.global_id_app {
-            put("global_id_app", a.clone().into());
-        }
-        put("turbo_streams", r.turbo_streams.into());
-        put("pubsub_signed", r.pubsub_signed.into());
-        put("pubsub_public", r.pubsub_public.into());
-        if r.streams_secret.is_some() {
-            put("streams_secret", "***".into());
-        }
-        if r.turbo_verifier_key.is_some() {
-            put("turbo_verifier_key", "***".into());
-        }
-        t.to_string()
+        out + &toml::to_string(&table).unwrap_or_default()
     }
 }
 
@@ -1024,14 +775,223 @@ fn tracing_filter_ok(s: &str) -> bool {
         })
 }
 
+/// Serialising with secrets masked.
+mod ser {
+    pub(super) fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&cable_core::redact_url(url))
+    }
+}
+
+/// Values that come as text from variables and flags, as numbers or arrays
+/// from the file.
+mod de {
+    use std::fmt::Display;
+    use std::net::SocketAddr;
+    use std::str::FromStr;
+
+    use serde::de::{Deserializer, Error, Unexpected};
+    use serde::Deserialize;
+
+    use super::MAX_NUMBER;
+
+    /// What a value is before its type reads it.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Text {
+        Int(u64),
+        Float(f64),
+        Str(String),
+        List(Vec<String>),
+    }
+
+    pub(super) fn invalid<E: Error>(t: &Text, expected: &str) -> E {
+        match t {
+            Text::Int(n) => E::invalid_value(Unexpected::Unsigned(*n), &expected),
+            Text::Float(f) => E::invalid_value(Unexpected::Float(*f), &expected),
+            Text::Str(s) => E::invalid_value(Unexpected::Str(s), &expected),
+            Text::List(_) => E::invalid_type(Unexpected::Seq, &expected),
+        }
+    }
+
+    fn parsed<'de, D: Deserializer<'de>, T: FromStr>(d: D, expected: &str) -> Result<T, D::Error> {
+        let t = Text::deserialize(d)?;
+        match &t {
+            Text::Str(s) => s.trim().parse().map_err(|_| invalid(&t, expected)),
+            _ => Err(invalid(&t, expected)),
+        }
+    }
+
+    pub(super) fn text<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim().parse().map_err(|e: T::Err| {
+            D::Error::invalid_value(Unexpected::Str(&s), &e.to_string().as_str())
+        })
+    }
+
+    pub(super) fn addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parsed(d, "an IP:port, e.g. 0.0.0.0:28080")
+    }
+
+    pub(super) fn opt_addr<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        match Text::deserialize(d)? {
+            Text::Str(s) if s.trim().is_empty() => Ok(None),
+            Text::Str(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| invalid(&Text::Str(s), "an IP:port, e.g. 127.0.0.1:28081")),
+            t => Err(invalid(&t, "an IP:port, e.g. 127.0.0.1:28081")),
+        }
+    }
+
+    /// Empty text is unset.
+    pub(super) fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+    }
+
+    /// An array, or comma-separated text.
+    pub(super) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        match Text::deserialize(d)? {
+            Text::List(v) => Ok(v),
+            Text::Str(s) => Ok(s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            t => Err(invalid(&t, "a list: an array, or comma-separated text")),
+        }
+    }
+
+    /// Bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `64KB`, `1 MB`),
+    /// read by bytesize, up to [`MAX_NUMBER`].
+    pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        const EXPECTED: &str =
+            "a size: bytes (65536) or with a unit (64KiB, 1MiB), at most 2^63 - 1";
+        let t = Text::deserialize(d)?;
+        let bytes = match &t {
+            Text::Int(n) => Some(*n),
+            Text::Str(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .ok()
+                .map(|b| b.as_u64()),
+            _ => None,
+        };
+        bytes
+            .filter(|b| *b <= MAX_NUMBER)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| invalid(&t, EXPECTED))
+    }
+}
+
+/// Durations: seconds (`3`, `0.5`) or humantime's text (`500ms`, `3s`,
+/// `1m 30s`, `1d`), at most [`MAX_DURATION`]; printed as humantime's text.
+mod duration {
+    use std::time::Duration;
+
+    use serde::de::{Deserializer, Error, Unexpected};
+    use serde::{Deserialize, Serializer};
+
+    use super::de::{invalid, Text};
+    use super::MAX_DURATION;
+
+    const EXPECTED: &str =
+        "a duration of at most 1 day: seconds (3, 0.5) or with a unit (500ms, 3s, 1m)";
+
+    fn secs(f: f64) -> Option<Duration> {
+        // `from_secs_f64` panics on huge values; the range check comes first.
+        (f.is_finite() && (0.0..=MAX_DURATION.as_secs_f64()).contains(&f))
+            .then(|| Duration::try_from_secs_f64(f).ok())
+            .flatten()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Text::deserialize(d)? {
+            Text::Int(n) => secs(n as f64)
+                .ok_or_else(|| D::Error::invalid_value(Unexpected::Unsigned(n), &EXPECTED)),
+            Text::Float(f) => {
+                secs(f).ok_or_else(|| D::Error::invalid_value(Unexpected::Float(f), &EXPECTED))
+            }
+            Text::Str(s) => {
+                let t = s.trim();
+                let d = match t.parse::<f64>() {
+                    Ok(f) => secs(f),
+                    Err(_) => humantime::parse_duration(t)
+                        .ok()
+                        .filter(|d| *d <= MAX_DURATION),
+                };
+                d.ok_or_else(|| D::Error::invalid_value(Unexpected::Str(&s), &EXPECTED))
+            }
+            t => Err(invalid(&t, EXPECTED)),
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// A count where `0` or `none` means no limit, at most [`MAX_NUMBER`];
+/// printed as the number, `0` for none.
+mod limit {
+    use serde::de::Deserializer;
+    use serde::{Deserialize, Serializer};
+
+    use super::de::{invalid, Text};
+    use super::MAX_NUMBER;
+
+    const EXPECTED: &str = "a whole number up to 9223372036854775807, or 0 / none for no limit";
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let t = Text::deserialize(d)?;
+        let n = match &t {
+            Text::Int(n) => Some(*n),
+            Text::Str(s) if s.trim().eq_ignore_ascii_case("none") => Some(0),
+            Text::Str(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(0) => Ok(None),
+            Some(n) if n <= MAX_NUMBER => {
+                T::try_from(n).map(Some).map_err(|_| invalid(&t, EXPECTED))
+            }
+            _ => Err(invalid(&t, EXPECTED)),
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer, T: Copy + TryInto<u64>>(
+        n: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(n.and_then(|n| n.try_into().ok()).unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn one(key: &str, v: &str, src: Source) -> Layer {
-        let mut l = Layer::default();
-        l.set(key, Raw::One(v.to_owned()), src);
-        l
+        Layer::one(key, v, src)
+    }
+
+    fn flag() -> Source {
+        Source::Flag("--x".into())
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cable-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
@@ -1042,9 +1002,7 @@ mod tests {
         assert_eq!(d.command_burst, 300);
         assert_eq!(d.max_identifier_size, 4096);
         assert_eq!(d.max_outbound_message_size, 512 * 1024);
-        let src = || Source::Flag("--x".into());
-        let mut l = Layer::default();
-        for (k, v) in [
+        let layers: Vec<Layer> = [
             ("max_subscriptions_per_connection", "none"),
             ("command_rate", "0"),
             ("command_burst", "50"),
@@ -1054,10 +1012,11 @@ mod tests {
             ("callback_timeout", "500ms"),
             ("header_read_timeout", "3"),
             ("max_pending_connections", "10"),
-        ] {
-            l.set(k, Raw::One(v.into()), src());
-        }
-        let s = Settings::from_layers(&[l]).unwrap();
+        ]
+        .iter()
+        .map(|(k, v)| one(k, v, flag()))
+        .collect();
+        let s = Settings::from_layers(&layers).unwrap();
         assert_eq!(s.max_subscriptions_per_connection, None);
         assert_eq!(s.command_rate, None);
         assert_eq!(s.command_burst, 50);
@@ -1067,15 +1026,9 @@ mod tests {
         assert_eq!(s.callback_timeout, Duration::from_millis(500));
         assert_eq!(s.header_read_timeout, Duration::from_secs(3));
         assert_eq!(s.max_pending_connections, 10);
-        // --print-config output reads back the same.
-        let path = std::env::temp_dir().join(format!("cable-limits-{}.toml", std::process::id()));
-        std::fs::write(&path, s.to_toml()).unwrap();
-        let again = Settings::from_layers(&[Layer::from_file(&path).unwrap()]).unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(again.to_toml(), s.to_toml());
         // A message limit the queue cannot hold is refused.
         let e =
-            Settings::from_layers(&[one("max_outbound_message_size", "2MiB", src())]).unwrap_err();
+            Settings::from_layers(&[one("max_outbound_message_size", "2MiB", flag())]).unwrap_err();
         assert!(e.to_string().contains("outbound_queue"), "{e}");
         for (k, v) in [
             ("command_burst", "0"),
@@ -1083,10 +1036,77 @@ mod tests {
             ("max_pending_connections", "x"),
         ] {
             assert!(
-                Settings::from_layers(&[one(k, v, src())]).is_err(),
+                Settings::from_layers(&[one(k, v, flag())]).is_err(),
                 "{k}={v}"
             );
         }
+    }
+
+    /// `--print-config` output read back with `--config` gives the same
+    /// settings; secrets are left out (a comment names them), so they come
+    /// back from where they came from before.
+    #[test]
+    #[cfg(feature = "rails")]
+    fn printed_settings_read_back_the_same() {
+        let dir = temp_dir("roundtrip");
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, format!("{}\n", "s".repeat(64))).unwrap();
+        let (env, unknown) = Layer::from_env([
+            (
+                "CABLE_ALLOWED_ORIGINS".into(),
+                "https://a.example, https://b.example".into(),
+            ),
+            ("CABLE_BROADCAST_KEY".into(), "k".repeat(16)),
+            ("CABLE_STREAMS_SECRET".into(), "streams-hunter2".into()),
+            ("CABLE_PING_INTERVAL".into(), "1m 30s".into()),
+            ("CABLE_OUTBOUND_QUEUE".into(), "2MiB".into()),
+            ("CABLE_MAX_CONNECTIONS".into(), "9223372036854775807".into()),
+            ("CABLE_TURBO_STREAMS".into(), "yes".into()),
+            (
+                "CABLE_SESSION_IDENTIFIERS".into(),
+                "current_user=user_id".into(),
+            ),
+            ("CABLE_SESSION_COOKIE".into(), "_app_session".into()),
+            ("CABLE_KEY_DERIVATION".into(), "sha1".into()),
+            (
+                "CABLE_SECRET_KEY_BASE_FILE".into(),
+                secret_file.display().to_string(),
+            ),
+            ("CABLE_STATS_BIND".into(), "127.0.0.1:0".into()),
+            ("CABLE_PING_INTERVALL".into(), "1".into()),
+        ]);
+        assert_eq!(unknown, ["CABLE_PING_INTERVALL"]);
+        let s = Settings::from_layers(std::slice::from_ref(&env)).unwrap();
+        assert_eq!(
+            s.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(s.ping_interval, Duration::from_secs(90));
+        assert_eq!(s.rails.secret_key_base, ["s".repeat(64)]);
+        assert!(s.rails.turbo);
+        let printed = s.to_toml();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("kkkk"),
+            "{printed}"
+        );
+        assert!(printed.contains("# streams_secret is set"), "{printed}");
+        assert!(printed.contains("ping_interval = \"1m 30s\""), "{printed}");
+        assert!(
+            printed.contains("max_connections = 9223372036854775807"),
+            "{printed}"
+        );
+        let file = dir.join("cable.toml");
+        std::fs::write(&file, &printed).unwrap();
+        // The secrets again from the environment, as before.
+        let (secrets, _) = Layer::from_env([
+            ("CABLE_BROADCAST_KEY".into(), "k".repeat(16)),
+            ("CABLE_STREAMS_SECRET".into(), "streams-hunter2".into()),
+        ]);
+        let again = Settings::from_layers(&[Layer::from_file(&file).unwrap(), secrets]).unwrap();
+        assert_eq!(again.to_toml(), printed);
+        assert_eq!(again.rails, s.rails);
+        assert_eq!(again.broadcast_key, s.broadcast_key);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1110,13 +1130,8 @@ mod tests {
 
     #[test]
     fn errors_name_key_source_value_and_what_is_allowed() {
-        let e = Settings::from_layers(&[one(
-            "max_message_size",
-            "huge",
-            Source::Env("CABLE_MAX_MESSAGE_SIZE".into()),
-        )])
-        .unwrap_err()
-        .to_string();
+        let (env, _) = Layer::from_env([("CABLE_MAX_MESSAGE_SIZE".to_owned(), "huge".to_owned())]);
+        let e = Settings::from_layers(&[env]).unwrap_err().to_string();
         assert!(e.contains("`max_message_size`"), "{e}");
         assert!(e.contains("CABLE_MAX_MESSAGE_SIZE"), "{e}");
         assert!(e.contains("\"huge\""), "{e}");
@@ -1128,11 +1143,23 @@ mod tests {
         )])
         .unwrap_err()
         .to_string();
-        assert!(e.contains("root:***@db"), "{e}");
+        assert!(e.contains("root:***@db") && e.contains("--adapter"), "{e}");
         assert!(!e.contains("pw"), "{e}");
+        let e = Settings::from_layers(&[one("broadcast_key", "short-hunter2", flag())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`broadcast_key`") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = Settings::from_layers(&[one("log_format", "xml", flag())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text or json") && e.contains("\"xml\""), "{e}");
     }
 
     #[test]
+    #[cfg(feature = "rails")]
     fn secrets_are_masked_in_debug_and_toml() {
         let mut s = Settings {
             adapter: "postgres://app@db/app?password=hunter2".into(),
@@ -1168,10 +1195,13 @@ mod tests {
         for (key, value) in cases {
             let env = format!("CABLE_{}", key.to_ascii_uppercase());
             let r = std::panic::catch_unwind(|| {
-                Settings::from_layers(&[one(key, value, Source::Env(env.clone()))])
+                Settings::from_layers(&[Layer::from_env([(env.clone(), value.to_owned())]).0])
             });
             match r {
-                Ok(Err(SettingsError::Invalid { key: k, .. })) => assert_eq!(k, key),
+                Ok(Err(SettingsError::Invalid { key: k, from, .. })) => {
+                    assert_eq!(k, key);
+                    assert_eq!(from, Source::Env(env));
+                }
                 Ok(Ok(s)) => panic!("{key} = {value} accepted: {s:?}"),
                 Ok(Err(e)) => panic!("{key} = {value}: {e}"),
                 Err(_) => panic!("{key} = {value} panicked"),
@@ -1216,24 +1246,28 @@ mod tests {
     }
 
     #[test]
-    fn sizes_durations_and_lists() {
-        assert_eq!(parse_size("64KiB"), Some(65536));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("-1"), None);
-        let s = Settings::from_layers(&[one(
-            "allowed_origins",
-            "https://a.example, https://b.example",
-            Source::Env("CABLE_ALLOWED_ORIGINS".into()),
-        )])
+    #[cfg(feature = "rails")]
+    fn sizes_durations_and_lists_from_the_file() {
+        let dir = temp_dir("forms");
+        let file = dir.join("cable.toml");
+        std::fs::write(
+            &file,
+            "ping_interval = 1.5\nshutdown_timeout = \"250ms\"\nmax_message_size = 1000\n\
+             outbound_queue = \"1 MiB\"\nallowed_origins = [\"https://a.example\"]\n\
+             session_cookie = \"_s\"\nsecret_key_base = \"0123456789012345678901234567890123\"\n",
+        )
         .unwrap();
-        assert_eq!(
-            s.allowed_origins,
-            ["https://a.example", "https://b.example"]
-        );
+        let s = Settings::from_layers(&[Layer::from_file(&file).unwrap()]).unwrap();
+        assert_eq!(s.ping_interval, Duration::from_millis(1500));
+        assert_eq!(s.shutdown_timeout, Duration::from_millis(250));
+        assert_eq!(s.max_message_size, 1000);
+        assert_eq!(s.outbound_queue, 1 << 20);
+        assert_eq!(s.allowed_origins, ["https://a.example"]);
+        assert_eq!(s.rails.session_cookie.as_deref(), Some("_s"));
+        std::fs::write(&file, "ping_interval = -1\n").unwrap();
+        let e = Settings::from_layers(&[Layer::from_file(&file).unwrap()]).unwrap_err();
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(tracing_filter_ok("info,cable_core=debug"));
         assert!(!tracing_filter_ok("loud"));
     }

@@ -164,7 +164,7 @@ async fn settings_come_from_file_then_env_then_flags() {
     let f = file.to_str().unwrap();
     let (code, out, err) = output(&["--config", f, "--print-config"], &[]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ping_interval = 7.0"), "{out}");
+    assert!(out.contains("ping_interval = \"7s\""), "{out}");
     assert!(out.contains("max_connections = 100"), "{out}");
     assert!(
         out.contains("allowed_origins = [\"https://a.example\"]"),
@@ -177,14 +177,14 @@ async fn settings_come_from_file_then_env_then_flags() {
         ("CABLE_MAX_CONNECTIONS", "50"),
     ];
     let (_, out, _) = output(&["--config", f, "--print-config"], &env).await;
-    assert!(out.contains("ping_interval = 2.0"), "{out}");
+    assert!(out.contains("ping_interval = \"2s\""), "{out}");
     assert!(out.contains("max_connections = 50"), "{out}");
     let (_, out, _) = output(
         &["--config", f, "--print-config", "--ping-interval", "500ms"],
         &env,
     )
     .await;
-    assert!(out.contains("ping_interval = 0.5"), "{out}");
+    assert!(out.contains("ping_interval = \"500ms\""), "{out}");
     assert!(out.contains("max_connections = 50"), "{out}");
     // Secrets never printed.
     let (_, out, _) = output(

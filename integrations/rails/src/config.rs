@@ -30,24 +30,50 @@ use crate::streams::{
 /// let rails = config.build().unwrap();
 /// # let _ = rails;
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+///
+/// It is also what a settings file holds (serde, any format; the
+/// standalone server reads it from TOML and `CABLE_*` variables). Lists
+/// are arrays or comma-separated text; absent keys take the defaults of
+/// [`RailsConfig::default`]; unknown keys are refused. Secrets
+/// (`secret_key_base`, `streams_secret`, `turbo_verifier_key`) are read but
+/// never serialised.
+///
+/// ```
+/// # use cable_rails::{RailsConfig, KeyDigest};
+/// let config: RailsConfig = serde_json::from_str(r#"{
+///     "secret_key_base": "0000000000000000000000000000000000000000",
+///     "key_derivation": "sha1",
+///     "session_cookie": "_my_app_session",
+///     "session_identifiers": ["current_user=user_id"],
+///     "turbo_streams": true
+/// }"#).unwrap();
+/// assert_eq!(config.key_derivation, [KeyDigest::Sha1]);
+/// assert!(config.turbo && config.validate().is_ok());
+/// ```
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RailsConfig {
     /// The app's `secret_key_base` (the text, usually 128 hex characters),
     /// then any older ones still to accept (rotation). The first one signs.
+    #[serde(skip_serializing, deserialize_with = "text::list")]
     pub secret_key_base: Vec<String>,
     /// PBKDF2 digests to derive keys with, tried in order: SHA1 for Rails 6.1
     /// and apps without `load_defaults 7.0`; SHA256 from 7.0. Default: both,
     /// SHA256 first.
+    #[serde(deserialize_with = "text::list")]
     pub key_derivation: Vec<KeyDigest>,
     /// The HMAC of `cookies.signed` (`config.action_dispatch.signed_cookie_digest`).
     /// Default SHA1, whatever the key derivation (Rails' default).
+    #[serde(deserialize_with = "text::one")]
     pub signed_cookie_digest: HmacDigest,
     /// The session cookie (`config.session_store :cookie_store, key: ...`),
     /// `_<app>_session` by default in Rails, e.g. `_my_app_session` for
     /// `MyApp`. `None`: connections are not authenticated by the session.
     pub session_cookie: Option<String>,
-    /// The connection identifiers, taken from the session in this order.
+    /// The connection identifiers, taken from the session in this order
+    /// (`session_identifiers` in a settings file).
+    #[serde(rename = "session_identifiers", deserialize_with = "text::list")]
     pub identifiers: Vec<SessionIdentifier>,
     /// Accept connections without a (valid) session, or whose session lacks
     /// an identifier, with whatever identifiers could be read. Default false:
@@ -57,10 +83,12 @@ pub struct RailsConfig {
     /// The app's `config.global_id.app` (`my-app` for `MyApp`), for
     /// identifiers mapped to a GlobalID.
     pub global_id_app: Option<String>,
-    /// Serve `Turbo::StreamsChannel`.
+    /// Serve `Turbo::StreamsChannel` (`turbo_streams` in a settings file).
+    #[serde(rename = "turbo_streams")]
     pub turbo: bool,
     /// `config.turbo.signed_stream_verifier_key`, when the app sets one;
     /// otherwise the key is derived from `secret_key_base`.
+    #[serde(skip_serializing)]
     pub turbo_verifier_key: Option<String>,
     /// Serve `$pubsub` with `signed_stream_name`.
     pub pubsub_signed: bool,
@@ -70,6 +98,7 @@ pub struct RailsConfig {
     /// The secret of signed `$pubsub` names (AnyCable's `streams_secret`,
     /// used as it is). Default: `secret_key_base` itself, as anycable-rails
     /// falls back to.
+    #[serde(skip_serializing)]
     pub streams_secret: Option<String>,
 }
 
@@ -97,12 +126,11 @@ impl std::fmt::Debug for RailsConfig {
     }
 }
 
-impl RailsConfig {
-    /// A configuration for `secret_key_base`, with Rails' defaults elsewhere
-    /// and nothing enabled.
-    pub fn new(secret_key_base: impl Into<String>) -> Self {
+/// No secret, Rails' defaults elsewhere, nothing enabled.
+impl Default for RailsConfig {
+    fn default() -> Self {
         RailsConfig {
-            secret_key_base: vec![secret_key_base.into()],
+            secret_key_base: Vec::new(),
             key_derivation: KeyDigest::ALL.to_vec(),
             signed_cookie_digest: HmacDigest::Sha1,
             session_cookie: None,
@@ -116,10 +144,38 @@ impl RailsConfig {
             streams_secret: None,
         }
     }
+}
 
-    /// Checks the configuration.
+impl RailsConfig {
+    /// A configuration for `secret_key_base`, with Rails' defaults elsewhere
+    /// and nothing enabled.
+    pub fn new(secret_key_base: impl Into<String>) -> Self {
+        RailsConfig {
+            secret_key_base: vec![secret_key_base.into()],
+            ..RailsConfig::default()
+        }
+    }
+
+    /// Whether anything is asked of the integration: a secret, the session,
+    /// Turbo or `$pubsub`. A settings file without Rails keys gives `false`.
+    pub fn enabled(&self) -> bool {
+        !self.secret_key_base.is_empty()
+            || self.session_cookie.is_some()
+            || self.turbo
+            || self.pubsub_signed
+            || self.pubsub_public
+    }
+
+    /// Checks the configuration. Only public `$pubsub` streams work
+    /// without a `secret_key_base` (nothing to verify).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.secret_key_base.is_empty() || self.secret_key_base.iter().any(String::is_empty) {
+        let public_only = self.pubsub_public
+            && !self.pubsub_signed
+            && !self.turbo
+            && self.session_cookie.is_none();
+        if (self.secret_key_base.is_empty() && !public_only)
+            || self.secret_key_base.iter().any(String::is_empty)
+        {
             return Err(ConfigError::MissingSecret);
         }
         if let Some(short) = self.secret_key_base.iter().find(|s| s.len() < 30) {
@@ -156,6 +212,50 @@ impl RailsConfig {
     /// Validates and derives every key (PBKDF2 runs here, once).
     pub fn build(self) -> Result<Rails, ConfigError> {
         Rails::new(self)
+    }
+}
+
+/// Settings-file forms: a value from its text (`FromStr`), and a list from
+/// an array or from comma-separated text (what an environment variable
+/// holds).
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::{Deserializer, Error, Unexpected};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    fn parse<T: FromStr<Err: Display>, E: Error>(s: &str) -> Result<T, E> {
+        s.trim()
+            .parse()
+            .map_err(|e: T::Err| E::invalid_value(Unexpected::Str(s), &e.to_string().as_str()))
+    }
+
+    pub(super) fn one<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    pub(super) fn list<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        let items = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => s
+                .split(',')
+                .filter(|i| !i.trim().is_empty())
+                .map(str::to_owned)
+                .collect(),
+            OneOrMany::Many(v) => v,
+        };
+        items.iter().map(|i| parse(i)).collect()
     }
 }
 
@@ -432,5 +532,46 @@ mod tests {
             !shown.contains("xxxx") && !shown.contains("hush"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn deserialises_settings_and_never_serialises_secrets() {
+        let c: RailsConfig = serde_json::from_value(serde_json::json!({
+            "secret_key_base": "a".repeat(40) + ", " + &"b".repeat(40),
+            "key_derivation": ["SHA1", "sha256"],
+            "signed_cookie_digest": "SHA256",
+            "session_cookie": "_s",
+            "session_identifiers": "current_user=warden:user as User",
+            "global_id_app": "my-app",
+            "turbo_streams": true,
+            "streams_secret": "hush-hush",
+        }))
+        .unwrap();
+        assert_eq!(c.secret_key_base, ["a".repeat(40), "b".repeat(40)]);
+        assert_eq!(c.key_derivation, [KeyDigest::Sha1, KeyDigest::Sha256]);
+        assert_eq!(c.signed_cookie_digest, HmacDigest::Sha256);
+        assert_eq!(c.identifiers[0].global_id_model.as_deref(), Some("User"));
+        assert!(c.turbo && c.validate().is_ok());
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(
+            !shown.contains("aaaa") && !shown.contains("hush"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#""session_identifiers":["current_user=warden:user as User"]"#));
+        // Defaults when absent; unknown keys and bad values refused.
+        let d: RailsConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(d, RailsConfig::default());
+        assert!(!d.enabled());
+        assert!(serde_json::from_str::<RailsConfig>(r#"{"turbo": true}"#).is_err());
+        let e = serde_json::from_str::<RailsConfig>(r#"{"key_derivation": "md5"}"#).unwrap_err();
+        assert!(e.to_string().contains("SHA1 or SHA256"), "{e}");
+        // Public `$pubsub` streams alone need no secret; anything else does.
+        let mut p = RailsConfig {
+            pubsub_public: true,
+            ..RailsConfig::default()
+        };
+        assert!(p.enabled() && p.validate().is_ok());
+        p.pubsub_signed = true;
+        assert_eq!(p.validate(), Err(ConfigError::MissingSecret));
     }
 }

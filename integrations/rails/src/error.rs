@@ -53,7 +53,10 @@ pub enum CookieError {
 #[non_exhaustive]
 pub enum ConfigError {
     /// No `secret_key_base`, or an empty one.
-    #[error("secret_key_base is missing or empty")]
+    #[error(
+        "secret_key_base is missing or empty (session_cookie, turbo_streams and pubsub_signed \
+         need the app's secret)"
+    )]
     MissingSecret,
     /// `secret_key_base` is shorter than Rails accepts in production.
     #[error("secret_key_base is {0} bytes; Rails makes 128 hex characters (`bin/rails secret`) and refuses fewer than 30 in production")]

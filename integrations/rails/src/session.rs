@@ -183,6 +183,13 @@ impl fmt::Display for SessionIdentifier {
 #[error("identifier mapping {0:?} is not NAME=SESSION_KEY, NAME=warden:SCOPE, optionally followed by ` as Model`")]
 pub struct InvalidSessionIdentifier(pub String);
 
+/// As its text, `NAME=SOURCE[ as MODEL]` (what `FromStr` reads back).
+impl serde::Serialize for SessionIdentifier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for SessionIdentifier {
     type Err = InvalidSessionIdentifier;
 
