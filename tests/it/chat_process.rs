@@ -1,7 +1,6 @@
 //! Real `chat` processes: the chat example's command line, built as this
 //! package's `chat-node` binary (or `$CHAT_BIN`, a release build say).
 
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 
@@ -23,12 +22,7 @@ fn chat_command(args: &[&str], rust_log: &str) -> Command {
 /// A running `chat` process on a free port (a [`Server`]).
 pub struct Chat(Server);
 
-impl Deref for Chat {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
+newtype_deref!(Chat => Server);
 
 impl Chat {
     /// Starts `chat --bind 127.0.0.1:0 ARGS…` logging at `info` and waits

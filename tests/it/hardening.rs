@@ -189,25 +189,18 @@ async fn invalid_utf8_closes_with_1007_and_protocol_errors_with_1002() {
     bystander.subscribe(&room("utf8")).await;
 
     let mut c = Client::connect(&server, "bad-utf8").await;
-    c.ws.send(Message::Frame(WsFrame::message(
-        vec![b'{', 0xff, 0xfe, b'}'],
+    send_frame(
+        &mut c,
         OpCode::Data(OpData::Text),
-        true,
-    )))
-    .await
-    .unwrap();
+        vec![b'{', 0xff, 0xfe, b'}'],
+    )
+    .await;
     let closed = close_of(&mut c).await;
     assert_eq!(closed.0, 1007);
     assert_eq!(closed.1, "Could not decode a text frame as UTF-8");
 
     let mut c = Client::connect(&server, "bad-frame").await;
-    c.ws.send(Message::Frame(WsFrame::message(
-        b"stray".to_vec(),
-        OpCode::Data(OpData::Continue),
-        true,
-    )))
-    .await
-    .unwrap();
+    send_frame(&mut c, OpCode::Data(OpData::Continue), b"stray".to_vec()).await;
     let closed = close_of(&mut c).await;
     assert_eq!(closed.0, 1002);
     assert_eq!(closed.1, "Received unexpected continuation frame");
@@ -219,6 +212,13 @@ async fn invalid_utf8_closes_with_1007_and_protocol_errors_with_1002() {
     assert_eq!(closed.1, "WebSocket frame length too large");
 
     bystander.assert_alive(&room("utf8")).await;
+}
+
+/// Sends one final frame with `opcode` and `payload` as they are (nothing a
+/// well-behaved client would send).
+async fn send_frame(c: &mut Client, opcode: OpCode, payload: Vec<u8>) {
+    let frame = Message::Frame(WsFrame::message(payload, opcode, true));
+    c.ws.send(frame).await.expect("send a raw frame");
 }
 
 async fn close_of(c: &mut Client) -> (u16, String) {
@@ -340,16 +340,8 @@ async fn a_big_broadcast_drops_nobody() {
         members.push(c);
     }
     let big = "x".repeat(1536 * 1024);
-    server
-        .cable
-        .broadcast("chat_big", &json!({ "pad": big }))
-        .await
-        .unwrap();
-    server
-        .cable
-        .broadcast("chat_big", &json!({"n": 2}))
-        .await
-        .unwrap();
+    server.broadcast("chat_big", &json!({ "pad": big })).await;
+    server.broadcast("chat_big", &json!({"n": 2})).await;
     for c in &mut members {
         let got = c.recv().await;
         assert!(got.len() > 1536 * 1024, "{}", got.len());

@@ -128,22 +128,28 @@ async fn survives(case: &str) -> CaseResult {
     r
 }
 
+/// A flood case: survived, and the attack really sent something.
+async fn flood(case: &str) {
+    let r = survives(case).await;
+    assert!(
+        r.attack["sent"].as_u64().unwrap_or(0) > 0,
+        "{case}: nothing sent"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_subscribe_flood() {
-    let r = survives("subscribe_flood").await;
-    assert!(r.attack["sent"].as_u64().unwrap_or(0) > 0);
+    flood("subscribe_flood").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_action_flood() {
-    let r = survives("action_flood").await;
-    assert!(r.attack["sent"].as_u64().unwrap_or(0) > 0);
+    flood("action_flood").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ping_flood() {
-    let r = survives("ping_flood").await;
-    assert!(r.attack["sent"].as_u64().unwrap_or(0) > 0);
+    flood("ping_flood").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,6 @@
 //! in-process, and a client that connects the way its page does.
 
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
 
 use cable_core::{Cable, CableBuilder};
 use cable_server::ServerConfig;
@@ -15,18 +14,7 @@ pub const ORIGIN: &str = "http://allowed.test";
 /// The chat example's app on a free port (`cable_test::TestServer`).
 pub struct TestServer(cable_test::TestServer);
 
-impl Deref for TestServer {
-    type Target = cable_test::TestServer;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for TestServer {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+newtype_deref!(mut TestServer => cable_test::TestServer);
 
 /// `cable_test::TestServer::config()`: `ORIGIN` allowed, 300 ms heartbeat.
 pub fn test_config() -> ServerConfig {
@@ -50,6 +38,12 @@ impl TestServer {
         TestServer(cable_test::TestServer::serve(app, cable).await)
     }
 
+    /// Broadcasts `message` on `stream` through this server's cable.
+    pub async fn broadcast(&self, stream: &str, message: &serde_json::Value) {
+        let sent = self.cable.broadcast(stream, message).await;
+        sent.unwrap_or_else(|e| panic!("broadcast on {stream}: {e}"));
+    }
+
     /// `ws://ADDR/cable` followed by `query`.
     pub fn url(&self, query: &str) -> String {
         self.0.url(&format!("/cable{query}"))
@@ -59,18 +53,7 @@ impl TestServer {
 /// `cable_test::Client`, connected the way the chat page connects.
 pub struct Client(pub cable_test::Client);
 
-impl Deref for Client {
-    type Target = cable_test::Client;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+newtype_deref!(mut Client => cable_test::Client);
 
 impl Client {
     /// Connects as `user` (cookie) from `ORIGIN`, offering the JS client's

@@ -28,8 +28,19 @@ use serde_json::{json, Value};
 
 const PAGE: &str = include_str!("../assets/index.html");
 const ACTIONCABLE_JS: &str = include_str!("../assets/actioncable.esm.js");
-/// The same chat page on `@cable-rs/client` (js-client/), served at `/cable-client`.
-const CABLE_CLIENT_PAGE: &str = include_str!("../assets/index-cable-client.html");
+/// The same chat page on `@cable-rs/client` (js-client/), served at
+/// `/cable-client`: made from [`PAGE`], so that only the import (and the
+/// title and the line saying which client it is) differs.
+static CABLE_CLIENT_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    PAGE.replacen("<title>cable chat</title>", "<title>cable chat (@cable-rs/client)</title>", 1)
+        .replacen(
+            "the client is the unmodified <code>@rails/actioncable</code>.",
+            "the client is <code>@cable-rs/client</code> (<code>js-client/</code>), a drop-in for \
+             <code>@rails/actioncable</code>: only the import differs from <a href=\"/\">the other page</a>.",
+            1,
+        )
+        .replacen("/assets/actioncable.esm.js", "/assets/cable-client.esm.js", 1)
+});
 /// js-client's single-file build (`npm run build:asset` in js-client).
 const CABLE_CLIENT_JS: &str = include_str!("../assets/cable-client.esm.js");
 
@@ -154,7 +165,10 @@ pub struct Options {
 pub fn app(cable: Cable, opts: &Options) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/cable-client", get(|| async { Html(CABLE_CLIENT_PAGE) }))
+        .route(
+            "/cable-client",
+            get(|| async { Html(CABLE_CLIENT_PAGE.as_str()) }),
+        )
         .route(
             "/assets/actioncable.esm.js",
             get(|| async { javascript(ACTIONCABLE_JS) }),
@@ -234,5 +248,26 @@ async fn admin_disconnect(
     match cable.remote_disconnect(&ids, body.reconnect).await {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cable_client_page_differs_from_the_page_in_its_import_only() {
+        let page = super::CABLE_CLIENT_PAGE.as_str();
+        assert!(page.contains(r#"from "/assets/cable-client.esm.js""#));
+        assert!(!page.contains("actioncable.esm.js"));
+        assert!(page.contains("<title>cable chat (@cable-rs/client)</title>"));
+        assert!(page.contains("<code>@cable-rs/client</code>"));
+        let changed = page
+            .lines()
+            .zip(super::PAGE.lines())
+            .filter(|(a, b)| a != b);
+        assert_eq!(
+            changed.count(),
+            3,
+            "title, the line naming the client, the import"
+        );
     }
 }

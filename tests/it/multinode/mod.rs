@@ -230,10 +230,7 @@ async fn one_redis_subscription_per_process_while_clients_come_and_go() {
     let Some(shared) = Kind::Redis.shared().await else {
         return;
     };
-    let Plain::Redis(plain) = &shared.plain else {
-        unreachable!("a Redis backend")
-    };
-    let mut plain = plain.clone();
+    let mut plain = shared.redis();
     let (a, b) = shared.two_nodes().await;
     let prefix = &shared.prefix;
     let lobby = shared.channel("chat_lobby");

@@ -21,9 +21,7 @@ async fn pg_one_listening_connection_per_process() {
     let Some(shared) = Kind::Postgres.shared().await else {
         return;
     };
-    let Plain::Postgres(plain) = &shared.plain else {
-        unreachable!("a PostgreSQL backend")
-    };
+    let plain = shared.postgres();
     let (a, b) = shared.two_nodes().await;
     let name = |chat: &Chat| format!("ActionCable-PID-{}", chat.pid());
     // The listener connects in the background: wait for it.

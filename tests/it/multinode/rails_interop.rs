@@ -26,7 +26,6 @@
 //! unless `CI` is set.
 
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -42,12 +41,7 @@ fn rails_dir() -> PathBuf {
 /// One backend both servers use, with a prefix of this test's own.
 struct Interop(Shared);
 
-impl Deref for Interop {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
+newtype_deref!(Interop => Shared);
 
 impl Interop {
     /// The backend and the Ruby side, or None (after printing why) when either
@@ -149,12 +143,7 @@ async fn ruby_ready(kind: Kind) -> Option<()> {
 /// [`Server`]).
 struct Rails(Server);
 
-impl Deref for Rails {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
+newtype_deref!(Rails => Server);
 
 impl Rails {
     /// Starts puma with `env` and waits until it listens.
@@ -405,14 +394,16 @@ async fn redis_bignums_reencode_as_rails_does() {
 }
 
 /// How the server answers one way of ending a connection: the close code
-/// and reason the client is sent.
-async fn close_answer(addr: SocketAddr, case: &str) -> (u16, String) {
+/// and reason the client is sent; None for a reset when `retry` (the caller
+/// asks again).
+async fn close_answer(addr: SocketAddr, case: &str, retry: bool) -> Option<(u16, String)> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::{Error, Message};
 
     let mut req = format!("ws://{addr}/cable?user=closer")
         .into_client_request()
@@ -451,10 +442,17 @@ async fn close_answer(addr: SocketAddr, case: &str) -> (u16, String) {
     loop {
         match tokio::time::timeout(WAIT, ws.next()).await {
             Ok(Some(Ok(Message::Close(Some(f))))) => {
-                return (u16::from(f.code), f.reason.to_string())
+                return Some((u16::from(f.code), f.reason.to_string()))
             }
-            Ok(Some(Ok(Message::Close(None)))) => return (1005, String::new()),
+            Ok(Some(Ok(Message::Close(None)))) => return Some((1005, String::new())),
             Ok(Some(Ok(_))) => continue,
+            // Puma, busy on a loaded machine, now and then resets the
+            // connection instead of answering: not an answer to compare with.
+            Ok(Some(Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake))))
+                if retry =>
+            {
+                return None
+            }
             other => panic!("{case} on {addr}: no close frame ({other:?})"),
         }
     }
@@ -475,8 +473,17 @@ async fn rails_and_cable_close_connections_alike() {
         "stray continuation",
         "unknown opcode",
     ] {
-        let want = close_answer(rails.addr, case).await;
-        let got = close_answer(ours.addr, case).await;
+        let mut want = None;
+        for _ in 0..3 {
+            want = close_answer(rails.addr, case, true).await;
+            if want.is_some() {
+                break;
+            }
+        }
+        let want = want.unwrap_or_else(|| panic!("{case}: Rails reset the connection 3 times"));
+        let got = close_answer(ours.addr, case, false)
+            .await
+            .expect("no retry");
         assert_eq!(got, want, "{case}: cable vs Rails");
     }
 }

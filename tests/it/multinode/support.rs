@@ -3,7 +3,6 @@
 //! Rails' side would use, and a client that connects as the JS client does.
 
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
 use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -119,6 +118,22 @@ async fn try_postgres(url: &str) -> Option<tokio_postgres::Client> {
 }
 
 impl Shared {
+    /// The plain Redis connection (a Redis backend only).
+    pub fn redis(&self) -> redis::aio::MultiplexedConnection {
+        match &self.plain {
+            Plain::Redis(conn) => conn.clone(),
+            Plain::Postgres(_) => panic!("not a Redis backend"),
+        }
+    }
+
+    /// The plain PostgreSQL session (a PostgreSQL backend only).
+    pub fn postgres(&self) -> &tokio_postgres::Client {
+        match &self.plain {
+            Plain::Postgres(client) => client,
+            Plain::Redis(_) => panic!("not a PostgreSQL backend"),
+        }
+    }
+
     /// The backend's name for stream `stream` under this prefix.
     pub fn channel(&self, stream: &str) -> String {
         format!("{}:{stream}", self.prefix)
@@ -219,8 +234,8 @@ impl Shared {
     /// no other session's LISTENs; there the confirmation order is the
     /// guarantee (a node LISTENs on a user's channel before its welcome).
     pub async fn until_subscribed(&self, channel: &str, n: i64) {
-        if let Plain::Redis(conn) = &self.plain {
-            until_numsub(conn, channel, n).await;
+        if self.kind == Kind::Redis {
+            until_numsub(&self.redis(), channel, n).await;
         }
     }
 }
@@ -290,22 +305,9 @@ pub async fn channels(conn: &mut redis::aio::MultiplexedConnection, pattern: &st
 /// the user in `?user=`. It speaks to any ActionCable server (the Rails
 /// interop tests point it at Rails).
 /// Failures name it by its user, or `user@server` when the server was named.
-pub struct Client {
-    inner: cable_test::Client,
-}
+pub struct Client(cable_test::Client);
 
-impl Deref for Client {
-    type Target = cable_test::Client;
-    fn deref(&self) -> &Self::Target {
-        &self.inner
-    }
-}
-
-impl DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.inner
-    }
-}
+newtype_deref!(mut Client => cable_test::Client);
 
 impl Client {
     /// Connects to `chat` as `user` and reads the welcome.
@@ -333,7 +335,7 @@ impl Client {
             "{}: subprotocol",
             inner.name
         );
-        let mut client = Client { inner };
+        let mut client = Client(inner);
         client.expect(cable_test::frames::WELCOME).await;
         client
     }
@@ -355,17 +357,17 @@ impl Client {
     /// Subscribes and waits for `confirm_subscription`, which the server sends
     /// only once the adapter acknowledged the subscription.
     pub async fn join(&mut self, identifier: &str) {
-        self.inner.subscribe(identifier).await;
+        self.0.subscribe(identifier).await;
     }
 
     /// Performs `speak` with `body` in the room of `identifier`.
     pub async fn speak(&mut self, identifier: &str, body: &str) {
         let data = serde_json::json!({"action": "speak", "body": body});
-        self.inner.perform(identifier, data).await;
+        self.0.perform(identifier, data).await;
     }
 
     /// Closes the socket and waits for the server's side of the close.
     pub async fn leave(self) {
-        self.inner.leave().await;
+        self.0.leave().await;
     }
 }
