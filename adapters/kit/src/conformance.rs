@@ -27,12 +27,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cable_core::pubsub::{Delivery, PubSub};
+use cable_core::transport::{Inbound, Outbox, Outgoing};
 use cable_core::{
     authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest, Context,
     Identifiers, PubSubError, Unauthorized,
 };
 pub use cable_test::{eventually, frames, TestServer};
 use serde_json::json;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ACK_TIMEOUT;
@@ -432,4 +437,117 @@ pub async fn payload_limit<C: Conformance>() {
         .await
         .expect("a payload within the limit");
     ann.expect(&frames::message(&lobby, &payload(fits))).await;
+}
+
+/// A client driven through `run_connection`, with no socket, for
+/// adapter tests that need no transport; users as [`serve`] identifies them.
+pub struct LocalClient {
+    tx: Option<mpsc::UnboundedSender<Inbound>>,
+    outbox: Arc<Outbox>,
+    task: JoinHandle<()>,
+    pending: std::collections::VecDeque<Outgoing>,
+}
+
+impl LocalClient {
+    /// Connects as `user` and reads the welcome.
+    pub async fn connect(cable: &Cable, user: &str) -> LocalClient {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+        let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let outbox = cable_core::transport::new_outbox(cable);
+        let request = ConnectRequest::new("/cable", Some(&format!("user={user}")), vec![], None);
+        let task = tokio::spawn({
+            let cable = cable.clone();
+            let outbox = outbox.clone();
+            async move { cable_core::transport::run_connection(&cable, request, inbound, outbox).await }
+        });
+        let mut client = LocalClient {
+            tx: Some(tx),
+            outbox,
+            task,
+            pending: Default::default(),
+        };
+        assert_eq!(client.next_text().await, r#"{"type":"welcome"}"#);
+        client
+    }
+
+    /// Sends `command` as a text frame.
+    pub fn send(&self, command: Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Inbound::Text(command.to_string()));
+        }
+    }
+
+    /// Subscribes to `ChatChannel` in `room`; returns the identifier. Does not
+    /// wait for the confirmation.
+    pub fn start_subscribe(&self, room: &str) -> String {
+        let identifier = json!({"channel": "ChatChannel", "room": room}).to_string();
+        self.send(json!({"command": "subscribe", "identifier": identifier}));
+        identifier
+    }
+
+    /// Subscribes and waits for `confirm_subscription`.
+    pub async fn subscribe(&mut self, room: &str) -> String {
+        let identifier = self.start_subscribe(room);
+        self.expect_confirm(&identifier).await;
+        identifier
+    }
+
+    /// Asserts that the next frame confirms `identifier`.
+    pub async fn expect_confirm(&mut self, identifier: &str) {
+        let confirm = json!({"identifier": identifier, "type": "confirm_subscription"}).to_string();
+        assert_eq!(self.next_text().await, confirm);
+    }
+
+    /// The next item the connection sends, within [`cable_test::WAIT`]; pings skipped.
+    pub async fn next(&mut self) -> Outgoing {
+        tokio::time::timeout(cable_test::WAIT, self.next_inner())
+            .await
+            .expect("no frame within 5s")
+    }
+
+    async fn next_inner(&mut self) -> Outgoing {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if let Outgoing::Text(f) = &item {
+                    if f.as_str().contains(r#""type":"ping""#) {
+                        continue;
+                    }
+                }
+                return item;
+            }
+            let mut buf = Vec::new();
+            if !self.outbox.pop_batch(&mut buf, 64).await {
+                std::future::pending::<()>().await;
+            }
+            self.pending.extend(buf);
+        }
+    }
+
+    /// The next text frame.
+    pub async fn next_text(&mut self) -> String {
+        match self.next().await {
+            Outgoing::Text(f) => f.as_str().to_owned(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Whether anything arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.next_inner()).await.is_err()
+    }
+
+    /// Closes the socket side and waits for the connection to end.
+    pub async fn leave(mut self) {
+        self.tx = None;
+        let _ = tokio::time::timeout(cable_test::WAIT, &mut self.task).await;
+    }
+}
+
+/// `{"identifier":…,"message":…}` as the core frames it.
+pub fn message_frame(identifier: &str, message_json: &str) -> String {
+    format!(
+        r#"{{"identifier":{},"message":{}}}"#,
+        serde_json::to_string(identifier).expect("string"),
+        message_json
+    )
 }
