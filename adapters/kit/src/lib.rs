@@ -119,6 +119,8 @@ pub trait Backend: Send + Sync + 'static {
     type Session: Session;
     /// The backend's name for logs and errors ("redis", "postgres").
     const NAME: &'static str;
+    /// What logs call the subscriber connection ("listener" for PostgreSQL).
+    const ROLE: &'static str = "subscriber";
     /// Most operations sent in one [`Session::apply`].
     const MAX_BATCH: usize = 512;
     /// The backend's word for `op`, for logs and errors.

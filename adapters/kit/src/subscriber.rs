@@ -427,7 +427,7 @@ impl<B: Backend> Task<B> {
                     );
                 }
                 None => {
-                    tracing::info!(adapter = B::NAME, url = %self.url, channels, "subscriber connected")
+                    tracing::info!(adapter = B::NAME, url = %self.url, channels, "{} {} connected", B::NAME, B::ROLE)
                 }
             }
             first = false;

@@ -39,6 +39,7 @@ impl Drop for PgSession {
 impl Backend for PgBackend {
     type Session = PgSession;
     const NAME: &'static str = "postgres";
+    const ROLE: &'static str = "listener";
     const MAX_BATCH: usize = 512;
 
     fn verb(op: Op) -> &'static str {
