@@ -60,6 +60,11 @@ pub enum PubSubError {
 
 /// A pub/sub backend.
 ///
+/// The contract below is checked as code by the conformance suite of
+/// `cable-adapter-kit` (feature `conformance`), which every adapter runs
+/// against its real server; the kit's skeleton (command loop, reconnection,
+/// bounded inbox, lazy publisher) implements most of it for a new adapter.
+///
 /// Contract for implementors:
 /// - `subscribe` and `unsubscribe` take effect in call order: the command is
 ///   queued before the method returns; the returned [`Ack`] only reports the

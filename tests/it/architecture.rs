@@ -17,9 +17,12 @@ use serde_json::Value;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("cable-core", &[]),
     ("cable-server", &["cable-core"]),
-    ("cable-redis", &["cable-core"]),
-    ("cable-postgres", &["cable-core"]),
+    ("cable-redis", &["cable-core", "cable-adapter-kit"]),
+    ("cable-postgres", &["cable-core", "cable-adapter-kit"]),
     ("cable-rails", &["cable-core"]),
+    // The adapter skeleton. Its `conformance` feature (the suite, for the
+    // adapters' tests) adds cable-test and cable-server: see FEATURE_ONLY.
+    ("cable-adapter-kit", &["cable-core"]),
     // The test kit drives the transport, like any application.
     ("cable-test", &["cable-core", "cable-server"]),
     (
@@ -80,7 +83,26 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "cable-rails",
         &["axum", "hyper", "tungstenite", "cable-server"],
     ),
+    (
+        "cable-adapter-kit",
+        &[
+            "axum",
+            "hyper",
+            "tungstenite",
+            "cable-server",
+            "redis",
+            "tokio-postgres",
+            "async-nats",
+        ],
+    ),
 ];
+
+/// Features of a library that only tests may enable: their optional
+/// dependencies are not part of the library's tree (`cargo metadata`
+/// unifies features over the workspace, dev-dependencies included), and
+/// `features_for_tests_stay_in_dev_dependencies` checks that no library
+/// enables them through a normal dependency.
+const FEATURE_ONLY: &[(&str, &str)] = &[("cable-adapter-kit", "conformance")];
 
 struct Graph {
     /// Package id -> name.
@@ -89,6 +111,8 @@ struct Graph {
     normal: BTreeMap<String, Vec<String>>,
     /// Names of the workspace members.
     members: BTreeSet<String>,
+    /// The metadata itself, for the manifests' own declarations.
+    meta: Value,
 }
 
 fn graph() -> Graph {
@@ -139,8 +163,23 @@ fn graph() -> Graph {
         .iter()
         .map(|id| names[id.as_str().expect("member id")].clone())
         .collect();
+    // (package id, dependency name) edges that exist only through FEATURE_ONLY.
+    let mut feature_only = BTreeSet::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        for (krate, feature) in FEATURE_ONLY {
+            if p["name"] == *krate {
+                for dep in p["features"][feature].as_array().into_iter().flatten() {
+                    if let Some(name) = dep.as_str().and_then(|d| d.strip_prefix("dep:")) {
+                        feature_only
+                            .insert((p["id"].as_str().expect("id").to_owned(), name.to_owned()));
+                    }
+                }
+            }
+        }
+    }
     let mut normal = BTreeMap::new();
     for node in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
+        let node_id = node["id"].as_str().expect("node id");
         let deps = node["deps"]
             .as_array()
             .expect("deps")
@@ -151,6 +190,7 @@ fn graph() -> Graph {
                     .is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null()))
             })
             .map(|d| d["pkg"].as_str().expect("pkg").to_owned())
+            .filter(|pkg| !feature_only.contains(&(node_id.to_owned(), names[pkg].clone())))
             .collect::<Vec<_>>();
         normal.insert(node["id"].as_str().expect("node id").to_owned(), deps);
     }
@@ -158,6 +198,7 @@ fn graph() -> Graph {
         names,
         normal,
         members,
+        meta,
     }
 }
 
@@ -256,5 +297,27 @@ fn every_library_crate_is_covered_by_the_rules() {
     assert!(
         unknown.is_empty(),
         "workspace members without a rule in ARCHITECTURE.md and tests/it/architecture.rs: {unknown:?}"
+    );
+}
+
+#[test]
+fn features_for_tests_stay_in_dev_dependencies() {
+    let g = graph();
+    let mut wrong = Vec::new();
+    for p in g.meta["packages"].as_array().expect("packages") {
+        for dep in p["dependencies"].as_array().into_iter().flatten() {
+            for (krate, feature) in FEATURE_ONLY {
+                let enables = dep["features"]
+                    .as_array()
+                    .is_some_and(|fs| fs.iter().any(|f| f == feature));
+                if dep["name"] == *krate && dep["kind"].is_null() && enables {
+                    wrong.push(format!("{} enables {krate}/{feature}", p["name"]));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "test-only features enabled by a normal dependency: {wrong:?}"
     );
 }

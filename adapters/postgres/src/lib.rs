@@ -137,26 +137,22 @@ mod listener;
 mod naming;
 mod publisher;
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
 
-use crate::listener::{Command, Listener, State};
 use crate::naming::{channel_name, unusable, MAX_IDENTIFIER};
-use crate::publisher::Publisher;
 
-/// How long a broadcast may take, connecting included, before it fails.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a subscribe or unsubscribe may wait for PostgreSQL to run the
 /// `LISTEN`/`UNLISTEN` (including for the connection to come back) before its
 /// [`Ack`] fails.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub use cable_adapter_kit::ACK_TIMEOUT;
+/// How long a broadcast may take, connecting included, before it fails.
+pub use cable_adapter_kit::PUBLISH_TIMEOUT;
 /// The largest broadcast payload, in bytes: PostgreSQL refuses `NOTIFY`
 /// payloads of 8000 bytes or more (`BLCKSZ - NAMEDATALEN - 128` with the
 /// default build settings).
@@ -356,9 +352,9 @@ pub enum PostgresConfigError {
 /// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
 /// background tasks and closes both connections.
 pub struct PostgresPubSub {
-    commands: mpsc::UnboundedSender<Command>,
-    state: Arc<State>,
-    publisher: Publisher,
+    subscriber: Subscriber,
+    status: Status,
+    publisher: LazyPublisher<publisher::PgPublish>,
     config: PostgresConfig,
 }
 
@@ -379,17 +375,17 @@ impl PostgresPubSub {
     /// broadcast.
     pub fn new(config: PostgresConfig, delivery: Delivery) -> Result<Self, PostgresConfigError> {
         let (listen, publish) = config.connection_configs()?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| PostgresConfigError::NoRuntime)?;
-        let state = Arc::new(State::default());
-        let (commands, rx) = mpsc::unbounded_channel();
         let url = redact_url(&config.url);
-        let listener = Listener::new(listen, url.clone(), delivery, state.clone(), rx);
-        runtime.spawn(listener.run());
+        let backend = listener::PgBackend { config: listen };
+        let subscriber = Subscriber::spawn(backend, delivery, url.clone())
+            .map_err(|_| PostgresConfigError::NoRuntime)?;
         Ok(PostgresPubSub {
-            commands,
-            state,
-            publisher: Publisher::new(publish, url),
+            status: subscriber.status(),
+            subscriber,
+            publisher: LazyPublisher::new(publisher::PgPublish {
+                config: publish,
+                url,
+            }),
             config,
         })
     }
@@ -402,21 +398,20 @@ impl PostgresPubSub {
     /// How many times the listening connection was re-established after it
     /// had been up and was lost. The first connection does not count.
     pub fn reconnects(&self) -> u64 {
-        self.state.reconnects.load(Ordering::Relaxed)
+        self.status.reconnects()
     }
 
     /// Whether the listening connection is up and has `LISTEN`ed every active
     /// channel.
     pub fn is_connected(&self) -> bool {
-        self.state.connected.load(Ordering::Acquire)
+        self.status.is_connected()
     }
 
     /// A cloneable handle on the listening connection, to keep for health
     /// checks and metrics once the adapter has moved into the `Cable`.
     pub fn status(&self) -> PostgresStatus {
         PostgresStatus {
-            state: self.state.clone(),
-            commands: self.commands.downgrade(),
+            status: self.status.clone(),
         }
     }
 
@@ -441,50 +436,19 @@ impl PostgresPubSub {
         }
     }
 
-    /// Queues a LISTEN or UNLISTEN for the listener task now (so calls take
-    /// effect in order) and returns a future for its outcome.
+    /// A LISTEN or UNLISTEN for the kit's subscriber, or why the stream
+    /// cannot be a channel.
     fn queue(&self, listen: bool, stream: &str) -> Ack {
-        let channel = match self.checked_channel(stream) {
-            Ok(channel) => channel,
+        match self.checked_channel(stream) {
+            Ok(channel) if listen => self.subscriber.subscribe(stream, channel),
+            Ok(channel) => self.subscriber.unsubscribe(stream, channel),
             // Nothing was listened to, so there is nothing to unlisten.
-            Err(_) if !listen => return ready(Ok(())),
+            Err(_) if !listen => ready(Ok(())),
             Err(e) => {
                 tracing::error!(stream, error = %e, "cannot LISTEN");
-                return ready(Err(e));
+                ready(Err(e))
             }
-        };
-        let (reply, rx) = oneshot::channel();
-        let stream: Arc<str> = stream.into();
-        let command = if listen {
-            Command::Listen {
-                stream,
-                channel,
-                reply,
-            }
-        } else {
-            Command::Unlisten {
-                stream,
-                channel,
-                reply,
-            }
-        };
-        if self.commands.send(command).is_err() {
-            return ready(Err(PubSubError::Closed));
         }
-        // Counted from the call, not from the first poll of the Ack.
-        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(PubSubError::Closed),
-                Err(_) => Err(PubSubError::Unavailable(format!(
-                    "postgres did not run {} within {}s (not connected?); it still takes \
-                     effect once the connection is back",
-                    if listen { "LISTEN" } else { "UNLISTEN" },
-                    ACK_TIMEOUT.as_secs()
-                ))),
-            }
-        })
     }
 }
 
@@ -566,19 +530,18 @@ impl PubSub for PostgresPubSub {
 /// ```
 #[derive(Clone)]
 pub struct PostgresStatus {
-    state: Arc<State>,
-    commands: mpsc::WeakUnboundedSender<Command>,
+    status: Status,
 }
 
 impl PostgresStatus {
     /// See [`PostgresPubSub::is_connected`].
     pub fn is_connected(&self) -> bool {
-        self.state.connected.load(Ordering::Acquire)
+        self.status.is_connected()
     }
 
     /// See [`PostgresPubSub::reconnects`].
     pub fn reconnects(&self) -> u64 {
-        self.state.reconnects.load(Ordering::Relaxed)
+        self.status.reconnects()
     }
 
     /// The channels the listening connection is listening to, sorted, as
@@ -590,22 +553,7 @@ impl PostgresStatus {
     /// Fails with [`PubSubError::Unavailable`] while the listener is not
     /// connected, and with [`PubSubError::Closed`] once the adapter is gone.
     pub async fn listening_channels(&self) -> Result<Vec<String>, PubSubError> {
-        let Some(commands) = self.commands.upgrade() else {
-            return Err(PubSubError::Closed);
-        };
-        let (reply, rx) = oneshot::channel();
-        if commands.send(Command::Channels { reply }).is_err() {
-            return Err(PubSubError::Closed);
-        }
-        drop(commands);
-        match tokio::time::timeout(ACK_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(PubSubError::Closed),
-            Err(_) => Err(PubSubError::Unavailable(format!(
-                "no answer from the postgres listener within {}s",
-                ACK_TIMEOUT.as_secs()
-            ))),
-        }
+        self.status.subscriptions().await
     }
 }
 

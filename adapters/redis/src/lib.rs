@@ -17,6 +17,9 @@
 //!   connection's `action_cable/<id>` like any other stream.
 //!
 //! # Connections
+//! Both are driven by `cable-adapter-kit`, the skeleton shared by every
+//! adapter; this crate supplies only what is Redis about them.
+//!
 //! Each [`RedisPubSub`] keeps two connections, both named with `CLIENT SETNAME`
 //! ([`RedisConfig::connection_name`], `ActionCable-PID-<pid>` by default, as
 //! Rails does):
@@ -98,27 +101,19 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
-mod inbox;
+mod backend;
 mod publisher;
-mod subscriber;
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::publisher::Publisher;
-use crate::subscriber::{Command, Op, State, Subscriber};
-
-/// How long a broadcast may take, connecting included, before it fails.
-pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub use cable_adapter_kit::ACK_TIMEOUT;
+/// How long a broadcast may take, connecting included, before it fails.
+pub use cable_adapter_kit::PUBLISH_TIMEOUT;
 /// Default of [`RedisConfig::max_backlog_bytes`]: 64 MiB.
 pub const DEFAULT_MAX_BACKLOG_BYTES: usize = 64 << 20;
 
@@ -234,9 +229,9 @@ pub enum RedisConfigError {
 /// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
 /// background task and closes both connections.
 pub struct RedisPubSub {
-    commands: mpsc::UnboundedSender<Command>,
-    state: Arc<State>,
-    publisher: Publisher,
+    subscriber: Subscriber,
+    status: Status,
+    publisher: LazyPublisher<publisher::RedisPublish>,
     config: RedisConfig,
 }
 
@@ -257,32 +252,27 @@ impl RedisPubSub {
     /// first broadcast.
     pub fn new(config: RedisConfig, delivery: Delivery) -> Result<Self, RedisConfigError> {
         let client = config.client()?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RedisConfigError::NoRuntime)?;
         if matches!(
             client.get_connection_info().addr(),
             redis::ConnectionAddr::TcpTls { .. }
         ) {
             install_tls_provider();
         }
-
-        let state = Arc::new(State::default());
-        let (commands, rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber::new(
-            client.clone(),
+        let backend = backend::RedisBackend::new(
+            &client,
             config.connection_name.clone(),
-            prefix_of(&config),
-            redact_url(&config.url),
-            delivery,
-            state.clone(),
             config.max_backlog_bytes,
-            rx,
         );
-        runtime.spawn(subscriber.run());
+        let subscriber = Subscriber::spawn(backend, delivery, redact_url(&config.url))
+            .map_err(|_| RedisConfigError::NoRuntime)?;
+        let publisher = LazyPublisher::new(publisher::RedisPublish {
+            client,
+            name: config.connection_name.clone(),
+        });
         Ok(RedisPubSub {
-            commands,
-            state,
-            publisher: Publisher::new(client, config.connection_name.clone()),
+            status: subscriber.status(),
+            subscriber,
+            publisher,
             config,
         })
     }
@@ -299,65 +289,37 @@ impl RedisPubSub {
     /// How many times the subscriber connection was re-established after it
     /// had been up and was lost. The first connection does not count.
     pub fn reconnects(&self) -> u64 {
-        self.state.reconnects.load(Ordering::Relaxed)
+        self.status.reconnects()
     }
 
     /// Whether the subscriber connection is up and has re-subscribed every
     /// active stream.
     pub fn is_connected(&self) -> bool {
-        self.state.connected.load(Ordering::Acquire)
+        self.status.is_connected()
     }
 
     /// Messages received from Redis and not yet handed to the hub, now.
     pub fn backlog(&self) -> u64 {
-        self.state.backlog.load(Ordering::Relaxed)
+        self.status.backlog()
     }
 
     /// Messages received from Redis and dropped because the backlog was
     /// full ([`RedisConfig::max_backlog_bytes`]), since the adapter was built.
     pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
+        self.status.dropped()
     }
 
     /// A cloneable handle on the connection state, to keep for health checks
     /// and metrics once the adapter has moved into the `Cable`.
     pub fn status(&self) -> RedisStatus {
         RedisStatus {
-            state: self.state.clone(),
+            status: self.status.clone(),
         }
     }
 
     /// The settings this adapter was built with.
     pub fn config(&self) -> &RedisConfig {
         &self.config
-    }
-
-    /// Queues `op` for the subscriber task now (so calls take effect in
-    /// order) and returns a future for Redis' reply.
-    fn queue(&self, op: Op, stream: &str) -> Ack {
-        let (reply, rx) = oneshot::channel();
-        let command = Command {
-            op,
-            channel: self.redis_channel(stream),
-            reply,
-        };
-        if self.commands.send(command).is_err() {
-            return Box::pin(std::future::ready(Err(PubSubError::Closed)));
-        }
-        // Counted from the call, not from the first poll of the Ack.
-        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(PubSubError::Closed),
-                Err(_) => Err(PubSubError::Unavailable(format!(
-                    "redis did not acknowledge {} within {}s (not connected?); \
-                     it still takes effect once the connection is back",
-                    op.command(),
-                    ACK_TIMEOUT.as_secs()
-                ))),
-            }
-        })
     }
 }
 
@@ -370,11 +332,13 @@ impl PubSub for RedisPubSub {
     }
 
     fn subscribe(&self, stream: &str) -> Ack {
-        self.queue(Op::Subscribe, stream)
+        self.subscriber
+            .subscribe(stream, self.redis_channel(stream))
     }
 
     fn unsubscribe(&self, stream: &str) -> Ack {
-        self.queue(Op::Unsubscribe, stream)
+        self.subscriber
+            .unsubscribe(stream, self.redis_channel(stream))
     }
 
     fn reconnects(&self) -> u64 {
@@ -418,28 +382,28 @@ impl PubSub for RedisPubSub {
 /// ```
 #[derive(Clone)]
 pub struct RedisStatus {
-    state: Arc<State>,
+    status: Status,
 }
 
 impl RedisStatus {
     /// See [`RedisPubSub::is_connected`].
     pub fn is_connected(&self) -> bool {
-        self.state.connected.load(Ordering::Acquire)
+        self.status.is_connected()
     }
 
     /// See [`RedisPubSub::reconnects`].
     pub fn reconnects(&self) -> u64 {
-        self.state.reconnects.load(Ordering::Relaxed)
+        self.status.reconnects()
     }
 
     /// See [`RedisPubSub::backlog`].
     pub fn backlog(&self) -> u64 {
-        self.state.backlog.load(Ordering::Relaxed)
+        self.status.backlog()
     }
 
     /// See [`RedisPubSub::dropped`].
     pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
+        self.status.dropped()
     }
 }
 
@@ -452,11 +416,6 @@ impl std::fmt::Debug for RedisStatus {
             .field("dropped", &self.dropped())
             .finish()
     }
-}
-
-/// The `<prefix>:` that incoming channel names start with.
-fn prefix_of(config: &RedisConfig) -> Option<String> {
-    config.channel_prefix.as_ref().map(|p| format!("{p}:"))
 }
 
 /// rustls needs a process-wide crypto provider; install ring unless the
@@ -517,9 +476,10 @@ mod tests {
         assert!(matches!(r, Err(RedisConfigError::NoRuntime)));
     }
 
-    #[test]
-    fn empty_prefix_is_rails_compact_join() {
+    #[tokio::test]
+    async fn empty_prefix_is_rails_compact_join() {
         let c = RedisConfig::new("redis://localhost").channel_prefix("");
-        assert_eq!(prefix_of(&c).as_deref(), Some(":"));
+        let redis = RedisPubSub::new(c, Delivery::detached()).expect("valid config");
+        assert_eq!(redis.redis_channel("room"), ":room");
     }
 }

@@ -1,138 +1,52 @@
-//! The publishing side: one multiplexed connection shared by every
-//! broadcast, opened on first use and replaced after a connection failure.
+//! The publishing side for the kit's [`LazyPublisher`](cable_adapter_kit::LazyPublisher):
+//! one multiplexed connection shared by every broadcast.
 
-use std::sync::Mutex;
-use std::time::Duration;
-
+use cable_adapter_kit::{async_trait, Publish, PublishFailure, PUBLISH_TIMEOUT};
 use cable_core::PubSubError;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
-use tokio::time::{timeout_at, Instant};
 
-use crate::PUBLISH_TIMEOUT;
-
-/// After a failed connect, broadcasts fail at once for this long instead of
-/// each trying again: a burst of broadcasts during an outage must not become a
-/// burst of connection attempts.
-const RETRY_HOLDOFF: Duration = Duration::from_millis(100);
-
-pub(crate) struct Publisher {
-    client: redis::Client,
-    name: String,
-    slot: Mutex<Slot>,
-    /// Serializes connection attempts; never held while publishing.
-    connecting: tokio::sync::Mutex<()>,
+pub(crate) struct RedisPublish {
+    pub(crate) client: redis::Client,
+    pub(crate) name: String,
 }
 
-#[derive(Default)]
-struct Slot {
-    conn: Option<MultiplexedConnection>,
-    /// Bumped for every new connection, so that a caller that saw the old one
-    /// fail cannot discard its replacement.
-    generation: u64,
-    last_failure: Option<(Instant, PubSubError)>,
-}
+#[async_trait]
+impl Publish for RedisPublish {
+    type Conn = MultiplexedConnection;
+    const NAME: &'static str = "redis";
+    const COMMAND: &'static str = "PUBLISH";
 
-impl Publisher {
-    pub(crate) fn new(client: redis::Client, name: String) -> Self {
-        Publisher {
-            client,
-            name,
-            slot: Mutex::new(Slot::default()),
-            connecting: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// `PUBLISH channel payload`, within [`PUBLISH_TIMEOUT`] all told.
-    pub(crate) async fn publish(&self, channel: &str, payload: &str) -> Result<(), PubSubError> {
-        let deadline = Instant::now() + PUBLISH_TIMEOUT;
-        let (generation, mut conn) = match timeout_at(deadline, self.connection()).await {
-            Ok(found) => found?,
-            Err(_) => {
-                return Err(PubSubError::Unavailable(format!(
-                    "could not connect to redis within {}s",
-                    PUBLISH_TIMEOUT.as_secs()
-                )))
-            }
-        };
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(payload);
-        match timeout_at(deadline, cmd.query_async::<redis::Value>(&mut conn)).await {
-            Ok(Ok(_receivers)) => Ok(()),
-            Ok(Err(e)) => {
-                // A server error leaves the connection usable; anything else
-                // (I/O, protocol) means it must be replaced.
-                if !matches!(e.kind(), ErrorKind::Server(_)) {
-                    self.discard(generation);
-                }
-                Err(to_pubsub_error(&e))
-            }
-            Err(_) => {
-                self.discard(generation);
-                Err(PubSubError::Unavailable(format!(
-                    "no reply to PUBLISH from redis within {}s",
-                    PUBLISH_TIMEOUT.as_secs()
-                )))
-            }
-        }
-    }
-
-    /// The current connection, connecting if there is none.
-    async fn connection(&self) -> Result<(u64, MultiplexedConnection), PubSubError> {
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        if let Some((at, error)) = &self.slot().last_failure {
-            if at.elapsed() < RETRY_HOLDOFF {
-                return Err(error.clone());
-            }
-        }
-        match self.connect().await {
-            Ok(conn) => {
-                let mut slot = self.slot();
-                slot.generation += 1;
-                slot.conn = Some(conn.clone());
-                slot.last_failure = None;
-                Ok((slot.generation, conn))
-            }
-            Err(e) => {
-                let error = to_pubsub_error(&e);
-                tracing::debug!(error = %e, "redis publisher could not connect");
-                self.slot().last_failure = Some((Instant::now(), error.clone()));
-                Err(error)
-            }
-        }
-    }
-
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        let slot = self.slot();
-        slot.conn.clone().map(|c| (slot.generation, c))
-    }
-
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connect(&self) -> Result<MultiplexedConnection, PubSubError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(PUBLISH_TIMEOUT))
             .set_response_timeout(Some(PUBLISH_TIMEOUT));
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .await
+            .map_err(|e| to_pubsub_error(&e))?;
         set_name(&mut conn, &self.name).await;
         Ok(conn)
     }
 
-    fn discard(&self, generation: u64) {
-        let mut slot = self.slot();
-        if slot.generation == generation {
-            slot.conn = None;
+    /// `PUBLISH channel payload`, as Rails sends it.
+    async fn publish(
+        &self,
+        conn: &MultiplexedConnection,
+        channel: &str,
+        payload: &str,
+    ) -> Result<(), PublishFailure> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        match cmd.query_async::<redis::Value>(&mut conn.clone()).await {
+            Ok(_receivers) => Ok(()),
+            Err(e) => Err(PublishFailure {
+                error: to_pubsub_error(&e),
+                // A server error leaves the connection usable; anything else
+                // (I/O, protocol) means it must be replaced.
+                broken: !matches!(e.kind(), ErrorKind::Server(_)),
+            }),
         }
     }
 }

@@ -3,48 +3,15 @@
 //! reachable Redis the tests print `SKIPPED: …` and pass, unless `CI` is set.
 //! The outage tests start their own redis-server on a free port.
 
+mod conformance;
 mod support;
 
 use std::time::Duration;
 
 use cable_core::transport::Outgoing;
-use cable_core::{Identifiers, PubSubError};
+use cable_core::PubSubError;
 use serde_json::json;
 use support::*;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_on_one_node_reaches_subscribers_on_another() {
-    let Some((url, _)) = shared_redis().await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (a, status_a) = node(&url, &prefix);
-    let (b, status_b) = node(&url, &prefix);
-    // Same streams, other prefix: must not hear anything.
-    let (other, status_other) = node(&url, &unique_prefix());
-    until_connected(&status_a).await;
-    until_connected(&status_b).await;
-    until_connected(&status_other).await;
-
-    let mut bob = Client::connect(&b, "bob").await;
-    let id = bob.subscribe("lobby").await;
-    let mut carol = Client::connect(&a, "carol").await;
-    carol.subscribe("lobby").await;
-    let mut eve = Client::connect(&other, "eve").await;
-    eve.subscribe("lobby").await;
-
-    a.broadcast("chat_lobby", &json!({"user": "alice", "body": "hi"}))
-        .await
-        .expect("broadcast");
-    let expected = message_frame(&id, r#"{"user":"alice","body":"hi"}"#);
-    assert_eq!(bob.next_text().await, expected);
-    // The sender's own node hears it back through Redis, exactly once.
-    assert_eq!(carol.next_text().await, expected);
-    assert!(carol.quiet_for(Duration::from_millis(200)).await);
-    assert!(eve.quiet_for(Duration::from_millis(200)).await);
-    assert_eq!(b.adapter_name(), "redis");
-    assert!(b.is_healthy());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_publish_from_rails_reaches_subscribers() {
@@ -71,147 +38,6 @@ async fn raw_publish_from_rails_reaches_subscribers() {
     // A broadcast published without the prefix is another channel.
     publish(&mut plain, "chat_lobby", r#"{"user":"x"}"#).await;
     assert!(client.quiet_for(Duration::from_millis(200)).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_redis_subscription_per_node_per_stream() {
-    let Some((url, mut plain)) = shared_redis().await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (a, status_a) = node(&url, &prefix);
-    let (b, status_b) = node(&url, &prefix);
-    until_connected(&status_a).await;
-    until_connected(&status_b).await;
-    let lobby = format!("{prefix}:chat_lobby");
-
-    let mut on_a = Vec::new();
-    for user in ["a1", "a2", "a3"] {
-        let mut c = Client::connect(&a, user).await;
-        c.subscribe("lobby").await;
-        on_a.push(c);
-    }
-    assert_eq!(numsub(&mut plain, &lobby).await, 1);
-    let mut on_b = Vec::new();
-    for user in ["b1", "b2"] {
-        let mut c = Client::connect(&b, user).await;
-        c.subscribe("lobby").await;
-        on_b.push(c);
-    }
-    assert_eq!(numsub(&mut plain, &lobby).await, 2, "one per node");
-
-    // Every connection's internal channel plus the one shared stream.
-    let mut expected: Vec<String> = ["a1", "a2", "a3", "b1", "b2"]
-        .iter()
-        .map(|u| format!("{prefix}:action_cable/{u}"))
-        .chain([lobby.clone()])
-        .collect();
-    expected.sort();
-    let pattern = format!("{prefix}:*");
-    eventually("PUBSUB CHANNELS lists every stream", || {
-        let mut plain = plain.clone();
-        let (pattern, expected) = (pattern.clone(), expected.clone());
-        async move { channels(&mut plain, &pattern).await == expected }
-    })
-    .await;
-
-    // Node A keeps its subscription while any local client remains.
-    let last_a = on_a.pop().expect("three clients");
-    for c in on_a {
-        c.leave().await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(numsub(&mut plain, &lobby).await, 2);
-    last_a.leave().await;
-    eventually("node A unsubscribed", || {
-        let mut plain = plain.clone();
-        let lobby = lobby.clone();
-        async move { numsub(&mut plain, &lobby).await == 1 }
-    })
-    .await;
-    for c in on_b {
-        c.leave().await;
-    }
-    eventually("no subscriptions left", || {
-        let mut plain = plain.clone();
-        let (lobby, pattern) = (lobby.clone(), pattern.clone());
-        async move {
-            numsub(&mut plain, &lobby).await == 0 && channels(&mut plain, &pattern).await.is_empty()
-        }
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_disconnect_across_nodes() {
-    let Some((url, mut plain)) = shared_redis().await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (a, status_a) = node(&url, &prefix);
-    let (b, status_b) = node(&url, &prefix);
-    until_connected(&status_a).await;
-    until_connected(&status_b).await;
-
-    let mut alice = Client::connect(&b, "alice").await;
-    let mut bob = Client::connect(&b, "bob").await;
-    let mut dave = Client::connect(&b, "dave").await;
-    // The welcome does not wait for the internal channel; Redis must have it
-    // before a disconnect can arrive.
-    for user in ["alice", "bob", "dave"] {
-        let channel = format!("{prefix}:action_cable/{user}");
-        eventually("internal channel subscribed", || {
-            let mut plain = plain.clone();
-            let channel = channel.clone();
-            async move { numsub(&mut plain, &channel).await == 1 }
-        })
-        .await;
-    }
-
-    // Rails 7.1+: remote_connections.where(current_user: alice).disconnect(reconnect: false)
-    a.remote_disconnect(&Identifiers::new().with("current_user", "alice"), false)
-        .await
-        .expect("remote disconnect");
-    assert_eq!(
-        alice.next_text().await,
-        r#"{"type":"disconnect","reason":"remote","reconnect":false}"#
-    );
-    assert!(matches!(alice.next().await, Outgoing::Close { .. }));
-    assert!(bob.quiet_for(Duration::from_millis(200)).await);
-
-    // Rails 6.1/7.0 publish no `reconnect`, which means true.
-    publish(
-        &mut plain,
-        &format!("{prefix}:action_cable/dave"),
-        r#"{"type":"disconnect"}"#,
-    )
-    .await;
-    assert_eq!(
-        dave.next_text().await,
-        r#"{"type":"disconnect","reason":"remote","reconnect":true}"#
-    );
-    assert!(matches!(dave.next().await, Outgoing::Close { .. }));
-    assert!(bob.quiet_for(Duration::from_millis(100)).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirmation_waits_for_redis_subscribe() {
-    let Some((url, mut plain)) = shared_redis().await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "zed").await;
-    for i in 0..20 {
-        let id = client.start_subscribe(&format!("r{i}"));
-        client.expect_confirm(&id).await;
-        assert_eq!(
-            numsub(&mut plain, &format!("{prefix}:chat_r{i}")).await,
-            1,
-            "confirm_subscription for r{i} before Redis acknowledged SUBSCRIBE"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,553 @@
+//! The pub/sub conformance suite: the adapter contract of
+//! `cable_core::pubsub::PubSub`, as code, run by every adapter against its
+//! real server.
+//!
+//! An adapter's test implements [`Conformance`] (make an adapter for a node,
+//! count backend subscriptions, break connections, name its payload limit)
+//! and expands [`conformance_tests!`](crate::conformance_tests), which
+//! makes one `#[tokio::test]` per property; a property added here runs for
+//! every adapter. Nodes are real servers ([`cable_test::TestServer`]) with
+//! real WebSocket clients; each test uses a channel prefix of its own, so
+//! tests run in parallel against one server. Without a reachable server
+//! [`Conformance::setup`] prints `SKIPPED: …` (see [`skip`]) and the test
+//! passes, unless `CI` is set.
+//!
+//! ```ignore
+//! struct Redis { /* a plain connection for probes */ }
+//! #[async_trait]
+//! impl Conformance for Redis { /* ... */ }
+//! cable_adapter_kit::conformance_tests!(Redis);
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cable_core::pubsub::{Delivery, PubSub};
+use cable_core::transport::{Inbound, Outbox, Outgoing};
+use cable_core::{
+    authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest, Context,
+    Identifiers, PubSubError, Unauthorized,
+};
+pub use cable_test::{eventually, frames, TestServer};
+use serde_json::json;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::ACK_TIMEOUT;
+
+/// What an adapter's test supplies to the suite.
+#[async_trait]
+pub trait Conformance: Sized + Send + Sync + 'static {
+    /// The adapter under test.
+    type Adapter: PubSub;
+    /// What the probes need to know of one node (its status handle, its
+    /// connection names).
+    type Node: Send + Sync + 'static;
+
+    /// Connects to the real server for probes, or None after [`skip`].
+    async fn setup() -> Option<Self>;
+    /// An adapter for node `node` on channel prefix `prefix` (nodes sharing
+    /// a prefix hear each other), delivering through `delivery`.
+    fn adapter(&self, prefix: &str, node: &str, delivery: Delivery) -> (Self::Adapter, Self::Node);
+    /// An adapter pointed at a backend that is not there (a closed port).
+    fn unreachable(&self, prefix: &str, delivery: Delivery) -> Self::Adapter;
+    /// How many backend subscriptions carry `stream` of `prefix`, over
+    /// `nodes`, which are every node of the test on `prefix` (Redis: `PUBSUB NUMSUB`; PostgreSQL: each listener's
+    /// `pg_listening_channels()`).
+    async fn backend_subscriptions(
+        &self,
+        nodes: &[&Self::Node],
+        prefix: &str,
+        stream: &str,
+    ) -> usize;
+    /// Kills the node's backend connections from the server side, as a
+    /// backend restart does.
+    async fn break_connections(&self, node: &Self::Node);
+    /// The largest payload the backend takes, if it has a limit.
+    fn payload_limit(&self) -> Option<usize>;
+}
+
+/// Expands to one `#[tokio::test]` per property of the suite, for `$impl`
+/// (a [`Conformance`] type).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($impl:ty) => {
+        $crate::conformance_tests!(@each $impl;
+            ack_before_confirmation,
+            one_backend_subscription_per_stream,
+            ordering_from_one_publisher,
+            remote_disconnect_across_nodes,
+            delivery_resumes_after_connections_are_killed,
+            publish_errors_while_unreachable,
+            payload_limit,
+        );
+    };
+    (@each $impl:ty; $($property:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $property() {
+                $crate::conformance::$property::<$impl>().await;
+            }
+        )*
+    };
+}
+
+/// Whether a test may go on: true when `reachable`; otherwise prints
+/// `SKIPPED: …` and returns false, or panics when `CI` is set.
+pub fn skip(what: &str, url: &str, reachable: bool) -> bool {
+    if reachable {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} not reachable at {url} (CI is set, so this is a failure)"
+    );
+    println!("SKIPPED: {what} not reachable at {url}");
+    false
+}
+
+/// A channel prefix no other test (or test run) uses.
+pub fn unique_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("cable_it_{:016x}", h.finish())
+}
+
+/// `ChatChannel`: streams from `chat_<room>` (room defaults to "lobby").
+#[derive(Default, Debug)]
+pub struct ChatChannel;
+
+#[async_trait]
+impl Channel for ChatChannel {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+        ctx.stream_from(format!("chat_{room}"));
+        Ok(())
+    }
+}
+
+/// A real server on `adapter`, `ChatChannel` mounted, users identified by
+/// `?user=` (`current_user`).
+pub async fn serve<P: PubSub>(
+    config: CableConfig,
+    adapter: impl FnOnce(Delivery) -> P,
+) -> TestServer {
+    let builder = Cable::builder()
+        .config(config)
+        .channel("ChatChannel", ChatChannel::default)
+        .authenticate(authenticate_with(|req: ConnectRequest| async move {
+            req.query("user")
+                .map(|u| Identifiers::new().with("current_user", u))
+                .ok_or_else(|| Unauthorized::because("no user"))
+        }))
+        .try_pubsub(|d| Ok::<_, Infallible>(adapter(d)))
+        .unwrap_or_else(|never| match never {});
+    TestServer::start(builder).await
+}
+
+/// A node of the suite: a server on the adapter, and what the probes need.
+pub struct Node<C: Conformance> {
+    /// The server.
+    pub server: TestServer,
+    /// The probe's view of it.
+    pub probe: C::Node,
+}
+
+impl<C: Conformance> std::ops::Deref for Node<C> {
+    type Target = Cable;
+    fn deref(&self) -> &Cable {
+        &self.server.cable
+    }
+}
+
+async fn node<C: Conformance>(c: &C, prefix: &str, name: &str, config: CableConfig) -> Node<C> {
+    let mut probe = None;
+    let server = serve(config, |d| {
+        let (adapter, node) = c.adapter(prefix, name, d);
+        probe = Some(node);
+        adapter
+    })
+    .await;
+    let Some(probe) = probe else {
+        unreachable!("the adapter factory runs in build")
+    };
+    eventually("the adapter connected", || {
+        let up = server.cable.is_healthy();
+        async move { up }
+    })
+    .await;
+    Node { server, probe }
+}
+
+/// A WebSocket client of a suite's server, connected as `user`, welcome read.
+pub async fn client(server: &TestServer, user: &str) -> cable_test::Client {
+    let url = server.url(&format!("/cable?user={user}"));
+    let mut c = cable_test::Client::connect(&url, &[("Origin", server.origin())])
+        .await
+        .named(user.to_owned());
+    c.expect(frames::WELCOME).await;
+    c
+}
+
+/// The identifier of `ChatChannel` in `room`.
+pub fn room(room: &str) -> String {
+    json!({"channel": "ChatChannel", "room": room}).to_string()
+}
+
+async fn until_count<C: Conformance>(
+    c: &C,
+    nodes: &[&Node<C>],
+    prefix: &str,
+    stream: &str,
+    want: usize,
+) {
+    let probes: Vec<&C::Node> = nodes.iter().map(|n| &n.probe).collect();
+    let deadline = Instant::now() + cable_test::WAIT;
+    loop {
+        let got = c.backend_subscriptions(&probes, prefix, stream).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stream}: {got} backend subscriptions, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client's `confirm_subscription` on node A means the backend
+/// subscription is live: a broadcast on node B right after reaches it.
+pub async fn ack_before_confirmation<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
+    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let mut ann = client(&a.server, "ann").await;
+    for i in 0..20 {
+        let id = room(&format!("r{i}"));
+        ann.subscribe(&id).await;
+        b.broadcaster()
+            .broadcast_raw(&format!("chat_r{i}"), &format!(r#"{{"i":{i}}}"#))
+            .await
+            .expect("broadcast");
+        ann.expect(&frames::message(&id, &format!(r#"{{"i":{i}}}"#)))
+            .await;
+    }
+}
+
+/// One backend subscription per stream per process however many local
+/// subscribers; none after the last leaves.
+pub async fn one_backend_subscription_per_stream<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
+    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let lobby = room("lobby");
+    let mut on_a = Vec::new();
+    for user in ["a1", "a2", "a3"] {
+        let mut cl = client(&a.server, user).await;
+        cl.subscribe(&lobby).await;
+        on_a.push(cl);
+    }
+    let mut b1 = client(&b.server, "b1").await;
+    b1.subscribe(&lobby).await;
+    // Counted over both nodes: one each.
+    until_count(&c, &[&a, &b], &prefix, "chat_lobby", 2).await;
+    // Every local subscriber hears one broadcast exactly once.
+    b.broadcaster()
+        .broadcast_raw("chat_lobby", r#"{"n":1}"#)
+        .await
+        .expect("broadcast");
+    for cl in on_a.iter_mut().chain([&mut b1]) {
+        cl.expect(&frames::message(&lobby, r#"{"n":1}"#)).await;
+        cl.expect_silence(Duration::from_millis(100)).await;
+    }
+    let last = on_a.pop().expect("three clients");
+    for cl in on_a {
+        cl.leave().await;
+    }
+    until_count(&c, &[&a, &b], &prefix, "chat_lobby", 2).await;
+    last.leave().await;
+    until_count(&c, &[&a, &b], &prefix, "chat_lobby", 1).await;
+    b1.leave().await;
+    until_count(&c, &[&a, &b], &prefix, "chat_lobby", 0).await;
+}
+
+/// Many messages from one publisher arrive in the order sent.
+pub async fn ordering_from_one_publisher<C: Conformance>() {
+    const N: usize = 300;
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
+    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let mut ann = client(&a.server, "ann").await;
+    let lobby = room("lobby");
+    ann.subscribe(&lobby).await;
+    let broadcaster = b.broadcaster();
+    for n in 0..N {
+        broadcaster
+            .broadcast_raw("chat_lobby", &format!(r#"{{"n":{n}}}"#))
+            .await
+            .expect("broadcast");
+    }
+    for n in 0..N {
+        ann.expect(&frames::message(&lobby, &format!(r#"{{"n":{n}}}"#)))
+            .await;
+    }
+}
+
+/// `remote_disconnect` on node A closes the user's connections on node B
+/// (the internal `action_cable/<id>` stream crosses the backend).
+pub async fn remote_disconnect_across_nodes<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
+    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let mut alice = client(&b.server, "alice").await;
+    let mut bob = client(&b.server, "bob").await;
+    // The welcome does not wait for the internal stream.
+    until_count(&c, &[&a, &b], &prefix, "action_cable/alice", 1).await;
+    a.remote_disconnect(&Identifiers::new().with("current_user", "alice"), false)
+        .await
+        .expect("remote disconnect");
+    let close = tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal;
+    assert_eq!(
+        alice.expect_close(close).await,
+        vec![frames::disconnect("remote", false)]
+    );
+    bob.expect_silence(Duration::from_millis(200)).await;
+    until_count(&c, &[&a, &b], &prefix, "action_cable/alice", 0).await;
+}
+
+/// Backend connections killed: reconnects are counted and delivery is back
+/// within 5 s, every stream subscribed again.
+pub async fn delivery_resumes_after_connections_are_killed<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
+    let mut ann = client(&a.server, "ann").await;
+    let lobby = room("lobby");
+    ann.subscribe(&lobby).await;
+    a.broadcaster()
+        .broadcast_raw("chat_lobby", r#"{"n":0}"#)
+        .await
+        .expect("broadcast while up");
+    ann.expect(&frames::message(&lobby, r#"{"n":0}"#)).await;
+    assert_eq!(a.stats().adapter_reconnects, 0);
+
+    c.break_connections(&a.probe).await;
+    let killed = Instant::now();
+    eventually("the adapter reconnected", || {
+        let back = a.stats().adapter_reconnects >= 1 && a.is_healthy();
+        async move { back }
+    })
+    .await;
+    until_count(&c, &[&a], &prefix, "chat_lobby", 1).await;
+    let mut n = 1;
+    loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "delivery did not resume within 5 s"
+        );
+        // The publisher notices its lost connection when it next publishes
+        // (an Unavailable) and reconnects on the next broadcast.
+        match a
+            .broadcaster()
+            .broadcast_raw("chat_lobby", &format!(r#"{{"n":{n}}}"#))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}"),
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ann.expect(&frames::message(&lobby, &format!(r#"{{"n":{n}}}"#)))
+        .await;
+}
+
+/// While the backend is unreachable, broadcasts fail with
+/// [`PubSubError::Unavailable`] within a bound, subscribes fail after
+/// [`ACK_TIMEOUT`], and nothing panics.
+pub async fn publish_errors_while_unreachable<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let adapter = c.unreachable(&unique_prefix(), Delivery::detached());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = adapter
+            .broadcast("chat_lobby", "{}")
+            .await
+            .expect_err("nothing to publish to");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+    assert!(!adapter.is_connected());
+    let started = Instant::now();
+    let err = adapter
+        .subscribe("chat_lobby")
+        .await
+        .expect_err("nothing to subscribe on");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < ACK_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(adapter.unsubscribe("chat_lobby").await, Ok(()));
+}
+
+/// A backend with a limit refuses larger payloads with
+/// [`PubSubError::PayloadTooLarge`] before sending and delivers one at the
+/// limit whole; one without takes 1 MiB.
+pub async fn payload_limit<C: Conformance>() {
+    let Some(c) = C::setup().await else { return };
+    let prefix = unique_prefix();
+    let mut config = CableConfig::default();
+    config.max_outbound_message_bytes = 4 << 20;
+    config.outbound_queue_bytes = 16 << 20;
+    let a = node(&c, &prefix, &format!("{prefix}-a"), config).await;
+    let mut ann = client(&a.server, "ann").await;
+    let lobby = room("lobby");
+    ann.subscribe(&lobby).await;
+    // {"body":"xxx…"}: 11 bytes around the body.
+    let payload = |size: usize| format!(r#"{{"body":"{}"}}"#, "x".repeat(size - 11));
+    let fits = match c.payload_limit() {
+        Some(limit) => {
+            let err = a
+                .broadcaster()
+                .broadcast_raw("chat_lobby", &payload(limit + 1))
+                .await
+                .expect_err("over the limit");
+            assert!(
+                matches!(err, PubSubError::PayloadTooLarge { size, limit: l, .. } if size == limit + 1 && l == limit),
+                "{err:?}"
+            );
+            limit
+        }
+        None => 1 << 20,
+    };
+    a.broadcaster()
+        .broadcast_raw("chat_lobby", &payload(fits))
+        .await
+        .expect("a payload within the limit");
+    ann.expect(&frames::message(&lobby, &payload(fits))).await;
+}
+
+/// A client driven through `run_connection`, with no socket, for
+/// adapter tests that need no transport; users as [`serve`] identifies them.
+pub struct LocalClient {
+    tx: Option<mpsc::UnboundedSender<Inbound>>,
+    outbox: Arc<Outbox>,
+    task: JoinHandle<()>,
+    pending: std::collections::VecDeque<Outgoing>,
+}
+
+impl LocalClient {
+    /// Connects as `user` and reads the welcome.
+    pub async fn connect(cable: &Cable, user: &str) -> LocalClient {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+        let inbound = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let outbox = cable_core::transport::new_outbox(cable);
+        let request = ConnectRequest::new("/cable", Some(&format!("user={user}")), vec![], None);
+        let task = tokio::spawn({
+            let cable = cable.clone();
+            let outbox = outbox.clone();
+            async move { cable_core::transport::run_connection(&cable, request, inbound, outbox).await }
+        });
+        let mut client = LocalClient {
+            tx: Some(tx),
+            outbox,
+            task,
+            pending: Default::default(),
+        };
+        assert_eq!(client.next_text().await, r#"{"type":"welcome"}"#);
+        client
+    }
+
+    /// Sends `command` as a text frame.
+    pub fn send(&self, command: Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Inbound::Text(command.to_string()));
+        }
+    }
+
+    /// Subscribes to `ChatChannel` in `room`; returns the identifier. Does not
+    /// wait for the confirmation.
+    pub fn start_subscribe(&self, room: &str) -> String {
+        let identifier = json!({"channel": "ChatChannel", "room": room}).to_string();
+        self.send(json!({"command": "subscribe", "identifier": identifier}));
+        identifier
+    }
+
+    /// Subscribes and waits for `confirm_subscription`.
+    pub async fn subscribe(&mut self, room: &str) -> String {
+        let identifier = self.start_subscribe(room);
+        self.expect_confirm(&identifier).await;
+        identifier
+    }
+
+    /// Asserts that the next frame confirms `identifier`.
+    pub async fn expect_confirm(&mut self, identifier: &str) {
+        let confirm = json!({"identifier": identifier, "type": "confirm_subscription"}).to_string();
+        assert_eq!(self.next_text().await, confirm);
+    }
+
+    /// The next item the connection sends, within [`cable_test::WAIT`]; pings skipped.
+    pub async fn next(&mut self) -> Outgoing {
+        tokio::time::timeout(cable_test::WAIT, self.next_inner())
+            .await
+            .expect("no frame within 5s")
+    }
+
+    async fn next_inner(&mut self) -> Outgoing {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if let Outgoing::Text(f) = &item {
+                    if f.as_str().contains(r#""type":"ping""#) {
+                        continue;
+                    }
+                }
+                return item;
+            }
+            let mut buf = Vec::new();
+            if !self.outbox.pop_batch(&mut buf, 64).await {
+                std::future::pending::<()>().await;
+            }
+            self.pending.extend(buf);
+        }
+    }
+
+    /// The next text frame.
+    pub async fn next_text(&mut self) -> String {
+        match self.next().await {
+            Outgoing::Text(f) => f.as_str().to_owned(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Whether anything arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.next_inner()).await.is_err()
+    }
+
+    /// Closes the socket side and waits for the connection to end.
+    pub async fn leave(mut self) {
+        self.tx = None;
+        let _ = tokio::time::timeout(cable_test::WAIT, &mut self.task).await;
+    }
+}
+
+/// `{"identifier":…,"message":…}` as the core frames it.
+pub fn message_frame(identifier: &str, message_json: &str) -> String {
+    format!(
+        r#"{{"identifier":{},"message":{}}}"#,
+        serde_json::to_string(identifier).expect("string"),
+        message_json
+    )
+}

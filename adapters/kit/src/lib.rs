@@ -1,0 +1,160 @@
+//! `cable-adapter-kit`: the skeleton every cable pub/sub adapter is built on,
+//! and (feature `conformance`) the suite each adapter runs against its real
+//! server.
+//!
+//! An adapter supplies a [`Backend`] (open a subscriber connection: a
+//! [`Session`] that (un)subscribes batches of backend channels and pings)
+//! and a [`Publish`] (open a publishing connection, publish one message).
+//! The kit supplies the rest, once for every backend:
+//!
+//! - [`Subscriber`]: one task owning the subscriber connection. `subscribe`
+//!   and `unsubscribe` are queued before they return, so they take effect in
+//!   call order; whatever is queued when the task wakes goes as one batch;
+//!   each [`Ack`](cable_core::pubsub::Ack) is bounded by [`ACK_TIMEOUT`] from
+//!   the call. The channels wanted (and which streams each carries) are kept
+//!   whether or not the backend is up; a new connection subscribes them all.
+//!   The connection is pinged every [`PING_INTERVAL`]; when it is lost the
+//!   task reconnects with jittered [`Backoff`](cable_core::pubsub::Backoff),
+//!   counts the reconnection and logs the outage once, not per retry.
+//! - [`Incoming`]: where the driver puts messages, either delivered at once
+//!   (the backend holds the rest back) or through an [`Inbox`] bounded in
+//!   bytes (drivers that must not wait), drained by a task of its own so
+//!   messages flow while a subscribe waits for its reply.
+//! - [`LazyPublisher`]: the publishing connection, opened on first use,
+//!   replaced after a failure, every broadcast bounded by [`PUBLISH_TIMEOUT`].
+//!
+//! The contract all of this implements is `cable_core::pubsub::PubSub`'s;
+//! the conformance suite ([`conformance`], feature `conformance`) checks it
+//! against each adapter's real server.
+//!
+//! # Example
+//! A backend whose sessions subscribe anything at once (a real one talks to
+//! a server and hands what it receives to [`Incoming`]):
+//!
+//! ```
+//! use cable_adapter_kit::{async_trait, Backend, Incoming, Op, Session, Subscriber};
+//! use cable_core::pubsub::Delivery;
+//! use cable_core::PubSubError;
+//!
+//! struct Loopback;
+//! struct LoopbackSession(Incoming);
+//!
+//! #[async_trait]
+//! impl Backend for Loopback {
+//!     type Session = LoopbackSession;
+//!     const NAME: &'static str = "loopback";
+//!     async fn connect(&self, incoming: Incoming) -> Result<LoopbackSession, String> {
+//!         Ok(LoopbackSession(incoming))
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl Session for LoopbackSession {
+//!     async fn apply(&mut self, ops: &[(Op, &str)]) -> Result<Vec<Result<(), PubSubError>>, String> {
+//!         Ok(ops.iter().map(|_| Ok(())).collect())
+//!     }
+//!     async fn ping(&mut self) -> Result<(), String> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let subscriber = Subscriber::spawn(Loopback, Delivery::detached(), "loopback://".into())
+//!     .expect("inside a runtime");
+//! // Applied in call order; the Ack resolves once the backend has replied.
+//! subscriber.subscribe("chat_lobby", "app:chat_lobby".into()).await.expect("subscribed");
+//! assert!(subscriber.status().is_connected());
+//! subscriber.unsubscribe("chat_lobby", "app:chat_lobby".into()).await.expect("unsubscribed");
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod inbox;
+mod publisher;
+mod state;
+mod subscriber;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::time::Duration;
+
+pub use async_trait::async_trait;
+use cable_core::PubSubError;
+
+pub use crate::inbox::Inbox;
+pub use crate::publisher::{LazyPublisher, Publish, PublishFailure, RETRY_HOLDOFF};
+pub use crate::subscriber::{Incoming, Status, Subscriber};
+
+/// How long a broadcast may take, connecting included, before it fails.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a subscribe or unsubscribe may wait for the backend's reply
+/// (including for the connection to come back) before its `Ack` fails.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one connection attempt of the subscriber.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the backend's reply to one batch or one ping; past it the
+/// connection is considered dead.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an otherwise quiet subscriber connection is pinged: a peer that
+/// vanished without closing TCP (network partition, VM pause) is noticed
+/// within `PING_INTERVAL + REPLY_TIMEOUT`.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// What a batch entry asks of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Start receiving a channel (SUBSCRIBE, LISTEN).
+    Subscribe = 0,
+    /// Stop receiving a channel (UNSUBSCRIBE, UNLISTEN).
+    Unsubscribe = 1,
+}
+
+/// A backend's subscriber side: how to open one connection.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// One open subscriber connection.
+    type Session: Session;
+    /// The backend's name for logs and errors ("redis", "postgres").
+    const NAME: &'static str;
+    /// What logs call the subscriber connection ("listener" for PostgreSQL).
+    const ROLE: &'static str = "subscriber";
+    /// Most operations sent in one [`Session::apply`].
+    const MAX_BATCH: usize = 512;
+    /// The backend's word for `op`, for logs and errors.
+    fn verb(op: Op) -> &'static str {
+        match op {
+            Op::Subscribe => "SUBSCRIBE",
+            Op::Unsubscribe => "UNSUBSCRIBE",
+        }
+    }
+    /// Opens a subscriber connection whose messages go to `incoming` (and
+    /// which calls [`Incoming::lost`] when it ends). Bounded by
+    /// [`CONNECT_TIMEOUT`] by the kit. Err with the reason, for logs.
+    async fn connect(&self, incoming: Incoming) -> Result<Self::Session, String>;
+}
+
+/// One subscriber connection. Dropping it closes the connection.
+#[async_trait]
+pub trait Session: Send + 'static {
+    /// Applies `ops` in order: one result per op (the backend may refuse one
+    /// channel, say by ACL, and the rest still apply), or Err(reason) when
+    /// the connection is unusable. Bounded by [`REPLY_TIMEOUT`] by the kit.
+    async fn apply(&mut self, ops: &[(Op, &str)]) -> Result<Vec<Result<(), PubSubError>>, String>;
+    /// Checks that the connection is alive; Err(reason) when it is not.
+    async fn ping(&mut self) -> Result<(), String>;
+    /// The channels the backend says this connection is subscribed to, for
+    /// diagnostics and tests. On failure: the error, and Some(reason) when
+    /// the connection is unusable.
+    async fn subscriptions(&mut self) -> Result<Vec<String>, (PubSubError, Option<String>)> {
+        Err((
+            PubSubError::Backend("this backend cannot list a connection's subscriptions".into()),
+            None,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;
