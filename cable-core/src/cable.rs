@@ -540,7 +540,31 @@ impl Cable {
         // Boxed before the future is built: an async fn keeps room for its
         // arguments for its whole life, and this one lives as long as the
         // connection while the request is dropped after authentication.
-        connection::run(self.inner.clone(), Box::new(request), inbound, outbox)
+        connection::run(
+            self.inner.clone(),
+            connection::Hello::Request(Box::new(request)),
+            inbound,
+            outbox,
+        )
+    }
+
+    /// Like `run_connection`, for a connection already identified: the
+    /// connect hook is skipped.
+    pub(crate) fn run_identified_connection<S>(
+        &self,
+        identifiers: Identifiers,
+        inbound: S,
+        outbox: Arc<Outbox>,
+    ) -> impl std::future::Future<Output = ()> + Send
+    where
+        S: Stream<Item = Inbound> + Unpin + Send,
+    {
+        connection::run(
+            self.inner.clone(),
+            connection::Hello::Identified(identifiers),
+            inbound,
+            outbox,
+        )
     }
 
     /// Starts the server's heartbeat: one ping to every welcomed connection
