@@ -89,9 +89,21 @@ pub struct Rejected {
     /// The text frames sent before the close (the `unauthorized`
     /// disconnect, byte for byte).
     pub frames: Vec<String>,
+    /// The close code that followed.
+    pub close_code: Option<u16>,
 }
 
 impl TestCable {
+    /// Drives `cable` as it is, with its own adapter: nothing is recorded
+    /// (the broadcast assertions see no broadcasts). For tests of an
+    /// adapter or of the cable itself.
+    pub fn from_cable(cable: Cable) -> TestCable {
+        TestCable {
+            cable,
+            broadcasts: Broadcasts::default(),
+        }
+    }
+
     /// Builds `builder` with a [`RecordingPubSub`] as its adapter.
     pub fn new(builder: CableBuilder) -> TestCable {
         let broadcasts = Broadcasts::default();
@@ -317,9 +329,14 @@ impl Connection {
                 Ok(())
             }
             _ => {
-                self.wait_end().await;
+                self.ended().await;
+                let close_code = lock(&self.shared.sent).iter().find_map(|o| match o {
+                    Outgoing::Close { code, .. } => Some(*code),
+                    _ => None,
+                });
                 Err(Rejected {
                     frames: self.frames(),
+                    close_code,
                 })
             }
         }
@@ -526,10 +543,14 @@ impl Connection {
     /// `unsubscribed` and the disconnect hook; returns once it has ended.
     pub async fn disconnect(&self) {
         lock(&self.shared.tx).take();
-        self.wait_end().await;
+        self.ended().await;
     }
 
-    async fn wait_end(&self) {
+    /// Waits (at most [`WAIT`]) until the session has ended on its own: a
+    /// close by the server (too slow, rate limited, shut down, remote
+    /// disconnect) and everything after it (the `unsubscribed` callbacks,
+    /// the disconnect hook).
+    pub async fn ended(&self) {
         let task = lock(&self.shared.task).take();
         if let Some(task) = task {
             match tokio::time::timeout(WAIT, task).await {
