@@ -82,7 +82,8 @@
 //! what it was waiting for and what came: these are test helpers, and a
 //! panic is a failed test.
 //!
-//! ```
+#![cfg_attr(feature = "sockets", doc = "```")]
+#![cfg_attr(not(feature = "sockets"), doc = "```ignore")]
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
 //! use cable_test::{frames, Client, TestServer};
 //! use serde_json::{json, Value};

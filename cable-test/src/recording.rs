@@ -65,11 +65,18 @@ impl Broadcasts {
     #[track_caller]
     pub fn assert_broadcast_on(&self, stream: &str, message: Value) {
         let got = self.on(stream);
-        assert!(
-            got.contains(&message),
-            "expected a broadcast on {stream:?} of {message}; broadcast there: {got:?}; everywhere: {:?}",
-            self.all()
-        );
+        if !got.contains(&message) {
+            let everywhere: Vec<String> = self
+                .all()
+                .iter()
+                .map(|(s, m)| format!("{s:?}: {m}"))
+                .collect();
+            panic!(
+                "expected a broadcast on {stream:?} of {message}; broadcast there: {}; everywhere: [{}]",
+                json_list(&got),
+                everywhere.join(", ")
+            );
+        }
     }
 
     /// Panics unless exactly `n` messages were broadcast on `stream`
@@ -80,7 +87,8 @@ impl Broadcasts {
         assert_eq!(
             got.len(),
             n,
-            "expected {n} broadcasts on {stream:?}, got {got:?}"
+            "expected {n} broadcasts on {stream:?}, got {}",
+            json_list(&got)
         );
     }
 
@@ -90,6 +98,11 @@ impl Broadcasts {
     pub fn assert_no_broadcasts(&self, stream: &str) {
         self.assert_broadcasts(stream, 0);
     }
+}
+
+/// `values` as a JSON array, for failure messages.
+pub(crate) fn json_list(values: &[Value]) -> String {
+    Value::Array(values.to_vec()).to_string()
 }
 
 fn decode(payload: &str) -> Value {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::recording::{Broadcasts, RecordingPubSub};
+use crate::recording::{json_list, Broadcasts, RecordingPubSub};
 use crate::{frames, Request, WAIT};
 
 /// A [`Cable`] under test, with every broadcast recorded: the place to open
@@ -682,8 +682,9 @@ impl Subscription {
         let got = self.transmissions();
         assert!(
             got.contains(&message),
-            "expected {} to be sent {message}; it was sent {got:?}",
-            self.identifier
+            "expected {} to be sent {message}; it was sent {}",
+            self.identifier,
+            json_list(&got)
         );
     }
 
@@ -693,8 +694,9 @@ impl Subscription {
         let got = self.transmissions();
         assert!(
             got.is_empty(),
-            "expected no messages for {}, got {got:?}",
-            self.identifier
+            "expected no messages for {}, got {}",
+            self.identifier,
+            json_list(&got)
         );
     }
 

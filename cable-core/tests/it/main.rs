@@ -280,3 +280,23 @@ async fn a_stubbed_connection_skips_the_connect_hook() {
     s.assert_no_streams();
     assert_eq!(cable.cable().stats().streams, 0);
 }
+
+#[tokio::test]
+async fn probes_are_answered_in_order_and_not_rate_limited() {
+    let mut config = CableConfig::default();
+    config.command_rate = Some(cable_core::CommandRate {
+        burst: 3,
+        per_second: 1,
+    });
+    let cable = recorder_cable(&Log::default(), config);
+    let c = open(&cable, "a").await;
+    let s = c.subscribe("RecChannel", Value::Null).await;
+    for _ in 0..20 {
+        c.settle().await;
+    }
+    assert!(!c.is_closed(), "probes took command tokens");
+    // The probe after a command sees what that command did.
+    s.perform("follow", json!({"stream": "s3"})).await;
+    s.assert_has_stream("s3");
+    assert_eq!(cable.cable().stats().rate_limited_disconnects, 0);
+}
