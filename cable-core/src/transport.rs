@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 
+use crate::connection::Hello;
 use crate::{Cable, ConnectRequest, Identifiers};
 
 pub use crate::cable::TransportGuard;
@@ -59,7 +60,10 @@ pub fn run_connection<S>(
 where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
-    cable.run_connection(request, inbound, outbox)
+    // Boxed before the future is built: an async fn keeps room for its
+    // arguments for its whole life, and this one lives as long as the
+    // connection while the request is dropped after authentication.
+    cable.run_connection(Hello::Request(Box::new(request)), inbound, outbox)
 }
 
 /// Like [`run_connection`], for a client the transport identified itself
@@ -76,7 +80,7 @@ pub fn run_identified_connection<S>(
 where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
-    cable.run_identified_connection(identifiers, inbound, outbox)
+    cable.run_connection(Hello::Identified(identifiers), inbound, outbox)
 }
 
 /// Starts the server's heartbeat: one ping to every welcomed connection

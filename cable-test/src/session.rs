@@ -726,12 +726,7 @@ impl Subscription {
     /// Panics unless it streams from `stream` (Rails' `assert_has_stream`).
     #[track_caller]
     pub fn assert_has_stream(&self, stream: &str) {
-        let streams = self.streams();
-        assert!(
-            streams.iter().any(|s| s == stream),
-            "expected {} to stream from {stream:?}; its streams: {streams:?}",
-            self.identifier
-        );
+        self.assert_stream(stream, true);
     }
 
     /// Panics unless it streams from `broadcasting_for(key)` of its
@@ -744,11 +739,17 @@ impl Subscription {
     /// Panics if it streams from `stream` (Rails' `assert_has_no_stream`).
     #[track_caller]
     pub fn assert_has_no_stream(&self, stream: &str) {
+        self.assert_stream(stream, false);
+    }
+
+    #[track_caller]
+    fn assert_stream(&self, stream: &str, wanted: bool) {
         let streams = self.streams();
         assert!(
-            !streams.iter().any(|s| s == stream),
-            "expected {} not to stream from {stream:?}; its streams: {streams:?}",
-            self.identifier
+            streams.iter().any(|s| s == stream) == wanted,
+            "expected {} {}to stream from {stream:?}; its streams: {streams:?}",
+            self.identifier,
+            if wanted { "" } else { "not " }
         );
     }
 
