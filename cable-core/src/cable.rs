@@ -10,7 +10,7 @@ use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::auth::{AllowAll, Authenticate, ConnectRequest, Identifiers};
+use crate::auth::{AllowAll, Authenticate, Identifiers};
 use crate::channel::Channel;
 use crate::connection::{self, Inbound};
 use crate::hub::{Control, Hub};
@@ -522,25 +522,22 @@ impl Cable {
         )
     }
 
-    /// Runs one connection to its end: authenticates `request`, sends the
-    /// welcome, then handles frames from `inbound` until it ends, the server
-    /// ends the connection, or `outbox` closes. Everything to send goes to
-    /// `outbox`, which a transport drains; the last item is always a close.
-    /// Frames that arrive before the welcome wait in `inbound` and are handled
-    /// in order after it.
+    /// Runs one connection to its end: authenticates it (unless the
+    /// transport did), sends the welcome, then handles frames from `inbound`
+    /// until it ends, the server ends the connection, or `outbox` closes.
+    /// Everything to send goes to `outbox`, which a transport drains; the
+    /// last item is always a close. Frames that arrive before the welcome
+    /// wait in `inbound` and are handled in order after it.
     pub(crate) fn run_connection<S>(
         &self,
-        request: ConnectRequest,
+        hello: connection::Hello,
         inbound: S,
         outbox: Arc<Outbox>,
     ) -> impl std::future::Future<Output = ()> + Send
     where
         S: Stream<Item = Inbound> + Unpin + Send,
     {
-        // Boxed before the future is built: an async fn keeps room for its
-        // arguments for its whole life, and this one lives as long as the
-        // connection while the request is dropped after authentication.
-        connection::run(self.inner.clone(), Box::new(request), inbound, outbox)
+        connection::run(self.inner.clone(), hello, inbound, outbox)
     }
 
     /// Starts the server's heartbeat: one ping to every welcomed connection

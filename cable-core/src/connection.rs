@@ -74,6 +74,97 @@ pub enum Inbound {
         /// The close reason (short, ASCII).
         reason: &'static str,
     },
+    /// Not from a socket: a test driver's question, answered with a
+    /// [`Snapshot`] once every item before it has been handled. See
+    /// [`Probe`].
+    Probe(Probe),
+}
+
+/// A test driver's question to a session (sent as [`Inbound::Probe`]):
+/// what are you identified as, which subscriptions do you hold and which
+/// streams does each have?
+///
+/// It exists because a session's state lives on its own task and frames
+/// alone do not say when a command has been handled (a perform that
+/// transmits nothing sends nothing). The session answers a probe in order
+/// with the frames around it, after the callbacks of every earlier command
+/// have finished, so the answer is both a barrier and a look inside.
+/// Probes do not count against the command rate. Transports over sockets
+/// never send one.
+#[derive(Clone)]
+pub struct Probe(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Snapshot>>>>);
+
+/// The answer to a [`Probe`]: which subscriptions are held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The connection's identifiers.
+    pub identifiers: Identifiers,
+    /// The confirmed subscriptions, sorted by identifier.
+    pub subscriptions: Vec<SubscriptionSnapshot>,
+}
+
+/// One subscription in a [`Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionSnapshot {
+    /// The identifier as the client sent it.
+    pub identifier: String,
+    /// Its streams (the order is not significant).
+    pub streams: Vec<String>,
+    /// How many periodic timers it has.
+    pub timers: usize,
+}
+
+/// Where a [`Probe`]'s answer arrives.
+#[derive(Debug)]
+pub struct ProbeAnswer(tokio::sync::oneshot::Receiver<Snapshot>);
+
+impl Probe {
+    /// A probe and where its answer will arrive.
+    pub fn new() -> (Probe, ProbeAnswer) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Probe(Arc::new(std::sync::Mutex::new(Some(tx)))),
+            ProbeAnswer(rx),
+        )
+    }
+
+    fn answer(&self, snapshot: Snapshot) {
+        let tx = self.0.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(tx) = tx {
+            // The driver may have stopped waiting: nothing to do then.
+            let _ = tx.send(snapshot);
+        }
+    }
+}
+
+impl ProbeAnswer {
+    /// The snapshot, or `None` when the session ended without answering.
+    pub async fn recv(self) -> Option<Snapshot> {
+        self.0.await.ok()
+    }
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+impl PartialEq for Probe {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Probe {}
+
+/// Who a connection is: a request for the connect hook to judge, or
+/// identifiers the transport established itself.
+pub(crate) enum Hello {
+    Request(Box<ConnectRequest>),
+    Identified(Identifiers),
 }
 
 /// State shared by the session and the contexts it lends to channels.
@@ -142,12 +233,8 @@ impl Drop for Registration {
 }
 
 /// Runs a connection to its end. See [`crate::Cable::run_connection`].
-pub(crate) async fn run<S>(
-    cable: Arc<Inner>,
-    request: Box<ConnectRequest>,
-    mut inbound: S,
-    outbox: Arc<Outbox>,
-) where
+pub(crate) async fn run<S>(cable: Arc<Inner>, hello: Hello, inbound: S, outbox: Arc<Outbox>)
+where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
     // Whatever ends this function (a panic included), the writer finishes.
@@ -163,6 +250,12 @@ pub(crate) async fn run<S>(
         );
         return;
     }
+    let request = match hello {
+        Hello::Request(request) => request,
+        Hello::Identified(ids) => {
+            return run_session(cable, ids, inbound, outbox).await;
+        }
+    };
     let outcome = contained(cable.config.connect_timeout, cable.auth.connect(&request)).await;
     let identifiers = match outcome {
         Outcome::Done(Ok(ids)) => ids,
@@ -201,6 +294,19 @@ pub(crate) async fn run<S>(
     // Channels never see the request: free its headers now rather than keep
     // them for the connection's lifetime.
     drop(request);
+    run_session(cable, identifiers, inbound, outbox).await;
+}
+
+/// The welcomed part of a connection: from the welcome to the disconnect
+/// hook.
+async fn run_session<S>(
+    cable: Arc<Inner>,
+    identifiers: Identifiers,
+    mut inbound: S,
+    outbox: Arc<Outbox>,
+) where
+    S: Stream<Item = Inbound> + Unpin + Send,
+{
     let (ctl_tx, mut ctl_rx) = mailbox();
     let conn = ConnShared {
         id: cable.next_id(),
@@ -283,6 +389,7 @@ pub(crate) async fn run<S>(
                 }
             }
             Event::Frame(None) => break,
+            Event::Frame(Some(Inbound::Probe(probe))) => probe.answer(session.snapshot()),
             Event::Frame(Some(item)) => {
                 if ends_connection(&session.conn, &item) {
                     break;
@@ -529,6 +636,24 @@ fn report<T>(conn: &ConnShared, class: &str, callback: &str, outcome: &Outcome<T
 }
 
 impl Session {
+    /// What a [`Probe`] is told.
+    fn snapshot(&self) -> Snapshot {
+        let mut subscriptions: Vec<SubscriptionSnapshot> = self
+            .subs
+            .values()
+            .map(|s| SubscriptionSnapshot {
+                identifier: s.state.identifier.to_string(),
+                streams: s.state.streams.clone(),
+                timers: s.state.timers.len(),
+            })
+            .collect();
+        subscriptions.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        Snapshot {
+            identifiers: self.conn.identifiers.clone(),
+            subscriptions,
+        }
+    }
+
     /// Takes one token of the command rate; when there is none the client is
     /// disconnected and false returned.
     fn take_token(&mut self) -> bool {

@@ -32,10 +32,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 
-use crate::{Cable, ConnectRequest};
+use crate::connection::Hello;
+use crate::{Cable, ConnectRequest, Identifiers};
 
 pub use crate::cable::TransportGuard;
-pub use crate::connection::Inbound;
+pub use crate::connection::{Inbound, Probe, ProbeAnswer, Snapshot, SubscriptionSnapshot};
 pub use crate::outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG};
 
 /// A new outbound queue sized by
@@ -59,7 +60,27 @@ pub fn run_connection<S>(
 where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
-    cable.run_connection(request, inbound, outbox)
+    // Boxed before the future is built: an async fn keeps room for its
+    // arguments for its whole life, and this one lives as long as the
+    // connection while the request is dropped after authentication.
+    cable.run_connection(Hello::Request(Box::new(request)), inbound, outbox)
+}
+
+/// Like [`run_connection`], for a client the transport identified itself
+/// (a test driver stubbing the connection, as Rails' `stub_connection`; a
+/// transport behind an authenticating proxy): the connect hook does not
+/// run, the session starts with `identifiers` and the welcome. The
+/// disconnect hook still runs at the end.
+pub fn run_identified_connection<S>(
+    cable: &Cable,
+    identifiers: Identifiers,
+    inbound: S,
+    outbox: Arc<Outbox>,
+) -> impl Future<Output = ()> + Send
+where
+    S: Stream<Item = Inbound> + Unpin + Send,
+{
+    cable.run_connection(Hello::Identified(identifiers), inbound, outbox)
 }
 
 /// Starts the server's heartbeat: one ping to every welcomed connection

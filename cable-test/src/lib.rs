@@ -1,21 +1,89 @@
 //! `cable-test`: the test kit of cable, for its own tests and for yours.
 //!
-//! End-to-end pieces, over real sockets, that speak to any ActionCable
-//! server (cable, or Rails itself):
+//! **Without sockets** (Rails' `ActionCable::Channel::TestCase` and
+//! `ActionCable::Connection::TestCase`), over the real session code of
+//! `cable-core`:
+//! - [`TestCable`]: builds your `CableBuilder` with every broadcast
+//!   recorded ([`RecordingPubSub`], [`Broadcasts`]:
+//!   [`assert_broadcast_on`](TestCable::assert_broadcast_on));
+//! - [`TestCable::connect`] runs your connect hook on a [`Request`] (path,
+//!   query, headers, cookies, peer) and gives the [`Connection`] or
+//!   [`Rejected`]; [`TestCable::stub_connection`] skips the hook;
+//! - [`Connection::subscribe`] gives a [`Subscription`]: confirmed or
+//!   rejected, [`perform`](Subscription::perform),
+//!   [`transmissions`](Subscription::transmissions),
+//!   [`assert_has_stream`](Subscription::assert_has_stream),
+//!   [`unsubscribe`](Subscription::unsubscribe);
+//! - [`Connection::advance`] runs periodic timers on tokio's paused clock;
+//! - the wire is there too: [`Connection::send`], [`Connection::frames`],
+//!   [`Connection::next_frame`], and [`frames`] (Rails' frames, byte for
+//!   byte).
+//!
+//! Every action waits until the session has handled it (a
+//! [`Probe`](cable_core::transport::Probe) sent after it is answered), so
+//! assertions never race the session and tests need no sleeps.
+//!
+//! ```
+//! use cable_core::{async_trait, authenticate_with, Cable, Channel, ChannelError, Context,
+//!     Identifiers, Unauthorized};
+//! use cable_test::{Request, TestCable};
+//! use serde_json::{json, Value};
+//!
+//! #[derive(Default)]
+//! struct ChatChannel;
+//!
+//! #[async_trait]
+//! impl Channel for ChatChannel {
+//!     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+//!         let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+//!         ctx.stream_from(format!("chat_{room}"));
+//!         Ok(())
+//!     }
+//!     async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> Result<(), ChannelError> {
+//!         let user = ctx.identified("current_user").unwrap_or_default().to_owned();
+//!         let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
+//!         ctx.broadcast(&format!("chat_{room}"), &json!({"user": user, "body": data["body"]})).await
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let cable = TestCable::new(
+//!     Cable::builder()
+//!         .channel("ChatChannel", ChatChannel::default)
+//!         .authenticate(authenticate_with(|req| async move {
+//!             req.cookie("user")
+//!                 .map(|u| Identifiers::new().with("current_user", u))
+//!                 .ok_or_else(|| Unauthorized::because("no user"))
+//!         })),
+//! );
+//! cable.assert_reject_connection(Request::new()).await;
+//! let conn = cable.connect(Request::new().cookie("user", "alice")).await.unwrap();
+//! let sub = conn.subscribe("ChatChannel", json!({"room": "1"})).await;
+//! sub.assert_confirmed();
+//! sub.assert_has_stream("chat_1");
+//! sub.perform("speak", json!({"body": "hi"})).await;
+//! cable.assert_broadcast_on("chat_1", json!({"user": "alice", "body": "hi"}));
+//! // The subscription streams from chat_1, so it gets the broadcast too.
+//! assert_eq!(sub.transmissions(), [json!({"user": "alice", "body": "hi"})]);
+//! # }
+//! ```
+//!
+//! **Over real sockets** (feature `sockets`, on by default; it brings axum,
+//! hyper and tungstenite, which the part above does not need), pieces that
+//! speak to any ActionCable server (cable, or Rails itself):
 //! - [`Client`]: a raw `actioncable-v1-json` WebSocket client that asserts
 //!   exact frames ([`Client::expect`]), skips pings, and knows Rails' close
 //!   handshake ([`Client::expect_close`], [`Client::leave`]);
-//! - [`frames`]: the frames Rails sends, byte for byte ([`frames::confirm`],
-//!   [`frames::reject`], [`frames::message`]);
 //! - [`TestServer`]: a `Cable` served in-process on a free port;
-//! - [`http`]: a bare HTTP/1.1 request (operator endpoints, broadcasts);
-//! - [`eventually`]: poll a condition until it holds, or fail with what was
-//!   awaited.
+//! - [`http`]: a bare HTTP/1.1 request (operator endpoints, broadcasts).
 //!
-//! Every wait is bounded by [`WAIT`] and panics with what it was waiting
-//! for: these are test helpers, and a panic is a failed test.
+//! And for both: [`eventually`] polls a condition until it holds, or fails
+//! with what was awaited. Every wait is bounded by [`WAIT`] and panics with
+//! what it was waiting for and what came: these are test helpers, and a
+//! panic is a failed test.
 //!
-//! ```
+#![cfg_attr(feature = "sockets", doc = "```")]
+#![cfg_attr(not(feature = "sockets"), doc = "```ignore")]
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
 //! use cable_test::{frames, Client, TestServer};
 //! use serde_json::{json, Value};
@@ -47,17 +115,29 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+#[cfg(feature = "sockets")]
 mod client;
 pub mod frames;
+#[cfg(feature = "sockets")]
 mod http_client;
+mod recording;
+mod request;
+#[cfg(feature = "sockets")]
 mod server;
+mod session;
 
 use std::future::Future;
 use std::time::Duration;
 
+#[cfg(feature = "sockets")]
 pub use crate::client::{request, Client, Ws, JS_CLIENT_PROTOCOLS};
+#[cfg(feature = "sockets")]
 pub use crate::http_client::http;
+pub use crate::recording::{Broadcasts, RecordingPubSub};
+pub use crate::request::Request;
+#[cfg(feature = "sockets")]
 pub use crate::server::TestServer;
+pub use crate::session::{Connection, Rejected, Subscription, TestCable};
 
 /// How long any helper waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);

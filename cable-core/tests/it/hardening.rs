@@ -11,9 +11,10 @@ use cable_core::{
     async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, CommandRate,
     ConnectRequest, Context, Identifiers, PubSubError, Unauthorized,
 };
+use cable_test::{frames, Connection, Request, Subscription, TestCable};
 use serde_json::{json, Value};
 
-use super::{sub, Conn};
+use super::open;
 
 /// The in-memory adapter, counting the streams it is subscribed to, handing
 /// out its delivery handle, and noting when it is dropped.
@@ -118,10 +119,10 @@ impl Channel for Bad {
     }
 }
 
-fn bad_cable(probe: &Probe, config: CableConfig) -> Cable {
+fn bad_cable(probe: &Probe, config: CableConfig) -> TestCable {
     let p = probe.clone();
     let p2 = probe.clone();
-    Cable::builder()
+    let cable = Cable::builder()
         .channel("Bad", move || Bad {
             probe: p.clone(),
             panic_in: String::new(),
@@ -146,79 +147,59 @@ fn bad_cable(probe: &Probe, config: CableConfig) -> Cable {
             }
         })
         .config(config)
-        .build()
+        .build();
+    TestCable::from_cable(cable)
 }
 
-fn id(panic_in: &str) -> String {
-    json!({"channel": "Bad", "in": panic_in}).to_string()
+/// User `user`'s connection with a confirmed `{"channel":"Bad","in":in}`.
+async fn subscribed(cable: &TestCable, user: &str, panic_in: &str) -> (Connection, Subscription) {
+    let c = open(cable, user).await;
+    let s = c.subscribe("Bad", json!({"in": panic_in})).await;
+    s.assert_confirmed();
+    (c, s)
 }
 
-fn msg(identifier: &str, data: Value) -> Value {
-    json!({"command": "message", "identifier": identifier, "data": data.to_string()})
-}
-
-fn confirm(identifier: &str) -> String {
-    format!(
-        r#"{{"identifier":{},"type":"confirm_subscription"}}"#,
-        serde_json::to_string(identifier).unwrap()
-    )
-}
-
-fn reject(identifier: &str) -> String {
-    format!(
-        r#"{{"identifier":{},"type":"reject_subscription"}}"#,
-        serde_json::to_string(identifier).unwrap()
-    )
-}
-
-async fn echo_ok(c: &mut Conn, identifier: &str, n: u64) {
-    c.send(msg(identifier, json!({"action": "echo", "n": n})));
-    let want = format!(
-        r#"{{"identifier":{},"message":{{"action":"echo","n":{n}}}}}"#,
-        serde_json::to_string(identifier).unwrap()
-    );
-    assert_eq!(c.text().await, want);
+/// The subscription still answers.
+async fn echo_ok(s: &Subscription, n: u64) {
+    s.perform("echo", json!({"n": n})).await;
+    s.assert_transmitted(json!({"action": "echo", "n": n}));
 }
 
 /// Everything a connection held is given back.
-async fn assert_released(cable: &Cable, probe: &Probe) {
-    for _ in 0..100 {
-        let s = cable.stats();
-        if s.connections == 0
+async fn assert_released(cable: &TestCable, probe: &Probe) {
+    let what = || {
+        format!(
+            "everything released: {:?}, adapter subscriptions {}",
+            cable.cable().stats(),
+            probe.subscribed.load(Ordering::SeqCst)
+        )
+    };
+    cable_test::eventually(&what(), || async {
+        let s = cable.cable().stats();
+        s.connections == 0
             && s.subscriptions == 0
             && s.streams == 0
             && probe.subscribed.load(Ordering::SeqCst) == 0
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "not released: {:?}, adapter subscriptions {}",
-        cable.stats(),
-        probe.subscribed.load(Ordering::SeqCst)
-    );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_panic_in_subscribed_rejects_and_leaks_nothing() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let good = id("none");
-    c.send(sub(&good));
-    assert_eq!(c.text().await, confirm(&good));
-    let bad = id("subscribed");
-    c.send(sub(&bad));
-    assert_eq!(c.text().await, reject(&bad));
-    assert_eq!(cable.stats().callback_panics, 1);
+    let (c, good) = subscribed(&cable, "a", "none").await;
+    c.subscribe("Bad", json!({"in": "subscribed"}))
+        .await
+        .assert_rejected();
+    let stats = cable.cable().stats();
+    assert_eq!(stats.callback_panics, 1);
     // Only the good subscription's streams and the internal channel remain.
-    assert_eq!(cable.stats().subscriptions, 1);
-    assert_eq!(cable.stats().streams, 3);
+    assert_eq!(stats.subscriptions, 1);
+    assert_eq!(stats.streams, 3);
     assert_eq!(probe.subscribed.load(Ordering::SeqCst), 3);
-    echo_ok(&mut c, &good, 1).await;
-    c.hang_up().await;
+    echo_ok(&good, 1).await;
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -226,24 +207,20 @@ async fn a_panic_in_subscribed_rejects_and_leaks_nothing() {
 async fn a_panic_in_perform_or_timer_keeps_the_subscription() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("timer");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.send(msg(&s, json!({"action": "panic"})));
-    echo_ok(&mut c, &s, 2).await;
+    let (c, s) = subscribed(&cable, "a", "timer").await;
+    s.perform("panic", Value::Null).await;
+    echo_ok(&s, 2).await;
     // Let the timer panic a few times; the subscription goes on.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    echo_ok(&mut c, &s, 3).await;
-    let panics = cable.stats().callback_panics;
+    echo_ok(&s, 3).await;
+    let panics = cable.cable().stats().callback_panics;
     assert!(
         panics >= 3,
         "perform + at least two timer panics, got {panics}"
     );
     assert!(probe.timer_calls.lock().unwrap().len() >= 2);
-    assert_eq!(cable.stats().subscriptions, 1);
-    c.hang_up().await;
+    assert_eq!(cable.cable().stats().subscriptions, 1);
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -251,18 +228,15 @@ async fn a_panic_in_perform_or_timer_keeps_the_subscription() {
 async fn a_panic_in_unsubscribed_still_cleans_up() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("unsubscribed");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.send(json!({"command": "unsubscribe", "identifier": s}));
-    let other = id("none");
-    c.send(sub(&other));
-    assert_eq!(c.text().await, confirm(&other));
-    assert_eq!(cable.stats().callback_panics, 1);
-    assert_eq!(cable.stats().subscriptions, 1);
-    c.hang_up().await;
+    let (c, s) = subscribed(&cable, "a", "unsubscribed").await;
+    s.unsubscribe().await;
+    s.assert_no_streams();
+    c.subscribe("Bad", json!({"in": "none"}))
+        .await
+        .assert_confirmed();
+    assert_eq!(cable.cable().stats().callback_panics, 1);
+    assert_eq!(cable.cable().stats().subscriptions, 1);
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -270,13 +244,9 @@ async fn a_panic_in_unsubscribed_still_cleans_up() {
 async fn a_panic_in_unsubscribed_on_hang_up_cleans_up() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("unsubscribed");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.hang_up().await;
-    assert_eq!(cable.stats().callback_panics, 1);
+    let (c, _s) = subscribed(&cable, "a", "unsubscribed").await;
+    c.disconnect().await;
+    assert_eq!(cable.cable().stats().callback_panics, 1);
     assert_released(&cable, &probe).await;
 }
 
@@ -287,15 +257,14 @@ async fn a_panicking_or_hanging_connect_hook_is_unauthorized() {
     config.connect_timeout = Duration::from_millis(200);
     let cable = bad_cable(&probe, config);
     for user in ["panic", "sleep"] {
-        let mut c = Conn::open(&cable, &format!("user={user}"));
-        assert_eq!(
-            c.text().await,
-            r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
-        );
-        assert!(matches!(c.next().await, Outgoing::Close { code: 1000, .. }));
-        c.hang_up().await;
+        let rejected = cable
+            .connect(Request::new().query("user", user))
+            .await
+            .unwrap_err();
+        assert_eq!(rejected.frames, [frames::disconnect("unauthorized", false)]);
+        assert_eq!(rejected.close_code, Some(1000));
     }
-    let s = cable.stats();
+    let s = cable.cable().stats();
     assert_eq!(s.callback_panics, 1);
     assert_eq!(s.callback_timeouts, 1);
     assert_eq!(s.unauthorized, 2);
@@ -308,35 +277,36 @@ async fn a_hanging_callback_times_out_and_the_connection_goes_on() {
     let mut config = CableConfig::default();
     config.callback_timeout = Duration::from_millis(200);
     let cable = bad_cable(&probe, config);
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("none");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.send(msg(&s, json!({"action": "sleep"})));
-    echo_ok(&mut c, &s, 4).await;
-    assert_eq!(cable.stats().callback_timeouts, 1);
-    let hanging = id("sleep_subscribed");
-    c.send(sub(&hanging));
-    assert_eq!(c.text().await, reject(&hanging));
-    assert_eq!(cable.stats().callback_timeouts, 2);
-    c.hang_up().await;
+    let (c, s) = subscribed(&cable, "a", "none").await;
+    s.perform("sleep", Value::Null).await;
+    echo_ok(&s, 4).await;
+    assert_eq!(cable.cable().stats().callback_timeouts, 1);
+    c.subscribe("Bad", json!({"in": "sleep_subscribed"}))
+        .await
+        .assert_rejected();
+    assert_eq!(cable.cable().stats().callback_timeouts, 2);
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
+}
+
+/// Sends action `sleep` (which never returns) without waiting for it.
+fn start_sleeping(c: &Connection, s: &Subscription) {
+    c.send(json!({
+        "command": "message",
+        "identifier": s.identifier(),
+        "data": json!({"action": "sleep"}).to_string(),
+    }));
 }
 
 #[tokio::test]
 async fn a_client_that_leaves_during_a_callback_is_noticed_at_once() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("none");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.send(msg(&s, json!({"action": "sleep"})));
+    let (c, s) = subscribed(&cable, "a", "none").await;
+    start_sleeping(&c, &s);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // The callback timeout is 30 s: hang_up waits at most 5 s.
-    c.hang_up().await;
+    // The callback timeout is 30 s: disconnect waits at most 5 s.
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -344,33 +314,29 @@ async fn a_client_that_leaves_during_a_callback_is_noticed_at_once() {
 async fn shutdown_and_remote_disconnects_are_not_held_up_by_a_callback() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let s = id("none");
-    let mut a = Conn::open(&cable, "user=a");
-    let mut b = Conn::open(&cable, "user=b");
-    for c in [&mut a, &mut b] {
-        c.text().await;
-        c.send(sub(&s));
-        assert_eq!(c.text().await, confirm(&s));
-        c.send(msg(&s, json!({"action": "sleep"})));
-    }
+    let (a, sa) = subscribed(&cable, "a", "none").await;
+    let (b, sb) = subscribed(&cable, "b", "none").await;
+    start_sleeping(&a, &sa);
+    start_sleeping(&b, &sb);
     tokio::time::sleep(Duration::from_millis(50)).await;
     cable
+        .cable()
         .remote_disconnect(&Identifiers::new().with("current_user", "a"), false)
         .await
         .unwrap();
+    a.ended().await;
     assert_eq!(
-        a.text().await,
-        r#"{"type":"disconnect","reason":"remote","reconnect":false}"#
+        a.frames().last(),
+        Some(&frames::disconnect("remote", false))
     );
-    assert!(matches!(a.next().await, Outgoing::Close { .. }));
-    cable_core::transport::begin_shutdown(&cable);
+    cable_core::transport::begin_shutdown(cable.cable());
+    b.ended().await;
     assert_eq!(
-        b.text().await,
-        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+        b.frames().last(),
+        Some(&frames::disconnect("server_restart", true))
     );
-    assert!(matches!(b.next().await, Outgoing::Close { .. }));
     assert_eq!(
-        cable_core::transport::drain(&cable, Duration::from_secs(5)).await,
+        cable_core::transport::drain(cable.cable(), Duration::from_secs(5)).await,
         0
     );
     assert_released(&cable, &probe).await;
@@ -387,18 +353,15 @@ async fn subscriptions_are_capped_by_default() {
         (100..=1000).contains(&cap),
         "hundreds, not unlimited: {cap}"
     );
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
+    let c = open(&cable, "a").await;
     for n in 0..cap {
-        let s = json!({"channel": "Bad", "n": n}).to_string();
-        c.send(sub(&s));
-        assert_eq!(c.text().await, confirm(&s));
+        c.subscribe("Bad", json!({"n": n})).await.assert_confirmed();
     }
-    let over = json!({"channel": "Bad", "n": cap}).to_string();
-    c.send(sub(&over));
-    assert_eq!(c.text().await, reject(&over));
-    assert_eq!(cable.stats().subscriptions, cap as u64);
-    c.hang_up().await;
+    c.subscribe("Bad", json!({"n": cap}))
+        .await
+        .assert_rejected();
+    assert_eq!(cable.cable().stats().subscriptions, cap as u64);
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -408,16 +371,15 @@ async fn an_oversized_identifier_is_rejected() {
     let cable = bad_cable(&probe, CableConfig::default());
     let max = CableConfig::default().max_identifier_bytes;
     assert!((1024..=16 * 1024).contains(&max), "a few KiB: {max}");
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let big = json!({"channel": "Bad", "pad": "p".repeat(max)}).to_string();
-    c.send(sub(&big));
-    assert_eq!(c.text().await, reject(&big));
-    assert_eq!(cable.stats().subscriptions, 0);
-    let s = id("none");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
-    c.hang_up().await;
+    let c = open(&cable, "a").await;
+    c.subscribe("Bad", json!({"pad": "p".repeat(max)}))
+        .await
+        .assert_rejected();
+    assert_eq!(cable.cable().stats().subscriptions, 0);
+    c.subscribe("Bad", json!({"in": "none"}))
+        .await
+        .assert_confirmed();
+    c.disconnect().await;
 }
 
 #[tokio::test]
@@ -429,10 +391,8 @@ async fn a_command_flood_is_disconnected_and_counted() {
         per_second: 10,
     });
     let cable = bad_cable(&probe, config);
-    let mut quiet = Conn::open(&cable, "user=quiet");
-    quiet.text().await;
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
+    let quiet = open(&cable, "quiet").await;
+    let c = open(&cable, "a").await;
     // Pings count too.
     for _ in 0..10 {
         c.send_inbound(Inbound::Control);
@@ -441,21 +401,23 @@ async fn a_command_flood_is_disconnected_and_counted() {
         c.send(json!({"command": "nonsense"}));
     }
     assert_eq!(
-        c.text().await,
-        r#"{"type":"disconnect","reason":"rate_limited","reconnect":true}"#
+        c.next_text().await,
+        frames::disconnect("rate_limited", true)
     );
-    assert!(matches!(c.next().await, Outgoing::Close { code: 1000, .. }));
-    assert_eq!(cable.stats().rate_limited_disconnects, 1);
+    assert!(matches!(
+        c.next_frame().await,
+        Outgoing::Close { code: 1000, .. }
+    ));
+    assert_eq!(cable.cable().stats().rate_limited_disconnects, 1);
     // Within the rate nothing happens.
-    let s = id("none");
-    quiet.send(sub(&s));
-    assert_eq!(quiet.text().await, confirm(&s));
+    let s = quiet.subscribe("Bad", json!({"in": "none"})).await;
+    s.assert_confirmed();
     for n in 0..15 {
-        echo_ok(&mut quiet, &s, n).await;
+        echo_ok(&s, n).await;
         tokio::time::sleep(Duration::from_millis(110)).await;
     }
-    assert_eq!(cable.stats().rate_limited_disconnects, 1);
-    quiet.hang_up().await;
+    assert_eq!(cable.cable().stats().rate_limited_disconnects, 1);
+    quiet.disconnect().await;
 }
 
 #[tokio::test]
@@ -464,17 +426,12 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
     let cable = bad_cable(&probe, CableConfig::default());
     let limit = CableConfig::default().max_outbound_message_bytes;
     assert!(limit <= CableConfig::default().outbound_queue_bytes);
-    let s = id("none");
     let mut room = Vec::new();
     for i in 0..5 {
-        let mut c = Conn::open(&cable, &format!("user=u{i}"));
-        c.text().await;
-        c.send(sub(&s));
-        assert_eq!(c.text().await, confirm(&s));
-        room.push(c);
+        room.push(subscribed(&cable, &format!("u{i}"), "none").await);
     }
     let big = json!({"pad": "x".repeat(1536 * 1024)});
-    match cable.broadcast("bad_all", &big).await {
+    match cable.cable().broadcast("bad_all", &big).await {
         Err(PubSubError::MessageTooLarge { size, limit: l }) => {
             assert!(size > 1536 * 1024);
             assert_eq!(l, limit);
@@ -485,23 +442,29 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
     // dropped, counted, nobody disconnected.
     let delivery = probe.delivery.lock().unwrap().clone().unwrap();
     delivery.deliver("bad_all", &big.to_string());
-    assert_eq!(cable.stats().oversized_dropped, 1);
+    assert_eq!(cable.cable().stats().oversized_dropped, 1);
     // Escaping can grow a payload past the limit: measured after re-encoding.
     delivery.deliver(
         "bad_all",
         &json!({"pad": "<".repeat(limit / 3)}).to_string(),
     );
-    assert_eq!(cable.stats().oversized_dropped, 2);
-    cable.broadcast("bad_all", &json!({"n": 1})).await.unwrap();
-    for c in &mut room {
-        assert!(c.text().await.ends_with(r#""message":{"n":1}}"#));
+    assert_eq!(cable.cable().stats().oversized_dropped, 2);
+    cable
+        .cable()
+        .broadcast("bad_all", &json!({"n": 1}))
+        .await
+        .unwrap();
+    for (c, s) in &room {
+        assert!(!c.is_closed());
+        assert_eq!(s.transmissions(), [json!({"n": 1})]);
     }
     // A transmit over the limit is an error for the channel, not a drop.
-    let first = &mut room[0];
-    first.send(msg(&s, json!({"action": "big", "n": limit + 1})));
-    echo_ok(first, &s, 5).await;
-    for c in room {
-        c.hang_up().await;
+    let (_, first) = &room[0];
+    first.perform("big", json!({"n": limit + 1})).await;
+    echo_ok(first, 5).await;
+    assert_eq!(first.transmissions().len(), 2);
+    for (c, _) in room {
+        c.disconnect().await;
     }
     assert_released(&cable, &probe).await;
 }
@@ -510,19 +473,11 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
 async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
-    let s = id("slow_timer");
-    c.send(sub(&s));
-    assert_eq!(c.text().await, confirm(&s));
+    let (c, s) = subscribed(&cable, "a", "slow_timer").await;
     // 20 ms ticks while the subscription is busy for 600 ms: ~30 ticks fire.
-    c.send(msg(&s, json!({"action": "busy", "ms": 600})));
-    let busy_done = loop {
-        let t = c.text().await;
-        if t.contains("busy") {
-            break Instant::now();
-        }
-    };
+    s.perform("busy", json!({"ms": 600})).await;
+    let busy_done = Instant::now();
+    s.assert_transmitted(json!({"busy": "done"}));
     tokio::time::sleep(Duration::from_millis(15)).await;
     let calls = probe.timer_calls.lock().unwrap().clone();
     let burst = calls
@@ -533,7 +488,7 @@ async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
         burst <= 2,
         "{burst} timer calls right after the busy action: ticks piled up"
     );
-    c.hang_up().await;
+    c.disconnect().await;
     assert_released(&cable, &probe).await;
 }
 
@@ -541,29 +496,19 @@ async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
 async fn one_heartbeat_per_cable_and_it_ends_with_the_cable() {
     let probe = Probe::default();
     let cable = bad_cable(&probe, CableConfig::default());
-    cable_core::transport::start_heartbeat(&cable, Duration::from_millis(100));
-    cable_core::transport::start_heartbeat(&cable, Duration::from_millis(100));
-    cable_core::transport::start_heartbeat(&cable.clone(), Duration::from_millis(10));
-    let mut c = Conn::open(&cable, "user=a");
-    c.text().await;
+    let cable_ref = cable.cable();
+    cable_core::transport::start_heartbeat(cable_ref, Duration::from_millis(100));
+    cable_core::transport::start_heartbeat(cable_ref, Duration::from_millis(100));
+    cable_core::transport::start_heartbeat(&cable_ref.clone(), Duration::from_millis(10));
+    let c = open(&cable, "a").await;
     tokio::time::sleep(Duration::from_millis(550)).await;
-    let mut pings = 0;
-    while let Ok(true) =
-        tokio::time::timeout(Duration::from_millis(5), c.outbox.pop_batch(&mut c.buf, 64)).await
-    {
-        pings += c
-            .buf
-            .drain(..)
-            .filter(
-                |o| matches!(o, Outgoing::Text(f) if f.as_str().starts_with(r#"{"type":"ping""#)),
-            )
-            .count();
-    }
+    let pings = c.frames().iter().filter(|f| frames::is_ping(f)).count();
     assert!(
         (4..=6).contains(&pings),
         "one 100 ms heartbeat: {pings} pings"
     );
-    c.hang_up().await;
+    c.disconnect().await;
+    drop(c);
     assert!(!probe.dropped.load(Ordering::SeqCst));
     drop(cable);
     // The heartbeat task holds no Cable: the adapter goes with the last one.
@@ -603,8 +548,7 @@ fn client_payloads_in_logs_are_cut_escaped_and_rate_limited() {
         rt.block_on(async {
             let probe = Probe::default();
             let cable = bad_cable(&probe, CableConfig::default());
-            let mut c = Conn::open(&cable, "user=a");
-            c.text().await;
+            let c = open(&cable, "a").await;
             let forged = format!(
                 "{}\n2026-12-01T00:00:00Z ERROR admin logged in{}",
                 "{oops",
@@ -613,10 +557,10 @@ fn client_payloads_in_logs_are_cut_escaped_and_rate_limited() {
             for _ in 0..200 {
                 c.send_inbound(Inbound::Text(forged.clone()));
             }
-            let s = id("none");
-            c.send(sub(&s));
-            assert_eq!(c.text().await, confirm(&s));
-            c.hang_up().await;
+            c.subscribe("Bad", json!({"in": "none"}))
+                .await
+                .assert_confirmed();
+            c.disconnect().await;
         })
     });
     let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

@@ -7,6 +7,12 @@
 //!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
 //! - Users come from the `user` cookie or `?user=NAME`; none, or `banned`, is
 //!   refused.
+//!
+//! Each piece is documented with its test, written with `cable-test` as the
+//! Rails guides write channel tests (`assert_has_stream`,
+//! `assert_broadcast_on`, `assert_reject_connection`): see [`ChatChannel`],
+//! [`BenchmarkChannel`] and [`identify`]. They run as doc tests, without
+//! sockets.
 
 pub mod cli;
 
@@ -45,6 +51,43 @@ static CABLE_CLIENT_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new
 const CABLE_CLIENT_JS: &str = include_str!("../assets/cable-client.esm.js");
 
 /// `ChatChannel`: one room per subscription.
+///
+/// ```
+/// use cable_core::Identifiers;
+/// use cable_test::TestCable;
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cable = TestCable::new(chat_example::cable_builder());
+/// let conn = cable
+///     .stub_connection(Identifiers::new().with("current_user", "alice"))
+///     .await;
+///
+/// // Subscribing streams from the room.
+/// let room = conn.subscribe("ChatChannel", json!({"room": "15"})).await;
+/// room.assert_confirmed();
+/// room.assert_has_stream("chat_15");
+///
+/// // `speak` broadcasts to the room, saying who spoke.
+/// room.perform("speak", json!({"body": "hello"})).await;
+/// cable.assert_broadcast_on("chat_15", json!({"user": "alice", "body": "hello"}));
+///
+/// // `echo` transmits the data back to this subscriber only, action included.
+/// room.perform("echo", json!({"n": 1})).await;
+/// room.assert_transmitted(json!({"action": "echo", "n": 1}));
+/// cable.assert_broadcasts("chat_15", 1);
+///
+/// // No room, or the forbidden one: rejected, with no stream left behind.
+/// conn.subscribe("ChatChannel", json!({})).await.assert_rejected();
+/// let forbidden = conn.subscribe("ChatChannel", json!({"room": "forbidden"})).await;
+/// forbidden.assert_rejected();
+/// forbidden.assert_no_streams();
+///
+/// // Leaving stops the stream.
+/// room.unsubscribe().await;
+/// room.assert_no_streams();
+/// # }
+/// ```
 #[derive(Default)]
 pub struct ChatChannel {
     stream: String,
@@ -96,6 +139,30 @@ impl Channel for ChatChannel {
 static BENCH_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// `BenchmarkChannel`, as in websocket-shootout's ActionCable server.
+///
+/// ```
+/// use cable_core::Identifiers;
+/// use cable_test::TestCable;
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cable = TestCable::new(chat_example::cable_builder());
+/// let conn = cable.stub_connection(Identifiers::new().with("current_user", "bench")).await;
+/// let sub = conn.subscribe("BenchmarkChannel", json!({})).await;
+/// sub.assert_has_stream("all");
+/// let own = sub.streams().into_iter().find(|s| s.starts_with("benchmark:")).unwrap();
+///
+/// // `broadcast` goes to everyone, then `broadcastResult` to the sender.
+/// sub.perform("broadcast", json!({"payload": "x"})).await;
+/// cable.assert_broadcast_on("all", json!({"action": "broadcast", "payload": "x"}));
+/// cable.assert_broadcast_on(&own, json!({"action": "broadcastResult", "payload": "x"}));
+///
+/// // `echo` comes back on the private stream only.
+/// sub.perform("echo", json!({"payload": "y"})).await;
+/// cable.assert_broadcasts("all", 1);
+/// sub.assert_transmitted(json!({"action": "echo", "payload": "y"}));
+/// # }
+/// ```
 #[derive(Default)]
 pub struct BenchmarkChannel {
     id: String,
@@ -129,6 +196,26 @@ impl Channel for BenchmarkChannel {
 }
 
 /// The connection hook: `user` cookie, else `?user=`; `banned` is refused.
+///
+/// ```
+/// use cable_test::{Request, TestCable};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cable = TestCable::new(chat_example::cable_builder());
+/// let conn = cable.connect(Request::new().cookie("user", "alice")).await.unwrap();
+/// assert_eq!(conn.identified("current_user").as_deref(), Some("alice"));
+/// // The cookie wins over the query.
+/// let conn = cable
+///     .connect(Request::new().cookie("user", "alice").query("user", "bob"))
+///     .await
+///     .unwrap();
+/// assert_eq!(conn.identified("current_user").as_deref(), Some("alice"));
+///
+/// cable.assert_reject_connection(Request::new()).await;
+/// cable.assert_reject_connection(Request::new().query("user", "")).await;
+/// cable.assert_reject_connection(Request::new().query("user", "banned")).await;
+/// # }
+/// ```
 pub async fn identify(req: ConnectRequest) -> Result<Identifiers, Unauthorized> {
     let user = req
         .cookie("user")
