@@ -1,24 +1,11 @@
-//! Vectors, an in-process server and a raw WebSocket client.
+//! Vectors, and the test kit's server and client as a browser of the Rails
+//! app uses them.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use cable_core::{Cable, CableBuilder};
 use cable_rails::KeyDigest;
-use cable_server::{router, serve, AllowedOrigin, ServerConfig};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-pub const ORIGIN: &str = "http://rails.test";
-pub const WAIT: Duration = Duration::from_secs(5);
 pub const SESSION_COOKIE: &str = "_my_app_session";
 
 fn vectors_dir() -> PathBuf {
@@ -89,111 +76,53 @@ pub fn find(list: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
         .expect("no such vector")
 }
 
-pub struct TestServer {
-    pub addr: std::net::SocketAddr,
-    pub cable: Cable,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
+pub use cable_test::TestServer;
 
-impl TestServer {
-    pub async fn start(builder: CableBuilder) -> Self {
-        let cable = builder.build();
-        let mut config = ServerConfig::default();
-        config.origins.allowed.push(AllowedOrigin::from(ORIGIN));
-        let app = router(cable.clone(), config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let c = cable.clone();
-        let task = tokio::spawn(async move {
-            let stop = async {
-                let _ = rx.await;
-            };
-            serve(listener, app, c, stop, Duration::from_secs(2))
-                .await
-                .unwrap();
-        });
-        TestServer {
-            addr,
-            cable,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    /// Opens a WebSocket as a browser of the Rails app would, with `cookie`
-    /// as the `Cookie` header (if any).
-    pub async fn connect(&self, cookie: Option<&str>) -> Client {
-        let mut req = format!("ws://{}/cable", self.addr)
-            .into_client_request()
-            .unwrap();
-        let h = req.headers_mut();
-        h.insert("origin", ORIGIN.parse().unwrap());
-        h.insert(
-            "sec-websocket-protocol",
-            "actioncable-v1-json, actioncable-unsupported"
-                .parse()
-                .unwrap(),
-        );
-        if let Some(c) = cookie {
-            h.insert("cookie", http::HeaderValue::from_str(c).unwrap());
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        Client { ws }
-    }
+/// Connecting to a [`TestServer`] as a browser of the Rails app would.
+#[allow(async_fn_in_trait)] // test helpers, awaited in place
+pub trait Browser {
+    /// Opens a WebSocket from the allowed origin, offering the JS client's
+    /// protocols, with `cookie` as the `Cookie` header (if any).
+    async fn connect(&self, cookie: Option<&str>) -> Client;
 
     /// Connects and reads the welcome.
-    pub async fn connect_welcomed(&self, cookie: Option<&str>) -> Client {
+    async fn connect_welcomed(&self, cookie: Option<&str>) -> Client {
         let mut c = self.connect(cookie).await;
-        c.expect(r#"{"type":"welcome"}"#).await;
+        c.expect(cable_test::frames::WELCOME).await;
         c
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+impl Browser for TestServer {
+    async fn connect(&self, cookie: Option<&str>) -> Client {
+        let mut headers = vec![("Origin", self.origin()), cable_test::JS_CLIENT_PROTOCOLS];
+        if let Some(c) = cookie {
+            headers.push(("Cookie", c));
         }
-        self.task.abort();
+        Client(cable_test::Client::connect(&self.url("/cable"), &headers).await)
     }
 }
 
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// `cable_test::Client`, with identifiers given as JSON values.
+pub struct Client(cable_test::Client);
+
+impl std::ops::Deref for Client {
+    type Target = cable_test::Client;
+    fn deref(&self) -> &cable_test::Client {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut cable_test::Client {
+        &mut self.0
+    }
 }
 
 impl Client {
-    pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.unwrap();
-    }
-
-    /// The next text frame that is not a ping.
-    pub async fn recv(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no frame within {WAIT:?}"),
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if !t.as_str().starts_with(r#"{"type":"ping""#) {
-                        return t.as_str().to_owned();
-                    }
-                }
-                Ok(Some(Ok(Message::Close(c)))) => panic!("closed while waiting: {c:?}"),
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("socket error: {e}"),
-                Ok(None) => panic!("stream ended while waiting for a frame"),
-            }
-        }
-    }
-
     pub async fn recv_json(&mut self) -> Value {
-        serde_json::from_str(&self.recv().await).unwrap()
-    }
-
-    pub async fn expect(&mut self, frame: &str) {
-        assert_eq!(self.recv().await, frame);
+        let text = self.recv().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
     /// Sends a subscribe and returns the answer frame (`confirm_subscription`
@@ -215,27 +144,5 @@ impl Client {
     pub async fn expect_reject(&mut self, identifier: &Value) {
         let answer = self.subscribe(identifier).await;
         assert_eq!(answer["type"], "reject_subscription", "{identifier}");
-    }
-
-    /// The server's frames up to its close, which must carry `code`.
-    pub async fn expect_close(&mut self, code: CloseCode) -> Vec<String> {
-        let mut texts = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no close within {WAIT:?}; got {texts:?}"),
-                Ok(Some(Ok(Message::Close(Some(f))))) => {
-                    assert_eq!(f.code, code);
-                    return texts;
-                }
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if !t.as_str().starts_with(r#"{"type":"ping""#) {
-                        texts.push(t.as_str().to_owned());
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) | Ok(None) => panic!("ended without a close frame: {texts:?}"),
-            }
-        }
     }
 }
