@@ -25,6 +25,8 @@
 //! - [`pubsub`], for adapter authors: [`PubSub`](pubsub::PubSub),
 //!   [`Delivery`](pubsub::Delivery), [`Ack`](pubsub::Ack),
 //!   [`Backoff`](pubsub::Backoff);
+//! - [`broker`], for broker authors: [`Broker`](broker::Broker), the history
+//!   and session store behind reliable streams;
 //! - [`protocol`] and [`json`]: the wire format.
 //!
 //! ```
@@ -88,6 +90,7 @@
 
 mod auth;
 mod backoff;
+pub mod broker;
 mod cable;
 mod channel;
 mod connection;
