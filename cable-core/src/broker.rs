@@ -142,6 +142,16 @@ pub trait Broker: Send + Sync + 'static {
     /// oldest first; none (and the current epoch, if any) when there are none.
     async fn history_since(&self, stream: &str, since: u64) -> Result<History, BrokerError>;
 
+    /// Records that `stream` keeps history under `policy`, for `policy.ttl`
+    /// from now (each call renews it). A channel's
+    /// `stream_from_with_history` calls it, so that a broadcast published on
+    /// any node sharing the backend is appended.
+    async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError>;
+
+    /// The policy recorded for `stream` by [`Broker::enable_history`], if it
+    /// has not run out.
+    async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError>;
+
     /// Stores a session's state (opaque text) under `sid` for `ttl`,
     /// replacing what was there.
     async fn store_session(&self, sid: &str, state: &str, ttl: Duration)
