@@ -77,6 +77,11 @@
 //! - [`TestServer`]: a `Cable` served in-process on a free port;
 //! - [`http`]: a bare HTTP/1.1 request (operator endpoints, broadcasts).
 //!
+//! For tests of the server itself: [`channels`] (a channel that panics,
+//! sleeps or floods on request) and [`model`] (one connection driven by a
+//! list of steps, held to the protocol's invariants: the property tests and
+//! the fuzz target share it).
+//!
 //! And for both: [`eventually`] polls a condition until it holds, or fails
 //! with what was awaited. Every wait is bounded by [`WAIT`] and panics with
 //! what it was waiting for and what came: these are test helpers, and a
@@ -115,11 +120,13 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod channels;
 #[cfg(feature = "sockets")]
 mod client;
 pub mod frames;
 #[cfg(feature = "sockets")]
 mod http_client;
+pub mod model;
 mod recording;
 mod request;
 #[cfg(feature = "sockets")]

@@ -1,33 +1,12 @@
 //! The kit's assertions fail with what was expected and what came.
 
-use cable_core::{async_trait, Cable, Channel, ChannelError, Context, Identifiers};
+use cable_core::{Cable, Identifiers};
+use cable_test::channels::RoomChannel;
 use cable_test::{Request, Subscription, TestCable};
 use serde_json::{json, Value};
 
-#[derive(Default)]
-struct Room;
-
-#[async_trait]
-impl Channel for Room {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        match ctx.param_str("room") {
-            Some("no") | None => ctx.reject(),
-            Some(room) => ctx.stream_from(format!("room_{room}")),
-        }
-        Ok(())
-    }
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        _action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
-        ctx.broadcast("room_1", &data).await
-    }
-}
-
 async fn room(params: Value) -> (TestCable, Subscription) {
-    let cable = TestCable::new(Cable::builder().channel("Room", Room::default));
+    let cable = TestCable::new(Cable::builder().channel("Room", RoomChannel::default));
     let conn = cable.stub_connection(Identifiers::new()).await;
     let sub = conn.subscribe("Room", params).await;
     (cable, sub)
@@ -45,17 +24,20 @@ async fn a_missing_stream_names_the_streams_there_are() {
 #[tokio::test]
 #[should_panic(expected = "to be confirmed; it was Rejected")]
 async fn a_rejection_where_a_confirmation_was_expected() {
-    room(json!({"room": "no"})).await.1.assert_confirmed();
+    room(json!({"room": "1", "reject": true}))
+        .await
+        .1
+        .assert_confirmed();
 }
 
 #[tokio::test]
 #[should_panic(
-    expected = r#"expected a broadcast on "room_1" of {"n":2}; broadcast there: [{"n":1,"action":"say"}]; everywhere: ["room_1": {"n":1,"action":"say"}]"#
+    expected = r#"expected a broadcast on "room_1" of {"body":2}; broadcast there: [{"body":1}]; everywhere: ["room_1": {"body":1}]"#
 )]
 async fn a_missing_broadcast_names_what_was_broadcast() {
     let (cable, sub) = room(json!({"room": "1"})).await;
-    sub.perform("say", json!({"n": 1})).await;
-    cable.assert_broadcast_on("room_1", json!({"n": 2}));
+    sub.perform("speak", json!({"body": 1})).await;
+    cable.assert_broadcast_on("room_1", json!({"body": 2}));
 }
 
 #[tokio::test]

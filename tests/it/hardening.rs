@@ -6,12 +6,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cable_core::{
-    async_trait, Cable, CableBuilder, CableConfig, Channel, ChannelError, Context, Identifiers,
-};
+use cable_core::{Cable, CableBuilder, CableConfig, Identifiers};
 use cable_server::{serve_with, ServeOptions};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -19,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+
+use cable_test::channels::Faulty;
 
 use crate::support::{message, reject, room, test_config, Client, TestServer, ORIGIN};
 
@@ -350,45 +350,6 @@ async fn a_big_broadcast_drops_nobody() {
     assert_eq!(server.cable.stats().connections, 20);
 }
 
-/// Channel code that panics where its identifier says.
-#[derive(Default)]
-struct Panicky {
-    in_: String,
-}
-
-#[async_trait]
-impl Channel for Panicky {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        self.in_ = ctx.param_str("in").unwrap_or("").to_owned();
-        ctx.stream_from(format!("panicky_{}", self.in_));
-        match self.in_.as_str() {
-            "subscribed" => panic!("boom in subscribed"),
-            "timer" => ctx.periodically("t", Duration::from_millis(20))?,
-            _ => {}
-        }
-        Ok(())
-    }
-    async fn unsubscribed(&mut self, _ctx: &mut Context<'_>) {
-        if self.in_ == "unsubscribed" {
-            panic!("boom in unsubscribed");
-        }
-    }
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
-        match action {
-            "panic" => panic!("boom in perform"),
-            _ => ctx.transmit(&data),
-        }
-    }
-    async fn timer(&mut self, _ctx: &mut Context<'_>, _name: &str) -> Result<(), ChannelError> {
-        panic!("boom in timer")
-    }
-}
-
 /// File descriptors of this process that are TCP sockets on `port` (the
 /// server's side of its connections), from /proc. Other tests' sockets in
 /// this process are on other ports and are not counted.
@@ -429,12 +390,12 @@ fn server_fds(port: u16) -> usize {
 
 #[tokio::test]
 async fn panicking_channel_code_leaks_no_socket_stream_or_connection() {
-    let builder = chat_example::cable_builder().channel("Panicky", Panicky::default);
+    let builder = chat_example::cable_builder().channel("Faulty", Faulty::default);
     let server = TestServer::start(builder).await;
     let port = server.addr.port();
     let baseline = server_fds(port);
     let before = server.cable.stats();
-    let id = |w: &str| json!({"channel": "Panicky", "in": w}).to_string();
+    let id = |w: &str| json!({"channel": "Faulty", "in": w}).to_string();
     for round in 0..3 {
         let mut c = Client::connect(&server, &format!("p{round}")).await;
         c.send_json(json!({"command": "subscribe", "identifier": id("subscribed")}))

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use cable_core::pubsub::{Ack, Delivery, MemoryPubSub, PubSub};
 use cable_core::transport::{Inbound, Outgoing};
 use cable_core::{
-    async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, CommandRate,
-    ConnectRequest, Context, Identifiers, PubSubError, Unauthorized,
+    async_trait, authenticate_with, Cable, CableConfig, CommandRate, ConnectRequest, Identifiers,
+    PubSubError, Unauthorized,
 };
+use cable_test::channels::Faulty;
 use cable_test::{frames, Connection, Request, Subscription, TestCable};
 use serde_json::{json, Value};
 
@@ -56,76 +57,12 @@ struct Probe {
     timer_calls: Arc<Mutex<Vec<Instant>>>,
 }
 
-/// A channel that misbehaves on request: `{"channel":"Bad","in":"subscribed"}`
-/// panics in `subscribed`, action `panic` panics, action `sleep` never
-/// returns, `in: timer` panics in its timer, `in: unsubscribed` there.
-struct Bad {
-    probe: Probe,
-    panic_in: String,
-}
-
-#[async_trait]
-impl Channel for Bad {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        self.panic_in = ctx.param_str("in").unwrap_or("").to_owned();
-        ctx.stream_from(format!("bad_{}", self.panic_in));
-        ctx.stream_from("bad_all");
-        match self.panic_in.as_str() {
-            "subscribed" => panic!("boom in subscribed"),
-            "sleep_subscribed" => std::future::pending::<()>().await,
-            "timer" => ctx.periodically("t", Duration::from_millis(30))?,
-            "slow_timer" => ctx.periodically("t", Duration::from_millis(20))?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    async fn unsubscribed(&mut self, _ctx: &mut Context<'_>) {
-        if self.panic_in == "unsubscribed" {
-            panic!("boom in unsubscribed");
-        }
-    }
-
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
-        match action {
-            "panic" => panic!("boom in perform"),
-            "sleep" => {
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-            "busy" => {
-                tokio::time::sleep(Duration::from_millis(data["ms"].as_u64().unwrap_or(0))).await;
-                ctx.transmit(&json!({"busy": "done"}))
-            }
-            "big" => {
-                ctx.transmit(&json!({"pad": "x".repeat(data["n"].as_u64().unwrap_or(0) as usize)}))
-            }
-            "echo" => ctx.transmit(&data),
-            _ => Err(ChannelError::UnknownAction(action.into())),
-        }
-    }
-
-    async fn timer(&mut self, _ctx: &mut Context<'_>, _name: &str) -> Result<(), ChannelError> {
-        self.probe.timer_calls.lock().unwrap().push(Instant::now());
-        if self.panic_in == "timer" {
-            panic!("boom in timer");
-        }
-        Ok(())
-    }
-}
-
 fn bad_cable(probe: &Probe, config: CableConfig) -> TestCable {
     let p = probe.clone();
     let p2 = probe.clone();
     let cable = Cable::builder()
-        .channel("Bad", move || Bad {
-            probe: p.clone(),
-            panic_in: String::new(),
+        .channel("Bad", move || {
+            Faulty::recording_timers(p.timer_calls.clone())
         })
         .authenticate(authenticate_with(|req: ConnectRequest| async move {
             match req.query("user") {
@@ -431,7 +368,7 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
         room.push(subscribed(&cable, &format!("u{i}"), "none").await);
     }
     let big = json!({"pad": "x".repeat(1536 * 1024)});
-    match cable.cable().broadcast("bad_all", &big).await {
+    match cable.cable().broadcast("faulty_all", &big).await {
         Err(PubSubError::MessageTooLarge { size, limit: l }) => {
             assert!(size > 1536 * 1024);
             assert_eq!(l, limit);
@@ -441,17 +378,17 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
     // The same from an adapter (a Rails app publishing to Redis, say):
     // dropped, counted, nobody disconnected.
     let delivery = probe.delivery.lock().unwrap().clone().unwrap();
-    delivery.deliver("bad_all", &big.to_string());
+    delivery.deliver("faulty_all", &big.to_string());
     assert_eq!(cable.cable().stats().oversized_dropped, 1);
     // Escaping can grow a payload past the limit: measured after re-encoding.
     delivery.deliver(
-        "bad_all",
+        "faulty_all",
         &json!({"pad": "<".repeat(limit / 3)}).to_string(),
     );
     assert_eq!(cable.cable().stats().oversized_dropped, 2);
     cable
         .cable()
-        .broadcast("bad_all", &json!({"n": 1}))
+        .broadcast("faulty_all", &json!({"n": 1}))
         .await
         .unwrap();
     for (c, s) in &room {

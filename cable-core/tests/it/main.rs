@@ -2,14 +2,13 @@
 
 mod prop;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cable_core::transport::Outgoing;
 use cable_core::{
-    async_trait, authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest,
-    Context, Identifiers, Unauthorized,
+    authenticate_with, Cable, CableConfig, ConnectRequest, Identifiers, Unauthorized,
 };
+use cable_test::channels::{CallLog, Recorder};
 use cable_test::{frames, Connection, Request, TestCable};
 use serde_json::{json, Value};
 
@@ -23,74 +22,13 @@ async fn open(cable: &TestCable, user: &str) -> Connection {
     }
 }
 
-type Log = Arc<Mutex<Vec<String>>>;
-
-struct Recorder {
-    log: Log,
-}
-
-#[async_trait]
-impl Channel for Recorder {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("subscribed {}", ctx.identifier()));
-        match ctx.param_str("mode") {
-            Some("reject") => {
-                ctx.stream_from("doomed");
-                ctx.reject();
-            }
-            Some("fail") => {
-                ctx.stream_from("doomed");
-                return Err(ChannelError::other("boom"));
-            }
-            Some("tick") => {
-                ctx.periodically("tick", Duration::from_millis(50))?;
-            }
-            _ => ctx.stream_from("s1"),
-        }
-        Ok(())
-    }
-
-    async fn unsubscribed(&mut self, ctx: &mut Context<'_>) {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("unsubscribed {}", ctx.identifier()));
-    }
-
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
-        match action {
-            "receive" => ctx.transmit(&json!({"received": data})),
-            "stop" => {
-                ctx.stop_stream_from("s1");
-                Ok(())
-            }
-            "follow" => {
-                ctx.stream_from(data["stream"].as_str().unwrap_or("x").to_owned());
-                Ok(())
-            }
-            _ => Err(ChannelError::UnknownAction(action.into())),
-        }
-    }
-
-    async fn timer(&mut self, ctx: &mut Context<'_>, name: &str) -> Result<(), ChannelError> {
-        self.log.lock().unwrap().push(format!("timer {name}"));
-        ctx.transmit(&json!({"timer": name}))
-    }
-}
+type Log = CallLog;
 
 fn recorder_cable(log: &Log, config: CableConfig) -> TestCable {
     let log = log.clone();
     TestCable::new(
         Cable::builder()
-            .channel("RecChannel", move || Recorder { log: log.clone() })
+            .channel("RecChannel", move || Recorder::new(log.clone()))
             .authenticate(authenticate_with(|req: ConnectRequest| async move {
                 match req.query("user") {
                     Some(u) => Ok(Identifiers::new().with("current_user", u)),
