@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Builds the single-file ESM bundle the chat example serves at
-// /assets/cable-client.esm.js (examples/chat/assets/cable-client.esm.js).
+// /assets/cable-client.esm.js (examples/chat/assets/vendor/cable-client.esm.js).
 //
 //   node scripts/build-asset.mjs          # (re)write the asset
 //   node scripts/build-asset.mjs --check  # exit 1 if the committed asset is stale
@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
-export const ASSET = fileURLToPath(new URL("../../examples/chat/assets/cable-client.esm.js", import.meta.url));
+export const ASSET = fileURLToPath(new URL("../../examples/chat/assets/vendor/cable-client.esm.js", import.meta.url));
 
 /** The bundle's text, built from src/ with the pinned esbuild. */
 export async function bundle() {

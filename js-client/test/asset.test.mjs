@@ -1,5 +1,5 @@
 // The chat example serves a committed build of this package
-// (examples/chat/assets/cable-client.esm.js); it must equal a fresh build of
+// (examples/chat/assets/vendor/cable-client.esm.js); it must equal a fresh build of
 // src/, so it cannot go stale. Fix with `npm run build:asset`.
 
 import assert from "node:assert/strict";
@@ -8,7 +8,7 @@ import { it } from "node:test";
 
 import { ASSET, bundle } from "../scripts/build-asset.mjs";
 
-it("examples/chat/assets/cable-client.esm.js equals a fresh build of src/ (npm run build:asset)", async () => {
+it("examples/chat/assets/vendor/cable-client.esm.js equals a fresh build of src/ (npm run build:asset)", async () => {
   const fresh = await bundle();
   const committed = readFileSync(ASSET, "utf8");
   assert.ok(committed === fresh, `${ASSET} is stale: run \`npm run build:asset\` in js-client`);

@@ -38,6 +38,15 @@ impl Chat {
         let cmd = chat_command(&args, rust_log);
         Chat(Server::spawn("chat", cmd, "chat example listening on http://").await)
     }
+
+    /// `POST /admin/disconnect` (needs `--admin`): Rails'
+    /// `remote_connections.where(current_user: user).disconnect(reconnect:)`,
+    /// accepted.
+    pub async fn disconnect_user(&self, user: &str, reconnect: bool) {
+        let body = serde_json::json!({"user": user, "reconnect": reconnect}).to_string();
+        let (status, answer) = self.post("/admin/disconnect", &body).await;
+        assert_eq!((status, answer.as_str()), (200, r#"{"ok":true}"#), "{body}");
+    }
 }
 
 /// Runs `chat ARGS…` expecting it to exit by itself within [`START_WAIT`];

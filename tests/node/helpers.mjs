@@ -12,10 +12,11 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
-import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
 
-export { sleep };
+import { Scope as BaseScope, freePort, postJson, sleep, waitFor } from "./harness.mjs";
+
+export { freePort, sleep, waitFor };
 
 export const ORIGIN = "http://localhost:3000";
 export const PROTOCOL = "actioncable-v1-json";
@@ -42,17 +43,6 @@ const DEBUG = !!process.env.ACTIONCABLE_DEBUG;
 // ---------------------------------------------------------------------------
 // small utilities
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "");
 
@@ -72,22 +62,6 @@ function tcpProbe(port) {
   });
 }
 
-/**
- * Polls `predicate` every 25 ms until it returns a truthy value, which is
- * returned. On timeout, throws an Error naming `what` and including `diag()`.
- */
-export async function waitFor(what, predicate, { timeout = 10_000, diag } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (Date.now() >= deadline) {
-      const extra = diag ? `\n${diag()}` : "";
-      throw new Error(`timed out after ${timeout} ms waiting for: ${what}${extra}`);
-    }
-    await sleep(25);
-  }
-}
 
 // ---------------------------------------------------------------------------
 // the chat server process
@@ -164,13 +138,8 @@ export class ChatServer {
   }
 
   /** POSTs JSON to an admin endpoint; returns { status, body }. */
-  async post(path, json) {
-    const res = await fetch(`${this.httpUrl}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(json),
-    });
-    return { status: res.status, body: await res.text() };
+  post(path, json) {
+    return postJson(`${this.httpUrl}${path}`, json);
   }
 }
 
@@ -399,60 +368,21 @@ export class CableClient {
 // per-suite bookkeeping
 
 /** Tracks servers and clients of a test suite, for cleanup and diagnostics. */
-export class Scope {
-  constructor() {
-    this.servers = [];
-    this.clients = [];
-  }
-
+export class Scope extends BaseScope {
   async startServer(opts) {
-    const s = await startServer(opts);
-    this.servers.push(s);
-    return s;
+    return this.keepServer(await startServer(opts));
   }
 
   async client(opts) {
-    const c = await CableClient.create(opts);
-    this.clients.push(c);
-    return c;
+    return this.keepClient(await CableClient.create(opts));
   }
 
-  dump() {
-    const parts = this.clients.map((c) => c.dump());
-    for (const s of this.servers) {
-      parts.push(
-        `--- server ${s.args.join(" ")} (${s.running ? "running" : `exited ${JSON.stringify(s.exit)}`}) log tail ---\n${s.logTail()}`,
-      );
-    }
-    return parts.join("\n");
+  serverDump(s) {
+    const state = s.running ? "running" : `exited ${JSON.stringify(s.exit)}`;
+    return `--- server ${s.args.join(" ")} (${state}) log tail ---\n${s.logTail()}`;
   }
 
-  waitFor(what, predicate, timeout = 10_000) {
-    return waitFor(what, predicate, { timeout, diag: () => this.dump() });
-  }
-
-  /** Wraps a test body so that a failure is reported with the clients' and servers' logs. */
-  wrap(fn) {
-    return async (t) => {
-      try {
-        await fn(t);
-      } catch (err) {
-        // waitFor() timeouts already carry the dump in their message.
-        if (!String(err?.message).includes("--- client ")) t.diagnostic(this.dump());
-        throw err;
-      }
-    };
-  }
-
-  async closeClients() {
-    const clients = this.clients;
-    this.clients = [];
-    await Promise.all(clients.map((c) => c.close()));
-  }
-
-  async closeAll() {
-    await this.closeClients();
-    await Promise.all(this.servers.map((s) => s.stop({ timeout: 5_000 })));
-    this.servers = [];
+  stopServer(s) {
+    return s.stop({ timeout: 5_000 });
   }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes examples/chat/assets/actioncable.esm.js from the @rails/actioncable
+# Refreshes examples/chat/assets/vendor/actioncable.esm.js from the @rails/actioncable
 # npm package pinned in tests/node/package.json (and package-lock.json).
 #
 # Usage (from anywhere):
@@ -12,7 +12,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-assets="$repo/examples/chat/assets"
+assets="$repo/examples/chat/assets/vendor"
 pkg="$here/node_modules/@rails/actioncable"
 
 if [[ "${1:-}" != "--no-ci" ]]; then

@@ -325,18 +325,28 @@ pub async fn broadcast(common: &Common, o: &LadderOpts) -> Result<RunResult> {
 
 // ---------------------------------------------------------------- fanout
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct FanoutOpts {
+    #[arg(long, default_value_t = 10_000)]
     pub subscribers: usize,
-    /// First publish rate, broadcasts per second; each step multiplies it.
+    /// First rate, broadcasts per second.
+    #[arg(long, default_value_t = 10.0)]
     pub rate_start: f64,
+    /// Each step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
     pub rate_factor: f64,
+    #[arg(long, default_value_t = 10_000.0)]
     pub rate_max: f64,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 5.0)]
     pub step_secs: f64,
+    #[arg(long, default_value_t = 200)]
     pub payload_padding: usize,
+    /// Highest p99 delivery latency a rate may have to count.
+    #[arg(long, default_value_t = 100)]
     pub p99_limit_ms: u64,
-    /// Where the publisher connects, if not to the subscribers' server
-    /// (cross-node delivery through a pub/sub adapter).
+    /// Publisher's server, when it is another node than the subscribers'.
+    #[arg(long)]
     pub publish_url: Option<String>,
 }
 
@@ -471,9 +481,11 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
 
 // ---------------------------------------------------------------- connect
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct ConnectOpts {
+    #[arg(long, default_value_t = 19_000)]
     pub connections: usize,
+    #[arg(long, default_value_t = 1000)]
     pub concurrency: usize,
 }
 
@@ -530,11 +542,14 @@ pub async fn connect(common: &Common, o: &ConnectOpts) -> Result<RunResult> {
 
 // ---------------------------------------------------------------- idle
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct IdleOpts {
     /// Two sizes; memory per connection is the slope between them.
+    #[arg(long, default_value_t = 5_000)]
     pub low: usize,
+    #[arg(long, default_value_t = 15_000)]
     pub high: usize,
+    #[arg(long, default_value_t = 3.0)]
     pub settle_secs: f64,
 }
 
@@ -605,16 +620,23 @@ pub async fn idle(common: &Common, o: &IdleOpts) -> Result<RunResult> {
 
 // ---------------------------------------------------------------- slow
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct SlowOpts {
+    #[arg(long, default_value_t = 1000)]
     pub clients: usize,
     /// Fraction of clients that stop reading, in percent.
+    #[arg(long, default_value_t = 1.0)]
     pub slow_percent: f64,
+    /// Broadcasts per second.
+    #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
+    #[arg(long, default_value_t = 4000)]
     pub payload_padding: usize,
     /// Length of the phase before and of the phase with stalled clients.
+    #[arg(long, default_value_t = 10.0)]
     pub phase_secs: f64,
-    /// The server's outbound queue limit per connection, for the bound.
+    /// The server's per-connection outbound queue limit.
+    #[arg(long, default_value_t = 1 << 20)]
     pub queue_limit_bytes: u64,
 }
 
@@ -681,31 +703,24 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
     }
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (lat_a, sent_a, rss_a) = phase(
-        common,
-        &shared,
-        publisher,
-        &padding,
-        o.rate,
-        o.phase_secs,
-        "all reading",
-    )
-    .await;
+    let run_phase = |label| {
+        phase(
+            common,
+            &shared,
+            publisher,
+            &padding,
+            o.rate,
+            o.phase_secs,
+            label,
+        )
+    };
+    let (lat_a, sent_a, rss_a) = run_phase("all reading").await;
     for &i in &slow_ids {
         clients[i].pause(true);
     }
     // Stalled clients read nothing during the phase, so its latencies are
     // the readers' alone.
-    let (lat_b, sent_b, rss_b) = phase(
-        common,
-        &shared,
-        publisher,
-        &padding,
-        o.rate,
-        o.phase_secs,
-        "1% stalled",
-    )
-    .await;
+    let (lat_b, sent_b, rss_b) = run_phase("1% stalled").await;
     // Let the stalled clients read what reached them: a too_slow disconnect
     // (or a plain close) should be there.
     for &i in &slow_ids {

@@ -49,6 +49,9 @@ fn ratio(a: Option<f64>, b: Option<f64>, higher_is_better: bool) -> String {
 /// A figure of one (server, mode), or None when that run is absent.
 type Pick = fn(&RunResult) -> Option<f64>;
 
+/// Every run of a results directory, by (mode, server).
+pub type Runs = BTreeMap<(String, String), RunResult>;
+
 struct Row {
     name: &'static str,
     mode: &'static str,
@@ -240,7 +243,7 @@ const ROWS: &[Row] = &[
 ];
 
 /// The comparison table: cable vs B1 vs Rails with ratios.
-pub fn summary_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn summary_table(runs: &Runs) -> String {
     let get = |server: &str, row: &Row| -> Option<f64> {
         runs.get(&(server.to_owned(), row.mode.to_owned()))
             .and_then(|r| (row.pick)(r))
@@ -270,7 +273,7 @@ pub fn summary_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
 }
 
 /// The ladder's steps, one table per server.
-pub fn ladder_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn ladder_tables(runs: &Runs) -> String {
     let mut s = String::new();
     for ((server, mode), r) in runs {
         if mode != "broadcast" {
@@ -294,7 +297,7 @@ pub fn ladder_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
 }
 
 /// The fan-out sweeps, one table per server label.
-pub fn fanout_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn fanout_tables(runs: &Runs) -> String {
     let mut s = String::new();
     for ((server, mode), r) in runs {
         if mode != "fanout" {
@@ -332,7 +335,7 @@ pub fn fanout_tables(runs: &BTreeMap<(String, String), RunResult>) -> String {
 /// Pub/sub adapters compared: fan-out runs labelled `adapter-<name>`, with
 /// the publisher on one node and the subscribers on another (or the same
 /// node for the in-memory adapter).
-pub fn adapter_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn adapter_table(runs: &Runs) -> String {
     let mut s = String::from(
         "Publisher on one node, subscribers on another (both nodes on the same \
          machine; for `memory`, one node): the latency includes the trip through \
@@ -373,7 +376,7 @@ pub fn adapter_table(runs: &BTreeMap<(String, String), RunResult>) -> String {
 
 /// The hostile-load run (`hostile` and `hostile-shutdown` results of any
 /// server label): one row per case.
-pub fn hostile_section(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn hostile_section(runs: &Runs) -> String {
     let mut s = String::new();
     let mut any = false;
     for ((server, mode), r) in runs {
@@ -506,7 +509,7 @@ fn status(r: &RunResult) -> String {
 }
 
 /// Every run's parameters and figures as compact JSON lines.
-pub fn raw(runs: &BTreeMap<(String, String), RunResult>) -> String {
+pub fn raw(runs: &Runs) -> String {
     let mut s = String::new();
     for ((server, mode), r) in runs {
         let _ = writeln!(

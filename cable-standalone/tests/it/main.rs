@@ -494,15 +494,7 @@ async fn operator_endpoints_are_not_public_by_default() {
         assert_eq!(server.get(path).await.0, 404, "{path}");
     }
     let body = r#"{"stream":"s","data":"1"}"#;
-    let auth = format!("Bearer {KEY}");
-    let (status, _) = http(
-        server.addr,
-        "POST",
-        "/_broadcast",
-        &[("Authorization", &auth)],
-        Some(body),
-    )
-    .await;
+    let status = publish(server.addr, body).await;
     assert_eq!(status, 404);
     assert!(
         server.log().contains("ops_on_public_port"),
@@ -539,14 +531,7 @@ async fn operator_endpoints_are_not_public_by_default() {
     let server = Server::start(&["--ops-on-public-port"], &[("CABLE_BROADCAST_KEY", KEY)]).await;
     assert_eq!(server.get("/stats").await.0, 200);
     assert_eq!(server.get("/metrics").await.0, 200);
-    let (status, _) = http(
-        server.addr,
-        "POST",
-        "/_broadcast",
-        &[("Authorization", &auth)],
-        Some(body),
-    )
-    .await;
+    let status = publish(server.addr, body).await;
     assert_eq!(status, 201);
     let (_, printed, _) = output(&["--print-config", "--ops-on-public-port"], &[]).await;
     assert!(printed.contains("ops_on_public_port = true"), "{printed}");
@@ -883,15 +868,7 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
         "data": "\"<turbo-stream action=\\\"append\\\"></turbo-stream>\"",
     })
     .to_string();
-    let auth = format!("Bearer {KEY}");
-    let (status, _) = http(
-        server.addr,
-        "POST",
-        "/_broadcast",
-        &[("Authorization", &auth)],
-        Some(&body),
-    )
-    .await;
+    let status = publish(server.addr, &body).await;
     assert_eq!(status, 201);
     let got: serde_json::Value = serde_json::from_str(&recv(&mut ws).await).unwrap();
     assert_eq!(got["identifier"], identifier);

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 const PAGE: &str = include_str!("../assets/index.html");
-const ACTIONCABLE_JS: &str = include_str!("../assets/actioncable.esm.js");
+const ACTIONCABLE_JS: &str = include_str!("../assets/vendor/actioncable.esm.js");
 /// The same chat page on `@cable-rs/client` (js-client/), served at
 /// `/cable-client`: made from [`PAGE`], so that only the import (and the
 /// title and the line saying which client it is) differs.
@@ -48,7 +48,7 @@ static CABLE_CLIENT_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new
         .replacen("/assets/actioncable.esm.js", "/assets/cable-client.esm.js", 1)
 });
 /// js-client's single-file build (`npm run build:asset` in js-client).
-const CABLE_CLIENT_JS: &str = include_str!("../assets/cable-client.esm.js");
+const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js");
 
 /// `ChatChannel`: one room per subscription.
 ///

@@ -391,10 +391,7 @@ impl Rails {
         request: &ConnectRequest,
         name: &str,
     ) -> Result<Option<Value>, CookieError> {
-        request
-            .cookie(name)
-            .map(|v| self.inner.cookies.signed(name, v))
-            .transpose()
+        self.read_cookie(request, name, CookieJar::signed)
     }
 
     /// `cookies.encrypted[name]` of the request; `Ok(None)` without that cookie.
@@ -403,9 +400,19 @@ impl Rails {
         request: &ConnectRequest,
         name: &str,
     ) -> Result<Option<Value>, CookieError> {
+        self.read_cookie(request, name, CookieJar::encrypted)
+    }
+
+    /// The request's cookie `name` read by `read`; `Ok(None)` without it.
+    fn read_cookie(
+        &self,
+        request: &ConnectRequest,
+        name: &str,
+        read: fn(&CookieJar, &str, &str) -> Result<Value, CookieError>,
+    ) -> Result<Option<Value>, CookieError> {
         request
             .cookie(name)
-            .map(|v| self.inner.cookies.encrypted(name, v))
+            .map(|v| read(&self.inner.cookies, name, v))
             .transpose()
     }
 

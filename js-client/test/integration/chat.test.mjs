@@ -10,7 +10,7 @@ import { after, before, describe, it } from "node:test";
 
 import { ConnectionClosedError, SubscriptionRejectedError } from "../../dist/index.js";
 import { cableClient } from "../support/clients.mjs";
-import { ChatServer, freePort, requireChatBin, sleep, waitFor } from "../support/server.mjs";
+import { ChatServer, Scope, freePort, requireChatBin, sleep, waitFor } from "../support/server.mjs";
 
 const RECONNECT_TIMEOUT = 40_000;
 const chat = (room) => ({ channel: "ChatChannel", room });
@@ -21,49 +21,18 @@ const skip = requireChatBin();
 if (skip.skip) it("@cable-rs/client against the chat server", skip, () => {});
 
 /** Clients and servers of a suite, closed after each test / the suite; logs on failure. */
-class Scope {
-  clients = [];
-  servers = [];
+class ChatScope extends Scope {
   client(opts) {
-    const c = cableClient(opts);
-    this.clients.push(c);
-    return c;
+    return this.keepClient(cableClient(opts));
   }
   async server(opts) {
-    const s = await ChatServer.start(opts);
-    this.servers.push(s);
-    return s;
-  }
-  dump() {
-    return [...this.clients.map((c) => c.dump()), ...this.servers.map((s) => `--- server :${s.port}\n${s.logTail()}`)].join("\n");
-  }
-  wait(what, predicate, timeout = 10_000) {
-    return waitFor(what, predicate, { timeout, diag: () => this.dump() });
-  }
-  wrap(fn) {
-    return async (t) => {
-      try {
-        await fn(t);
-      } catch (err) {
-        if (!String(err?.message).includes("--- ")) t.diagnostic(this.dump());
-        throw err;
-      }
-    };
-  }
-  async closeClients() {
-    const cs = this.clients;
-    this.clients = [];
-    await Promise.all(cs.map((c) => c.close()));
-  }
-  async closeAll() {
-    await this.closeClients();
-    await Promise.all(this.servers.map((s) => s.stop()));
+    return this.keepServer(await ChatServer.start(opts));
   }
 }
 
 describe("@cable-rs/client against the chat server", { ...skip, concurrency: true }, () => {
   describe("one server (with --admin)", { concurrency: true }, () => {
-    const scope = new Scope();
+    const scope = new ChatScope();
     let server;
     /** A client identified by the Cookie header, with a same-origin Origin, as a browser on the page. */
     const user = (name) =>
@@ -90,7 +59,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         assert.deepEqual(ann.framesIn()[0], { type: "welcome" });
 
         assert.equal(annSub.perform("speak", { body: "hello" }), true);
-        await scope.wait("both to receive ann's message", () => ann.has("t1", "received") && bob.has("t1", "received"));
+        await scope.waitFor("both to receive ann's message", () => ann.has("t1", "received") && bob.has("t1", "received"));
         await sleep(300);
         const expected = [...connectedOnce, { cb: "received", arg: { user: "ann", body: "hello" } }];
         assert.deepEqual(ann.seq("t1"), expected);
@@ -107,7 +76,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const sub = await cat.consumer.subscribe(chat("t2"), cat.callbacks("t2"));
         const data = { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true }, html: "<b>&</b>" };
         sub.perform("echo", data);
-        await scope.wait("the echo", () => cat.has("t2", "received"));
+        await scope.waitFor("the echo", () => cat.has("t2", "received"));
         assert.deepEqual(cat.seq("t2").at(-1), { cb: "received", arg: { ...data, action: "echo" } });
         assert.deepEqual(data, { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true }, html: "<b>&</b>" });
         // The server escapes <, > and & like ActiveSupport::JSON; JSON.parse restores them.
@@ -126,7 +95,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
           return true;
         });
         dan.create(chat("forbidden"), "create");
-        await scope.wait("the second rejection", () => dan.has("create", "rejected"));
+        await scope.waitFor("the second rejection", () => dan.has("create", "rejected"));
         await sleep(1200); // the guarantor would re-send by now if it still held them
         assert.deepEqual(dan.seq("promise"), [{ cb: "initialized" }, { cb: "rejected" }]);
         assert.deepEqual(dan.seq("create"), [{ cb: "initialized" }, { cb: "rejected" }]);
@@ -149,10 +118,10 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const eveSub = await eve.consumer.subscribe(chat("t4"), eve.callbacks("t4"));
         const faySub = await fay.consumer.subscribe(chat("t4"), fay.callbacks("t4"));
         faySub.unsubscribe();
-        await scope.wait("the unsubscribe frame", () => fay.framesOut().some((f) => f.includes('"unsubscribe"')));
+        await scope.waitFor("the unsubscribe frame", () => fay.framesOut().some((f) => f.includes('"unsubscribe"')));
         await sleep(200);
         eveSub.perform("speak", { body: "after fay left" });
-        await scope.wait("eve's own message", () => eve.has("t4", "received"));
+        await scope.waitFor("eve's own message", () => eve.has("t4", "received"));
         await sleep(700);
         assert.deepEqual(fay.seq("t4"), connectedOnce, "fay got nothing after unsubscribing");
         assert.ok(!fay.framesIn().some((f) => f.message), "and the server sent fay nothing");
@@ -201,12 +170,12 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
 
         let res = await server.post("/admin/disconnect", { user: "gus", reconnect: false });
         assert.equal(res.status, 200, res.body);
-        await scope.wait("gus's disconnect", () => gus.has("t6", "disconnected"));
+        await scope.waitFor("gus's disconnect", () => gus.has("t6", "disconnected"));
         assert.deepEqual(gus.framesIn().at(-1), { type: "disconnect", reason: "remote", reconnect: false });
 
         res = await server.post("/admin/disconnect", { user: "hal" });
         assert.equal(res.status, 200, res.body);
-        await scope.wait("hal to reconnect", () => hal.count("t6", "connected") === 2, RECONNECT_TIMEOUT);
+        await scope.waitFor("hal to reconnect", () => hal.count("t6", "connected") === 2, RECONNECT_TIMEOUT);
         assert.deepEqual(hal.seq("t6"), [
           ...connectedOnce,
           { cb: "disconnected", arg: { willAttemptReconnect: true } },
@@ -224,11 +193,11 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const ivy = user("ivy");
         const sub = await ivy.consumer.subscribe(chat("t7"), ivy.callbacks("t7"));
         ivy.consumer.disconnect();
-        await scope.wait("the disconnected callback", () => ivy.has("t7", "disconnected"));
+        await scope.waitFor("the disconnected callback", () => ivy.has("t7", "disconnected"));
         ivy.consumer.connect();
-        await scope.wait("connected again", () => ivy.count("t7", "connected") === 2);
+        await scope.waitFor("connected again", () => ivy.count("t7", "connected") === 2);
         sub.perform("speak", { body: "back" });
-        await scope.wait("the message", () => ivy.has("t7", "received"));
+        await scope.waitFor("the message", () => ivy.has("t7", "received"));
         assert.deepEqual(ivy.seq("t7"), [
           ...connectedOnce,
           { cb: "disconnected", arg: { willAttemptReconnect: false } },
@@ -240,7 +209,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
   });
 
   describe("server restart", () => {
-    const scope = new Scope();
+    const scope = new ChatScope();
     after(() => scope.closeAll());
 
     it(
@@ -254,22 +223,22 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const lobby = await kim.consumer.subscribe(chat("r1"), kim.callbacks("r1"));
         const other = await kim.consumer.subscribe(chat("r2"), kim.callbacks("r2"));
         lobby.perform("speak", { body: "before" });
-        await scope.wait("the first message", () => kim.has("r1", "received"));
+        await scope.waitFor("the first message", () => kim.has("r1", "received"));
 
         assert.deepEqual(await first.stop("SIGTERM"), { code: 0, signal: null });
-        await scope.wait("the disconnected callbacks", () => kim.has("r1", "disconnected") && kim.has("r2", "disconnected"));
+        await scope.waitFor("the disconnected callbacks", () => kim.has("r1", "disconnected") && kim.has("r2", "disconnected"));
         assert.deepEqual(kim.framesIn().at(-1), { type: "disconnect", reason: "server_restart", reconnect: true });
 
         const restartedAt = Date.now();
         await scope.server({ port });
-        await scope.wait(
+        await scope.waitFor(
           "kim to reconnect and resubscribe both",
           () => kim.count("r1", "connected") === 2 && kim.count("r2", "connected") === 2,
           RECONNECT_TIMEOUT,
         );
         const secs = ((Date.now() - restartedAt) / 1000).toFixed(1);
         other.perform("speak", { body: "after" });
-        await scope.wait("the message after the restart", () => kim.has("r2", "received"));
+        await scope.waitFor("the message after the restart", () => kim.has("r2", "received"));
 
         assert.deepEqual(kim.seq("r1"), [
           ...connectedOnce,

@@ -7,12 +7,14 @@
 
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import net from "node:net";
 import { resolve } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
-export { sleep };
+import { Scope, freePort, postJson, sleep, waitFor } from "../../../tests/node/harness.mjs";
+
+// The repository's Node harness (tests/node/harness.mjs): the same polling and
+// cleanup as the @rails/actioncable suite.
+export { Scope, freePort, sleep, waitFor };
 
 export const REPO = fileURLToPath(new URL("../../../", import.meta.url));
 export const CHAT_BIN =
@@ -27,30 +29,7 @@ export function requireChatBin() {
   return { skip: reason };
 }
 
-export function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", fail);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
 
-/** Polls `predicate` every 20 ms; throws naming `what` (plus `diag()`) after `timeout` ms. */
-export async function waitFor(what, predicate, { timeout = 10_000, diag } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (Date.now() >= deadline) {
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}${diag ? `\n${diag()}` : ""}`);
-    }
-    await sleep(20);
-  }
-}
 
 const live = new Set();
 process.on("exit", () => {
@@ -110,13 +89,8 @@ export class ChatServer {
     return exit;
   }
 
-  async post(path, body) {
-    const res = await fetch(`${this.origin}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    return { status: res.status, body: await res.text() };
+  post(path, body) {
+    return postJson(`${this.origin}${path}`, body);
   }
 
   logTail(lines = 30) {

@@ -72,8 +72,7 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind)
     let bobs_channel = shared.channel("action_cable/bob");
     shared.until_subscribed(&bobs_channel, 1).await;
 
-    let (status, body) = a.post("/admin/disconnect", r#"{"user":"bob"}"#).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    a.disconnect_user("bob", true).await;
     for bob in [&mut bob1, &mut bob2] {
         assert_eq!(
             bob.expect_close(CloseCode::Normal).await,
@@ -90,10 +89,7 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind)
     }
 
     // reconnect:false crosses too.
-    let (status, _) = a
-        .post("/admin/disconnect", r#"{"user":"carol","reconnect":false}"#)
-        .await;
-    assert_eq!(status, 200);
+    a.disconnect_user("carol", false).await;
     assert_eq!(
         carol.expect_close(CloseCode::Normal).await,
         vec![r#"{"type":"disconnect","reason":"remote","reconnect":false}"#]
@@ -171,10 +167,7 @@ async fn speak_and_remote_disconnect_are_published_as_rails_publishes_them(kind:
     ann.expect(&message(LOBBY, r#"{"user":"ann","body":"yo"}"#))
         .await;
 
-    let (status, _) = a
-        .post("/admin/disconnect", r#"{"user":"ann","reconnect":false}"#)
-        .await;
-    assert_eq!(status, 200);
+    a.disconnect_user("ann", false).await;
     assert_eq!(
         raw.next().await,
         (

@@ -223,39 +223,25 @@ async fn speak_crosses_both_ways(kind: Kind) {
 }
 
 async fn rails_runner_broadcast_reaches_cable(kind: Kind) {
-    let Some(shared) = Interop::get(kind).await else {
-        return;
-    };
-    let (ours, rails) = shared.servers().await;
-    let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
-    let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
-
-    // A broadcast from outside any channel, as a job or `bin/rails runner`
-    // makes it: a Ruby process of its own, on the same adapter and prefix.
-    shared
-        .ruby(r#"ActionCable.server.broadcast("chat_lobby", { user: "rails", body: "from a runner <&>" })"#)
-        .await;
-    let frame = spoken(LOBBY, "rails", r#""from a runner \u003c\u0026\u003e""#);
-    bob.expect(&frame).await;
-    ann.expect(&frame).await;
-
-    // A richer payload: Rails' server and ours re-encode it to the same bytes
-    // (key order, numbers, null, nesting, escaping of U+2028/U+2029).
-    shared
-        .ruby(
-            r#"ActionCable.server.broadcast("chat_lobby",
-                 { "user" => "rails", "body" => "line\u2028sep\u2029end \"q\" \\ /",
+    rails_broadcasts_arrive_as(
+        kind,
+        &[
+            (
+                r#"{ user: "rails", body: "from a runner <&>" }"#,
+                r#"{"user":"rails","body":"from a runner \u003c\u0026\u003e"}"#,
+            ),
+            // A richer payload: Rails' server and ours re-encode it to the
+            // same bytes (key order, numbers, null, nesting, escaping of
+            // U+2028/U+2029).
+            (
+                r#"{ "user" => "rails", "body" => "line\u2028sep\u2029end \"q\" \\ /",
                    "n" => 42, "x" => 1.5, "neg" => -7, "ok" => true, "none" => nil,
-                   "list" => [1, "two", { "three" => [] }], "empty" => {} })"#,
-        )
-        .await;
-    let frame = message(
-        LOBBY,
-        r#"{"user":"rails","body":"line\u2028sep\u2029end \"q\" \\ /","n":42,"x":1.5,"neg":-7,"ok":true,"none":null,"list":[1,"two",{"three":[]}],"empty":{}}"#,
-    );
-    let rails_frame = ann.recv().await;
-    assert_eq!(rails_frame, frame, "Rails' own client");
-    bob.expect(&rails_frame).await;
+                   "list" => [1, "two", { "three" => [] }], "empty" => {} }"#,
+                r#"{"user":"rails","body":"line\u2028sep\u2029end \"q\" \\ /","n":42,"x":1.5,"neg":-7,"ok":true,"none":null,"list":[1,"two",{"three":[]}],"empty":{}}"#,
+            ),
+        ],
+    )
+    .await;
 }
 
 async fn remote_disconnect_crosses_both_ways(kind: Kind) {
@@ -302,8 +288,7 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
     // Ours → Rails: we publish {"type":"disconnect","reconnect":true} on
     // action_cable/carol. Rails 6.1 answers any "disconnect" with
     // `websocket.close`: a close frame (1000) and no disconnect message.
-    let (status, body) = ours.post("/admin/disconnect", r#"{"user":"carol"}"#).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    ours.disconnect_user("carol", true).await;
     assert_eq!(
         carol.expect_close(CloseCode::Normal).await,
         Vec::<String>::new(),
@@ -312,10 +297,7 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
     // reconnect:false crosses, but Rails 6.1 has no way to tell its client
     // (the disconnect message with "reconnect" came with Rails 7): the same
     // bare close, after which @rails/actioncable reconnects.
-    let (status, _) = ours
-        .post("/admin/disconnect", r#"{"user":"gina","reconnect":false}"#)
-        .await;
-    assert_eq!(status, 200);
+    ours.disconnect_user("gina", false).await;
     assert_eq!(
         gina.expect_close(CloseCode::Normal).await,
         Vec::<String>::new(),
@@ -336,46 +318,54 @@ async fn remote_disconnect_crosses_both_ways(kind: Kind) {
     }
 }
 
-/// Known divergence, hence ignored: Rails decodes a broadcast and encodes
-/// it again with Ruby's number formatting, and so should we. Floats in
-/// exponent form (`1e20` comes out of Ruby as `1.0e+20`, `1e-7` as
-/// `1.0e-07`, `1e15` as `1.0e+15`) and integers past 64 bits (`2**64`
-/// stays exact in Ruby; serde_json without `arbitrary_precision` turns it
-/// into an f64) reach our clients in other bytes than Rails' clients get.
-/// A Rails broadcast of `payload` (Ruby) reaches both servers' clients as
+/// Rails' broadcast of each `payload` (Ruby) on the lobby, from outside any
+/// channel as a job or `bin/rails runner` makes it (a Ruby process of its
+/// own, on the same adapter and prefix), reaches both servers' clients as
 /// the same bytes, `expected`.
-async fn reencodes_as_rails_does(kind: Kind, payload: &str, expected: &str) {
+async fn rails_broadcasts_arrive_as(kind: Kind, broadcasts: &[(&str, &str)]) {
     let Some(shared) = Interop::get(kind).await else {
         return;
     };
     let (ours, rails) = shared.servers().await;
     let mut bob = Client::joined_to("cable", ours.addr, "bob", LOBBY).await;
     let mut ann = Client::joined_to("rails", rails.addr, "ann", LOBBY).await;
-    shared
-        .ruby(&format!(
-            r#"ActionCable.server.broadcast("chat_lobby", {payload})"#
-        ))
-        .await;
-    let rails_frame = ann.recv().await;
-    assert_eq!(rails_frame, message(LOBBY, expected), "Rails' own client");
-    bob.expect(&rails_frame).await;
+    for (payload, expected) in broadcasts {
+        shared
+            .ruby(&format!(
+                r#"ActionCable.server.broadcast("chat_lobby", {payload})"#
+            ))
+            .await;
+        let rails_frame = ann.recv().await;
+        assert_eq!(rails_frame, message(LOBBY, expected), "Rails' own client");
+        bob.expect(&rails_frame).await;
+    }
 }
 
+/// Known divergence, hence ignored: Rails decodes a broadcast and encodes
+/// it again with Ruby's number formatting, and so should we. Floats in
+/// exponent form (`1e20` comes out of Ruby as `1.0e+20`, `1e-7` as
+/// `1.0e-07`, `1e15` as `1.0e+15`) and integers past 64 bits (`2**64`
+/// stays exact in Ruby; serde_json without `arbitrary_precision` turns it
+/// into an f64) reach our clients in other bytes than Rails' clients get.
 async fn numbers_reencode_as_rails_does(kind: Kind) {
-    reencodes_as_rails_does(
+    rails_broadcasts_arrive_as(
         kind,
+        &[(
         r#"{ "user" => "rails", "big" => 1e20, "small" => 1e-7, "round" => 1e15,
              "plain" => 1e14, "third" => 1.0 / 3, "int" => 42, "neg" => -0.0 }"#,
         r#"{"user":"rails","big":1.0e+20,"small":1.0e-07,"round":1.0e+15,"plain":100000000000000.0,"third":0.3333333333333333,"int":42,"neg":-0.0}"#,
+    )],
     )
     .await;
 }
 
 async fn bignums_reencode_as_rails_does(kind: Kind) {
-    reencodes_as_rails_does(
+    rails_broadcasts_arrive_as(
         kind,
-        r#"{ "user" => "rails", "huge" => 2**64 }"#,
-        r#"{"user":"rails","huge":18446744073709551616}"#,
+        &[(
+            r#"{ "user" => "rails", "huge" => 2**64 }"#,
+            r#"{"user":"rails","huge":18446744073709551616}"#,
+        )],
     )
     .await;
 }

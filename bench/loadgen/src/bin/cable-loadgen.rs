@@ -74,133 +74,20 @@ enum Run {
         limit_percentile: u8,
     },
     /// N subscribers of one stream; the publish rate is swept upwards.
-    Fanout {
-        #[arg(long, default_value_t = 10_000)]
-        subscribers: usize,
-        /// First rate, broadcasts per second.
-        #[arg(long, default_value_t = 10.0)]
-        rate_start: f64,
-        /// Each step multiplies the rate by this.
-        #[arg(long, default_value_t = 1.5)]
-        rate_factor: f64,
-        #[arg(long, default_value_t = 10_000.0)]
-        rate_max: f64,
-        /// Seconds per rate step.
-        #[arg(long, default_value_t = 5.0)]
-        step_secs: f64,
-        #[arg(long, default_value_t = 200)]
-        payload_padding: usize,
-        /// Highest p99 delivery latency a rate may have to count.
-        #[arg(long, default_value_t = 100)]
-        p99_limit_ms: u64,
-        /// Publisher's server, when it is another node than the subscribers'.
-        #[arg(long)]
-        publish_url: Option<String>,
-    },
+    Fanout(modes::FanoutOpts),
     /// N connections at concurrency C: time to welcome and to confirm.
-    Connect {
-        #[arg(long, default_value_t = 19_000)]
-        connections: usize,
-        #[arg(long, default_value_t = 1000)]
-        concurrency: usize,
-    },
+    Connect(modes::ConnectOpts),
     /// Server RSS per subscribed idle connection (slope between two sizes).
-    Idle {
-        #[arg(long, default_value_t = 5_000)]
-        low: usize,
-        #[arg(long, default_value_t = 15_000)]
-        high: usize,
-        #[arg(long, default_value_t = 3.0)]
-        settle_secs: f64,
-    },
+    Idle(modes::IdleOpts),
     /// Some clients stop reading while broadcasts continue.
-    Slow {
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        #[arg(long, default_value_t = 1.0)]
-        slow_percent: f64,
-        /// Broadcasts per second.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 4000)]
-        payload_padding: usize,
-        #[arg(long, default_value_t = 10.0)]
-        phase_secs: f64,
-        /// The server's per-connection outbound queue limit.
-        #[arg(long, default_value_t = 1 << 20)]
-        queue_limit_bytes: u64,
-    },
+    Slow(modes::SlowOpts),
     /// A canary echoes every 50 ms while other sockets attack a server with
     /// the chat example's ChatChannel (floods, 20,000 subscriptions, big
     /// identifiers, a 1.5 MiB broadcast, half-sent requests, slow readers).
-    Hostile {
-        /// Comma-separated cases, or `all`: subscribe_flood, action_flood,
-        /// ping_flood, subscriptions, big_identifiers, big_broadcast,
-        /// half_open, slow_readers.
-        #[arg(long, default_value = "all")]
-        cases: String,
-        /// Seconds each flood, hold or busy phase lasts.
-        #[arg(long, default_value_t = 3.0)]
-        case_secs: f64,
-        /// Admin endpoints (`POST /admin/broadcast`) as http://host:port;
-        /// default: the --url's host and port.
-        #[arg(long)]
-        admin_url: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        canary_interval_ms: u64,
-        /// An echo not back within this counts as lost.
-        #[arg(long, default_value_t = 5000)]
-        echo_grace_ms: u64,
-        #[arg(long, default_value_t = 3)]
-        flood_sockets: usize,
-        /// Most frames one flooding socket sends.
-        #[arg(long, default_value_t = 200_000)]
-        flood_max_commands: u64,
-        #[arg(long, default_value_t = 20_000)]
-        subscriptions: usize,
-        #[arg(long, default_value_t = 20)]
-        big_identifiers: usize,
-        /// Size of each near-limit subscribe command.
-        #[arg(long, default_value_t = 65_000)]
-        big_identifier_bytes: usize,
-        #[arg(long, default_value_t = 2_000)]
-        medium_identifiers: usize,
-        #[arg(long, default_value_t = 4096)]
-        medium_identifier_bytes: usize,
-        #[arg(long, default_value_t = 20)]
-        room_size: usize,
-        #[arg(long, default_value_t = 1536 * 1024)]
-        big_broadcast_bytes: usize,
-        #[arg(long, default_value_t = 500)]
-        half_open: usize,
-        #[arg(long, default_value_t = 10)]
-        slow_readers: usize,
-        /// Broadcasts per second in the busy room.
-        #[arg(long, default_value_t = 200.0)]
-        slow_rate: f64,
-        /// Bytes of each busy-room broadcast's body.
-        #[arg(long, default_value_t = 16_000)]
-        slow_payload: usize,
-        /// The canary's worst round trip allowed in any case (0: not judged).
-        #[arg(long, default_value_t = 100)]
-        rtt_limit_ms: u64,
-        /// Most the server's RSS may grow during one case (peak over its
-        /// level before the case).
-        #[arg(long, default_value_t = 64)]
-        rss_limit_mib: u64,
-    },
+    Hostile(hostile::HostileOpts),
     /// SIGTERM to --server-pid with half-sent requests open: how long until
     /// the process is gone (it must be within its drain timeout plus 5 s).
-    HostileShutdown {
-        #[arg(long, default_value_t = 200)]
-        half_open: usize,
-        /// The server's drain timeout (chat's --shutdown-timeout).
-        #[arg(long, default_value_t = 10.0)]
-        shutdown_timeout_secs: f64,
-        /// Give up waiting for the exit after this long.
-        #[arg(long, default_value_t = 20.0)]
-        wait_secs: f64,
-    },
+    HostileShutdown(hostile::ShutdownOpts),
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -247,18 +134,19 @@ fn write_report(
         md.push_str(&std::fs::read_to_string(&h).with_context(|| h.display().to_string())?);
         md.push('\n');
     }
-    md.push_str("## cable vs B1 vs Rails\n\n");
-    md.push_str(&report::summary_table(&runs));
-    md.push_str("\n## Broadcast ladder\n");
-    md.push_str(&report::ladder_tables(&runs));
-    md.push_str("\n## Fan-out sweeps\n");
-    md.push_str(&report::fanout_tables(&runs));
-    md.push_str("\n## Pub/sub adapters\n\n");
-    md.push_str(&report::adapter_table(&runs));
-    md.push_str("\n## Hostile load\n");
-    md.push_str(&report::hostile_section(&runs));
-    md.push_str("\n## Runs\n\n");
-    md.push_str(&report::raw(&runs));
+    type Section = fn(&report::Runs) -> String;
+    let sections: [(&str, Section); 6] = [
+        ("## cable vs B1 vs Rails\n\n", report::summary_table),
+        ("\n## Broadcast ladder\n", report::ladder_tables),
+        ("\n## Fan-out sweeps\n", report::fanout_tables),
+        ("\n## Pub/sub adapters\n\n", report::adapter_table),
+        ("\n## Hostile load\n", report::hostile_section),
+        ("\n## Runs\n\n", report::raw),
+    ];
+    for (heading, section) in sections {
+        md.push_str(heading);
+        md.push_str(&section(&runs));
+    }
     if let Some(h) = history {
         md.push('\n');
         md.push_str(&std::fs::read_to_string(&h).with_context(|| h.display().to_string())?);
@@ -324,158 +212,31 @@ async fn run(args: Args) -> Result<()> {
             )
             .await?
         }
-        Run::Fanout {
-            subscribers,
-            rate_start,
-            rate_factor,
-            rate_max,
-            step_secs,
-            payload_padding,
-            p99_limit_ms,
-            publish_url,
-        } => {
-            if rate_factor <= 1.0 {
+        Run::Fanout(opts) => {
+            if opts.rate_factor <= 1.0 {
                 bail!("--rate-factor must be above 1");
             }
-            modes::fanout(
-                &common,
-                &modes::FanoutOpts {
-                    subscribers,
-                    rate_start,
-                    rate_factor,
-                    rate_max,
-                    step_secs,
-                    payload_padding,
-                    p99_limit_ms,
-                    publish_url,
-                },
-            )
-            .await?
+            modes::fanout(&common, &opts).await?
         }
-        Run::Connect {
-            connections,
-            concurrency,
-        } => {
-            modes::connect(
-                &common,
-                &modes::ConnectOpts {
-                    connections,
-                    concurrency,
-                },
-            )
-            .await?
-        }
-        Run::Idle {
-            low,
-            high,
-            settle_secs,
-        } => {
-            if high <= low {
+        Run::Connect(opts) => modes::connect(&common, &opts).await?,
+        Run::Idle(opts) => {
+            if opts.high <= opts.low {
                 bail!("--high must be above --low");
             }
-            modes::idle(
-                &common,
-                &modes::IdleOpts {
-                    low,
-                    high,
-                    settle_secs,
-                },
-            )
-            .await?
+            modes::idle(&common, &opts).await?
         }
-        Run::Slow {
-            clients,
-            slow_percent,
-            rate,
-            payload_padding,
-            phase_secs,
-            queue_limit_bytes,
-        } => {
-            modes::slow(
-                &common,
-                &modes::SlowOpts {
-                    clients,
-                    slow_percent,
-                    rate,
-                    payload_padding,
-                    phase_secs,
-                    queue_limit_bytes,
-                },
-            )
-            .await?
+        Run::Slow(opts) => modes::slow(&common, &opts).await?,
+        Run::Hostile(mut opts) => {
+            if opts.cases == ["all"] {
+                opts.cases = hostile::CASES.iter().map(|c| c.to_string()).collect();
+            }
+            hostile::run(&common, &opts).await?
         }
-        Run::Hostile {
-            cases,
-            case_secs,
-            admin_url,
-            canary_interval_ms,
-            echo_grace_ms,
-            flood_sockets,
-            flood_max_commands,
-            subscriptions,
-            big_identifiers,
-            big_identifier_bytes,
-            medium_identifiers,
-            medium_identifier_bytes,
-            room_size,
-            big_broadcast_bytes,
-            half_open,
-            slow_readers,
-            slow_rate,
-            slow_payload,
-            rtt_limit_ms,
-            rss_limit_mib,
-        } => {
-            let cases = if cases == "all" {
-                hostile::CASES.iter().map(|c| c.to_string()).collect()
-            } else {
-                cases.split(',').map(|c| c.trim().to_owned()).collect()
-            };
-            hostile::run(
-                &common,
-                &hostile::HostileOpts {
-                    cases,
-                    case_secs,
-                    canary_interval_ms,
-                    echo_grace_ms,
-                    flood_sockets,
-                    flood_max_commands,
-                    subscriptions,
-                    big_identifiers,
-                    big_identifier_bytes,
-                    medium_identifiers,
-                    medium_identifier_bytes,
-                    room_size,
-                    big_broadcast_bytes,
-                    half_open,
-                    slow_readers,
-                    slow_rate,
-                    slow_payload,
-                    admin_url,
-                    rtt_limit_ms,
-                    rss_limit_mib,
-                },
-            )
-            .await?
-        }
-        Run::HostileShutdown {
-            half_open,
-            shutdown_timeout_secs,
-            wait_secs,
-        } => {
+        Run::HostileShutdown(opts) => {
             let [pid] = common.server_pids[..] else {
                 bail!("hostile-shutdown needs exactly one --server-pid");
             };
-            hostile::shutdown(
-                &common,
-                pid,
-                &hostile::ShutdownOpts {
-                    half_open,
-                    shutdown_timeout_secs,
-                    wait_secs,
-                },
-            )
-            .await?
+            hostile::shutdown(&common, pid, &opts).await?
         }
         Run::Report {
             dir,

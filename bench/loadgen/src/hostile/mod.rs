@@ -75,37 +75,62 @@ pub fn describe(case: &str) -> &'static str {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// The hostile run's settings (its command-line flags).
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct HostileOpts {
-    /// Cases to run, in this order (names from [`CASES`]).
+    /// Comma-separated cases, or `all`: subscribe_flood, action_flood,
+    /// ping_flood, subscriptions, big_identifiers, big_broadcast,
+    /// half_open, slow_readers (run in this order).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
     pub cases: Vec<String>,
-    /// How long each flood, hold or busy phase lasts.
+    /// Seconds each flood, hold or busy phase lasts.
+    #[arg(long, default_value_t = 3.0)]
     pub case_secs: f64,
+    /// Admin endpoints (`POST /admin/broadcast`) as http://host:port;
+    /// default: the --url's host and port.
+    #[arg(long)]
+    pub admin_url: Option<String>,
+    #[arg(long, default_value_t = 50)]
     pub canary_interval_ms: u64,
     /// An echo not back within this counts as lost.
+    #[arg(long, default_value_t = 5000)]
     pub echo_grace_ms: u64,
+    #[arg(long, default_value_t = 3)]
     pub flood_sockets: usize,
     /// Most frames one flooding socket sends.
+    #[arg(long, default_value_t = 200_000)]
     pub flood_max_commands: u64,
+    #[arg(long, default_value_t = 20_000)]
     pub subscriptions: usize,
+    #[arg(long, default_value_t = 20)]
     pub big_identifiers: usize,
-    /// Size of each near-limit subscribe command, in bytes.
+    /// Size of each near-limit subscribe command.
+    #[arg(long, default_value_t = 65_000)]
     pub big_identifier_bytes: usize,
+    #[arg(long, default_value_t = 2_000)]
     pub medium_identifiers: usize,
+    #[arg(long, default_value_t = 4096)]
     pub medium_identifier_bytes: usize,
+    #[arg(long, default_value_t = 20)]
     pub room_size: usize,
+    #[arg(long, default_value_t = 1536 * 1024)]
     pub big_broadcast_bytes: usize,
+    #[arg(long, default_value_t = 500)]
     pub half_open: usize,
+    #[arg(long, default_value_t = 10)]
     pub slow_readers: usize,
     /// Broadcasts per second in the busy room.
+    #[arg(long, default_value_t = 200.0)]
     pub slow_rate: f64,
+    /// Bytes of each busy-room broadcast's body.
+    #[arg(long, default_value_t = 16_000)]
     pub slow_payload: usize,
-    /// `http://host:port` of the admin endpoints (big_broadcast).
-    pub admin_url: Option<String>,
-    /// The canary's worst round trip allowed per case (0: not judged).
+    /// The canary's worst round trip allowed in any case (0: not judged).
+    #[arg(long, default_value_t = 100)]
     pub rtt_limit_ms: u64,
-    /// Most the server's RSS may grow during one case (peak over its level
-    /// before the case); the growth over the first case's level is reported.
+    /// Most the server's RSS may grow during one case (peak over its
+    /// level before the case).
+    #[arg(long, default_value_t = 64)]
     pub rss_limit_mib: u64,
 }
 
@@ -780,13 +805,15 @@ pub fn summary_table(results: &[CaseResult]) -> String {
 
 // ---------------------------------------------------------------- shutdown
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct ShutdownOpts {
+    #[arg(long, default_value_t = 200)]
     pub half_open: usize,
-    /// The server's drain timeout (chat's `--shutdown-timeout`).
+    /// The server's drain timeout (chat's --shutdown-timeout).
+    #[arg(long, default_value_t = 10.0)]
     pub shutdown_timeout_secs: f64,
-    /// How long to wait for the exit before giving up (the process is then
-    /// left to the caller).
+    /// Give up waiting for the exit after this long.
+    #[arg(long, default_value_t = 20.0)]
     pub wait_secs: f64,
 }
 
