@@ -537,17 +537,26 @@ mod tests {
         assert_eq!(ratio(None, Some(1.0), true), "—");
     }
 
+    /// Results holding one run of cable in `mode`.
+    fn one_run(mode: &str, ok: bool, params: Value, metrics: Value) -> Runs {
+        let run = RunResult {
+            mode: mode.into(),
+            server: "cable".into(),
+            ok,
+            params,
+            metrics,
+            errors: vec![],
+        };
+        BTreeMap::from([(("cable".to_owned(), mode.to_owned()), run)])
+    }
+
     #[test]
     fn hostile_section_has_a_row_per_case() {
-        let mut runs = BTreeMap::new();
-        runs.insert(
-            ("cable".to_owned(), "hostile".to_owned()),
-            RunResult {
-                mode: "hostile".into(),
-                server: "cable".into(),
-                ok: false,
-                params: json!({"case_secs": 3.0, "canary_interval_ms": 50, "echo_grace_ms": 5000, "rtt_limit_ms": 100, "rss_limit_mib": 64}),
-                metrics: json!({
+        let runs = one_run(
+            "hostile",
+            false,
+            json!({"case_secs": 3.0, "canary_interval_ms": 50, "echo_grace_ms": 5000, "rtt_limit_ms": 100, "rss_limit_mib": 64}),
+            json!({
                     "baseline": {"canary": {"p99_ms": 1.0, "worst_ms": 1.5}, "rss_bytes": 10485760},
                     "cases_run": 1,
                     "cases_passed": 0,
@@ -563,9 +572,7 @@ mod tests {
                             {"name": "members_connected", "ok": false, "detail": "0 of 20"}
                         ],
                     }],
-                }),
-                errors: vec![],
-            },
+            }),
         );
         let t = hostile_section(&runs);
         assert!(t.contains("**cable** (0 of 1 cases passed)"), "{t}");
@@ -578,17 +585,11 @@ mod tests {
 
     #[test]
     fn table_has_a_row_per_figure() {
-        let mut runs = BTreeMap::new();
-        runs.insert(
-            ("cable".to_owned(), "idle".to_owned()),
-            RunResult {
-                mode: "idle".into(),
-                server: "cable".into(),
-                ok: true,
-                params: json!({}),
-                metrics: json!({"bytes_per_connection": 3000.0}),
-                errors: vec![],
-            },
+        let runs = one_run(
+            "idle",
+            true,
+            json!({}),
+            json!({"bytes_per_connection": 3000.0}),
         );
         let t = summary_table(&runs);
         assert!(t.contains("| idle: server RSS per subscribed connection (bytes) | 3000 | — |"));

@@ -270,6 +270,7 @@ pub fn app(cable: Cable, opts: &Options) -> Router {
             Router::new()
                 .route("/admin/broadcast", post(admin_broadcast))
                 .route("/admin/disconnect", post(admin_disconnect))
+                .route_layer(axum::middleware::from_fn(loopback_only))
                 .with_state(cable),
         );
     }
@@ -300,21 +301,23 @@ fn yes() -> bool {
     true
 }
 
-/// The answer for a non-loopback caller of an admin endpoint.
-fn refuse_unless_loopback(peer: SocketAddr) -> Option<Response> {
-    (!peer.ip().is_loopback())
-        .then(|| (StatusCode::FORBIDDEN, "admin endpoints are loopback only").into_response())
+/// Admin endpoints answer loopback callers only; anyone else gets 403
+/// before the body is read.
+async fn loopback_only(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (StatusCode::FORBIDDEN, "admin endpoints are loopback only").into_response();
+    }
+    next.run(request).await
 }
 
-async fn admin_broadcast(
-    State(cable): State<Cable>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(body): Json<BroadcastBody>,
-) -> Response {
-    if let Some(refusal) = refuse_unless_loopback(peer) {
-        return refusal;
-    }
-    match cable.broadcast(&body.stream, &body.message).await {
+/// An admin endpoint's answer: `{"ok":true}`, 413 for a message no client
+/// could be sent, 502 when the adapter failed.
+fn admin_answer(result: Result<(), cable_core::PubSubError>) -> Response {
+    match result {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e @ cable_core::PubSubError::MessageTooLarge { .. }) => {
             (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
@@ -323,19 +326,16 @@ async fn admin_broadcast(
     }
 }
 
+async fn admin_broadcast(State(cable): State<Cable>, Json(body): Json<BroadcastBody>) -> Response {
+    admin_answer(cable.broadcast(&body.stream, &body.message).await)
+}
+
 async fn admin_disconnect(
     State(cable): State<Cable>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<DisconnectBody>,
 ) -> Response {
-    if let Some(refusal) = refuse_unless_loopback(peer) {
-        return refusal;
-    }
     let ids = Identifiers::new().with("current_user", body.user);
-    match cable.remote_disconnect(&ids, body.reconnect).await {
-        Ok(()) => Json(json!({"ok": true})).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    }
+    admin_answer(cable.remote_disconnect(&ids, body.reconnect).await)
 }
 
 #[cfg(test)]
@@ -356,5 +356,36 @@ mod tests {
             3,
             "title, the line naming the client, the import"
         );
+    }
+
+    /// The admin endpoints' answer to `body` from `peer`.
+    async fn admin_status(peer: &str, body: &str) -> u16 {
+        use tower::ServiceExt;
+        let opts = super::Options {
+            server: Default::default(),
+            admin: true,
+        };
+        let cable = super::cable_builder().build();
+        let mut request = axum::http::Request::post("/admin/broadcast")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let response = super::app(cable, &opts).oneshot(request).await.unwrap();
+        response.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_answer_loopback_callers_only() {
+        let ok = r#"{"stream":"chat_lobby","message":{"body":"hi"}}"#;
+        assert_eq!(admin_status("127.0.0.1:5000", ok).await, 200);
+        assert_eq!(admin_status("[::1]:5000", ok).await, 200);
+        assert_eq!(admin_status("10.0.0.7:5000", ok).await, 403);
+        // Refused before the body is read: no hint about what it should be.
+        assert_eq!(admin_status("10.0.0.7:5000", "not json").await, 403);
+        assert_eq!(admin_status("127.0.0.1:5000", "not json").await, 400);
     }
 }
