@@ -95,6 +95,7 @@ mod cable;
 mod channel;
 mod connection;
 mod hub;
+mod ids;
 pub mod json;
 mod logging;
 mod mailbox;
