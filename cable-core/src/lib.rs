@@ -104,6 +104,7 @@ mod outbox;
 pub mod protocol;
 pub mod pubsub;
 mod redact;
+mod reliable;
 pub mod transport;
 
 pub use async_trait::async_trait;

@@ -324,7 +324,7 @@ impl Connection {
     async fn welcomed(&self) -> Result<(), Rejected> {
         let first = self.next_frame().await;
         match first {
-            Outgoing::Text(f) if f.as_str() == frames::WELCOME => {
+            Outgoing::Text(f) if is_welcome(f.as_str()) => {
                 self.shared.settle().await;
                 Ok(())
             }
@@ -763,4 +763,12 @@ impl Subscription {
             self.identifier
         );
     }
+}
+
+/// A welcome: Rails' exact bytes, or the extended protocol's (with a
+/// session id, perhaps restored).
+fn is_welcome(text: &str) -> bool {
+    text == frames::WELCOME
+        || serde_json::from_str::<Value>(text)
+            .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("welcome"))
 }

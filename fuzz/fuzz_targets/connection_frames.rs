@@ -427,7 +427,7 @@ fn check(flags: u8, steps: &[Step], out: &[Outgoing], stats: &cable_core::Stats)
     let mut unsubscribes: HashMap<String, usize> = HashMap::new();
     for text in steps.iter().filter_map(frame_text) {
         match cable_core::protocol::Command::parse(&text) {
-            Ok(cable_core::protocol::Command::Subscribe { identifier }) => {
+            Ok(cable_core::protocol::Command::Subscribe { identifier, .. }) => {
                 *subscribes.entry(identifier).or_default() += 1
             }
             Ok(cable_core::protocol::Command::Unsubscribe { identifier }) => {

@@ -81,9 +81,11 @@ proptest! {
             if let Ok(command) = parsed {
                 let v: Value = serde_json::from_str(t).unwrap();
                 let identifier = match &command {
-                    Command::Subscribe { identifier }
+                    Command::Subscribe { identifier, .. }
                     | Command::Unsubscribe { identifier }
-                    | Command::Message { identifier, .. } => identifier,
+                    | Command::Message { identifier, .. }
+                    | Command::History { identifier, .. } => identifier,
+                    _ => continue,
                 };
                 prop_assert_eq!(v["identifier"].as_str(), Some(identifier.as_str()));
             }
@@ -410,7 +412,7 @@ fn check(
     for step in steps {
         if let Step::Text(t) = step {
             match Command::parse(t) {
-                Ok(Command::Subscribe { identifier }) => {
+                Ok(Command::Subscribe { identifier, .. }) => {
                     *subscribes.entry(identifier).or_default() += 1
                 }
                 Ok(Command::Unsubscribe { identifier }) => {
