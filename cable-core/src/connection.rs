@@ -518,7 +518,7 @@ async fn run_session<S>(
             break;
         }
         if session.sid.is_some() {
-            Box::pin(session.store_if_changed()).await;
+            Box::pin(session.store_if_changed(&mut io)).await;
         }
         let event = if let Some(ctl) = io.deferred.pop_front() {
             Event::Control(ctl)
@@ -1380,8 +1380,13 @@ impl Session {
     }
 
     /// Stores the session when its subscriptions or streams changed since
-    /// the last store (so a client whose node died can resume it).
-    async fn store_if_changed(&mut self) {
+    /// the last store (so a client whose node died can resume it). The
+    /// store runs guarded, so a slow broker does not keep the session from
+    /// noticing a client that left.
+    async fn store_if_changed<S>(&mut self, io: &mut Io<'_, S>)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
         let dirty = self.changed || self.subs.values().any(|s| s.state.dirty);
         if !dirty {
             return;
@@ -1390,7 +1395,9 @@ impl Session {
         for sub in self.subs.values_mut() {
             sub.state.dirty = false;
         }
-        self.store().await;
+        if let Some(store) = self.store_call() {
+            io.guarded(&self.conn, store).await;
+        }
     }
 
     /// At the end of the connection: stored again (its TTL starts now), or
@@ -1406,17 +1413,27 @@ impl Session {
     }
 
     async fn store(&mut self) {
-        let (Some(sid), Some(broker)) = (&self.sid, &self.conn.cable.reliable.broker) else {
-            return;
-        };
+        if let Some(store) = self.store_call() {
+            store.await;
+        }
+    }
+
+    /// The broker call that stores the session as it is now (bounded by
+    /// [`SESSION_IO_TIMEOUT`], failures logged); owns what it needs.
+    fn store_call(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let sid = self.sid.clone()?;
+        let broker = self.conn.cable.reliable.broker.clone()?;
         let state = self.stored();
         let ttl = self.conn.cable.config.session_ttl;
-        match tokio::time::timeout(SESSION_IO_TIMEOUT, broker.store_session(sid, &state, ttl)).await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not store session {}", Snip(sid)),
-            Err(_) => tracing::warn!("storing session {} timed out", Snip(sid)),
-        }
+        Some(async move {
+            match tokio::time::timeout(SESSION_IO_TIMEOUT, broker.store_session(&sid, &state, ttl))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not store session {}", Snip(&sid)),
+                Err(_) => tracing::warn!("storing session {} timed out", Snip(&sid)),
+            }
+        })
     }
 
     /// Ends every subscription (socket closed or connection ended). The
