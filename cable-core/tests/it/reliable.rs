@@ -40,6 +40,21 @@ impl Channel for Feed {
         }
         Ok(())
     }
+
+    async fn perform(
+        &mut self,
+        ctx: &mut Context<'_>,
+        action: &str,
+        data: Value,
+    ) -> Result<(), ChannelError> {
+        match (action, data["stream"].as_str()) {
+            ("follow", Some(stream)) => {
+                ctx.stream_from_with_history(stream.to_owned());
+                Ok(())
+            }
+            _ => Err(ChannelError::UnknownAction(action.into())),
+        }
+    }
 }
 
 /// Counts of the connect hook's and `subscribed`'s calls.
@@ -376,7 +391,10 @@ async fn a_session_resumes_with_its_identifiers_and_streams_without_the_hooks() 
     let a = ext(&cable, "alice").await;
     a.subscribe_to(&id("x")).await.assert_confirmed();
     let plain = json!({"channel": "Feed", "room": "y", "plain": true}).to_string();
-    a.subscribe_to(&plain).await.assert_confirmed();
+    let x = a.subscribe_to(&plain).await;
+    x.assert_confirmed();
+    // A stream started by an action is part of the session too.
+    x.perform("follow", json!({"stream": "feed_extra"})).await;
     let old = sid(&a);
     a.disconnect().await;
     assert_eq!(calls.connect.load(Ordering::SeqCst), 1);
@@ -413,9 +431,12 @@ async fn a_session_resumes_with_its_identifiers_and_streams_without_the_hooks() 
     let before = b.frames().len();
     publish(&cable, "feed_x", 1).await;
     publish(&cable, "feed_y", 1).await;
+    publish(&cable, "feed_extra", 1).await;
     b.settle().await;
     let got = frames_after(&b, before);
-    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["identifier"], plain);
+    assert_eq!(got[2]["stream_id"], "feed_extra");
     assert_eq!(got[0]["identifier"], id("x"));
     assert_eq!(got[0]["stream_id"], "feed_x");
     assert_eq!(got[1]["identifier"], plain);
@@ -610,4 +631,32 @@ async fn a_failed_append_is_delivered_live_without_a_position() {
     let last: Value = serde_json::from_str(a.frames().last().unwrap()).unwrap();
     assert_eq!(last, json!({"identifier": id("f"), "message": {"n": 1}}));
     assert_eq!(cable.cable().stats().history_append_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_renews_the_marks_of_streams_still_subscribed() {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let calls = Calls::default();
+    let cable = TestCable::new(builder(&calls).shared_broker(broker.clone()));
+    let a = ext(&cable, "a").await;
+    let short = json!({"channel": "Feed", "room": "k", "limit": 5}).to_string();
+    a.subscribe_to(&short).await.assert_confirmed();
+    let gone = json!({"channel": "Feed", "room": "g", "limit": 5}).to_string();
+    let g = a.subscribe_to(&gone).await;
+    g.assert_confirmed();
+    g.unsubscribe().await;
+    // The marks last the policy's ttl (300 s); beats past half of it renew
+    // those with a subscriber and let the others run out.
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(100)).await;
+        cable_core::transport::beat(cable.cable());
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(broker.history_policy("feed_k").await.unwrap().is_some());
+    assert!(broker.history_policy("feed_g").await.unwrap().is_none());
+    publish(&cable, "feed_k", 1).await;
+    publish(&cable, "feed_g", 1).await;
+    assert_eq!(cable.cable().stats().history_appends, 1);
 }
