@@ -966,9 +966,10 @@ impl Session {
                 identifier,
                 history,
             }) => {
-                let identifier: Arc<str> = identifier.into();
-                if self.subscribe(io, identifier.to_string()).await {
-                    if let Some(history) = history {
+                // History is served after the confirmation, as AnyCable.
+                let then = history.map(|h| (identifier.clone(), h));
+                if self.subscribe(io, identifier).await {
+                    if let Some((identifier, history)) = then {
                         self.history(io, &identifier, history).await;
                     }
                 }
