@@ -20,10 +20,8 @@ impl Channel for News {
     }
 }
 
-const EXT: (&str, &str) = (
-    "Sec-WebSocket-Protocol",
-    "actioncable-v1-ext-json, actioncable-unsupported",
-);
+/// `@anycable/web`'s offer.
+const EXT: (&str, &str) = cable_test::EXT_CLIENT_PROTOCOLS;
 
 #[tokio::test]
 async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
