@@ -15,6 +15,7 @@ pub struct ConnectRequest {
     headers: Vec<(String, String)>,
     cookies: HashMap<String, String>,
     peer: Option<SocketAddr>,
+    subprotocol: Option<String>,
 }
 
 impl ConnectRequest {
@@ -50,7 +51,23 @@ impl ConnectRequest {
             headers,
             cookies,
             peer,
+            subprotocol: None,
         }
+    }
+
+    /// Sets the WebSocket subprotocol the transport negotiated
+    /// (`actioncable-v1-json`, `actioncable-v1-ext-json`). With
+    /// [`EXT_SUBPROTOCOL`](crate::protocol::EXT_SUBPROTOCOL) the session
+    /// speaks AnyCable's extended protocol: a session id in the welcome,
+    /// resume with `?sid=`, the pong timeout.
+    pub fn with_subprotocol(mut self, subprotocol: Option<&str>) -> Self {
+        self.subprotocol = subprotocol.map(str::to_owned);
+        self
+    }
+
+    /// The negotiated subprotocol, if the transport said.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
     }
 
     /// The request path.

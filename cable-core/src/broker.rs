@@ -37,6 +37,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+mod memory;
+
+pub use memory::MemoryBroker;
+
 /// Where an appended message stands in its stream's history.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Position {

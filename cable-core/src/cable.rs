@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::auth::{AllowAll, Authenticate, Identifiers};
+use crate::broker::{Broker, HistoryPolicy, MemoryBroker};
 use crate::channel::Channel;
 use crate::connection::{self, Inbound};
 use crate::hub::{Control, Hub};
@@ -18,6 +19,7 @@ use crate::json;
 use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::pubsub::{Delivery, MemoryPubSub, PubSub, PubSubError};
+use crate::reliable::Reliable;
 
 pub(crate) type ChannelFactory = Box<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
 
@@ -54,6 +56,22 @@ pub struct CableConfig {
     /// How long one channel callback (`subscribed`, `perform`, `timer`,
     /// `unsubscribed`) may take before it is abandoned and logged. Default 30 s.
     pub callback_timeout: Duration,
+    /// Keep history for every stream, not only those a channel streams from
+    /// with history ([`Context::stream_from_with_history`](crate::Context::stream_from_with_history)).
+    /// Default false: a stream without history costs nothing extra.
+    pub history_all_streams: bool,
+    /// The history kept per stream unless a channel passes its own policy:
+    /// default 100 messages for 300 s (AnyCable's).
+    pub history_policy: HistoryPolicy,
+    /// How long a session (identifiers and subscriptions) stays restorable
+    /// after its last change or its disconnect, extended protocol only.
+    /// Default 300 s; zero turns session restore off.
+    pub session_ttl: Duration,
+    /// Extended protocol only: a client that sends nothing (no command, no
+    /// `pong`) for this long gets `{"type":"disconnect","reason":"no_pong",
+    /// "reconnect":true}` and is closed. Set it above the ping interval (3 s)
+    /// plus a round trip. Default `None` (off), as AnyCable.
+    pub pong_timeout: Option<Duration>,
 }
 
 /// A token bucket for a connection's commands: `burst` at once, refilled at
@@ -86,6 +104,10 @@ impl Default for CableConfig {
             max_outbound_message_bytes: 512 * 1024,
             connect_timeout: Duration::from_secs(10),
             callback_timeout: Duration::from_secs(30),
+            history_all_streams: false,
+            history_policy: HistoryPolicy::default(),
+            session_ttl: Duration::from_secs(300),
+            pong_timeout: None,
         }
     }
 }
@@ -161,6 +183,19 @@ pub struct Stats {
     /// Messages the adapter dropped because its backlog was full
     /// ([`PubSub::dropped`]).
     pub adapter_dropped: u64,
+    /// Broadcasts appended to the broker (given a position in their
+    /// stream's history).
+    pub history_appends: u64,
+    /// Broadcasts of streams with history that the broker failed to append
+    /// (delivered live without a position).
+    pub history_append_failures: u64,
+    /// History requests served (`confirm_history`).
+    pub history_reads: u64,
+    /// History requests that could not be served (`reject_history`).
+    pub history_misses: u64,
+    /// Sessions restored from a session id (`?sid=`), without the connect
+    /// hook.
+    pub restored_sessions: u64,
     /// Seconds since the server was built.
     pub uptime_secs: u64,
 }
@@ -172,6 +207,7 @@ pub(crate) struct ConnHandle {
 
 pub(crate) struct Inner {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) reliable: Arc<Reliable>,
     pub(crate) channels: HashMap<Arc<str>, ChannelFactory>,
     pub(crate) auth: Arc<dyn Authenticate>,
     pub(crate) config: CableConfig,
@@ -239,6 +275,7 @@ impl Inner {
     pub(crate) fn broadcaster(&self) -> Broadcaster {
         Broadcaster {
             pubsub: self.hub.pubsub.clone(),
+            reliable: self.reliable.clone(),
             limit: self.config.max_outbound_message_bytes,
         }
     }
@@ -249,6 +286,7 @@ impl Inner {
 #[derive(Clone)]
 pub struct Broadcaster {
     pubsub: Arc<dyn PubSub>,
+    reliable: Arc<Reliable>,
     /// [`CableConfig::max_outbound_message_bytes`].
     limit: usize,
 }
@@ -279,6 +317,13 @@ impl Broadcaster {
     /// Publishes JSON text as it is (it must be valid JSON: subscribers drop
     /// payloads they cannot decode, as Rails does). Size limit as
     /// [`Broadcaster::broadcast`].
+    ///
+    /// When `stream` keeps history, the message is first appended to the
+    /// broker and published with its position
+    /// ([`pubsub::encode_positioned`](crate::pubsub::encode_positioned)), so
+    /// every node's subscribers get `stream_id`, `epoch` and `offset`. If
+    /// the broker fails, it is published without a position (logged): the
+    /// live message is never lost.
     pub async fn broadcast_raw(&self, stream: &str, json_text: &str) -> Result<(), PubSubError> {
         if json_text.len() > self.limit {
             return Err(PubSubError::MessageTooLarge {
@@ -286,7 +331,16 @@ impl Broadcaster {
                 limit: self.limit,
             });
         }
-        self.pubsub.broadcast(stream, json_text).await
+        let Some(policy) = self.reliable.policy_for(stream).await else {
+            return self.pubsub.broadcast(stream, json_text).await;
+        };
+        match self.reliable.append(stream, json_text, policy).await {
+            Some(position) => {
+                let wire = crate::pubsub::encode_positioned(&position, json_text);
+                self.pubsub.broadcast(stream, &wire).await
+            }
+            None => self.pubsub.broadcast(stream, json_text).await,
+        }
     }
 
     /// Rails' `remote_connections.where(...).disconnect(reconnect:)`: ends
@@ -349,6 +403,9 @@ pub struct CableBuilder {
     channels: HashMap<Arc<str>, ChannelFactory>,
     auth: Arc<dyn Authenticate>,
     pubsub: PubSubSlot,
+    /// `None`: no broker at all (history requests are rejected, sessions
+    /// are not kept).
+    broker: Option<Arc<dyn Broker>>,
     config: CableConfig,
 }
 
@@ -423,6 +480,39 @@ impl CableBuilder {
         Ok(self)
     }
 
+    /// Sets the broker, the history and session store behind reliable
+    /// streams. Default: a [`MemoryBroker`] (this process only).
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// Sets a broker that is shared (several `Cable`s on one store, as
+    /// nodes on one backend).
+    pub fn shared_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Sets the broker with a constructor that may refuse (a bad URL, a
+    /// setting out of range): the error comes back here, before anything
+    /// is served. See [`try_pubsub`](Self::try_pubsub).
+    pub fn try_broker<B, E, F>(mut self, make: F) -> Result<Self, E>
+    where
+        B: Broker,
+        F: FnOnce() -> Result<B, E>,
+    {
+        self.broker = Some(Arc::new(make()?));
+        Ok(self)
+    }
+
+    /// No broker: no stream keeps history (history requests get
+    /// `reject_history`) and sessions cannot be restored.
+    pub fn no_broker(mut self) -> Self {
+        self.broker = None;
+        self
+    }
+
     /// Sets the core settings.
     pub fn config(mut self, config: CableConfig) -> Self {
         self.config = config;
@@ -453,9 +543,15 @@ impl CableBuilder {
             delivery.bind(weak.clone());
             Hub::new(adapter, max_message)
         });
+        let reliable = Arc::new(Reliable::new(
+            self.broker,
+            self.config.history_all_streams,
+            self.config.history_policy,
+        ));
         Cable {
             inner: Arc::new(Inner {
                 hub,
+                reliable,
                 channels: self.channels,
                 auth: self.auth,
                 config: self.config,
@@ -479,6 +575,7 @@ impl Cable {
             channels: HashMap::new(),
             auth: Arc::new(AllowAll),
             pubsub: PubSubSlot::Factory(Box::new(|d| Arc::new(MemoryPubSub::new(d)))),
+            broker: Some(Arc::new(MemoryBroker::new())),
             config: CableConfig::default(),
         }
     }
@@ -567,6 +664,8 @@ impl Cable {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let frame = Frame::ping(secs);
+        let hub = &self.inner.hub;
+        self.inner.reliable.renew(|stream| hub.has_stream(stream));
         let conns = self.inner.conns();
         for c in conns.values() {
             let _ = c.outbox.push(frame.clone());
@@ -650,9 +749,15 @@ impl Cable {
         self.inner.hub.pubsub.name()
     }
 
+    /// The broker's name (`"memory"`, ...), `None` without a broker.
+    pub fn broker_name(&self) -> Option<&'static str> {
+        self.inner.reliable.broker.as_ref().map(|b| b.name())
+    }
+
     /// Current figures.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
+        let r = &self.inner.reliable.counters;
         Stats {
             connections: self.inner.conns().len(),
             connections_total: c.connections_total.get(),
@@ -672,6 +777,11 @@ impl Cable {
             deliveries: self.inner.hub.delivered.load(Ordering::Relaxed),
             too_slow_disconnects: c.too_slow.load(Ordering::Relaxed),
             adapter_reconnects: self.inner.hub.pubsub.reconnects(),
+            history_appends: r.appends.load(Ordering::Relaxed),
+            history_append_failures: r.append_failures.load(Ordering::Relaxed),
+            history_reads: r.history_reads.load(Ordering::Relaxed),
+            history_misses: r.history_misses.load(Ordering::Relaxed),
+            restored_sessions: r.restored_sessions.load(Ordering::Relaxed),
             uptime_secs: self.inner.started.elapsed().as_secs(),
         }
     }

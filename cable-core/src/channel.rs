@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::Shared;
+use futures_util::future::{FutureExt, Shared};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 
 use crate::auth::Identifiers;
+use crate::broker::HistoryPolicy;
 use crate::cable::Broadcaster;
 use crate::connection::ConnShared;
 use crate::hub::{Control, Target};
@@ -130,6 +131,10 @@ pub(crate) struct SubState {
     pub(crate) timers: Vec<AbortHandle>,
     pub(crate) rejected: bool,
     pub(crate) stopped: bool,
+    /// Streams started with history, and their policies.
+    pub(crate) history: Vec<(String, HistoryPolicy)>,
+    /// Streams changed since the session was last stored.
+    pub(crate) dirty: bool,
 }
 
 impl SubState {
@@ -144,6 +149,8 @@ impl SubState {
             timers: Vec::new(),
             rejected: false,
             stopped: false,
+            history: Vec::new(),
+            dirty: false,
         }
     }
 
@@ -160,12 +167,44 @@ impl SubState {
         );
         self.pending.push((stream.clone(), ack));
         self.streams.push(stream);
+        self.dirty = true;
+    }
+
+    /// [`SubState::stream_from`], with the stream keeping history under
+    /// `policy`: marked on this node at once and in the broker before the
+    /// confirmation (a failed mark is logged and does not fail the
+    /// subscription: live delivery does not need it).
+    pub(crate) fn stream_from_with_history(
+        &mut self,
+        conn: &ConnShared,
+        stream: String,
+        policy: HistoryPolicy,
+    ) {
+        if self.stopped {
+            return;
+        }
+        let mark = conn.cable.reliable.mark(&stream, policy);
+        match self.history.iter_mut().find(|(s, _)| *s == stream) {
+            Some(entry) => entry.1 = policy,
+            None => self.history.push((stream.clone(), policy)),
+        }
+        self.dirty = true;
+        self.stream_from(conn, stream.clone());
+        if let Some(mark) = mark {
+            let ack: Ack = Box::pin(async move {
+                mark.await;
+                Ok(())
+            });
+            self.pending.push((stream, ack.shared()));
+        }
     }
 
     pub(crate) fn stop_stream_from(&mut self, conn: &ConnShared, stream: &str) {
         if let Some(i) = self.streams.iter().position(|s| s == stream) {
             self.streams.swap_remove(i);
             self.pending.retain(|(s, _)| s != stream);
+            self.history.retain(|(s, _)| s != stream);
+            self.dirty = true;
             tracing::info!("{} stopped streaming from {}", self.class, stream);
             conn.cable.hub.remove(stream, &self.identifier, conn.id);
         }
@@ -173,6 +212,8 @@ impl SubState {
 
     pub(crate) fn stop_all_streams(&mut self, conn: &ConnShared) {
         self.pending.clear();
+        self.history.clear();
+        self.dirty = true;
         for stream in self.streams.drain(..) {
             tracing::info!("{} stopped streaming from {}", self.class, stream);
             conn.cable.hub.remove(&stream, &self.identifier, conn.id);
@@ -251,6 +292,23 @@ impl<'a> Context<'a> {
     /// A no-op after the subscription ended (as in Rails 7.2+).
     pub fn stream_from(&mut self, stream: impl Into<String>) {
         self.sub.stream_from(self.conn, stream.into());
+    }
+
+    /// Like [`stream_from`](Self::stream_from), and `stream` keeps history
+    /// ([`CableConfig::history_policy`](crate::CableConfig::history_policy)):
+    /// its broadcasts, from any node sharing the broker, carry `stream_id`,
+    /// `epoch` and `offset`, and a client that was away can ask for what it
+    /// missed (AnyCable's reliable streams).
+    pub fn stream_from_with_history(&mut self, stream: impl Into<String>) {
+        let policy = self.conn.cable.reliable.default_policy;
+        self.stream_from_with_policy(stream, policy);
+    }
+
+    /// Like [`stream_from_with_history`](Self::stream_from_with_history),
+    /// keeping what `policy` says for this stream.
+    pub fn stream_from_with_policy(&mut self, stream: impl Into<String>, policy: HistoryPolicy) {
+        self.sub
+            .stream_from_with_history(self.conn, stream.into(), policy);
     }
 
     /// Streams from Rails' `broadcasting_for(key)` of this channel, e.g.

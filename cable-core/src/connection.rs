@@ -23,13 +23,16 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use serde_json::Value;
 
 use crate::auth::{ConnectRequest, Identifiers};
+use crate::broker::{BrokerError, HistoryPolicy};
 use crate::cable::{CommandRate, ConnHandle, Inner};
 use crate::channel::{Channel, ChannelError, Context, Params, SubState};
 use crate::hub::{Control, Target};
 use crate::logging::{LogLimiter, Snip};
 use crate::mailbox::{mailbox, Mailbox, MailboxReceiver};
 use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
-use crate::protocol::{Command, CommandError, DisconnectReason, Frame};
+use crate::protocol::{
+    Command, CommandError, DisconnectReason, Frame, HistoryRequest, EXT_SUBPROTOCOL,
+};
 
 /// Logs an error the client caused, within the connection's log budget.
 macro_rules! client_error {
@@ -167,6 +170,41 @@ pub(crate) enum Hello {
     Identified(Identifiers),
 }
 
+/// What the extended protocol adds to a session, when it is spoken.
+struct Ext {
+    /// The session id sent in the welcome; sessions are stored under it
+    /// when `store` is set.
+    sid: String,
+    /// Store the session (a broker, and a positive session TTL).
+    store: bool,
+    /// A session restored from a stored one: its subscriptions.
+    restored: Option<Vec<StoredSub>>,
+}
+
+/// A session as stored in the broker (opaque text to it): identifiers, and
+/// per subscription its identifier and streams. Channel instance state
+/// (fields) is not kept: a restore recreates each channel with its factory
+/// and does not run `subscribed`, as AnyCable.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSession {
+    ids: Vec<(String, String)>,
+    subs: Vec<StoredSub>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSub {
+    id: String,
+    streams: Vec<String>,
+    /// Streams with history: name, limit, ttl in seconds.
+    #[serde(default)]
+    history: Vec<(String, usize, u64)>,
+}
+
+/// Longest `X-Request-ID` taken as a session id.
+const MAX_REQUEST_ID: usize = 128;
+/// How long a session store or fetch may take before it is given up.
+const SESSION_IO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// State shared by the session and the contexts it lends to channels.
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
@@ -175,6 +213,9 @@ pub(crate) struct ConnShared {
     pub(crate) identifiers: Identifiers,
     pub(crate) connection_identifier: String,
     pub(crate) ctl: Mailbox,
+    /// Set when a remote disconnect ended the connection: its stored
+    /// session is forgotten, so that it cannot be resumed.
+    pub(crate) kicked: std::sync::atomic::AtomicBool,
 }
 
 struct Subscription {
@@ -253,9 +294,17 @@ where
     let request = match hello {
         Hello::Request(request) => request,
         Hello::Identified(ids) => {
-            return run_session(cable, ids, inbound, outbox).await;
+            return run_session(cable, ids, inbound, outbox, None).await;
         }
     };
+    let mut ext = ext_for(&cable, &request);
+    if let Some(ext) = &mut ext {
+        if let Some((ids, subs)) = restore(&cable, &request).await {
+            drop(request);
+            ext.restored = Some(subs);
+            return run_session(cable, ids, inbound, outbox, Some(Box::new(ext.take()))).await;
+        }
+    }
     let outcome = contained(cable.config.connect_timeout, cable.auth.connect(&request)).await;
     let identifiers = match outcome {
         Outcome::Done(Ok(ids)) => ids,
@@ -294,7 +343,87 @@ where
     // Channels never see the request: free its headers now rather than keep
     // them for the connection's lifetime.
     drop(request);
-    run_session(cable, identifiers, inbound, outbox).await;
+    run_session(cable, identifiers, inbound, outbox, ext.map(Box::new)).await;
+}
+
+impl Ext {
+    fn take(&mut self) -> Ext {
+        Ext {
+            sid: std::mem::take(&mut self.sid),
+            store: self.store,
+            restored: self.restored.take(),
+        }
+    }
+}
+
+/// The extended protocol's part of a session, when the transport
+/// negotiated it: the session id is the `X-Request-ID` header when there
+/// is a reasonable one, else 21 random characters.
+fn ext_for(cable: &Inner, request: &ConnectRequest) -> Option<Ext> {
+    if request.subprotocol() != Some(EXT_SUBPROTOCOL) {
+        return None;
+    }
+    let sid = request
+        .header("x-request-id")
+        .filter(|s| !s.is_empty() && s.len() <= MAX_REQUEST_ID)
+        .map_or_else(|| crate::ids::random_id(21), str::to_owned);
+    Some(Ext {
+        sid,
+        store: cable.reliable.broker.is_some() && !cable.config.session_ttl.is_zero(),
+        restored: None,
+    })
+}
+
+/// The stored session a reconnecting client names (header
+/// `X-ANYCABLE-RESTORE-SID`, else `?sid=`), if it is there: its
+/// identifiers and subscriptions. Anything else (no sid, unknown or
+/// expired, unreadable, a broker failure) means a normal connect.
+async fn restore(cable: &Inner, request: &ConnectRequest) -> Option<(Identifiers, Vec<StoredSub>)> {
+    let broker = cable.reliable.broker.as_ref()?;
+    if cable.config.session_ttl.is_zero() {
+        return None;
+    }
+    let sid = request
+        .header("x-anycable-restore-sid")
+        .or_else(|| request.query("sid"))
+        .filter(|s| !s.is_empty() && s.len() <= MAX_REQUEST_ID)?;
+    let text = match tokio::time::timeout(SESSION_IO_TIMEOUT, broker.fetch_session(sid)).await {
+        Ok(Ok(Some(text))) => text,
+        Ok(Ok(None)) => {
+            tracing::debug!("session {} not found; connecting anew", Snip(sid));
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not fetch session {}; connecting anew", Snip(sid));
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!("fetching session {} timed out; connecting anew", Snip(sid));
+            return None;
+        }
+    };
+    let stored: StoredSession = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "stored session {} is unreadable; connecting anew", Snip(sid));
+            return None;
+        }
+    };
+    let mut ids = Identifiers::new();
+    for (k, v) in stored.ids {
+        ids.insert(k, v);
+    }
+    cable
+        .reliable
+        .counters
+        .restored_sessions
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        "Restored session {} ({})",
+        Snip(sid),
+        ids.connection_identifier()
+    );
+    Some((ids, stored.subs))
 }
 
 /// The welcomed part of a connection: from the welcome to the disconnect
@@ -304,6 +433,7 @@ async fn run_session<S>(
     identifiers: Identifiers,
     mut inbound: S,
     outbox: Arc<Outbox>,
+    mut ext: Option<Box<Ext>>,
 ) where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
@@ -315,6 +445,7 @@ async fn run_session<S>(
         cable: cable.clone(),
         outbox: outbox.clone(),
         ctl: ctl_tx.clone(),
+        kicked: std::sync::atomic::AtomicBool::new(false),
     };
     let internal = (!conn.connection_identifier.is_empty())
         .then(|| internal_channel(&conn.connection_identifier));
@@ -334,7 +465,21 @@ async fn run_session<S>(
         });
     }
     tracing::info!("Registered connection ({})", conn.connection_identifier);
-    let _ = outbox.push(Frame::welcome());
+    // A restored session's subscriptions are made before the welcome (it
+    // names them) and start streaming after it (no message may precede it).
+    let restored = ext
+        .as_mut()
+        .and_then(|e| e.restored.take())
+        .map(|subs| recreate(&conn, subs));
+    let welcome = match (&ext, &restored) {
+        (None, _) => Frame::welcome(),
+        (Some(e), None) => Frame::welcome_ext(&e.sid, None),
+        (Some(e), Some(subs)) => {
+            let ids: Vec<&str> = subs.iter().map(|(s, _)| &*s.state.identifier).collect();
+            Frame::welcome_ext(&e.sid, Some(&ids))
+        }
+    };
+    let _ = outbox.push(welcome);
     cable.register(
         conn.id,
         ConnHandle {
@@ -348,11 +493,14 @@ async fn run_session<S>(
         internal,
     };
 
+    let pong_timeout = ext.as_ref().and(cable.config.pong_timeout);
     let mut session = Session {
         bucket: cable.config.command_rate.map(Bucket::new),
         conn,
         subs: HashMap::new(),
         log: LogLimiter::new(),
+        sid: ext.filter(|e| e.store).map(|e| e.sid),
+        changed: true,
     };
     let mut io = Io {
         inbound: &mut inbound,
@@ -361,9 +509,16 @@ async fn run_session<S>(
         deferred: VecDeque::new(),
         ended: false,
     };
+    if let Some(subs) = restored {
+        Box::pin(session.restore(&mut io, subs)).await;
+    }
+    let mut pong_deadline = pong_timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
         if outbox.is_closed() {
             break;
+        }
+        if session.sid.is_some() {
+            Box::pin(session.store_if_changed(&mut io)).await;
         }
         let event = if let Some(ctl) = io.deferred.pop_front() {
             Event::Control(ctl)
@@ -377,6 +532,7 @@ async fn run_session<S>(
                 _ = outbox.closed() => break,
                 ctl = io.ctl.recv() => Event::Control(ctl),
                 frame = io.inbound.next() => Event::Frame(frame),
+                _ = sleep_until(pong_deadline) => Event::NoPong,
             }
         };
         match event {
@@ -389,8 +545,24 @@ async fn run_session<S>(
                 }
             }
             Event::Frame(None) => break,
+            Event::NoPong => {
+                tracing::info!(
+                    "Closing connection ({}): nothing received within the pong timeout of {:?}",
+                    session.conn.connection_identifier,
+                    pong_timeout.unwrap_or_default()
+                );
+                outbox.close(
+                    Some(Frame::disconnect(Some(DisconnectReason::NoPong), true)),
+                    CLOSE_NORMAL,
+                    "",
+                );
+                break;
+            }
             Event::Frame(Some(Inbound::Probe(probe))) => probe.answer(session.snapshot()),
             Event::Frame(Some(item)) => {
+                if let (Some(deadline), Some(t)) = (&mut pong_deadline, pong_timeout) {
+                    *deadline = tokio::time::Instant::now() + t;
+                }
                 if ends_connection(&session.conn, &item) {
                     break;
                 }
@@ -419,6 +591,11 @@ async fn run_session<S>(
         outbox.close(None, CLOSE_NORMAL, "");
     }
     drop(io);
+    if session.sid.is_some() {
+        // The TTL counts from the disconnect: the client has that long to
+        // come back.
+        Box::pin(session.store_at_end()).await;
+    }
     Box::pin(session.close()).await;
     drop(registration);
     let identifiers = std::mem::take(&mut session.conn.identifiers);
@@ -449,6 +626,58 @@ impl Drop for CloseOnDrop {
 enum Event {
     Control(Control),
     Frame(Option<Inbound>),
+    /// The pong timeout ran out.
+    NoPong,
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The channel instances of a restored session's subscriptions, made with
+/// their factories (not `subscribed`), with the streams to start. Those
+/// whose identifier is unreadable or whose channel is not registered any
+/// more are left out (logged).
+fn recreate(conn: &ConnShared, stored: Vec<StoredSub>) -> Vec<(Box<Subscription>, StoredSub)> {
+    let cable = &conn.cable;
+    let max = cable
+        .config
+        .max_subscriptions_per_connection
+        .unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for sub in stored {
+        if out.len() >= max {
+            break;
+        }
+        let params = match serde_json::from_str::<Value>(&sub.id) {
+            Ok(Value::Object(m)) => m,
+            _ => continue,
+        };
+        let Some(class) = params.get("channel").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some((class, factory)) = cable.channels.get_key_value(class) else {
+            tracing::warn!(
+                "Not restoring {}: subscription class not found",
+                Snip(&sub.id)
+            );
+            continue;
+        };
+        let identifier: Arc<str> = sub.id.as_str().into();
+        let state = SubState::new(identifier, class.clone(), params, cable.next_id());
+        out.push((
+            Box::new(Subscription {
+                state,
+                channel: factory(),
+            }),
+            sub,
+        ));
+    }
+    out
 }
 
 /// Closes the connection for frames that end it; true when it did.
@@ -540,6 +769,7 @@ fn end_by_control(conn: &ConnShared, ctl: Control) -> bool {
     let (reason, reconnect) = match ctl {
         Control::RemoteDisconnect { reconnect } => {
             tracing::info!("Removing connection ({})", conn.connection_identifier);
+            conn.kicked.store(true, Ordering::Relaxed);
             (DisconnectReason::Remote, reconnect)
         }
         Control::Shutdown => (DisconnectReason::ServerRestart, true),
@@ -589,6 +819,11 @@ struct Session {
     subs: HashMap<Arc<str>, Box<Subscription>>,
     bucket: Option<Bucket>,
     log: LogLimiter,
+    /// The session id this session is stored under (extended protocol,
+    /// with a broker and a session TTL).
+    sid: Option<String>,
+    /// Subscriptions came or went since the last store.
+    changed: bool,
 }
 
 impl Drop for Session {
@@ -727,11 +962,31 @@ impl Session {
         S: Stream<Item = Inbound> + Unpin,
     {
         match Command::parse(text) {
-            Ok(Command::Subscribe { identifier }) => self.subscribe(io, identifier).await,
+            Ok(Command::Subscribe {
+                identifier,
+                history,
+            }) => {
+                // History is served after the confirmation, as AnyCable.
+                let then = history.map(|h| (identifier.clone(), h));
+                if self.subscribe(io, identifier).await {
+                    if let Some((identifier, history)) = then {
+                        self.history(io, &identifier, history).await;
+                    }
+                }
+            }
             Ok(Command::Unsubscribe { identifier }) => self.unsubscribe(io, &identifier).await,
             Ok(Command::Message { identifier, data }) => {
                 self.message(io, &identifier, data, text).await
             }
+            Ok(Command::History {
+                identifier,
+                history,
+            }) => self.history(io, &identifier, history).await,
+            Ok(Command::Ping) => {
+                let _ = self.conn.outbox.push(Frame::pong());
+            }
+            // Any frame resets the pong timeout; a pong does nothing else.
+            Ok(Command::Pong) => {}
             Err(CommandError::Malformed(e)) => {
                 client_error!(
                     self,
@@ -752,13 +1007,14 @@ impl Session {
         }
     }
 
-    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String)
+    /// Subscribes; true when the subscription was confirmed now.
+    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String) -> bool
     where
         S: Stream<Item = Inbound> + Unpin,
     {
         if self.subs.contains_key(identifier.as_str()) {
             // The JS client re-sends subscribe until confirmed: ignore quietly.
-            return;
+            return false;
         }
         let max_id = self.conn.cable.config.max_identifier_bytes;
         if identifier.len() > max_id {
@@ -770,7 +1026,7 @@ impl Session {
                 );
             }
             let _ = self.conn.outbox.push(Frame::reject(&identifier));
-            return;
+            return false;
         }
         let params: Params = match serde_json::from_str::<Value>(&identifier) {
             Ok(Value::Object(m)) => m,
@@ -780,7 +1036,7 @@ impl Session {
                     "Could not execute command from ({}) [identifier is not a JSON object]",
                     Snip(&identifier)
                 );
-                return;
+                return false;
             }
         };
         let Some(class) = params.get("channel").and_then(Value::as_str) else {
@@ -789,7 +1045,7 @@ impl Session {
                 "Could not execute command from ({}) [identifier has no channel]",
                 Snip(&identifier)
             );
-            return;
+            return false;
         };
         let cable = self.conn.cable.clone();
         let Some((class, factory)) = cable.channels.get_key_value(class) else {
@@ -797,7 +1053,7 @@ impl Session {
             if cable.config.reject_unknown_channels {
                 let _ = self.conn.outbox.push(Frame::reject(&identifier));
             }
-            return;
+            return false;
         };
         if let Some(max) = cable.config.max_subscriptions_per_connection {
             if self.subs.len() >= max {
@@ -808,7 +1064,7 @@ impl Session {
                     );
                 }
                 let _ = self.conn.outbox.push(Frame::reject(&identifier));
-                return;
+                return false;
             }
         }
         let identifier: Arc<str> = identifier.into();
@@ -831,18 +1087,18 @@ impl Session {
                     Snip(&identifier)
                 );
                 sub.state.stop(&self.conn);
-                return;
+                return false;
             }
             Outcome::Interrupted => {
                 sub.state.stop(&self.conn);
-                return;
+                return false;
             }
             Outcome::Panicked(_) | Outcome::TimedOut => {
                 report(&self.conn, class, "subscribed", &outcome);
                 sub.state.stop(&self.conn);
                 tracing::info!("{class} is transmitting the subscription rejection");
                 let _ = self.conn.outbox.push(Frame::reject(&identifier));
-                return;
+                return false;
             }
         }
         if sub.state.rejected {
@@ -857,18 +1113,18 @@ impl Session {
             sub.state.stop(&self.conn);
             tracing::info!("{class} is transmitting the subscription rejection");
             let _ = self.conn.outbox.push(Frame::reject(&identifier));
-            return;
+            return false;
         }
         match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
             Outcome::Done(Ok(())) => {}
             Outcome::Done(Err((stream, e))) => {
                 tracing::error!("{class} could not stream from {stream}: {e}; subscription dropped, the client will retry");
                 sub.state.stop(&self.conn);
-                return;
+                return false;
             }
             _ => {
                 sub.state.stop(&self.conn);
-                return;
+                return false;
             }
         }
         tracing::info!("{class} is transmitting the subscription confirmation");
@@ -879,6 +1135,8 @@ impl Session {
             .counters
             .subscriptions
             .fetch_add(1, Ordering::Relaxed);
+        self.changed = true;
+        true
     }
 
     async fn unsubscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
@@ -899,6 +1157,7 @@ impl Session {
             .counters
             .subscriptions
             .fetch_sub(1, Ordering::Relaxed);
+        self.changed = true;
         tracing::info!("Unsubscribing from channel: {}", Snip(identifier));
         let class = sub.state.class.clone();
         let mut ctx = Context {
@@ -997,6 +1256,187 @@ impl Session {
         }
     }
 
+    /// Starts the streams of a restored session's subscriptions (after the
+    /// welcome) and keeps them; `subscribed` does not run.
+    async fn restore<S>(&mut self, io: &mut Io<'_, S>, subs: Vec<(Box<Subscription>, StoredSub)>)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        for (mut sub, stored) in subs {
+            for stream in stored.streams {
+                let policy =
+                    stored
+                        .history
+                        .iter()
+                        .find(|(s, _, _)| *s == stream)
+                        .map(|(_, limit, ttl)| HistoryPolicy {
+                            limit: *limit,
+                            ttl: Duration::from_secs(*ttl),
+                        });
+                match policy {
+                    Some(p) => sub.state.stream_from_with_history(&self.conn, stream, p),
+                    None => sub.state.stream_from(&self.conn, stream),
+                }
+            }
+            let class = sub.state.class.clone();
+            match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
+                Outcome::Done(Ok(())) => {}
+                Outcome::Done(Err((stream, e))) => {
+                    tracing::error!("{class} could not stream from {stream} on restore: {e}");
+                }
+                _ => {
+                    sub.state.stop(&self.conn);
+                    return;
+                }
+            }
+            tracing::info!(
+                "{class} subscription restored: {}",
+                Snip(&sub.state.identifier)
+            );
+            self.conn
+                .cable
+                .counters
+                .subscriptions
+                .fetch_add(1, Ordering::Relaxed);
+            self.subs.insert(sub.state.identifier.clone(), sub);
+        }
+        self.changed = true;
+    }
+
+    /// Replays what a client missed on the streams of subscription
+    /// `identifier`, then `confirm_history`; when any of it cannot be
+    /// served, only `reject_history`.
+    async fn history<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, request: HistoryRequest)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let counters = &self.conn.cable.reliable.counters;
+        // Cloned: no borrow of the subscriptions may live across the await.
+        let Some(streams) = self.subs.get(identifier).map(|s| s.state.streams.clone()) else {
+            client_error!(
+                self,
+                "Could not execute command from ({}) [history: no subscription with this identifier]",
+                Snip(identifier)
+            );
+            counters.history_misses.fetch_add(1, Ordering::Relaxed);
+            let _ = self.conn.outbox.push(Frame::reject_history(identifier));
+            return;
+        };
+        let outcome = io
+            .guarded(
+                &self.conn,
+                read_history(&self.conn, identifier, &streams, &request),
+            )
+            .await;
+        match outcome {
+            Outcome::Done(Ok(frames)) => {
+                counters.history_reads.fetch_add(1, Ordering::Relaxed);
+                for frame in frames {
+                    let _ = self.conn.outbox.push(frame);
+                }
+                let _ = self.conn.outbox.push(Frame::confirm_history(identifier));
+            }
+            Outcome::Done(Err(e)) => {
+                tracing::info!("History for {} rejected: {e}", Snip(identifier));
+                counters.history_misses.fetch_add(1, Ordering::Relaxed);
+                let _ = self.conn.outbox.push(Frame::reject_history(identifier));
+            }
+            Outcome::Interrupted => {}
+            Outcome::Panicked(_) | Outcome::TimedOut => {
+                tracing::warn!("History for {} not read in time", Snip(identifier));
+                counters.history_misses.fetch_add(1, Ordering::Relaxed);
+                let _ = self.conn.outbox.push(Frame::reject_history(identifier));
+            }
+        }
+    }
+
+    /// What is stored under the session id.
+    fn stored(&self) -> String {
+        let mut subs: Vec<StoredSub> = self
+            .subs
+            .values()
+            .map(|s| StoredSub {
+                id: s.state.identifier.to_string(),
+                streams: s.state.streams.clone(),
+                history: s
+                    .state
+                    .history
+                    .iter()
+                    .map(|(stream, p)| (stream.clone(), p.limit, p.ttl.as_secs()))
+                    .collect(),
+            })
+            .collect();
+        subs.sort_by(|a, b| a.id.cmp(&b.id));
+        let stored = StoredSession {
+            ids: self
+                .conn
+                .identifiers
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            subs,
+        };
+        // Strings and numbers only: serialising cannot fail.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Stores the session when its subscriptions or streams changed since
+    /// the last store (so a client whose node died can resume it). The
+    /// store runs guarded, so a slow broker does not keep the session from
+    /// noticing a client that left.
+    async fn store_if_changed<S>(&mut self, io: &mut Io<'_, S>)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let dirty = self.changed || self.subs.values().any(|s| s.state.dirty);
+        if !dirty {
+            return;
+        }
+        self.changed = false;
+        for sub in self.subs.values_mut() {
+            sub.state.dirty = false;
+        }
+        if let Some(store) = self.store_call() {
+            io.guarded(&self.conn, store).await;
+        }
+    }
+
+    /// At the end of the connection: stored again (its TTL starts now), or
+    /// forgotten when a remote disconnect ended it.
+    async fn store_at_end(&mut self) {
+        if self.conn.kicked.load(Ordering::Relaxed) {
+            if let (Some(sid), Some(broker)) = (&self.sid, &self.conn.cable.reliable.broker) {
+                let _ = tokio::time::timeout(SESSION_IO_TIMEOUT, broker.remove_session(sid)).await;
+            }
+            return;
+        }
+        self.store().await;
+    }
+
+    async fn store(&mut self) {
+        if let Some(store) = self.store_call() {
+            store.await;
+        }
+    }
+
+    /// The broker call that stores the session as it is now (bounded by
+    /// [`SESSION_IO_TIMEOUT`], failures logged); owns what it needs.
+    fn store_call(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let sid = self.sid.clone()?;
+        let broker = self.conn.cable.reliable.broker.clone()?;
+        let state = self.stored();
+        let ttl = self.conn.cable.config.session_ttl;
+        Some(async move {
+            match tokio::time::timeout(SESSION_IO_TIMEOUT, broker.store_session(&sid, &state, ttl))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not store session {}", Snip(&sid)),
+                Err(_) => tracing::warn!("storing session {} timed out", Snip(&sid)),
+            }
+        })
+    }
+
     /// Ends every subscription (socket closed or connection ended). The
     /// `unsubscribed` callbacks run even though the socket is gone, each
     /// guarded and bounded by the callback timeout.
@@ -1019,6 +1459,43 @@ impl Session {
             sub.state.stop(&self.conn);
         }
     }
+}
+
+/// The frames of what a history request asks for on `streams`, in stream
+/// order, oldest first within a stream.
+async fn read_history(
+    conn: &ConnShared,
+    identifier: &str,
+    streams: &[String],
+    request: &HistoryRequest,
+) -> Result<Vec<Frame>, BrokerError> {
+    let Some(broker) = &conn.cable.reliable.broker else {
+        return Err(BrokerError::Unavailable(
+            "no broker: history is not kept".into(),
+        ));
+    };
+    let hub = &conn.cable.hub;
+    let mut frames = Vec::new();
+    for stream in streams {
+        let position = request
+            .streams
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map(|(_, p)| p);
+        let history = match (position, request.since) {
+            (Some(p), _) => broker.history_from(stream, &p.epoch, p.offset).await?,
+            (None, Some(since)) => broker.history_since(stream, since).await?,
+            (None, None) => continue,
+        };
+        for e in &history.entries {
+            if let Some(frame) =
+                hub.history_frame(stream, identifier, &history.epoch, e.offset, &e.payload)
+            {
+                frames.push(frame);
+            }
+        }
+    }
+    Ok(frames)
 }
 
 /// Waits for the adapter to acknowledge every stream started since the last

@@ -19,7 +19,7 @@ use crate::json;
 use crate::logging::Snip;
 use crate::outbox::Outbox;
 use crate::protocol::Frame;
-use crate::pubsub::{Ack, PubSub};
+use crate::pubsub::{decode_positioned, Ack, PubSub};
 
 const SHARDS: usize = 16;
 
@@ -250,6 +250,14 @@ impl Hub {
         let Some(groups) = self.shard(stream).get(stream).map(|e| e.groups.clone()) else {
             return;
         };
+        // A broadcast of a stream with history carries its position.
+        let (position, payload) = match decode_positioned(payload) {
+            Ok(split) => split,
+            Err(e) => {
+                tracing::error!(stream, error = %e, payload = %Snip(payload), "could not read a positioned broadcast; dropped");
+                return;
+            }
+        };
         let mut encoded: Option<String> = None;
         let mut dropped = false;
         let mut sent = 0u64;
@@ -279,7 +287,10 @@ impl Hub {
                     }
                 },
             };
-            let frame = Frame::message(identifier, message);
+            let frame = match &position {
+                Some(p) => Frame::message_at(identifier, message, stream, &p.epoch, p.offset),
+                None => Frame::message(identifier, message),
+            };
             subs.for_each(|target| {
                 if let Target::Frames(outbox) = target {
                     if outbox.push(frame.clone()).is_ok() {
@@ -322,6 +333,28 @@ impl Hub {
                 None
             }
         }
+    }
+
+    /// The frame of a history entry of `stream` for subscription
+    /// `identifier`, re-encoded and size-checked as a live broadcast; `None`
+    /// (logged) when it cannot be sent.
+    pub(crate) fn history_frame(
+        &self,
+        stream: &str,
+        identifier: &str,
+        epoch: &str,
+        offset: u64,
+        payload: &str,
+    ) -> Option<Frame> {
+        let message = self.encode(stream, payload)?;
+        Some(Frame::message_at(
+            identifier, &message, stream, epoch, offset,
+        ))
+    }
+
+    /// Whether `stream` has a local subscriber.
+    pub(crate) fn has_stream(&self, stream: &str) -> bool {
+        self.shard(stream).contains_key(stream)
     }
 
     /// Number of streams with at least one local subscriber.

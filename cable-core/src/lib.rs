@@ -1,8 +1,9 @@
 //! `cable-core`: the socket-free heart of cable, an ActionCable-compatible
 //! channel server.
 //!
-//! It speaks Rails' `actioncable-v1-json` protocol as frames in and frames
-//! out: a transport (see the `cable-server` crate) hands a connection's text
+//! It speaks Rails' `actioncable-v1-json` protocol (and AnyCable's
+//! `actioncable-v1-ext-json` beside it: session ids and resume, stream
+//! positions and history, pongs) as frames in and frames out: a transport (see the `cable-server` crate) hands a connection's text
 //! frames to [`transport::run_connection`] and writes out whatever appears
 //! in the connection's [`transport::Outbox`]. Nothing here opens a socket or
 //! parses HTTP, which is what makes the protocol testable end to end with
@@ -26,7 +27,9 @@
 //!   [`Delivery`](pubsub::Delivery), [`Ack`](pubsub::Ack),
 //!   [`Backoff`](pubsub::Backoff);
 //! - [`broker`], for broker authors: [`Broker`](broker::Broker), the history
-//!   and session store behind reliable streams;
+//!   and session store behind reliable streams, and
+//!   [`MemoryBroker`](broker::MemoryBroker), the default (set another with
+//!   [`CableBuilder::broker`]);
 //! - [`protocol`] and [`json`]: the wire format.
 //!
 //! ```
@@ -95,6 +98,7 @@ mod cable;
 mod channel;
 mod connection;
 mod hub;
+mod ids;
 pub mod json;
 mod logging;
 mod mailbox;
@@ -103,6 +107,7 @@ mod outbox;
 pub mod protocol;
 pub mod pubsub;
 mod redact;
+mod reliable;
 pub mod transport;
 
 pub use async_trait::async_trait;

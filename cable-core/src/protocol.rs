@@ -4,15 +4,20 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::broker::Position;
 use crate::json;
 
 /// The subprotocol every `@rails/actioncable` client offers first.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+/// AnyCable's extended protocol (`@anycable/web`'s `actioncable-v1-ext-json`):
+/// session ids and resume, stream positions and history, pongs.
+pub const EXT_SUBPROTOCOL: &str = "actioncable-v1-ext-json";
 /// The second protocol the JS client offers; choosing it tells the client the
 /// server does not speak its protocol.
 pub const UNSUPPORTED_SUBPROTOCOL: &str = "actioncable-unsupported";
-/// The protocols a server accepts, in Rails' order.
-pub const SERVER_SUBPROTOCOLS: [&str; 2] = [SUBPROTOCOL, UNSUPPORTED_SUBPROTOCOL];
+/// The protocols a server accepts. The client's order of preference
+/// decides among them (the first it offers that is here wins).
+pub const SERVER_SUBPROTOCOLS: [&str; 3] = [SUBPROTOCOL, EXT_SUBPROTOCOL, UNSUPPORTED_SUBPROTOCOL];
 
 /// Why a server ends a connection; sent as `reason` in a `disconnect` frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +37,9 @@ pub enum DisconnectReason {
     /// The client sent commands faster than the server's rate limit allows
     /// (`reconnect: true`). Not a Rails reason: cable's own.
     RateLimited,
+    /// The client sent nothing (no pong) within the pong timeout, extended
+    /// protocol only (`reconnect: true`). AnyCable's reason.
+    NoPong,
 }
 
 impl DisconnectReason {
@@ -44,6 +52,7 @@ impl DisconnectReason {
             Self::Remote => "remote",
             Self::TooSlow => "too_slow",
             Self::RateLimited => "rate_limited",
+            Self::NoPong => "no_pong",
         }
     }
 }
@@ -119,6 +128,77 @@ impl Frame {
         )
     }
 
+    /// `{"type":"welcome","sid":…}`, the extended protocol's welcome; with
+    /// `restored`, `,"restored":true,"restored_ids":[…]` follows.
+    pub fn welcome_ext(sid: &str, restored: Option<&[&str]>) -> Self {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(br#"{"type":"welcome","sid":"#);
+        json::write_str(&mut out, sid);
+        if let Some(ids) = restored {
+            out.extend_from_slice(br#","restored":true,"restored_ids":["#);
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::write_str(&mut out, id);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        Self::from_vec(out)
+    }
+
+    /// `{"type":"pong"}`, the answer to a client's `ping` command.
+    pub fn pong() -> Self {
+        Self::from_static(r#"{"type":"pong"}"#)
+    }
+
+    /// `{"type":"confirm_history","identifier":…}`
+    pub fn confirm_history(identifier: &str) -> Self {
+        Self::typed("confirm_history", identifier)
+    }
+
+    /// `{"type":"reject_history","identifier":…}`
+    pub fn reject_history(identifier: &str) -> Self {
+        Self::typed("reject_history", identifier)
+    }
+
+    fn typed(kind: &str, identifier: &str) -> Self {
+        let mut out = Vec::with_capacity(identifier.len() + 48);
+        out.extend_from_slice(br#"{"type":""#);
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(br#"","identifier":"#);
+        json::write_str(&mut out, identifier);
+        out.push(b'}');
+        Self::from_vec(out)
+    }
+
+    /// A broadcast with its place in the stream's history:
+    /// `{"identifier":…,"message":…,"stream_id":…,"epoch":…,"offset":…}`
+    /// (AnyCable's order). An offset of 0 is left out, as AnyCable does.
+    pub fn message_at(
+        identifier: &str,
+        message_json: &str,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Self {
+        let mut out = Vec::with_capacity(identifier.len() + message_json.len() + stream.len() + 80);
+        out.extend_from_slice(br#"{"identifier":"#);
+        json::write_str(&mut out, identifier);
+        out.extend_from_slice(br#","message":"#);
+        out.extend_from_slice(message_json.as_bytes());
+        out.extend_from_slice(br#","stream_id":"#);
+        json::write_str(&mut out, stream);
+        out.extend_from_slice(br#","epoch":"#);
+        json::write_str(&mut out, epoch);
+        if offset > 0 {
+            out.extend_from_slice(format!(r#","offset":{offset}"#).as_bytes());
+        }
+        out.push(b'}');
+        Self::from_vec(out)
+    }
+
     /// `{"identifier":…,"message":<message>}`, where `message_json` is already
     /// encoded JSON (see [`crate::json`]).
     pub fn message(identifier: &str, message_json: &str) -> Self {
@@ -148,11 +228,15 @@ impl std::fmt::Debug for Frame {
 
 /// A command from the client.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Command {
-    /// `{"command":"subscribe","identifier":…}`
+    /// `{"command":"subscribe","identifier":…}`, with the extended
+    /// protocol's optional `history` (served after the confirmation).
     Subscribe {
         /// The identifier string, exactly as sent.
         identifier: String,
+        /// What the client missed and wants replayed, if it asked.
+        history: Option<HistoryRequest>,
     },
     /// `{"command":"unsubscribe","identifier":…}`
     Unsubscribe {
@@ -166,6 +250,58 @@ pub enum Command {
         /// The `data` field as sent; Rails requires a JSON string holding an object.
         data: Option<Value>,
     },
+    /// `{"command":"history","identifier":…,"history":{"since":…,"streams":{…}}}`
+    /// (AnyCable's extended protocol).
+    History {
+        /// The identifier string, exactly as sent.
+        identifier: String,
+        /// What to replay.
+        history: HistoryRequest,
+    },
+    /// `{"command":"ping"}`: answered with `{"type":"pong"}`.
+    Ping,
+    /// `{"command":"pong"}`: the client is alive (resets the pong timeout).
+    Pong,
+}
+
+/// What a client asks to have replayed: per stream, the entries after a
+/// position it holds; for the other streams of the subscription, those
+/// since a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Unix seconds; entries at or after it, for streams not in `streams`.
+    pub since: Option<u64>,
+    /// The last position the client holds, per stream.
+    pub streams: Vec<(String, Position)>,
+}
+
+impl HistoryRequest {
+    /// Reads a `history` object; `None` when it asks for nothing (neither
+    /// a positive `since` nor a stream) or is malformed.
+    fn parse(v: &Value) -> Option<HistoryRequest> {
+        let map = v.as_object()?;
+        let since = match map.get("since") {
+            None | Some(Value::Null) => None,
+            Some(n) => Some(
+                n.as_u64()
+                    .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))?,
+            ),
+        }
+        .filter(|s| *s > 0);
+        let mut streams = Vec::new();
+        match map.get("streams") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (stream, pos) in m {
+                    let epoch = pos.get("epoch")?.as_str()?.to_owned();
+                    let offset = pos.get("offset")?.as_u64()?;
+                    streams.push((stream.clone(), Position { epoch, offset }));
+                }
+            }
+            Some(_) => return None,
+        }
+        (since.is_some() || !streams.is_empty()).then_some(HistoryRequest { since, streams })
+    }
 }
 
 /// Why a text frame is not a command. Rails logs these and sends nothing.
@@ -178,12 +314,16 @@ pub enum CommandError {
     /// The frame is JSON but not an object.
     #[error("not a command object")]
     NotAnObject,
-    /// `command` is missing or not one of subscribe, unsubscribe, message.
+    /// `command` is missing or not one this server knows.
     #[error("unrecognized command")]
     Unrecognized,
     /// `identifier` is missing or not a string.
     #[error("identifier missing or not a string")]
     BadIdentifier,
+    /// A `history` command without a usable `history` (neither `since` nor
+    /// `streams`, or malformed): no reply, as AnyCable.
+    #[error("history request has neither since nor streams, or is malformed")]
+    BadHistory,
 }
 
 impl Command {
@@ -192,7 +332,7 @@ impl Command {
     /// ```
     /// use cable_core::protocol::Command;
     /// let c = Command::parse(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#).unwrap();
-    /// assert_eq!(c, Command::Subscribe { identifier: r#"{"channel":"ChatChannel"}"#.into() });
+    /// assert_eq!(c, Command::Subscribe { identifier: r#"{"channel":"ChatChannel"}"#.into(), history: None });
     /// ```
     pub fn parse(text: &str) -> Result<Command, CommandError> {
         let mut map = match serde_json::from_str::<Value>(text) {
@@ -204,16 +344,29 @@ impl Command {
             Some(Value::String(s)) => s,
             _ => return Err(CommandError::Unrecognized),
         };
-        if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
-            return Err(CommandError::Unrecognized);
+        match command.as_str() {
+            "ping" => return Ok(Command::Ping),
+            "pong" => return Ok(Command::Pong),
+            "subscribe" | "unsubscribe" | "message" | "history" => {}
+            _ => return Err(CommandError::Unrecognized),
         }
         let identifier = match map.remove("identifier") {
             Some(Value::String(s)) => s,
             _ => return Err(CommandError::BadIdentifier),
         };
         Ok(match command.as_str() {
-            "subscribe" => Command::Subscribe { identifier },
+            "subscribe" => Command::Subscribe {
+                identifier,
+                history: map.get("history").and_then(HistoryRequest::parse),
+            },
             "unsubscribe" => Command::Unsubscribe { identifier },
+            "history" => Command::History {
+                identifier,
+                history: map
+                    .get("history")
+                    .and_then(HistoryRequest::parse)
+                    .ok_or(CommandError::BadHistory)?,
+            },
             _ => Command::Message {
                 identifier,
                 data: map.remove("data"),
@@ -258,6 +411,86 @@ mod tests {
         assert_eq!(
             Frame::confirm(r#"{"channel":"C","x":"<&>"}"#).as_str(),
             r#"{"identifier":"{\"channel\":\"C\",\"x\":\"\u003c\u0026\u003e\"}","type":"confirm_subscription"}"#
+        );
+    }
+
+    #[test]
+    fn extended_frames_have_anycable_bytes() {
+        let id = r#"{"channel":"C"}"#;
+        assert_eq!(
+            Frame::welcome_ext("s1", None).as_str(),
+            r#"{"type":"welcome","sid":"s1"}"#
+        );
+        assert_eq!(
+            Frame::welcome_ext("s2", Some(&[id])).as_str(),
+            r#"{"type":"welcome","sid":"s2","restored":true,"restored_ids":["{\"channel\":\"C\"}"]}"#
+        );
+        assert_eq!(
+            Frame::message_at(id, r#"{"a":1}"#, "chat_1", "x1", 3).as_str(),
+            r#"{"identifier":"{\"channel\":\"C\"}","message":{"a":1},"stream_id":"chat_1","epoch":"x1","offset":3}"#
+        );
+        assert_eq!(
+            Frame::confirm_history(id).as_str(),
+            r#"{"type":"confirm_history","identifier":"{\"channel\":\"C\"}"}"#
+        );
+        assert_eq!(
+            Frame::reject_history(id).as_str(),
+            r#"{"type":"reject_history","identifier":"{\"channel\":\"C\"}"}"#
+        );
+        assert_eq!(
+            Frame::disconnect(Some(DisconnectReason::NoPong), true).as_str(),
+            r#"{"type":"disconnect","reason":"no_pong","reconnect":true}"#
+        );
+    }
+
+    #[test]
+    fn parses_extended_commands() {
+        assert_eq!(
+            Command::parse(r#"{"command":"pong"}"#).unwrap(),
+            Command::Pong
+        );
+        assert_eq!(
+            Command::parse(r#"{"command":"ping"}"#).unwrap(),
+            Command::Ping
+        );
+        let c = Command::parse(
+            r#"{"command":"history","identifier":"i","history":{"since":1681828329,"streams":{"chat_42":{"offset":32,"epoch":"x123"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::History {
+                identifier: "i".into(),
+                history: HistoryRequest {
+                    since: Some(1681828329),
+                    streams: vec![(
+                        "chat_42".into(),
+                        Position {
+                            epoch: "x123".into(),
+                            offset: 32
+                        }
+                    )],
+                }
+            }
+        );
+        assert!(matches!(
+            Command::parse(r#"{"command":"history","identifier":"i","history":{}}"#),
+            Err(CommandError::BadHistory)
+        ));
+        assert!(matches!(
+            Command::parse(r#"{"command":"history","identifier":"i"}"#),
+            Err(CommandError::BadHistory)
+        ));
+        assert_eq!(
+            Command::parse(r#"{"command":"subscribe","identifier":"i","history":{"since":5}}"#)
+                .unwrap(),
+            Command::Subscribe {
+                identifier: "i".into(),
+                history: Some(HistoryRequest {
+                    since: Some(5),
+                    streams: vec![]
+                })
+            }
         );
     }
 

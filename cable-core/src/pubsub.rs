@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
 
+use crate::broker::Position;
 use crate::hub::Hub;
 
 pub use crate::backoff::Backoff;
@@ -181,4 +182,76 @@ impl PubSub for MemoryPubSub {
     fn name(&self) -> &'static str {
         "memory"
     }
+}
+
+/// Marks a positioned payload on the pub/sub wire; see [`encode_positioned`].
+const POSITION_MARK: char = '\u{1e}';
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PositionHeader<'a> {
+    #[serde(borrow)]
+    epoch: std::borrow::Cow<'a, str>,
+    offset: u64,
+}
+
+/// The pub/sub payload of a broadcast that has a place in its stream's
+/// history: `\u{1e}{"epoch":E,"offset":O}\u{1e}` followed by the payload
+/// as broadcast.
+///
+/// The position must travel with the payload so that every node puts it
+/// into its frames. The record separator (U+001E) cannot start JSON text,
+/// so a payload Rails (or anyone) publishes is never mistaken for one of
+/// these, and unpositioned payloads stay exactly as they are today. The
+/// header is JSON, so the separator inside an epoch is escaped and the
+/// second separator ends the header.
+///
+/// ```
+/// use cable_core::broker::Position;
+/// use cable_core::pubsub::{decode_positioned, encode_positioned};
+///
+/// let pos = Position { epoch: "ab0".into(), offset: 7 };
+/// let wire = encode_positioned(&pos, r#"{"text":"hi"}"#);
+/// assert_eq!(wire, "\u{1e}{\"epoch\":\"ab0\",\"offset\":7}\u{1e}{\"text\":\"hi\"}");
+/// assert_eq!(decode_positioned(&wire).unwrap(), (Some(pos), r#"{"text":"hi"}"#));
+/// assert_eq!(decode_positioned(r#"{"a":1}"#).unwrap(), (None, r#"{"a":1}"#));
+/// ```
+pub fn encode_positioned(position: &Position, payload: &str) -> String {
+    let header = PositionHeader {
+        epoch: std::borrow::Cow::Borrowed(&position.epoch),
+        offset: position.offset,
+    };
+    // A struct of a string and a number always serialises.
+    let header = serde_json::to_string(&header).unwrap_or_default();
+    let mut out = String::with_capacity(header.len() + payload.len() + 2);
+    out.push(POSITION_MARK);
+    out.push_str(&header);
+    out.push(POSITION_MARK);
+    out.push_str(payload);
+    out
+}
+
+/// A positioned payload whose header cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed position header on a pub/sub payload: {0}")]
+pub struct EnvelopeError(String);
+
+/// Splits a pub/sub payload into its position (if it was published with
+/// one, see [`encode_positioned`]) and the payload as broadcast. A payload
+/// without the mark is returned whole: costs one byte comparison.
+pub fn decode_positioned(payload: &str) -> Result<(Option<Position>, &str), EnvelopeError> {
+    let Some(rest) = payload.strip_prefix(POSITION_MARK) else {
+        return Ok((None, payload));
+    };
+    let Some((header, body)) = rest.split_once(POSITION_MARK) else {
+        return Err(EnvelopeError("no end of header".into()));
+    };
+    let header: PositionHeader<'_> =
+        serde_json::from_str(header).map_err(|e| EnvelopeError(e.to_string()))?;
+    Ok((
+        Some(Position {
+            epoch: header.epoch.into_owned(),
+            offset: header.offset,
+        }),
+        body,
+    ))
 }

@@ -3,7 +3,10 @@
 //! module; they build a `Cable` and hand it to a transport.
 //!
 //! A transport, per client: takes a slot ([`try_transport_guard`]), builds a
-//! [`ConnectRequest`](crate::ConnectRequest) from the handshake, makes an
+//! [`ConnectRequest`](crate::ConnectRequest) from the handshake (with the
+//! negotiated subprotocol, [`ConnectRequest::with_subprotocol`](crate::ConnectRequest::with_subprotocol):
+//! the extended protocol reads `?sid=` and `X-ANYCABLE-RESTORE-SID` from the
+//! request itself), makes an
 //! [`Outbox`] ([`new_outbox`]), runs [`run_connection`] with a stream of
 //! [`Inbound`] items, and writes whatever [`Outbox::pop_batch`] gives until
 //! the final `Outgoing::Close`. Per server: [`start_heartbeat`] once, and

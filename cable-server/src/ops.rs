@@ -218,6 +218,7 @@ async fn stats(State(state): State<Arc<OpsState>>) -> Response {
     if let Some(map) = v.as_object_mut() {
         map.insert("adapter".into(), state.cable.adapter_name().into());
         map.insert("adapter_connected".into(), state.cable.is_healthy().into());
+        map.insert("broker".into(), state.cable.broker_name().into());
     }
     axum::Json(v).into_response()
 }
@@ -229,7 +230,7 @@ enum Figure {
 }
 
 /// Every figure `/metrics` exports: name, help, value.
-fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 20] {
+fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 25] {
     use Figure::{Counter, Gauge};
     [
         (
@@ -326,6 +327,31 @@ fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, 
             "cable_adapter_dropped_total",
             "Messages the adapter dropped because its backlog was full",
             Counter(s.adapter_dropped),
+        ),
+        (
+            "cable_history_appends_total",
+            "Broadcasts appended to the broker's history (given a position)",
+            Counter(s.history_appends),
+        ),
+        (
+            "cable_history_append_failures_total",
+            "Broadcasts the broker failed to append (delivered live without a position)",
+            Counter(s.history_append_failures),
+        ),
+        (
+            "cable_history_reads_total",
+            "History requests served (confirm_history)",
+            Counter(s.history_reads),
+        ),
+        (
+            "cable_history_misses_total",
+            "History requests that could not be served (reject_history)",
+            Counter(s.history_misses),
+        ),
+        (
+            "cable_restored_sessions_total",
+            "Sessions restored from a session id without the connect hook",
+            Counter(s.restored_sessions),
         ),
         (
             "cable_uptime_seconds",

@@ -168,15 +168,20 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
             .into_response();
     };
     let protocol = choose_subprotocol(headers);
-    let request = Box::new(ConnectRequest::new(
-        path.clone(),
-        req.uri().query(),
-        headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        peer,
-    ));
+    let request = Box::new(
+        ConnectRequest::new(
+            path.clone(),
+            req.uri().query(),
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            peer,
+        )
+        // Core speaks the extended protocol (session ids, resume by `?sid=` or
+        // `X-ANYCABLE-RESTORE-SID`, pongs) when it was negotiated.
+        .with_subprotocol(protocol),
+    );
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         tracing::error!("Failed to upgrade to WebSocket: the HTTP server does not support upgrades on this connection");
         return page_not_found();
@@ -464,5 +469,16 @@ mod tests {
             HeaderValue::from_static("x"),
         );
         assert_eq!(choose_subprotocol(&h), None);
+        // @anycable/web offers the extended protocol first.
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("actioncable-v1-ext-json, actioncable-unsupported"),
+        );
+        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-ext-json"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("actioncable-v1-json, actioncable-v1-ext-json"),
+        );
+        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-json"));
     }
 }

@@ -20,6 +20,11 @@ pub const JS_CLIENT_PROTOCOLS: (&str, &str) = (
     "actioncable-v1-json, actioncable-unsupported",
 );
 
+/// The header `@anycable/web` sends: AnyCable's extended protocol
+/// (session ids, resume, stream positions and history, pongs).
+pub const EXT_CLIENT_PROTOCOLS: (&str, &str) =
+    ("Sec-WebSocket-Protocol", "actioncable-v1-ext-json");
+
 /// A raw `actioncable-v1-json` client: it sends what you tell it and
 /// asserts what it gets, pings aside. It works against any ActionCable
 /// server.

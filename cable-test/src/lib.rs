@@ -15,6 +15,8 @@
 //!   [`assert_has_stream`](Subscription::assert_has_stream),
 //!   [`unsubscribe`](Subscription::unsubscribe);
 //! - [`Connection::advance`] runs periodic timers on tokio's paused clock;
+//! - the extended protocol: [`Request::ext`], [`Connection::sid`],
+//!   [`Connection::welcome`];
 //! - the wire is there too: [`Connection::send`], [`Connection::frames`],
 //!   [`Connection::next_frame`], and [`frames`] (Rails' frames, byte for
 //!   byte).
@@ -137,7 +139,7 @@ use std::future::Future;
 use std::time::Duration;
 
 #[cfg(feature = "sockets")]
-pub use crate::client::{request, Client, Ws, JS_CLIENT_PROTOCOLS};
+pub use crate::client::{request, Client, Ws, EXT_CLIENT_PROTOCOLS, JS_CLIENT_PROTOCOLS};
 #[cfg(feature = "sockets")]
 pub use crate::http_client::http;
 pub use crate::recording::{Broadcasts, RecordingPubSub};

@@ -285,7 +285,7 @@ pub fn check(setup: Setup, steps: &[Step], run: &Run) -> Result<(), String> {
     for step in steps {
         let Step::Text(t) = step else { continue };
         match Command::parse(t) {
-            Ok(Command::Subscribe { identifier }) => {
+            Ok(Command::Subscribe { identifier, .. }) => {
                 *subscribes.entry(identifier).or_default() += 1
             }
             Ok(Command::Unsubscribe { identifier }) => {
@@ -319,6 +319,13 @@ pub fn check(setup: Setup, steps: &[Step], run: &Run) -> Result<(), String> {
         match obj.get("type").and_then(Value::as_str) {
             Some("welcome") => ensure(i == 0, || format!("welcome first: {frames:?}"))?,
             Some("ping") => ensure(obj["message"].is_u64(), || frame.to_string())?,
+            // The answer to a client's ping (AnyCable's extension).
+            Some("pong") => ensure(obj.len() == 1, || frame.to_string())?,
+            // A history command's answer (AnyCable's extension); the model
+            // keeps no history, so a request is rejected.
+            Some("confirm_history" | "reject_history") => {
+                ensure(identifier.is_some(), || format!("no identifier in {frame}"))?
+            }
             Some(kind @ ("confirm_subscription" | "reject_subscription")) => {
                 let id = identifier.ok_or_else(|| format!("no identifier in {frame}"))?;
                 if kind == "confirm_subscription" {

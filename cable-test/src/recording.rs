@@ -106,6 +106,12 @@ pub(crate) fn json_list(values: &[Value]) -> String {
 }
 
 fn decode(payload: &str) -> Value {
+    // A broadcast of a stream with history travels with its position;
+    // what was broadcast is the rest.
+    let payload = match cable_core::pubsub::decode_positioned(payload) {
+        Ok((_, body)) => body,
+        Err(_) => payload,
+    };
     serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()))
 }
 

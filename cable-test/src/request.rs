@@ -28,6 +28,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     cookies: Vec<String>,
     peer: Option<SocketAddr>,
+    subprotocol: Option<String>,
 }
 
 impl Default for Request {
@@ -38,6 +39,7 @@ impl Default for Request {
             headers: Vec::new(),
             cookies: Vec::new(),
             peer: None,
+            subprotocol: None,
         }
     }
 }
@@ -82,6 +84,18 @@ impl Request {
         self
     }
 
+    /// Sets the subprotocol the transport negotiated.
+    pub fn subprotocol(mut self, protocol: &str) -> Self {
+        self.subprotocol = Some(protocol.to_owned());
+        self
+    }
+
+    /// Speaks AnyCable's extended protocol (`actioncable-v1-ext-json`):
+    /// the welcome carries a session id, `?sid=` resumes a session.
+    pub fn ext(self) -> Self {
+        self.subprotocol(cable_core::protocol::EXT_SUBPROTOCOL)
+    }
+
     /// The request the connect hook sees.
     pub fn build(&self) -> ConnectRequest {
         let mut headers = self.headers.clone();
@@ -90,6 +104,7 @@ impl Request {
         }
         let query = (!self.query.is_empty()).then_some(self.query.as_str());
         ConnectRequest::new(self.path.clone(), query, headers, self.peer)
+            .with_subprotocol(self.subprotocol.as_deref())
     }
 }
 

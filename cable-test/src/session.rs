@@ -324,7 +324,7 @@ impl Connection {
     async fn welcomed(&self) -> Result<(), Rejected> {
         let first = self.next_frame().await;
         match first {
-            Outgoing::Text(f) if f.as_str() == frames::WELCOME => {
+            Outgoing::Text(f) if is_welcome(f.as_str()) => {
                 self.shared.settle().await;
                 Ok(())
             }
@@ -340,6 +340,39 @@ impl Connection {
                 })
             }
         }
+    }
+
+    /// The session id of an extended-protocol welcome
+    /// (`{"type":"welcome","sid":…}`, see [`Request::ext`](crate::Request::ext)),
+    /// `None` on the plain protocol.
+    ///
+    /// ```
+    /// use cable_core::Cable;
+    /// use cable_test::{Request, TestCable};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cable = TestCable::new(Cable::builder());
+    /// let conn = cable.connect(Request::new().ext()).await.unwrap();
+    /// let sid = conn.sid().unwrap();
+    /// conn.disconnect().await;
+    /// let back = cable.connect(Request::new().ext().query("sid", &sid)).await.unwrap();
+    /// assert_eq!(back.welcome()["restored"], true);
+    /// assert!(cable.connect(Request::new()).await.unwrap().sid().is_none());
+    /// # }
+    /// ```
+    pub fn sid(&self) -> Option<String> {
+        self.welcome()
+            .get("sid")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    /// The welcome frame, parsed.
+    pub fn welcome(&self) -> Value {
+        self.frames()
+            .first()
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or(Value::Null)
     }
 
     /// The connection's identifiers (from the connect hook or the stub).
@@ -763,4 +796,12 @@ impl Subscription {
             self.identifier
         );
     }
+}
+
+/// A welcome: Rails' exact bytes, or the extended protocol's (with a
+/// session id, perhaps restored).
+fn is_welcome(text: &str) -> bool {
+    text == frames::WELCOME
+        || serde_json::from_str::<Value>(text)
+            .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("welcome"))
 }

@@ -52,9 +52,11 @@ fn check(text: &str) {
         unreachable!("checked above");
     };
     let (name, identifier) = match &command {
-        Command::Subscribe { identifier } => ("subscribe", identifier),
+        Command::Subscribe { identifier, .. } => ("subscribe", identifier),
         Command::Unsubscribe { identifier } => ("unsubscribe", identifier),
         Command::Message { identifier, .. } => ("message", identifier),
+        Command::History { identifier, .. } => ("history", identifier),
+        _ => return,
     };
     assert_eq!(fields.get("command"), Some(&json!(name)));
     assert_eq!(fields.get("identifier"), Some(&json!(identifier)));

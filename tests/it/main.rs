@@ -30,4 +30,5 @@ mod hostile;
 mod multinode;
 mod process;
 mod protocol;
+mod reliable;
 mod support;

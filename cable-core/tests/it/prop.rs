@@ -51,7 +51,18 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// Text frames as a client, a broken client or an attacker might send them.
 fn frame_text() -> impl Strategy<Value = String> {
-    let command = select(&["subscribe", "unsubscribe", "message", "dance", ""][..]);
+    let command = select(
+        &[
+            "subscribe",
+            "unsubscribe",
+            "message",
+            "history",
+            "ping",
+            "pong",
+            "dance",
+            "",
+        ][..],
+    );
     prop_oneof![
         text(40),
         json_value().prop_map(|v| v.to_string()),
@@ -76,9 +87,11 @@ proptest! {
             if let Ok(command) = parsed {
                 let v: Value = serde_json::from_str(t).unwrap();
                 let identifier = match &command {
-                    Command::Subscribe { identifier }
+                    Command::Subscribe { identifier, .. }
                     | Command::Unsubscribe { identifier }
-                    | Command::Message { identifier, .. } => identifier,
+                    | Command::Message { identifier, .. }
+                    | Command::History { identifier, .. } => identifier,
+                    _ => continue,
                 };
                 prop_assert_eq!(v["identifier"].as_str(), Some(identifier.as_str()));
             }

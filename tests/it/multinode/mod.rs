@@ -12,6 +12,7 @@
 
 mod postgres;
 mod rails_interop;
+mod reliable;
 mod support;
 
 use support::*;
