@@ -102,12 +102,15 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod broker;
 mod publisher;
 
 use async_trait::async_trait;
 use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
+
+pub use crate::broker::{RedisBroker, RedisBrokerConfig, DEFAULT_KEY_PREFIX};
 
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.
