@@ -132,6 +132,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod broker;
 mod error;
 mod listener;
 mod naming;
@@ -146,6 +147,8 @@ use cable_core::{redact_url, PubSubError};
 use tokio_postgres::config::SslMode;
 
 use crate::naming::{channel_name, unusable, MAX_IDENTIFIER};
+
+pub use crate::broker::{PostgresBroker, PostgresBrokerConfig, DEFAULT_CLEANUP_INTERVAL};
 
 /// How long a subscribe or unsubscribe may wait for PostgreSQL to run the
 /// `LISTEN`/`UNLISTEN` (including for the connection to come back) before its
@@ -342,9 +345,21 @@ pub enum PostgresConfigError {
     /// PostgreSQL keeps application names of printable ASCII, up to 63 bytes.
     #[error("invalid postgres application name {0:?}: must be 1 to 63 printable ASCII characters")]
     InvalidApplicationName(String),
-    /// [`PostgresPubSub::new`] spawns its background task and needs a runtime.
-    #[error("PostgresPubSub::new must be called from inside a tokio runtime")]
+    /// [`PostgresPubSub::new`] (and [`PostgresBroker::new`] with a cleanup
+    /// interval) spawns a background task and needs a runtime.
+    #[error(
+        "PostgresPubSub::new and PostgresBroker::new must be called from inside a tokio runtime"
+    )]
     NoRuntime,
+    /// A schema or table name PostgreSQL cannot take: empty, over 63 bytes
+    /// (the table prefix with its longest suffix), or with a NUL.
+    #[error("invalid postgres {what} name {name:?}: must be 1 to 63 bytes, without NUL")]
+    InvalidName {
+        /// "schema" or "table".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
 }
 
 /// The PostgreSQL adapter. Build it in [`cable_core::CableBuilder::pubsub`].
