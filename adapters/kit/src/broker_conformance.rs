@@ -80,6 +80,7 @@ macro_rules! broker_conformance_tests {
             history_marks_expire,
             concurrent_appends_from_two_nodes,
             payloads_come_back_exactly,
+            extreme_arguments_are_no_errors,
             unreachable_backend_fails_promptly,
         );
     };
@@ -559,6 +560,36 @@ pub async fn payloads_come_back_exactly<C: BrokerConformance>() {
         .await
         .expect("store");
     assert_eq!(b.fetch_session(&sid).await, Ok(Some(tricky[1].clone())));
+}
+
+/// Limits, TTLs and times at the ends of their types are taken (capped
+/// where the backend must), not refused.
+pub async fn extreme_arguments_are_no_errors<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let huge = HistoryPolicy {
+        limit: usize::MAX,
+        ttl: Duration::MAX,
+    };
+    let p = append(&b, &stream, "{}", huge).await;
+    assert_eq!(p.offset, 1);
+    assert_eq!(append(&b, &stream, "{}", huge).await.offset, 2);
+    assert_eq!(offsets(&from(&b, &stream, &p.epoch, 1).await), vec![2]);
+    assert!(since(&b, &stream, u64::MAX).await.entries.is_empty());
+    assert_eq!(since(&b, &stream, 0).await.entries.len(), 2);
+    b.enable_history(&stream, huge).await.expect("enable");
+    let kept = b.history_policy(&stream).await.expect("policy");
+    assert!(
+        kept.is_some_and(|k| k.ttl >= Duration::from_secs(3600)),
+        "{kept:?}"
+    );
+    let sid = format!("{}-sid", unique_prefix());
+    b.store_session(&sid, "s", Duration::MAX)
+        .await
+        .expect("store");
+    assert_eq!(b.fetch_session(&sid).await, Ok(Some("s".to_owned())));
+    b.remove_session(&sid).await.expect("remove");
 }
 
 /// Against a backend that is not there, every call fails with

@@ -573,9 +573,13 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-/// `d` in ms, at least 1, at most `i64::MAX`.
+/// `d` in ms, at least 1, at most 100 years (PostgreSQL's timestamps end
+/// in 294276 AD, and adding `i64::MAX` ms to now would overflow).
 fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+    const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    i64::try_from(d.min(MAX).as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 fn limit(policy: HistoryPolicy) -> i64 {
@@ -684,7 +688,9 @@ impl Broker for PostgresBroker {
     }
 
     async fn history_since(&self, stream: &str, since: u64) -> Result<History, BrokerError> {
-        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        // Past year 5000 nothing can match, and `to_timestamp` would
+        // overflow on larger values.
+        let since = i64::try_from(since.min(100_000_000_000)).unwrap_or(i64::MAX);
         let rows = self
             .inner
             .call("a history read", |conn| async move {

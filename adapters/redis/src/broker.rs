@@ -2,6 +2,7 @@
 //! assigned by one Lua script per append, sessions and history marks as
 //! keys with a TTL. See the crate docs ("History broker") for the keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -147,19 +148,24 @@ impl Script {
 }
 
 /// Appends one entry: a new epoch when the stream's keys are gone (expired,
-/// flushed, a restart without persistence), else the next offset. The entry
-/// ID is `<offset>-0`, so ranges by offset are ID ranges; `t` is the
-/// server's clock in ms. Both keys expire `ttl` after the last append.
-/// KEYS: meta, history. ARGV: payload, limit, ttl_ms, new epoch.
+/// flushed, a restart without persistence) or were last written by another
+/// run of the server (a restart that reloaded a snapshot may have lost the
+/// latest appends, and their offsets would be given again), else the next
+/// offset. The entry ID is `<offset>-0`, so ranges by offset are ID ranges;
+/// `t` is the server's clock in ms. Both keys expire `ttl` after the last
+/// append.
+/// KEYS: meta, history. ARGV: payload, limit, ttl_ms, new epoch, run_id.
 /// Returns {epoch, offset}.
 const APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0 then
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+local epoch = meta[1]
+if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0
+   or (ARGV[5] ~= '' and meta[2] ~= ARGV[5]) then
   epoch = ARGV[4]
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'run', ARGV[5])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], 'limit', ARGV[2], 'ttl', ARGV[3])
@@ -234,12 +240,20 @@ struct Backend {
     name: String,
 }
 
+/// A connection and the `run_id` of the server it reached (empty when the
+/// server does not say).
+#[derive(Clone)]
+struct Conn {
+    redis: MultiplexedConnection,
+    run_id: Arc<str>,
+}
+
 #[async_trait]
 impl Connect for Backend {
-    type Conn = MultiplexedConnection;
+    type Conn = Conn;
     const NAME: &'static str = "redis";
 
-    async fn connect(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connect(&self) -> Result<Conn, BrokerError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cable_adapter_kit::broker::BROKER_TIMEOUT))
             .set_response_timeout(Some(cable_adapter_kit::broker::BROKER_TIMEOUT));
@@ -249,7 +263,30 @@ impl Connect for Backend {
             .await
             .map_err(|e| to_broker_error(&e))?;
         set_name(&mut conn, &self.name).await;
-        Ok(conn)
+        let run_id = run_id(&mut conn).await?;
+        Ok(Conn {
+            redis: conn,
+            run_id: run_id.into(),
+        })
+    }
+}
+
+/// The server's `run_id` (`INFO server`), which changes with every start.
+/// A server that hides it (some managed services rename `INFO`) gets ""
+/// and a warning: restarts are then noticed only by keys that are gone.
+async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, BrokerError> {
+    let info: Result<String, RedisError> = redis::cmd("INFO").arg("server").query_async(conn).await;
+    match info {
+        Ok(info) => Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default()),
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
+            tracing::warn!(error = %e, "redis refused INFO server: a restart that keeps the broker's keys (RDB/AOF) will not start new epochs");
+            Ok(String::new())
+        }
+        Err(e) => Err(to_broker_error(&e)),
     }
 }
 
@@ -305,7 +342,7 @@ impl RedisBroker {
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BrokerError>
     where
         T: Send,
-        F: FnOnce(MultiplexedConnection) -> Fut + Send,
+        F: FnOnce(Conn) -> Fut + Send,
         Fut: std::future::Future<Output = Result<T, RedisError>> + Send,
     {
         self.conn
@@ -331,7 +368,7 @@ impl RedisBroker {
         );
         let value = self
             .call("a history read", |mut conn| async move {
-                script.run(&mut conn, &[&meta, &history], args).await
+                script.run(&mut conn.redis, &[&meta, &history], args).await
             })
             .await?;
         Reply::parse(stream, value)
@@ -392,10 +429,16 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
-/// At least 1 ms: Redis refuses `PX 0`.
+/// At least 1 ms (Redis refuses `PX 0`), at most [`MAX_TTL`].
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(d.min(MAX_TTL).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
+
+/// TTLs are capped at 100 years: Redis refuses an expiry past its clock's
+/// range.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[async_trait]
 impl Broker for RedisBroker {
@@ -409,19 +452,24 @@ impl Broker for RedisBroker {
             self.config.meta_key(stream),
             self.config.history_key(stream),
         );
-        let limit = policy.limit.max(1).to_string();
+        // MAXLEN takes a signed 64-bit count.
+        let limit = i64::try_from(policy.limit)
+            .unwrap_or(i64::MAX)
+            .max(1)
+            .to_string();
         let ttl = millis(policy.ttl).to_string();
         let epoch = new_epoch();
         let script = &self.scripts.append;
         let value = self
             .call("the append script", |mut conn| async move {
-                let args: [&[u8]; 4] = [
+                let args: [&[u8]; 5] = [
                     payload.as_bytes(),
                     limit.as_bytes(),
                     ttl.as_bytes(),
                     epoch.as_bytes(),
+                    conn.run_id.as_bytes(),
                 ];
-                script.run(&mut conn, &[&meta, &history], &args).await
+                script.run(&mut conn.redis, &[&meta, &history], &args).await
             })
             .await?;
         let bad =
@@ -482,7 +530,7 @@ impl Broker for RedisBroker {
                 .arg(&value)
                 .arg("PX")
                 .arg(ttl)
-                .exec_async(&mut conn)
+                .exec_async(&mut conn.redis)
                 .await
         })
         .await
@@ -492,7 +540,10 @@ impl Broker for RedisBroker {
         let key = self.config.policy_key(stream);
         let value: Option<String> = self
             .call("GET", |mut conn| async move {
-                redis::cmd("GET").arg(&key).query_async(&mut conn).await
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn.redis)
+                    .await
             })
             .await?;
         let Some(value) = value else { return Ok(None) };
@@ -524,7 +575,7 @@ impl Broker for RedisBroker {
                 .arg(state)
                 .arg("PX")
                 .arg(ttl)
-                .exec_async(&mut conn)
+                .exec_async(&mut conn.redis)
                 .await
         })
         .await
@@ -533,7 +584,10 @@ impl Broker for RedisBroker {
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
         let key = self.config.session_key(sid);
         self.call("GET", |mut conn| async move {
-            redis::cmd("GET").arg(&key).query_async(&mut conn).await
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn.redis)
+                .await
         })
         .await
     }
@@ -541,7 +595,10 @@ impl Broker for RedisBroker {
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
         let key = self.config.session_key(sid);
         self.call("DEL", |mut conn| async move {
-            redis::cmd("DEL").arg(&key).exec_async(&mut conn).await
+            redis::cmd("DEL")
+                .arg(&key)
+                .exec_async(&mut conn.redis)
+                .await
         })
         .await
     }

@@ -226,3 +226,67 @@ async fn flushed_scripts_and_keys_start_a_new_epoch() {
         .expect("read after flush");
     assert_eq!(h.entries.len(), 1);
 }
+
+/// A restart that reloads a snapshot keeps the keys, but may have lost the
+/// latest appends: the server's new `run_id` starts a new epoch all the same,
+/// so no offset is given twice in one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
+    let dir = std::env::temp_dir().join(format!("{}-redis", unique_prefix()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let Some(mut own) = OwnRedis::start(&["--dir", &dir_arg]).await else {
+        return;
+    };
+    let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
+    let policy = HistoryPolicy::default();
+    broker
+        .append("s", r#"{"n":1}"#, policy)
+        .await
+        .expect("append");
+    let mut plain = crate::support::try_plain(&own.url())
+        .await
+        .expect("own redis");
+    let _: () = redis::cmd("SAVE")
+        .query_async(&mut plain)
+        .await
+        .expect("SAVE");
+    // Appended after the snapshot: lost in the restart.
+    let lost = broker
+        .append("s", r#"{"n":2}"#, policy)
+        .await
+        .expect("append");
+    assert_eq!(lost.offset, 2);
+    own.kill();
+    own.restart().await;
+    let mut plain = crate::support::try_plain(&own.url())
+        .await
+        .expect("own redis");
+    let offset: String = redis::cmd("HGET")
+        .arg("cable:meta:s")
+        .arg("offset")
+        .query_async(&mut plain)
+        .await
+        .expect("the snapshot was loaded");
+    assert_eq!(offset, "1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        match broker.append("s", r#"{"n":3}"#, policy).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not back within 5 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_ne!(
+        new.epoch, lost.epoch,
+        "offset 2 must not be given again in its epoch"
+    );
+    assert_eq!(new.offset, 1);
+    drop(own);
+    let _ = std::fs::remove_dir_all(&dir);
+}
