@@ -12,7 +12,7 @@
 //! with a prefix of its own ([`unique_prefix`]), so tests run in parallel
 //! against one backend. Without a reachable backend
 //! [`BrokerConformance::setup`] prints `SKIPPED: …` (see
-//! [`skip`](crate::conformance::skip)) and the test passes, unless `CI` is
+//! [`skip`]) and the test passes, unless `CI` is
 //! set.
 //!
 //! Time is real: the expiry properties use TTLs of 1 to 2 s and sleep past
@@ -49,7 +49,7 @@ pub trait BrokerConformance: Sized + Send + Sync + 'static {
     type Broker: Broker;
 
     /// Connects to the real backend for probes, or None after
-    /// [`skip`](crate::conformance::skip).
+    /// [`skip`].
     async fn setup() -> Option<Self>;
     /// A new broker instance on the shared backend: another node.
     fn broker(&self) -> Self::Broker;

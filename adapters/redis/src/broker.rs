@@ -396,7 +396,7 @@ impl Reply {
         }
         let epoch = items.next().flatten().ok_or_else(|| bad("no epoch"))?;
         let rest: Vec<Option<String>> = items.collect();
-        if rest.len() % 3 != 0 {
+        if !rest.len().is_multiple_of(3) {
             return Err(bad("entries are not triples"));
         }
         let mut entries = Vec::with_capacity(rest.len() / 3);
