@@ -305,9 +305,11 @@ impl Sql {
     }
 
     /// Separate statements (each its own transaction), so that no lock is
-    /// held from one to the next. History rows locked by an append are
-    /// skipped (the append trims them itself, or the next sweep does), so
-    /// the sweep never waits for an append and cannot deadlock with one.
+    /// held from one to the next, each deleting at most [`SWEEP_BATCH`] rows
+    /// (run again while they fill it), so that none runs long. Rows locked by
+    /// an append are skipped (the append trims its stream itself, or the
+    /// next sweep does), so the sweep never waits for an append and cannot
+    /// deadlock with one.
     fn cleanup(&self) -> [String; 4] {
         let Sql {
             streams,
@@ -316,6 +318,13 @@ impl Sql {
             marks,
             ..
         } = self;
+        let expired = |table: &str| {
+            format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {table} WHERE expires_at <= clock_timestamp()
+                    LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))"
+            )
+        };
         [
             format!(
                 "DELETE FROM {history} WHERE ctid = ANY(ARRAY(
@@ -325,14 +334,17 @@ impl Sql {
                        OR h.epoch <> s.epoch
                        OR h.\"offset\" <= s.last_offset - s.history_limit
                        OR h.at < clock_timestamp() - s.ttl_ms * interval '1 millisecond'
-                    FOR UPDATE OF h SKIP LOCKED))"
+                    LIMIT {SWEEP_BATCH} FOR UPDATE OF h SKIP LOCKED))"
             ),
-            format!("DELETE FROM {streams} WHERE expires_at <= clock_timestamp()"),
-            format!("DELETE FROM {sessions} WHERE expires_at <= clock_timestamp()"),
-            format!("DELETE FROM {marks} WHERE expires_at <= clock_timestamp()"),
+            expired(streams),
+            expired(sessions),
+            expired(marks),
         ]
     }
 }
+
+/// Most rows one cleanup statement deletes.
+const SWEEP_BATCH: u64 = 1000;
 
 /// A connection and its prepared statements.
 struct Conn {
@@ -539,12 +551,18 @@ impl Inner {
     async fn cleanup(&self) -> Result<u64, BrokerError> {
         let mut n = 0;
         for sql in self.conn.backend().sql.cleanup() {
-            n += self
-                .call("the cleanup", |conn| {
-                    let sql = sql.clone();
-                    async move { conn.client.execute(&sql, &[]).await }
-                })
-                .await?;
+            loop {
+                let deleted = self
+                    .call("the cleanup", |conn| {
+                        let sql = sql.clone();
+                        async move { conn.client.execute(&sql, &[]).await }
+                    })
+                    .await?;
+                n += deleted;
+                if deleted < SWEEP_BATCH {
+                    break;
+                }
+            }
         }
         Ok(n)
     }

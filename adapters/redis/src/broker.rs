@@ -153,7 +153,9 @@ impl Script {
 /// latest appends, and their offsets would be given again), else the next
 /// offset. The entry ID is `<offset>-0`, so ranges by offset are ID ranges;
 /// `t` is the server's clock in ms. Both keys expire `ttl` after the last
-/// append.
+/// append. A node whose server hides its `run_id` (empty) neither checks
+/// nor records it; a stream with none recorded takes the next one given, so
+/// that nodes that differ in this do not start epoch after epoch.
 /// KEYS: meta, history. ARGV: payload, limit, ttl_ms, new epoch, run_id.
 /// Returns {epoch, offset}.
 const APPEND: &str = r#"
@@ -162,13 +164,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'run')
 local epoch = meta[1]
 if (not epoch) or redis.call('EXISTS', KEYS[2]) == 0
-   or (ARGV[5] ~= '' and meta[2] ~= ARGV[5]) then
+   or (ARGV[5] ~= '' and meta[2] and meta[2] ~= ARGV[5]) then
   epoch = ARGV[4]
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'run', ARGV[5])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('HSET', KEYS[1], 'limit', ARGV[2], 'ttl', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'run', ARGV[5]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', offset),
   'd', ARGV[1], 't', string.format('%d', now))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -395,21 +398,18 @@ impl Reply {
             return Ok(Reply::Refused(status));
         }
         let epoch = items.next().flatten().ok_or_else(|| bad("no epoch"))?;
-        let rest: Vec<Option<String>> = items.collect();
-        if !rest.len().is_multiple_of(3) {
-            return Err(bad("entries are not triples"));
-        }
-        let mut entries = Vec::with_capacity(rest.len() / 3);
-        for triple in rest.chunks(3) {
-            let [Some(offset), Some(ms), Some(payload)] = triple else {
-                return Err(bad("an entry field is not text"));
+        let mut entries = Vec::with_capacity(items.len() / 3);
+        while let Some(offset) = items.next() {
+            let (Some(offset), Some(Some(ms)), Some(Some(payload))) =
+                (offset, items.next(), items.next())
+            else {
+                return Err(bad("entries are not triples of text"));
             };
-            let offset = offset.parse().map_err(|_| bad("offset"))?;
             let ms: u64 = ms.parse().map_err(|_| bad("timestamp"))?;
             entries.push(Entry {
-                offset,
+                offset: offset.parse().map_err(|_| bad("offset"))?,
                 timestamp: ms / 1000,
-                payload: payload.clone(),
+                payload,
             });
         }
         tracing::trace!(stream, epoch = %epoch, entries = entries.len(), "history read");

@@ -165,6 +165,17 @@ async fn tables_are_as_documented_and_cleaned_up() {
     assert_eq!(schema.count("sessions").await, 0);
     assert_eq!(schema.count("history_marks").await, 0);
     assert_eq!(broker.cleanup().await, Ok(0));
+    // More than one batch of the sweep.
+    plain
+        .batch_execute(&format!(
+            "INSERT INTO \"{}\".cable_sessions (sid, state, expires_at)
+             SELECT 'old' || n, '{{}}', now() - interval '1 second' FROM generate_series(1, 2500) n",
+            schema.name
+        ))
+        .await
+        .expect("expired sessions");
+    assert_eq!(broker.cleanup().await, Ok(2500));
+    assert_eq!(schema.count("sessions").await, 0);
     schema.drop_it().await;
 }
 
