@@ -169,3 +169,7 @@ pub trait Session: Send + 'static {
 
 #[cfg(test)]
 mod tests;
+// The broker suite against a minimal in-memory broker: the suite asks only
+// what the contract says.
+#[cfg(all(test, feature = "conformance"))]
+mod broker_reference;

@@ -64,9 +64,12 @@ impl BrokerConformance for Postgres {
             .expect("DELETE history");
     }
 
-    fn unreachable(&self) -> PostgresBroker {
+    fn unreachable(&self) -> Option<PostgresBroker> {
         // Nothing listens on port 1.
-        PostgresBroker::new(config("postgres://postgres@127.0.0.1:1/test")).expect("valid config")
+        Some(
+            PostgresBroker::new(config("postgres://postgres@127.0.0.1:1/test"))
+                .expect("valid config"),
+        )
     }
 }
 
