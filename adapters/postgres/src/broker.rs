@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection};
+use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
 use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
 use cable_core::redact_url;
 use tokio_postgres::types::ToSql;
@@ -48,6 +48,9 @@ pub struct PostgresBrokerConfig {
     /// [`DEFAULT_CLEANUP_INTERVAL`]; `None` never sweeps (appends still trim
     /// their own stream).
     pub cleanup_interval: Option<Duration>,
+    /// Bound on each call, connecting included; past it the call fails with
+    /// `BrokerError::Unavailable`. Default [`BROKER_TIMEOUT`] (2 s).
+    pub timeout: Duration,
 }
 
 impl PostgresBrokerConfig {
@@ -59,6 +62,7 @@ impl PostgresBrokerConfig {
             table_prefix: "cable_".to_owned(),
             application_name: format!("cable-broker-PID-{}", std::process::id()),
             cleanup_interval: Some(DEFAULT_CLEANUP_INTERVAL),
+            timeout: BROKER_TIMEOUT,
         }
     }
 
@@ -83,6 +87,12 @@ impl PostgresBrokerConfig {
     /// Sets (or, with `None`, turns off) the periodic cleanup.
     pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
         self.cleanup_interval = every;
+        self
+    }
+
+    /// Sets the bound on each call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -127,6 +137,7 @@ impl std::fmt::Debug for PostgresBrokerConfig {
             .field("table_prefix", &self.table_prefix)
             .field("application_name", &self.application_name)
             .field("cleanup_interval", &self.cleanup_interval)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -494,7 +505,7 @@ impl PostgresBroker {
             None => None,
         };
         let inner = Arc::new(Inner {
-            conn: LazyConnection::new(backend),
+            conn: LazyConnection::with_timeout(backend, config.timeout),
             config,
         });
         if let (Some(runtime), Some(every)) = (runtime, inner.config.cleanup_interval) {

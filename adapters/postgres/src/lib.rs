@@ -143,7 +143,8 @@
 //!   holding positions then get `reject_history` and reload).
 //! - One connection (tokio-postgres pipelines concurrent calls on it),
 //!   opened on first use and replaced after a failure; every call,
-//!   connecting included, is bounded by 2 s and fails with
+//!   connecting included, is bounded by [`PostgresBrokerConfig::timeout`]
+//!   (2 s by default) and fails with
 //!   `BrokerError::Unavailable` while the database is unreachable, and works
 //!   again once it is back.
 //!

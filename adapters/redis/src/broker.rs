@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection};
+use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
 use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
 use cable_core::redact_url;
 use redis::aio::MultiplexedConnection;
@@ -39,6 +39,9 @@ pub struct RedisBrokerConfig {
     /// Name given to the connection with `CLIENT SETNAME` (no spaces).
     /// Default `cable-broker-PID-<pid>`.
     pub connection_name: String,
+    /// Bound on each call, connecting included; past it the call fails with
+    /// `BrokerError::Unavailable`. Default [`BROKER_TIMEOUT`] (2 s).
+    pub timeout: Duration,
 }
 
 impl RedisBrokerConfig {
@@ -48,6 +51,7 @@ impl RedisBrokerConfig {
             url: url.into(),
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             connection_name: format!("cable-broker-PID-{}", std::process::id()),
+            timeout: BROKER_TIMEOUT,
         }
     }
 
@@ -60,6 +64,12 @@ impl RedisBrokerConfig {
     /// Sets the connection name.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
+        self
+    }
+
+    /// Sets the bound on each call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -104,6 +114,7 @@ impl std::fmt::Debug for RedisBrokerConfig {
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("connection_name", &self.connection_name)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -241,6 +252,7 @@ struct Scripts {
 struct Backend {
     client: redis::Client,
     name: String,
+    timeout: Duration,
 }
 
 /// A connection and the `run_id` of the server it reached (empty when the
@@ -258,8 +270,8 @@ impl Connect for Backend {
 
     async fn connect(&self) -> Result<Conn, BrokerError> {
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(cable_adapter_kit::broker::BROKER_TIMEOUT))
-            .set_response_timeout(Some(cable_adapter_kit::broker::BROKER_TIMEOUT));
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -322,10 +334,14 @@ impl RedisBroker {
             crate::install_tls_provider();
         }
         Ok(RedisBroker {
-            conn: LazyConnection::new(Backend {
-                client,
-                name: config.connection_name.clone(),
-            }),
+            conn: LazyConnection::with_timeout(
+                Backend {
+                    client,
+                    name: config.connection_name.clone(),
+                    timeout: config.timeout,
+                },
+                config.timeout,
+            ),
             scripts: Scripts {
                 append: Script::new(APPEND.to_owned()),
                 from: Script::new(format!("{FLATTEN}{FROM}")),

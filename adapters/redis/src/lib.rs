@@ -102,7 +102,8 @@
 //!   entry at that offset is still kept (not trimmed, not older than the
 //!   TTL); reads run in a script too, so they see one consistent state.
 //! - One multiplexed connection, opened on first use and replaced after a
-//!   failure; every call, connecting included, is bounded by 2 s and fails
+//!   failure; every call, connecting included, is bounded by
+//!   [`RedisBrokerConfig::timeout`] (2 s by default) and fails
 //!   with `BrokerError::Unavailable` while Redis is unreachable, and works
 //!   again once it is back. Redis Cluster is not supported (a stream's two
 //!   keys would hash to different slots).
