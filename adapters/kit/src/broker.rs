@@ -2,18 +2,17 @@
 //! connection shared by every call, opened on first use, replaced after a
 //! connection failure, every call bounded in time.
 //!
-//! The shape is the [`LazyPublisher`](crate::LazyPublisher)'s, with the
+//! The [`LazyPublisher`](crate::LazyPublisher)'s connection slot, with the
 //! broker's error type and any request instead of one publish.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cable_core::broker::BrokerError;
 use tokio::time::{timeout_at, Instant};
 
-use crate::RETRY_HOLDOFF;
+use crate::slot::ConnSlot;
 
 /// How long one broker call may take, connecting included, before it fails
 /// with [`BrokerError::Unavailable`].
@@ -48,14 +47,13 @@ pub trait Connect: Send + Sync + 'static {
 /// A lazily opened, self-repairing connection: a call connects if needed,
 /// fails within its timeout all told ([`BROKER_TIMEOUT`] by default), never
 /// panics, and a broken connection is replaced by the next call. After a
-/// failed connect, calls fail at once for [`RETRY_HOLDOFF`], so that a burst
+/// failed connect, calls fail at once for
+/// [`RETRY_HOLDOFF`](crate::RETRY_HOLDOFF), so that a burst
 /// of calls during an outage is not a burst of connection attempts.
 pub struct LazyConnection<C: Connect> {
     backend: C,
     timeout: Duration,
-    slot: Mutex<Slot<C::Conn>>,
-    /// Serializes connection attempts; never held during a call.
-    connecting: tokio::sync::Mutex<()>,
+    slot: ConnSlot<C::Conn, BrokerError>,
 }
 
 impl<C: Connect> std::fmt::Debug for LazyConnection<C> {
@@ -65,14 +63,6 @@ impl<C: Connect> std::fmt::Debug for LazyConnection<C> {
             .field("timeout", &self.timeout)
             .finish()
     }
-}
-
-struct Slot<T> {
-    conn: Option<T>,
-    /// Bumped for every new connection, so that a caller that saw the old one
-    /// fail cannot discard its replacement.
-    generation: u64,
-    last_failure: Option<(Instant, BrokerError)>,
 }
 
 impl<C: Connect> LazyConnection<C> {
@@ -87,22 +77,13 @@ impl<C: Connect> LazyConnection<C> {
         LazyConnection {
             backend,
             timeout,
-            slot: Mutex::new(Slot {
-                conn: None,
-                generation: 0,
-                last_failure: None,
-            }),
-            connecting: tokio::sync::Mutex::new(()),
+            slot: ConnSlot::new(),
         }
     }
 
     /// The backend, for what the calls need of it (names, settings).
     pub fn backend(&self) -> &C {
         &self.backend
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot<C::Conn>> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` on the connection (opened first if needed) within the
@@ -114,7 +95,10 @@ impl<C: Connect> LazyConnection<C> {
         Fut: Future<Output = Result<T, CallFailure>> + Send,
     {
         let deadline = Instant::now() + self.timeout;
-        let (generation, conn) = match timeout_at(deadline, self.connection()).await {
+        let connection =
+            self.slot
+                .get(|| self.backend.connect(), C::is_closed, (C::NAME, "broker"));
+        let (generation, conn) = match timeout_at(deadline, connection).await {
             Ok(found) => found?,
             Err(_) => {
                 return Err(BrokerError::Unavailable(format!(
@@ -128,69 +112,20 @@ impl<C: Connect> LazyConnection<C> {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(failure)) => {
                 if failure.broken {
-                    self.discard(generation);
+                    self.slot.discard(generation);
                 }
                 Err(failure.error)
             }
             Err(_) => {
                 // A reply that did not come in time may still come, and would
                 // be read as the next call's: start afresh.
-                self.discard(generation);
+                self.slot.discard(generation);
                 Err(BrokerError::Unavailable(format!(
                     "no reply to {what} from {} within {:?}",
                     C::NAME,
                     self.timeout
                 )))
             }
-        }
-    }
-
-    async fn connection(&self) -> Result<(u64, C::Conn), BrokerError> {
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        if let Some((at, error)) = &self.slot().last_failure {
-            if at.elapsed() < RETRY_HOLDOFF {
-                return Err(error.clone());
-            }
-        }
-        match self.backend.connect().await {
-            Ok(conn) => {
-                let mut slot = self.slot();
-                slot.generation += 1;
-                slot.conn = Some(conn.clone());
-                slot.last_failure = None;
-                Ok((slot.generation, conn))
-            }
-            Err(error) => {
-                tracing::debug!(broker = C::NAME, error = %error, "broker could not connect");
-                self.slot().last_failure = Some((Instant::now(), error.clone()));
-                Err(error)
-            }
-        }
-    }
-
-    /// The connection in the slot, unless it is known to be closed.
-    fn current(&self) -> Option<(u64, C::Conn)> {
-        let mut slot = self.slot();
-        match &slot.conn {
-            Some(conn) if !C::is_closed(conn) => Some((slot.generation, conn.clone())),
-            Some(_) => {
-                slot.conn = None;
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn discard(&self, generation: u64) {
-        let mut slot = self.slot();
-        if slot.generation == generation {
-            slot.conn = None;
         }
     }
 }
@@ -215,6 +150,7 @@ pub fn new_epoch() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RETRY_HOLDOFF;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 

@@ -81,6 +81,7 @@
 
 mod inbox;
 mod publisher;
+mod slot;
 mod state;
 mod subscriber;
 
