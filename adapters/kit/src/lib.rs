@@ -170,7 +170,6 @@ pub trait Session: Send + 'static {
 
 #[cfg(test)]
 mod tests;
-// The broker suite against a minimal in-memory broker: the suite asks only
-// what the contract says.
+// The broker suite against cable-core's MemoryBroker.
 #[cfg(all(test, feature = "conformance"))]
-mod broker_reference;
+mod broker_memory;
