@@ -51,6 +51,11 @@ struct Args {
     /// app's prefix to interoperate.
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
+    /// History and session store behind reliable streams: `memory` (this
+    /// process only), `none` (no history, no session restore), a Redis URL
+    /// or a PostgreSQL URL (shared by the nodes on it).
+    #[arg(long, value_name = "memory|none|URL", default_value = "memory")]
+    broker: String,
     /// Most subscriptions per connection; more get reject_subscription (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_subscriptions_per_connection: usize,
@@ -114,6 +119,35 @@ impl Args {
         serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
         serve.max_pending_connections = self.max_pending_connections.max(1);
         Ok((core, serve))
+    }
+}
+
+/// Puts the broker `--broker` names on `builder`; an error names the flag
+/// and the value (with any password masked).
+fn with_broker(
+    builder: cable_core::CableBuilder,
+    url: &str,
+) -> Result<cable_core::CableBuilder, String> {
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        .unwrap_or_else(|| url.to_owned());
+    let refused = |e: &dyn std::fmt::Display| format!("--broker {}: {e}", redact_url(url));
+    match scheme.as_str() {
+        "memory" => Ok(builder.broker(cable_core::broker::MemoryBroker::new())),
+        "none" => Ok(builder.no_broker()),
+        "redis" | "rediss" | "redis+unix" => builder
+            .try_broker(|| cable_redis::RedisBroker::new(cable_redis::RedisBrokerConfig::new(url)))
+            .map_err(|e| refused(&e)),
+        "postgres" | "postgresql" => builder
+            .try_broker(|| {
+                cable_postgres::PostgresBroker::new(cable_postgres::PostgresBrokerConfig::new(url))
+            })
+            .map_err(|e| refused(&e)),
+        _ => Err(format!(
+            "--broker {:?}: unknown broker; expected memory, none, redis://… or postgres://…",
+            redact_url(url)
+        )),
     }
 }
 
@@ -213,7 +247,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
-    let builder = crate::cable_builder().config(core);
+    let builder = with_broker(crate::cable_builder().config(core), &args.broker)
+        .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
+    tracing::info!("broker: {}", redact_url(&args.broker));
     let cable = match adapter {
         Adapter::Memory => {
             tracing::info!("pub/sub adapter: memory (this process only)");
@@ -274,6 +310,22 @@ mod tests {
             Err((_, msg)) => msg,
             Ok(a) => panic!("{adapter:?} accepted as {a:?}"),
         }
+    }
+
+    // The PostgreSQL broker is made inside a runtime (as `run` makes it).
+    #[tokio::test]
+    async fn broker_urls_are_checked_before_serving() {
+        let b = || crate::cable_builder();
+        assert!(with_broker(b(), "memory").is_ok());
+        assert!(with_broker(b(), "none").is_ok());
+        assert!(with_broker(b(), "redis://127.0.0.1:6379/0").is_ok());
+        let pg = with_broker(b(), "postgres://u@127.0.0.1/db").err();
+        assert!(pg.is_none(), "{pg:?}");
+        let msg = with_broker(b(), "nats://x:secret@h").err().unwrap();
+        assert!(
+            msg.contains("unknown broker") && !msg.contains("secret"),
+            "{msg}"
+        );
     }
 
     #[test]
