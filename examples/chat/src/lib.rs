@@ -1,7 +1,7 @@
 //! The chat example as a library, so tests can run it in-process.
 //!
-//! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`
-//!   with history (the broker's default policy), rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
+//! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`,
+//!   rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
 //!   `echo` transmits the data back (the whole object, as Rails does).
 //! - `BenchmarkChannel`: the websocket-shootout server's channel: a private
 //!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
@@ -113,9 +113,7 @@ impl Channel for ChatChannel {
             return Ok(());
         }
         self.stream = format!("chat_{room}");
-        // Rooms keep history (AnyCable's reliable streams): a client that
-        // was away asks for what it missed by `history`.
-        ctx.stream_from_with_history(self.stream.clone());
+        ctx.stream_from(self.stream.clone());
         Ok(())
     }
 
