@@ -56,6 +56,11 @@ struct Args {
     /// or a PostgreSQL URL (shared by the nodes on it).
     #[arg(long, value_name = "memory|none|URL", default_value = "memory")]
     broker: String,
+    /// Every stream keeps history (the rooms included): broadcasts carry
+    /// `stream_id`, `epoch` and `offset`, and a client that was away can ask
+    /// `history` for what it missed.
+    #[arg(long)]
+    history_all_streams: bool,
     /// Most subscriptions per connection; more get reject_subscription (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_subscriptions_per_connection: usize,
@@ -101,6 +106,7 @@ impl Args {
         core.max_subscriptions_per_connection = (self.max_subscriptions_per_connection > 0)
             .then_some(self.max_subscriptions_per_connection);
         core.max_identifier_bytes = self.max_identifier_size;
+        core.history_all_streams = self.history_all_streams;
         core.command_rate = (self.command_rate > 0).then_some(cable_core::CommandRate {
             burst: self.command_burst.max(1),
             per_second: self.command_rate,
