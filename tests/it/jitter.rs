@@ -13,9 +13,6 @@ use cable_loadgen::modes::{Common, RunResult};
 
 use crate::chat_process::Chat;
 
-/// One jitter run at a time: they share two cores with everything else.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn opts(no_history: bool) -> JitterOpts {
     JitterOpts {
         clients: 20,
@@ -33,7 +30,8 @@ fn opts(no_history: bool) -> JitterOpts {
 }
 
 async fn run(o: JitterOpts) -> RunResult {
-    let _serial = SERIAL.lock().await;
+    // Not alongside the hostile cases (nor each other): they share two cores.
+    let _serial = crate::hostile::SERIAL.lock().await;
     let chat = Chat::start_logging(
         &["--admin", "--history-all-streams"],
         "warn,chat_example=info",
