@@ -13,6 +13,7 @@
 mod postgres;
 mod rails_interop;
 mod reliable;
+mod restart;
 mod support;
 
 use support::*;
