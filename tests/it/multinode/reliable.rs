@@ -1,8 +1,25 @@
-//! Reliable streams across nodes: two in-process nodes on one real backend
-//! and one broker. A stream marked by a channel on one node keeps history
-//! when the other broadcasts, and the position travels with the payload
-//! through the adapter (the positioned envelope) into the first node's
-//! frames.
+//! Reliable streams across nodes, on real Redis and PostgreSQL (one body
+//! per backend, `::redis` and `::postgres`):
+//!
+//! - `positions_cross_nodes_through_the_adapter`: two in-process nodes
+//!   sharing one broker; a stream marked by a channel on one node keeps
+//!   history when the other broadcasts, and the position travels with the
+//!   payload through the adapter (the positioned envelope) into the first
+//!   node's frames.
+//! - `a_client_resumes_on_the_other_node_and_misses_nothing`: two nodes as
+//!   deployed (each with the backend's adapter and a broker of its own on
+//!   that backend, served on a real port). A client of node A subscribes
+//!   over `actioncable-v1-ext-json`, gets 1–2, its socket drops, 3–5 are
+//!   published (on A and B in turn); it reconnects to node B with
+//!   `?sid=<old sid>` (`restored:true`, the same `restored_ids`) and asks
+//!   `history` from the last position it holds: it gets 3–5, then
+//!   `confirm_history`, then live 6–7, then nothing. The whole sequence of
+//!   bodies and positions is asserted: one epoch, offsets 1–7, each once,
+//!   in order.
+//! - `without_history_a_dropped_client_loses_what_was_published_meanwhile`:
+//!   the same drop and resume on a plain stream (`stream_from`): the
+//!   subscription is restored on B, but what was published while the
+//!   socket was down (2–3) is gone; the next frame is live 4.
 
 use std::sync::Arc;
 use std::time::Duration;
