@@ -361,9 +361,10 @@ impl RedisBroker {
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BrokerError>
     where
         T: Send,
-        F: FnOnce(Conn) -> Fut + Send,
+        F: Fn(Conn) -> Fut + Send + Sync,
         Fut: std::future::Future<Output = Result<T, RedisError>> + Send,
     {
+        let f = &f;
         self.conn
             .call(what, |conn| async move {
                 f(conn).await.map_err(|e| CallFailure {
@@ -385,9 +386,10 @@ impl RedisBroker {
             self.config.meta_key(stream),
             self.config.history_key(stream),
         );
+        let (meta, history) = (meta.as_str(), history.as_str());
         let value = self
             .call("a history read", |mut conn| async move {
-                script.run(&mut conn.redis, &[&meta, &history], args).await
+                script.run(&mut conn.redis, &[meta, history], args).await
             })
             .await?;
         Reply::parse(stream, value)
@@ -476,6 +478,8 @@ impl Broker for RedisBroker {
         let ttl = millis(policy.ttl).to_string();
         let epoch = new_epoch();
         let script = &self.scripts.append;
+        let (meta, history) = (meta.as_str(), history.as_str());
+        let (limit, ttl, epoch) = (&limit, &ttl, &epoch);
         let value = self
             .call("the append script", |mut conn| async move {
                 let args: [&[u8]; 5] = [
@@ -485,7 +489,7 @@ impl Broker for RedisBroker {
                     epoch.as_bytes(),
                     conn.run_id.as_bytes(),
                 ];
-                script.run(&mut conn.redis, &[&meta, &history], &args).await
+                script.run(&mut conn.redis, &[meta, history], &args).await
             })
             .await?;
         let bad =
@@ -540,6 +544,7 @@ impl Broker for RedisBroker {
         let key = self.config.policy_key(stream);
         let value = format!("{} {}", policy.limit, millis(policy.ttl));
         let ttl = millis(policy.ttl);
+        let (key, value) = (&key, &value);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
                 .arg(&key)
@@ -553,7 +558,7 @@ impl Broker for RedisBroker {
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
-        let key = self.config.policy_key(stream);
+        let key = &self.config.policy_key(stream);
         let value: Option<String> = self
             .call("GET", |mut conn| async move {
                 redis::cmd("GET")
@@ -583,7 +588,7 @@ impl Broker for RedisBroker {
         state: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         let ttl = millis(ttl);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
@@ -598,7 +603,7 @@ impl Broker for RedisBroker {
     }
 
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         self.call("GET", |mut conn| async move {
             redis::cmd("GET")
                 .arg(&key)
@@ -609,7 +614,7 @@ impl Broker for RedisBroker {
     }
 
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         self.call("DEL", |mut conn| async move {
             redis::cmd("DEL")
                 .arg(&key)
