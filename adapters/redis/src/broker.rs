@@ -547,8 +547,8 @@ impl Broker for RedisBroker {
         let (key, value) = (&key, &value);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
+                .arg(key)
+                .arg(value)
                 .arg("PX")
                 .arg(ttl)
                 .exec_async(&mut conn.redis)
@@ -562,7 +562,7 @@ impl Broker for RedisBroker {
         let value: Option<String> = self
             .call("GET", |mut conn| async move {
                 redis::cmd("GET")
-                    .arg(&key)
+                    .arg(key)
                     .query_async(&mut conn.redis)
                     .await
             })
@@ -592,7 +592,7 @@ impl Broker for RedisBroker {
         let ttl = millis(ttl);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
-                .arg(&key)
+                .arg(key)
                 .arg(state)
                 .arg("PX")
                 .arg(ttl)
@@ -606,7 +606,7 @@ impl Broker for RedisBroker {
         let key = &self.config.session_key(sid);
         self.call("GET", |mut conn| async move {
             redis::cmd("GET")
-                .arg(&key)
+                .arg(key)
                 .query_async(&mut conn.redis)
                 .await
         })
@@ -617,7 +617,7 @@ impl Broker for RedisBroker {
         let key = &self.config.session_key(sid);
         self.call("DEL", |mut conn| async move {
             redis::cmd("DEL")
-                .arg(&key)
+                .arg(key)
                 .exec_async(&mut conn.redis)
                 .await
         })
