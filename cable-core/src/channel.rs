@@ -287,6 +287,16 @@ impl<'a> Context<'a> {
         &self.conn.connection_identifier
     }
 
+    /// Whether the client speaks AnyCable's extended protocol
+    /// (`actioncable-v1-ext-json`: session ids, resume, positions it can ask
+    /// history by), as `@anycable/web` does; false for `@rails/actioncable`.
+    /// A channel can stream with history for such clients only, so that the
+    /// frames a plain client gets stay Rails' (positions ride on every frame
+    /// of a stream with history, on any protocol).
+    pub fn extended_protocol(&self) -> bool {
+        self.conn.extended
+    }
+
     /// Streams broadcasts on `stream` to this subscription. Inside `subscribed`,
     /// the confirmation waits until the adapter has acknowledged every stream.
     /// A no-op after the subscription ended (as in Rails 7.2+).

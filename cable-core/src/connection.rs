@@ -216,6 +216,9 @@ pub(crate) struct ConnShared {
     /// Set when a remote disconnect ended the connection: its stored
     /// session is forgotten, so that it cannot be resumed.
     pub(crate) kicked: std::sync::atomic::AtomicBool,
+    /// The client speaks AnyCable's extended protocol
+    /// (`actioncable-v1-ext-json`); see [`Context::extended_protocol`].
+    pub(crate) extended: bool,
 }
 
 struct Subscription {
@@ -446,6 +449,7 @@ async fn run_session<S>(
         outbox: outbox.clone(),
         ctl: ctl_tx.clone(),
         kicked: std::sync::atomic::AtomicBool::new(false),
+        extended: ext.is_some(),
     };
     let internal = (!conn.connection_identifier.is_empty())
         .then(|| internal_channel(&conn.connection_identifier));

@@ -660,3 +660,28 @@ async fn the_heartbeat_renews_the_marks_of_streams_still_subscribed() {
     publish(&cable, "feed_g", 1).await;
     assert_eq!(cable.cable().stats().history_appends, 1);
 }
+
+/// Transmits `ctx.extended_protocol()` on subscribe.
+struct Which;
+
+#[async_trait]
+impl Channel for Which {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        ctx.stream_from("which");
+        ctx.transmit(&json!({ "extended": ctx.extended_protocol() }))
+    }
+}
+
+#[tokio::test]
+async fn a_channel_can_tell_an_extended_protocol_client_from_a_plain_one() {
+    let cable = TestCable::new(builder(&Calls::default()).channel("Which", || Which));
+    let plain = cable
+        .connect(Request::new().query("user", "p"))
+        .await
+        .unwrap();
+    let sub = plain.subscribe("Which", json!({})).await;
+    sub.assert_transmitted(json!({"extended": false}));
+    let e = ext(&cable, "e").await;
+    let sub = e.subscribe("Which", json!({})).await;
+    sub.assert_transmitted(json!({"extended": true}));
+}
