@@ -79,6 +79,27 @@ struct Args {
     /// Most connections not upgraded yet; past it the oldest is closed.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_pending_connections: usize,
+    /// Where reliable streams keep their history and sessions: `memory`
+    /// (this process only; a restart forgets them).
+    #[arg(long, value_name = "memory", default_value = "memory")]
+    broker: String,
+    /// Messages of history kept per room, for clients on AnyCable's extended
+    /// protocol (`@anycable/web`) to catch up after a reconnect; older ones
+    /// are evicted and a client that missed them gets `reject_history`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    history_limit: usize,
+    /// Seconds a message stays in a room's history.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    history_ttl: f64,
+    /// Seconds a disconnected extended-protocol client's session stays
+    /// restorable (resumed by `?sid=` without the connect hook; 0: off).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    session_ttl: f64,
+    /// Seconds an extended-protocol client may stay silent (no command, no
+    /// pong) before it is disconnected with `no_pong` (0: off). Set it above
+    /// the 3 s ping interval plus a round trip.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pong_timeout: f64,
 }
 
 /// Seconds from a flag as a duration; an error names the flag.
@@ -87,6 +108,16 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("--{flag} {secs}: a number of seconds above 0"))
+}
+
+/// Seconds from a flag where 0 turns the feature off (`None`).
+fn seconds_or_off(flag: &str, secs: f64) -> Result<Option<Duration>, String> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("--{flag} {secs}: a number of seconds, 0 for off"))
 }
 
 impl Args {
@@ -109,6 +140,15 @@ impl Args {
         core.max_outbound_message_bytes = self.max_outbound_message_size;
         core.connect_timeout = seconds("connect-timeout", self.connect_timeout)?;
         core.callback_timeout = seconds("callback-timeout", self.callback_timeout)?;
+        if self.history_limit == 0 {
+            return Err("--history-limit 0: at least 1 message".to_owned());
+        }
+        core.history_policy = cable_core::broker::HistoryPolicy {
+            limit: self.history_limit,
+            ttl: seconds("history-ttl", self.history_ttl)?,
+        };
+        core.session_ttl = seconds_or_off("session-ttl", self.session_ttl)?.unwrap_or_default();
+        core.pong_timeout = seconds_or_off("pong-timeout", self.pong_timeout)?;
         let mut serve =
             ServeOptions::with_drain_timeout(Duration::from_secs(self.shutdown_timeout));
         serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
@@ -180,6 +220,28 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
     Ok(chosen)
 }
 
+/// The broker chosen on the command line: where history and sessions live.
+#[derive(Debug)]
+enum BrokerChoice {
+    Memory,
+}
+
+/// Reads `--broker`; an error names the flag and the value (with any
+/// password masked).
+fn choose_broker(broker: &str) -> Result<BrokerChoice, (ErrorKind, String)> {
+    match broker {
+        "memory" | "memory://" => Ok(BrokerChoice::Memory),
+        // The Redis and PostgreSQL brokers are wired here once they land.
+        _ => Err((
+            ErrorKind::ValueValidation,
+            format!(
+                "--broker {:?}: unknown broker; expected memory",
+                redact_url(broker)
+            ),
+        )),
+    }
+}
+
 /// Runs the `chat` command: parses the process's arguments (exiting with
 /// clap's usage error on bad ones), logs to stderr, serves until SIGINT or
 /// SIGTERM.
@@ -197,6 +259,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
     let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
         .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
+    let broker = choose_broker(&args.broker)
+        .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
     let mut opts = crate::Options {
         admin: args.admin,
         ..Default::default()
@@ -213,7 +277,18 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
-    let builder = crate::cable_builder().config(core);
+    let builder = match broker {
+        BrokerChoice::Memory => {
+            tracing::info!(
+                "broker: memory (history of {} messages for {:?} per room, sessions for {:?}; this process only)",
+                core.history_policy.limit,
+                core.history_policy.ttl,
+                core.session_ttl,
+            );
+            crate::cable_builder().broker(cable_core::broker::MemoryBroker::new())
+        }
+    };
+    let builder = builder.config(core);
     let cable = match adapter {
         Adapter::Memory => {
             tracing::info!("pub/sub adapter: memory (this process only)");
@@ -333,6 +408,53 @@ mod tests {
             "{msg}"
         );
         assert!(err("redis", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn history_and_session_flags_set_the_core_config() {
+        let args = Args::try_parse_from(["chat"]).expect("no flags");
+        let (core, _) = args.limits().expect("defaults");
+        assert_eq!(core.history_policy, Default::default());
+        assert_eq!(core.session_ttl, Duration::from_secs(300));
+        assert_eq!(core.pong_timeout, None);
+        assert!(matches!(
+            choose_broker(&args.broker),
+            Ok(BrokerChoice::Memory)
+        ));
+        let args = Args::try_parse_from([
+            "chat",
+            "--history-limit",
+            "3",
+            "--history-ttl",
+            "60",
+            "--session-ttl",
+            "0",
+            "--pong-timeout",
+            "7.5",
+        ])
+        .expect("flags");
+        let (core, _) = args.limits().expect("valid");
+        assert_eq!(core.history_policy.limit, 3);
+        assert_eq!(core.history_policy.ttl, Duration::from_secs(60));
+        assert!(core.session_ttl.is_zero());
+        assert_eq!(core.pong_timeout, Some(Duration::from_millis(7500)));
+        for (flag, value) in [
+            ("--history-limit", "0"),
+            ("--history-ttl", "0"),
+            ("--session-ttl", "-1"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let args = Args::try_parse_from(["chat", arg.as_str()]).expect("parses");
+            let msg = args.limits().expect_err(flag);
+            assert!(msg.starts_with(&format!("{flag} {value}")), "{msg}");
+        }
+        let Err((_, msg)) = choose_broker("redis://:hunter2@127.0.0.1") else {
+            panic!("no redis broker yet")
+        };
+        assert!(
+            msg.contains("unknown broker") && !msg.contains("hunter2"),
+            "{msg}"
+        );
     }
 
     #[test]
