@@ -27,9 +27,11 @@
 //!   position learns it cannot be served ([`BrokerError::HistoryNotFound`])
 //!   rather than get a silent gap.
 //! - [`Broker::history_from`] returns the entries after an offset, oldest
-//!   first; an offset equal to the latest returns nothing. An unknown stream,
-//!   another epoch, an offset older than the oldest kept or newer than the
-//!   latest is [`BrokerError::HistoryNotFound`].
+//!   first; an offset equal to the latest returns nothing. The entry at the
+//!   offset (the client's last) must still be kept, so that what follows is
+//!   known to be complete (as AnyCable's brokers): an unknown stream, another
+//!   epoch, an offset whose entry was evicted or expired, 0, or one newer
+//!   than the latest is [`BrokerError::HistoryNotFound`].
 //! - Errors are values: a backend outage must not panic or block callers
 //!   forever.
 
@@ -169,4 +171,60 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs ("memory", "redis", "postgres").
     fn name(&self) -> &'static str;
+}
+
+/// A shared broker is a broker: several `Cable`s (nodes in one process, as
+/// in tests) or a `Cable` and the application can hold one.
+#[async_trait]
+impl<B: Broker + ?Sized> Broker for std::sync::Arc<B> {
+    async fn append(
+        &self,
+        stream: &str,
+        payload: &str,
+        policy: HistoryPolicy,
+    ) -> Result<Position, BrokerError> {
+        (**self).append(stream, payload, policy).await
+    }
+
+    async fn history_from(
+        &self,
+        stream: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<History, BrokerError> {
+        (**self).history_from(stream, epoch, offset).await
+    }
+
+    async fn history_since(&self, stream: &str, since: u64) -> Result<History, BrokerError> {
+        (**self).history_since(stream, since).await
+    }
+
+    async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError> {
+        (**self).enable_history(stream, policy).await
+    }
+
+    async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
+        (**self).history_policy(stream).await
+    }
+
+    async fn store_session(
+        &self,
+        sid: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        (**self).store_session(sid, state, ttl).await
+    }
+
+    async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
+        (**self).fetch_session(sid).await
+    }
+
+    async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
+        (**self).remove_session(sid).await
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
 }

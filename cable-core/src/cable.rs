@@ -715,7 +715,7 @@ impl Cable {
     /// (see [`transport::transport_guard`](crate::transport::transport_guard)) is closed, at most `timeout`. Returns
     /// the number of connections or sockets still open.
     pub(crate) async fn drain(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::reliable::later(tokio::time::Instant::now(), timeout);
         let open = || {
             self.inner
                 .conns()

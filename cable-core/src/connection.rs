@@ -516,7 +516,8 @@ async fn run_session<S>(
     if let Some(subs) = restored {
         Box::pin(session.restore(&mut io, subs)).await;
     }
-    let mut pong_deadline = pong_timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut pong_deadline =
+        pong_timeout.map(|t| crate::reliable::later(tokio::time::Instant::now(), t));
     loop {
         if outbox.is_closed() {
             break;
@@ -565,7 +566,7 @@ async fn run_session<S>(
             Event::Frame(Some(Inbound::Probe(probe))) => probe.answer(session.snapshot()),
             Event::Frame(Some(item)) => {
                 if let (Some(deadline), Some(t)) = (&mut pong_deadline, pong_timeout) {
-                    *deadline = tokio::time::Instant::now() + t;
+                    *deadline = crate::reliable::later(tokio::time::Instant::now(), t);
                 }
                 if ends_connection(&session.conn, &item) {
                     break;

@@ -130,7 +130,10 @@ impl Reliable {
         policy: HistoryPolicy,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let broker = self.broker.clone()?;
-        lock(&self.local).insert(stream.to_owned(), (policy, Instant::now() + policy.ttl));
+        lock(&self.local).insert(
+            stream.to_owned(),
+            (policy, later(Instant::now(), policy.ttl)),
+        );
         let stream = stream.to_owned();
         Some(async move {
             if let Err(e) = broker.enable_history(&stream, policy).await {
@@ -153,7 +156,7 @@ impl Reliable {
                 return true;
             }
             if subscribed(stream) {
-                *until = now + policy.ttl;
+                *until = later(now, policy.ttl);
                 due.push((stream.clone(), *policy));
                 return true;
             }
@@ -172,4 +175,12 @@ impl Reliable {
             });
         }
     }
+}
+
+/// `now + d` on tokio's clock, for durations that come from settings or
+/// channel code: one too long for the clock (`Duration::MAX`, say) means
+/// "for ever" (a century), never a panic.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }

@@ -23,9 +23,17 @@
 //! - [`LazyPublisher`]: the publishing connection, opened on first use,
 //!   replaced after a failure, every broadcast bounded by [`PUBLISH_TIMEOUT`].
 //!
+//! - [`broker::LazyConnection`]: the same for a history broker
+//!   (`cable_core::broker::Broker`): one connection for every call, opened
+//!   on first use, replaced after a failure, every call bounded by
+//!   [`broker::BROKER_TIMEOUT`] and failing with `BrokerError::Unavailable`
+//!   while the backend is away.
+//!
 //! The contract all of this implements is `cable_core::pubsub::PubSub`'s;
 //! the conformance suite ([`conformance`], feature `conformance`) checks it
-//! against each adapter's real server.
+//! against each adapter's real server. The broker conformance suite
+//! ([`broker_conformance`], same feature) does the same for
+//! `cable_core::broker::Broker`.
 //!
 //! # Example
 //! A backend whose sessions subscribe anything at once (a real one talks to
@@ -73,9 +81,13 @@
 
 mod inbox;
 mod publisher;
+mod slot;
 mod state;
 mod subscriber;
 
+pub mod broker;
+#[cfg(feature = "conformance")]
+pub mod broker_conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
@@ -158,3 +170,6 @@ pub trait Session: Send + 'static {
 
 #[cfg(test)]
 mod tests;
+// The broker suite against cable-core's MemoryBroker.
+#[cfg(all(test, feature = "conformance"))]
+mod broker_memory;

@@ -1,6 +1,7 @@
 //! `cable-postgres`: a PostgreSQL `LISTEN`/`NOTIFY` adapter for
 //! [`cable_core`], wire-compatible with Rails' ActionCable `postgresql`
-//! adapter.
+//! adapter, and a history broker for reliable streams ([`PostgresBroker`],
+//! see "History broker").
 //!
 //! For teams that run PostgreSQL and no Redis. A Rails app and cable servers
 //! can share one database: a broadcast from
@@ -100,6 +101,72 @@
 //! after the outage. An `unsubscribe` during an outage resolves `Ok` at once:
 //! a new session starts with no `LISTEN`s.
 //!
+//! # History broker
+//! [`PostgresBroker`] is a `cable_core::broker::Broker` on PostgreSQL: the
+//! history and sessions behind reliable streams (AnyCable's extended
+//! protocol), shared by every node on the same database and tables. It has
+//! its own connection (`application_name` `cable-broker-PID-<pid>` by
+//! default). Its tables, in [`PostgresBrokerConfig::schema`] (`public` by
+//! default) and named with [`PostgresBrokerConfig::table_prefix`]
+//! (`cable_` by default), are created with the schema on first connection
+//! if missing (under an advisory lock, so nodes starting together do not
+//! race; nothing is created when they exist, so a role without `CREATE`
+//! works on tables made beforehand):
+//!
+//! | table | columns | |
+//! | --- | --- | --- |
+//! | `cable_streams` | `stream` (key), `epoch`, `last_offset`, `history_limit`, `ttl_ms`, `expires_at` | one row per stream: its epoch and latest offset |
+//! | `cable_history` | `stream`, `epoch`, `"offset"` (key: all three), `at`, `payload` | one row per kept entry |
+//! | `cable_sessions` | `sid` (key), `state`, `expires_at` | sessions |
+//! | `cable_history_marks` | `stream` (key), `history_limit`, `ttl_ms`, `expires_at` | `enable_history` |
+//!
+//! - An append is one statement: `INSERT … ON CONFLICT (stream) DO UPDATE
+//!   … RETURNING` on the stream's row gives the next offset under the row's
+//!   lock (so nodes never give an offset twice), and data-modifying `WITH`
+//!   parts insert the entry and delete what is over the limit or of an older
+//!   epoch. A missing or expired stream row (no append for `ttl`: the TTL
+//!   expires the whole stream, as in AnyCable) starts a new epoch (a random
+//!   16-hex-digit name) at offset 1. Times are the database's clock.
+//! - Reads never return what expired or is over the limit, whenever it is
+//!   deleted. `history_from` serves the entries after an offset only while
+//!   the entry at that offset is still kept.
+//! - Expired rows are deleted every [`PostgresBrokerConfig::cleanup_interval`]
+//!   (60 s by default) by a task of the broker, in statements that skip rows
+//!   an append holds, so the sweep never waits for an append;
+//!   [`PostgresBroker::cleanup`] runs it at once.
+//! - If the tables disappear under a connected broker (the schema dropped,
+//!   the database recreated), the statement that finds them gone drops the
+//!   connection and runs once more on a new one, which creates them again;
+//!   the streams start new epochs. PostgreSQL's commits survive a restart,
+//!   so a restart keeps the epochs. Restoring an older backup is not
+//!   noticed: after one, `TRUNCATE cable_streams, cable_history` (clients
+//!   holding positions then get `reject_history` and reload).
+//! - One connection (tokio-postgres pipelines concurrent calls on it),
+//!   opened on first use and replaced after a failure; every call,
+//!   connecting included, is bounded by [`PostgresBrokerConfig::timeout`]
+//!   (2 s by default) and fails with
+//!   `BrokerError::Unavailable` while the database is unreachable, and works
+//!   again once it is back.
+//!
+//! ```no_run
+//! use cable_core::broker::{Broker, HistoryPolicy};
+//! use cable_postgres::{PostgresBroker, PostgresBrokerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = PostgresBroker::new(
+//!     PostgresBrokerConfig::new("postgres://app@127.0.0.1:5432/app_production").schema("cable"),
+//! )?;
+//! let position = broker
+//!     .append("chat_42", r#"{"body":"hi"}"#, HistoryPolicy::default())
+//!     .await?;
+//! // What a client that saw nothing after `offset - 1` missed:
+//! let missed = broker
+//!     .history_from("chat_42", &position.epoch, position.offset - 1)
+//!     .await?;
+//! assert_eq!(missed.entries.len(), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! # Example
 //! ```no_run
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
@@ -132,6 +199,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod broker;
 mod error;
 mod listener;
 mod naming;
@@ -146,6 +214,8 @@ use cable_core::{redact_url, PubSubError};
 use tokio_postgres::config::SslMode;
 
 use crate::naming::{channel_name, unusable, MAX_IDENTIFIER};
+
+pub use crate::broker::{PostgresBroker, PostgresBrokerConfig, DEFAULT_CLEANUP_INTERVAL};
 
 /// How long a subscribe or unsubscribe may wait for PostgreSQL to run the
 /// `LISTEN`/`UNLISTEN` (including for the connection to come back) before its
@@ -342,9 +412,21 @@ pub enum PostgresConfigError {
     /// PostgreSQL keeps application names of printable ASCII, up to 63 bytes.
     #[error("invalid postgres application name {0:?}: must be 1 to 63 printable ASCII characters")]
     InvalidApplicationName(String),
-    /// [`PostgresPubSub::new`] spawns its background task and needs a runtime.
-    #[error("PostgresPubSub::new must be called from inside a tokio runtime")]
+    /// [`PostgresPubSub::new`] (and [`PostgresBroker::new`] with a cleanup
+    /// interval) spawns a background task and needs a runtime.
+    #[error(
+        "PostgresPubSub::new and PostgresBroker::new must be called from inside a tokio runtime"
+    )]
     NoRuntime,
+    /// A schema or table name PostgreSQL cannot take: empty, over 63 bytes
+    /// (the table prefix with its longest suffix), or with a NUL.
+    #[error("invalid postgres {what} name {name:?}: must be 1 to 63 bytes, without NUL")]
+    InvalidName {
+        /// "schema" or "table".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
 }
 
 /// The PostgreSQL adapter. Build it in [`cable_core::CableBuilder::pubsub`].

@@ -1,5 +1,6 @@
 //! `cable-redis`: a Redis pub/sub adapter for [`cable_core`], wire-compatible
-//! with Rails' ActionCable `redis` adapter.
+//! with Rails' ActionCable `redis` adapter, and a history broker for
+//! reliable streams ([`RedisBroker`], see "History broker").
 //!
 //! A Rails app and cable servers can share one Redis: a broadcast from
 //! `ActionCable.server.broadcast("chat_lobby", {...})` reaches clients of a
@@ -70,6 +71,62 @@
 //! `unsubscribe` during an outage resolves `Ok` at once: a new connection
 //! starts with no subscriptions.
 //!
+//! # History broker
+//! [`RedisBroker`] is a `cable_core::broker::Broker` on Redis: the history
+//! and sessions behind reliable streams (AnyCable's extended protocol),
+//! shared by every node on the same Redis and key prefix. It is separate
+//! from the pub/sub adapter and may use another Redis. Keys, with
+//! [`RedisBrokerConfig::key_prefix`] (`cable:` by default) in front:
+//!
+//! | key | type | holds | expires |
+//! | --- | --- | --- | --- |
+//! | `history:<stream>` | stream | one entry per append, ID `<offset>-0`, fields `d` (payload) and `t` (server time, ms) | `ttl` after the last append |
+//! | `meta:<stream>` | hash | `epoch`, `offset` (the latest), `limit`, `ttl` (ms), `run` (the server's `run_id`) | with the stream |
+//! | `policy:<stream>` | string | `<limit> <ttl_ms>`, written by `enable_history` | its `ttl` |
+//! | `session:<sid>` | string | the session's state | the session TTL |
+//!
+//! - Every append is one Lua script (`EVALSHA`, `EVAL` when Redis does not
+//!   know it): it increments the offset, `XADD`s with `MAXLEN <limit>` and
+//!   renews both keys' expiry, atomically, so nodes never give an offset
+//!   twice. The TTL expires the whole stream, as in AnyCable; entries older
+//!   than the TTL inside a living stream are filtered out on read.
+//! - A new epoch (a random 16-hex-digit name) starts, at offset 1, when the
+//!   stream's keys are gone (expired, deleted, `FLUSHALL`, a restart without
+//!   persistence) or were written under another `run_id`: a restart that
+//!   reloaded an RDB or AOF file may have lost the latest appends, whose
+//!   offsets would otherwise be given again. So every Redis restart starts
+//!   new epochs; clients holding old positions get `reject_history` and
+//!   reload, rather than miss messages. (A server that refuses `INFO` is
+//!   noticed by lost keys only.)
+//! - `history_from` serves the entries after an offset only while the
+//!   entry at that offset is still kept (not trimmed, not older than the
+//!   TTL); reads run in a script too, so they see one consistent state.
+//! - One multiplexed connection, opened on first use and replaced after a
+//!   failure; every call, connecting included, is bounded by
+//!   [`RedisBrokerConfig::timeout`] (2 s by default) and fails
+//!   with `BrokerError::Unavailable` while Redis is unreachable, and works
+//!   again once it is back. Redis Cluster is not supported (a stream's two
+//!   keys would hash to different slots).
+//!
+//! ```no_run
+//! use cable_core::broker::{Broker, HistoryPolicy};
+//! use cable_redis::{RedisBroker, RedisBrokerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = RedisBroker::new(
+//!     RedisBrokerConfig::new("redis://127.0.0.1:6379/0").key_prefix("myapp:cable:"),
+//! )?;
+//! let position = broker
+//!     .append("chat_42", r#"{"body":"hi"}"#, HistoryPolicy::default())
+//!     .await?;
+//! // What a client that saw nothing after `offset - 1` missed:
+//! let missed = broker
+//!     .history_from("chat_42", &position.epoch, position.offset - 1)
+//!     .await?;
+//! assert_eq!(missed.entries.len(), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! # Example
 //! ```no_run
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
@@ -102,12 +159,15 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod broker;
 mod publisher;
 
 use async_trait::async_trait;
 use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
+
+pub use crate::broker::{RedisBroker, RedisBrokerConfig, DEFAULT_KEY_PREFIX};
 
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.

@@ -95,6 +95,12 @@ impl MemoryBroker {
         &self.epoch
     }
 
+    /// Forgets `stream`'s history, as its expiry or a restart of this
+    /// process does: its next append starts a new epoch at offset 1.
+    pub fn forget(&self, stream: &str) {
+        self.lock(Instant::now()).streams.remove(stream);
+    }
+
     fn unix_now(&self, now: Instant) -> u64 {
         self.started_unix + now.saturating_duration_since(self.started).as_secs()
     }
@@ -188,9 +194,10 @@ impl Broker for MemoryBroker {
             .entries
             .front()
             .map_or(kept.last + 1, |(e, _)| e.offset);
-        // The entry right after `offset` must still be kept (or there is none
-        // to send because `offset` is the latest).
-        if offset + 1 < oldest {
+        // The entry at `offset` itself must still be kept (the client's
+        // last one: what follows it is then all here), unless `offset` is
+        // the latest and there is nothing to send.
+        if offset < oldest && offset != kept.last {
             return Err(BrokerError::not_found(
                 stream,
                 format!("offset {offset} was evicted (oldest kept: {oldest})"),
@@ -227,9 +234,10 @@ impl Broker for MemoryBroker {
 
     async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError> {
         let now = Instant::now();
-        self.lock(now)
-            .marks
-            .insert(stream.to_owned(), (policy, now + policy.ttl));
+        self.lock(now).marks.insert(
+            stream.to_owned(),
+            (policy, crate::reliable::later(now, policy.ttl)),
+        );
         Ok(())
     }
 
@@ -250,9 +258,10 @@ impl Broker for MemoryBroker {
         ttl: Duration,
     ) -> Result<(), BrokerError> {
         let now = Instant::now();
-        self.lock(now)
-            .sessions
-            .insert(sid.to_owned(), (state.to_owned(), now + ttl));
+        self.lock(now).sessions.insert(
+            sid.to_owned(),
+            (state.to_owned(), crate::reliable::later(now, ttl)),
+        );
         Ok(())
     }
 
@@ -301,13 +310,11 @@ mod tests {
         assert_eq!((a1.offset, a2.offset, c1.offset), (1, 2, 1));
         assert_eq!(a1.epoch, a2.epoch);
         assert!(a1.epoch.starts_with(b.epoch()));
-        let h = b.history_from("a", &a1.epoch, 0).await.unwrap();
-        assert_eq!(offsets(&h), [1, 2]);
-        assert_eq!(h.entries[1].payload, "2");
-        assert_eq!(
-            offsets(&b.history_from("a", &a1.epoch, 1).await.unwrap()),
-            [2]
-        );
+        let h = b.history_from("a", &a1.epoch, 1).await.unwrap();
+        assert_eq!(offsets(&h), [2]);
+        assert_eq!(h.entries[0].payload, "2");
+        // Offset 0 was never an entry: not servable (as AnyCable).
+        assert!(b.history_from("a", &a1.epoch, 0).await.is_err());
         // The latest offset: nothing to send, and no error.
         assert!(b
             .history_from("a", &a1.epoch, 2)
@@ -333,12 +340,13 @@ mod tests {
                 .unwrap()
                 .epoch;
         }
-        // Kept: 3, 4, 5. From 2 on is servable; from 1 on is not (2 is gone).
+        // Kept: 3, 4, 5. From 3 on is servable; from 2 on is not: the
+        // client's last entry must still be kept (as AnyCable).
         assert_eq!(
-            offsets(&b.history_from("s", &epoch, 2).await.unwrap()),
-            [3, 4, 5]
+            offsets(&b.history_from("s", &epoch, 3).await.unwrap()),
+            [4, 5]
         );
-        let evicted = b.history_from("s", &epoch, 1).await;
+        let evicted = b.history_from("s", &epoch, 2).await;
         assert!(
             matches!(evicted, Err(BrokerError::HistoryNotFound { .. })),
             "{evicted:?}"

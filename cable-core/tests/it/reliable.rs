@@ -315,10 +315,11 @@ async fn history_that_cannot_be_served_is_rejected_alone() {
     publish(&cable, "feed_small", 4).await;
     a.settle().await;
     let epoch = last_epoch(&a);
-    // Kept: 3 and 4. From 2 is servable, from 1 is not (2 was evicted).
-    assert_eq!(ask(&a, &small, "feed_small", &epoch, 2).await.len(), 3);
+    // Kept: 3 and 4. From 3 is servable (the client's last entry is still
+    // kept), from 2 is not (2 was evicted).
+    assert_eq!(ask(&a, &small, "feed_small", &epoch, 3).await.len(), 2);
     assert_eq!(
-        ask(&a, &small, "feed_small", &epoch, 1).await,
+        ask(&a, &small, "feed_small", &epoch, 2).await,
         [reject_history(&small)]
     );
     // An epoch that is not the stream's.
@@ -659,6 +660,32 @@ async fn the_heartbeat_renews_the_marks_of_streams_still_subscribed() {
     publish(&cable, "feed_k", 1).await;
     publish(&cable, "feed_g", 1).await;
     assert_eq!(cable.cable().stats().history_appends, 1);
+}
+
+/// TTLs too long for the clock (from settings or channel code) mean "for
+/// ever", never a panic: a history policy, the session TTL, the pong
+/// timeout.
+#[tokio::test(start_paused = true)]
+async fn durations_past_the_clock_are_for_ever() {
+    let calls = Calls::default();
+    let mut config = CableConfig::default();
+    config.pong_timeout = Some(Duration::MAX);
+    config.session_ttl = Duration::MAX;
+    config.history_policy = HistoryPolicy {
+        limit: usize::MAX,
+        ttl: Duration::MAX,
+    };
+    let cable = TestCable::new(builder(&calls).config(config));
+    let a = ext(&cable, "a").await;
+    let feed = a.subscribe("Feed", json!({"room": "forever"})).await;
+    feed.assert_confirmed();
+    publish(&cable, "feed_forever", 2).await;
+    a.settle().await;
+    a.advance(Duration::from_secs(3600)).await;
+    assert!(!a.is_closed());
+    let frames = frames_after(&a, 2);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[1]["offset"], 2);
 }
 
 /// Transmits `ctx.extended_protocol()` on subscribe.

@@ -9,6 +9,7 @@
 //! through, and by restarting a PostgreSQL server of the test's own (initdb
 //! into a temporary directory; run as `postgres` when the tests run as root).
 
+mod broker;
 mod conformance;
 mod support;
 

@@ -3,6 +3,7 @@
 //! reachable Redis the tests print `SKIPPED: …` and pass, unless `CI` is set.
 //! The outage tests start their own redis-server on a free port.
 
+mod broker;
 mod conformance;
 mod support;
 

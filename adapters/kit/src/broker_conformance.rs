@@ -1,0 +1,626 @@
+//! The broker conformance suite: the contract of `cable_core::broker::Broker`
+//! (see its module docs), as code, run by every broker against its real
+//! backend.
+//!
+//! A broker's test implements [`BrokerConformance`] (make a broker instance
+//! on the shared backend, lose a stream's history as a restart without
+//! persistence would, make a broker pointed at nothing) and expands
+//! [`broker_conformance_tests!`](crate::broker_conformance_tests), which
+//! makes one `#[tokio::test]` per property; a property added here runs for
+//! every broker. Two instances made by [`BrokerConformance::broker`] are two
+//! nodes sharing the backend. Each test names its streams and session ids
+//! with a prefix of its own ([`unique_prefix`]), so tests run in parallel
+//! against one backend. Without a reachable backend
+//! [`BrokerConformance::setup`] prints `SKIPPED: …` (see
+//! [`skip`]) and the test passes, unless `CI` is
+//! set.
+//!
+//! Time is real: the expiry properties use TTLs of 1 to 2 s and sleep past
+//! them.
+//!
+//! Offsets older than the oldest entry kept are refused, the one equal to
+//! it is not: `history_from(epoch, oldest)` returns the entries after the
+//! oldest, `history_from(epoch, oldest - 1)` is
+//! [`BrokerError::HistoryNotFound`] (AnyCable's memory broker does the
+//! same), so a client is only served when the broker still holds the entry
+//! it last saw.
+//!
+//! ```ignore
+//! struct Redis { /* a plain connection for probes */ }
+//! #[async_trait]
+//! impl BrokerConformance for Redis { /* ... */ }
+//! cable_adapter_kit::broker_conformance_tests!(Redis);
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cable_core::broker::{Broker, BrokerError, History, HistoryPolicy, Position};
+use tokio::time::Instant;
+
+pub use crate::conformance::{skip, unique_prefix};
+
+/// What a broker's test supplies to the suite.
+#[async_trait]
+pub trait BrokerConformance: Sized + Send + Sync + 'static {
+    /// The broker under test.
+    type Broker: Broker;
+
+    /// Connects to the real backend for probes, or None after
+    /// [`skip`].
+    async fn setup() -> Option<Self>;
+    /// A new broker instance on the shared backend: another node.
+    fn broker(&self) -> Self::Broker;
+    /// Removes everything the backend keeps of `stream`'s history, as a
+    /// backend restart without persistence (or an eviction) does.
+    async fn lose_history(&self, stream: &str);
+    /// A broker pointed at a backend that is not there (a closed port), or
+    /// None for a broker that cannot be away (in memory): the outage
+    /// property then passes without checking.
+    fn unreachable(&self) -> Option<Self::Broker>;
+}
+
+/// Expands to one `#[tokio::test]` per property of the suite, for `$impl`
+/// (a [`BrokerConformance`] type).
+#[macro_export]
+macro_rules! broker_conformance_tests {
+    ($impl:ty) => {
+        $crate::broker_conformance_tests!(@each $impl;
+            offsets_start_at_one_and_grow_by_one,
+            nodes_share_positions,
+            history_from_an_offset,
+            history_from_refuses_what_it_cannot_serve,
+            history_since_a_timestamp,
+            limit_evicts_the_oldest,
+            ttl_expires_the_stream_and_starts_a_new_epoch,
+            entries_older_than_the_ttl_are_not_served,
+            lost_history_starts_a_new_epoch,
+            sessions_are_stored_replaced_and_removed,
+            sessions_expire,
+            history_marks_expire,
+            concurrent_appends_from_two_nodes,
+            payloads_come_back_exactly,
+            extreme_arguments_are_no_errors,
+            unreachable_backend_fails_promptly,
+        );
+    };
+    (@each $impl:ty; $($property:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $property() {
+                $crate::broker_conformance::$property::<$impl>().await;
+            }
+        )*
+    };
+}
+
+/// A policy with `limit` entries and a TTL of `ttl_ms` milliseconds.
+pub fn policy(limit: usize, ttl_ms: u64) -> HistoryPolicy {
+    HistoryPolicy {
+        limit,
+        ttl: Duration::from_millis(ttl_ms),
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn append(b: &impl Broker, stream: &str, payload: &str, p: HistoryPolicy) -> Position {
+    b.append(stream, payload, p)
+        .await
+        .unwrap_or_else(|e| panic!("append to {stream}: {e}"))
+}
+
+async fn from(b: &impl Broker, stream: &str, epoch: &str, offset: u64) -> History {
+    b.history_from(stream, epoch, offset)
+        .await
+        .unwrap_or_else(|e| panic!("history_from({stream}, {epoch}, {offset}): {e}"))
+}
+
+async fn not_found(b: &impl Broker, stream: &str, epoch: &str, offset: u64, why: &str) {
+    match b.history_from(stream, epoch, offset).await {
+        Err(BrokerError::HistoryNotFound { stream: s, .. }) => assert_eq!(s, stream),
+        other => panic!("history_from({stream}, {epoch}, {offset}) ({why}): {other:?}"),
+    }
+}
+
+async fn since(b: &impl Broker, stream: &str, ts: u64) -> History {
+    b.history_since(stream, ts)
+        .await
+        .unwrap_or_else(|e| panic!("history_since({stream}, {ts}): {e}"))
+}
+
+fn offsets(h: &History) -> Vec<u64> {
+    h.entries.iter().map(|e| e.offset).collect()
+}
+
+fn payloads(h: &History) -> Vec<&str> {
+    h.entries.iter().map(|e| e.payload.as_str()).collect()
+}
+
+/// Offsets of a stream start at 1 and grow by 1 per append, in one epoch.
+pub async fn offsets_start_at_one_and_grow_by_one<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let first = append(&b, &stream, r#"{"n":1}"#, HistoryPolicy::default()).await;
+    assert_eq!(first.offset, 1);
+    assert!(!first.epoch.is_empty(), "an epoch names the history");
+    for n in 2..=5 {
+        let p = append(
+            &b,
+            &stream,
+            &format!(r#"{{"n":{n}}}"#),
+            HistoryPolicy::default(),
+        )
+        .await;
+        assert_eq!(
+            p,
+            Position {
+                epoch: first.epoch.clone(),
+                offset: n
+            }
+        );
+    }
+    // Another stream has its own count.
+    let other = append(
+        &b,
+        &format!("{stream}:other"),
+        "{}",
+        HistoryPolicy::default(),
+    )
+    .await;
+    assert_eq!(other.offset, 1);
+}
+
+/// Two nodes on one backend: interleaved appends never repeat an offset,
+/// and both read the same history.
+pub async fn nodes_share_positions<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let stream = format!("{}:chat", unique_prefix());
+    let mut epoch = None;
+    for n in 1..=10u64 {
+        let node = if n % 2 == 1 { &a } else { &b };
+        let p = append(
+            node,
+            &stream,
+            &format!(r#"{{"n":{n}}}"#),
+            HistoryPolicy::default(),
+        )
+        .await;
+        assert_eq!(p.offset, n, "append {n}");
+        assert_eq!(epoch.get_or_insert_with(|| p.epoch.clone()), &p.epoch);
+    }
+    let epoch = epoch.unwrap_or_default();
+    let on_a = from(&a, &stream, &epoch, 1).await;
+    let on_b = from(&b, &stream, &epoch, 1).await;
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.epoch, epoch);
+    assert_eq!(offsets(&on_a), (2..=10).collect::<Vec<_>>());
+    assert_eq!(since(&a, &stream, 0).await, since(&b, &stream, 0).await);
+}
+
+/// `history_from`: the entries after the offset, oldest first, with their
+/// payloads and timestamps; none at the latest.
+pub async fn history_from_an_offset<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let before = now_s();
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = append(
+            &b,
+            &stream,
+            &format!(r#"{{"n":{n}}}"#),
+            HistoryPolicy::default(),
+        )
+        .await
+        .epoch;
+    }
+    let after = now_s();
+    let h = from(&b, &stream, &epoch, 2).await;
+    assert_eq!(h.epoch, epoch);
+    assert_eq!(offsets(&h), vec![3, 4, 5]);
+    assert_eq!(payloads(&h), vec![r#"{"n":3}"#, r#"{"n":4}"#, r#"{"n":5}"#]);
+    for e in &h.entries {
+        // The backend's clock may be a little off ours.
+        assert!(
+            e.timestamp + 5 >= before && e.timestamp <= after + 5,
+            "timestamp {} not near [{before}, {after}]",
+            e.timestamp
+        );
+    }
+    let latest = from(&b, &stream, &epoch, 5).await;
+    assert_eq!(latest.epoch, epoch);
+    assert!(latest.entries.is_empty(), "{latest:?}");
+    assert_eq!(
+        offsets(&from(&b, &stream, &epoch, 1).await),
+        vec![2, 3, 4, 5]
+    );
+}
+
+/// Another epoch, an offset above the latest, an unknown stream:
+/// [`BrokerError::HistoryNotFound`].
+pub async fn history_from_refuses_what_it_cannot_serve<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let mut epoch = String::new();
+    for _ in 0..3 {
+        epoch = append(&b, &stream, "{}", HistoryPolicy::default())
+            .await
+            .epoch;
+    }
+    not_found(&b, &stream, &format!("{epoch}x"), 2, "another epoch").await;
+    not_found(&b, &stream, "", 2, "empty epoch").await;
+    not_found(&b, &stream, &epoch, 4, "above the latest").await;
+    not_found(&b, &stream, &epoch, u64::MAX, "far above the latest").await;
+    not_found(
+        &b,
+        &format!("{stream}:unknown"),
+        &epoch,
+        1,
+        "unknown stream",
+    )
+    .await;
+    // Refusals change nothing.
+    assert_eq!(offsets(&from(&b, &stream, &epoch, 1).await), vec![2, 3]);
+}
+
+/// `history_since`: the entries appended at or after a Unix second, oldest
+/// first; none (and no error) after the latest or for an unknown stream.
+pub async fn history_since_a_timestamp<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let p = append(&b, &stream, r#"{"n":1}"#, HistoryPolicy::default()).await;
+    // The next entries fall in a later second than the first.
+    let first_ts = since(&b, &stream, 0).await.entries[0].timestamp;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        append(&b, &stream, r#"{"n":2}"#, HistoryPolicy::default()).await;
+        let all = since(&b, &stream, 0).await;
+        if all.entries.last().is_some_and(|e| e.timestamp > first_ts) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backend's clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    append(&b, &stream, r#"{"n":3}"#, HistoryPolicy::default()).await;
+    let all = since(&b, &stream, 0).await;
+    assert_eq!(all.epoch, p.epoch);
+    let n = all.entries.len() as u64;
+    assert_eq!(offsets(&all), (1..=n).collect::<Vec<_>>());
+    let later = since(&b, &stream, first_ts + 1).await;
+    assert_eq!(later.epoch, p.epoch);
+    let want: Vec<u64> = all
+        .entries
+        .iter()
+        .filter(|e| e.timestamp > first_ts)
+        .map(|e| e.offset)
+        .collect();
+    assert!(!want.is_empty() && !want.contains(&1), "{all:?}");
+    assert_eq!(offsets(&later), want);
+    assert_eq!(
+        later.entries.last().map(|e| e.payload.as_str()),
+        Some(r#"{"n":3}"#)
+    );
+    assert_eq!(offsets(&since(&b, &stream, first_ts).await), offsets(&all));
+    let future = since(&b, &stream, now_s() + 3600).await;
+    assert!(future.entries.is_empty(), "{future:?}");
+    let unknown = since(&b, &format!("{stream}:unknown"), 0).await;
+    assert!(unknown.entries.is_empty(), "{unknown:?}");
+}
+
+/// At most `limit` entries are kept, the oldest evicted; an offset older
+/// than the oldest kept is refused.
+pub async fn limit_evicts_the_oldest<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let stream = format!("{}:chat", unique_prefix());
+    let p3 = policy(3, 60_000);
+    let mut epoch = String::new();
+    for n in 1..=7 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        epoch = append(node, &stream, &format!(r#"{{"n":{n}}}"#), p3)
+            .await
+            .epoch;
+    }
+    let all = since(&a, &stream, 0).await;
+    assert_eq!(offsets(&all), vec![5, 6, 7]);
+    assert_eq!(
+        payloads(&all),
+        vec![r#"{"n":5}"#, r#"{"n":6}"#, r#"{"n":7}"#]
+    );
+    assert_eq!(offsets(&from(&b, &stream, &epoch, 5).await), vec![6, 7]);
+    not_found(&a, &stream, &epoch, 4, "just before the oldest kept").await;
+    not_found(&b, &stream, &epoch, 1, "evicted").await;
+    // The count goes on: eviction is no new epoch.
+    let p = append(&a, &stream, "{}", p3).await;
+    assert_eq!(p, Position { epoch, offset: 8 });
+}
+
+/// With no append for `ttl`, the stream's history is gone and the next
+/// append starts a new epoch at offset 1.
+pub async fn ttl_expires_the_stream_and_starts_a_new_epoch<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let short = policy(100, 1000);
+    append(&b, &stream, r#"{"n":1}"#, short).await;
+    let old = append(&b, &stream, r#"{"n":2}"#, short).await;
+    assert_eq!(offsets(&from(&b, &stream, &old.epoch, 1).await), vec![2]);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let gone = since(&b, &stream, 0).await;
+    assert!(gone.entries.is_empty(), "{gone:?}");
+    not_found(&b, &stream, &old.epoch, 1, "expired").await;
+    let new = append(&b, &stream, r#"{"n":3}"#, short).await;
+    assert_eq!(new.offset, 1);
+    assert_ne!(new.epoch, old.epoch);
+    not_found(&b, &stream, &old.epoch, 2, "the old epoch").await;
+    let h = since(&b, &stream, 0).await;
+    assert_eq!(
+        (h.epoch.as_str(), payloads(&h)),
+        (new.epoch.as_str(), vec![r#"{"n":3}"#])
+    );
+}
+
+/// Entries older than the TTL are not served while the stream lives on.
+pub async fn entries_older_than_the_ttl_are_not_served<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let ttl = policy(100, 2000);
+    let first = append(&b, &stream, r#"{"n":1}"#, ttl).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    append(&b, &stream, r#"{"n":2}"#, ttl).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Entry 1 is 2.6 s old, entry 2 1.3 s.
+    let h = since(&b, &stream, 0).await;
+    assert_eq!(payloads(&h), vec![r#"{"n":2}"#], "{h:?}");
+    assert_eq!(h.epoch, first.epoch);
+    not_found(&b, &stream, &first.epoch, 1, "an expired entry").await;
+    assert!(from(&b, &stream, &first.epoch, 2).await.entries.is_empty());
+    let p = append(&b, &stream, r#"{"n":3}"#, ttl).await;
+    assert_eq!(
+        p,
+        Position {
+            epoch: first.epoch.clone(),
+            offset: 3
+        }
+    );
+    assert_eq!(offsets(&from(&b, &stream, &first.epoch, 2).await), vec![3]);
+}
+
+/// History lost on the backend (a restart without persistence): the next
+/// append starts a new epoch at 1, old positions are refused, and positions
+/// never repeat within the new epoch.
+pub async fn lost_history_starts_a_new_epoch<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let stream = format!("{}:chat", unique_prefix());
+    for _ in 0..3 {
+        append(&a, &stream, "{}", HistoryPolicy::default()).await;
+    }
+    let old = append(&b, &stream, "{}", HistoryPolicy::default()).await;
+    assert_eq!(old.offset, 4);
+    c.lose_history(&stream).await;
+    not_found(&a, &stream, &old.epoch, 2, "lost").await;
+    let new = append(&b, &stream, r#"{"after":1}"#, HistoryPolicy::default()).await;
+    assert_eq!(new.offset, 1);
+    assert_ne!(new.epoch, old.epoch);
+    let next = append(&a, &stream, r#"{"after":2}"#, HistoryPolicy::default()).await;
+    assert_eq!(
+        next,
+        Position {
+            epoch: new.epoch.clone(),
+            offset: 2
+        }
+    );
+    not_found(&a, &stream, &old.epoch, 1, "the old epoch").await;
+    let h = from(&b, &stream, &new.epoch, 1).await;
+    assert_eq!(payloads(&h), vec![r#"{"after":2}"#]);
+}
+
+/// Sessions: stored, replaced, fetched by any node, removed.
+pub async fn sessions_are_stored_replaced_and_removed<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let sid = format!("{}-sid", unique_prefix());
+    let ttl = Duration::from_secs(60);
+    assert_eq!(a.fetch_session(&sid).await, Ok(None));
+    let state = r#"{"ids":"{\"user\":\"ann\"}","subs":{"x":["chat_1"]}}"#;
+    a.store_session(&sid, state, ttl).await.expect("store");
+    assert_eq!(b.fetch_session(&sid).await, Ok(Some(state.to_owned())));
+    b.store_session(&sid, "second", ttl).await.expect("replace");
+    assert_eq!(a.fetch_session(&sid).await, Ok(Some("second".to_owned())));
+    // Fetching does not consume it.
+    assert_eq!(a.fetch_session(&sid).await, Ok(Some("second".to_owned())));
+    let other = format!("{sid}-other");
+    a.store_session(&other, "other", ttl).await.expect("store");
+    b.remove_session(&sid).await.expect("remove");
+    assert_eq!(a.fetch_session(&sid).await, Ok(None));
+    assert_eq!(a.fetch_session(&other).await, Ok(Some("other".to_owned())));
+    // Removing what is not there is no error.
+    b.remove_session(&sid).await.expect("remove again");
+}
+
+/// A session is gone after its TTL; storing it again renews it.
+pub async fn sessions_expire<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let (short, long) = (
+        format!("{}-short", unique_prefix()),
+        format!("{}-long", unique_prefix()),
+    );
+    b.store_session(&short, "s", Duration::from_millis(1000))
+        .await
+        .expect("store");
+    b.store_session(&long, "l", Duration::from_secs(60))
+        .await
+        .expect("store");
+    assert_eq!(b.fetch_session(&short).await, Ok(Some("s".to_owned())));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.fetch_session(&short).await, Ok(None));
+    assert_eq!(b.fetch_session(&long).await, Ok(Some("l".to_owned())));
+    b.store_session(&short, "again", Duration::from_secs(60))
+        .await
+        .expect("store again");
+    assert_eq!(b.fetch_session(&short).await, Ok(Some("again".to_owned())));
+}
+
+/// `enable_history` marks a stream with its policy for the policy's TTL,
+/// seen by every node, renewed by each call.
+pub async fn history_marks_expire<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let stream = format!("{}:chat", unique_prefix());
+    assert_eq!(a.history_policy(&stream).await, Ok(None));
+    let p = policy(7, 1500);
+    a.enable_history(&stream, p).await.expect("enable");
+    assert_eq!(b.history_policy(&stream).await, Ok(Some(p)));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    b.enable_history(&stream, p).await.expect("renew");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // 1.8 s after the first call, 0.9 s after the renewal.
+    assert_eq!(a.history_policy(&stream).await, Ok(Some(p)));
+    let changed = policy(9, 1000);
+    a.enable_history(&stream, changed).await.expect("change");
+    assert_eq!(b.history_policy(&stream).await, Ok(Some(changed)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.history_policy(&stream).await, Ok(None));
+    assert_eq!(b.history_policy(&format!("{stream}:other")).await, Ok(None));
+}
+
+/// 50 concurrent appends from each of two nodes: 100 distinct offsets
+/// 1..=100 in one epoch, and the history holds each payload at its offset.
+pub async fn concurrent_appends_from_two_nodes<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let nodes = [Arc::new(c.broker()), Arc::new(c.broker())];
+    let stream = format!("{}:chat", unique_prefix());
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for n in 0..50 {
+            let (node, stream) = (node.clone(), stream.clone());
+            tasks.push(tokio::spawn(async move {
+                let payload = format!(r#"{{"node":{i},"n":{n}}}"#);
+                let p = append(&*node, &stream, &payload, HistoryPolicy::default()).await;
+                (p, payload)
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("append task"));
+    }
+    let epochs: BTreeSet<&str> = results.iter().map(|(p, _)| p.epoch.as_str()).collect();
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    let got: BTreeSet<u64> = results.iter().map(|(p, _)| p.offset).collect();
+    assert_eq!(got, (1..=100).collect::<BTreeSet<_>>());
+    results.sort_by_key(|(p, _)| p.offset);
+    let h = since(&*nodes[0], &stream, 0).await;
+    assert_eq!(offsets(&h), (1..=100).collect::<Vec<_>>());
+    let want: Vec<&str> = results
+        .iter()
+        .map(|(_, payload)| payload.as_str())
+        .collect();
+    assert_eq!(payloads(&h), want);
+}
+
+/// Payloads come back byte for byte: quotes, backslashes, non-ASCII,
+/// newlines, 256 KiB.
+pub async fn payloads_come_back_exactly<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat/ünï \"quoted\" 'x'", unique_prefix());
+    let tricky = [
+        r#"{"body":"say \"hi\"\\ \u0000 'ok'"}"#.to_owned(),
+        "{\"body\":\"héllo ✓ 🎉\\n\",\"raw\":\"line\nbreak\"}".to_owned(),
+        format!(r#"{{"big":"{}"}}"#, "x".repeat(256 << 10)),
+        String::new(),
+    ];
+    for t in &tricky {
+        append(&b, &stream, t, HistoryPolicy::default()).await;
+    }
+    let h = since(&b, &stream, 0).await;
+    assert_eq!(
+        payloads(&h),
+        tricky.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let sid = format!("{}-sid ü", unique_prefix());
+    b.store_session(&sid, &tricky[1], Duration::from_secs(60))
+        .await
+        .expect("store");
+    assert_eq!(b.fetch_session(&sid).await, Ok(Some(tricky[1].clone())));
+}
+
+/// Limits, TTLs and times at the ends of their types are taken (capped
+/// where the backend must), not refused.
+pub async fn extreme_arguments_are_no_errors<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    let stream = format!("{}:chat", unique_prefix());
+    let huge = HistoryPolicy {
+        limit: usize::MAX,
+        ttl: Duration::MAX,
+    };
+    let p = append(&b, &stream, "{}", huge).await;
+    assert_eq!(p.offset, 1);
+    assert_eq!(append(&b, &stream, "{}", huge).await.offset, 2);
+    assert_eq!(offsets(&from(&b, &stream, &p.epoch, 1).await), vec![2]);
+    assert!(since(&b, &stream, u64::MAX).await.entries.is_empty());
+    assert_eq!(since(&b, &stream, 0).await.entries.len(), 2);
+    b.enable_history(&stream, huge).await.expect("enable");
+    let kept = b.history_policy(&stream).await.expect("policy");
+    assert!(
+        kept.is_some_and(|k| k.ttl >= Duration::from_secs(3600)),
+        "{kept:?}"
+    );
+    let sid = format!("{}-sid", unique_prefix());
+    b.store_session(&sid, "s", Duration::MAX)
+        .await
+        .expect("store");
+    assert_eq!(b.fetch_session(&sid).await, Ok(Some("s".to_owned())));
+    b.remove_session(&sid).await.expect("remove");
+}
+
+/// Against a backend that is not there, every call fails with
+/// [`BrokerError::Unavailable`] within 3 s, repeatedly, and nothing panics.
+pub async fn unreachable_backend_fails_promptly<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let Some(b) = c.unreachable() else { return };
+    for _ in 0..2 {
+        let started = Instant::now();
+        let results = [
+            b.append("s", "{}", HistoryPolicy::default()).await.err(),
+            b.history_from("s", "e", 1).await.err(),
+            b.history_since("s", 0).await.err(),
+            b.enable_history("s", HistoryPolicy::default()).await.err(),
+            b.history_policy("s").await.err(),
+            b.store_session("sid", "{}", Duration::from_secs(1))
+                .await
+                .err(),
+            b.fetch_session("sid").await.err(),
+            b.remove_session("sid").await.err(),
+        ];
+        for r in results {
+            assert!(matches!(r, Some(BrokerError::Unavailable(_))), "{r:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "8 calls took {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}

@@ -1,0 +1,292 @@
+//! The broker conformance suite of `cable-adapter-kit` against the shared
+//! Redis (`REDIS_URL`), and what only Redis can show: lost keys, a server
+//! restart, the keys written.
+
+use std::time::Duration;
+
+use cable_adapter_kit::broker_conformance::{unique_prefix, BrokerConformance};
+use cable_core::async_trait;
+use cable_core::broker::{Broker, BrokerError, HistoryPolicy};
+use cable_redis::{RedisBroker, RedisBrokerConfig};
+
+use crate::support::{shared_redis, OwnRedis};
+
+pub struct Redis {
+    url: String,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+/// Every broker of the suite writes under this prefix; tests keep apart by
+/// stream and session names.
+const PREFIX: &str = "cable_it:broker:";
+
+fn config(url: &str) -> RedisBrokerConfig {
+    RedisBrokerConfig::new(url)
+        .key_prefix(PREFIX)
+        .connection_name("cable-it-broker")
+}
+
+#[async_trait]
+impl BrokerConformance for Redis {
+    type Broker = RedisBroker;
+
+    async fn setup() -> Option<Self> {
+        let (url, conn) = shared_redis().await?;
+        Some(Redis { url, conn })
+    }
+
+    fn broker(&self) -> RedisBroker {
+        RedisBroker::new(config(&self.url)).expect("valid broker config")
+    }
+
+    /// `DEL` of the stream's keys, what a restart without persistence does
+    /// to them.
+    async fn lose_history(&self, stream: &str) {
+        let c = config(&self.url);
+        let n: i64 = redis::cmd("DEL")
+            .arg(c.meta_key(stream))
+            .arg(c.history_key(stream))
+            .query_async(&mut self.conn.clone())
+            .await
+            .expect("DEL");
+        assert_eq!(n, 2, "both keys of {stream} were there");
+    }
+
+    fn unreachable(&self) -> Option<RedisBroker> {
+        // Nothing listens on port 1.
+        Some(RedisBroker::new(config("redis://127.0.0.1:1")).expect("valid broker config"))
+    }
+}
+
+cable_adapter_kit::broker_conformance_tests!(Redis);
+
+/// The keys are where the crate docs say, a Redis stream with `<offset>-0`
+/// IDs and a hash, both expiring with the policy's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_as_documented() {
+    let Some((url, mut plain)) = shared_redis().await else {
+        return;
+    };
+    let prefix = format!("{}:", unique_prefix());
+    let broker =
+        RedisBroker::new(RedisBrokerConfig::new(&url).key_prefix(&prefix)).expect("config");
+    let policy = HistoryPolicy {
+        limit: 2,
+        ttl: Duration::from_secs(30),
+    };
+    for n in 1..=3 {
+        broker
+            .append("s", &format!("{{\"n\":{n}}}"), policy)
+            .await
+            .expect("append");
+    }
+    broker.enable_history("s", policy).await.expect("mark");
+    broker
+        .store_session("sid", "state", Duration::from_secs(30))
+        .await
+        .expect("session");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut plain)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["history:s", "meta:s", "policy:s", "session:sid"].map(|k| format!("{prefix}{k}"))
+    );
+    let kind: String = redis::cmd("TYPE")
+        .arg(format!("{prefix}history:s"))
+        .query_async(&mut plain)
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "stream");
+    let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}history:s"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut plain)
+        .await
+        .expect("XRANGE");
+    let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["2-0", "3-0"], "trimmed to the limit");
+    for key in ["history:s", "meta:s", "policy:s", "session:sid"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}{key}"))
+            .query_async(&mut plain)
+            .await
+            .expect("PTTL");
+        assert!((25_000..=30_000).contains(&ttl), "{key}: {ttl}");
+    }
+}
+
+/// A real restart of a Redis without persistence: calls fail with
+/// `Unavailable` promptly while it is down, work again when it is back, and
+/// the stream starts a new epoch at 1 (the old positions are refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart_with_a_new_epoch() {
+    let Some(mut own) = OwnRedis::start(&[]).await else {
+        return;
+    };
+    let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
+    let policy = HistoryPolicy::default();
+    let mut old = None;
+    for _ in 0..3 {
+        old = Some(broker.append("s", "{}", policy).await.expect("append"));
+    }
+    let old = old.expect("appended");
+    broker
+        .store_session("sid", "state", Duration::from_secs(60))
+        .await
+        .expect("session");
+
+    own.kill();
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let err = broker
+            .append("s", "{}", policy)
+            .await
+            .expect_err("redis is down");
+        assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+        let err = broker
+            .fetch_session("sid")
+            .await
+            .expect_err("redis is down");
+        assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+
+    own.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        match broker.append("s", r#"{"after":1}"#, policy).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not back within 5 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(new.offset, 1);
+    assert_ne!(new.epoch, old.epoch);
+    let err = broker
+        .history_from("s", &old.epoch, 2)
+        .await
+        .expect_err("old epoch");
+    assert!(
+        matches!(err, BrokerError::HistoryNotFound { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        broker.fetch_session("sid").await,
+        Ok(None),
+        "sessions went with it"
+    );
+    let next = broker.append("s", "{}", policy).await.expect("append");
+    assert_eq!((next.epoch, next.offset), (new.epoch, 2));
+}
+
+/// `FLUSHALL` on our own server (the scripts go too: `SCRIPT FLUSH`): the
+/// next append loads the script again and starts a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_scripts_and_keys_start_a_new_epoch() {
+    let Some(own) = OwnRedis::start(&[]).await else {
+        return;
+    };
+    let mut plain = crate::support::try_plain(&own.url())
+        .await
+        .expect("own redis");
+    let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
+    let old = broker
+        .append("s", "{}", HistoryPolicy::default())
+        .await
+        .expect("append");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut plain)
+        .await
+        .expect("FLUSHALL");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut plain)
+        .await
+        .expect("SCRIPT FLUSH");
+    let new = broker
+        .append("s", "{}", HistoryPolicy::default())
+        .await
+        .expect("append");
+    assert_eq!(new.offset, 1);
+    assert_ne!(new.epoch, old.epoch);
+    let h = broker
+        .history_since("s", 0)
+        .await
+        .expect("read after flush");
+    assert_eq!(h.entries.len(), 1);
+}
+
+/// A restart that reloads a snapshot keeps the keys, but may have lost the
+/// latest appends: the server's new `run_id` starts a new epoch all the same,
+/// so no offset is given twice in one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
+    let dir = std::env::temp_dir().join(format!("{}-redis", unique_prefix()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let Some(mut own) = OwnRedis::start(&["--dir", &dir_arg]).await else {
+        return;
+    };
+    let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
+    let policy = HistoryPolicy::default();
+    broker
+        .append("s", r#"{"n":1}"#, policy)
+        .await
+        .expect("append");
+    let mut plain = crate::support::try_plain(&own.url())
+        .await
+        .expect("own redis");
+    let _: () = redis::cmd("SAVE")
+        .query_async(&mut plain)
+        .await
+        .expect("SAVE");
+    // Appended after the snapshot: lost in the restart.
+    let lost = broker
+        .append("s", r#"{"n":2}"#, policy)
+        .await
+        .expect("append");
+    assert_eq!(lost.offset, 2);
+    own.kill();
+    own.restart().await;
+    let mut plain = crate::support::try_plain(&own.url())
+        .await
+        .expect("own redis");
+    let offset: String = redis::cmd("HGET")
+        .arg("cable:meta:s")
+        .arg("offset")
+        .query_async(&mut plain)
+        .await
+        .expect("the snapshot was loaded");
+    assert_eq!(offset, "1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        match broker.append("s", r#"{"n":3}"#, policy).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not back within 5 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_ne!(
+        new.epoch, lost.epoch,
+        "offset 2 must not be given again in its epoch"
+    );
+    assert_eq!(new.offset, 1);
+    drop(own);
+    let _ = std::fs::remove_dir_all(&dir);
+}
