@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cable_core::redact_url;
-use cable_postgres::{PostgresConfig, PostgresPubSub};
-use cable_redis::{RedisConfig, RedisPubSub};
+use cable_postgres::{PostgresBroker, PostgresBrokerConfig, PostgresConfig, PostgresPubSub};
+use cable_redis::{RedisBroker, RedisBrokerConfig, RedisConfig, RedisPubSub};
 use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -80,8 +80,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_pending_connections: usize,
     /// Where reliable streams keep their history and sessions: `memory`
-    /// (this process only; a restart forgets them).
-    #[arg(long, value_name = "memory", default_value = "memory")]
+    /// (this process only; a restart forgets them); a Redis URL or a
+    /// PostgreSQL URL (as `--adapter` takes), shared by every node on it, so a
+    /// client resumes on any node; or `adapter`, the same backend and URL as
+    /// `--adapter` (`memory` when the adapter is).
+    #[arg(long, value_name = "memory|adapter|URL", default_value = "memory")]
     broker: String,
     /// Messages of history kept per room, for clients on AnyCable's extended
     /// protocol (`@anycable/web`) to catch up after a reconnect; older ones
@@ -224,19 +227,39 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
 #[derive(Debug)]
 enum BrokerChoice {
     Memory,
+    Redis(RedisBrokerConfig),
+    Postgres(PostgresBrokerConfig),
 }
 
-/// Reads `--broker`; an error names the flag and the value (with any
-/// password masked).
-fn choose_broker(broker: &str) -> Result<BrokerChoice, (ErrorKind, String)> {
-    match broker {
-        "memory" | "memory://" => Ok(BrokerChoice::Memory),
-        // The Redis and PostgreSQL brokers are wired here once they land.
+/// Reads `--broker` (`adapter` meaning `--adapter`'s value); an error names
+/// the flag and the value (with any password masked).
+fn choose_broker(broker: &str, adapter: &str) -> Result<BrokerChoice, (ErrorKind, String)> {
+    let url = if broker == "adapter" { adapter } else { broker };
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let invalid =
+        |e: &dyn std::fmt::Display| (ErrorKind::ValueValidation, format!("--broker: {e}"));
+    match scheme.as_deref() {
+        None if url == "memory" => Ok(BrokerChoice::Memory),
+        Some("memory") if url.len() == "memory://".len() => Ok(BrokerChoice::Memory),
+        Some("redis" | "rediss" | "redis+unix") => {
+            let config = RedisBrokerConfig::new(url);
+            // The error masks the password.
+            config.validate().map_err(|e| invalid(&e))?;
+            Ok(BrokerChoice::Redis(config))
+        }
+        Some("postgres" | "postgresql") => {
+            let config = PostgresBrokerConfig::new(url);
+            config.validate().map_err(|e| invalid(&e))?;
+            Ok(BrokerChoice::Postgres(config))
+        }
         _ => Err((
             ErrorKind::ValueValidation,
             format!(
-                "--broker {:?}: unknown broker; expected memory",
-                redact_url(broker)
+                "--broker {:?}: unknown broker; expected memory, adapter (the same as \
+                 --adapter), redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                redact_url(url)
             ),
         )),
     }
@@ -259,7 +282,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
     let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
         .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
-    let broker = choose_broker(&args.broker)
+    let broker = choose_broker(&args.broker, &args.adapter)
         .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
     let mut opts = crate::Options {
         admin: args.admin,
@@ -277,15 +300,33 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
+    let history = format!(
+        "history of {} messages for {:?} per room, sessions for {:?}",
+        core.history_policy.limit, core.history_policy.ttl, core.session_ttl
+    );
+    let builder = crate::cable_builder();
     let builder = match broker {
         BrokerChoice::Memory => {
+            tracing::info!("broker: memory ({history}; this process only)");
+            builder.broker(cable_core::broker::MemoryBroker::new())
+        }
+        BrokerChoice::Redis(config) => {
             tracing::info!(
-                "broker: memory (history of {} messages for {:?} per room, sessions for {:?}; this process only)",
-                core.history_policy.limit,
-                core.history_policy.ttl,
-                core.session_ttl,
+                "broker: redis at {} ({history}; key prefix {:?})",
+                redact_url(&config.url),
+                config.key_prefix
             );
-            crate::cable_builder().broker(cable_core::broker::MemoryBroker::new())
+            // Nothing connects yet: the first call does.
+            builder.try_broker(move || RedisBroker::new(config))?
+        }
+        BrokerChoice::Postgres(config) => {
+            tracing::info!(
+                "broker: postgres at {} ({history}; schema {:?}, tables {}*)",
+                redact_url(&config.url),
+                config.schema,
+                config.table_prefix
+            );
+            builder.try_broker(move || PostgresBroker::new(config))?
         }
     };
     let builder = builder.config(core);
@@ -418,7 +459,7 @@ mod tests {
         assert_eq!(core.session_ttl, Duration::from_secs(300));
         assert_eq!(core.pong_timeout, None);
         assert!(matches!(
-            choose_broker(&args.broker),
+            choose_broker(&args.broker, &args.adapter),
             Ok(BrokerChoice::Memory)
         ));
         let args = Args::try_parse_from([
@@ -448,8 +489,34 @@ mod tests {
             let msg = args.limits().expect_err(flag);
             assert!(msg.starts_with(&format!("{flag} {value}")), "{msg}");
         }
-        let Err((_, msg)) = choose_broker("redis://:hunter2@127.0.0.1") else {
-            panic!("no redis broker yet")
+    }
+
+    #[test]
+    fn the_broker_is_memory_a_url_or_the_adapters() {
+        let broker = |b: &str, a: &str| choose_broker(b, a);
+        assert!(matches!(
+            broker("memory", "redis://r"),
+            Ok(BrokerChoice::Memory)
+        ));
+        assert!(matches!(
+            broker("adapter", "memory"),
+            Ok(BrokerChoice::Memory)
+        ));
+        let Ok(BrokerChoice::Redis(c)) = broker("adapter", "redis://127.0.0.1:6379/2") else {
+            panic!("the adapter's redis url refused")
+        };
+        assert_eq!(c.url, "redis://127.0.0.1:6379/2");
+        let Ok(BrokerChoice::Postgres(c)) = broker("postgres://postgres@db/test", "memory") else {
+            panic!("postgres url refused")
+        };
+        assert_eq!(c.url, "postgres://postgres@db/test");
+        let Err((_, msg)) = broker("redis://:hunter2@127.0.0.1:notaport", "memory") else {
+            panic!("bad port accepted")
+        };
+        assert!(msg.starts_with("--broker: "), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let Err((_, msg)) = broker("nats://:hunter2@localhost", "memory") else {
+            panic!("nats accepted")
         };
         assert!(
             msg.contains("unknown broker") && !msg.contains("hunter2"),
