@@ -4,8 +4,10 @@
 // clients: a dropped client reconnects by itself, resumes its session by sid
 // (no connect hook, same subscriptions) and gets what it missed exactly once;
 // a client that was away longer than the history reaches gets
-// `history_not_found`. And the plain @rails/actioncable client still sees
-// Rails' frames (no sid, no positions).
+// `history_not_found`; with two nodes on a shared Redis or PostgreSQL
+// (`--broker adapter`), a client dropped from one resumes on the other
+// (SKIPPED when the backend is unreachable, unless CI is set). And the plain
+// @rails/actioncable client still sees Rails' frames (no sid, no positions).
 //
 //   cargo build -p chat-example
 //   cd tests/node && npm ci && npm test
@@ -24,6 +26,8 @@ import assert from "node:assert/strict";
 import { after, afterEach, before, describe, it } from "node:test";
 import WebSocket from "ws";
 import { createCable } from "@anycable/web";
+
+import net from "node:net";
 
 import { ORIGIN, Scope, freePort, killAllServers, sleep } from "./helpers.mjs";
 
@@ -46,6 +50,9 @@ class AnyCableClient {
     this.messages = []; // { room, message, meta }
     this.infos = []; // { room, type }
     this.offline = false;
+    // A port later sockets go to instead (another node, as a load balancer
+    // could pick).
+    this.movedTo = null;
     // Set after the first welcome: later sockets drop `user` from the URL,
     // so only a restored session (no connect hook) can be let in.
     this.anonymousReconnects = false;
@@ -56,6 +63,7 @@ class AnyCableClient {
       constructor(address, protocols, options = {}) {
         let target = new URL(String(address));
         if (client.anonymousReconnects) target.searchParams.delete("user");
+        if (client.movedTo) target.port = String(client.movedTo);
         if (client.offline) target.port = String(deadPort);
         super(target.toString(), protocols, {
           ...options,
@@ -175,9 +183,10 @@ async function broadcast(server, room, from, to) {
  * it reconnect; resolves with the socket number of the reconnect that got a
  * welcome.
  */
-async function dropAndReconnect(scope, c, whileAway) {
+async function dropAndReconnect(scope, c, whileAway, { to } = {}) {
   const welcomed = c.welcomes().length;
   c.offline = true;
+  if (to) c.movedTo = to;
   c.anonymousReconnects = true;
   c.drop();
   // At least one reconnect attempt fails while offline: the client is
@@ -281,6 +290,38 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
     }),
   );
 
+  // Known gap, kept as a todo (it runs and reports, but does not fail the
+  // suite): a restored subscription streams live from the welcome on, and
+  // the history the client asks for right after it is read later, so a
+  // broadcast landing in between arrives live and again in the replay, and
+  // live ones can precede replayed ones. @anycable/web 1.1.1 does not drop
+  // repeated offsets. The test above keeps its broadcasts out of that window.
+  it(
+    "broadcasts that never pause through the drop and the resume still arrive exactly once, in order",
+    { timeout: 60_000, todo: "the server does not hold live frames of a restored subscription until its history is replayed" },
+    scope.wrap(async () => {
+      for (let round = 1; round <= 3; round++) {
+        const room = `nonstop${round}`;
+        const dan = scope.anycable({ url: server.cableUrl, user: `dan${round}` });
+        dan.join(room);
+        await scope.waitFor("dan subscribed", () => dan.framesIn().some((f) => f.type === "confirm_history"));
+        let sent = 0;
+        let stop = false;
+        const loop = (async () => {
+          while (!stop) await broadcast(server, room, ++sent, sent);
+        })();
+        await scope.waitFor("a few live messages", () => dan.ns(room).length >= 5);
+        dan.drop();
+        await scope.waitFor("the resume", () => dan.welcomes().length === 2, 20_000);
+        await scope.waitFor("a few more after it", () => dan.ns(room).at(-1) > sent - 1 && dan.ns(room).length > 10);
+        stop = true;
+        await loop;
+        await scope.waitFor(`message ${sent}`, () => dan.ns(room).includes(sent));
+        assert.deepEqual(dan.ns(room), range(1, sent), `round ${round}: exactly once, in order`);
+      }
+    }),
+  );
+
   it(
     "a client away longer than the history reaches gets reject_history and history_not_found",
     { timeout: 60_000 },
@@ -330,3 +371,83 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
     }),
   );
 });
+
+const BACKENDS = [
+  ["Redis", process.env.REDIS_URL || "redis://127.0.0.1:6379", 6379, "redis"],
+  ["PostgreSQL", process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/test", 5432, "postgres"],
+];
+
+/** Whether the server at `url` accepts TCP connections. */
+function reachable(url, defaultPort) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
+    sock.setTimeout(2_000, () => {
+      sock.destroy();
+      resolve(false);
+    });
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once("error", () => resolve(false));
+  });
+}
+
+for (const [backend, url, defaultPort, logName] of BACKENDS) {
+  describe(`@anycable/web across two chat nodes sharing ${backend} (--adapter URL --broker adapter)`, () => {
+    const scope = new AnyCableScope();
+    let a;
+    let b;
+    let skip = null;
+    // Unique per run: parallel runs share the backend.
+    const tag = `${process.pid}_${Date.now()}`;
+
+    before(async () => {
+      if (!(await reachable(url, defaultPort))) {
+        if (process.env.CI) throw new Error(`${backend} at ${url} is unreachable (CI is set)`);
+        skip = `SKIPPED: ${backend} at ${url} is unreachable`;
+        console.log(skip);
+        return;
+      }
+      scope.deadPort = await freePort();
+      const extraArgs = ["--adapter", url, "--channel-prefix", `web_${tag}`, "--broker", "adapter"];
+      a = await scope.startServer({ port: await freePort(), admin: true, extraArgs });
+      b = await scope.startServer({ port: await freePort(), admin: true, extraArgs });
+    });
+    afterEach(() => scope.closeClients());
+    after(() => scope.closeAll());
+
+    it(
+      "a client dropped from one node resumes its session on the other and gets what it missed",
+      { timeout: 60_000 },
+      scope.wrap(async (t) => {
+        if (skip) return t.skip(skip);
+        assert.match(a.log, new RegExp(`broker: ${logName} at`));
+        const room = `nodes_${tag}`;
+        const eve = scope.anycable({ url: a.cableUrl, user: "eve" });
+        eve.join(room);
+        await scope.waitFor("eve subscribed on node A", () =>
+          eve.framesIn().some((f) => f.type === "confirm_subscription"),
+        );
+        await broadcast(a, room, 1, 3);
+        await scope.waitFor("messages 1-3", () => eve.ns(room).length === 3);
+        // Broadcast on node B while eve is away, and she comes back on B:
+        // both nodes read the one history in the shared broker.
+        const socket = await dropAndReconnect(scope, eve, () => broadcast(b, room, 4, 7), { to: b.port });
+        const construct = eve.wire.find((w) => w.socket === socket && w.kind === "construct");
+        assert.equal(new URL(construct.data.address).port, String(b.port), "the reconnect went to node B");
+        const resumed = eve.framesIn(socket)[0];
+        assert.equal(resumed.restored, true, `restored on node B: ${JSON.stringify(resumed)}`);
+        await scope.waitFor("messages 4-7 replayed on node B", () => eve.ns(room).length >= 7);
+        await scope.waitFor("confirm_history", () =>
+          eve.framesIn(socket).some((f) => f.type === "confirm_history"),
+        );
+        await broadcast(a, room, 8, 9);
+        await scope.waitFor("messages 8-9, broadcast on node A", () => eve.ns(room).length >= 9);
+        assert.deepEqual(eve.ns(room), range(1, 9), "exactly once, in order");
+        assert.deepEqual(eve.messages.map((m) => m.meta.offset), range(1, 9));
+      }),
+    );
+  });
+}
