@@ -135,6 +135,9 @@ pub(crate) struct SubState {
     pub(crate) history: Vec<(String, HistoryPolicy)>,
     /// Streams changed since the session was last stored.
     pub(crate) dirty: bool,
+    /// Set while a history replay is due: live frames wait in it (a resumed
+    /// session's subscription, or a subscribe with history).
+    pub(crate) hold: Option<Arc<crate::hub::Hold>>,
 }
 
 impl SubState {
@@ -151,6 +154,7 @@ impl SubState {
             stopped: false,
             history: Vec::new(),
             dirty: false,
+            hold: None,
         }
     }
 
@@ -163,7 +167,10 @@ impl SubState {
             &stream,
             &self.identifier,
             conn.id,
-            Target::Frames(conn.outbox.clone()),
+            match &self.hold {
+                Some(hold) => Target::Held(hold.clone()),
+                None => Target::Frames(conn.outbox.clone()),
+            },
         );
         self.pending.push((stream.clone(), ack));
         self.streams.push(stream);

@@ -290,15 +290,13 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
     }),
   );
 
-  // Known gap, kept as a todo (it runs and reports, but does not fail the
-  // suite): a restored subscription streams live from the welcome on, and
-  // the history the client asks for right after it is read later, so a
-  // broadcast landing in between arrives live and again in the replay, and
-  // live ones can precede replayed ones. @anycable/web 1.1.1 does not drop
-  // repeated offsets. The test above keeps its broadcasts out of that window.
+  // A resumed subscription streams live from the welcome on, and the
+  // history the client asks for right after it is read later: the server
+  // holds the live frames back until the replay is out (and drops those it
+  // replayed), since @anycable/web 1.1.1 does not drop repeated offsets.
   it(
     "broadcasts that never pause through the drop and the resume still arrive exactly once, in order",
-    { timeout: 60_000, todo: "the server does not hold live frames of a restored subscription until its history is replayed" },
+    { timeout: 60_000 },
     scope.wrap(async () => {
       for (let round = 1; round <= 3; round++) {
         const room = `nonstop${round}`;
