@@ -59,8 +59,11 @@ pub(crate) enum Target {
 pub(crate) struct Hold {
     outbox: Arc<Outbox>,
     /// `Some` while holding: the frames, with their stream and offset.
-    held: Mutex<Option<Vec<(Arc<str>, Option<u64>, Frame)>>>,
+    held: Mutex<Option<Vec<HeldFrame>>>,
 }
+
+/// A frame held back, with its stream and offset (none without history).
+type HeldFrame = (Arc<str>, Option<u64>, Frame);
 
 /// Most frames one subscription holds back.
 pub(crate) const HOLD_MAX: usize = 1024;
@@ -93,7 +96,7 @@ impl Hold {
         hold
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Vec<(Arc<str>, Option<u64>, Frame)>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<HeldFrame>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -124,11 +127,7 @@ impl Hold {
         Self::flush(&self.outbox, &mut held, replayed);
     }
 
-    fn flush(
-        outbox: &Outbox,
-        held: &mut Option<Vec<(Arc<str>, Option<u64>, Frame)>>,
-        replayed: &[(String, u64)],
-    ) {
+    fn flush(outbox: &Outbox, held: &mut Option<Vec<HeldFrame>>, replayed: &[(String, u64)]) {
         // Pushed under the lock: a frame delivered meanwhile waits, so
         // nothing overtakes the held ones.
         for (stream, offset, frame) in held.take().unwrap_or_default() {
