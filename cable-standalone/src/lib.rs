@@ -32,6 +32,7 @@
 
 use std::net::SocketAddr;
 
+use cable_core::broker::HistoryPolicy;
 use cable_core::{redact_url, CableBuilder, CableConfig, CommandRate};
 use tokio::net::TcpListener;
 
@@ -68,6 +69,23 @@ pub enum StandaloneError {
         /// The adapter URL, password masked.
         url: String,
     },
+    /// The broker's settings were refused.
+    #[error("broker: {source}")]
+    Broker {
+        /// The broker URL, password masked.
+        url: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The broker URL names a backend this build does not have.
+    #[error("broker: {scheme}:// is not supported by this build (broker {url})")]
+    UnsupportedBroker {
+        /// The URL's scheme.
+        scheme: String,
+        /// The broker URL, password masked.
+        url: String,
+    },
     /// The Rails integration could not be built from the settings.
     #[error("rails: {source}")]
     Rails {
@@ -101,11 +119,7 @@ pub fn with_adapter(
     settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
     let url = settings.adapter.as_str();
-    let scheme = url
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_else(|| url.to_owned());
-    match scheme.as_str() {
+    match scheme(url).as_str() {
         "memory" => Ok(builder),
         #[cfg(feature = "redis")]
         "redis" | "rediss" | "redis+unix" => {
@@ -132,6 +146,46 @@ pub fn with_adapter(
             url: redact_url(url),
         }),
     }
+}
+
+/// Applies the broker named by `settings.broker` to `builder`: history and
+/// sessions in this process (`memory`), Redis, PostgreSQL, or nowhere
+/// (`none`).
+pub fn with_broker(
+    builder: CableBuilder,
+    settings: &Settings,
+) -> Result<CableBuilder, StandaloneError> {
+    let url = settings.broker.as_str();
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    let refused = |e: Box<dyn std::error::Error + Send + Sync>| StandaloneError::Broker {
+        url: redact_url(url),
+        source: e,
+    };
+    match scheme(url).as_str() {
+        "memory" => Ok(builder.broker(cable_core::broker::MemoryBroker::new())),
+        "none" => Ok(builder.no_broker()),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+unix" => builder
+            .try_broker(|| cable_redis::RedisBroker::new(cable_redis::RedisBrokerConfig::new(url)))
+            .map_err(|e| refused(Box::new(e))),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => builder
+            .try_broker(|| {
+                cable_postgres::PostgresBroker::new(cable_postgres::PostgresBrokerConfig::new(url))
+            })
+            .map_err(|e| refused(Box::new(e))),
+        other => Err(StandaloneError::UnsupportedBroker {
+            scheme: other.to_owned(),
+            url: redact_url(url),
+        }),
+    }
+}
+
+/// A backend URL's scheme in lower case (`memory`, `none` stand alone).
+fn scheme(url: &str) -> String {
+    url.split_once("://")
+        .map_or(url, |(s, _)| s)
+        .to_ascii_lowercase()
 }
 
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -229,8 +283,16 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     core.max_outbound_message_bytes = settings.max_outbound_message_size;
     core.connect_timeout = settings.connect_timeout;
     core.callback_timeout = settings.callback_timeout;
+    core.history_all_streams = settings.history_all_streams;
+    core.history_policy = HistoryPolicy {
+        limit: settings.history_limit,
+        ttl: settings.history_ttl,
+    };
+    core.session_ttl = settings.sessions_ttl;
+    core.pong_timeout = Some(settings.pong_timeout).filter(|t| !t.is_zero());
     let builder = with_rails(builder.config(core), &settings)?;
-    let cable = with_adapter(builder, &settings)?.build();
+    let builder = with_adapter(builder, &settings)?;
+    let cable = with_broker(builder, &settings)?.build();
     let server_cfg = server_config(&settings)?;
     let ops = ops_router(
         cable.clone(),

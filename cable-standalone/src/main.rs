@@ -48,6 +48,24 @@ struct Args {
     /// Rails' channel_prefix (redis and postgres adapters).
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
+    /// History and session store: memory, redis://…, postgres://… or none [default: memory].
+    #[arg(long, value_name = "URL", help_heading = "Reliable streams")]
+    broker: Option<String>,
+    /// Keep history for every stream, not only those a channel opens with history (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Reliable streams")]
+    history_all_streams: Option<String>,
+    /// Messages kept per stream [default: 100].
+    #[arg(long, value_name = "N", help_heading = "Reliable streams")]
+    history_limit: Option<String>,
+    /// How long a stream's messages are kept: 300s, 5m or seconds [default: 300s].
+    #[arg(long, value_name = "DURATION", help_heading = "Reliable streams")]
+    history_ttl: Option<String>,
+    /// How long a session stays restorable after a disconnect (0: no resume) [default: 300s].
+    #[arg(long, value_name = "DURATION", help_heading = "Reliable streams")]
+    sessions_ttl: Option<String>,
+    /// Close an extended-protocol client silent this long with no_pong (0: off) [default: 0].
+    #[arg(long, value_name = "DURATION", help_heading = "Reliable streams")]
+    pong_timeout: Option<String>,
     /// Heartbeat period: 3s, 500ms or seconds [default: 3s].
     #[arg(long, value_name = "DURATION")]
     ping_interval: Option<String>,

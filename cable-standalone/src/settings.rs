@@ -134,6 +134,27 @@ pub struct Settings {
         skip_serializing_if = "Option::is_none"
     )]
     pub channel_prefix: Option<String>,
+    /// History and session store of reliable streams: `memory` (this
+    /// process only), `redis://…`, `postgres://…`, or `none` (history
+    /// requests are rejected, sessions do not resume). Default `memory`.
+    #[serde(serialize_with = "ser::redacted")]
+    pub broker: String,
+    /// Keep history for every stream (else only for streams a channel
+    /// opens with history). Default false.
+    pub history_all_streams: bool,
+    /// Messages kept per stream. Default 100.
+    pub history_limit: usize,
+    /// How long a stream's messages are kept. Default 300 s.
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
+    /// How long a session stays restorable after its disconnect; 0 turns
+    /// resume off. Default 300 s.
+    #[serde(with = "duration")]
+    pub sessions_ttl: Duration,
+    /// Extended protocol: close a client silent for this long with
+    /// `no_pong`; 0 turns it off. Default 0.
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
     /// Heartbeat period. Default 3 s.
     #[serde(with = "duration")]
     pub ping_interval: Duration,
@@ -223,6 +244,12 @@ impl Default for Settings {
             disable_origin_check: false,
             adapter: "memory".to_owned(),
             channel_prefix: None,
+            broker: "memory".to_owned(),
+            history_all_streams: false,
+            history_limit: 100,
+            history_ttl: Duration::from_secs(300),
+            sessions_ttl: Duration::from_secs(300),
+            pong_timeout: Duration::ZERO,
             ping_interval: Duration::from_secs(3),
             max_connections: None,
             max_subscriptions_per_connection: Some(256),
@@ -616,7 +643,25 @@ impl Settings {
                 "memory, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
             ));
         }
+        let broker_ok = matches!(self.broker.as_str(), "memory" | "none")
+            || matches!(
+                self.broker
+                    .split_once("://")
+                    .map(|(s, _)| s.to_ascii_lowercase())
+                    .as_deref(),
+                Some("redis" | "rediss" | "redis+unix" | "postgres" | "postgresql")
+            );
+        if !broker_ok {
+            return Err(invalid(
+                "broker",
+                "memory, none, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+            ));
+        }
+        if self.history_limit == 0 {
+            return Err(invalid("history_limit", "a number of messages above 0"));
+        }
         let durations = [
+            ("history_ttl", self.history_ttl),
             ("ping_interval", self.ping_interval),
             ("connect_timeout", self.connect_timeout),
             ("callback_timeout", self.callback_timeout),

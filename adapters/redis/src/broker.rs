@@ -624,20 +624,13 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Connection-level and transient server errors are `Unavailable` (retrying
-/// later may work); other errors are `Backend`.
+/// As the pub/sub side classifies errors: transient ones are
+/// `Unavailable`, other errors `Backend`.
 fn to_broker_error(e: &RedisError) -> BrokerError {
-    match e.kind() {
-        ErrorKind::Io
-        | ErrorKind::Parse
-        | ErrorKind::ClusterConnectionNotFound
-        | ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::MasterDown,
-        ) => BrokerError::Unavailable(format!("redis: {e}")),
-        _ => BrokerError::Backend(format!("redis: {e}")),
+    if crate::publisher::is_transient(e) {
+        BrokerError::Unavailable(format!("redis: {e}"))
+    } else {
+        BrokerError::Backend(format!("redis: {e}"))
     }
 }
 

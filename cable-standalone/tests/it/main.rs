@@ -994,3 +994,158 @@ async fn huge_numbers_are_errors_not_panics() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether PostgreSQL answers at DATABASE_URL's host; prints a SKIPPED line
+/// (or fails under CI) if not.
+async fn postgres_up(url: &str) -> bool {
+    let hostport = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|auth| auth.rsplit('@').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    if TcpStream::connect(&hostport).await.is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "PostgreSQL not reachable at {url} (CI is set, so this is a failure)"
+    );
+    println!("SKIPPED: PostgreSQL not reachable at {url} (start it or set DATABASE_URL)");
+    false
+}
+
+/// An extended-protocol (`@anycable/web`) client of `server`, `query`
+/// appended to the URL.
+async fn ext_client(server: &Server, query: &str) -> cable_test::Client {
+    let origin = format!("http://{}", server.addr);
+    cable_test::Client::connect(
+        &server.url(query),
+        &[cable_test::EXT_CLIENT_PROTOCOLS, ("Origin", &origin)],
+    )
+    .await
+}
+
+/// The next frame, parsed (pings skipped).
+async fn next_json(c: &mut cable_test::Client) -> serde_json::Value {
+    serde_json::from_str(&c.recv().await).unwrap()
+}
+
+/// With `--broker B --history-all-streams`, a public stream keeps history:
+/// broadcasts through `/_broadcast` carry positions, `history` replays
+/// what a client missed, and a client that comes back with `?sid=` gets its
+/// subscription back and then what it missed: on the memory, Redis and
+/// PostgreSQL brokers.
+#[tokio::test]
+async fn the_broker_settings_give_public_streams_history_and_sessions() {
+    let mut brokers = vec!["memory".to_owned()];
+    if redis_up().await {
+        brokers.push(redis_url());
+    }
+    let pg = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    if postgres_up(&pg).await {
+        brokers.push(pg);
+    }
+    for broker in &brokers {
+        let server = Server::start(
+            &[
+                "--pubsub-public",
+                "--ops-on-public-port",
+                "--history-all-streams",
+                "--broker",
+                broker,
+            ],
+            &[("CABLE_BROADCAST_KEY", KEY)],
+        )
+        .await;
+        // A stream of this run alone: the brokers on Redis and PostgreSQL
+        // outlive it.
+        let stream = format!(
+            "news_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let id = serde_json::json!({"channel": "$pubsub", "stream_name": stream}).to_string();
+        let publish_n = |n: u64| {
+            let body = serde_json::json!({"stream": stream, "data": format!(r#"{{"n":{n}}}"#)});
+            async move { publish(server.addr, &body.to_string()).await }
+        };
+        let mut a = ext_client(&server, "").await;
+        let welcome = next_json(&mut a).await;
+        let sid = welcome["sid"].as_str().expect("a sid").to_owned();
+        a.subscribe(&id).await;
+        for n in 1..=2 {
+            assert_eq!(publish_n(n).await, 201, "{broker}");
+            let got = next_json(&mut a).await;
+            assert_eq!(got["message"]["n"], n, "{broker}: {got}");
+            assert_eq!(got["offset"], n, "{broker}: {got}");
+            assert_eq!(got["stream_id"], stream.as_str(), "{broker}: {got}");
+        }
+        let epoch = {
+            a.send_json(serde_json::json!({
+                "command": "history", "identifier": id,
+                "history": {"streams": {&stream: {"epoch": "nope", "offset": 1}}}
+            }))
+            .await;
+            let reject = next_json(&mut a).await;
+            assert_eq!(reject["type"], "reject_history", "{broker}: {reject}");
+            // The epoch the broadcasts carried, asked again from offset 1.
+            publish_n(3).await;
+            next_json(&mut a).await["epoch"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        a.send_json(serde_json::json!({
+            "command": "history", "identifier": id,
+            "history": {"streams": {&stream: {"epoch": epoch, "offset": 1}}}
+        }))
+        .await;
+        for n in [2, 3] {
+            assert_eq!(next_json(&mut a).await["message"]["n"], n, "{broker}");
+        }
+        assert_eq!(
+            next_json(&mut a).await["type"],
+            "confirm_history",
+            "{broker}"
+        );
+
+        // Away, then back by sid: the subscription is restored, and what
+        // came meanwhile is replayed.
+        drop(a);
+        publish_n(4).await;
+        let mut b = ext_client(&server, &format!("?sid={sid}")).await;
+        let welcome = next_json(&mut b).await;
+        assert_eq!(welcome["restored"], true, "{broker}: {welcome}");
+        assert_eq!(welcome["restored_ids"], serde_json::json!([id]), "{broker}");
+        b.send_json(serde_json::json!({
+            "command": "history", "identifier": id,
+            "history": {"streams": {&stream: {"epoch": epoch, "offset": 3}}}
+        }))
+        .await;
+        let replayed = next_json(&mut b).await;
+        assert_eq!(
+            (&replayed["message"]["n"], &replayed["offset"]),
+            (&4.into(), &4.into())
+        );
+        assert_eq!(
+            next_json(&mut b).await["type"],
+            "confirm_history",
+            "{broker}"
+        );
+        publish_n(5).await;
+        assert_eq!(next_json(&mut b).await["offset"], 5, "{broker}");
+        let stats = stats(&server).await;
+        assert_eq!(stats["restored_sessions"], 1, "{broker}: {stats}");
+        assert_eq!(stats["history_reads"], 2, "{broker}: {stats}");
+        assert_eq!(stats["history_misses"], 1, "{broker}: {stats}");
+        let name = broker.split("://").next().unwrap_or_default();
+        assert_eq!(stats["broker"], name, "{stats}");
+        println!("broker {name}: history and sessions as expected");
+    }
+}
