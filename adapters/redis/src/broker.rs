@@ -616,10 +616,7 @@ impl Broker for RedisBroker {
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
         let key = &self.config.session_key(sid);
         self.call("DEL", |mut conn| async move {
-            redis::cmd("DEL")
-                .arg(key)
-                .exec_async(&mut conn.redis)
-                .await
+            redis::cmd("DEL").arg(key).exec_async(&mut conn.redis).await
         })
         .await
     }

@@ -36,18 +36,7 @@ use serde_json::{json, Value};
 
 use super::support::*;
 
-/// Streams from its `stream` param with history.
-#[derive(Default)]
-struct News;
-
-#[async_trait]
-impl Channel for News {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        let stream = ctx.param_str("stream").unwrap_or("news").to_owned();
-        ctx.stream_from_with_history(stream);
-        Ok(())
-    }
-}
+use crate::reliable::News;
 
 fn node(shared: &Shared, broker: Arc<dyn Broker>) -> Cable {
     let builder = Cable::builder()
@@ -251,20 +240,33 @@ async fn publish_alternately(
     }
 }
 
-async fn a_client_resumes_on_the_other_node_and_misses_nothing(kind: Kind) {
-    let Some(shared) = kind.shared().await else {
-        return;
-    };
+/// Two served nodes on `kind`'s shared backend, or None (skipped).
+async fn two_nodes(kind: Kind) -> Option<(Shared, TestServer, TestServer)> {
+    let shared = kind.shared().await?;
     let p = &shared.prefix;
     let (a, b) = tokio::join!(
         served_node(kind, &shared.url, p),
         served_node(kind, &shared.url, p)
     );
-    let stream = format!("news_{p}");
-    let id = news(&stream);
-    let (mut c, welcome) = ext_client(&a, "/cable?user=ann").await;
+    Some((shared, a, b))
+}
+
+/// Ann on `node` over the extended protocol, subscribed to `id`, and her
+/// session id.
+async fn ann_subscribed(node: &TestServer, id: &str) -> (Ws, String) {
+    let (mut c, welcome) = ext_client(node, "/cable?user=ann").await;
     let sid = welcome["sid"].as_str().unwrap().to_owned();
-    c.subscribe(&id).await;
+    c.subscribe(id).await;
+    (c, sid)
+}
+
+async fn a_client_resumes_on_the_other_node_and_misses_nothing(kind: Kind) {
+    let Some((shared, a, b)) = two_nodes(kind).await else {
+        return;
+    };
+    let stream = format!("news_{}", shared.prefix);
+    let id = news(&stream);
+    let (mut c, sid) = ann_subscribed(&a, &id).await;
     let mut seen = Vec::new();
     publish_alternately(&a, &b, &stream, 1..=2).await;
     for _ in 1..=2 {
@@ -295,19 +297,12 @@ async fn a_client_resumes_on_the_other_node_and_misses_nothing(kind: Kind) {
 }
 
 async fn without_history_a_dropped_client_loses_what_was_published_meanwhile(kind: Kind) {
-    let Some(shared) = kind.shared().await else {
+    let Some((shared, a, b)) = two_nodes(kind).await else {
         return;
     };
-    let p = &shared.prefix;
-    let (a, b) = tokio::join!(
-        served_node(kind, &shared.url, p),
-        served_node(kind, &shared.url, p)
-    );
-    let stream = format!("plain_{p}");
+    let stream = format!("plain_{}", shared.prefix);
     let id = json!({"channel": "PlainChannel", "stream": stream}).to_string();
-    let (mut c, welcome) = ext_client(&a, "/cable?user=ann").await;
-    let sid = welcome["sid"].as_str().unwrap().to_owned();
-    c.subscribe(&id).await;
+    let (mut c, sid) = ann_subscribed(&a, &id).await;
     let plain = |n: u64| message(&id, &json!({ "n": n }).to_string());
     publish_alternately(&a, &b, &stream, 1..=1).await;
     c.expect(&plain(1)).await;
