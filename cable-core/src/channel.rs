@@ -135,6 +135,9 @@ pub(crate) struct SubState {
     pub(crate) history: Vec<(String, HistoryPolicy)>,
     /// Streams changed since the session was last stored.
     pub(crate) dirty: bool,
+    /// Set while a history replay is due: live frames wait in it (a resumed
+    /// session's subscription, or a subscribe with history).
+    pub(crate) hold: Option<Arc<crate::hub::Hold>>,
 }
 
 impl SubState {
@@ -151,6 +154,7 @@ impl SubState {
             stopped: false,
             history: Vec::new(),
             dirty: false,
+            hold: None,
         }
     }
 
@@ -163,7 +167,10 @@ impl SubState {
             &stream,
             &self.identifier,
             conn.id,
-            Target::Frames(conn.outbox.clone()),
+            match &self.hold {
+                Some(hold) => Target::Held(hold.clone()),
+                None => Target::Frames(conn.outbox.clone()),
+            },
         );
         self.pending.push((stream.clone(), ack));
         self.streams.push(stream);
@@ -285,6 +292,16 @@ impl<'a> Context<'a> {
     /// Rails' `connection_identifier`.
     pub fn connection_identifier(&self) -> &str {
         &self.conn.connection_identifier
+    }
+
+    /// Whether the client speaks AnyCable's extended protocol
+    /// (`actioncable-v1-ext-json`: session ids, resume, positions it can ask
+    /// history by), as `@anycable/web` does; false for `@rails/actioncable`.
+    /// A channel can stream with history for such clients only, so that the
+    /// frames a plain client gets stay Rails' (positions ride on every frame
+    /// of a stream with history, on any protocol).
+    pub fn extended_protocol(&self) -> bool {
+        self.conn.extended
     }
 
     /// Streams broadcasts on `stream` to this subscription. Inside `subscribed`,

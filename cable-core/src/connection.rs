@@ -26,7 +26,7 @@ use crate::auth::{ConnectRequest, Identifiers};
 use crate::broker::{BrokerError, HistoryPolicy};
 use crate::cable::{CommandRate, ConnHandle, Inner};
 use crate::channel::{Channel, ChannelError, Context, Params, SubState};
-use crate::hub::{Control, Target};
+use crate::hub::{Control, Hold, Target};
 use crate::logging::{LogLimiter, Snip};
 use crate::mailbox::{mailbox, Mailbox, MailboxReceiver};
 use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
@@ -216,6 +216,9 @@ pub(crate) struct ConnShared {
     /// Set when a remote disconnect ended the connection: its stored
     /// session is forgotten, so that it cannot be resumed.
     pub(crate) kicked: std::sync::atomic::AtomicBool,
+    /// The client speaks AnyCable's extended protocol
+    /// (`actioncable-v1-ext-json`); see [`Context::extended_protocol`].
+    pub(crate) extended: bool,
 }
 
 struct Subscription {
@@ -446,6 +449,7 @@ async fn run_session<S>(
         outbox: outbox.clone(),
         ctl: ctl_tx.clone(),
         kicked: std::sync::atomic::AtomicBool::new(false),
+        extended: ext.is_some(),
     };
     let internal = (!conn.connection_identifier.is_empty())
         .then(|| internal_channel(&conn.connection_identifier));
@@ -969,7 +973,7 @@ impl Session {
             }) => {
                 // History is served after the confirmation, as AnyCable.
                 let then = history.map(|h| (identifier.clone(), h));
-                if self.subscribe(io, identifier).await {
+                if self.subscribe(io, identifier, then.is_some()).await {
                     if let Some((identifier, history)) = then {
                         self.history(io, &identifier, history).await;
                     }
@@ -1009,7 +1013,9 @@ impl Session {
     }
 
     /// Subscribes; true when the subscription was confirmed now.
-    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String) -> bool
+    /// Subscribes to `identifier`; with `hold`, its live frames wait for
+    /// the history replay that follows.
+    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String, hold: bool) -> bool
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1073,6 +1079,9 @@ impl Session {
             state: SubState::new(identifier.clone(), class.clone(), params, cable.next_id()),
             channel: factory(),
         });
+        if hold {
+            sub.state.hold = Some(Hold::start(self.conn.outbox.clone()));
+        }
         let mut ctx = Context {
             conn: &self.conn,
             sub: &mut sub.state,
@@ -1264,6 +1273,11 @@ impl Session {
         S: Stream<Item = Inbound> + Unpin,
     {
         for (mut sub, stored) in subs {
+            // The client asks for what it missed right after the welcome:
+            // live frames wait for that replay.
+            if !stored.history.is_empty() {
+                sub.state.hold = Some(Hold::start(self.conn.outbox.clone()));
+            }
             for stream in stored.streams {
                 let policy =
                     stored
@@ -1329,23 +1343,36 @@ impl Session {
                 read_history(&self.conn, identifier, &streams, &request),
             )
             .await;
+        // Held live frames go out after the replay, less those it sent.
+        let hold = self
+            .subs
+            .get_mut(identifier)
+            .and_then(|s| s.state.hold.take());
+        let release = |replayed: &[(String, u64)]| {
+            if let Some(hold) = &hold {
+                hold.release(replayed);
+            }
+        };
         match outcome {
-            Outcome::Done(Ok(frames)) => {
+            Outcome::Done(Ok((frames, replayed))) => {
                 counters.history_reads.fetch_add(1, Ordering::Relaxed);
                 for frame in frames {
                     let _ = self.conn.outbox.push(frame);
                 }
+                release(&replayed);
                 let _ = self.conn.outbox.push(Frame::confirm_history(identifier));
             }
             Outcome::Done(Err(e)) => {
                 tracing::info!("History for {} rejected: {e}", Snip(identifier));
                 counters.history_misses.fetch_add(1, Ordering::Relaxed);
+                release(&[]);
                 let _ = self.conn.outbox.push(Frame::reject_history(identifier));
             }
-            Outcome::Interrupted => {}
+            Outcome::Interrupted => release(&[]),
             Outcome::Panicked(_) | Outcome::TimedOut => {
                 tracing::warn!("History for {} not read in time", Snip(identifier));
                 counters.history_misses.fetch_add(1, Ordering::Relaxed);
+                release(&[]);
                 let _ = self.conn.outbox.push(Frame::reject_history(identifier));
             }
         }
@@ -1469,7 +1496,7 @@ async fn read_history(
     identifier: &str,
     streams: &[String],
     request: &HistoryRequest,
-) -> Result<Vec<Frame>, BrokerError> {
+) -> Result<(Vec<Frame>, Vec<(String, u64)>), BrokerError> {
     let Some(broker) = &conn.cable.reliable.broker else {
         return Err(BrokerError::Unavailable(
             "no broker: history is not kept".into(),
@@ -1477,6 +1504,8 @@ async fn read_history(
     };
     let hub = &conn.cable.hub;
     let mut frames = Vec::new();
+    // The last offset replayed per stream.
+    let mut replayed = Vec::new();
     for stream in streams {
         let position = request
             .streams
@@ -1495,8 +1524,19 @@ async fn read_history(
                 frames.push(frame);
             }
         }
+        // What the client holds counts as sent too.
+        let held_by_client = position.map(|p| p.offset);
+        if let Some(last) = history
+            .entries
+            .iter()
+            .map(|e| e.offset)
+            .chain(held_by_client)
+            .max()
+        {
+            replayed.push((stream.clone(), last));
+        }
     }
-    Ok(frames)
+    Ok((frames, replayed))
 }
 
 /// Waits for the adapter to acknowledge every stream started since the last

@@ -44,8 +44,103 @@ pub(crate) enum Control {
 pub(crate) enum Target {
     /// A channel subscription: data frames into the connection's outbox.
     Frames(Arc<Outbox>),
+    /// A channel subscription whose live frames wait while the history a
+    /// client asked for is read (see [`Hold`]).
+    Held(Arc<Hold>),
     /// The connection's internal channel (`action_cable/<id>`).
     Internal(crate::mailbox::Mailbox),
+}
+
+/// Live frames held back from one subscription until its history replay
+/// has been sent, so that a broadcast landing while the history is read
+/// goes out once and after the older replayed ones (a resumed session or a
+/// subscribe with history). Bounded: past [`HOLD_MAX`] frames, or
+/// [`HOLD_TIMEOUT`] after it began, it lets everything through.
+pub(crate) struct Hold {
+    outbox: Arc<Outbox>,
+    /// `Some` while holding: the frames, with their stream and offset.
+    held: Mutex<Option<Vec<HeldFrame>>>,
+}
+
+/// A frame held back, with its stream and offset (none without history).
+type HeldFrame = (Arc<str>, Option<u64>, Frame);
+
+/// Most frames one subscription holds back.
+pub(crate) const HOLD_MAX: usize = 1024;
+/// Longest a subscription holds frames back: a resumed client asks for its
+/// history one round trip after the welcome; one that never asks gets its
+/// live frames this late (and one slower than this may get some twice).
+pub(crate) const HOLD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold").finish_non_exhaustive()
+    }
+}
+
+impl Hold {
+    /// Starts holding frames for `outbox`; lets them through by itself after
+    /// [`HOLD_TIMEOUT`].
+    pub(crate) fn start(outbox: Arc<Outbox>) -> Arc<Hold> {
+        let hold = Arc::new(Hold {
+            outbox,
+            held: Mutex::new(Some(Vec::new())),
+        });
+        let weak = Arc::downgrade(&hold);
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD_TIMEOUT).await;
+            if let Some(hold) = weak.upgrade() {
+                hold.release(&[]);
+            }
+        });
+        hold
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<HeldFrame>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `frame` (of `stream`, at `offset`) or, when no longer holding,
+    /// pushes it; false when the outbox refused it.
+    fn push(&self, stream: &str, offset: Option<u64>, frame: Frame) -> bool {
+        let mut held = self.lock();
+        match held.as_mut() {
+            Some(frames) if frames.len() < HOLD_MAX => {
+                frames.push((stream.into(), offset, frame));
+                true
+            }
+            Some(_) => {
+                tracing::warn!(
+                    "over {HOLD_MAX} live frames held back during a history replay; sending them"
+                );
+                Self::flush(&self.outbox, &mut held, &[]);
+                self.outbox.push(frame).is_ok()
+            }
+            None => self.outbox.push(frame).is_ok(),
+        }
+    }
+
+    /// Stops holding: pushes the held frames, in order, except those the
+    /// replay already sent (offset at or below `replayed`'s for its stream).
+    pub(crate) fn release(&self, replayed: &[(String, u64)]) {
+        let mut held = self.lock();
+        Self::flush(&self.outbox, &mut held, replayed);
+    }
+
+    fn flush(outbox: &Outbox, held: &mut Option<Vec<HeldFrame>>, replayed: &[(String, u64)]) {
+        // Pushed under the lock: a frame delivered meanwhile waits, so
+        // nothing overtakes the held ones.
+        for (stream, offset, frame) in held.take().unwrap_or_default() {
+            let sent = offset.is_some_and(|o| {
+                replayed
+                    .iter()
+                    .any(|(s, last)| **s == *stream && o <= *last)
+            });
+            if !sent {
+                let _ = outbox.push(frame);
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -292,10 +387,15 @@ impl Hub {
                 None => Frame::message(identifier, message),
             };
             subs.for_each(|target| {
-                if let Target::Frames(outbox) = target {
-                    if outbox.push(frame.clone()).is_ok() {
-                        sent += 1;
+                let pushed = match target {
+                    Target::Frames(outbox) => outbox.push(frame.clone()).is_ok(),
+                    Target::Held(hold) => {
+                        hold.push(stream, position.as_ref().map(|p| p.offset), frame.clone())
                     }
+                    Target::Internal(_) => false,
+                };
+                if pushed {
+                    sent += 1;
                 }
             });
         });

@@ -1,5 +1,5 @@
 //! The jitter run (`cable_loadgen::jitter`, AnyCable's jitter test) against
-//! the real `chat` binary (`chat --admin --history-all-streams`), small: 20 clients, 3 s, 10%
+//! the real `chat` binary (`chat --admin`), small: 20 clients, 3 s, 10%
 //! dropped every second. With history every client must end with every
 //! message exactly once after resuming by `?sid=` and `history`; without,
 //! plain clients that only subscribe again must have lost some (else the
@@ -32,11 +32,7 @@ fn opts(no_history: bool) -> JitterOpts {
 async fn run(o: JitterOpts) -> RunResult {
     // Not alongside the hostile cases (nor each other): they share two cores.
     let _serial = crate::hostile::SERIAL.lock().await;
-    let chat = Chat::start_logging(
-        &["--admin", "--history-all-streams"],
-        "warn,chat_example=info",
-    )
-    .await;
+    let chat = Chat::start_logging(&["--admin"], "warn,chat_example=info").await;
     let common = Common {
         target: Target::new(format!("ws://{}/cable?user=jitter{{i}}", chat.addr)),
         server: "chat".into(),

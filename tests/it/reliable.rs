@@ -8,14 +8,15 @@ use cable_core::{
 };
 use serde_json::{json, Value};
 
-/// Streams from `news` with history.
+/// Streams from its `stream` param (default `news`) with history.
 #[derive(Default)]
-struct News;
+pub(crate) struct News;
 
 #[async_trait]
 impl Channel for News {
     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        ctx.stream_from_with_history("news");
+        let stream = ctx.param_str("stream").unwrap_or("news").to_owned();
+        ctx.stream_from_with_history(stream);
         Ok(())
     }
 }

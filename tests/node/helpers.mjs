@@ -149,6 +149,7 @@ export async function startServer({
   admin = false,
   origins = [ORIGIN],
   readyTimeout = 20_000,
+  extraArgs = [],
 } = {}) {
   if (!existsSync(CHAT_BIN)) {
     throw new Error(
@@ -159,6 +160,7 @@ export async function startServer({
   const args = ["--bind", `127.0.0.1:${port}`];
   for (const o of origins) args.push("--allowed-origin", o);
   if (admin) args.push("--admin");
+  args.push(...extraArgs);
 
   const child = spawn(CHAT_BIN, args, { stdio: ["ignore", "pipe", "pipe"], cwd: HERE });
   const server = new ChatServer({ port, admin, origins, child, args });

@@ -88,44 +88,51 @@ impl<C: Connect> LazyConnection<C> {
 
     /// Runs `f` on the connection (opened first if needed) within the
     /// timeout, connecting included. `what` names the request in the
-    /// timeout's error.
+    /// timeout's error. A connection that died while idle is found out by
+    /// its first use: `f` then runs once more on a fresh one (see
+    /// [`LazyPublisher::publish`](crate::LazyPublisher::publish)).
     pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BrokerError>
     where
-        F: FnOnce(C::Conn) -> Fut + Send,
+        F: Fn(C::Conn) -> Fut + Send,
         Fut: Future<Output = Result<T, CallFailure>> + Send,
     {
         let deadline = Instant::now() + self.timeout;
-        let connection =
-            self.slot
-                .get(|| self.backend.connect(), C::is_closed, (C::NAME, "broker"));
-        let (generation, conn) = match timeout_at(deadline, connection).await {
-            Ok(found) => found?,
-            Err(_) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "could not connect to {} within {:?}",
-                    C::NAME,
-                    self.timeout
-                )))
-            }
-        };
-        match timeout_at(deadline, f(conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(failure)) => {
-                if failure.broken {
-                    self.slot.discard(generation);
+        loop {
+            let connection =
+                self.slot
+                    .get_reused(|| self.backend.connect(), C::is_closed, (C::NAME, "broker"));
+            let (generation, conn, reused) = match timeout_at(deadline, connection).await {
+                Ok(found) => found?,
+                Err(_) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "could not connect to {} within {:?}",
+                        C::NAME,
+                        self.timeout
+                    )))
                 }
-                Err(failure.error)
-            }
-            Err(_) => {
-                // A reply that did not come in time may still come, and would
-                // be read as the next call's: start afresh.
+            };
+            let failure = match timeout_at(deadline, f(conn)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    // A reply that did not come in time may still come, and
+                    // would be read as the next call's: start afresh.
+                    self.slot.discard(generation);
+                    return Err(BrokerError::Unavailable(format!(
+                        "no reply to {what} from {} within {:?}",
+                        C::NAME,
+                        self.timeout
+                    )));
+                }
+            };
+            if failure.broken {
                 self.slot.discard(generation);
-                Err(BrokerError::Unavailable(format!(
-                    "no reply to {what} from {} within {:?}",
-                    C::NAME,
-                    self.timeout
-                )))
+                if reused {
+                    tracing::debug!(backend = C::NAME, error = %failure.error, "broker connection found dead; {what} again on a new one");
+                    continue;
+                }
             }
+            return Err(failure.error);
         }
     }
 }
@@ -193,15 +200,28 @@ mod tests {
             .await;
         assert_eq!(refused, Err(BrokerError::Backend("no".into())));
         assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(1));
-        let _ = lazy
-            .call("x", |_| async {
-                Err::<(), _>(CallFailure {
-                    error: BrokerError::Unavailable("reset".into()),
-                    broken: true,
-                })
+        let reset = || CallFailure {
+            error: BrokerError::Unavailable("reset".into()),
+            broken: true,
+        };
+        // Broken on the reused connection: replaced, and the call made once
+        // more on the new one (a connection that died while idle).
+        let healed = lazy
+            .call("x", |c| async move {
+                if c == 1 {
+                    Err(reset())
+                } else {
+                    Ok(c)
+                }
             })
             .await;
-        assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(2));
+        assert_eq!(healed, Ok(2));
+        // Broken on the fresh one too: the failure comes back, after one
+        // more try at most.
+        let broken = lazy.call("x", |_| async { Err::<(), _>(reset()) }).await;
+        assert_eq!(broken, Err(BrokerError::Unavailable("reset".into())));
+        assert_eq!(connects.load(Ordering::SeqCst), 3);
+        assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(4));
         // A call that hangs fails within the bound and drops the connection.
         let hung = lazy
             .call("HANG", |_| {
@@ -222,8 +242,8 @@ mod tests {
         up.store(true, Ordering::SeqCst);
         assert!(lazy.call("x", |c| async move { Ok(c) }).await.is_err());
         tokio::time::advance(RETRY_HOLDOFF).await;
-        assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(3));
-        assert_eq!(connects.load(Ordering::SeqCst), 3);
+        assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(5));
+        assert_eq!(connects.load(Ordering::SeqCst), 5);
     }
 
     #[test]

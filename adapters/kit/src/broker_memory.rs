@@ -1,25 +1,23 @@
 //! The broker conformance suite against cable-core's `MemoryBroker`: the
 //! embedded default keeps the contract the Redis and PostgreSQL brokers
-//! keep, and the suite runs without any server. Two "nodes" share one
-//! broker, as two `Cable`s of one process can.
-
-use std::sync::Arc;
+//! keep, and the suite runs without any server. Two "nodes" are clones of
+//! one broker, which share its store.
 
 use cable_core::broker::MemoryBroker;
 
 use crate::broker_conformance::BrokerConformance;
 
-struct MemorySuite(Arc<MemoryBroker>);
+struct MemorySuite(MemoryBroker);
 
 #[async_trait::async_trait]
 impl BrokerConformance for MemorySuite {
-    type Broker = Arc<MemoryBroker>;
+    type Broker = MemoryBroker;
 
     async fn setup() -> Option<Self> {
-        Some(MemorySuite(Arc::new(MemoryBroker::new())))
+        Some(MemorySuite(MemoryBroker::new()))
     }
 
-    fn broker(&self) -> Arc<MemoryBroker> {
+    fn broker(&self) -> MemoryBroker {
         self.0.clone()
     }
 
@@ -27,7 +25,7 @@ impl BrokerConformance for MemorySuite {
         self.0.forget(stream);
     }
 
-    fn unreachable(&self) -> Option<Arc<MemoryBroker>> {
+    fn unreachable(&self) -> Option<MemoryBroker> {
         None
     }
 }

@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use cable_core::pubsub::{Delivery, PubSub};
 use cable_core::transport::{Inbound, Outbox, Outgoing};
 use cable_core::{
-    authenticate_with, Cable, CableConfig, Channel, ChannelError, ConnectRequest, Context,
-    Identifiers, PubSubError, Unauthorized,
+    authenticate_with, Cable, CableBuilder, CableConfig, Channel, ChannelError, ConnectRequest,
+    Context, Identifiers, PubSubError, Unauthorized,
 };
 pub use cable_test::{eventually, frames, TestServer};
 use serde_json::json;
@@ -135,13 +135,13 @@ impl Channel for ChatChannel {
     }
 }
 
-/// A real server on `adapter`, `ChatChannel` mounted, users identified by
+/// A cable on `adapter`, `ChatChannel` mounted, users identified by
 /// `?user=` (`current_user`).
-pub async fn serve<P: PubSub>(
+pub fn chat_builder<P: PubSub>(
     config: CableConfig,
     adapter: impl FnOnce(Delivery) -> P,
-) -> TestServer {
-    let builder = Cable::builder()
+) -> CableBuilder {
+    Cable::builder()
         .config(config)
         .channel("ChatChannel", ChatChannel::default)
         .authenticate(authenticate_with(|req: ConnectRequest| async move {
@@ -150,8 +150,35 @@ pub async fn serve<P: PubSub>(
                 .ok_or_else(|| Unauthorized::because("no user"))
         }))
         .try_pubsub(|d| Ok::<_, Infallible>(adapter(d)))
-        .unwrap_or_else(|never| match never {});
-    TestServer::start(builder).await
+        .unwrap_or_else(|never| match never {})
+}
+
+/// A node of an adapter's own tests: a [`chat_builder`] cable on the adapter
+/// `make` builds, and what `status` reads off that adapter (its status
+/// handle) before the cable takes it.
+pub fn chat_node<P: PubSub, S>(
+    make: impl FnOnce(Delivery) -> P,
+    status: impl FnOnce(&P) -> S,
+) -> (Cable, S) {
+    let mut seen = None;
+    let cable = chat_builder(CableConfig::default(), |d| {
+        let adapter = make(d);
+        seen = Some(status(&adapter));
+        adapter
+    })
+    .build();
+    let Some(seen) = seen else {
+        unreachable!("the adapter factory runs in try_pubsub")
+    };
+    (cable, seen)
+}
+
+/// A real server on `adapter`, as [`chat_builder`] makes it.
+pub async fn serve<P: PubSub>(
+    config: CableConfig,
+    adapter: impl FnOnce(Delivery) -> P,
+) -> TestServer {
+    TestServer::start(chat_builder(config, adapter)).await
 }
 
 /// A node of the suite: a server on the adapter, and what the probes need.
@@ -449,6 +476,39 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
+    /// Broadcasts `{"n": from}`, `{"n": from + 1}`… on `chat_lobby` every
+    /// 100 ms until one reaches this client's subscription `identifier`
+    /// (which is in the lobby): delivery has resumed after an outage. Panics
+    /// unless it does within 5 s of `since`.
+    pub async fn until_delivery_resumes(
+        &mut self,
+        cable: &Cable,
+        identifier: &str,
+        from: u64,
+        since: Instant,
+    ) {
+        for n in from.. {
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "delivery did not resume within 5 s of the end of the outage"
+            );
+            if cable
+                .broadcast("chat_lobby", &json!({ "n": n }))
+                .await
+                .is_ok()
+            {
+                let expected = message_frame(identifier, &format!(r#"{{"n":{n}}}"#));
+                if let Ok(Outgoing::Text(f)) =
+                    tokio::time::timeout(Duration::from_millis(300), self.next()).await
+                {
+                    assert_eq!(f.as_str(), expected);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects as `user` and reads the welcome.
     pub async fn connect(cable: &Cable, user: &str) -> LocalClient {
         let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();

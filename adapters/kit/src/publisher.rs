@@ -77,40 +77,52 @@ impl<P: Publish> LazyPublisher<P> {
 
     /// Publishes `payload` on backend `channel` within [`PUBLISH_TIMEOUT`],
     /// connecting included.
+    ///
+    /// A connection that died while idle (the server restarted, a proxy
+    /// dropped it) is found out by its first use: then the broadcast is
+    /// sent once more on a fresh connection, as Rails' redis client
+    /// reconnects once. (A command that reached the server just before the
+    /// connection broke may so be sent twice; a lost broadcast is worse.)
     pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), PubSubError> {
         let deadline = Instant::now() + PUBLISH_TIMEOUT;
-        let connection = self.slot.get(
-            || self.backend.connect(),
-            P::is_closed,
-            (P::NAME, "publisher"),
-        );
-        let (generation, conn) = match timeout_at(deadline, connection).await {
-            Ok(found) => found?,
-            Err(_) => {
-                return Err(PubSubError::Unavailable(format!(
-                    "could not connect to {} within {}s",
-                    P::NAME,
-                    PUBLISH_TIMEOUT.as_secs()
-                )))
-            }
-        };
-        match timeout_at(deadline, self.backend.publish(&conn, channel, payload)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(failure)) => {
-                if failure.broken {
-                    self.slot.discard(generation);
+        loop {
+            let connection = self.slot.get_reused(
+                || self.backend.connect(),
+                P::is_closed,
+                (P::NAME, "publisher"),
+            );
+            let (generation, conn, reused) = match timeout_at(deadline, connection).await {
+                Ok(found) => found?,
+                Err(_) => {
+                    return Err(PubSubError::Unavailable(format!(
+                        "could not connect to {} within {}s",
+                        P::NAME,
+                        PUBLISH_TIMEOUT.as_secs()
+                    )))
                 }
-                Err(failure.error)
-            }
-            Err(_) => {
+            };
+            let failure =
+                match timeout_at(deadline, self.backend.publish(&conn, channel, payload)).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => {
+                        self.slot.discard(generation);
+                        return Err(PubSubError::Unavailable(format!(
+                            "no reply to {} from {} within {}s",
+                            P::COMMAND,
+                            P::NAME,
+                            PUBLISH_TIMEOUT.as_secs()
+                        )));
+                    }
+                };
+            if failure.broken {
                 self.slot.discard(generation);
-                Err(PubSubError::Unavailable(format!(
-                    "no reply to {} from {} within {}s",
-                    P::COMMAND,
-                    P::NAME,
-                    PUBLISH_TIMEOUT.as_secs()
-                )))
+                if reused {
+                    tracing::debug!(adapter = P::NAME, error = %failure.error, "publisher connection found dead; publishing again on a new one");
+                    continue;
+                }
             }
+            return Err(failure.error);
         }
     }
 }

@@ -42,6 +42,25 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Like [`get`](Self::get), also telling whether the connection was
+    /// already there (reused) rather than opened by this call.
+    pub(crate) async fn get_reused<F, Fut>(
+        &self,
+        connect: F,
+        is_closed: impl Fn(&T) -> bool,
+        names: (&'static str, &'static str),
+    ) -> Result<(u64, T, bool), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Some((generation, conn)) = self.current(&is_closed) {
+            return Ok((generation, conn, true));
+        }
+        let (generation, conn) = self.get(connect, is_closed, names).await?;
+        Ok((generation, conn, false))
+    }
+
     /// The connection and its generation: the one in the slot unless
     /// `is_closed` says it is, else a new one from `connect` (one caller
     /// connects, the others wait for it). Within [`RETRY_HOLDOFF`] of a

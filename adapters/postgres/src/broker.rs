@@ -811,14 +811,7 @@ impl Broker for PostgresBroker {
 /// As the pub/sub side classifies errors: connection problems and
 /// transient server conditions are `Unavailable`, anything else `Backend`.
 fn to_broker_error(e: &tokio_postgres::Error) -> BrokerError {
-    let transient = match e.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
-        }
-    };
-    if transient {
+    if crate::error::is_transient(e) {
         BrokerError::Unavailable(format!("postgres: {}", describe(e)))
     } else {
         BrokerError::Backend(format!("postgres: {}", describe(e)))

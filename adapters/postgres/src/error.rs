@@ -20,20 +20,21 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Connection problems and transient server conditions (class 53:
-/// insufficient resources, such as too many connections; class 57: operator
-/// intervention) are `Unavailable`: retrying later may work. Anything else
-/// the server refused (authentication, permissions, invalid values) is
-/// `Backend`.
+/// Connection problems and transient server conditions (class 08:
+/// connection exception; 53: insufficient resources, such as too many
+/// connections; 57: operator intervention): retrying later may work.
+/// Anything else the server refused (authentication, permissions, invalid
+/// values) is not.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    e.code().is_none_or(|code| {
+        let code = code.code();
+        code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+    })
+}
+
+/// [`is_transient`] errors are `Unavailable`, anything else `Backend`.
 pub(crate) fn to_pubsub_error(e: &tokio_postgres::Error) -> PubSubError {
-    let transient = match e.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
-        }
-    };
-    if transient {
+    if is_transient(e) {
         PubSubError::Unavailable(format!("postgres: {}", describe(e)))
     } else {
         PubSubError::Backend(format!("postgres: {}", describe(e)))

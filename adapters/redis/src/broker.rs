@@ -361,9 +361,10 @@ impl RedisBroker {
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, BrokerError>
     where
         T: Send,
-        F: FnOnce(Conn) -> Fut + Send,
+        F: Fn(Conn) -> Fut + Send + Sync,
         Fut: std::future::Future<Output = Result<T, RedisError>> + Send,
     {
+        let f = &f;
         self.conn
             .call(what, |conn| async move {
                 f(conn).await.map_err(|e| CallFailure {
@@ -385,9 +386,10 @@ impl RedisBroker {
             self.config.meta_key(stream),
             self.config.history_key(stream),
         );
+        let (meta, history) = (meta.as_str(), history.as_str());
         let value = self
             .call("a history read", |mut conn| async move {
-                script.run(&mut conn.redis, &[&meta, &history], args).await
+                script.run(&mut conn.redis, &[meta, history], args).await
             })
             .await?;
         Reply::parse(stream, value)
@@ -476,6 +478,8 @@ impl Broker for RedisBroker {
         let ttl = millis(policy.ttl).to_string();
         let epoch = new_epoch();
         let script = &self.scripts.append;
+        let (meta, history) = (meta.as_str(), history.as_str());
+        let (limit, ttl, epoch) = (&limit, &ttl, &epoch);
         let value = self
             .call("the append script", |mut conn| async move {
                 let args: [&[u8]; 5] = [
@@ -485,7 +489,7 @@ impl Broker for RedisBroker {
                     epoch.as_bytes(),
                     conn.run_id.as_bytes(),
                 ];
-                script.run(&mut conn.redis, &[&meta, &history], &args).await
+                script.run(&mut conn.redis, &[meta, history], &args).await
             })
             .await?;
         let bad =
@@ -540,10 +544,11 @@ impl Broker for RedisBroker {
         let key = self.config.policy_key(stream);
         let value = format!("{} {}", policy.limit, millis(policy.ttl));
         let ttl = millis(policy.ttl);
+        let (key, value) = (&key, &value);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
+                .arg(key)
+                .arg(value)
                 .arg("PX")
                 .arg(ttl)
                 .exec_async(&mut conn.redis)
@@ -553,11 +558,11 @@ impl Broker for RedisBroker {
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
-        let key = self.config.policy_key(stream);
+        let key = &self.config.policy_key(stream);
         let value: Option<String> = self
             .call("GET", |mut conn| async move {
                 redis::cmd("GET")
-                    .arg(&key)
+                    .arg(key)
                     .query_async(&mut conn.redis)
                     .await
             })
@@ -583,11 +588,11 @@ impl Broker for RedisBroker {
         state: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         let ttl = millis(ttl);
         self.call("SET", |mut conn| async move {
             redis::cmd("SET")
-                .arg(&key)
+                .arg(key)
                 .arg(state)
                 .arg("PX")
                 .arg(ttl)
@@ -598,10 +603,10 @@ impl Broker for RedisBroker {
     }
 
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         self.call("GET", |mut conn| async move {
             redis::cmd("GET")
-                .arg(&key)
+                .arg(key)
                 .query_async(&mut conn.redis)
                 .await
         })
@@ -609,12 +614,9 @@ impl Broker for RedisBroker {
     }
 
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
-        let key = self.config.session_key(sid);
+        let key = &self.config.session_key(sid);
         self.call("DEL", |mut conn| async move {
-            redis::cmd("DEL")
-                .arg(&key)
-                .exec_async(&mut conn.redis)
-                .await
+            redis::cmd("DEL").arg(key).exec_async(&mut conn.redis).await
         })
         .await
     }
@@ -624,20 +626,13 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Connection-level and transient server errors are `Unavailable` (retrying
-/// later may work); other errors are `Backend`.
+/// As the pub/sub side classifies errors: transient ones are
+/// `Unavailable`, other errors `Backend`.
 fn to_broker_error(e: &RedisError) -> BrokerError {
-    match e.kind() {
-        ErrorKind::Io
-        | ErrorKind::Parse
-        | ErrorKind::ClusterConnectionNotFound
-        | ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::MasterDown,
-        ) => BrokerError::Unavailable(format!("redis: {e}")),
-        _ => BrokerError::Backend(format!("redis: {e}")),
+    if crate::publisher::is_transient(e) {
+        BrokerError::Unavailable(format!("redis: {e}"))
+    } else {
+        BrokerError::Backend(format!("redis: {e}"))
     }
 }
 

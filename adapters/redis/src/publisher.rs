@@ -61,19 +61,27 @@ pub(crate) async fn set_name(conn: &mut MultiplexedConnection, name: &str) {
     }
 }
 
-/// Connection-level and transient server errors are `Unavailable` (retrying
-/// later may work); other errors are `Backend`.
-pub(crate) fn to_pubsub_error(e: &RedisError) -> PubSubError {
-    match e.kind() {
+/// Connection-level and transient server errors: retrying later may work.
+pub(crate) fn is_transient(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
         ErrorKind::Io
-        | ErrorKind::Parse
-        | ErrorKind::ClusterConnectionNotFound
-        | ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::MasterDown,
-        ) => PubSubError::Unavailable(format!("redis: {e}")),
-        _ => PubSubError::Backend(format!("redis: {e}")),
+            | ErrorKind::Parse
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown,
+            )
+    )
+}
+
+/// [`is_transient`] errors are `Unavailable`; other errors are `Backend`.
+pub(crate) fn to_pubsub_error(e: &RedisError) -> PubSubError {
+    if is_transient(e) {
+        PubSubError::Unavailable(format!("redis: {e}"))
+    } else {
+        PubSubError::Backend(format!("redis: {e}"))
     }
 }

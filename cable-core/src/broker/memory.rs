@@ -1,7 +1,7 @@
 //! The embedded broker: history and sessions in this process's memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,10 +29,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 ///   tests), and timestamps are the Unix time at the broker's creation plus
 ///   the tokio time elapsed since, so `since` and TTLs move together under a
 ///   paused clock.
-#[derive(Debug)]
+///
+/// Clones share one store, as nodes of one process sharing a backend would
+/// (`Cable`s in a test, say).
+#[derive(Clone, Debug)]
 pub struct MemoryBroker {
-    state: Mutex<State>,
-    epoch: String,
+    state: Arc<Mutex<State>>,
+    epoch: Arc<str>,
     started: Instant,
     started_unix: u64,
 }
@@ -83,8 +86,8 @@ impl MemoryBroker {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         MemoryBroker {
-            state: Mutex::new(State::default()),
-            epoch: crate::ids::random_id(4),
+            state: Arc::new(Mutex::new(State::default())),
+            epoch: crate::ids::random_id(4).into(),
             started: Instant::now(),
             started_unix,
         }

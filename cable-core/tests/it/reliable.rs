@@ -427,8 +427,14 @@ async fn a_session_resumes_with_its_identifiers_and_streams_without_the_hooks() 
     assert_eq!(cable.cable().stats().restored_sessions, 1);
     assert_eq!(cable.cable().stats().subscriptions, 2);
 
-    // The streams are back on the hub: broadcasts reach the new socket,
+    // The streams are back on the hub: broadcasts reach the new socket
+    // (once its history is asked for: live frames wait for that replay),
     // and the history stream still keeps positions.
+    for identifier in [id("x"), plain.clone()] {
+        b.send(json!({"command": "history", "identifier": identifier,
+            "history": {"since": unix_now()}}));
+    }
+    b.settle().await;
     let before = b.frames().len();
     publish(&cable, "feed_x", 1).await;
     publish(&cable, "feed_y", 1).await;
@@ -686,4 +692,126 @@ async fn durations_past_the_clock_are_for_ever() {
     let frames = frames_after(&a, 2);
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[1]["offset"], 2);
+}
+
+/// Transmits `ctx.extended_protocol()` on subscribe.
+struct Which;
+
+#[async_trait]
+impl Channel for Which {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        ctx.stream_from("which");
+        ctx.transmit(&json!({ "extended": ctx.extended_protocol() }))
+    }
+}
+
+#[tokio::test]
+async fn a_channel_can_tell_an_extended_protocol_client_from_a_plain_one() {
+    let cable = TestCable::new(builder(&Calls::default()).channel("Which", || Which));
+    let plain = cable
+        .connect(Request::new().query("user", "p"))
+        .await
+        .unwrap();
+    let sub = plain.subscribe("Which", json!({})).await;
+    sub.assert_transmitted(json!({"extended": false}));
+    let e = ext(&cable, "e").await;
+    let sub = e.subscribe("Which", json!({})).await;
+    sub.assert_transmitted(json!({"extended": true}));
+}
+
+/// The `n`s and offsets of the broadcast frames among `frames`, in order.
+fn ns(frames: &[Value]) -> Vec<(u64, u64)> {
+    frames
+        .iter()
+        .filter(|f| f.get("message").is_some())
+        .map(|f| {
+            (
+                f["message"]["n"].as_u64().unwrap(),
+                f["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Resumes `old`'s session on a new connection (welcome only, so far).
+async fn resume(cable: &TestCable, old: &str) -> Connection {
+    let b = cable
+        .connect(Request::new().ext().query("sid", old))
+        .await
+        .unwrap();
+    assert_eq!(welcome(&b)["restored"], true);
+    b
+}
+
+#[tokio::test]
+async fn a_resumed_subscription_holds_live_frames_until_its_history_is_replayed() {
+    let (cable, _) = cable();
+    let a = ext(&cable, "a").await;
+    a.subscribe_to(&id("hold")).await.assert_confirmed();
+    publish(&cable, "feed_hold", 2).await;
+    a.settle().await;
+    let epoch = last_epoch(&a);
+    let old = sid(&a);
+    a.disconnect().await;
+    publish(&cable, "feed_hold", 1).await; // n=1, offset 3: missed
+
+    let b = resume(&cable, &old).await;
+    // Broadcast after the resume, before the client's history request:
+    // held, not sent ahead of the replay.
+    publish(&cable, "feed_hold", 2).await; // offsets 4 and 5
+    b.settle().await;
+    assert_eq!(frames_after(&b, 1), Vec::<Value>::new());
+    let got = ask(&b, &id("hold"), "feed_hold", &epoch, 2).await;
+    let got: Vec<Value> = got
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    // The replay (3, 4, 5), then nothing twice, then the confirmation.
+    assert_eq!(ns(&got), [(1, 3), (1, 4), (2, 5)], "{got:?}");
+    assert_eq!(got.last().unwrap()["type"], "confirm_history");
+    // Live again, straight through.
+    publish(&cable, "feed_hold", 1).await;
+    b.settle().await;
+    assert_eq!(ns(&frames_after(&b, 1 + got.len())), [(1, 6)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_frames_go_out_by_themselves_when_no_history_is_asked_for() {
+    let (cable, _) = cable();
+    let a = ext(&cable, "a").await;
+    a.subscribe_to(&id("quiet")).await.assert_confirmed();
+    let old = sid(&a);
+    a.disconnect().await;
+    let b = resume(&cable, &old).await;
+    publish(&cable, "feed_quiet", 2).await;
+    b.settle().await;
+    assert_eq!(frames_after(&b, 1).len(), 0, "held");
+    b.advance(Duration::from_secs(3)).await;
+    b.settle().await;
+    assert_eq!(ns(&frames_after(&b, 1)), [(1, 1), (2, 2)]);
+}
+
+#[tokio::test]
+async fn a_subscribe_with_history_sends_the_replay_and_live_frames_once_in_order() {
+    let (cable, _) = cable();
+    let a = ext(&cable, "a").await;
+    a.subscribe_to(&id("sub")).await.assert_confirmed();
+    publish(&cable, "feed_sub", 3).await;
+    a.settle().await;
+    let epoch = last_epoch(&a);
+    // A new connection (no resume) subscribing from offset 1: the replay
+    // (2, 3) and what is broadcast meanwhile (4), each once, in order.
+    let b = ext(&cable, "b").await;
+    b.send(json!({"command": "subscribe", "identifier": id("sub"),
+        "history": {"streams": {"feed_sub": {"epoch": epoch, "offset": 1}}}}));
+    publish(&cable, "feed_sub", 1).await;
+    b.settle().await;
+    let got = frames_after(&b, 1);
+    assert_eq!(got[0]["type"], "confirm_subscription", "{got:?}");
+    assert!(
+        got.iter().any(|f| f["type"] == "confirm_history"),
+        "{got:?}"
+    );
+    let offsets: Vec<u64> = ns(&got).iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, [2, 3, 4], "{got:?}");
 }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cable_core::redact_url;
-use cable_postgres::{PostgresConfig, PostgresPubSub};
-use cable_redis::{RedisConfig, RedisPubSub};
+use cable_postgres::{PostgresBroker, PostgresBrokerConfig, PostgresConfig, PostgresPubSub};
+use cable_redis::{RedisBroker, RedisBrokerConfig, RedisConfig, RedisPubSub};
 use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -51,16 +51,6 @@ struct Args {
     /// app's prefix to interoperate.
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
-    /// History and session store behind reliable streams: `memory` (this
-    /// process only), `none` (no history, no session restore), a Redis URL
-    /// or a PostgreSQL URL (shared by the nodes on it).
-    #[arg(long, value_name = "memory|none|URL", default_value = "memory")]
-    broker: String,
-    /// Every stream keeps history (the rooms included): broadcasts carry
-    /// `stream_id`, `epoch` and `offset`, and a client that was away can ask
-    /// `history` for what it missed.
-    #[arg(long)]
-    history_all_streams: bool,
     /// Most subscriptions per connection; more get reject_subscription (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_subscriptions_per_connection: usize,
@@ -89,6 +79,30 @@ struct Args {
     /// Most connections not upgraded yet; past it the oldest is closed.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_pending_connections: usize,
+    /// Where reliable streams keep their history and sessions: `memory`
+    /// (this process only; a restart forgets them); a Redis URL or a
+    /// PostgreSQL URL (as `--adapter` takes), shared by every node on it, so a
+    /// client resumes on any node; or `adapter`, the same backend and URL as
+    /// `--adapter` (`memory` when the adapter is).
+    #[arg(long, value_name = "memory|adapter|URL", default_value = "memory")]
+    broker: String,
+    /// Messages of history kept per room, for clients on AnyCable's extended
+    /// protocol (`@anycable/web`) to catch up after a reconnect; older ones
+    /// are evicted and a client that missed them gets `reject_history`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    history_limit: usize,
+    /// Seconds a message stays in a room's history.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    history_ttl: f64,
+    /// Seconds a disconnected extended-protocol client's session stays
+    /// restorable (resumed by `?sid=` without the connect hook; 0: off).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    session_ttl: f64,
+    /// Seconds an extended-protocol client may stay silent (no command, no
+    /// pong) before it is disconnected with `no_pong` (0: off). Set it above
+    /// the 3 s ping interval plus a round trip.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pong_timeout: f64,
 }
 
 /// Seconds from a flag as a duration; an error names the flag.
@@ -99,6 +113,16 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
         .ok_or_else(|| format!("--{flag} {secs}: a number of seconds above 0"))
 }
 
+/// Seconds from a flag where 0 turns the feature off (`None`).
+fn seconds_or_off(flag: &str, secs: f64) -> Result<Option<Duration>, String> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("--{flag} {secs}: a number of seconds, 0 for off"))
+}
+
 impl Args {
     /// The limits the flags set, in the core's and the HTTP server's terms.
     fn limits(&self) -> Result<(cable_core::CableConfig, ServeOptions), String> {
@@ -106,7 +130,6 @@ impl Args {
         core.max_subscriptions_per_connection = (self.max_subscriptions_per_connection > 0)
             .then_some(self.max_subscriptions_per_connection);
         core.max_identifier_bytes = self.max_identifier_size;
-        core.history_all_streams = self.history_all_streams;
         core.command_rate = (self.command_rate > 0).then_some(cable_core::CommandRate {
             burst: self.command_burst.max(1),
             per_second: self.command_rate,
@@ -120,40 +143,20 @@ impl Args {
         core.max_outbound_message_bytes = self.max_outbound_message_size;
         core.connect_timeout = seconds("connect-timeout", self.connect_timeout)?;
         core.callback_timeout = seconds("callback-timeout", self.callback_timeout)?;
+        if self.history_limit == 0 {
+            return Err("--history-limit 0: at least 1 message".to_owned());
+        }
+        core.history_policy = cable_core::broker::HistoryPolicy {
+            limit: self.history_limit,
+            ttl: seconds("history-ttl", self.history_ttl)?,
+        };
+        core.session_ttl = seconds_or_off("session-ttl", self.session_ttl)?.unwrap_or_default();
+        core.pong_timeout = seconds_or_off("pong-timeout", self.pong_timeout)?;
         let mut serve =
             ServeOptions::with_drain_timeout(Duration::from_secs(self.shutdown_timeout));
         serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
         serve.max_pending_connections = self.max_pending_connections.max(1);
         Ok((core, serve))
-    }
-}
-
-/// Puts the broker `--broker` names on `builder`; an error names the flag
-/// and the value (with any password masked).
-fn with_broker(
-    builder: cable_core::CableBuilder,
-    url: &str,
-) -> Result<cable_core::CableBuilder, String> {
-    let scheme = url
-        .split_once("://")
-        .map(|(scheme, _)| scheme.to_ascii_lowercase())
-        .unwrap_or_else(|| url.to_owned());
-    let refused = |e: &dyn std::fmt::Display| format!("--broker {}: {e}", redact_url(url));
-    match scheme.as_str() {
-        "memory" => Ok(builder.broker(cable_core::broker::MemoryBroker::new())),
-        "none" => Ok(builder.no_broker()),
-        "redis" | "rediss" | "redis+unix" => builder
-            .try_broker(|| cable_redis::RedisBroker::new(cable_redis::RedisBrokerConfig::new(url)))
-            .map_err(|e| refused(&e)),
-        "postgres" | "postgresql" => builder
-            .try_broker(|| {
-                cable_postgres::PostgresBroker::new(cable_postgres::PostgresBrokerConfig::new(url))
-            })
-            .map_err(|e| refused(&e)),
-        _ => Err(format!(
-            "--broker {:?}: unknown broker; expected memory, none, redis://… or postgres://…",
-            redact_url(url)
-        )),
     }
 }
 
@@ -220,6 +223,48 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
     Ok(chosen)
 }
 
+/// The broker chosen on the command line: where history and sessions live.
+#[derive(Debug)]
+enum BrokerChoice {
+    Memory,
+    Redis(RedisBrokerConfig),
+    Postgres(PostgresBrokerConfig),
+}
+
+/// Reads `--broker` (`adapter` meaning `--adapter`'s value); an error names
+/// the flag and the value (with any password masked).
+fn choose_broker(broker: &str, adapter: &str) -> Result<BrokerChoice, (ErrorKind, String)> {
+    let url = if broker == "adapter" { adapter } else { broker };
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let invalid =
+        |e: &dyn std::fmt::Display| (ErrorKind::ValueValidation, format!("--broker: {e}"));
+    match scheme.as_deref() {
+        None if url == "memory" => Ok(BrokerChoice::Memory),
+        Some("memory") if url.len() == "memory://".len() => Ok(BrokerChoice::Memory),
+        Some("redis" | "rediss" | "redis+unix") => {
+            let config = RedisBrokerConfig::new(url);
+            // The error masks the password.
+            config.validate().map_err(|e| invalid(&e))?;
+            Ok(BrokerChoice::Redis(config))
+        }
+        Some("postgres" | "postgresql") => {
+            let config = PostgresBrokerConfig::new(url);
+            config.validate().map_err(|e| invalid(&e))?;
+            Ok(BrokerChoice::Postgres(config))
+        }
+        _ => Err((
+            ErrorKind::ValueValidation,
+            format!(
+                "--broker {:?}: unknown broker; expected memory, adapter (the same as \
+                 --adapter), redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                redact_url(url)
+            ),
+        )),
+    }
+}
+
 /// Runs the `chat` command: parses the process's arguments (exiting with
 /// clap's usage error on bad ones), logs to stderr, serves until SIGINT or
 /// SIGTERM.
@@ -237,6 +282,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
     let adapter = choose_adapter(&args.adapter, args.channel_prefix.as_deref())
         .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
+    let broker = choose_broker(&args.broker, &args.adapter)
+        .unwrap_or_else(|(kind, msg)| Args::command().error(kind, msg).exit());
     let mut opts = crate::Options {
         admin: args.admin,
         ..Default::default()
@@ -253,9 +300,36 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--allowed-origin-regex {re:?}: {e}"))?,
         );
     }
-    let builder = with_broker(crate::cable_builder().config(core), &args.broker)
-        .unwrap_or_else(|msg| Args::command().error(ErrorKind::InvalidValue, msg).exit());
-    tracing::info!("broker: {}", redact_url(&args.broker));
+    let history = format!(
+        "history of {} messages for {:?} per room, sessions for {:?}",
+        core.history_policy.limit, core.history_policy.ttl, core.session_ttl
+    );
+    let builder = crate::cable_builder();
+    let builder = match broker {
+        BrokerChoice::Memory => {
+            tracing::info!("broker: memory ({history}; this process only)");
+            builder.broker(cable_core::broker::MemoryBroker::new())
+        }
+        BrokerChoice::Redis(config) => {
+            tracing::info!(
+                "broker: redis at {} ({history}; key prefix {:?})",
+                redact_url(&config.url),
+                config.key_prefix
+            );
+            // Nothing connects yet: the first call does.
+            builder.try_broker(move || RedisBroker::new(config))?
+        }
+        BrokerChoice::Postgres(config) => {
+            tracing::info!(
+                "broker: postgres at {} ({history}; schema {:?}, tables {}*)",
+                redact_url(&config.url),
+                config.schema,
+                config.table_prefix
+            );
+            builder.try_broker(move || PostgresBroker::new(config))?
+        }
+    };
+    let builder = builder.config(core);
     let cable = match adapter {
         Adapter::Memory => {
             tracing::info!("pub/sub adapter: memory (this process only)");
@@ -318,22 +392,6 @@ mod tests {
         }
     }
 
-    // The PostgreSQL broker is made inside a runtime (as `run` makes it).
-    #[tokio::test]
-    async fn broker_urls_are_checked_before_serving() {
-        let b = || crate::cable_builder();
-        assert!(with_broker(b(), "memory").is_ok());
-        assert!(with_broker(b(), "none").is_ok());
-        assert!(with_broker(b(), "redis://127.0.0.1:6379/0").is_ok());
-        let pg = with_broker(b(), "postgres://u@127.0.0.1/db").err();
-        assert!(pg.is_none(), "{pg:?}");
-        let msg = with_broker(b(), "nats://x:secret@h").err().unwrap();
-        assert!(
-            msg.contains("unknown broker") && !msg.contains("secret"),
-            "{msg}"
-        );
-    }
-
     #[test]
     fn memory_is_the_default_and_takes_no_prefix() {
         let args = Args::try_parse_from(["chat"]).expect("no flags");
@@ -391,6 +449,79 @@ mod tests {
             "{msg}"
         );
         assert!(err("redis", None).contains("unknown adapter"));
+    }
+
+    #[test]
+    fn history_and_session_flags_set_the_core_config() {
+        let args = Args::try_parse_from(["chat"]).expect("no flags");
+        let (core, _) = args.limits().expect("defaults");
+        assert_eq!(core.history_policy, Default::default());
+        assert_eq!(core.session_ttl, Duration::from_secs(300));
+        assert_eq!(core.pong_timeout, None);
+        assert!(matches!(
+            choose_broker(&args.broker, &args.adapter),
+            Ok(BrokerChoice::Memory)
+        ));
+        let args = Args::try_parse_from([
+            "chat",
+            "--history-limit",
+            "3",
+            "--history-ttl",
+            "60",
+            "--session-ttl",
+            "0",
+            "--pong-timeout",
+            "7.5",
+        ])
+        .expect("flags");
+        let (core, _) = args.limits().expect("valid");
+        assert_eq!(core.history_policy.limit, 3);
+        assert_eq!(core.history_policy.ttl, Duration::from_secs(60));
+        assert!(core.session_ttl.is_zero());
+        assert_eq!(core.pong_timeout, Some(Duration::from_millis(7500)));
+        for (flag, value) in [
+            ("--history-limit", "0"),
+            ("--history-ttl", "0"),
+            ("--session-ttl", "-1"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let args = Args::try_parse_from(["chat", arg.as_str()]).expect("parses");
+            let msg = args.limits().expect_err(flag);
+            assert!(msg.starts_with(&format!("{flag} {value}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_broker_is_memory_a_url_or_the_adapters() {
+        let broker = |b: &str, a: &str| choose_broker(b, a);
+        assert!(matches!(
+            broker("memory", "redis://r"),
+            Ok(BrokerChoice::Memory)
+        ));
+        assert!(matches!(
+            broker("adapter", "memory"),
+            Ok(BrokerChoice::Memory)
+        ));
+        let Ok(BrokerChoice::Redis(c)) = broker("adapter", "redis://127.0.0.1:6379/2") else {
+            panic!("the adapter's redis url refused")
+        };
+        assert_eq!(c.url, "redis://127.0.0.1:6379/2");
+        let Ok(BrokerChoice::Postgres(c)) = broker("postgres://postgres@db/test", "memory") else {
+            panic!("postgres url refused")
+        };
+        assert_eq!(c.url, "postgres://postgres@db/test");
+        let Err((_, msg)) = broker("redis://:hunter2@127.0.0.1:notaport", "memory") else {
+            panic!("bad port accepted")
+        };
+        assert!(msg.starts_with("--broker: "), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let Err((_, msg)) = broker("nats://:hunter2@localhost", "memory") else {
+            panic!("nats accepted")
+        };
+        assert!(
+            msg.contains("unknown broker") && !msg.contains("hunter2"),
+            "{msg}"
+        );
     }
 
     #[test]

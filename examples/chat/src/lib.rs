@@ -1,7 +1,8 @@
 //! The chat example as a library, so tests can run it in-process.
 //!
-//! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`,
-//!   rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
+//! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`
+//!   (with history for clients on AnyCable's extended protocol, so that
+//!   `@anycable/web` resumes with what it missed), rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
 //!   `echo` transmits the data back (the whole object, as Rails does).
 //! - `BenchmarkChannel`: the websocket-shootout server's channel: a private
 //!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
@@ -54,7 +55,7 @@ const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js
 ///
 /// ```
 /// use cable_core::Identifiers;
-/// use cable_test::TestCable;
+/// use cable_test::{Request, TestCable};
 /// use serde_json::json;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -86,11 +87,25 @@ const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js
 /// // Leaving stops the stream.
 /// room.unsubscribe().await;
 /// room.assert_no_streams();
+///
+/// // On AnyCable's extended protocol (`@anycable/web`) the room keeps
+/// // history: its broadcasts carry their position, to resume from.
+/// let ext = cable.connect(Request::new().ext().query("user", "bob")).await.unwrap();
+/// ext.subscribe("ChatChannel", json!({"room": "16"})).await.assert_confirmed();
+/// cable.cable().broadcast("chat_16", &json!({"body": "hi"})).await.unwrap();
+/// ext.settle().await;
+/// let last: serde_json::Value = serde_json::from_str(ext.frames().last().unwrap()).unwrap();
+/// assert_eq!((last["stream_id"].as_str(), last["offset"].as_u64()), (Some("chat_16"), Some(1)));
 /// # }
 /// ```
 #[derive(Default)]
-pub struct ChatChannel {
-    stream: String,
+pub struct ChatChannel;
+
+/// The room's stream, from the subscription's params: not kept in a field,
+/// because a session restored by sid recreates the channel without running
+/// `subscribed` (its fields are not restored, its params are).
+fn room_stream(ctx: &Context<'_>) -> Option<String> {
+    param_to_string(ctx.param("room")).map(|room| format!("chat_{room}"))
 }
 
 fn param_to_string(v: Option<&Value>) -> Option<String> {
@@ -104,16 +119,19 @@ fn param_to_string(v: Option<&Value>) -> Option<String> {
 #[async_trait]
 impl Channel for ChatChannel {
     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        let Some(room) = param_to_string(ctx.param("room")) else {
+        let Some(stream) = room_stream(ctx).filter(|s| s != "chat_forbidden") else {
             ctx.reject();
             return Ok(());
         };
-        if room == "forbidden" {
-            ctx.reject();
-            return Ok(());
+        // History for clients that can use it (`@anycable/web`, on the
+        // extended protocol): they resume after a reconnect with what they
+        // missed. A plain `@rails/actioncable` client's room stays a plain
+        // stream, so its frames stay Rails' byte for byte.
+        if ctx.extended_protocol() {
+            ctx.stream_from_with_history(stream);
+        } else {
+            ctx.stream_from(stream);
         }
-        self.stream = format!("chat_{room}");
-        ctx.stream_from(self.stream.clone());
         Ok(())
     }
 
@@ -128,7 +146,8 @@ impl Channel for ChatChannel {
                 let user = ctx.identified("current_user").unwrap_or_default();
                 let msg =
                     json!({"user": user, "body": data.get("body").cloned().unwrap_or(Value::Null)});
-                ctx.broadcast(&self.stream, &msg).await
+                let stream = room_stream(ctx).unwrap_or_default();
+                ctx.broadcast(&stream, &msg).await
             }
             "echo" => ctx.transmit(&data),
             _ => Err(ChannelError::UnknownAction(action.to_owned())),

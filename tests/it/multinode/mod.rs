@@ -3,6 +3,9 @@
 //! asserting exact frames. What holds on both backends is written once and
 //! run on each (`both!`); `postgres` has what is PostgreSQL's own;
 //! `rails_interop` puts a real Rails ActionCable server beside `chat`.
+//! Reliable streams (AnyCable's extended protocol) use in-process nodes:
+//! `reliable` resumes a client on another node with its missed history,
+//! `restart` restarts a backend of the test's own under a node.
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`), PostgreSQL
 //! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`); each
@@ -13,6 +16,7 @@
 mod postgres;
 mod rails_interop;
 mod reliable;
+mod restart;
 mod support;
 
 use support::*;

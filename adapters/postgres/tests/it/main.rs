@@ -15,7 +15,6 @@ mod support;
 
 use std::time::Duration;
 
-use cable_core::transport::Outgoing;
 use cable_core::{Identifiers, PubSubError};
 use serde_json::json;
 use sha1::{Digest, Sha1};
@@ -277,28 +276,9 @@ async fn survives_a_postgres_restart() {
     pg.restart().await;
     let restarted = tokio::time::Instant::now();
     late.expect_confirm(&late_id).await;
-    let mut n = 3;
-    loop {
-        assert!(
-            restarted.elapsed() < Duration::from_secs(5),
-            "delivery did not resume within 5s of the restart"
-        );
-        if cable
-            .broadcast("chat_lobby", &json!({"n": n}))
-            .await
-            .is_ok()
-        {
-            let expected = message_frame(&id, &format!(r#"{{"n":{n}}}"#));
-            if let Ok(Outgoing::Text(f)) =
-                tokio::time::timeout(Duration::from_millis(300), client.next()).await
-            {
-                assert_eq!(f.as_str(), expected);
-                break;
-            }
-        }
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client
+        .until_delivery_resumes(&cable, &id, 3, restarted)
+        .await;
     assert!(status.reconnects() >= 1);
     assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
     until_listening(
@@ -372,28 +352,9 @@ async fn survives_a_database_outage() {
     late.expect_confirm(&late_id).await;
 
     // Delivery resumes on its own.
-    let mut n = 4;
-    loop {
-        assert!(
-            restored.elapsed() < Duration::from_secs(5),
-            "delivery did not resume within 5s of the end of the outage"
-        );
-        if cable
-            .broadcast("chat_lobby", &json!({"n": n}))
-            .await
-            .is_ok()
-        {
-            let expected = message_frame(&id, &format!(r#"{{"n":{n}}}"#));
-            if let Ok(Outgoing::Text(f)) =
-                tokio::time::timeout(Duration::from_millis(300), client.next()).await
-            {
-                assert_eq!(f.as_str(), expected);
-                break;
-            }
-        }
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    client
+        .until_delivery_resumes(&cable, &id, 4, restored)
+        .await;
     assert!(status.reconnects() >= 1);
     assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
     assert!(status.is_connected() && cable.is_healthy());

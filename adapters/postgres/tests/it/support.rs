@@ -2,10 +2,10 @@
 //! LISTENing session, socket-free clients, and a TCP proxy to cut the
 //! database off without touching the shared server.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cable_core::{authenticate_with, Cable, ConnectRequest, Identifiers, Unauthorized};
+use cable_core::Cable;
 use cable_postgres::{PostgresConfig, PostgresPubSub, PostgresStatus};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -56,23 +56,10 @@ pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
     let config = PostgresConfig::new(url)
         .channel_prefix(prefix)
         .application_name(app);
-    let status = Arc::new(OnceLock::new());
-    let slot = status.clone();
-    let cable = Cable::builder()
-        .channel("ChatChannel", ChatChannel::default)
-        .authenticate(authenticate_with(|req: ConnectRequest| async move {
-            req.query("user")
-                .map(|u| Identifiers::new().with("current_user", u))
-                .ok_or_else(|| Unauthorized::because("no user"))
-        }))
-        .pubsub(move |d| {
-            let pg = PostgresPubSub::new(config, d).expect("valid postgres config");
-            let _ = slot.set(pg.status());
-            pg
-        })
-        .build();
-    let status = status.get().cloned().expect("pubsub factory ran");
-    (cable, status)
+    chat_node(
+        |d| PostgresPubSub::new(config, d).expect("valid postgres config"),
+        PostgresPubSub::status,
+    )
 }
 
 /// Waits until `status` says connected.
@@ -164,7 +151,7 @@ impl RawListener {
 }
 
 pub use cable_adapter_kit::conformance::{
-    message_frame, skip, unique_prefix, ChatChannel, LocalClient as Client,
+    chat_node, message_frame, skip, unique_prefix, LocalClient as Client,
 };
 
 /// A TCP proxy on a free loopback port in front of the shared PostgreSQL:

@@ -2,10 +2,9 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use cable_core::{authenticate_with, Cable, ConnectRequest, Identifiers, Unauthorized};
+use cable_core::Cable;
 use cable_redis::{RedisConfig, RedisPubSub, RedisStatus};
 
 pub fn redis_url() -> String {
@@ -53,23 +52,10 @@ pub fn node_with(config: RedisConfig) -> (Cable, RedisStatus) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let status = Arc::new(OnceLock::new());
-    let slot = status.clone();
-    let cable = Cable::builder()
-        .channel("ChatChannel", ChatChannel::default)
-        .authenticate(authenticate_with(|req: ConnectRequest| async move {
-            req.query("user")
-                .map(|u| Identifiers::new().with("current_user", u))
-                .ok_or_else(|| Unauthorized::because("no user"))
-        }))
-        .pubsub(move |d| {
-            let redis = RedisPubSub::new(config, d).expect("valid redis config");
-            let _ = slot.set(redis.status());
-            redis
-        })
-        .build();
-    let status = status.get().cloned().expect("pubsub factory ran");
-    (cable, status)
+    chat_node(
+        |d| RedisPubSub::new(config, d).expect("valid redis config"),
+        RedisPubSub::status,
+    )
 }
 
 /// Waits until `status` says connected.
@@ -84,7 +70,7 @@ pub async fn until_connected(status: &RedisStatus) {
 pub use cable_test::eventually;
 
 pub use cable_adapter_kit::conformance::{
-    message_frame, skip, unique_prefix, ChatChannel, LocalClient as Client,
+    chat_node, message_frame, skip, unique_prefix, LocalClient as Client,
 };
 
 pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
