@@ -33,8 +33,9 @@ use cable_loadgen::modes::Common;
 
 use crate::chat_process::Chat;
 
-/// One hostile case at a time: they share two cores with everything else.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One hostile case (or jitter run, `crate::jitter`) at a time: they share
+/// two cores with everything else, and each would starve the other's readers.
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A case must be over within this (the harness bounds each part itself).
 const CASE_BOUND: Duration = Duration::from_secs(60);

@@ -27,6 +27,7 @@ mod chat_process;
 mod handshake;
 mod hardening;
 mod hostile;
+mod jitter;
 mod multinode;
 mod process;
 mod protocol;

@@ -13,6 +13,7 @@
 pub mod b1;
 pub mod client;
 pub mod hostile;
+pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;

@@ -500,6 +500,75 @@ pub fn hostile_section(runs: &Runs) -> String {
     }
 }
 
+/// The jitter runs (mode `jitter`, any server label): one row per run, the
+/// history-off run last; the broker's cost is each run's server CPU per
+/// broadcast minus that of the history-off run.
+pub fn jitter_section(runs: &Runs) -> String {
+    let jitter: Vec<&RunResult> = runs.values().filter(|r| r.mode == "jitter").collect();
+    if jitter.is_empty() {
+        return "No jitter runs in this result set.\n".into();
+    }
+    let off = jitter
+        .iter()
+        .find(|r| r.metrics["history"] == false)
+        .and_then(|r| num(&r.metrics["server_cpu_us_per_broadcast"]));
+    let mut s = String::new();
+    if let Some(r) = jitter.first() {
+        let _ = writeln!(
+            s,
+            "AnyCable's jitter test: {} clients on one room, {} broadcasts/s for {} s through \
+             `POST /admin/broadcast`; every second {}% of the connected clients lose their \
+             socket and reconnect within {} ms. With history they resume by `?sid=` and \
+             ask `history` from the last position they hold (deduping by offset, as \
+             @anycable/web); without, plain `actioncable-v1-json` clients only subscribe \
+             again. Recovery: reconnect to `confirm_history` (history) or to \
+             `confirm_subscription` (off). Server CPU per broadcast is over the whole \
+             publishing window (fan-out, drops, reconnects, replays); the broker's cost is \
+             that minus the history-off run's. Admin POST: the publisher's round trip per \
+             broadcast (a new TCP connection each, the append included).\n",
+            r.params["clients"],
+            r.params["rate"],
+            r.params["secs"],
+            r.params["drop_percent"],
+            r.params["reconnect_delay_ms"],
+        );
+    }
+    s.push_str(
+        "| run | history | clients with 100% | delivered % | missing | duplicates (deduped by offset) | recovery p50 / p99 ms | server CPU per broadcast µs | broker's cost per broadcast µs | admin POST p50 / p99 ms | status |\n\
+         |---|---|---:|---:|---:|---|---|---:|---:|---|---|\n",
+    );
+    let mut ordered = jitter.clone();
+    ordered.sort_by_key(|r| r.metrics["history"] == false);
+    for r in ordered {
+        let m = &r.metrics;
+        let history = m["history"] == true;
+        let cpu = num(&m["server_cpu_us_per_broadcast"]);
+        let cost = match (history, cpu, off) {
+            (true, Some(a), Some(b)) => format!("{:+.0}", a - b),
+            (false, Some(_), _) => "(baseline)".into(),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}% | {} | {} | {} ({}) | {} / {} | {} | {cost} | {} / {} | {} |",
+            r.server,
+            if history { "on" } else { "off" },
+            fmt_num(num(&m["clients_full_delivery_percent"]), 1),
+            fmt_num(num(&m["delivered_percent"]), 2),
+            m["missing"],
+            m["duplicates"],
+            m["deduped_by_offset"],
+            fmt_num(num(&m["recovery"]["p50_ms"]), 1),
+            fmt_num(num(&m["recovery"]["p99_ms"]), 1),
+            fmt_num(cpu, 0),
+            fmt_num(num(&m["broadcast_post"]["p50_ms"]), 1),
+            fmt_num(num(&m["broadcast_post"]["p99_ms"]), 1),
+            status(r),
+        );
+    }
+    s
+}
+
 fn status(r: &RunResult) -> String {
     if r.ok {
         "ok".into()
@@ -581,6 +650,47 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("  - FAILED members_connected: 0 of 20"), "{t}");
+    }
+
+    #[test]
+    fn jitter_section_charges_the_broker_against_the_history_off_run() {
+        let run = |server: &str, history: bool, cpu: f64, full: f64| RunResult {
+            mode: "jitter".into(),
+            server: server.into(),
+            ok: true,
+            params: json!({"clients": 1000, "rate": 10.0, "secs": 30.0, "drop_percent": 10.0, "reconnect_delay_ms": 200}),
+            metrics: json!({
+                "history": history,
+                "clients_full_delivery_percent": full,
+                "delivered_percent": 99.5,
+                "missing": 12,
+                "duplicates": 0,
+                "deduped_by_offset": 3,
+                "recovery": {"p50_ms": 4.0, "p99_ms": 20.0},
+                "server_cpu_us_per_broadcast": cpu,
+                "broadcast_post": {"p50_ms": 1.0, "p99_ms": 2.0},
+            }),
+            errors: vec![],
+        };
+        let runs: Runs = [
+            run("jitter-off", false, 900.0, 20.0),
+            run("jitter-memory", true, 1000.0, 100.0),
+        ]
+        .into_iter()
+        .map(|r| ((r.server.clone(), r.mode.clone()), r))
+        .collect();
+        let t = jitter_section(&runs);
+        assert!(
+            t.contains("1000 clients on one room, 10.0 broadcasts/s for 30.0 s"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| jitter-memory | on | 100.0% | 99.50 | 12 | 0 (3) | 4.0 / 20.0 | 1000 | +100 | 1.0 / 2.0 | ok |"),
+            "{t}"
+        );
+        assert!(t.contains("| jitter-off | off | 20.0% |"), "{t}");
+        // The history-on rows come first.
+        assert!(t.find("jitter-memory") < t.find("jitter-off"), "{t}");
     }
 
     #[test]

@@ -81,6 +81,10 @@ enum Run {
     Idle(modes::IdleOpts),
     /// Some clients stop reading while broadcasts continue.
     Slow(modes::SlowOpts),
+    /// AnyCable's jitter test: clients on one room are dropped every second
+    /// and recover by `?sid=` and `history` (or, with --no-history, only
+    /// resubscribe); counts what each received once, missed or got twice.
+    Jitter(cable_loadgen::jitter::JitterOpts),
     /// A canary echoes every 50 ms while other sockets attack a server with
     /// the chat example's ChatChannel (floods, 20,000 subscriptions, big
     /// identifiers, a 1.5 MiB broadcast, half-sent requests, slow readers).
@@ -135,12 +139,13 @@ fn write_report(
         md.push('\n');
     }
     type Section = fn(&report::Runs) -> String;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
         ("\n## Pub/sub adapters\n\n", report::adapter_table),
         ("\n## Hostile load\n", report::hostile_section),
+        ("\n## Reliable streams: jitter\n\n", report::jitter_section),
         ("\n## Runs\n\n", report::raw),
     ];
     for (heading, section) in sections {
@@ -226,6 +231,7 @@ async fn run(args: Args) -> Result<()> {
             modes::idle(&common, &opts).await?
         }
         Run::Slow(opts) => modes::slow(&common, &opts).await?,
+        Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
         Run::Hostile(mut opts) => {
             if opts.cases == ["all"] {
                 opts.cases = hostile::CASES.iter().map(|c| c.to_string()).collect();
