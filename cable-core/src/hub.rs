@@ -10,7 +10,7 @@
 use std::collections::hash_map::{DefaultHasher, Entry as MapEntry};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{FutureExt, Shared};
@@ -60,6 +60,9 @@ pub(crate) struct Hold {
     outbox: Arc<Outbox>,
     /// `Some` while holding: the frames, with their stream and offset.
     held: Mutex<Option<Vec<HeldFrame>>>,
+    /// Cleared once the held frames are out: the subscription keeps its
+    /// `Hold` for life, and its later deliveries skip the lock.
+    holding: AtomicBool,
 }
 
 /// A frame held back, with its stream and offset (none without history).
@@ -85,6 +88,7 @@ impl Hold {
         let hold = Arc::new(Hold {
             outbox,
             held: Mutex::new(Some(Vec::new())),
+            holding: AtomicBool::new(true),
         });
         let weak = Arc::downgrade(&hold);
         tokio::spawn(async move {
@@ -103,6 +107,11 @@ impl Hold {
     /// Holds `frame` (of `stream`, at `offset`) or, when no longer holding,
     /// pushes it; false when the outbox refused it.
     fn push(&self, stream: &str, offset: Option<u64>, frame: Frame) -> bool {
+        // Cleared only after the held frames were pushed (under the lock),
+        // so a frame that sees it cleared comes after them.
+        if !self.holding.load(Ordering::Acquire) {
+            return self.outbox.push(frame).is_ok();
+        }
         let mut held = self.lock();
         match held.as_mut() {
             Some(frames) if frames.len() < HOLD_MAX => {
@@ -113,7 +122,7 @@ impl Hold {
                 tracing::warn!(
                     "over {HOLD_MAX} live frames held back during a history replay; sending them"
                 );
-                Self::flush(&self.outbox, &mut held, &[]);
+                self.flush(&mut held, &[]);
                 self.outbox.push(frame).is_ok()
             }
             None => self.outbox.push(frame).is_ok(),
@@ -124,10 +133,10 @@ impl Hold {
     /// replay already sent (offset at or below `replayed`'s for its stream).
     pub(crate) fn release(&self, replayed: &[(String, u64)]) {
         let mut held = self.lock();
-        Self::flush(&self.outbox, &mut held, replayed);
+        self.flush(&mut held, replayed);
     }
 
-    fn flush(outbox: &Outbox, held: &mut Option<Vec<HeldFrame>>, replayed: &[(String, u64)]) {
+    fn flush(&self, held: &mut Option<Vec<HeldFrame>>, replayed: &[(String, u64)]) {
         // Pushed under the lock: a frame delivered meanwhile waits, so
         // nothing overtakes the held ones.
         for (stream, offset, frame) in held.take().unwrap_or_default() {
@@ -137,9 +146,10 @@ impl Hold {
                     .any(|(s, last)| **s == *stream && o <= *last)
             });
             if !sent {
-                let _ = outbox.push(frame);
+                let _ = self.outbox.push(frame);
             }
         }
+        self.holding.store(false, Ordering::Release);
     }
 }
 
