@@ -2,6 +2,7 @@
 //! assigned by one Lua script per append, sessions and history marks as
 //! keys with a TTL. See the crate docs ("History broker") for the keys.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,15 +160,16 @@ impl Script {
 }
 
 /// Appends one entry: a new epoch when the stream's keys are gone (expired,
-/// flushed, a restart without persistence) or were last written by another
-/// run of the server (a restart that reloaded a snapshot may have lost the
-/// latest appends, and their offsets would be given again), else the next
-/// offset. The entry ID is `<offset>-0`, so ranges by offset are ID ranges;
-/// `t` is the server's clock in ms. Both keys expire `ttl` after the last
-/// append. A node whose server hides its `run_id` (empty) neither checks
-/// nor records it; a stream with none recorded takes the next one given, so
-/// that nodes that differ in this do not start epoch after epoch.
-/// KEYS: meta, history. ARGV: payload, limit, ttl_ms, new epoch, run_id.
+/// flushed, a restart without persistence) or were last written under
+/// another run mark (see [`run_mark`]: a restart that reloaded a snapshot
+/// or an AOF that may lack the latest appends, whose offsets would be given
+/// again), else the next offset. The entry ID is `<offset>-0`, so ranges by
+/// offset are ID ranges; `t` is the server's clock in ms. Both keys expire
+/// `ttl` after the last append. A node without a mark (the server hides
+/// `INFO`) neither checks nor records one; a stream with none recorded
+/// takes the next one given, so that nodes that differ in this do not
+/// start epoch after epoch.
+/// KEYS: meta, history. ARGV: payload, limit, ttl_ms, new epoch, run mark.
 /// Returns {epoch, offset}.
 const APPEND: &str = r#"
 local t = redis.call('TIME')
@@ -255,12 +257,11 @@ struct Backend {
     timeout: Duration,
 }
 
-/// A connection and the `run_id` of the server it reached (empty when the
-/// server does not say).
+/// A connection and the run mark of the server it reached ([`run_mark`]).
 #[derive(Clone)]
 struct Conn {
     redis: MultiplexedConnection,
-    run_id: Arc<str>,
+    run_mark: Arc<str>,
 }
 
 #[async_trait]
@@ -278,18 +279,42 @@ impl Connect for Backend {
             .await
             .map_err(|e| to_broker_error(&e))?;
         set_name(&mut conn, &self.name).await;
-        let run_id = run_id(&mut conn).await?;
+        let run_mark = run_mark(&mut conn).await?;
         Ok(Conn {
             redis: conn,
-            run_id: run_id.into(),
+            run_mark: run_mark.into(),
         })
     }
 }
 
-/// The server's `run_id` (`INFO server`), which changes with every start.
-/// A server that hides it (some managed services rename `INFO`) gets ""
-/// and a warning: restarts are then noticed only by keys that are gone.
-async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, BrokerError> {
+/// The mark an append leaves on a stream, so that the next append can tell
+/// whether the server restarted since and may have lost appends.
+///
+/// - [`DURABLE_MARK`] when the server cannot lose an acknowledged write
+///   across a restart (`appendonly yes` with `appendfsync always`): its
+///   streams keep their epoch through restarts.
+/// - Otherwise the server's `run_id`, which changes with every start: after
+///   a restart the next append starts a new epoch.
+/// - "" when the server hides `INFO` (some managed services rename it),
+///   with a warning: restarts are then noticed only by keys that are gone.
+///
+/// Read on every (re)connect, so a restart with another persistence
+/// setting is seen; a `CONFIG SET` while connected is not. A server that
+/// refuses `CONFIG` counts as not durable.
+async fn run_mark(conn: &mut MultiplexedConnection) -> Result<String, BrokerError> {
+    let config: Result<HashMap<String, String>, RedisError> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(conn)
+        .await;
+    match config {
+        Ok(config) if is_durable(&config) => return Ok(DURABLE_MARK.to_owned()),
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
+            tracing::debug!(error = %e, "redis refused CONFIG GET: taken as not durable");
+        }
+        Err(e) => return Err(to_broker_error(&e)),
+    }
     let info: Result<String, RedisError> = redis::cmd("INFO").arg("server").query_async(conn).await;
     match info {
         Ok(info) => Ok(info
@@ -303,6 +328,21 @@ async fn run_id(conn: &mut MultiplexedConnection) -> Result<String, BrokerError>
         }
         Err(e) => Err(to_broker_error(&e)),
     }
+}
+
+/// The run mark of a server that fsyncs every write to its AOF before
+/// answering. Never a `run_id` (those are 40 hex digits).
+const DURABLE_MARK: &str = "durable";
+
+/// Whether `CONFIG GET append*` says every acknowledged write survives a
+/// crash.
+fn is_durable(config: &HashMap<String, String>) -> bool {
+    let is = |key: &str, value: &str| {
+        config
+            .get(key)
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    };
+    is("appendonly", "yes") && is("appendfsync", "always")
 }
 
 /// The Redis broker: history and sessions of reliable streams, shared by
@@ -487,7 +527,7 @@ impl Broker for RedisBroker {
                     limit.as_bytes(),
                     ttl.as_bytes(),
                     epoch.as_bytes(),
-                    conn.run_id.as_bytes(),
+                    conn.run_mark.as_bytes(),
                 ];
                 script.run(&mut conn.redis, &[meta, history], &args).await
             })
@@ -639,6 +679,29 @@ fn to_broker_error(e: &RedisError) -> BrokerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_aof_fsynced_on_every_write_keeps_epochs_across_restarts() {
+        let config = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert!(is_durable(&config(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "always")
+        ])));
+        assert!(!is_durable(&config(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec")
+        ])));
+        assert!(!is_durable(&config(&[
+            ("appendonly", "no"),
+            ("appendfsync", "always")
+        ])));
+        assert!(!is_durable(&config(&[])));
+    }
 
     #[test]
     fn keys_and_defaults() {

@@ -81,7 +81,7 @@
 //! | key | type | holds | expires |
 //! | --- | --- | --- | --- |
 //! | `history:<stream>` | stream | one entry per append, ID `<offset>-0`, fields `d` (payload) and `t` (server time, ms) | `ttl` after the last append |
-//! | `meta:<stream>` | hash | `epoch`, `offset` (the latest), `limit`, `ttl` (ms), `run` (the server's `run_id`) | with the stream |
+//! | `meta:<stream>` | hash | `epoch`, `offset` (the latest), `limit`, `ttl` (ms), `run` (the run mark: `durable`, or the server's `run_id`) | with the stream |
 //! | `policy:<stream>` | string | `<limit> <ttl_ms>`, written by `enable_history` | its `ttl` |
 //! | `session:<sid>` | string | the session's state | the session TTL |
 //!
@@ -92,12 +92,22 @@
 //!   than the TTL inside a living stream are filtered out on read.
 //! - A new epoch (a random 16-hex-digit name) starts, at offset 1, when the
 //!   stream's keys are gone (expired, deleted, `FLUSHALL`, a restart without
-//!   persistence) or were written under another `run_id`: a restart that
-//!   reloaded an RDB or AOF file may have lost the latest appends, whose
-//!   offsets would otherwise be given again. So every Redis restart starts
-//!   new epochs; clients holding old positions get `reject_history` and
-//!   reload, rather than miss messages. (A server that refuses `INFO` is
-//!   noticed by lost keys only.)
+//!   persistence) or were written under another run mark. A server that
+//!   cannot lose an acknowledged write (`appendonly yes` with
+//!   `appendfsync always`, read with `CONFIG GET` on every connect) marks
+//!   its streams `durable`: they keep their epoch through restarts, and
+//!   history from before a restart is still served. Any other server marks
+//!   them with its `run_id`, which changes with every start: a restart that
+//!   reloaded an RDB snapshot or an `everysec` AOF may have lost the latest
+//!   appends, whose offsets would otherwise be given again, so the first
+//!   append after it starts a new epoch and clients holding old positions
+//!   get `reject_history` and reload, rather than miss messages. (A server
+//!   that refuses `INFO` is noticed by lost keys only.) A failover is
+//!   noticed the same way (the promoted replica has its own `run_id`)
+//!   unless both servers are durable: replication is asynchronous, so the
+//!   replica may lack the latest appends, and their offsets would be given
+//!   again. With durable replicas, delete the broker's `meta:*` keys after
+//!   a failover.
 //! - `history_from` serves the entries after an offset only while the
 //!   entry at that offset is still kept (not trimmed, not older than the
 //!   TTL); reads run in a script too, so they see one consistent state.
