@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
+use crate::protocol::DisconnectReason;
+
 /// What the connection hook sees of the upgrade request. Transport-neutral:
 /// the server fills it from the HTTP request.
 #[derive(Clone, Debug, Default)]
@@ -168,12 +170,16 @@ impl Identifiers {
 }
 
 /// Returned by the connection hook to refuse a connection. The client gets
-/// `{"type":"disconnect","reason":"unauthorized","reconnect":false}`.
+/// `{"type":"disconnect","reason":"unauthorized","reconnect":false}`, or
+/// `"token_expired"` for [`Unauthorized::token_expired`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
 #[error("unauthorized connection: {reason}")]
 pub struct Unauthorized {
     /// Why, for the log only; never sent to the client.
     pub reason: String,
+    /// The credential was valid once but has expired: the client is told
+    /// `token_expired` (AnyCable's reason) so that it can fetch a new one.
+    pub expired: bool,
 }
 
 impl Unauthorized {
@@ -181,6 +187,32 @@ impl Unauthorized {
     pub fn because(reason: impl Into<String>) -> Self {
         Unauthorized {
             reason: reason.into(),
+            expired: false,
+        }
+    }
+
+    /// A refusal because the connection's token has expired.
+    ///
+    /// ```
+    /// use cable_core::protocol::DisconnectReason;
+    /// use cable_core::Unauthorized;
+    /// let e = Unauthorized::token_expired("exp 1700000000 has passed");
+    /// assert_eq!(e.disconnect_reason(), DisconnectReason::TokenExpired);
+    /// assert_eq!(Unauthorized::because("no cookie").disconnect_reason(), DisconnectReason::Unauthorized);
+    /// ```
+    pub fn token_expired(reason: impl Into<String>) -> Self {
+        Unauthorized {
+            reason: reason.into(),
+            expired: true,
+        }
+    }
+
+    /// The reason the client is told.
+    pub fn disconnect_reason(&self) -> DisconnectReason {
+        if self.expired {
+            DisconnectReason::TokenExpired
+        } else {
+            DisconnectReason::Unauthorized
         }
     }
 }

@@ -312,9 +312,11 @@ where
     let identifiers = match outcome {
         Outcome::Done(Ok(ids)) => ids,
         other => {
+            let mut told = DisconnectReason::Unauthorized;
             match other {
                 Outcome::Done(Err(e)) => {
-                    tracing::info!(reason = %e.reason, "An unauthorized connection attempt was rejected");
+                    told = e.disconnect_reason();
+                    tracing::info!(reason = %e.reason, told = told.as_str(), "An unauthorized connection attempt was rejected");
                 }
                 Outcome::Panicked(msg) => {
                     cable.counters.panics.inc();
@@ -332,14 +334,7 @@ where
                 }
             }
             cable.counters.unauthorized.inc();
-            outbox.close(
-                Some(Frame::disconnect(
-                    Some(DisconnectReason::Unauthorized),
-                    false,
-                )),
-                CLOSE_NORMAL,
-                "",
-            );
+            outbox.close(Some(Frame::disconnect(Some(told), false)), CLOSE_NORMAL, "");
             return;
         }
     };

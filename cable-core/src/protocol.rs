@@ -40,6 +40,10 @@ pub enum DisconnectReason {
     /// The client sent nothing (no pong) within the pong timeout, extended
     /// protocol only (`reconnect: true`). AnyCable's reason.
     NoPong,
+    /// The connection's token has expired (`reconnect: false`): AnyCable's
+    /// reason for an expired JWT, on which `@anycable/web`'s token
+    /// refresher fetches a new one.
+    TokenExpired,
 }
 
 impl DisconnectReason {
@@ -53,6 +57,7 @@ impl DisconnectReason {
             Self::TooSlow => "too_slow",
             Self::RateLimited => "rate_limited",
             Self::NoPong => "no_pong",
+            Self::TokenExpired => "token_expired",
         }
     }
 }

@@ -20,6 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cable-redis", &["cable-core", "cable-adapter-kit"]),
     ("cable-postgres", &["cable-core", "cable-adapter-kit"]),
     ("cable-rails", &["cable-core"]),
+    ("cable-anycable", &["cable-core"]),
     // The adapter skeleton. Its `conformance` feature (the suite, for the
     // adapters' tests) adds cable-test and cable-server: see FEATURE_ONLY.
     ("cable-adapter-kit", &["cable-core"]),
@@ -66,6 +67,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "cable-redis",
             "cable-postgres",
             "cable-rails",
+            "cable-anycable",
             "cable-standalone",
         ],
     ),
@@ -81,6 +83,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "cable-rails",
+        &["axum", "hyper", "tungstenite", "cable-server"],
+    ),
+    (
+        "cable-anycable",
         &["axum", "hyper", "tungstenite", "cable-server"],
     ),
     (

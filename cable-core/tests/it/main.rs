@@ -193,6 +193,20 @@ async fn unauthorized_gets_disconnect_then_close_and_no_welcome() {
 }
 
 #[tokio::test]
+async fn an_expired_token_gets_token_expired_without_reconnect() {
+    let cable = TestCable::new(Cable::builder().authenticate(authenticate_with(
+        |_req: ConnectRequest| async move { Err(Unauthorized::token_expired("exp passed")) },
+    )));
+    let rejected = cable.connect(Request::new()).await.unwrap_err();
+    assert_eq!(
+        rejected.frames,
+        [frames::disconnect("token_expired", false)]
+    );
+    assert_eq!(rejected.close_code, Some(1000));
+    assert_eq!(cable.cable().stats().unauthorized, 1);
+}
+
+#[tokio::test]
 async fn heartbeat_reaches_every_welcomed_connection() {
     let cable = recorder_cable(&Log::default(), CableConfig::default());
     let a = open(&cable, "a").await;
