@@ -299,6 +299,31 @@ impl std::fmt::Debug for Broadcaster {
     }
 }
 
+/// How a broadcast is published beyond its stream and payload: AnyCable's
+/// broadcast `meta` ([`Broadcaster::broadcast_with`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Publication {
+    /// The session id (`sid`) of a session that must not get it.
+    pub exclude_socket: Option<String>,
+    /// Delivered live only, never stored in the stream's history.
+    pub transient: bool,
+}
+
+impl Publication {
+    /// Excludes session `sid`.
+    pub fn excluding(mut self, sid: impl Into<String>) -> Self {
+        self.exclude_socket = Some(sid.into());
+        self
+    }
+
+    /// Keeps it out of history.
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+}
+
 impl Broadcaster {
     /// Rails' `ActionCable.server.broadcast(stream, message)`: encodes
     /// `message` as Rails does and publishes it on `stream`. A message over
@@ -320,27 +345,41 @@ impl Broadcaster {
     ///
     /// When `stream` keeps history, the message is first appended to the
     /// broker and published with its position
-    /// ([`pubsub::encode_positioned`](crate::pubsub::encode_positioned)), so
+    /// ([`pubsub::encode_with_meta`](crate::pubsub::encode_with_meta)), so
     /// every node's subscribers get `stream_id`, `epoch` and `offset`. If
     /// the broker fails, it is published without a position (logged): the
     /// live message is never lost.
     pub async fn broadcast_raw(&self, stream: &str, json_text: &str) -> Result<(), PubSubError> {
+        self.broadcast_with(stream, json_text, &Publication::default())
+            .await
+    }
+
+    /// [`Broadcaster::broadcast_raw`] with AnyCable's broadcast options: a
+    /// session that must not get it (`exclude_socket`, a `to_others`
+    /// broadcast) and whether it stays out of history (`transient`).
+    pub async fn broadcast_with(
+        &self,
+        stream: &str,
+        json_text: &str,
+        options: &Publication,
+    ) -> Result<(), PubSubError> {
         if json_text.len() > self.limit {
             return Err(PubSubError::MessageTooLarge {
                 size: json_text.len(),
                 limit: self.limit,
             });
         }
-        let Some(policy) = self.reliable.policy_for(stream).await else {
-            return self.pubsub.broadcast(stream, json_text).await;
+        let mut meta = crate::pubsub::Meta {
+            position: None,
+            exclude_socket: options.exclude_socket.clone(),
         };
-        match self.reliable.append(stream, json_text, policy).await {
-            Some(position) => {
-                let wire = crate::pubsub::encode_positioned(&position, json_text);
-                self.pubsub.broadcast(stream, &wire).await
+        if !options.transient {
+            if let Some(policy) = self.reliable.policy_for(stream).await {
+                meta.position = self.reliable.append(stream, json_text, policy).await;
             }
-            None => self.pubsub.broadcast(stream, json_text).await,
         }
+        let wire = crate::pubsub::encode_with_meta(&meta, json_text);
+        self.pubsub.broadcast(stream, &wire).await
     }
 
     /// Rails' `remote_connections.where(...).disconnect(reconnect:)`: ends

@@ -120,6 +120,52 @@ pub trait Channel: Send + 'static {
     }
 }
 
+/// How [`Context::stream_from_with`] streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    history: StreamHistory,
+    whisper: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum StreamHistory {
+    #[default]
+    Off,
+    Default,
+    Policy(HistoryPolicy),
+}
+
+impl StreamOptions {
+    /// A plain stream, as [`Context::stream_from`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stream keeps history under the cable's policy, as
+    /// [`Context::stream_from_with_history`].
+    pub fn history(mut self) -> Self {
+        self.history = StreamHistory::Default;
+        self
+    }
+
+    /// The stream keeps history under `policy`, as
+    /// [`Context::stream_from_with_policy`].
+    pub fn history_policy(mut self, policy: HistoryPolicy) -> Self {
+        self.history = StreamHistory::Policy(policy);
+        self
+    }
+
+    /// The subscription's `whisper` commands go to this stream (AnyCable's
+    /// whispers, Rails' `stream_from s, whisper: true`): every other
+    /// subscriber gets them, on any node; the sender does not; they are
+    /// never stored in history. One whisper stream per subscription: the
+    /// last one started wins.
+    pub fn whisper(mut self) -> Self {
+        self.whisper = true;
+        self
+    }
+}
+
 /// Per-subscription state the context works on.
 pub(crate) struct SubState {
     pub(crate) identifier: Arc<str>,
@@ -138,6 +184,8 @@ pub(crate) struct SubState {
     /// Set while a history replay is due: live frames wait in it (a resumed
     /// session's subscription, or a subscribe with history).
     pub(crate) hold: Option<Arc<crate::hub::Hold>>,
+    /// Where `whisper` commands go ([`StreamOptions::whisper`]).
+    pub(crate) whisper: Option<String>,
 }
 
 impl SubState {
@@ -155,6 +203,7 @@ impl SubState {
             history: Vec::new(),
             dirty: false,
             hold: None,
+            whisper: None,
         }
     }
 
@@ -211,6 +260,9 @@ impl SubState {
             self.streams.swap_remove(i);
             self.pending.retain(|(s, _)| s != stream);
             self.history.retain(|(s, _)| s != stream);
+            if self.whisper.as_deref() == Some(stream) {
+                self.whisper = None;
+            }
             self.dirty = true;
             tracing::info!("{} stopped streaming from {}", self.class, stream);
             conn.cable.hub.remove(stream, &self.identifier, conn.id);
@@ -220,6 +272,7 @@ impl SubState {
     pub(crate) fn stop_all_streams(&mut self, conn: &ConnShared) {
         self.pending.clear();
         self.history.clear();
+        self.whisper = None;
         self.dirty = true;
         for stream in self.streams.drain(..) {
             tracing::info!("{} stopped streaming from {}", self.class, stream);
@@ -326,6 +379,34 @@ impl<'a> Context<'a> {
     pub fn stream_from_with_policy(&mut self, stream: impl Into<String>, policy: HistoryPolicy) {
         self.sub
             .stream_from_with_history(self.conn, stream.into(), policy);
+    }
+
+    /// [`stream_from`](Self::stream_from) with options: history, whispers.
+    ///
+    /// ```
+    /// # use cable_core::{async_trait, Channel, ChannelError, Context, StreamOptions};
+    /// # struct Room;
+    /// # #[async_trait]
+    /// # impl Channel for Room {
+    /// async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    ///     // Messages keep history; `whisper` commands ("typing…") reach
+    ///     // the room's other subscribers, never stored.
+    ///     ctx.stream_from_with("room:1", StreamOptions::new().history().whisper());
+    ///     Ok(())
+    /// }
+    /// # }
+    /// ```
+    pub fn stream_from_with(&mut self, stream: impl Into<String>, options: StreamOptions) {
+        let stream = stream.into();
+        match options.history {
+            StreamHistory::Off => self.sub.stream_from(self.conn, stream.clone()),
+            StreamHistory::Default => self.stream_from_with_history(stream.clone()),
+            StreamHistory::Policy(p) => self.stream_from_with_policy(stream.clone(), p),
+        }
+        if options.whisper && !self.sub.stopped {
+            self.sub.whisper = Some(stream);
+            self.sub.dirty = true;
+        }
     }
 
     /// Streams from Rails' `broadcasting_for(key)` of this channel, e.g.

@@ -198,6 +198,9 @@ struct StoredSub {
     /// Streams with history: name, limit, ttl in seconds.
     #[serde(default)]
     history: Vec<(String, usize, u64)>,
+    /// The whisper stream, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    whisper: Option<String>,
 }
 
 /// Longest `X-Request-ID` taken as a session id.
@@ -479,6 +482,10 @@ async fn run_session<S>(
         }
     };
     let _ = outbox.push(welcome);
+    if let Some(e) = &ext {
+        // Broadcasts name the session to skip by the sid the client has.
+        outbox.socket_id_or(|| e.sid.clone());
+    }
     cable.register(
         conn.id,
         ConnHandle {
@@ -982,6 +989,15 @@ impl Session {
                 identifier,
                 history,
             }) => self.history(io, &identifier, history).await,
+            Ok(Command::Whisper { identifier, data }) => self.whisper(io, &identifier, data).await,
+            Ok(Command::Join { identifier, .. })
+            | Ok(Command::Leave { identifier })
+            | Ok(Command::PresenceInfo { identifier }) => {
+                tracing::debug!(
+                    "Ignoring a presence command for {}: presence is not enabled",
+                    Snip(&identifier)
+                );
+            }
             Ok(Command::Ping) => {
                 let _ = self.conn.outbox.push(Frame::pong());
             }
@@ -1261,6 +1277,55 @@ impl Session {
         }
     }
 
+    /// Publishes a whisper on the subscription's whisper stream, to every
+    /// subscriber but this session and never into history. Ignored (logged)
+    /// without a whisper stream, as AnyCable.
+    async fn whisper<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, data: Value)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let Some(sub) = self.subs.get(identifier) else {
+            client_error!(
+                self,
+                "Could not whisper to ({}): no subscription with that identifier",
+                Snip(identifier)
+            );
+            return;
+        };
+        let Some(stream) = sub.state.whisper.clone() else {
+            tracing::debug!(
+                "Ignoring a whisper to {}: the subscription has no whisper stream",
+                Snip(identifier)
+            );
+            return;
+        };
+        let sid = self
+            .conn
+            .outbox
+            .socket_id_or(|| crate::ids::random_id(21))
+            .to_owned();
+        let payload = data.to_string();
+        let broadcaster = self.conn.cable.broadcaster();
+        let publication = crate::cable::Publication::default()
+            .excluding(sid)
+            .transient();
+        let sent = io
+            .guarded(
+                &self.conn,
+                broadcaster.broadcast_with(&stream, &payload, &publication),
+            )
+            .await;
+        match sent {
+            Outcome::Done(Ok(())) => {
+                tracing::debug!("Whisper to {stream} from {}", Snip(identifier));
+            }
+            Outcome::Done(Err(e)) => {
+                tracing::warn!(stream = %stream, error = %e, "a whisper could not be published");
+            }
+            _ => {}
+        }
+    }
+
     /// Starts the streams of a restored session's subscriptions (after the
     /// welcome) and keeps them; `subscribed` does not run.
     async fn restore<S>(&mut self, io: &mut Io<'_, S>, subs: Vec<(Box<Subscription>, StoredSub)>)
@@ -1288,6 +1353,7 @@ impl Session {
                     None => sub.state.stream_from(&self.conn, stream),
                 }
             }
+            sub.state.whisper = stored.whisper;
             let class = sub.state.class.clone();
             match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
                 Outcome::Done(Ok(())) => {}
@@ -1387,6 +1453,7 @@ impl Session {
                     .iter()
                     .map(|(stream, p)| (stream.clone(), p.limit, p.ttl.as_secs()))
                     .collect(),
+                whisper: s.state.whisper.clone(),
             })
             .collect();
         subs.sort_by(|a, b| a.id.cmp(&b.id));

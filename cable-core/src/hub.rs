@@ -19,7 +19,7 @@ use crate::json;
 use crate::logging::Snip;
 use crate::outbox::Outbox;
 use crate::protocol::Frame;
-use crate::pubsub::{decode_positioned, Ack, PubSub};
+use crate::pubsub::{decode_with_meta, Ack, PubSub};
 
 const SHARDS: usize = 16;
 
@@ -355,13 +355,18 @@ impl Hub {
         let Some(groups) = self.shard(stream).get(stream).map(|e| e.groups.clone()) else {
             return;
         };
-        // A broadcast of a stream with history carries its position.
-        let (position, payload) = match decode_positioned(payload) {
+        // A broadcast of a stream with history carries its position; a
+        // whisper or a `to_others` broadcast the session to skip.
+        let (meta, payload) = match decode_with_meta(payload) {
             Ok(split) => split,
             Err(e) => {
-                tracing::error!(stream, error = %e, payload = %Snip(payload), "could not read a positioned broadcast; dropped");
+                tracing::error!(stream, error = %e, payload = %Snip(payload), "could not read a broadcast's envelope; dropped");
                 return;
             }
+        };
+        let position = meta.position;
+        let excluded = |outbox: &Outbox| {
+            meta.exclude_socket.is_some() && outbox.socket_id() == meta.exclude_socket.as_deref()
         };
         let mut encoded: Option<String> = None;
         let mut dropped = false;
@@ -398,6 +403,8 @@ impl Hub {
             };
             subs.for_each(|target| {
                 let pushed = match target {
+                    Target::Frames(outbox) if excluded(outbox) => false,
+                    Target::Held(hold) if excluded(&hold.outbox) => false,
                     Target::Frames(outbox) => outbox.push(frame.clone()).is_ok(),
                     Target::Held(hold) => {
                         hold.push(stream, position.as_ref().map(|p| p.offset), frame.clone())

@@ -67,6 +67,10 @@ pub struct Outbox {
     overflows: Option<Arc<AtomicU64>>,
     /// Frames handed to the writer, for the server's stats.
     sent: Option<Arc<AtomicU64>>,
+    /// The connection's session id, by which a broadcast may exclude it
+    /// (a whisper's sender, `exclude_socket`): the welcome's `sid`, or one
+    /// made when a session without one first needs it.
+    socket_id: std::sync::OnceLock<Box<str>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -95,7 +99,18 @@ impl Outbox {
             capacity,
             overflows,
             sent,
+            socket_id: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The session id broadcasts may exclude this connection by, if it has one.
+    pub(crate) fn socket_id(&self) -> Option<&str> {
+        self.socket_id.get().map(|s| &**s)
+    }
+
+    /// The session id, set to `sid` (or a random one) unless it is set.
+    pub(crate) fn socket_id_or(&self, sid: impl FnOnce() -> String) -> &str {
+        self.socket_id.get_or_init(|| sid().into_boxed_str())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -263,6 +263,37 @@ pub enum Command {
         /// What to replay.
         history: HistoryRequest,
     },
+    /// `{"command":"whisper","identifier":…,"data":{…}}` (AnyCable): `data`
+    /// (any JSON, not stringified) goes to the subscription's whisper stream,
+    /// to everyone but the sender.
+    Whisper {
+        /// The identifier string, exactly as sent.
+        identifier: String,
+        /// The `data` field as sent (`null` when absent).
+        data: Value,
+    },
+    /// `{"command":"join","identifier":…,"presence":{"id":…,"info":…}}`
+    /// (AnyCable): the session joins the subscription's presence stream.
+    Join {
+        /// The identifier string, exactly as sent.
+        identifier: String,
+        /// The presence id (a string; a number is taken as its digits).
+        id: String,
+        /// What others see of this member (`null` when absent).
+        info: Value,
+    },
+    /// `{"command":"leave","identifier":…}` (AnyCable): the session leaves
+    /// the subscription's presence stream.
+    Leave {
+        /// The identifier string, exactly as sent.
+        identifier: String,
+    },
+    /// `{"command":"presence","identifier":…,"data":{…}}` (AnyCable): asks
+    /// who is present on the subscription's presence stream.
+    PresenceInfo {
+        /// The identifier string, exactly as sent.
+        identifier: String,
+    },
     /// `{"command":"ping"}`: answered with `{"type":"pong"}`.
     Ping,
     /// `{"command":"pong"}`: the client is alive (resets the pong timeout).
@@ -329,6 +360,9 @@ pub enum CommandError {
     /// `streams`, or malformed): no reply, as AnyCable.
     #[error("history request has neither since nor streams, or is malformed")]
     BadHistory,
+    /// A `join` without a `presence` object holding a non-empty `id`.
+    #[error("join without presence.id")]
+    BadPresence,
 }
 
 impl Command {
@@ -352,7 +386,8 @@ impl Command {
         match command.as_str() {
             "ping" => return Ok(Command::Ping),
             "pong" => return Ok(Command::Pong),
-            "subscribe" | "unsubscribe" | "message" | "history" => {}
+            "subscribe" | "unsubscribe" | "message" | "history" | "whisper" | "join" | "leave"
+            | "presence" => {}
             _ => return Err(CommandError::Unrecognized),
         }
         let identifier = match map.remove("identifier") {
@@ -365,6 +400,28 @@ impl Command {
                 history: map.get("history").and_then(HistoryRequest::parse),
             },
             "unsubscribe" => Command::Unsubscribe { identifier },
+            "whisper" => Command::Whisper {
+                identifier,
+                data: map.remove("data").unwrap_or(Value::Null),
+            },
+            "join" => {
+                let mut presence = match map.remove("presence") {
+                    Some(Value::Object(p)) => p,
+                    _ => return Err(CommandError::BadPresence),
+                };
+                let id = match presence.remove("id") {
+                    Some(Value::String(id)) if !id.is_empty() => id,
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => return Err(CommandError::BadPresence),
+                };
+                Command::Join {
+                    identifier,
+                    id,
+                    info: presence.remove("info").unwrap_or(Value::Null),
+                }
+            }
+            "leave" => Command::Leave { identifier },
+            "presence" => Command::PresenceInfo { identifier },
             "history" => Command::History {
                 identifier,
                 history: map

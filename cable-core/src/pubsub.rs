@@ -184,43 +184,84 @@ impl PubSub for MemoryPubSub {
     }
 }
 
-/// Marks a positioned payload on the pub/sub wire; see [`encode_positioned`].
+/// Marks a payload with an envelope on the pub/sub wire; see [`encode_with_meta`].
 const POSITION_MARK: char = '\u{1e}';
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PositionHeader<'a> {
-    #[serde(borrow)]
-    epoch: std::borrow::Cow<'a, str>,
-    offset: u64,
+/// What travels with a broadcast beside its payload, in the envelope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Its place in the stream's history, when the stream keeps one.
+    pub position: Option<Position>,
+    /// The session (its `sid`, AnyCable's `exclude_socket`) that must not
+    /// get it: a whisper's sender, or the client of a `to_others` broadcast.
+    pub exclude_socket: Option<String>,
 }
 
-/// The pub/sub payload of a broadcast that has a place in its stream's
-/// history: `\u{1e}{"epoch":E,"offset":O}\u{1e}` followed by the payload
-/// as broadcast.
+impl Meta {
+    /// Meta with only a position.
+    pub fn at(position: Position) -> Self {
+        Meta {
+            position: Some(position),
+            exclude_socket: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.position.is_none() && self.exclude_socket.is_none()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header<'a> {
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    exclude_socket: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The pub/sub payload of a broadcast with [`Meta`]: the payload as it is
+/// when there is none, else `\u{1e}{"epoch":E,"offset":O,"exclude_socket":S}\u{1e}`
+/// (each field only when set) followed by the payload as broadcast.
 ///
-/// The position must travel with the payload so that every node puts it
-/// into its frames. The record separator (U+001E) cannot start JSON text,
-/// so a payload Rails (or anyone) publishes is never mistaken for one of
-/// these, and unpositioned payloads stay exactly as they are today. The
-/// header is JSON, so the separator inside an epoch is escaped and the
-/// second separator ends the header.
+/// The meta must travel with the payload so that every node puts the
+/// position into its frames and skips the excluded session. The record
+/// separator (U+001E) cannot start JSON text, so a payload Rails (or
+/// anyone) publishes is never mistaken for one of these, and payloads
+/// without meta stay exactly as Rails publishes them. The header is JSON,
+/// so a separator inside a value is escaped and the second one ends it.
 ///
 /// ```
 /// use cable_core::broker::Position;
-/// use cable_core::pubsub::{decode_positioned, encode_positioned};
+/// use cable_core::pubsub::{decode_with_meta, encode_with_meta, Meta};
 ///
 /// let pos = Position { epoch: "ab0".into(), offset: 7 };
-/// let wire = encode_positioned(&pos, r#"{"text":"hi"}"#);
+/// let wire = encode_with_meta(&Meta::at(pos.clone()), r#"{"text":"hi"}"#);
 /// assert_eq!(wire, "\u{1e}{\"epoch\":\"ab0\",\"offset\":7}\u{1e}{\"text\":\"hi\"}");
-/// assert_eq!(decode_positioned(&wire).unwrap(), (Some(pos), r#"{"text":"hi"}"#));
-/// assert_eq!(decode_positioned(r#"{"a":1}"#).unwrap(), (None, r#"{"a":1}"#));
+/// assert_eq!(decode_with_meta(&wire).unwrap(), (Meta::at(pos), r#"{"text":"hi"}"#));
+/// let whisper = Meta { exclude_socket: Some("sid-1".into()), ..Meta::default() };
+/// let wire = encode_with_meta(&whisper, r#"{"event":"typing"}"#);
+/// assert_eq!(wire, "\u{1e}{\"exclude_socket\":\"sid-1\"}\u{1e}{\"event\":\"typing\"}");
+/// assert_eq!(decode_with_meta(r#"{"a":1}"#).unwrap(), (Meta::default(), r#"{"a":1}"#));
+/// assert_eq!(encode_with_meta(&Meta::default(), r#"{"a":1}"#), r#"{"a":1}"#);
 /// ```
-pub fn encode_positioned(position: &Position, payload: &str) -> String {
-    let header = PositionHeader {
-        epoch: std::borrow::Cow::Borrowed(&position.epoch),
-        offset: position.offset,
+pub fn encode_with_meta(meta: &Meta, payload: &str) -> String {
+    if meta.is_empty() {
+        return payload.to_owned();
+    }
+    let header = Header {
+        epoch: meta
+            .position
+            .as_ref()
+            .map(|p| std::borrow::Cow::Borrowed(p.epoch.as_str())),
+        offset: meta.position.as_ref().map(|p| p.offset),
+        exclude_socket: meta
+            .exclude_socket
+            .as_deref()
+            .map(std::borrow::Cow::Borrowed),
     };
-    // A struct of a string and a number always serialises.
+    // Strings and a number always serialise.
     let header = serde_json::to_string(&header).unwrap_or_default();
     let mut out = String::with_capacity(header.len() + payload.len() + 2);
     out.push(POSITION_MARK);
@@ -230,28 +271,40 @@ pub fn encode_positioned(position: &Position, payload: &str) -> String {
     out
 }
 
-/// A positioned payload whose header cannot be read.
+/// A payload whose envelope cannot be read.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed position header on a pub/sub payload: {0}")]
+#[error("malformed envelope on a pub/sub payload: {0}")]
 pub struct EnvelopeError(String);
 
-/// Splits a pub/sub payload into its position (if it was published with
-/// one, see [`encode_positioned`]) and the payload as broadcast. A payload
-/// without the mark is returned whole: costs one byte comparison.
-pub fn decode_positioned(payload: &str) -> Result<(Option<Position>, &str), EnvelopeError> {
+/// Splits a pub/sub payload into its [`Meta`] (see [`encode_with_meta`])
+/// and the payload as broadcast. A payload without the mark is returned
+/// whole, with empty meta: costs one byte comparison.
+pub fn decode_with_meta(payload: &str) -> Result<(Meta, &str), EnvelopeError> {
     let Some(rest) = payload.strip_prefix(POSITION_MARK) else {
-        return Ok((None, payload));
+        return Ok((Meta::default(), payload));
     };
     let Some((header, body)) = rest.split_once(POSITION_MARK) else {
         return Err(EnvelopeError("no end of header".into()));
     };
-    let header: PositionHeader<'_> =
+    let header: Header<'_> =
         serde_json::from_str(header).map_err(|e| EnvelopeError(e.to_string()))?;
-    Ok((
-        Some(Position {
-            epoch: header.epoch.into_owned(),
-            offset: header.offset,
+    let position = match (header.epoch, header.offset) {
+        (Some(epoch), Some(offset)) => Some(Position {
+            epoch: epoch.into_owned(),
+            offset,
         }),
+        (None, None) => None,
+        _ => {
+            return Err(EnvelopeError(
+                "an epoch without an offset, or the reverse".into(),
+            ))
+        }
+    };
+    Ok((
+        Meta {
+            position,
+            exclude_socket: header.exclude_socket.map(std::borrow::Cow::into_owned),
+        },
         body,
     ))
 }

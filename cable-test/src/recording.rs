@@ -108,7 +108,7 @@ pub(crate) fn json_list(values: &[Value]) -> String {
 fn decode(payload: &str) -> Value {
     // A broadcast of a stream with history travels with its position;
     // what was broadcast is the rest.
-    let payload = match cable_core::pubsub::decode_positioned(payload) {
+    let payload = match cable_core::pubsub::decode_with_meta(payload) {
         Ok((_, body)) => body,
         Err(_) => payload,
     };

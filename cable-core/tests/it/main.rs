@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 mod hardening;
 mod reliable;
+mod whisper;
 
 /// A connection for `?user=<user>`, welcomed.
 async fn open(cable: &TestCable, user: &str) -> Connection {
