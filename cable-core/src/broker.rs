@@ -40,8 +40,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 mod memory;
+mod presence;
 
 pub use memory::MemoryBroker;
+pub use presence::{MemoryPresence, PresenceInfo, PresenceLeft, PresenceRecord};
 
 /// Where an appended message stands in its stream's history.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -112,6 +114,18 @@ pub enum BrokerError {
     /// Any other backend error, as text.
     #[error("broker backend error: {0}")]
     Backend(String),
+    /// This broker does not do what was asked (presence, say).
+    #[error("the {broker} broker does not support {what}")]
+    Unsupported {
+        /// The broker's name.
+        broker: &'static str,
+        /// What it was asked for.
+        what: &'static str,
+    },
+    /// A session that is present on a stream as one id tried to join it as
+    /// another (AnyCable's "presence ID mismatch").
+    #[error("presence ID mismatch")]
+    PresenceIdMismatch,
 }
 
 impl BrokerError {
@@ -169,6 +183,68 @@ pub trait Broker: Send + Sync + 'static {
     /// Forgets `sid`'s state (a restored session's old id, a clean logout).
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError>;
 
+    /// Session `sid` joins `stream`'s presence as member `id`, showing
+    /// `info` (JSON text; the latest join's wins), and stays present while
+    /// [`Broker::presence_touch`] renews it within `ttl`. Returns true when
+    /// `id` was not present before (the stream's subscribers are told it
+    /// joined). A session present as another id on the stream is
+    /// [`BrokerError::PresenceIdMismatch`].
+    async fn presence_join(
+        &self,
+        _stream: &str,
+        _sid: &str,
+        _id: &str,
+        _info: &str,
+        _ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        Err(self.no_presence())
+    }
+
+    /// Session `sid` leaves `stream`'s presence. Returns the member id when
+    /// it was that id's last session (the stream's subscribers are told it
+    /// left); None when the session was not present or the id stays.
+    async fn presence_leave(
+        &self,
+        _stream: &str,
+        _sid: &str,
+    ) -> Result<Option<String>, BrokerError> {
+        Err(self.no_presence())
+    }
+
+    /// Who is present on `stream`: every member once, oldest first.
+    async fn presence_info(&self, _stream: &str) -> Result<PresenceInfo, BrokerError> {
+        Err(self.no_presence())
+    }
+
+    /// Keeps sessions `sids` present for another `ttl` (every node renews
+    /// its connected sessions on each heartbeat; a session that went away
+    /// is no longer renewed and expires).
+    async fn presence_touch(&self, _sids: &[String], _ttl: Duration) -> Result<(), BrokerError> {
+        Err(self.no_presence())
+    }
+
+    /// Removes the sessions whose presence ran out and returns the members
+    /// that left with them, each once across every node sharing the
+    /// backend (the caller tells the streams' subscribers).
+    async fn presence_expire(&self) -> Result<Vec<PresenceLeft>, BrokerError> {
+        Err(self.no_presence())
+    }
+
+    /// Whether this broker keeps presence. The presence methods of one that
+    /// does not answer [`BrokerError::Unsupported`].
+    fn supports_presence(&self) -> bool {
+        false
+    }
+
     /// A short name for logs ("memory", "redis", "postgres").
     fn name(&self) -> &'static str;
+
+    /// The error of a presence call on a broker without presence.
+    #[doc(hidden)]
+    fn no_presence(&self) -> BrokerError {
+        BrokerError::Unsupported {
+            broker: self.name(),
+            what: "presence",
+        }
+    }
 }

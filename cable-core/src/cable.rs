@@ -72,6 +72,10 @@ pub struct CableConfig {
     /// "reconnect":true}` and is closed. Set it above the ping interval (3 s)
     /// plus a round trip. Default `None` (off), as AnyCable.
     pub pong_timeout: Option<Duration>,
+    /// How long a session stays present on a stream after its connection
+    /// went away without leaving (AnyCable's `presence_ttl`): a client that
+    /// reconnects within it never appears to leave. Default 15 s.
+    pub presence_ttl: Duration,
 }
 
 /// A token bucket for a connection's commands: `burst` at once, refilled at
@@ -108,6 +112,7 @@ impl Default for CableConfig {
             history_policy: HistoryPolicy::default(),
             session_ttl: Duration::from_secs(300),
             pong_timeout: None,
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -208,6 +213,7 @@ pub(crate) struct ConnHandle {
 pub(crate) struct Inner {
     pub(crate) hub: Arc<Hub>,
     pub(crate) reliable: Arc<Reliable>,
+    pub(crate) presence: crate::presence::Local,
     pub(crate) channels: HashMap<Arc<str>, ChannelFactory>,
     pub(crate) auth: Arc<dyn Authenticate>,
     pub(crate) config: CableConfig,
@@ -308,6 +314,8 @@ pub struct Publication {
     pub exclude_socket: Option<String>,
     /// Delivered live only, never stored in the stream's history.
     pub transient: bool,
+    /// A presence event (sent as `type: presence`; always transient).
+    pub(crate) presence: bool,
 }
 
 impl Publication {
@@ -372,8 +380,9 @@ impl Broadcaster {
         let mut meta = crate::pubsub::Meta {
             position: None,
             exclude_socket: options.exclude_socket.clone(),
+            presence: options.presence,
         };
-        if !options.transient {
+        if !options.transient && !options.presence {
             if let Some(policy) = self.reliable.policy_for(stream).await {
                 meta.position = self.reliable.append(stream, json_text, policy).await;
             }
@@ -587,10 +596,12 @@ impl CableBuilder {
             self.config.history_all_streams,
             self.config.history_policy,
         ));
+        let presence = crate::presence::Local::new(self.config.presence_ttl);
         Cable {
             inner: Arc::new(Inner {
                 hub,
                 reliable,
+                presence,
                 channels: self.channels,
                 auth: self.auth,
                 config: self.config,
@@ -616,6 +627,22 @@ impl Cable {
             pubsub: PubSubSlot::Factory(Box::new(|d| Arc::new(MemoryPubSub::new(d)))),
             broker: Some(Arc::new(MemoryBroker::new())),
             config: CableConfig::default(),
+        }
+    }
+
+    /// Who is present on `stream` (AnyCable's presence), on every node
+    /// sharing the broker; [`BrokerError::Unsupported`](crate::broker::BrokerError::Unsupported)
+    /// when the broker keeps no presence (or there is none).
+    pub async fn presence(
+        &self,
+        stream: &str,
+    ) -> Result<crate::broker::PresenceInfo, crate::broker::BrokerError> {
+        match &self.inner.reliable.broker {
+            Some(b) => b.presence_info(stream).await,
+            None => Err(crate::broker::BrokerError::Unsupported {
+                broker: "none",
+                what: "presence",
+            }),
         }
     }
 
@@ -705,6 +732,9 @@ impl Cable {
         let frame = Frame::ping(secs);
         let hub = &self.inner.hub;
         self.inner.reliable.renew(|stream| hub.has_stream(stream));
+        self.inner
+            .presence
+            .on_beat(self.inner.reliable.broker.as_ref(), self.broadcaster());
         let conns = self.inner.conns();
         for c in conns.values() {
             let _ = c.outbox.push(frame.clone());

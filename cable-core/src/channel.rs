@@ -125,6 +125,7 @@ pub trait Channel: Send + 'static {
 pub struct StreamOptions {
     history: StreamHistory,
     whisper: bool,
+    presence: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,6 +165,15 @@ impl StreamOptions {
         self.whisper = true;
         self
     }
+
+    /// The subscription's presence commands (`join`, `leave`, `presence`)
+    /// work on this stream (AnyCable's presence): its subscribers are told
+    /// who joins and leaves, on every node sharing the broker. One presence
+    /// stream per subscription: the last one started wins.
+    pub fn presence(mut self) -> Self {
+        self.presence = true;
+        self
+    }
 }
 
 /// Per-subscription state the context works on.
@@ -186,6 +196,10 @@ pub(crate) struct SubState {
     pub(crate) hold: Option<Arc<crate::hub::Hold>>,
     /// Where `whisper` commands go ([`StreamOptions::whisper`]).
     pub(crate) whisper: Option<String>,
+    /// Where presence commands work ([`StreamOptions::presence`]).
+    pub(crate) presence: Option<String>,
+    /// This subscription joined its presence stream (and has not left).
+    pub(crate) joined: bool,
 }
 
 impl SubState {
@@ -204,6 +218,8 @@ impl SubState {
             dirty: false,
             hold: None,
             whisper: None,
+            presence: None,
+            joined: false,
         }
     }
 
@@ -263,6 +279,7 @@ impl SubState {
             if self.whisper.as_deref() == Some(stream) {
                 self.whisper = None;
             }
+
             self.dirty = true;
             tracing::info!("{} stopped streaming from {}", self.class, stream);
             conn.cable.hub.remove(stream, &self.identifier, conn.id);
@@ -403,10 +420,35 @@ impl<'a> Context<'a> {
             StreamHistory::Default => self.stream_from_with_history(stream.clone()),
             StreamHistory::Policy(p) => self.stream_from_with_policy(stream.clone(), p),
         }
-        if options.whisper && !self.sub.stopped {
+        if self.sub.stopped {
+            return;
+        }
+        if options.presence {
+            self.sub.presence = Some(stream.clone());
+            self.sub.dirty = true;
+        }
+        if options.whisper {
             self.sub.whisper = Some(stream);
             self.sub.dirty = true;
         }
+    }
+
+    /// Who is present on this subscription's presence stream
+    /// ([`StreamOptions::presence`]), on every node sharing the broker.
+    /// [`BrokerError::Unsupported`](crate::broker::BrokerError::Unsupported)
+    /// without a presence stream or a broker that keeps presence.
+    pub async fn presence(
+        &self,
+    ) -> Result<crate::broker::PresenceInfo, crate::broker::BrokerError> {
+        let unsupported = crate::broker::BrokerError::Unsupported {
+            broker: "none",
+            what: "presence without a presence stream",
+        };
+        let (Some(stream), Some(broker)) = (&self.sub.presence, &self.conn.cable.reliable.broker)
+        else {
+            return Err(unsupported);
+        };
+        broker.presence_info(stream).await
     }
 
     /// Streams from Rails' `broadcasting_for(key)` of this channel, e.g.

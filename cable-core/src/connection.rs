@@ -31,7 +31,7 @@ use crate::logging::{LogLimiter, Snip};
 use crate::mailbox::{mailbox, Mailbox, MailboxReceiver};
 use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
 use crate::protocol::{
-    Command, CommandError, DisconnectReason, Frame, HistoryRequest, EXT_SUBPROTOCOL,
+    Command, CommandError, DisconnectReason, Frame, HistoryRequest, PresenceJoin, EXT_SUBPROTOCOL,
 };
 
 /// Logs an error the client caused, within the connection's log budget.
@@ -201,6 +201,9 @@ struct StoredSub {
     /// The whisper stream, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     whisper: Option<String>,
+    /// The presence stream, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    presence: Option<String>,
 }
 
 /// Longest `X-Request-ID` taken as a session id.
@@ -972,12 +975,17 @@ impl Session {
             Ok(Command::Subscribe {
                 identifier,
                 history,
+                presence,
             }) => {
-                // History is served after the confirmation, as AnyCable.
-                let then = history.map(|h| (identifier.clone(), h));
-                if self.subscribe(io, identifier, then.is_some()).await {
-                    if let Some((identifier, history)) = then {
-                        self.history(io, &identifier, history).await;
+                // History is served after the confirmation, as AnyCable;
+                // a presence the client held is joined after that.
+                let id = identifier.clone();
+                if self.subscribe(io, identifier, history.is_some()).await {
+                    if let Some(history) = history {
+                        self.history(io, &id, history).await;
+                    }
+                    if let Some(presence) = presence {
+                        self.join(io, &id, presence).await;
                     }
                 }
             }
@@ -990,14 +998,12 @@ impl Session {
                 history,
             }) => self.history(io, &identifier, history).await,
             Ok(Command::Whisper { identifier, data }) => self.whisper(io, &identifier, data).await,
-            Ok(Command::Join { identifier, .. })
-            | Ok(Command::Leave { identifier })
-            | Ok(Command::PresenceInfo { identifier }) => {
-                tracing::debug!(
-                    "Ignoring a presence command for {}: presence is not enabled",
-                    Snip(&identifier)
-                );
-            }
+            Ok(Command::Join {
+                identifier,
+                presence,
+            }) => self.join(io, &identifier, presence).await,
+            Ok(Command::Leave { identifier }) => self.leave(io, &identifier).await,
+            Ok(Command::PresenceInfo { identifier }) => self.presence_info(io, &identifier).await,
             Ok(Command::Ping) => {
                 let _ = self.conn.outbox.push(Frame::pong());
             }
@@ -1189,6 +1195,10 @@ impl Session {
             .guarded(&self.conn, sub.channel.unsubscribed(&mut ctx))
             .await;
         report(&self.conn, &class, "unsubscribed", &outcome);
+        if sub.state.joined {
+            let left = leave_presence(&self.conn, &mut sub.state);
+            let _ = io.guarded(&self.conn, left).await;
+        }
         sub.state.stop(&self.conn);
     }
 
@@ -1326,6 +1336,140 @@ impl Session {
         }
     }
 
+    /// The broker, when it keeps presence, and the subscription's presence
+    /// stream; None (logged) otherwise.
+    fn presence_target(
+        &mut self,
+        identifier: &str,
+    ) -> Option<(Arc<dyn crate::broker::Broker>, String)> {
+        let Some(sub) = self.subs.get(identifier) else {
+            client_error!(
+                self,
+                "Could not execute a presence command for ({}): no subscription with that identifier",
+                Snip(identifier)
+            );
+            return None;
+        };
+        let Some(stream) = sub.state.presence.clone() else {
+            tracing::debug!(
+                "Ignoring a presence command for {}: the subscription has no presence stream",
+                Snip(identifier)
+            );
+            return None;
+        };
+        match self.conn.cable.reliable.broker.clone() {
+            Some(b) if b.supports_presence() => Some((b, stream)),
+            _ => {
+                tracing::warn!(
+                    "Ignoring a presence command for {}: the broker keeps no presence",
+                    Snip(identifier)
+                );
+                None
+            }
+        }
+    }
+
+    /// The `join` command: this session joins the subscription's presence
+    /// stream as `presence.id`; the stream hears of it when the id is new.
+    async fn join<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, presence: PresenceJoin)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let Some((broker, stream)) = self.presence_target(identifier) else {
+            return;
+        };
+        let sid = self
+            .conn
+            .outbox
+            .socket_id_or(|| crate::ids::random_id(21))
+            .to_owned();
+        let ttl = self.conn.cable.presence.ttl;
+        let broadcaster = self.conn.cable.broadcaster();
+        let joined = async {
+            let info = presence.info.to_string();
+            let first = broker
+                .presence_join(&stream, &sid, &presence.id, &info, ttl)
+                .await?;
+            if first {
+                let event = crate::presence::join_event(&presence.id, &presence.info);
+                crate::presence::publish(&broadcaster, &stream, &event).await;
+            }
+            Ok::<bool, BrokerError>(first)
+        };
+        match io.guarded(&self.conn, joined).await {
+            Outcome::Done(Ok(first)) => {
+                tracing::debug!(stream = %stream, id = %presence.id, first, "presence join");
+                if let Some(sub) = self.subs.get_mut(identifier) {
+                    if !std::mem::replace(&mut sub.state.joined, true) {
+                        self.conn.cable.presence.add(&sid);
+                    }
+                }
+            }
+            Outcome::Done(Err(BrokerError::PresenceIdMismatch)) => {
+                client_error!(
+                    self,
+                    "Could not join presence of {}: presence ID mismatch (this session is present there as another id)",
+                    Snip(identifier)
+                );
+            }
+            Outcome::Done(Err(e)) => {
+                tracing::warn!(stream = %stream, error = %e, "a presence join failed");
+            }
+            _ => {}
+        }
+    }
+
+    /// The `leave` command: this session leaves the subscription's presence
+    /// stream now.
+    async fn leave<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let Some(sub) = self.subs.get_mut(identifier) else {
+            client_error!(
+                self,
+                "Could not leave presence of ({}): no subscription with that identifier",
+                Snip(identifier)
+            );
+            return;
+        };
+        if !sub.state.joined {
+            return;
+        }
+        let left = leave_presence(&self.conn, &mut sub.state);
+        let _ = io.guarded(&self.conn, left).await;
+    }
+
+    /// The `presence` command: who is on the subscription's presence stream,
+    /// sent to this client only (`{"type":"error"}` when it cannot be read).
+    async fn presence_info<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        if !self.subs.contains_key(identifier) {
+            client_error!(
+                self,
+                "Could not read presence of ({}): no subscription with that identifier",
+                Snip(identifier)
+            );
+            return;
+        }
+        let message = match self.presence_target(identifier) {
+            Some((broker, stream)) => {
+                match io.guarded(&self.conn, broker.presence_info(&stream)).await {
+                    Outcome::Done(Ok(info)) => crate::presence::info_message(&info),
+                    Outcome::Done(Err(e)) => {
+                        tracing::warn!(stream = %stream, error = %e, "could not read presence");
+                        crate::presence::INFO_ERROR.to_owned()
+                    }
+                    _ => crate::presence::INFO_ERROR.to_owned(),
+                }
+            }
+            None => crate::presence::INFO_ERROR.to_owned(),
+        };
+        let _ = self.conn.outbox.push(Frame::presence(identifier, &message));
+    }
+
     /// Starts the streams of a restored session's subscriptions (after the
     /// welcome) and keeps them; `subscribed` does not run.
     async fn restore<S>(&mut self, io: &mut Io<'_, S>, subs: Vec<(Box<Subscription>, StoredSub)>)
@@ -1354,6 +1498,7 @@ impl Session {
                 }
             }
             sub.state.whisper = stored.whisper;
+            sub.state.presence = stored.presence;
             let class = sub.state.class.clone();
             match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
                 Outcome::Done(Ok(())) => {}
@@ -1454,6 +1599,7 @@ impl Session {
                     .map(|(stream, p)| (stream.clone(), p.limit, p.ttl.as_secs()))
                     .collect(),
                 whisper: s.state.whisper.clone(),
+                presence: s.state.presence.clone(),
             })
             .collect();
         subs.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1546,7 +1692,45 @@ impl Session {
             };
             let outcome = contained(timeout, sub.channel.unsubscribed(&mut ctx)).await;
             report(&self.conn, &class, "unsubscribed", &outcome);
+            if sub.state.joined {
+                // Not renewed from now on: the session's presence runs out
+                // after the presence TTL, unless it comes back and joins.
+                if let Some(sid) = self.conn.outbox.socket_id() {
+                    self.conn.cable.presence.remove(sid);
+                }
+            }
             sub.state.stop(&self.conn);
+        }
+    }
+}
+
+/// Takes subscription `state`'s session off its presence stream; the
+/// stream hears of it when that was the id's last session. A failure is
+/// logged (the presence then runs out with the TTL).
+fn leave_presence(
+    conn: &ConnShared,
+    state: &mut SubState,
+) -> impl Future<Output = ()> + Send + 'static {
+    state.joined = false;
+    let sid = conn.outbox.socket_id().map(str::to_owned);
+    if let Some(sid) = &sid {
+        conn.cable.presence.remove(sid);
+    }
+    let broker = conn.cable.reliable.broker.clone();
+    let stream = state.presence.clone();
+    let broadcaster = conn.cable.broadcaster();
+    async move {
+        let (Some(sid), Some(broker), Some(stream)) = (sid, broker, stream) else {
+            return;
+        };
+        match broker.presence_leave(&stream, &sid).await {
+            Ok(Some(id)) => {
+                tracing::debug!(stream = %stream, id = %id, "presence leave");
+                crate::presence::publish(&broadcaster, &stream, &crate::presence::leave_event(&id))
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(stream = %stream, error = %e, "a presence leave failed"),
         }
     }
 }

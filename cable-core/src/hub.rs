@@ -398,6 +398,7 @@ impl Hub {
                 },
             };
             let frame = match &position {
+                _ if meta.presence => Frame::presence(identifier, message),
                 Some(p) => Frame::message_at(identifier, message, stream, &p.epoch, p.offset),
                 None => Frame::message(identifier, message),
             };

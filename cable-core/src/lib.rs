@@ -104,6 +104,7 @@ mod logging;
 mod mailbox;
 mod naming;
 mod outbox;
+mod presence;
 pub mod protocol;
 pub mod pubsub;
 mod redact;

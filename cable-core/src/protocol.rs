@@ -204,6 +204,18 @@ impl Frame {
         Self::from_vec(out)
     }
 
+    /// `{"type":"presence","identifier":…,"message":<message>}` (AnyCable's
+    /// presence events and info replies), `message_json` already encoded.
+    pub fn presence(identifier: &str, message_json: &str) -> Self {
+        let mut out = Vec::with_capacity(identifier.len() + message_json.len() + 48);
+        out.extend_from_slice(br#"{"type":"presence","identifier":"#);
+        json::write_str(&mut out, identifier);
+        out.extend_from_slice(br#","message":"#);
+        out.extend_from_slice(message_json.as_bytes());
+        out.push(b'}');
+        Self::from_vec(out)
+    }
+
     /// `{"identifier":…,"message":<message>}`, where `message_json` is already
     /// encoded JSON (see [`crate::json`]).
     pub fn message(identifier: &str, message_json: &str) -> Self {
@@ -242,6 +254,9 @@ pub enum Command {
         identifier: String,
         /// What the client missed and wants replayed, if it asked.
         history: Option<HistoryRequest>,
+        /// The presence it joins with once confirmed (`@anycable/web`
+        /// resubscribing), if any.
+        presence: Option<PresenceJoin>,
     },
     /// `{"command":"unsubscribe","identifier":…}`
     Unsubscribe {
@@ -277,10 +292,8 @@ pub enum Command {
     Join {
         /// The identifier string, exactly as sent.
         identifier: String,
-        /// The presence id (a string; a number is taken as its digits).
-        id: String,
-        /// What others see of this member (`null` when absent).
-        info: Value,
+        /// Who joins.
+        presence: PresenceJoin,
     },
     /// `{"command":"leave","identifier":…}` (AnyCable): the session leaves
     /// the subscription's presence stream.
@@ -298,6 +311,32 @@ pub enum Command {
     Ping,
     /// `{"command":"pong"}`: the client is alive (resets the pong timeout).
     Pong,
+}
+
+/// A presence join: `{"id":…,"info":…}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceJoin {
+    /// The member id (a string; a number is taken as its digits).
+    pub id: String,
+    /// What others see of this member (`null` when absent).
+    pub info: Value,
+}
+
+impl PresenceJoin {
+    fn parse(v: Option<Value>) -> Option<PresenceJoin> {
+        let Some(Value::Object(mut p)) = v else {
+            return None;
+        };
+        let id = match p.remove("id") {
+            Some(Value::String(id)) if !id.is_empty() => id,
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return None,
+        };
+        Some(PresenceJoin {
+            id,
+            info: p.remove("info").unwrap_or(Value::Null),
+        })
+    }
 }
 
 /// What a client asks to have replayed: per stream, the entries after a
@@ -371,7 +410,7 @@ impl Command {
     /// ```
     /// use cable_core::protocol::Command;
     /// let c = Command::parse(r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\"}"}"#).unwrap();
-    /// assert_eq!(c, Command::Subscribe { identifier: r#"{"channel":"ChatChannel"}"#.into(), history: None });
+    /// assert_eq!(c, Command::Subscribe { identifier: r#"{"channel":"ChatChannel"}"#.into(), history: None, presence: None });
     /// ```
     pub fn parse(text: &str) -> Result<Command, CommandError> {
         let mut map = match serde_json::from_str::<Value>(text) {
@@ -398,28 +437,18 @@ impl Command {
             "subscribe" => Command::Subscribe {
                 identifier,
                 history: map.get("history").and_then(HistoryRequest::parse),
+                presence: PresenceJoin::parse(map.remove("presence")),
             },
             "unsubscribe" => Command::Unsubscribe { identifier },
             "whisper" => Command::Whisper {
                 identifier,
                 data: map.remove("data").unwrap_or(Value::Null),
             },
-            "join" => {
-                let mut presence = match map.remove("presence") {
-                    Some(Value::Object(p)) => p,
-                    _ => return Err(CommandError::BadPresence),
-                };
-                let id = match presence.remove("id") {
-                    Some(Value::String(id)) if !id.is_empty() => id,
-                    Some(Value::Number(n)) => n.to_string(),
-                    _ => return Err(CommandError::BadPresence),
-                };
-                Command::Join {
-                    identifier,
-                    id,
-                    info: presence.remove("info").unwrap_or(Value::Null),
-                }
-            }
+            "join" => Command::Join {
+                identifier,
+                presence: PresenceJoin::parse(map.remove("presence"))
+                    .ok_or(CommandError::BadPresence)?,
+            },
             "leave" => Command::Leave { identifier },
             "presence" => Command::PresenceInfo { identifier },
             "history" => Command::History {
@@ -551,7 +580,39 @@ mod tests {
                 history: Some(HistoryRequest {
                     since: Some(5),
                     streams: vec![]
-                })
+                }),
+                presence: None,
+            }
+        );
+        assert_eq!(
+            Command::parse(
+                r#"{"command":"join","identifier":"i","presence":{"id":42,"info":{"name":"Ann"}}}"#
+            )
+            .unwrap(),
+            Command::Join {
+                identifier: "i".into(),
+                presence: PresenceJoin {
+                    id: "42".into(),
+                    info: serde_json::json!({"name": "Ann"})
+                }
+            }
+        );
+        for bad in [
+            r#"{"command":"join","identifier":"i"}"#,
+            r#"{"command":"join","identifier":"i","presence":{"info":{}}}"#,
+            r#"{"command":"join","identifier":"i","presence":{"id":""}}"#,
+        ] {
+            assert!(
+                matches!(Command::parse(bad), Err(CommandError::BadPresence)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Command::parse(r#"{"command":"whisper","identifier":"i","data":{"event":"typing"}}"#)
+                .unwrap(),
+            Command::Whisper {
+                identifier: "i".into(),
+                data: serde_json::json!({"event": "typing"})
             }
         );
     }

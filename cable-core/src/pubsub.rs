@@ -195,6 +195,9 @@ pub struct Meta {
     /// The session (its `sid`, AnyCable's `exclude_socket`) that must not
     /// get it: a whisper's sender, or the client of a `to_others` broadcast.
     pub exclude_socket: Option<String>,
+    /// A presence event (AnyCable's `broadcast_type: presence`): its
+    /// frames are `{"type":"presence","identifier":…,"message":…}`.
+    pub presence: bool,
 }
 
 impl Meta {
@@ -202,12 +205,12 @@ impl Meta {
     pub fn at(position: Position) -> Self {
         Meta {
             position: Some(position),
-            exclude_socket: None,
+            ..Meta::default()
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.position.is_none() && self.exclude_socket.is_none()
+        self.position.is_none() && self.exclude_socket.is_none() && !self.presence
     }
 }
 
@@ -219,10 +222,12 @@ struct Header<'a> {
     offset: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     exclude_socket: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    presence: bool,
 }
 
 /// The pub/sub payload of a broadcast with [`Meta`]: the payload as it is
-/// when there is none, else `\u{1e}{"epoch":E,"offset":O,"exclude_socket":S}\u{1e}`
+/// when there is none, else `\u{1e}{"epoch":E,"offset":O,"exclude_socket":S,"presence":true}\u{1e}`
 /// (each field only when set) followed by the payload as broadcast.
 ///
 /// The meta must travel with the payload so that every node puts the
@@ -260,6 +265,7 @@ pub fn encode_with_meta(meta: &Meta, payload: &str) -> String {
             .exclude_socket
             .as_deref()
             .map(std::borrow::Cow::Borrowed),
+        presence: meta.presence,
     };
     // Strings and a number always serialise.
     let header = serde_json::to_string(&header).unwrap_or_default();
@@ -304,6 +310,7 @@ pub fn decode_with_meta(payload: &str) -> Result<(Meta, &str), EnvelopeError> {
         Meta {
             position,
             exclude_socket: header.exclude_socket.map(std::borrow::Cow::into_owned),
+            presence: header.presence,
         },
         body,
     ))

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
+use super::{
+    Broker, BrokerError, Entry, History, HistoryPolicy, MemoryPresence, Position, PresenceInfo,
+    PresenceLeft,
+};
 
 /// How often, at most, a call sweeps every stream, mark and session for
 /// what has run out (AnyCable's memory broker expires once a second too).
@@ -38,6 +41,7 @@ pub struct MemoryBroker {
     epoch: Arc<str>,
     started: Instant,
     started_unix: u64,
+    presence: MemoryPresence,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +94,7 @@ impl MemoryBroker {
             epoch: crate::ids::random_id(4).into(),
             started: Instant::now(),
             started_unix,
+            presence: MemoryPresence::new(),
         }
     }
 
@@ -281,6 +286,38 @@ impl Broker for MemoryBroker {
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
         self.lock(Instant::now()).sessions.remove(sid);
         Ok(())
+    }
+
+    async fn presence_join(
+        &self,
+        stream: &str,
+        sid: &str,
+        id: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        self.presence.join(stream, sid, id, info, ttl)
+    }
+
+    async fn presence_leave(&self, stream: &str, sid: &str) -> Result<Option<String>, BrokerError> {
+        Ok(self.presence.leave(stream, sid))
+    }
+
+    async fn presence_info(&self, stream: &str) -> Result<PresenceInfo, BrokerError> {
+        Ok(self.presence.info(stream))
+    }
+
+    async fn presence_touch(&self, sids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.presence.touch(sids, ttl);
+        Ok(())
+    }
+
+    async fn presence_expire(&self) -> Result<Vec<PresenceLeft>, BrokerError> {
+        Ok(self.presence.expire())
+    }
+
+    fn supports_presence(&self) -> bool {
+        true
     }
 
     fn name(&self) -> &'static str {

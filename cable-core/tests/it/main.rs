@@ -13,6 +13,7 @@ use cable_test::{frames, Connection, Request, TestCable};
 use serde_json::{json, Value};
 
 mod hardening;
+mod presence;
 mod reliable;
 mod whisper;
 
