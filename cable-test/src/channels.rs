@@ -1,11 +1,13 @@
 //! Ready-made channels for tests of the server itself: one that notes its
-//! callbacks ([`Recorder`]), one that misbehaves on request ([`Faulty`]), and
-//! the two small channels of the [`model`](crate::model) connection
-//! ([`RoomChannel`], [`EchoChannel`]).
+//! callbacks ([`Recorder`]), one that misbehaves on request ([`Faulty`]), one
+//! stream with or without history ([`Feed`]), and the two small channels of
+//! the [`model`](crate::model) connection ([`RoomChannel`], [`EchoChannel`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cable_core::broker::HistoryPolicy;
 use cable_core::{async_trait, Channel, ChannelError, Context};
 use serde_json::{json, Value};
 
@@ -169,6 +171,58 @@ impl Channel for Faulty {
             panic!("boom in timer");
         }
         Ok(())
+    }
+}
+
+/// One stream, for tests of reliable streams: streams from its `stream`
+/// param (default `feed`) with history; without history when param `plain`
+/// is set, with a limit of `limit` messages (kept 300 s) when given.
+/// Actions: `follow` streams from `data.stream` with history, `ping`
+/// transmits `{"pong": true}`; others are unknown. Counts its `subscribed`
+/// calls.
+#[derive(Clone, Debug, Default)]
+pub struct Feed {
+    subscribed: Arc<AtomicUsize>,
+}
+
+impl Feed {
+    /// A feed that counts its `subscribed` calls in `subscribed`.
+    pub fn counting(subscribed: Arc<AtomicUsize>) -> Self {
+        Self { subscribed }
+    }
+}
+
+#[async_trait]
+impl Channel for Feed {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        self.subscribed.fetch_add(1, Ordering::SeqCst);
+        let stream = ctx.param_str("stream").unwrap_or("feed").to_owned();
+        if ctx.param("plain").is_some() {
+            ctx.stream_from(stream);
+        } else if let Some(limit) = ctx.param("limit").and_then(Value::as_u64) {
+            let ttl = Duration::from_secs(300);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            ctx.stream_from_with_policy(stream, HistoryPolicy { limit, ttl });
+        } else {
+            ctx.stream_from_with_history(stream);
+        }
+        Ok(())
+    }
+
+    async fn perform(
+        &mut self,
+        ctx: &mut Context<'_>,
+        action: &str,
+        data: Value,
+    ) -> Result<(), ChannelError> {
+        match (action, data["stream"].as_str()) {
+            ("follow", Some(stream)) => {
+                ctx.stream_from_with_history(stream.to_owned());
+                Ok(())
+            }
+            ("ping", _) => ctx.transmit(&json!({"pong": true})),
+            _ => Err(ChannelError::UnknownAction(action.into())),
+        }
     }
 }
 

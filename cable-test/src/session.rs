@@ -136,6 +136,15 @@ impl TestCable {
         self.broadcasts.assert_broadcasts(stream, n)
     }
 
+    /// Ends `current_user` `user`'s connections as Rails'
+    /// `remote_connections.where(current_user: user).disconnect(reconnect:)`
+    /// does; panics if the pub/sub adapter fails.
+    pub async fn remote_disconnect_user(&self, user: &str, reconnect: bool) {
+        let identifiers = Identifiers::new().with("current_user", user);
+        let sent = self.cable.remote_disconnect(&identifiers, reconnect).await;
+        sent.unwrap_or_else(|e| panic!("remote disconnect of {user}: {e}"));
+    }
+
     /// Opens a connection that runs the real connect hook on `request`
     /// (Rails' `connect`): the connection once welcomed, or [`Rejected`].
     ///

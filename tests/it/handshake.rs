@@ -140,13 +140,9 @@ async fn remote_disconnect_through_admin_endpoint() {
     let mut a1 = Client::connect(&server, "alice").await;
     let mut a2 = Client::connect(&server, "alice").await;
     let mut b = Client::connect(&server, "bob").await;
-    let (status, _) = http(
-        server.addr,
-        "POST",
-        "/admin/disconnect",
-        Some(r#"{"user":"alice"}"#),
-    )
-    .await;
+    let (status, _) = server
+        .post("/admin/disconnect", r#"{"user":"alice"}"#)
+        .await;
     assert_eq!(status, 200);
     for c in [&mut a1, &mut a2] {
         assert_eq!(

@@ -82,24 +82,35 @@ async fn connect_to(url: &str, user: &str) -> Client {
     c
 }
 
-/// Reads until the TCP connection is closed; the time it took.
-async fn until_closed(c: &mut Client) -> Duration {
+/// Reads until the TCP connection is closed, which must take under 1.5 s
+/// (the server closes it, no 2 s fallback wait).
+async fn until_closed(c: &mut Client) {
     let start = Instant::now();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await {
             Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_)) | None) => return start.elapsed(),
+            Ok(Some(Err(_)) | None) => break,
             Err(_) => panic!("the server did not close the connection within 10 s"),
         }
     }
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+/// The server sends a disconnect of `reason` and `reconnect` and closes
+/// with 1000; once our client answers the close, the server ends the TCP
+/// connection.
+async fn disconnected_then_closed(c: &mut Client, reason: &str, reconnect: bool) {
+    let disconnect = cable_test::frames::disconnect(reason, reconnect);
+    assert_eq!(c.expect_close(CloseCode::Normal).await, vec![disconnect]);
+    until_closed(c).await;
 }
 
 #[tokio::test]
 async fn a_client_close_is_answered_with_its_code_and_reason() {
     let server = TestServer::chat().await;
     for (code, reason) in [(1000u16, ""), (1001, "going away"), (4001, "bye")] {
-        let mut c = Client::connect(&server, "closer").await;
-        c.subscribe(&room("close")).await;
+        let mut c = Client::joined(&server, "closer", &room("close")).await;
         c.ws.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
@@ -116,9 +127,8 @@ async fn a_client_close_is_answered_with_its_code_and_reason() {
         let f = answer.expect("a close frame with a code");
         assert_eq!(u16::from(f.code), code);
         assert_eq!(f.reason.as_str(), reason);
-        // Then the server closes the TCP connection (no 2 s fallback wait).
-        let took = until_closed(&mut c).await;
-        assert!(took < Duration::from_millis(1500), "{took:?}");
+        // Then the server closes the TCP connection.
+        until_closed(&mut c).await;
     }
     // A Close without a code (what `close()` sends) is answered with 1000,
     // as websocket-driver does.
@@ -160,12 +170,7 @@ async fn server_closes_complete_the_handshake_then_close_tcp() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        c.expect_close(CloseCode::Normal).await,
-        vec![r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#]
-    );
-    let took = until_closed(&mut c).await;
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    disconnected_then_closed(&mut c, "unauthorized", false).await;
 
     // A remote disconnect, the same way.
     let mut c = Client::connect(&server, "remote-me").await;
@@ -174,19 +179,13 @@ async fn server_closes_complete_the_handshake_then_close_tcp() {
         .remote_disconnect(&Identifiers::new().with("current_user", "remote-me"), true)
         .await
         .unwrap();
-    assert_eq!(
-        c.expect_close(CloseCode::Normal).await,
-        vec![r#"{"type":"disconnect","reason":"remote","reconnect":true}"#]
-    );
-    let took = until_closed(&mut c).await;
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    disconnected_then_closed(&mut c, "remote", true).await;
 }
 
 #[tokio::test]
 async fn invalid_utf8_closes_with_1007_and_protocol_errors_with_1002() {
     let server = TestServer::chat().await;
-    let mut bystander = Client::connect(&server, "bystander").await;
-    bystander.subscribe(&room("utf8")).await;
+    let mut bystander = Client::joined(&server, "bystander", &room("utf8")).await;
 
     let mut c = Client::connect(&server, "bad-utf8").await;
     send_frame(
@@ -235,8 +234,7 @@ async fn close_of(c: &mut Client) -> (u16, String) {
 #[tokio::test]
 async fn a_command_flood_gets_rate_limited_and_others_are_untouched() {
     let server = TestServer::chat().await;
-    let mut canary = Client::connect(&server, "canary").await;
-    canary.subscribe(&room("flood")).await;
+    let mut canary = Client::joined(&server, "canary", &room("flood")).await;
     let mut c = Client::connect(&server, "flooder").await;
     for n in 0..2000 {
         let frame = json!({"command": "message", "identifier": room("nope"), "data": json!({"n": n}).to_string()});
@@ -300,27 +298,13 @@ async fn a_big_broadcast_drops_nobody() {
     let server = TestServer::chat().await;
     let mut members = Vec::new();
     for i in 0..20 {
-        let mut c = Client::connect(&server, &format!("m{i}")).await;
-        c.subscribe(&room("big")).await;
-        members.push(c);
+        members.push(Client::joined(&server, &format!("m{i}"), &room("big")).await);
     }
     let body = json!({"stream": "chat_big", "message": {"pad": "x".repeat(1536 * 1024)}});
-    let (status, text) = crate::support::http(
-        server.addr,
-        "POST",
-        "/admin/broadcast",
-        Some(&body.to_string()),
-    )
-    .await;
+    let (status, text) = server.post("/admin/broadcast", &body.to_string()).await;
     assert_eq!(status, 413, "{text}");
     let small = json!({"stream": "chat_big", "message": {"n": 1}});
-    let (status, _) = crate::support::http(
-        server.addr,
-        "POST",
-        "/admin/broadcast",
-        Some(&small.to_string()),
-    )
-    .await;
+    let (status, _) = server.post("/admin/broadcast", &small.to_string()).await;
     assert_eq!(status, 200);
     for c in &mut members {
         c.expect(&message(&room("big"), r#"{"n":1}"#)).await;
@@ -335,9 +319,7 @@ async fn a_big_broadcast_drops_nobody() {
     let server = TestServer::start(chat_example::cable_builder().config(config)).await;
     let mut members = Vec::new();
     for i in 0..20 {
-        let mut c = Client::connect(&server, &format!("m{i}")).await;
-        c.subscribe(&room("big")).await;
-        members.push(c);
+        members.push(Client::joined(&server, &format!("m{i}"), &room("big")).await);
     }
     let big = "x".repeat(1536 * 1024);
     server.broadcast("chat_big", &json!({ "pad": big })).await;

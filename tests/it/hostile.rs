@@ -138,19 +138,23 @@ async fn flood(case: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_subscribe_flood() {
-    flood("subscribe_flood").await;
+/// A test each for the cases that need no checks past [`survives`]' or
+/// [`flood`]'s.
+macro_rules! plain_cases {
+    ($($test:ident: $check:ident($case:literal);)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            $check($case).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_action_flood() {
-    flood("action_flood").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_ping_flood() {
-    flood("ping_flood").await;
+plain_cases! {
+    hostile_subscribe_flood: flood("subscribe_flood");
+    hostile_action_flood: flood("action_flood");
+    hostile_ping_flood: flood("ping_flood");
+    hostile_big_identifiers: survives("big_identifiers");
+    hostile_slow_readers: survives("slow_readers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,11 +165,6 @@ async fn hostile_subscriptions() {
     assert_eq!(r.attack["confirms"], 256);
     assert!(r.attack["rejects"].as_u64().unwrap_or(0) > 0);
     assert_eq!(r.attack["disconnect_reasons"]["rate_limited"], 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_big_identifiers() {
-    survives("big_identifiers").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,11 +182,6 @@ async fn hostile_big_broadcast() {
 async fn hostile_half_open() {
     let r = survives("half_open").await;
     assert_eq!(r.attack["opened"], 300);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_slow_readers() {
-    survives("slow_readers").await;
 }
 
 /// SIGTERM with 200 half-sent requests open: the process is gone within its

@@ -31,12 +31,9 @@ async fn subscribe_confirm_and_reject() {
 #[tokio::test]
 async fn speak_reaches_the_room_and_only_the_room() {
     let server = TestServer::chat().await;
-    let mut alice = Client::connect(&server, "alice").await;
-    let mut bob = Client::connect(&server, "bob").await;
-    let mut carol = Client::connect(&server, "carol").await;
-    alice.subscribe(&room("lobby")).await;
-    bob.subscribe(&room("lobby")).await;
-    carol.subscribe(&room("other")).await;
+    let mut alice = Client::joined(&server, "alice", &room("lobby")).await;
+    let mut bob = Client::joined(&server, "bob", &room("lobby")).await;
+    let mut carol = Client::joined(&server, "carol", &room("other")).await;
     alice
         .perform(
             &room("lobby"),
@@ -56,8 +53,7 @@ async fn speak_reaches_the_room_and_only_the_room() {
 #[tokio::test]
 async fn echo_returns_the_whole_data() {
     let server = TestServer::chat().await;
-    let mut c = Client::connect(&server, "alice").await;
-    c.subscribe(&room("1")).await;
+    let mut c = Client::joined(&server, "alice", &room("1")).await;
     c.send(&format!(
         r#"{{"command":"message","identifier":{},"data":"{{\"text\":\"hi\",\"action\":\"echo\"}}"}}"#,
         serde_json::to_string(&room("1")).unwrap()
@@ -70,8 +66,7 @@ async fn echo_returns_the_whole_data() {
 #[tokio::test]
 async fn duplicate_subscribe_is_ignored() {
     let server = TestServer::chat().await;
-    let mut c = Client::connect(&server, "alice").await;
-    c.subscribe(&room("1")).await;
+    let mut c = Client::joined(&server, "alice", &room("1")).await;
     c.send_json(json!({"command": "subscribe", "identifier": room("1")}))
         .await;
     c.expect_silence(SHORT).await;
@@ -87,8 +82,7 @@ async fn duplicate_subscribe_is_ignored() {
 #[tokio::test]
 async fn unsubscribe_stops_deliveries() {
     let server = TestServer::chat().await;
-    let mut c = Client::connect(&server, "alice").await;
-    c.subscribe(&room("1")).await;
+    let mut c = Client::joined(&server, "alice", &room("1")).await;
     c.subscribe(&room("2")).await;
     c.send_json(json!({"command": "unsubscribe", "identifier": room("1")}))
         .await;
@@ -105,8 +99,7 @@ async fn unsubscribe_stops_deliveries() {
 async fn commands_for_unknown_subscriptions_and_garbage_are_ignored() {
     let server = TestServer::chat().await;
     let mut c = Client::connect(&server, "alice").await;
-    let mut other = Client::connect(&server, "bob").await;
-    other.subscribe(&room("1")).await;
+    let mut other = Client::joined(&server, "bob", &room("1")).await;
     c.subscribe(&room("1")).await;
     for frame in [
         // message to an identifier that is not subscribed
@@ -155,8 +148,7 @@ use futures_util::SinkExt;
 async fn oversized_message_closes_only_that_connection() {
     let server = TestServer::chat().await;
     let mut big = Client::connect(&server, "alice").await;
-    let mut other = Client::connect(&server, "bob").await;
-    other.subscribe(&room("1")).await;
+    let mut other = Client::joined(&server, "bob", &room("1")).await;
     let body = "x".repeat(70 * 1024);
     big.perform(&room("1"), json!({"body": body, "action": "speak"}))
         .await;
@@ -164,8 +156,7 @@ async fn oversized_message_closes_only_that_connection() {
     other.expect_silence(SHORT).await;
     other.assert_alive(&room("1")).await;
     // A message just under the limit is fine.
-    let mut ok = Client::connect(&server, "carol").await;
-    ok.subscribe(&room("1")).await;
+    let mut ok = Client::joined(&server, "carol", &room("1")).await;
     let body = "y".repeat(60 * 1024);
     ok.perform(&room("1"), json!({"body": body, "action": "speak"}))
         .await;
@@ -241,15 +232,9 @@ async fn commands_sent_before_the_welcome_are_processed_in_order_after_it() {
 #[tokio::test]
 async fn admin_broadcast_reaches_subscribers() {
     let server = TestServer::chat().await;
-    let mut c = Client::connect(&server, "alice").await;
-    c.subscribe(&room("news")).await;
-    let (status, _) = http(
-        server.addr,
-        "POST",
-        "/admin/broadcast",
-        Some(r#"{"stream":"chat_news","message":{"user":"admin","body":"hello"}}"#),
-    )
-    .await;
+    let mut c = Client::joined(&server, "alice", &room("news")).await;
+    let body = r#"{"stream":"chat_news","message":{"user":"admin","body":"hello"}}"#;
+    let (status, _) = server.post("/admin/broadcast", body).await;
     assert_eq!(status, 200);
     c.expect(&message(
         &room("news"),

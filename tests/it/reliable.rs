@@ -2,23 +2,17 @@
 //! `actioncable-v1-ext-json`, a session id in the welcome, and a resume by
 //! `?sid=` on a new socket.
 
-use cable_core::{
-    async_trait, authenticate_with, Cable, Channel, ChannelError, Context, Identifiers,
-    Unauthorized,
-};
+use cable_core::{authenticate_with, Cable, Identifiers, Unauthorized};
+use cable_test::channels::Feed;
 use serde_json::{json, Value};
 
-/// Streams from its `stream` param (default `news`) with history.
-#[derive(Default)]
-pub(crate) struct News;
-
-#[async_trait]
-impl Channel for News {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        let stream = ctx.param_str("stream").unwrap_or("news").to_owned();
-        ctx.stream_from_with_history(stream);
-        Ok(())
-    }
+/// Broadcasts `{"n": n}` on `news`.
+async fn publish(server: &cable_test::TestServer, n: u64) {
+    server
+        .cable
+        .broadcast("news", &json!({ "n": n }))
+        .await
+        .unwrap();
 }
 
 /// `@anycable/web`'s offer.
@@ -27,7 +21,7 @@ const EXT: (&str, &str) = cable_test::EXT_CLIENT_PROTOCOLS;
 #[tokio::test]
 async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
     let cable = Cable::builder()
-        .channel("NewsChannel", News::default)
+        .channel("NewsChannel", Feed::default)
         .authenticate(authenticate_with(|req| async move {
             req.query("user")
                 .map(|u| Identifiers::new().with("current_user", u))
@@ -44,13 +38,9 @@ async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
     assert_eq!(welcome["type"], "welcome");
     let sid = welcome["sid"].as_str().unwrap().to_owned();
     assert_eq!(sid.len(), 21);
-    let id = json!({"channel": "NewsChannel"}).to_string();
+    let id = json!({"channel": "NewsChannel", "stream": "news"}).to_string();
     c.subscribe(&id).await;
-    server
-        .cable
-        .broadcast("news", &json!({"n": 1}))
-        .await
-        .unwrap();
+    publish(&server, 1).await;
     let first: Value = serde_json::from_str(&c.recv().await).unwrap();
     assert_eq!(first["offset"], 1);
     assert_eq!(first["stream_id"], "news");
@@ -58,11 +48,7 @@ async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
     c.leave().await;
 
     // Missed while away.
-    server
-        .cable
-        .broadcast("news", &json!({"n": 2}))
-        .await
-        .unwrap();
+    publish(&server, 2).await;
 
     // Back with the sid and no credentials: restored, no connect hook.
     let mut back =
@@ -86,11 +72,7 @@ async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
     ))
     .await;
     // And live broadcasts reach the restored subscription.
-    server
-        .cable
-        .broadcast("news", &json!({"n": 3}))
-        .await
-        .unwrap();
+    publish(&server, 3).await;
     let live: Value = serde_json::from_str(&back.recv().await).unwrap();
     assert_eq!(live["offset"], 3);
 

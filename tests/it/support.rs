@@ -44,6 +44,11 @@ impl TestServer {
         sent.unwrap_or_else(|e| panic!("broadcast on {stream}: {e}"));
     }
 
+    /// POSTs `body` to `path` (an admin endpoint); (status, body).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http(self.addr, "POST", path, Some(body)).await
+    }
+
     /// `ws://ADDR/cable` followed by `query`.
     pub fn url(&self, query: &str) -> String {
         self.0.url(&format!("/cable{query}"))
@@ -70,6 +75,13 @@ impl Client {
         .await;
         let mut c = Client(c.named(user));
         c.expect(cable_test::frames::WELCOME).await;
+        c
+    }
+
+    /// [`Client::connect`]s as `user` and subscribes to `identifier`.
+    pub async fn joined(server: &TestServer, user: &str, identifier: &str) -> Client {
+        let mut c = Client::connect(server, user).await;
+        c.subscribe(identifier).await;
         c
     }
 

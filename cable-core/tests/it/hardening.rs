@@ -57,7 +57,11 @@ struct Probe {
     timer_calls: Arc<Mutex<Vec<Instant>>>,
 }
 
-fn bad_cable(probe: &Probe, config: CableConfig) -> TestCable {
+/// A cable of `config` with `Faulty` as `Bad`, a connect hook that panics
+/// for `?user=panic` and hangs for `?user=sleep`, and the counting adapter;
+/// the probe into both.
+fn bad_cable(config: CableConfig) -> (TestCable, Probe) {
+    let probe = Probe::default();
     let p = probe.clone();
     let p2 = probe.clone();
     let cable = Cable::builder()
@@ -85,7 +89,7 @@ fn bad_cable(probe: &Probe, config: CableConfig) -> TestCable {
         })
         .config(config)
         .build();
-    TestCable::from_cable(cable)
+    (TestCable::from_cable(cable), probe)
 }
 
 /// User `user`'s connection with a confirmed `{"channel":"Bad","in":in}`.
@@ -96,10 +100,24 @@ async fn subscribed(cable: &TestCable, user: &str, panic_in: &str) -> (Connectio
     (c, s)
 }
 
+/// A `bad_cable` of the default config, and user `a`'s connection with a
+/// confirmed `{"channel":"Bad","in":in}`.
+async fn bad_subscription(panic_in: &str) -> (TestCable, Probe, Connection, Subscription) {
+    let (cable, probe) = bad_cable(CableConfig::default());
+    let (c, s) = subscribed(&cable, "a", panic_in).await;
+    (cable, probe, c, s)
+}
+
 /// The subscription still answers.
 async fn echo_ok(s: &Subscription, n: u64) {
     s.perform("echo", json!({"n": n})).await;
     s.assert_transmitted(json!({"action": "echo", "n": n}));
+}
+
+/// Disconnects `c`; then everything connections held is given back.
+async fn hang_up(c: &Connection, cable: &TestCable, probe: &Probe) {
+    c.disconnect().await;
+    assert_released(cable, probe).await;
 }
 
 /// Everything a connection held is given back.
@@ -123,9 +141,7 @@ async fn assert_released(cable: &TestCable, probe: &Probe) {
 
 #[tokio::test]
 async fn a_panic_in_subscribed_rejects_and_leaks_nothing() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, good) = subscribed(&cable, "a", "none").await;
+    let (cable, probe, c, good) = bad_subscription("none").await;
     c.subscribe("Bad", json!({"in": "subscribed"}))
         .await
         .assert_rejected();
@@ -136,15 +152,12 @@ async fn a_panic_in_subscribed_rejects_and_leaks_nothing() {
     assert_eq!(stats.streams, 3);
     assert_eq!(probe.subscribed.load(Ordering::SeqCst), 3);
     echo_ok(&good, 1).await;
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn a_panic_in_perform_or_timer_keeps_the_subscription() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, s) = subscribed(&cable, "a", "timer").await;
+    let (cable, probe, c, s) = bad_subscription("timer").await;
     s.perform("panic", Value::Null).await;
     echo_ok(&s, 2).await;
     // Let the timer panic a few times; the subscription goes on.
@@ -157,15 +170,12 @@ async fn a_panic_in_perform_or_timer_keeps_the_subscription() {
     );
     assert!(probe.timer_calls.lock().unwrap().len() >= 2);
     assert_eq!(cable.cable().stats().subscriptions, 1);
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn a_panic_in_unsubscribed_still_cleans_up() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, s) = subscribed(&cable, "a", "unsubscribed").await;
+    let (cable, probe, c, s) = bad_subscription("unsubscribed").await;
     s.unsubscribe().await;
     s.assert_no_streams();
     c.subscribe("Bad", json!({"in": "none"}))
@@ -173,26 +183,21 @@ async fn a_panic_in_unsubscribed_still_cleans_up() {
         .assert_confirmed();
     assert_eq!(cable.cable().stats().callback_panics, 1);
     assert_eq!(cable.cable().stats().subscriptions, 1);
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn a_panic_in_unsubscribed_on_hang_up_cleans_up() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, _s) = subscribed(&cable, "a", "unsubscribed").await;
-    c.disconnect().await;
+    let (cable, probe, c, _s) = bad_subscription("unsubscribed").await;
+    hang_up(&c, &cable, &probe).await;
     assert_eq!(cable.cable().stats().callback_panics, 1);
-    assert_released(&cable, &probe).await;
 }
 
 #[tokio::test]
 async fn a_panicking_or_hanging_connect_hook_is_unauthorized() {
-    let probe = Probe::default();
     let mut config = CableConfig::default();
     config.connect_timeout = Duration::from_millis(200);
-    let cable = bad_cable(&probe, config);
+    let (cable, probe) = bad_cable(config);
     for user in ["panic", "sleep"] {
         let rejected = cable
             .connect(Request::new().query("user", user))
@@ -210,10 +215,9 @@ async fn a_panicking_or_hanging_connect_hook_is_unauthorized() {
 
 #[tokio::test]
 async fn a_hanging_callback_times_out_and_the_connection_goes_on() {
-    let probe = Probe::default();
     let mut config = CableConfig::default();
     config.callback_timeout = Duration::from_millis(200);
-    let cable = bad_cable(&probe, config);
+    let (cable, probe) = bad_cable(config);
     let (c, s) = subscribed(&cable, "a", "none").await;
     s.perform("sleep", Value::Null).await;
     echo_ok(&s, 4).await;
@@ -222,8 +226,7 @@ async fn a_hanging_callback_times_out_and_the_connection_goes_on() {
         .await
         .assert_rejected();
     assert_eq!(cable.cable().stats().callback_timeouts, 2);
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 /// Sends action `sleep` (which never returns) without waiting for it.
@@ -237,30 +240,21 @@ fn start_sleeping(c: &Connection, s: &Subscription) {
 
 #[tokio::test]
 async fn a_client_that_leaves_during_a_callback_is_noticed_at_once() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, s) = subscribed(&cable, "a", "none").await;
+    let (cable, probe, c, s) = bad_subscription("none").await;
     start_sleeping(&c, &s);
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The callback timeout is 30 s: disconnect waits at most 5 s.
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn shutdown_and_remote_disconnects_are_not_held_up_by_a_callback() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (a, sa) = subscribed(&cable, "a", "none").await;
+    let (cable, probe, a, sa) = bad_subscription("none").await;
     let (b, sb) = subscribed(&cable, "b", "none").await;
     start_sleeping(&a, &sa);
     start_sleeping(&b, &sb);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    cable
-        .cable()
-        .remote_disconnect(&Identifiers::new().with("current_user", "a"), false)
-        .await
-        .unwrap();
+    cable.remote_disconnect_user("a", false).await;
     a.ended().await;
     assert_eq!(
         a.frames().last(),
@@ -281,8 +275,7 @@ async fn shutdown_and_remote_disconnects_are_not_held_up_by_a_callback() {
 
 #[tokio::test]
 async fn subscriptions_are_capped_by_default() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
+    let (cable, probe) = bad_cable(CableConfig::default());
     let cap = CableConfig::default()
         .max_subscriptions_per_connection
         .expect("a default cap");
@@ -298,14 +291,12 @@ async fn subscriptions_are_capped_by_default() {
         .await
         .assert_rejected();
     assert_eq!(cable.cable().stats().subscriptions, cap as u64);
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn an_oversized_identifier_is_rejected() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
+    let (cable, _) = bad_cable(CableConfig::default());
     let max = CableConfig::default().max_identifier_bytes;
     assert!((1024..=16 * 1024).contains(&max), "a few KiB: {max}");
     let c = open(&cable, "a").await;
@@ -321,13 +312,12 @@ async fn an_oversized_identifier_is_rejected() {
 
 #[tokio::test]
 async fn a_command_flood_is_disconnected_and_counted() {
-    let probe = Probe::default();
     let mut config = CableConfig::default();
     config.command_rate = Some(CommandRate {
         burst: 20,
         per_second: 10,
     });
-    let cable = bad_cable(&probe, config);
+    let (cable, _) = bad_cable(config);
     let quiet = open(&cable, "quiet").await;
     let c = open(&cable, "a").await;
     // Pings count too.
@@ -359,8 +349,7 @@ async fn a_command_flood_is_disconnected_and_counted() {
 
 #[tokio::test]
 async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
+    let (cable, probe) = bad_cable(CableConfig::default());
     let limit = CableConfig::default().max_outbound_message_bytes;
     assert!(limit <= CableConfig::default().outbound_queue_bytes);
     let mut room = Vec::new();
@@ -408,9 +397,7 @@ async fn messages_too_big_for_a_client_are_refused_and_nobody_is_dropped() {
 
 #[tokio::test]
 async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
-    let (c, s) = subscribed(&cable, "a", "slow_timer").await;
+    let (cable, probe, c, s) = bad_subscription("slow_timer").await;
     // 20 ms ticks while the subscription is busy for 600 ms: ~30 ticks fire.
     s.perform("busy", json!({"ms": 600})).await;
     let busy_done = Instant::now();
@@ -425,14 +412,12 @@ async fn timer_ticks_do_not_pile_up_while_a_subscription_is_busy() {
         burst <= 2,
         "{burst} timer calls right after the busy action: ticks piled up"
     );
-    c.disconnect().await;
-    assert_released(&cable, &probe).await;
+    hang_up(&c, &cable, &probe).await;
 }
 
 #[tokio::test]
 async fn one_heartbeat_per_cable_and_it_ends_with_the_cable() {
-    let probe = Probe::default();
-    let cable = bad_cable(&probe, CableConfig::default());
+    let (cable, probe) = bad_cable(CableConfig::default());
     let cable_ref = cable.cable();
     cable_core::transport::start_heartbeat(cable_ref, Duration::from_millis(100));
     cable_core::transport::start_heartbeat(cable_ref, Duration::from_millis(100));
@@ -483,8 +468,7 @@ fn client_payloads_in_logs_are_cut_escaped_and_rate_limited() {
         .unwrap();
     tracing::subscriber::with_default(subscriber, || {
         rt.block_on(async {
-            let probe = Probe::default();
-            let cable = bad_cable(&probe, CableConfig::default());
+            let (cable, _) = bad_cable(CableConfig::default());
             let c = open(&cable, "a").await;
             let forged = format!(
                 "{}\n2026-12-01T00:00:00Z ERROR admin logged in{}",

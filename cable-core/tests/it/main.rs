@@ -9,7 +9,7 @@ use cable_core::{
     authenticate_with, Cable, CableConfig, ConnectRequest, Identifiers, Unauthorized,
 };
 use cable_test::channels::{CallLog, Recorder};
-use cable_test::{frames, Connection, Request, TestCable};
+use cable_test::{frames, Connection, Request, Subscription, TestCable};
 use serde_json::{json, Value};
 
 mod hardening;
@@ -42,12 +42,19 @@ fn recorder_cable(log: &Log, config: CableConfig) -> TestCable {
     )
 }
 
-#[tokio::test]
-async fn missing_action_dispatches_to_receive() {
+/// A recorder cable of the default config, and `a` connected and subscribed
+/// to `RecChannel` with `params`.
+async fn recorder_subscribed(params: Value) -> (Log, TestCable, Connection, Subscription) {
     let log = Log::default();
     let cable = recorder_cable(&log, CableConfig::default());
     let c = open(&cable, "a").await;
-    let s = c.subscribe("RecChannel", Value::Null).await;
+    let s = c.subscribe("RecChannel", params).await;
+    (log, cable, c, s)
+}
+
+#[tokio::test]
+async fn missing_action_dispatches_to_receive() {
+    let (log, cable, c, s) = recorder_subscribed(Value::Null).await;
     s.assert_confirmed();
     let id = s.identifier().to_owned();
     c.send(json!({"command": "message", "identifier": id, "data": "{\"x\":1}"}));
@@ -68,10 +75,7 @@ async fn missing_action_dispatches_to_receive() {
 
 #[tokio::test]
 async fn reject_runs_unsubscribed_and_releases_streams() {
-    let log = Log::default();
-    let cable = recorder_cable(&log, CableConfig::default());
-    let c = open(&cable, "a").await;
-    let s = c.subscribe("RecChannel", json!({"mode": "reject"})).await;
+    let (log, cable, c, s) = recorder_subscribed(json!({"mode": "reject"})).await;
     s.assert_rejected();
     s.assert_no_streams();
     let id = s.identifier();
@@ -91,10 +95,7 @@ async fn reject_runs_unsubscribed_and_releases_streams() {
 
 #[tokio::test(start_paused = true)]
 async fn periodic_timers_run_and_stop_on_unsubscribe() {
-    let log = Log::default();
-    let cable = recorder_cable(&log, CableConfig::default());
-    let c = open(&cable, "a").await;
-    let s = c.subscribe("RecChannel", json!({"mode": "tick"})).await;
+    let (_, _cable, c, s) = recorder_subscribed(json!({"mode": "tick"})).await;
     s.assert_confirmed();
     assert_eq!(s.timers(), 1);
     c.advance(Duration::from_millis(49)).await;
@@ -115,10 +116,7 @@ async fn periodic_timers_run_and_stop_on_unsubscribe() {
 
 #[tokio::test]
 async fn stop_stream_from_and_stream_in_actions() {
-    let log = Log::default();
-    let cable = recorder_cable(&log, CableConfig::default());
-    let c = open(&cable, "a").await;
-    let s = c.subscribe("RecChannel", Value::Null).await;
+    let (_, cable, c, s) = recorder_subscribed(Value::Null).await;
     s.assert_has_stream("s1");
     s.perform("stop", Value::Null).await;
     s.assert_no_streams();

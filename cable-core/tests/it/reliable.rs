@@ -11,51 +11,9 @@ use cable_core::{
     async_trait, authenticate_with, Cable, CableBuilder, CableConfig, Channel, ChannelError,
     Context, Identifiers, Unauthorized,
 };
+use cable_test::channels::Feed;
 use cable_test::{Connection, Request, TestCable};
 use serde_json::{json, Value};
-
-/// Streams from `feed_<room>`: with history unless `plain` is set, with a
-/// limit of `limit` messages when given. Counts its `subscribed` calls.
-struct Feed {
-    subscribed: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl Channel for Feed {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        self.subscribed.fetch_add(1, Ordering::SeqCst);
-        let stream = format!("feed_{}", ctx.param_str("room").unwrap_or("lobby"));
-        if ctx.param("plain").is_some() {
-            ctx.stream_from(stream);
-        } else if let Some(limit) = ctx.param("limit").and_then(Value::as_u64) {
-            ctx.stream_from_with_policy(
-                stream,
-                HistoryPolicy {
-                    limit: limit as usize,
-                    ttl: Duration::from_secs(300),
-                },
-            );
-        } else {
-            ctx.stream_from_with_history(stream);
-        }
-        Ok(())
-    }
-
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
-        match (action, data["stream"].as_str()) {
-            ("follow", Some(stream)) => {
-                ctx.stream_from_with_history(stream.to_owned());
-                Ok(())
-            }
-            _ => Err(ChannelError::UnknownAction(action.into())),
-        }
-    }
-}
 
 /// Counts of the connect hook's and `subscribed`'s calls.
 #[derive(Clone, Default)]
@@ -64,14 +22,12 @@ struct Calls {
     subscribed: Arc<AtomicUsize>,
 }
 
-/// A cable with `Feed` and a connect hook that identifies `?user=`.
+/// A cable with the kit's `Feed` and a connect hook that identifies `?user=`.
 fn builder(calls: &Calls) -> CableBuilder {
     let subscribed = calls.subscribed.clone();
     let connect = calls.connect.clone();
     Cable::builder()
-        .channel("Feed", move || Feed {
-            subscribed: subscribed.clone(),
-        })
+        .channel("Feed", move || Feed::counting(subscribed.clone()))
         .authenticate(authenticate_with(move |req| {
             let connect = connect.clone();
             async move {
@@ -88,11 +44,13 @@ fn cable() -> (TestCable, Calls) {
     (TestCable::new(builder(&calls)), calls)
 }
 
+/// `?user=<user>` over the extended protocol.
+fn ext_request(user: &str) -> Request {
+    Request::new().ext().query("user", user)
+}
+
 async fn ext(cable: &TestCable, user: &str) -> Connection {
-    cable
-        .connect(Request::new().ext().query("user", user))
-        .await
-        .unwrap()
+    cable.connect(ext_request(user)).await.unwrap()
 }
 
 fn welcome(conn: &Connection) -> Value {
@@ -104,7 +62,7 @@ fn sid(conn: &Connection) -> String {
 }
 
 fn id(room: &str) -> String {
-    json!({"channel": "Feed", "room": room}).to_string()
+    json!({"channel": "Feed", "stream": format!("feed_{room}")}).to_string()
 }
 
 /// The frames after the first `skip`, parsed.
@@ -141,7 +99,7 @@ async fn the_plain_protocol_is_byte_for_byte_rails() {
         .await
         .unwrap();
     assert_eq!(conn.frames(), [r#"{"type":"welcome"}"#]);
-    let plain = json!({"channel": "Feed", "room": "p1", "plain": true}).to_string();
+    let plain = json!({"channel": "Feed", "stream": "feed_p1", "plain": true}).to_string();
     conn.subscribe_to(&plain).await.assert_confirmed();
     publish(&cable, "feed_p1", 1).await;
     conn.settle().await;
@@ -169,12 +127,7 @@ async fn the_extended_welcome_carries_a_session_id_or_the_request_id() {
     assert_eq!(sid(&a).len(), 21);
     assert_ne!(sid(&a), sid(&ext(&cable, "b").await));
     let c = cable
-        .connect(
-            Request::new()
-                .ext()
-                .query("user", "c")
-                .header("X-Request-ID", "req-42"),
-        )
+        .connect(ext_request("c").header("X-Request-ID", "req-42"))
         .await
         .unwrap();
     assert_eq!(c.frames()[0], r#"{"type":"welcome","sid":"req-42"}"#);
@@ -217,6 +170,18 @@ async fn broadcasts_on_streams_with_history_carry_their_position() {
     cable.assert_broadcast_on("feed_h1", json!({"n": 2}));
 }
 
+/// A cable, and `a` (extended protocol) subscribed to `identifier` and
+/// sent `n` messages published on `stream`; their epoch.
+async fn published(identifier: &str, stream: &str, n: u64) -> (TestCable, Connection, String) {
+    let (cable, _) = cable();
+    let a = ext(&cable, "a").await;
+    a.subscribe_to(identifier).await.assert_confirmed();
+    publish(&cable, stream, n).await;
+    a.settle().await;
+    let epoch = last_epoch(&a);
+    (cable, a, epoch)
+}
+
 /// The epoch of `stream`'s last message seen by `conn`.
 fn last_epoch(conn: &Connection) -> String {
     frames_after(conn, 0)
@@ -228,12 +193,7 @@ fn last_epoch(conn: &Connection) -> String {
 
 #[tokio::test]
 async fn history_by_offset_and_by_time_replays_then_confirms() {
-    let (cable, _) = cable();
-    let a = ext(&cable, "a").await;
-    a.subscribe_to(&id("r1")).await.assert_confirmed();
-    publish(&cable, "feed_r1", 3).await;
-    a.settle().await;
-    let epoch = last_epoch(&a);
+    let (cable, _a, epoch) = published(&id("r1"), "feed_r1", 3).await;
 
     let b = ext(&cable, "b").await;
     b.subscribe_to(&id("r1")).await.assert_confirmed();
@@ -308,13 +268,8 @@ async fn ask(
 
 #[tokio::test]
 async fn history_that_cannot_be_served_is_rejected_alone() {
-    let (cable, _) = cable();
-    let a = ext(&cable, "a").await;
-    let small = json!({"channel": "Feed", "room": "small", "limit": 2}).to_string();
-    a.subscribe_to(&small).await.assert_confirmed();
-    publish(&cable, "feed_small", 4).await;
-    a.settle().await;
-    let epoch = last_epoch(&a);
+    let small = json!({"channel": "Feed", "stream": "feed_small", "limit": 2}).to_string();
+    let (cable, a, epoch) = published(&small, "feed_small", 4).await;
     // Kept: 3 and 4. From 3 is servable (the client's last entry is still
     // kept), from 2 is not (2 was evicted).
     assert_eq!(ask(&a, &small, "feed_small", &epoch, 3).await.len(), 2);
@@ -328,7 +283,7 @@ async fn history_that_cannot_be_served_is_rejected_alone() {
         [reject_history(&small)]
     );
     // A stream without history.
-    let plain = json!({"channel": "Feed", "room": "p", "plain": true}).to_string();
+    let plain = json!({"channel": "Feed", "stream": "feed_p", "plain": true}).to_string();
     a.subscribe_to(&plain).await.assert_confirmed();
     publish(&cable, "feed_p", 1).await;
     assert_eq!(
@@ -367,12 +322,7 @@ async fn without_a_broker_history_is_rejected_and_broadcasts_have_no_position() 
 
 #[tokio::test]
 async fn subscribe_with_history_confirms_then_replays_then_confirms_history() {
-    let (cable, _) = cable();
-    let a = ext(&cable, "a").await;
-    a.subscribe_to(&id("s1")).await.assert_confirmed();
-    publish(&cable, "feed_s1", 2).await;
-    a.settle().await;
-    let epoch = last_epoch(&a);
+    let (cable, _a, epoch) = published(&id("s1"), "feed_s1", 2).await;
 
     let b = ext(&cable, "b").await;
     b.send(json!({"command": "subscribe", "identifier": id("s1"),
@@ -391,7 +341,7 @@ async fn a_session_resumes_with_its_identifiers_and_streams_without_the_hooks() 
     let (cable, calls) = cable();
     let a = ext(&cable, "alice").await;
     a.subscribe_to(&id("x")).await.assert_confirmed();
-    let plain = json!({"channel": "Feed", "room": "y", "plain": true}).to_string();
+    let plain = json!({"channel": "Feed", "stream": "feed_y", "plain": true}).to_string();
     let x = a.subscribe_to(&plain).await;
     x.assert_confirmed();
     // A stream started by an action is part of the session too.
@@ -474,12 +424,7 @@ async fn a_session_resumes_with_its_identifiers_and_streams_without_the_hooks() 
 async fn an_unknown_sid_or_the_plain_protocol_connects_normally() {
     let (cable, calls) = cable();
     let a = cable
-        .connect(
-            Request::new()
-                .ext()
-                .query("user", "a")
-                .query("sid", "unknown"),
-        )
+        .connect(ext_request("a").query("sid", "unknown"))
         .await
         .unwrap();
     assert_eq!(calls.connect.load(Ordering::SeqCst), 1);
@@ -520,11 +465,7 @@ async fn a_remotely_disconnected_session_cannot_be_resumed() {
     let (cable, _) = cable();
     let a = ext(&cable, "a").await;
     let old = sid(&a);
-    cable
-        .cable()
-        .remote_disconnect(&Identifiers::new().with("current_user", "a"), true)
-        .await
-        .unwrap();
+    cable.remote_disconnect_user("a", true).await;
     a.ended().await;
     cable
         .assert_reject_connection(Request::new().ext().query("sid", &old))
@@ -585,7 +526,7 @@ async fn history_for_every_stream_by_setting() {
     config.history_all_streams = true;
     let cable = TestCable::new(builder(&calls).config(config));
     let a = ext(&cable, "a").await;
-    let plain = json!({"channel": "Feed", "room": "g", "plain": true}).to_string();
+    let plain = json!({"channel": "Feed", "stream": "feed_g", "plain": true}).to_string();
     a.subscribe_to(&plain).await.assert_confirmed();
     publish(&cable, "feed_g", 1).await;
     a.settle().await;
@@ -646,9 +587,9 @@ async fn the_heartbeat_renews_the_marks_of_streams_still_subscribed() {
     let calls = Calls::default();
     let cable = TestCable::new(builder(&calls).shared_broker(broker.clone()));
     let a = ext(&cable, "a").await;
-    let short = json!({"channel": "Feed", "room": "k", "limit": 5}).to_string();
+    let short = json!({"channel": "Feed", "stream": "feed_k", "limit": 5}).to_string();
     a.subscribe_to(&short).await.assert_confirmed();
-    let gone = json!({"channel": "Feed", "room": "g", "limit": 5}).to_string();
+    let gone = json!({"channel": "Feed", "stream": "feed_g", "limit": 5}).to_string();
     let g = a.subscribe_to(&gone).await;
     g.assert_confirmed();
     g.unsubscribe().await;
@@ -683,7 +624,7 @@ async fn durations_past_the_clock_are_for_ever() {
     };
     let cable = TestCable::new(builder(&calls).config(config));
     let a = ext(&cable, "a").await;
-    let feed = a.subscribe("Feed", json!({"room": "forever"})).await;
+    let feed = a.subscribe("Feed", json!({"stream": "feed_forever"})).await;
     feed.assert_confirmed();
     publish(&cable, "feed_forever", 2).await;
     a.settle().await;
@@ -745,12 +686,7 @@ async fn resume(cable: &TestCable, old: &str) -> Connection {
 
 #[tokio::test]
 async fn a_resumed_subscription_holds_live_frames_until_its_history_is_replayed() {
-    let (cable, _) = cable();
-    let a = ext(&cable, "a").await;
-    a.subscribe_to(&id("hold")).await.assert_confirmed();
-    publish(&cable, "feed_hold", 2).await;
-    a.settle().await;
-    let epoch = last_epoch(&a);
+    let (cable, a, epoch) = published(&id("hold"), "feed_hold", 2).await;
     let old = sid(&a);
     a.disconnect().await;
     publish(&cable, "feed_hold", 1).await; // n=1, offset 3: missed
@@ -793,12 +729,7 @@ async fn held_frames_go_out_by_themselves_when_no_history_is_asked_for() {
 
 #[tokio::test]
 async fn a_subscribe_with_history_sends_the_replay_and_live_frames_once_in_order() {
-    let (cable, _) = cable();
-    let a = ext(&cable, "a").await;
-    a.subscribe_to(&id("sub")).await.assert_confirmed();
-    publish(&cable, "feed_sub", 3).await;
-    a.settle().await;
-    let epoch = last_epoch(&a);
+    let (cable, _a, epoch) = published(&id("sub"), "feed_sub", 3).await;
     // A new connection (no resume) subscribing from offset 1: the replay
     // (2, 3) and what is broadcast meanwhile (4), each once, in order.
     let b = ext(&cable, "b").await;

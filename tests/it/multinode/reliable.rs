@@ -25,37 +25,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cable_core::broker::{Broker, MemoryBroker};
-use cable_core::{
-    async_trait, authenticate_with, Cable, Channel, ChannelError, Context, Identifiers,
-    Unauthorized,
-};
+use cable_core::{authenticate_with, Cable, CableBuilder, Identifiers, Unauthorized};
 use cable_postgres::{PostgresBroker, PostgresBrokerConfig, PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisBroker, RedisBrokerConfig, RedisConfig, RedisPubSub};
+use cable_test::channels::Feed;
 use cable_test::{Request, TestCable, TestServer, EXT_CLIENT_PROTOCOLS};
 use serde_json::{json, Value};
 
 use super::support::*;
 
-use crate::reliable::News;
-
 fn node(shared: &Shared, broker: Arc<dyn Broker>) -> Cable {
     let builder = Cable::builder()
-        .channel("NewsChannel", News::default)
+        .channel("NewsChannel", Feed::default)
         .shared_broker(broker);
-    match shared.kind {
+    with_adapter(builder, shared.kind, &shared.url, &shared.prefix).build()
+}
+
+/// `builder` with the backend's pub/sub adapter under `prefix`.
+fn with_adapter(builder: CableBuilder, kind: Kind, url: &str, prefix: &str) -> CableBuilder {
+    match kind {
         Kind::Redis => {
-            let config = RedisConfig::new(&shared.url).channel_prefix(&shared.prefix);
+            let config = RedisConfig::new(url).channel_prefix(prefix);
             builder
                 .try_pubsub(move |d| RedisPubSub::new(config, d))
                 .unwrap()
-                .build()
         }
         Kind::Postgres => {
-            let config = PostgresConfig::new(&shared.url).channel_prefix(&shared.prefix);
+            let config = PostgresConfig::new(url).channel_prefix(prefix);
             builder
                 .try_pubsub(move |d| PostgresPubSub::new(config, d))
                 .unwrap()
-                .build()
         }
     }
 }
@@ -97,30 +96,6 @@ async fn positions_cross_nodes_through_the_adapter(kind: Kind) {
     assert_eq!(h.epoch, got[0]["epoch"].as_str().unwrap());
 }
 
-/// Streams from its `stream` param without history; `perform("ping")`
-/// answers `{"pong":true}` (so a test knows its earlier commands, a
-/// restore's subscribes included, were handled).
-#[derive(Default)]
-struct Plain;
-
-#[async_trait]
-impl Channel for Plain {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        let stream = ctx.param_str("stream").unwrap_or("plain").to_owned();
-        ctx.stream_from(stream);
-        Ok(())
-    }
-
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        _action: &str,
-        _data: Value,
-    ) -> Result<(), ChannelError> {
-        ctx.transmit(&json!({"pong": true}))
-    }
-}
-
 /// This backend's own broker, under this test's prefix: keys
 /// `<prefix>:…` on Redis, schema `<prefix>` on PostgreSQL. Each node gets
 /// one of its own, as separate processes would.
@@ -140,29 +115,15 @@ pub(super) fn backend_broker(kind: Kind, url: &str, prefix: &str) -> Arc<dyn Bro
 /// on a free port.
 pub(super) async fn served_node(kind: Kind, url: &str, prefix: &str) -> TestServer {
     let builder = Cable::builder()
-        .channel("NewsChannel", News::default)
-        .channel("PlainChannel", Plain::default)
+        .channel("NewsChannel", Feed::default)
+        .channel("PlainChannel", Feed::default)
         .authenticate(authenticate_with(|req| async move {
             req.query("user")
                 .map(|u| Identifiers::new().with("current_user", u))
                 .ok_or_else(|| Unauthorized::because("no user"))
         }))
         .shared_broker(backend_broker(kind, url, prefix));
-    let builder = match kind {
-        Kind::Redis => {
-            let config = RedisConfig::new(url).channel_prefix(prefix);
-            builder
-                .try_pubsub(move |d| RedisPubSub::new(config, d))
-                .unwrap()
-        }
-        Kind::Postgres => {
-            let config = PostgresConfig::new(url).channel_prefix(prefix);
-            builder
-                .try_pubsub(move |d| PostgresPubSub::new(config, d))
-                .unwrap()
-        }
-    };
-    TestServer::start(builder).await
+    TestServer::start(with_adapter(builder, kind, url, prefix)).await
 }
 
 /// An `@anycable/web` client on `server` at `path_and_query`: the
@@ -301,7 +262,7 @@ async fn without_history_a_dropped_client_loses_what_was_published_meanwhile(kin
         return;
     };
     let stream = format!("plain_{}", shared.prefix);
-    let id = json!({"channel": "PlainChannel", "stream": stream}).to_string();
+    let id = json!({"channel": "PlainChannel", "stream": stream, "plain": true}).to_string();
     let (mut c, sid) = ann_subscribed(&a, &id).await;
     let plain = |n: u64| message(&id, &json!({ "n": n }).to_string());
     publish_alternately(&a, &b, &stream, 1..=1).await;
