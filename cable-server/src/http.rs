@@ -15,12 +15,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// A `status` answer with `body` and one header (name and value).
+pub(crate) fn respond(
+    status: StatusCode,
+    header: (HeaderName, &'static str),
+    body: impl Into<String>,
+) -> Response {
+    (status, [header], body.into()).into_response()
+}
+
+/// A plain-text `status` answer.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    respond(
+        status,
+        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+        body,
+    )
+}
 
 /// How [`crate::serve_with`] runs the HTTP side.
 #[derive(Clone, Debug)]

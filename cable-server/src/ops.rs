@@ -25,6 +25,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::http::{respond, text};
+
 /// Settings of the operator endpoints.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -119,15 +121,6 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body.into(),
-    )
-        .into_response()
-}
-
 async fn broadcast(
     State(state): State<Arc<OpsState>>,
     headers: HeaderMap,
@@ -143,12 +136,11 @@ async fn broadcast(
         .map(str::trim);
     if !given.is_some_and(|g| key.matches(g.as_bytes())) {
         tracing::warn!("broadcast API: request without the right bearer key refused");
-        return (
+        return respond(
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
+            (header::WWW_AUTHENTICATE, "Bearer"),
             "Unauthorized",
-        )
-            .into_response();
+        );
     }
     let pubs = match serde_json::from_slice::<Publications>(&body) {
         Ok(Publications::One(p)) => vec![p],

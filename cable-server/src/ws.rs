@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::close_code::CloseCodeFix;
+use crate::http::{respond, text};
 use crate::ServerConfig;
 
 /// Most frames handed to the socket between two flushes.
@@ -88,12 +89,7 @@ fn choose_subprotocol(headers: &HeaderMap) -> Option<&'static str> {
 
 /// Rails' `respond_to_invalid_request`.
 fn page_not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Page not found",
-    )
-        .into_response()
+    text(StatusCode::NOT_FOUND, "Page not found")
 }
 
 pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Request) -> Response {
@@ -144,12 +140,11 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     let version_ok = header_str(headers, header::SEC_WEBSOCKET_VERSION) == Some("13");
     let Some(key) = key.filter(|_| version_ok) else {
         tracing::error!("Failed to upgrade to WebSocket: missing Sec-WebSocket-Key or unsupported Sec-WebSocket-Version");
-        return (
+        return respond(
             StatusCode::BAD_REQUEST,
-            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            (header::SEC_WEBSOCKET_VERSION, "13"),
             "Unsupported WebSocket handshake",
-        )
-            .into_response();
+        );
     };
     // The slot counts the Cable's open sockets, whichever router or
     // transport holds them, from the upgrade until the socket is closed;
@@ -160,12 +155,11 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         tracing::warn!(
             "Refusing connection from {peer_s}: {max} connections open, the limit (max_connections)"
         );
-        return (
+        return respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
+            (header::RETRY_AFTER, "5"),
             "Too many connections",
-        )
-            .into_response();
+        );
     };
     let protocol = choose_subprotocol(headers);
     let request = Box::new(
@@ -454,31 +448,31 @@ mod tests {
     #[test]
     fn picks_first_offered_protocol_the_server_knows() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("foo, actioncable-v1-json, actioncable-unsupported"),
-        );
-        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-json"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("actioncable-unsupported,actioncable-v1-json"),
-        );
-        assert_eq!(choose_subprotocol(&h), Some("actioncable-unsupported"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("x"),
-        );
-        assert_eq!(choose_subprotocol(&h), None);
-        // @anycable/web offers the extended protocol first.
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("actioncable-v1-ext-json, actioncable-unsupported"),
-        );
-        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-ext-json"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("actioncable-v1-json, actioncable-v1-ext-json"),
-        );
-        assert_eq!(choose_subprotocol(&h), Some("actioncable-v1-json"));
+        for (offered, chosen) in [
+            (
+                "foo, actioncable-v1-json, actioncable-unsupported",
+                Some("actioncable-v1-json"),
+            ),
+            (
+                "actioncable-unsupported,actioncable-v1-json",
+                Some("actioncable-unsupported"),
+            ),
+            ("x", None),
+            // @anycable/web offers the extended protocol first.
+            (
+                "actioncable-v1-ext-json, actioncable-unsupported",
+                Some("actioncable-v1-ext-json"),
+            ),
+            (
+                "actioncable-v1-json, actioncable-v1-ext-json",
+                Some("actioncable-v1-json"),
+            ),
+        ] {
+            h.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(offered),
+            );
+            assert_eq!(choose_subprotocol(&h), chosen, "{offered}");
+        }
     }
 }

@@ -113,6 +113,23 @@ pub enum StandaloneError {
     Serve(#[from] std::io::Error),
 }
 
+/// Installs the pub/sub `$pubsub` of the adapter URL `$settings.adapter`,
+/// with the channel prefix if one is set: the Redis and PostgreSQL adapters
+/// are configured alike.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+macro_rules! url_pubsub {
+    ($builder:expr, $settings:expr, $config:ty, $pubsub:ty) => {{
+        let url = $settings.adapter.as_str();
+        let mut cfg = <$config>::new(url);
+        if let Some(p) = &$settings.channel_prefix {
+            cfg = cfg.channel_prefix(p);
+        }
+        $builder
+            .try_pubsub(move |delivery| <$pubsub>::new(cfg, delivery))
+            .map_err(|e| adapter_error(url, e))
+    }};
+}
+
 /// Applies the adapter named by `settings.adapter` to `builder`.
 pub fn with_adapter(
     builder: CableBuilder,
@@ -123,23 +140,21 @@ pub fn with_adapter(
         "memory" => Ok(builder),
         #[cfg(feature = "redis")]
         "redis" | "rediss" | "redis+unix" => {
-            let mut cfg = cable_redis::RedisConfig::new(url);
-            if let Some(p) = &settings.channel_prefix {
-                cfg = cfg.channel_prefix(p);
-            }
-            builder
-                .try_pubsub(move |delivery| cable_redis::RedisPubSub::new(cfg, delivery))
-                .map_err(|e| adapter_error(url, e))
+            url_pubsub!(
+                builder,
+                settings,
+                cable_redis::RedisConfig,
+                cable_redis::RedisPubSub
+            )
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
-            let mut cfg = cable_postgres::PostgresConfig::new(url);
-            if let Some(p) = &settings.channel_prefix {
-                cfg = cfg.channel_prefix(p);
-            }
-            builder
-                .try_pubsub(move |delivery| cable_postgres::PostgresPubSub::new(cfg, delivery))
-                .map_err(|e| adapter_error(url, e))
+            url_pubsub!(
+                builder,
+                settings,
+                cable_postgres::PostgresConfig,
+                cable_postgres::PostgresPubSub
+            )
         }
         other => Err(StandaloneError::UnsupportedAdapter {
             scheme: other.to_owned(),

@@ -23,7 +23,7 @@
 // default backoff's tens of seconds.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import WebSocket from "ws";
 import { createCable } from "@anycable/web";
 
@@ -216,8 +216,7 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
       extraArgs: ["--history-limit", "3"],
     });
   });
-  afterEach(() => scope.closeClients());
-  after(() => scope.closeAll());
+  scope.closeAfterEach();
 
   it(
     "a dropped client reconnects by itself, resumes by sid and gets every message exactly once, in order",
@@ -355,9 +354,7 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
     "the plain @rails/actioncable client still gets Rails' frames: no sid, no positions",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const carl = await scope.client({ url: server.cableUrl, user: "carl" });
-      carl.subscribe({ channel: "ChatChannel", room: "plain" });
-      await scope.waitFor("carl connected", () => carl.has("plain", "connected"));
+      const { carl } = await scope.inRooms(server.cableUrl, { carl: "plain" });
       assert.equal(carl.sockets[0].protocol, "actioncable-v1-json");
       await broadcast(server, "plain", 1, 1);
       await scope.waitFor("carl's message", () => carl.has("plain", "received"));
@@ -413,8 +410,7 @@ for (const [backend, url, defaultPort, logName] of BACKENDS) {
       a = await scope.startServer({ port: await freePort(), admin: true, extraArgs });
       b = await scope.startServer({ port: await freePort(), admin: true, extraArgs });
     });
-    afterEach(() => scope.closeClients());
-    after(() => scope.closeAll());
+    scope.closeAfterEach();
 
     it(
       "a client dropped from one node resumes its session on the other and gets what it missed",

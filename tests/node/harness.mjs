@@ -5,6 +5,7 @@
 // Node's built-in modules only, so it needs no package of its own.
 
 import net from "node:net";
+import { after, afterEach } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export { sleep };
@@ -99,6 +100,12 @@ export class Scope {
         throw err;
       }
     };
+  }
+
+  /** Registers the suite's hooks: clients closed after each test, everything after the suite. */
+  closeAfterEach() {
+    afterEach(() => this.closeClients());
+    after(() => this.closeAll());
   }
 
   async closeClients() {

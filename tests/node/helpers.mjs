@@ -379,6 +379,24 @@ export class Scope extends BaseScope {
     return this.keepClient(await CableClient.create(opts));
   }
 
+  /**
+   * A client of `url` per `user: room` entry of `rooms`, connected in that
+   * order, each subscribed to ChatChannel in its room; resolves once every
+   * subscription is connected, with the clients by user and `subs`, their
+   * subscriptions by user.
+   */
+  async inRooms(url, rooms) {
+    const entries = Object.entries(rooms);
+    const clients = {};
+    for (const [user] of entries) clients[user] = await this.client({ url, user });
+    const subs = {};
+    for (const [user, room] of entries) subs[user] = clients[user].subscribe({ channel: "ChatChannel", room });
+    await this.waitFor(`${Object.keys(rooms).join(", ")} to be connected`, () =>
+      entries.every(([user, room]) => clients[user].has(room, "connected")),
+    );
+    return { ...clients, subs };
+  }
+
   serverDump(s) {
     const state = s.running ? "running" : `exited ${JSON.stringify(s.exit)}`;
     return `--- server ${s.args.join(" ")} (${state}) log tail ---\n${s.logTail()}`;

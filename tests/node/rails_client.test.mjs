@@ -16,7 +16,7 @@
 // 6-20 s by design: the reconnect tests allow 40 s.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 
 import { PROTOCOL, Scope, freePort, killAllServers, sleep } from "./helpers.mjs";
 
@@ -33,24 +33,18 @@ describe("chat server (default options)", () => {
   before(async () => {
     server = await scope.startServer({ port: await freePort() });
   });
-  afterEach(() => scope.closeClients());
-  after(() => scope.closeAll());
+  scope.closeAfterEach();
 
   it(
     "1. subscribe, speak: both lobby members receive it, another room does not",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const alice = await scope.client({ url: server.cableUrl, user: "alice" });
-      const bob = await scope.client({ url: server.cableUrl, user: "bob" });
-      const carol = await scope.client({ url: server.cableUrl, user: "carol" });
-
-      const aliceSub = alice.subscribe({ channel: "ChatChannel", room: "lobby" });
-      bob.subscribe({ channel: "ChatChannel", room: "lobby" });
-      carol.subscribe({ channel: "ChatChannel", room: "other" });
-
-      await scope.waitFor("alice, bob and carol to be connected", () =>
-        alice.has("lobby", "connected") && bob.has("lobby", "connected") && carol.has("other", "connected"),
-      );
+      const { alice, bob, carol, subs } = await scope.inRooms(server.cableUrl, {
+        alice: "lobby",
+        bob: "lobby",
+        carol: "other",
+      });
+      const aliceSub = subs.alice;
 
       // The handshake as the client saw it.
       for (const c of [alice, bob, carol]) {
@@ -81,9 +75,8 @@ describe("chat server (default options)", () => {
     "2. echo transmits the whole data object back, including action",
     { timeout: 20_000 },
     scope.wrap(async () => {
-      const dave = await scope.client({ url: server.cableUrl, user: "dave" });
-      const sub = dave.subscribe({ channel: "ChatChannel", room: "echo" });
-      await scope.waitFor("dave to be connected", () => dave.has("echo", "connected"));
+      const { dave, subs } = await scope.inRooms(server.cableUrl, { dave: "echo" });
+      const sub = subs.dave;
 
       sub.perform("echo", { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true } });
       await scope.waitFor("the echo", () => dave.has("echo", "received"));
@@ -197,9 +190,7 @@ describe("chat server (default options)", () => {
     "heartbeat: pings every 3 s keep the connection from going stale",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const heidi = await scope.client({ url: server.cableUrl, user: "heidi" });
-      heidi.subscribe({ channel: "ChatChannel", room: "heartbeat" });
-      await scope.waitFor("heidi to be connected", () => heidi.has("heartbeat", "connected"));
+      const { heidi } = await scope.inRooms(server.cableUrl, { heidi: "heartbeat" });
       // Longer than the client's 6 s stale threshold plus its first poll.
       await sleep(13_000);
 
@@ -232,9 +223,8 @@ describe("server restart", () => {
     { timeout: 90_000 },
     scope.wrap(async () => {
       const [first] = scope.servers;
-      const ivan = await scope.client({ url: first.cableUrl, user: "ivan" });
-      const sub = ivan.subscribe({ channel: "ChatChannel", room: "restart" });
-      await scope.waitFor("ivan to be connected", () => ivan.has("restart", "connected"));
+      const { ivan, subs } = await scope.inRooms(first.cableUrl, { ivan: "restart" });
+      const sub = subs.ivan;
 
       sub.perform("speak", { body: "before" });
       await scope.waitFor("the first message", () => ivan.has("restart", "received"));
@@ -296,20 +286,13 @@ describe("admin endpoints (--admin)", () => {
   before(async () => {
     server = await scope.startServer({ port: await freePort(), admin: true });
   });
-  afterEach(() => scope.closeClients());
-  after(() => scope.closeAll());
+  scope.closeAfterEach();
 
   it(
     "POST /admin/broadcast reaches the stream's subscribers only",
     { timeout: 20_000 },
     scope.wrap(async () => {
-      const judy = await scope.client({ url: server.cableUrl, user: "judy" });
-      const kim = await scope.client({ url: server.cableUrl, user: "kim" });
-      judy.subscribe({ channel: "ChatChannel", room: "lobby" });
-      kim.subscribe({ channel: "ChatChannel", room: "other" });
-      await scope.waitFor("judy and kim to be connected", () =>
-        judy.has("lobby", "connected") && kim.has("other", "connected"),
-      );
+      const { judy, kim } = await scope.inRooms(server.cableUrl, { judy: "lobby", kim: "other" });
 
       const message = { text: "from admin", n: 1, tags: ["a", "b"] };
       const res = await server.post("/admin/broadcast", { stream: "chat_lobby", message });
@@ -326,13 +309,7 @@ describe("admin endpoints (--admin)", () => {
     "6. POST /admin/disconnect: client is told remote, will reconnect, and does",
     { timeout: 90_000 },
     scope.wrap(async () => {
-      const alice = await scope.client({ url: server.cableUrl, user: "alice" });
-      const bob = await scope.client({ url: server.cableUrl, user: "bob" });
-      alice.subscribe({ channel: "ChatChannel", room: "lobby" });
-      bob.subscribe({ channel: "ChatChannel", room: "lobby" });
-      await scope.waitFor("alice and bob to be connected", () =>
-        alice.has("lobby", "connected") && bob.has("lobby", "connected"),
-      );
+      const { alice, bob } = await scope.inRooms(server.cableUrl, { alice: "lobby", bob: "lobby" });
 
       const res = await server.post("/admin/disconnect", { user: "alice" });
       assert.ok(res.status >= 200 && res.status < 300, `POST /admin/disconnect -> ${res.status} ${res.body}`);

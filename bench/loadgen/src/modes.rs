@@ -1,6 +1,7 @@
 //! The runs: `broadcast` (websocket-shootout's ladder), `fanout`, `connect`,
 //! `idle` and `slow`. Each returns a [`RunResult`] that is written as JSON.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,26 @@ pub struct RunResult {
     pub params: Value,
     pub metrics: Value,
     pub errors: Vec<String>,
+}
+
+impl RunResult {
+    /// A run of `mode` with options `params`, ok when `errors` is empty.
+    pub fn new(
+        mode: &str,
+        common: &Common,
+        params: &impl Serialize,
+        metrics: Value,
+        errors: Vec<String>,
+    ) -> Result<RunResult> {
+        Ok(RunResult {
+            mode: mode.into(),
+            server: common.server.clone(),
+            ok: errors.is_empty(),
+            params: serde_json::to_value(params)?,
+            metrics,
+            errors,
+        })
+    }
 }
 
 /// Options every mode shares.
@@ -72,33 +93,23 @@ fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
-/// Opens `n` clients numbered from `first`, `concurrency` at a time.
+/// Opens the clients numbered `ids`, `common.connect_concurrency` at a time,
+/// behind a progress bar labelled `what`; `rcvbuf` gives a client's receive buffer
+/// size (a small one makes a client that stops reading back up the server
+/// quickly; `None` is the system's).
 /// Returns the clients that opened, their timings and the failures.
 pub async fn open_many(
     common: &Common,
-    first: usize,
-    n: usize,
-    concurrency: usize,
+    ids: Range<usize>,
     shared: &Arc<Shared>,
-    pb: &ProgressBar,
-) -> (Vec<Client>, Vec<Opened>, Vec<String>) {
-    open_many_with(common, first, n, concurrency, shared, pb, |_| None).await
-}
-
-/// [`open_many`], with a receive buffer size per client (a small one makes
-/// a client that stops reading back up the server quickly).
-pub async fn open_many_with(
-    common: &Common,
-    first: usize,
-    n: usize,
-    concurrency: usize,
-    shared: &Arc<Shared>,
-    pb: &ProgressBar,
+    what: &str,
     rcvbuf: impl Fn(usize) -> Option<u32>,
 ) -> (Vec<Client>, Vec<Opened>, Vec<String>) {
-    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let n = ids.len();
+    let pb = bar(common, n as u64, what);
+    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    for i in first..first + n {
+    for i in ids {
         let sem = sem.clone();
         let tx = tx.clone();
         let target = common.target.clone();
@@ -130,8 +141,37 @@ pub async fn open_many_with(
             Err(e) => failures.push(format!("client {i}: {e:#}")),
         }
     }
+    pb.finish_and_clear();
     clients.sort_by_key(|c| c.id);
     (clients, timings, failures)
+}
+
+/// Sends `total` broadcasts from `publisher`, `rate` a second counted from
+/// `started`, on a 5 ms tick (missed ticks catch up); `each_tick` sees the
+/// count sent after each tick. Returns the count sent.
+async fn publish_paced(
+    publisher: &Client,
+    padding: &str,
+    rate: f64,
+    total: u64,
+    started: Instant,
+    pb: &ProgressBar,
+    mut each_tick: impl FnMut(u64),
+) -> u64 {
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        while sent < due {
+            publisher.broadcast(padding);
+            sent += 1;
+        }
+        pb.set_position(sent);
+        each_tick(sent);
+    }
+    sent
 }
 
 async fn close_all(clients: &[Client], shared: &Shared) {
@@ -149,17 +189,49 @@ async fn close_all(clients: &[Client], shared: &Shared) {
 
 // ---------------------------------------------------------------- broadcast
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct LadderOpts {
+    /// Broadcasts in flight at once.
+    #[arg(short = 'c', long, default_value_t = 4)]
     pub concurrent: usize,
+    /// RTT samples per step.
+    #[arg(short = 's', long, default_value_t = 100)]
     pub sample_size: usize,
+    /// Clients added per step.
+    #[arg(long, default_value_t = 1000)]
     pub step_size: usize,
+    /// Clients connected before the first step.
+    #[arg(long, default_value_t = 0)]
     pub initial_clients: usize,
-    /// 0: until the RTT limit is passed.
+    /// Stop after this many steps (0: when the RTT limit is passed).
+    #[arg(long, default_value_t = 0)]
     pub total_steps: usize,
+    /// Padding bytes in every payload.
+    #[arg(long, default_value_t = 0)]
     pub payload_padding: usize,
+    /// Stop when the percentile RTT passes this (e.g. 500ms, 1s).
+    #[arg(long = "limit-rtt", value_name = "LIMIT_RTT", default_value = "500ms", value_parser = parse_ms)]
     pub limit_rtt_ms: u64,
+    /// The percentile held to --limit-rtt.
+    #[arg(long, default_value_t = 95)]
     pub limit_percentile: u8,
+}
+
+/// A duration such as `500ms`, `1.5s` or `800us` (a bare number is in
+/// milliseconds), in whole milliseconds.
+fn parse_ms(s: &str) -> Result<u64, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "ms"));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "us" => n / 1e6,
+        _ => return Err(format!("{s:?}: use ms, s or us")),
+    };
+    Ok(Duration::from_secs_f64(secs).as_millis() as u64)
 }
 
 /// websocket-shootout's broadcast ladder in its `actioncable` mode.
@@ -180,21 +252,14 @@ pub async fn broadcast(common: &Common, o: &LadderOpts) -> Result<RunResult> {
         } else {
             o.step_size
         };
-        let pb = bar(
-            common,
-            add as u64,
-            &format!("step {}: connecting", step + 1),
-        );
         let (new, _, failures) = open_many(
             common,
-            clients.len(),
-            add,
-            common.connect_concurrency,
+            clients.len()..clients.len() + add,
             &shared,
-            &pb,
+            &format!("step {}: connecting", step + 1),
+            |_| None,
         )
         .await;
-        pb.finish_and_clear();
         if !failures.is_empty() {
             errors.extend(failures.into_iter().take(20));
             errors.push(format!("step {}: clients failed to connect", step + 1));
@@ -305,12 +370,11 @@ pub async fn broadcast(common: &Common, o: &LadderOpts) -> Result<RunResult> {
         .unwrap_or(0);
     let deliveries: u64 = base.iter().map(|b| sent_total - b).sum();
     close_all(&clients, &shared).await;
-    Ok(RunResult {
-        mode: "broadcast".into(),
-        server: common.server.clone(),
-        ok: errors.is_empty(),
-        params: serde_json::to_value(o)?,
-        metrics: json!({
+    RunResult::new(
+        "broadcast",
+        common,
+        o,
+        json!({
             "steps": steps,
             "max_clients_within_limit": max_within,
             "passed_limit": passed_limit,
@@ -320,7 +384,7 @@ pub async fn broadcast(common: &Common, o: &LadderOpts) -> Result<RunResult> {
             "extra": extra,
         }),
         errors,
-    })
+    )
 }
 
 // ---------------------------------------------------------------- fanout
@@ -353,17 +417,14 @@ pub struct FanoutOpts {
 /// N subscribers of one stream; one publisher sweeps the broadcast rate.
 pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     let (shared, _rtt) = Shared::new();
-    let pb = bar(common, o.subscribers as u64, "subscribers connecting");
     let (subs, _, failures) = open_many(
         common,
-        0,
-        o.subscribers,
-        common.connect_concurrency,
+        0..o.subscribers,
         &shared,
-        &pb,
+        "subscribers connecting",
+        |_| None,
     )
     .await;
-    pb.finish_and_clear();
     if !failures.is_empty() {
         bail!("{} subscribers failed: {}", failures.len(), failures[0]);
     }
@@ -391,18 +452,7 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         shared.start_window();
         let total = (rate * o.step_secs).round() as u64;
         let pb = bar(common, total, &format!("{rate:.0} broadcasts/s"));
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        while sent < total {
-            tick.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
-            while sent < due {
-                publisher.broadcast(&padding);
-                sent += 1;
-            }
-            pb.set_position(sent);
-        }
+        let sent = publish_paced(&publisher, &padding, rate, total, started, &pb, |_| {}).await;
         let expected = sent * n;
         let drain_deadline = Instant::now() + Duration::from_secs(3);
         while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline
@@ -469,14 +519,13 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     }
     publisher.close();
     close_all(&subs, &shared).await;
-    Ok(RunResult {
-        mode: "fanout".into(),
-        server: common.server.clone(),
-        ok: errors.is_empty(),
-        params: serde_json::to_value(o)?,
-        metrics: json!({"steps": steps, "best": best, "best_complete": best_complete}),
+    RunResult::new(
+        "fanout",
+        common,
+        o,
+        json!({"steps": steps, "best": best, "best_complete": best_complete}),
         errors,
-    })
+    )
 }
 
 // ---------------------------------------------------------------- connect
@@ -492,12 +541,14 @@ pub struct ConnectOpts {
 /// N connections opened at concurrency C: time to welcome and to confirm.
 pub async fn connect(common: &Common, o: &ConnectOpts) -> Result<RunResult> {
     let (shared, _rtt) = Shared::new();
-    let pb = bar(common, o.connections as u64, "connecting");
+    let at_once = Common {
+        connect_concurrency: o.concurrency,
+        ..common.clone()
+    };
     let started = Instant::now();
     let (clients, timings, failures) =
-        open_many(common, 0, o.connections, o.concurrency, &shared, &pb).await;
+        open_many(&at_once, 0..o.connections, &shared, "connecting", |_| None).await;
     let wall = started.elapsed();
-    pb.finish_and_clear();
     let mut welcome = histogram();
     let mut confirm = histogram();
     for t in &timings {
@@ -522,21 +573,24 @@ pub async fn connect(common: &Common, o: &ConnectOpts) -> Result<RunResult> {
     close_all(&clients, &shared).await;
     let mut errors: Vec<String> = failures.iter().take(20).cloned().collect();
     errors.extend(shared.errors.lock().expect("errors lock").iter().cloned());
+    // Errors from the server do not fail a connect run; failing to connect does.
     Ok(RunResult {
-        mode: "connect".into(),
-        server: common.server.clone(),
         ok: failures.is_empty(),
-        params: serde_json::to_value(o)?,
-        metrics: json!({
-            "connected": timings.len(),
-            "failures": failures.len(),
-            "welcome": summary(&welcome),
-            "confirm": summary(&confirm),
-            "wall_secs": wall.as_secs_f64(),
-            "per_sec": (timings.len() as f64 / wall.as_secs_f64()).round(),
-            "server_rss_bytes": rss,
-        }),
-        errors,
+        ..RunResult::new(
+            "connect",
+            common,
+            o,
+            json!({
+                "connected": timings.len(),
+                "failures": failures.len(),
+                "welcome": summary(&welcome),
+                "confirm": summary(&confirm),
+                "wall_secs": wall.as_secs_f64(),
+                "per_sec": (timings.len() as f64 / wall.as_secs_f64()).round(),
+                "server_rss_bytes": rss,
+            }),
+            errors,
+        )?
     })
 }
 
@@ -572,22 +626,13 @@ pub async fn idle(common: &Common, o: &IdleOpts) -> Result<RunResult> {
     }
     let (shared, _rtt) = Shared::new();
     let before = settled_rss(&common.server_pids, 0.0).await?;
-    let pb = bar(common, o.low as u64, "connecting (low)");
     let (mut clients, _, f1) =
-        open_many(common, 0, o.low, common.connect_concurrency, &shared, &pb).await;
-    pb.finish_and_clear();
+        open_many(common, 0..o.low, &shared, "connecting (low)", |_| None).await;
     let rss_low = settled_rss(&common.server_pids, o.settle_secs).await?;
-    let pb = bar(common, (o.high - o.low) as u64, "connecting (high)");
-    let (more, _, f2) = open_many(
-        common,
-        o.low,
-        o.high - o.low,
-        common.connect_concurrency,
-        &shared,
-        &pb,
-    )
+    let (more, _, f2) = open_many(common, o.low..o.high, &shared, "connecting (high)", |_| {
+        None
+    })
     .await;
-    pb.finish_and_clear();
     clients.extend(more);
     let rss_high = settled_rss(&common.server_pids, o.settle_secs).await?;
     let slope = (rss_high as f64 - rss_low as f64) / (o.high - o.low) as f64;
@@ -603,19 +648,18 @@ pub async fn idle(common: &Common, o: &IdleOpts) -> Result<RunResult> {
     close_all(&clients, &shared).await;
     let mut errors: Vec<String> = f1.into_iter().chain(f2).take(20).collect();
     errors.extend(shared.errors.lock().expect("errors lock").iter().cloned());
-    Ok(RunResult {
-        mode: "idle".into(),
-        server: common.server.clone(),
-        ok: errors.is_empty(),
-        params: serde_json::to_value(o)?,
-        metrics: json!({
+    RunResult::new(
+        "idle",
+        common,
+        o,
+        json!({
             "rss_before_bytes": before,
             "rss_low_bytes": rss_low,
             "rss_high_bytes": rss_high,
             "bytes_per_connection": slope.round(),
         }),
         errors,
-    })
+    )
 }
 
 // ---------------------------------------------------------------- slow
@@ -648,20 +692,16 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
     // Spread the slow ones; client 0 publishes and always reads.
     let stride = (o.clients / n_slow).max(1);
     let slow_ids: Vec<usize> = (0..n_slow).map(|k| 1 + k * stride).collect();
-    let pb = bar(common, o.clients as u64, "connecting");
-    let (clients, _, failures) = open_many_with(
+    let (clients, _, failures) = open_many(
         common,
-        0,
-        o.clients,
-        common.connect_concurrency,
+        0..o.clients,
         &shared,
-        &pb,
+        "connecting",
         // A small receive window: a stalled client backs up the server's
         // socket within the run instead of parking megabytes in the kernel.
         |i| slow_ids.contains(&i).then_some(4096),
     )
     .await;
-    pb.finish_and_clear();
     if !failures.is_empty() || clients.len() != o.clients {
         bail!("{} clients failed: {:?}", failures.len(), failures.first());
     }
@@ -681,21 +721,13 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
         let started = Instant::now();
         let total = (rate * secs).round() as u64;
         let pb = bar(common, total, label);
-        let mut sent = 0;
         let mut max_rss = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        while sent < total {
-            tick.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
-            while sent < due {
-                publisher.broadcast(padding);
-                sent += 1;
-            }
-            pb.set_position(sent);
+        let sent = publish_paced(publisher, padding, rate, total, started, &pb, |sent| {
             if sent % 10 == 0 {
                 max_rss = max_rss.max(procfs::rss_all(&common.server_pids).unwrap_or(0));
             }
-        }
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         max_rss = max_rss.max(procfs::rss_all(&common.server_pids).unwrap_or(0));
         pb.finish_and_clear();
@@ -779,12 +811,11 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
     errors.extend(server_errors);
     let bounded = rss_b <= bound;
     close_all(&clients, &shared).await;
-    Ok(RunResult {
-        mode: "slow".into(),
-        server: common.server.clone(),
-        ok: errors.is_empty(),
-        params: serde_json::to_value(o)?,
-        metrics: json!({
+    RunResult::new(
+        "slow",
+        common,
+        o,
+        json!({
             "stalled": n_slow,
             "before": {"sent": sent_a, "latency": summary(&lat_a), "max_rss_bytes": rss_a},
             "during": {"sent": sent_b, "latency": summary(&lat_b), "max_rss_bytes": rss_b},
@@ -795,5 +826,5 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
             "readers_dropped": readers_closed,
         }),
         errors,
-    })
+    )
 }

@@ -101,6 +101,14 @@ async fn ws_connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Err
 }
 
 /// The next text frame that is not a ping.
+/// Asserts that `text` contains each of `lines`; a failure names the line.
+#[track_caller]
+fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+}
+
 async fn recv(ws: &mut Ws) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -164,13 +172,15 @@ async fn settings_come_from_file_then_env_then_flags() {
     let f = file.to_str().unwrap();
     let (code, out, err) = output(&["--config", f, "--print-config"], &[]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ping_interval = \"7s\""), "{out}");
-    assert!(out.contains("max_connections = 100"), "{out}");
-    assert!(
-        out.contains("allowed_origins = [\"https://a.example\"]"),
-        "{out}"
+    assert_has_lines(
+        &out,
+        &[
+            "ping_interval = \"7s\"",
+            "max_connections = 100",
+            "allowed_origins = [\"https://a.example\"]",
+            "log_format = \"json\"",
+        ],
     );
-    assert!(out.contains("log_format = \"json\""), "{out}");
     // The environment beats the file, a flag beats the environment.
     let env = [
         ("CABLE_PING_INTERVAL", "2"),
@@ -278,23 +288,22 @@ async fn health_stats_and_metrics_follow_clients() {
     .await;
     let (status, metrics) = server.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("cable_connections 3"), "{metrics}");
-    assert!(metrics.contains("cable_connections_total 3"), "{metrics}");
-    assert!(
-        metrics.contains("cable_messages_received_total 1"),
-        "{metrics}"
+    assert_has_lines(
+        &metrics,
+        &[
+            "cable_connections 3",
+            "cable_connections_total 3",
+            "cable_messages_received_total 1",
+            "# HELP cable_connections",
+            // No hardening counter has moved.
+            "cable_rate_limited_disconnects_total 0",
+            "cable_callback_panics_total 0",
+            "cable_callback_timeouts_total 0",
+            "cable_oversized_dropped_total 0",
+            "cable_adapter_backlog 0",
+            "cable_adapter_dropped_total 0",
+        ],
     );
-    assert!(metrics.contains("# HELP cable_connections"), "{metrics}");
-    for hardening in [
-        "cable_rate_limited_disconnects_total 0",
-        "cable_callback_panics_total 0",
-        "cable_callback_timeouts_total 0",
-        "cable_oversized_dropped_total 0",
-        "cable_adapter_backlog 0",
-        "cable_adapter_dropped_total 0",
-    ] {
-        assert!(metrics.contains(hardening), "{hardening}: {metrics}");
-    }
     for mut c in clients.drain(..) {
         c.close(None).await.unwrap();
     }
@@ -718,25 +727,7 @@ fn redis_url() -> String {
 
 /// Whether Redis answers; prints a SKIPPED line (or fails under CI) if not.
 async fn redis_up() -> bool {
-    let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .rsplit('@')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .to_owned();
-    if TcpStream::connect(&hostport).await.is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "Redis not reachable at {url} (CI is set, so this is a failure)"
-    );
-    println!("SKIPPED: Redis not reachable at {url} (start redis-server or set REDIS_URL)");
-    false
+    service_up("Redis", &redis_url(), "127.0.0.1:6379").await
 }
 
 #[tokio::test]
@@ -796,6 +787,17 @@ fn vector<'a>(list: &'a serde_json::Value, case: &str, kdf: &str) -> &'a serde_j
         .unwrap_or_else(|| panic!("no vector {case}/{kdf}"))
 }
 
+/// Subscribes to `identifier` and expects the answer of type `answer`
+/// (`confirm_subscription` or `reject_subscription`).
+async fn subscribe(ws: &mut Ws, identifier: &str, answer: &str) {
+    let command = serde_json::json!({"command": "subscribe", "identifier": identifier});
+    ws.send(Message::text(command.to_string())).await.unwrap();
+    assert_eq!(
+        recv(ws).await,
+        serde_json::json!({"identifier": identifier, "type": answer}).to_string()
+    );
+}
+
 async fn ws_with_cookie(url: &str, cookie: &str) -> Ws {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert(
@@ -852,15 +854,7 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
         "signed_stream_name": turbo["signed_stream_name"],
     })
     .to_string();
-    ws.send(Message::text(
-        serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        recv(&mut ws).await,
-        serde_json::json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()
-    );
+    subscribe(&mut ws, &identifier, "confirm_subscription").await;
     // A broadcast to the decoded stream name (what Rails'
     // Turbo::StreamsChannel.broadcast_* publish) reaches the subscriber.
     let body = serde_json::json!({
@@ -882,15 +876,7 @@ async fn beside_rails_with_no_rust_code_session_turbo_and_broadcasts() {
         "signed_stream_name": "Im1lc3NhZ2VzIg==--0000000000000000000000000000000000000000000000000000000000000000",
     })
     .to_string();
-    ws.send(Message::text(
-        serde_json::json!({"command": "subscribe", "identifier": forged}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        recv(&mut ws).await,
-        serde_json::json!({"identifier": forged, "type": "reject_subscription"}).to_string()
-    );
+    subscribe(&mut ws, &forged, "reject_subscription").await;
 
     // A tampered cookie, or none, is unauthorized.
     let unauthorized = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
@@ -995,25 +981,24 @@ async fn huge_numbers_are_errors_not_panics() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Whether PostgreSQL answers at DATABASE_URL's host; prints a SKIPPED line
-/// (or fails under CI) if not.
+/// Whether PostgreSQL answers at `url`'s host; prints a SKIPPED line (or
+/// fails under CI) if not.
 async fn postgres_up(url: &str) -> bool {
+    service_up("PostgreSQL", url, "127.0.0.1:5432").await
+}
+
+/// Whether `what` accepts TCP connections at `url`'s host and port
+/// (`default` if the URL has none); prints a SKIPPED line (or fails under CI)
+/// if not.
+async fn service_up(what: &str, url: &str, default: &str) -> bool {
     let hostport = url
         .split("://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .and_then(|auth| auth.rsplit('@').next())
-        .unwrap_or("127.0.0.1:5432")
-        .to_owned();
-    if TcpStream::connect(&hostport).await.is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "PostgreSQL not reachable at {url} (CI is set, so this is a failure)"
-    );
-    println!("SKIPPED: PostgreSQL not reachable at {url} (start it or set DATABASE_URL)");
-    false
+        .unwrap_or(default);
+    let reachable = TcpStream::connect(hostport).await.is_ok();
+    cable_adapter_kit::conformance::skip(what, url, reachable)
 }
 
 /// An extended-protocol (`@anycable/web`) client of `server`, `query`

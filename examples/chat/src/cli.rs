@@ -168,37 +168,55 @@ enum Adapter {
     Postgres(PostgresConfig),
 }
 
+/// What the log says of `adapter`: where it connects (password masked), its
+/// channel prefix and the name it connects with.
+fn describe(adapter: &Adapter) -> String {
+    let prefix = |p: &Option<String>| match p {
+        Some(p) => format!("channel prefix {p:?}"),
+        None => "no channel prefix".to_owned(),
+    };
+    match adapter {
+        Adapter::Memory => "memory (this process only)".to_owned(),
+        Adapter::Redis(c) => format!(
+            "redis at {} ({}, connection name {})",
+            redact_url(&c.url),
+            prefix(&c.channel_prefix),
+            c.connection_name
+        ),
+        Adapter::Postgres(c) => format!(
+            "postgres at {} ({}, application name {})",
+            c.redacted_url(),
+            prefix(&c.channel_prefix),
+            c.application_name
+        ),
+    }
+}
+
 /// Reads `--adapter` and `--channel-prefix`; an error names the flag and the
 /// value (with any password masked).
 fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (ErrorKind, String)> {
     let scheme = adapter
         .split_once("://")
         .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    // Redis and PostgreSQL take the URL and the prefix alike; the error
+    // masks the password.
+    macro_rules! url_adapter {
+        ($config:ident, $variant:ident) => {{
+            let mut config = $config::new(adapter);
+            if let Some(p) = prefix {
+                config = config.channel_prefix(p);
+            }
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::$variant(config));
+        }};
+    }
     let chosen = match scheme.as_deref() {
         None if adapter == "memory" => Adapter::Memory,
         Some("memory") if adapter.len() == "memory://".len() => Adapter::Memory,
-        Some("redis" | "rediss" | "redis+unix") => {
-            let mut config = RedisConfig::new(adapter);
-            if let Some(p) = prefix {
-                config = config.channel_prefix(p);
-            }
-            // The error masks the password.
-            config
-                .validate()
-                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
-            return Ok(Adapter::Redis(config));
-        }
-        Some("postgres" | "postgresql") => {
-            let mut config = PostgresConfig::new(adapter);
-            if let Some(p) = prefix {
-                config = config.channel_prefix(p);
-            }
-            // The error masks the password.
-            config
-                .validate()
-                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
-            return Ok(Adapter::Postgres(config));
-        }
+        Some("redis" | "rediss" | "redis+unix") => url_adapter!(RedisConfig, Redis),
+        Some("postgres" | "postgresql") => url_adapter!(PostgresConfig, Postgres),
         _ => {
             return Err((
                 ErrorKind::ValueValidation,
@@ -330,44 +348,19 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let builder = builder.config(core);
+    tracing::info!("pub/sub adapter: {}", describe(&adapter));
+    // Nothing connects yet: Redis' subscriber or PostgreSQL's listener
+    // connects in the background and retries while its server is down.
     let cable = match adapter {
-        Adapter::Memory => {
-            tracing::info!("pub/sub adapter: memory (this process only)");
-            builder.build()
-        }
+        Adapter::Memory => builder,
         Adapter::Redis(config) => {
-            tracing::info!(
-                "pub/sub adapter: redis at {} ({}, connection name {})",
-                redact_url(&config.url),
-                match &config.channel_prefix {
-                    Some(p) => format!("channel prefix {p:?}"),
-                    None => "no channel prefix".to_owned(),
-                },
-                config.connection_name,
-            );
-            // Nothing connects yet: the subscriber connects in the background
-            // and retries while Redis is down.
-            builder
-                .try_pubsub(move |delivery| RedisPubSub::new(config, delivery))?
-                .build()
+            builder.try_pubsub(move |delivery| RedisPubSub::new(config, delivery))?
         }
         Adapter::Postgres(config) => {
-            tracing::info!(
-                "pub/sub adapter: postgres at {} ({}, application name {})",
-                config.redacted_url(),
-                match &config.channel_prefix {
-                    Some(p) => format!("channel prefix {p:?}"),
-                    None => "no channel prefix".to_owned(),
-                },
-                config.application_name,
-            );
-            // Nothing connects yet: the listener connects in the background
-            // and retries while the database is down.
-            builder
-                .try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
-                .build()
+            builder.try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
         }
-    };
+    }
+    .build();
     let app = crate::app(cable.clone(), &opts);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -406,28 +399,6 @@ mod tests {
         let msg = err("memory", Some("app"));
         assert!(msg.starts_with("--channel-prefix \"app\""), "{msg}");
         assert!(err("memory://x", None).contains("unknown adapter"));
-    }
-
-    #[test]
-    fn redis_urls_with_and_without_prefix() {
-        let Ok(Adapter::Redis(c)) = choose_adapter("redis://127.0.0.1:6379/1", Some("myapp"))
-        else {
-            panic!("redis url refused")
-        };
-        assert_eq!(c.url, "redis://127.0.0.1:6379/1");
-        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
-        assert_eq!(
-            c.connection_name,
-            format!("ActionCable-PID-{}", std::process::id())
-        );
-        let Ok(Adapter::Redis(c)) = choose_adapter("rediss://:pw@redis.example:6380", None) else {
-            panic!("rediss url refused")
-        };
-        assert_eq!(c.channel_prefix, None);
-        assert!(matches!(
-            choose_adapter("redis+unix:///tmp/redis.sock", None),
-            Ok(Adapter::Redis(_))
-        ));
     }
 
     #[test]
@@ -524,22 +495,40 @@ mod tests {
         );
     }
 
+    /// The kind, URL, channel prefix and connection name of the Redis or
+    /// PostgreSQL adapter `choose_adapter` makes of `adapter`.
+    fn chosen(
+        adapter: &str,
+        prefix: Option<&str>,
+    ) -> (&'static str, String, Option<String>, String) {
+        match choose_adapter(adapter, prefix) {
+            Ok(Adapter::Redis(c)) => ("redis", c.url, c.channel_prefix, c.connection_name),
+            Ok(Adapter::Postgres(c)) => ("postgres", c.url, c.channel_prefix, c.application_name),
+            other => panic!("{adapter:?} not made a Redis or PostgreSQL adapter: {other:?}"),
+        }
+    }
+
     #[test]
-    fn postgres_urls_with_and_without_prefix() {
-        let Ok(Adapter::Postgres(c)) =
-            choose_adapter("postgres://postgres@127.0.0.1:5432/test", Some("myapp"))
-        else {
-            panic!("postgres url refused")
-        };
-        assert_eq!(c.url, "postgres://postgres@127.0.0.1:5432/test");
-        assert_eq!(c.channel_prefix.as_deref(), Some("myapp"));
-        assert_eq!(
-            c.application_name,
-            format!("ActionCable-PID-{}", std::process::id())
-        );
-        let Ok(Adapter::Postgres(c)) = choose_adapter("postgresql://u:pw@db/app", None) else {
-            panic!("postgresql url refused")
-        };
-        assert_eq!(c.channel_prefix, None);
+    fn redis_and_postgres_urls_with_and_without_prefix() {
+        let name = format!("ActionCable-PID-{}", std::process::id());
+        for (adapter, prefix, kind) in [
+            ("redis://127.0.0.1:6379/1", Some("myapp"), "redis"),
+            ("rediss://:pw@redis.example:6380", None, "redis"),
+            ("redis+unix:///tmp/redis.sock", None, "redis"),
+            (
+                "postgres://postgres@127.0.0.1:5432/test",
+                Some("myapp"),
+                "postgres",
+            ),
+            ("postgresql://u:pw@db/app", None, "postgres"),
+        ] {
+            let want = (
+                kind,
+                adapter.to_owned(),
+                prefix.map(str::to_owned),
+                name.clone(),
+            );
+            assert_eq!(chosen(adapter, prefix), want, "{adapter}");
+        }
     }
 }

@@ -259,6 +259,8 @@ mod text {
     }
 }
 
+// Debug shows no secret: the config and every key type redact theirs.
+#[derive(Debug)]
 struct Inner {
     config: RailsConfig,
     cookies: CookieJar,
@@ -273,24 +275,9 @@ struct Inner {
 /// - or take the parts: [`Rails::authenticator`], [`Rails::turbo_channel`],
 ///   [`Rails::pubsub_channel`];
 /// - and read cookies yourself: [`Rails::session`], [`Rails::cookies`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Rails {
     inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Rails {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.inner.config;
-        f.debug_struct("Rails")
-            .field("secrets", &c.secret_key_base.len())
-            .field("key_derivation", &c.key_derivation)
-            .field("session_cookie", &c.session_cookie)
-            .field("identifiers", &c.identifiers)
-            .field("turbo", &c.turbo)
-            .field("pubsub_signed", &c.pubsub_signed)
-            .field("pubsub_public", &c.pubsub_public)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Rails {
@@ -537,6 +524,11 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(
             !shown.contains("xxxx") && !shown.contains("hush"),
+            "{shown}"
+        );
+        let shown = format!("{:?}", Rails::new(c.clone()).expect("valid"));
+        assert!(
+            shown.contains("[redacted]") && !shown.contains("xxxx") && !shown.contains("hush"),
             "{shown}"
         );
     }

@@ -12,6 +12,45 @@ use subtle::ConstantTimeEq;
 
 use crate::error::CookieError;
 
+/// `Debug` for a type with key material in the field named `$secret` and a
+/// `digest`: shows the digest, never the key.
+macro_rules! debug_redacted {
+    ($type:ident, $secret:literal) => {
+        impl std::fmt::Debug for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($type))
+                    .field($secret, &"[redacted]")
+                    .field("digest", &self.digest)
+                    .finish()
+            }
+        }
+    };
+}
+
+/// `Display` (the upper-case name) and `FromStr` (any case, dashes ignored:
+/// `sha-256`) for a digest enum; `$what` and `$choices` make the error.
+macro_rules! digest_names {
+    ($type:ident, $what:literal, $choices:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($type::$variant => $name,)+
+                })
+            }
+        }
+
+        impl std::str::FromStr for $type {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s.to_ascii_uppercase().replace('-', "").as_str() {
+                    $($name => Ok($type::$variant),)+
+                    _ => Err(format!(concat!("unknown ", $what, " `{}` (", $choices, ")"), s)),
+                }
+            }
+        }
+    };
+}
+
 /// Rails' PBKDF2 iteration count (`Rails.application.key_generator`).
 pub const ITERATIONS: u32 = 1000;
 
@@ -31,27 +70,10 @@ impl KeyDigest {
     pub const ALL: [KeyDigest; 2] = [KeyDigest::Sha256, KeyDigest::Sha1];
 }
 
-impl std::fmt::Display for KeyDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            KeyDigest::Sha1 => "SHA1",
-            KeyDigest::Sha256 => "SHA256",
-        })
-    }
-}
-
-impl std::str::FromStr for KeyDigest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().replace('-', "").as_str() {
-            "SHA1" => Ok(KeyDigest::Sha1),
-            "SHA256" => Ok(KeyDigest::Sha256),
-            _ => Err(format!(
-                "unknown key derivation digest `{s}` (SHA1 or SHA256)"
-            )),
-        }
-    }
-}
+digest_names!(KeyDigest, "key derivation digest", "SHA1 or SHA256",
+    Sha1 => "SHA1",
+    Sha256 => "SHA256",
+);
 
 /// The HMAC of a `MessageVerifier` (`config.action_dispatch.signed_cookie_digest`
 /// for signed cookies, SHA1 unless set; Turbo and AnyCable use SHA256).
@@ -68,31 +90,12 @@ pub enum HmacDigest {
     Sha512,
 }
 
-impl std::fmt::Display for HmacDigest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HmacDigest::Sha1 => "SHA1",
-            HmacDigest::Sha256 => "SHA256",
-            HmacDigest::Sha384 => "SHA384",
-            HmacDigest::Sha512 => "SHA512",
-        })
-    }
-}
-
-impl std::str::FromStr for HmacDigest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().replace('-', "").as_str() {
-            "SHA1" => Ok(HmacDigest::Sha1),
-            "SHA256" => Ok(HmacDigest::Sha256),
-            "SHA384" => Ok(HmacDigest::Sha384),
-            "SHA512" => Ok(HmacDigest::Sha512),
-            _ => Err(format!(
-                "unknown HMAC digest `{s}` (SHA1, SHA256, SHA384 or SHA512)"
-            )),
-        }
-    }
-}
+digest_names!(HmacDigest, "HMAC digest", "SHA1, SHA256, SHA384 or SHA512",
+    Sha1 => "SHA1",
+    Sha256 => "SHA256",
+    Sha384 => "SHA384",
+    Sha512 => "SHA512",
+);
 
 /// Rails' `ActiveSupport::KeyGenerator`: PBKDF2-HMAC over `secret_key_base`
 /// (its text, as bytes), 1000 iterations.
@@ -109,14 +112,7 @@ pub struct KeyGenerator {
     digest: KeyDigest,
 }
 
-impl std::fmt::Debug for KeyGenerator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyGenerator")
-            .field("secret", &"[redacted]")
-            .field("digest", &self.digest)
-            .finish()
-    }
-}
+debug_redacted!(KeyGenerator, "secret");
 
 impl KeyGenerator {
     /// A generator for `secret_key_base` with `digest`.
@@ -209,14 +205,7 @@ pub struct MessageVerifier {
     digest: HmacDigest,
 }
 
-impl std::fmt::Debug for MessageVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageVerifier")
-            .field("key", &"[redacted]")
-            .field("digest", &self.digest)
-            .finish()
-    }
-}
+debug_redacted!(MessageVerifier, "key");
 
 impl MessageVerifier {
     /// A verifier with `key` (raw bytes: a derived key, or a secret used as is).

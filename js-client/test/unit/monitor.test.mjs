@@ -17,6 +17,14 @@ beforeEach(() => {
 });
 afterEach(() => time.restore());
 
+/** Asserts that `c` keeps its one socket for `ms` - 1 ms more and opens a second at `ms`. */
+function reopensAfter(c, ms, message = `a second socket ${ms} ms on`) {
+  time.tick(ms - 1);
+  assert.equal(c.sockets.length, 1, `still one socket ${ms - 1} ms on`);
+  time.tick(1);
+  assert.equal(c.sockets.length, 2, message);
+}
+
 /** Ticks in 100 ms steps for `ms`, refusing every handshake on the way (server down). */
 function serverDown(c, ms, step = 100) {
   for (let t = 0; t < ms; t += step) {
@@ -95,10 +103,7 @@ describe("stale detection and reconnect", () => {
     assert.equal(c.consumer.connection.monitor.reconnectAttempts, 1);
     assert.deepEqual(c.of("lobby").at(-1), ["disconnected", { willAttemptReconnect: true }]);
     // reopen() opens the next socket 500 ms after closing.
-    time.tick(499);
-    assert.equal(c.sockets.length, 1);
-    time.tick(1);
-    assert.equal(c.sockets.length, 2);
+    reopensAfter(c, 500);
 
     c.socket.welcome();
     assert.deepEqual(c.socket.commands(), [{ command: "subscribe", identifier: lobbyId }], "resubscribed after the welcome");
@@ -188,10 +193,7 @@ describe("server disconnect messages", () => {
     assert.deepEqual(c.of("lobby").at(-1), ["disconnected", { willAttemptReconnect: true }]);
     assert.equal(c.consumer.connection.monitor.isRunning(), true);
     // Last message at 1 s: the poll at 6 s finds 5 s, the one at 12 s finds 11 s.
-    time.tick(10_999);
-    assert.equal(c.sockets.length, 1);
-    time.tick(1);
-    assert.equal(c.sockets.length, 2, "reopened at 12 s");
+    reopensAfter(c, 11_000, "reopened at 12 s");
     c.socket.welcome();
     c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
     assert.deepEqual(c.of("lobby").at(-1), ["connected", { reconnected: true }]);
@@ -206,10 +208,7 @@ describe("server disconnect messages", () => {
     time.tick(1000); // poll at 12 s: stale (12 s), but disconnected 1 s ago
     assert.equal(c.sockets.length, 1);
     assert.equal(c.consumer.connection.monitor.reconnectAttempts, 1);
-    time.tick(6899); // next poll at 12 + 6.9 s
-    assert.equal(c.sockets.length, 1);
-    time.tick(1);
-    assert.equal(c.sockets.length, 2);
+    reopensAfter(c, 6900); // next poll at 12 + 6.9 s
   });
 });
 
@@ -327,10 +326,7 @@ describe("browser events", () => {
     assert.equal(c.sockets.length, 1);
     globals.doc.visibilityState = "visible";
     globals.doc.dispatchEvent(new Event("visibilitychange"));
-    time.tick(199);
-    assert.equal(c.sockets.length, 1);
-    time.tick(1);
-    assert.equal(c.sockets.length, 2);
+    reopensAfter(c, 200);
   });
 });
 

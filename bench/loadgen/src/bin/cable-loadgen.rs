@@ -1,7 +1,6 @@
 //! `cable-loadgen`: load generator for ActionCable servers.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use cable_loadgen::client::Target;
@@ -47,32 +46,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Run {
     /// websocket-shootout's broadcast ladder (actioncable mode).
-    Broadcast {
-        /// Broadcasts in flight at once.
-        #[arg(short = 'c', long, default_value_t = 4)]
-        concurrent: usize,
-        /// RTT samples per step.
-        #[arg(short = 's', long, default_value_t = 100)]
-        sample_size: usize,
-        /// Clients added per step.
-        #[arg(long, default_value_t = 1000)]
-        step_size: usize,
-        /// Clients connected before the first step.
-        #[arg(long, default_value_t = 0)]
-        initial_clients: usize,
-        /// Stop after this many steps (0: when the RTT limit is passed).
-        #[arg(long, default_value_t = 0)]
-        total_steps: usize,
-        /// Padding bytes in every payload.
-        #[arg(long, default_value_t = 0)]
-        payload_padding: usize,
-        /// Stop when the percentile RTT passes this (e.g. 500ms, 1s).
-        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-        limit_rtt: Duration,
-        /// The percentile held to --limit-rtt.
-        #[arg(long, default_value_t = 95)]
-        limit_percentile: u8,
-    },
+    Broadcast(modes::LadderOpts),
     /// N subscribers of one stream; the publish rate is swept upwards.
     Fanout(modes::FanoutOpts),
     /// N connections at concurrency C: time to welcome and to confirm.
@@ -105,21 +79,6 @@ enum Run {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
     },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "ms"));
-    let n: f64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "us" => n / 1e6,
-        _ => return Err(format!("{s:?}: use ms, s or us")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn write_report(
@@ -189,33 +148,11 @@ async fn run(args: Args) -> Result<()> {
         connect_concurrency: args.connect_concurrency,
     };
     let result: RunResult = match args.run {
-        Run::Broadcast {
-            concurrent,
-            sample_size,
-            step_size,
-            initial_clients,
-            total_steps,
-            payload_padding,
-            limit_rtt,
-            limit_percentile,
-        } => {
-            if !(1..=100).contains(&limit_percentile) {
+        Run::Broadcast(opts) => {
+            if !(1..=100).contains(&opts.limit_percentile) {
                 bail!("--limit-percentile must be 1..=100");
             }
-            modes::broadcast(
-                &common,
-                &modes::LadderOpts {
-                    concurrent,
-                    sample_size,
-                    step_size,
-                    initial_clients,
-                    total_steps,
-                    payload_padding,
-                    limit_rtt_ms: limit_rtt.as_millis() as u64,
-                    limit_percentile,
-                },
-            )
-            .await?
+            modes::broadcast(&common, &opts).await?
         }
         Run::Fanout(opts) => {
             if opts.rate_factor <= 1.0 {

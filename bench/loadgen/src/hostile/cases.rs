@@ -72,6 +72,26 @@ async fn flood_all(
     sent
 }
 
+/// A flood's outcome once the answers to what was sent have had time to
+/// arrive: what the attackers saw, the `kinds` of flood and the frames
+/// `sent` per socket. Closes the sockets.
+async fn flood_outcome(
+    socks: Vec<Sock>,
+    obs: &Arc<Observed>,
+    kinds: Value,
+    sent: Vec<u64>,
+) -> Result<Outcome> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut attack = obs.summary();
+    attack["kinds"] = kinds;
+    attack["sent_per_socket"] = json!(sent);
+    sock::close_all(socks, obs).await;
+    Ok(Outcome {
+        attack,
+        checks: vec![],
+    })
+}
+
 // ---------------------------------------------------------------- floods
 
 /// Subscribe floods from several sockets at once: one subscribes to ever
@@ -97,20 +117,17 @@ pub async fn subscribe_flood(ctx: &Ctx) -> Result<Outcome> {
         Message::text(text)
     })
     .await;
-    // Let the answers to what was sent arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut attack = obs.summary();
-    attack["kinds"] = json!([
-        "new room per command",
-        "same identifier",
-        "subscribe/unsubscribe toggle"
-    ]);
-    attack["sent_per_socket"] = json!(sent);
-    sock::close_all(socks, &obs).await;
-    Ok(Outcome {
-        attack,
-        checks: vec![],
-    })
+    flood_outcome(
+        socks,
+        &obs,
+        json!([
+            "new room per command",
+            "same identifier",
+            "subscribe/unsubscribe toggle"
+        ]),
+        sent,
+    )
+    .await
 }
 
 /// Action floods: `echo` (answered to the sender), `speak` (a broadcast to
@@ -138,15 +155,13 @@ pub async fn action_flood(ctx: &Ctx) -> Result<Outcome> {
         Message::text(text)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut attack = obs.summary();
-    attack["kinds"] = json!(["echo", "speak", "perform on an unsubscribed identifier"]);
-    attack["sent_per_socket"] = json!(sent);
-    sock::close_all(socks, &obs).await;
-    Ok(Outcome {
-        attack,
-        checks: vec![],
-    })
+    flood_outcome(
+        socks,
+        &obs,
+        json!(["echo", "speak", "perform on an unsubscribed identifier"]),
+        sent,
+    )
+    .await
 }
 
 /// WebSocket ping frames as fast as possible, empty and 125-byte payloads;
@@ -168,15 +183,7 @@ pub async fn ping_flood(ctx: &Ctx) -> Result<Outcome> {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut attack = obs.summary();
-    attack["kinds"] = json!(["reads pongs", "never reads"]);
-    attack["sent_per_socket"] = json!(sent);
-    sock::close_all(socks, &obs).await;
-    Ok(Outcome {
-        attack,
-        checks: vec![],
-    })
+    flood_outcome(socks, &obs, json!(["reads pongs", "never reads"]), sent).await
 }
 
 // ---------------------------------------------------------------- many subscriptions
@@ -242,30 +249,22 @@ pub async fn big_identifiers(ctx: &Ctx) -> Result<Outcome> {
     let mid_bytes = o.medium_identifier_bytes;
     let deadline = Instant::now() + Duration::from_secs(30);
     let started = Instant::now();
-    let big_task = {
-        let sink = big[0].sink.take().expect("sink is free");
-        let obs = obs_big.clone();
-        let n = o.big_identifiers as u64;
-        tokio::spawn(async move {
-            sock::flood(sink, deadline, n, obs, move |i| {
-                let room = room_for_command_size(&format!("big-{nonce}-{i}-"), big_bytes);
+    // `n` subscribes of `bytes` each, pipelined on `socks[0]`.
+    let flood_rooms = |socks: &mut [Sock], obs: &Arc<Observed>, n: usize, what, bytes| {
+        let sink = socks[0].sink.take().expect("sink is free");
+        tokio::spawn(sock::flood(
+            sink,
+            deadline,
+            n as u64,
+            obs.clone(),
+            move |i| {
+                let room = room_for_command_size(&format!("{what}-{nonce}-{i}-"), bytes);
                 Message::text(subscribe_command(&chat_identifier(&room)))
-            })
-            .await
-        })
+            },
+        ))
     };
-    let mid_task = {
-        let sink = mid[0].sink.take().expect("sink is free");
-        let obs = obs_mid.clone();
-        let n = o.medium_identifiers as u64;
-        tokio::spawn(async move {
-            sock::flood(sink, deadline, n, obs, move |i| {
-                let room = room_for_command_size(&format!("mid-{nonce}-{i}-"), mid_bytes);
-                Message::text(subscribe_command(&chat_identifier(&room)))
-            })
-            .await
-        })
-    };
+    let big_task = flood_rooms(&mut big, &obs_big, o.big_identifiers, "big", big_bytes);
+    let mid_task = flood_rooms(&mut mid, &obs_mid, o.medium_identifiers, "mid", mid_bytes);
     // One command past the 64 KiB inbound limit.
     let over_room = room_for_command_size(&format!("over-{nonce}-"), 64 * 1024 + 1024);
     let over_sent = over[0]

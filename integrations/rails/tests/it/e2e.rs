@@ -53,6 +53,33 @@ async fn rails_server(identifiers: &[&str], public: bool) -> TestServer {
     TestServer::start(builder).await
 }
 
+/// A server identifying `current_user` by the session's `user_id` (public
+/// pubsub streams if `public`) and a client signed in as user 1.
+async fn signed_in(public: bool) -> (TestServer, Client) {
+    let server = rails_server(&["current_user=user_id"], public).await;
+    let client = server
+        .connect_welcomed(Some(&session_cookie("user_id")))
+        .await;
+    (server, client)
+}
+
+/// Subscribes `client` to `identifier` and expects what is broadcast on
+/// `stream` to arrive on that subscription.
+async fn receives_broadcasts(
+    server: &TestServer,
+    client: &mut Client,
+    identifier: &Value,
+    stream: &str,
+    message: Value,
+) {
+    client.expect_confirm(identifier).await;
+    server.cable.broadcast(stream, &message).await.unwrap();
+    assert_eq!(
+        client.recv_json().await,
+        json!({"identifier": identifier.to_string(), "message": message})
+    );
+}
+
 fn session_cookie(case: &str) -> String {
     let v = find(&sessions()["vectors"], |v| v["case"] == case);
     format!(
@@ -159,33 +186,20 @@ fn turbo_vector(case: &str) -> &'static Value {
 
 #[tokio::test]
 async fn turbo_subscription_with_a_rails_signed_name_receives_broadcasts() {
-    let server = rails_server(&["current_user=user_id"], false).await;
-    let mut client = server
-        .connect_welcomed(Some(&session_cookie("user_id")))
-        .await;
+    let (server, mut client) = signed_in(false).await;
     let v = turbo_vector("model_and_symbol");
     let identifier =
         json!({"channel": TURBO_CHANNEL, "signed_stream_name": str_of(v, "signed_stream_name")});
-    client.expect_confirm(&identifier).await;
-
-    // What Turbo::StreamsChannel.broadcast_append_to(room, :messages, ...) publishes.
     let stream = str_of(v, "stream_name");
     assert_eq!(stream, "Z2lkOi8vbXktYXBwL1Jvb20vMQ:messages");
+    // What Turbo::StreamsChannel.broadcast_append_to(room, :messages, ...) publishes.
     let html = r#"<turbo-stream action="append" target="messages"><template><p>hi</p></template></turbo-stream>"#;
-    server.cable.broadcast(stream, html).await.unwrap();
-    let frame = client.recv_json().await;
-    assert_eq!(
-        frame,
-        json!({"identifier": identifier.to_string(), "message": html})
-    );
+    receives_broadcasts(&server, &mut client, &identifier, stream, json!(html)).await;
 }
 
 #[tokio::test]
 async fn forged_turbo_names_are_rejected() {
-    let server = rails_server(&["current_user=user_id"], false).await;
-    let mut client = server
-        .connect_welcomed(Some(&session_cookie("user_id")))
-        .await;
+    let (server, mut client) = signed_in(false).await;
     // The connection's own internal stream (action_cable/1) is all there is.
     let streams = server.cable.stats().streams;
     for case in [
@@ -212,38 +226,17 @@ async fn forged_turbo_names_are_rejected() {
 
 #[tokio::test]
 async fn pubsub_signed_and_public_streams() {
-    let server = rails_server(&["current_user=user_id"], true).await;
-    let mut client = server
-        .connect_welcomed(Some(&session_cookie("user_id")))
-        .await;
+    let (server, mut client) = signed_in(true).await;
 
     let v = find(&streams()["pubsub"], |v| {
         v["case"] == "urlsafe_base64" && v["stream_name"] == "ü?>>~"
     });
     let signed =
         json!({"channel": PUBSUB_CHANNEL, "signed_stream_name": str_of(v, "signed_stream_name")});
-    client.expect_confirm(&signed).await;
-    server
-        .cable
-        .broadcast("ü?>>~", &json!({"n": 1}))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.recv_json().await,
-        json!({"identifier": signed.to_string(), "message": {"n": 1}})
-    );
+    receives_broadcasts(&server, &mut client, &signed, "ü?>>~", json!({"n": 1})).await;
 
     let public = json!({"channel": PUBSUB_CHANNEL, "stream_name": "news"});
-    client.expect_confirm(&public).await;
-    server
-        .cable
-        .broadcast("news", &json!({"n": 2}))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.recv_json().await,
-        json!({"identifier": public.to_string(), "message": {"n": 2}})
-    );
+    receives_broadcasts(&server, &mut client, &public, "news", json!({"n": 2})).await;
 
     let forged = find(&streams()["pubsub"], |v| v["case"] == "other_secret");
     client
@@ -256,10 +249,7 @@ async fn pubsub_signed_and_public_streams() {
 
 #[tokio::test]
 async fn pubsub_public_streams_are_refused_unless_enabled() {
-    let server = rails_server(&["current_user=user_id"], false).await;
-    let mut client = server
-        .connect_welcomed(Some(&session_cookie("user_id")))
-        .await;
+    let (_server, mut client) = signed_in(false).await;
     client
         .expect_reject(&json!({"channel": PUBSUB_CHANNEL, "stream_name": "news"}))
         .await;
