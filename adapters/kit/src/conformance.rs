@@ -79,7 +79,7 @@ pub trait Conformance: Sized + Send + Sync + 'static {
 #[macro_export]
 macro_rules! conformance_tests {
     ($impl:ty) => {
-        $crate::conformance_tests!(@each $impl;
+        $crate::suite_tests!(conformance, $impl;
             ack_before_confirmation,
             one_backend_subscription_per_stream,
             ordering_from_one_publisher,
@@ -89,11 +89,20 @@ macro_rules! conformance_tests {
             payload_limit,
         );
     };
-    (@each $impl:ty; $($property:ident),* $(,)?) => {
+}
+
+/// One `#[tokio::test]` per `$property`, each running
+/// `$crate::$module::$property::<$impl>()`: the expansion behind
+/// [`conformance_tests!`](crate::conformance_tests) and
+/// [`broker_conformance_tests!`](crate::broker_conformance_tests).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! suite_tests {
+    ($module:ident, $impl:ty; $($property:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $property() {
-                $crate::conformance::$property::<$impl>().await;
+                $crate::$module::$property::<$impl>().await;
             }
         )*
     };
@@ -102,15 +111,20 @@ macro_rules! conformance_tests {
 /// Whether a test may go on: true when `reachable`; otherwise prints
 /// `SKIPPED: …` and returns false, or panics when `CI` is set.
 pub fn skip(what: &str, url: &str, reachable: bool) -> bool {
-    if reachable {
-        return true;
+    if !reachable {
+        skip_because(&format!("{what} not reachable at {url}"));
     }
+    reachable
+}
+
+/// Prints `SKIPPED: <why>`, or panics with `why` when `CI` is set (where a
+/// missing service or tool is a failure).
+pub fn skip_because(why: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
-        "{what} not reachable at {url} (CI is set, so this is a failure)"
+        "{why} (CI is set, so this is a failure)"
     );
-    println!("SKIPPED: {what} not reachable at {url}");
-    false
+    println!("SKIPPED: {why}");
 }
 
 /// A channel prefix no other test (or test run) uses.
@@ -252,13 +266,22 @@ async fn until_count<C: Conformance>(
     }
 }
 
-/// A client's `confirm_subscription` on node A means the backend
-/// subscription is live: a broadcast on node B right after reaches it.
-pub async fn ack_before_confirmation<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
+/// The suite's probe, a fresh prefix and two nodes A and B on it, or None
+/// after [`skip`].
+async fn two_nodes<C: Conformance>() -> Option<(C, String, Node<C>, Node<C>)> {
+    let c = C::setup().await?;
     let prefix = unique_prefix();
     let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
     let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    Some((c, prefix, a, b))
+}
+
+/// A client's `confirm_subscription` on node A means the backend
+/// subscription is live: a broadcast on node B right after reaches it.
+pub async fn ack_before_confirmation<C: Conformance>() {
+    let Some((_c, _prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut ann = client(&a.server, "ann").await;
     for i in 0..20 {
         let id = room(&format!("r{i}"));
@@ -275,10 +298,9 @@ pub async fn ack_before_confirmation<C: Conformance>() {
 /// One backend subscription per stream per process however many local
 /// subscribers; none after the last leaves.
 pub async fn one_backend_subscription_per_stream<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((c, prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let lobby = room("lobby");
     let mut on_a = Vec::new();
     for user in ["a1", "a2", "a3"] {
@@ -313,10 +335,9 @@ pub async fn one_backend_subscription_per_stream<C: Conformance>() {
 /// Many messages from one publisher arrive in the order sent.
 pub async fn ordering_from_one_publisher<C: Conformance>() {
     const N: usize = 300;
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((_c, _prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut ann = client(&a.server, "ann").await;
     let lobby = room("lobby");
     ann.subscribe(&lobby).await;
@@ -336,10 +357,9 @@ pub async fn ordering_from_one_publisher<C: Conformance>() {
 /// `remote_disconnect` on node A closes the user's connections on node B
 /// (the internal `action_cable/<id>` stream crosses the backend).
 pub async fn remote_disconnect_across_nodes<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((c, prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut alice = client(&b.server, "alice").await;
     let mut bob = client(&b.server, "bob").await;
     // The welcome does not wait for the internal stream.

@@ -98,6 +98,7 @@ use cable_core::PubSubError;
 
 pub use crate::inbox::Inbox;
 pub use crate::publisher::{LazyPublisher, Publish, PublishFailure, RETRY_HOLDOFF};
+pub use crate::slot::Failure;
 pub use crate::subscriber::{Incoming, Status, Subscriber};
 
 /// How long a broadcast may take, connecting included, before it fails.
@@ -135,12 +136,11 @@ pub trait Backend: Send + Sync + 'static {
     const ROLE: &'static str = "subscriber";
     /// Most operations sent in one [`Session::apply`].
     const MAX_BATCH: usize = 512;
+    /// The backend's words for [`Op::Subscribe`] and [`Op::Unsubscribe`].
+    const VERBS: [&'static str; 2] = ["SUBSCRIBE", "UNSUBSCRIBE"];
     /// The backend's word for `op`, for logs and errors.
     fn verb(op: Op) -> &'static str {
-        match op {
-            Op::Subscribe => "SUBSCRIBE",
-            Op::Unsubscribe => "UNSUBSCRIBE",
-        }
+        Self::VERBS[op as usize]
     }
     /// Opens a subscriber connection whose messages go to `incoming` (and
     /// which calls [`Incoming::lost`] when it ends). Bounded by
