@@ -486,6 +486,147 @@ pub async fn payload_limit<C: Conformance>() {
     ann.expect(&frames::message(&lobby, &payload(fits))).await;
 }
 
+/// Waits until the cable's adapter says connected (`up`) or not.
+async fn until_healthy(cable: &Cable, up: bool) {
+    let what = if up { "adapter connected" } else { "outage noticed" };
+    eventually(what, || {
+        let healthy = cable.is_healthy();
+        async move { healthy == up }
+    })
+    .await;
+}
+
+/// Delivery survives an outage: broadcasts fail promptly with
+/// [`PubSubError::Unavailable`] while the backend is away (`failing` of
+/// them), a subscribe made meanwhile is confirmed once it is back, delivery
+/// resumes on its own within 5 s, and the reconnection is counted.
+/// `during` runs once the outage is noticed, `after` once delivery resumed
+/// (what the adapter can say of its subscriptions then). `set_up(false)`
+/// takes the backend away (kills the server, cuts the network),
+/// `set_up(true)` brings it back. The adapter's state is read through the
+/// cable (`is_healthy`, `stats`), which reads the adapter's status.
+pub async fn delivery_survives_an_outage(
+    cable: &Cable,
+    failing: u64,
+    mut set_up: impl AsyncFnMut(bool),
+    during: impl AsyncFn(),
+    after: impl AsyncFn(),
+) {
+    let (mut client, id) = LocalClient::in_lobby(cable, "u1").await;
+    cable
+        .broadcast("chat_lobby", &json!({"n": 1}))
+        .await
+        .expect("broadcast while up");
+    client.expect_message(&id, r#"{"n":1}"#).await;
+    assert_eq!(cable.stats().adapter_reconnects, 0);
+
+    set_up(false).await;
+    until_healthy(cable, false).await;
+    for n in 2..2 + failing {
+        let started = Instant::now();
+        let err = cable
+            .broadcast("chat_lobby", &json!({"n": n}))
+            .await
+            .expect_err("broadcast during the outage fails");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+    during().await;
+
+    // A subscribe during the outage is applied (and confirmed) once it is over.
+    let mut late = LocalClient::connect(cable, "u2").await;
+    let late_id = late.start_subscribe("late");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_up(true).await;
+    let ended = Instant::now();
+    late.expect_confirm(&late_id).await;
+
+    // Delivery resumes on its own.
+    client
+        .until_delivery_resumes(cable, &id, 2 + failing, ended)
+        .await;
+    assert!(cable.stats().adapter_reconnects >= 1);
+    assert!(cable.is_healthy());
+    after().await;
+    cable
+        .broadcast("chat_late", &json!({"late": true}))
+        .await
+        .expect("broadcast after the outage");
+    late.expect_message(&late_id, r#"{"late":true}"#).await;
+}
+
+/// A subscribe during an outage longer than [`ACK_TIMEOUT`] gets no
+/// confirmation (the core drops the subscription when its Ack fails); once
+/// the backend is back, `after` checks the dropped subscription was not
+/// made again, the client's retry is confirmed, and `publish(stream,
+/// payload)` from the backend's side reaches it. `set_up` as for
+/// [`delivery_survives_an_outage`].
+pub async fn subscribe_fails_during_a_long_outage(
+    cable: &Cable,
+    mut set_up: impl AsyncFnMut(bool),
+    after: impl AsyncFn(),
+    publish: impl AsyncFn(&str, &str),
+) {
+    until_healthy(cable, true).await;
+    set_up(false).await;
+    until_healthy(cable, false).await;
+
+    let mut client = LocalClient::connect(cable, "u1").await;
+    let id = client.start_subscribe("lobby");
+    assert!(client.quiet_for(Duration::from_millis(5500)).await);
+
+    set_up(true).await;
+    until_healthy(cable, true).await;
+    after().await;
+    // The client's retry succeeds.
+    client.send(json!({"command": "subscribe", "identifier": id}));
+    client.expect_confirm(&id).await;
+    publish("chat_lobby", r#"{"ok":1}"#).await;
+    client.expect_message(&id, r#"{"ok":1}"#).await;
+}
+
+/// An adapter made while its backend is away: broadcasts fail with
+/// [`PubSubError::Unavailable`] (`check` looks at the first error too), and
+/// once `set_up(true)` brings the backend back the adapter connects (no
+/// reconnection counted) and broadcasts go through.
+pub async fn starts_while_the_backend_is_away(
+    cable: &Cable,
+    mut set_up: impl AsyncFnMut(bool),
+    check: impl Fn(&PubSubError),
+) {
+    let err = cable
+        .broadcast("chat_lobby", &json!({}))
+        .await
+        .expect_err("nothing to connect to");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    check(&err);
+    assert!(!cable.is_healthy());
+
+    set_up(true).await;
+    until_healthy(cable, true).await;
+    assert_eq!(
+        cable.stats().adapter_reconnects,
+        0,
+        "a first connection is no reconnect"
+    );
+    let (mut client, id) = LocalClient::in_lobby(cable, "u1").await;
+    // The publisher connects on demand; for 100 ms after a failed attempt it
+    // answers with that failure instead of trying again, and the jittered
+    // subscriber may be back sooner than that.
+    eventually("a broadcast goes through", || async {
+        match cable.broadcast("chat_lobby", &json!({"up": true})).await {
+            Ok(()) => true,
+            Err(e) => {
+                assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}");
+                false
+            }
+        }
+    })
+    .await;
+    client.expect_message(&id, r#"{"up":true}"#).await;
+    assert!(client.quiet_for(Duration::from_millis(200)).await);
+}
+
 /// A client driven through `run_connection`, with no socket, for
 /// adapter tests that need no transport; users as [`serve`] identifies them.
 pub struct LocalClient {
@@ -527,6 +668,14 @@ impl LocalClient {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Connects as `user` and subscribes to the lobby (`chat_lobby`):
+    /// the client and its subscription's identifier.
+    pub async fn in_lobby(cable: &Cable, user: &str) -> (LocalClient, String) {
+        let mut client = LocalClient::connect(cable, user).await;
+        let id = client.subscribe("lobby").await;
+        (client, id)
     }
 
     /// Connects as `user` and reads the welcome.
@@ -576,6 +725,14 @@ impl LocalClient {
     pub async fn expect_confirm(&mut self, identifier: &str) {
         let confirm = json!({"identifier": identifier, "type": "confirm_subscription"}).to_string();
         assert_eq!(self.next_text().await, confirm);
+    }
+
+    /// Asserts that the next frame is `message_json` on `identifier`.
+    pub async fn expect_message(&mut self, identifier: &str, message_json: &str) {
+        assert_eq!(
+            self.next_text().await,
+            message_frame(identifier, message_json)
+        );
     }
 
     /// The next item the connection sends, within [`cable_test::WAIT`]; pings skipped.

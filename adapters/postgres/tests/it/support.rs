@@ -62,6 +62,66 @@ pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
     )
 }
 
+/// A [`node`] on the shared PostgreSQL on a prefix of its own, once
+/// connected: (url, a plain session for raw SQL, prefix, cable, status), or
+/// None after [`skip`].
+pub async fn shared_node() -> Option<(
+    String,
+    tokio_postgres::Client,
+    String,
+    Cable,
+    PostgresStatus,
+)> {
+    let (url, plain) = shared_postgres().await?;
+    let prefix = unique_prefix();
+    let (cable, status) = node(&url, &prefix, &prefix);
+    until_connected(&status).await;
+    Some((url, plain, prefix, cable, status))
+}
+
+/// A [`node`] on a prefix of its own on the shared PostgreSQL through a
+/// [`Proxy`] (cut before the node is made if `cut`): (a plain session to
+/// the server itself, proxy, prefix, cable, status), or None after [`skip`].
+pub async fn proxied_node(
+    cut: bool,
+) -> Option<(tokio_postgres::Client, Proxy, String, Cable, PostgresStatus)> {
+    let (url, plain) = shared_postgres().await?;
+    let mut proxy = Proxy::start(&url).await?;
+    if cut {
+        proxy.cut().await;
+    }
+    let prefix = unique_prefix();
+    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
+    Some((plain, proxy, prefix, cable, status))
+}
+
+/// [`delivery_survives_an_outage`] on the node of `status` on `prefix`,
+/// which listens to both users' internal streams and both rooms once it is
+/// over.
+pub async fn survives_an_outage(
+    cable: &Cable,
+    status: &PostgresStatus,
+    prefix: &str,
+    failing: u64,
+    set_up: impl AsyncFnMut(bool),
+    during: impl AsyncFn(),
+) {
+    until_connected(status).await;
+    let channels = [
+        "action_cable/u1",
+        "action_cable/u2",
+        "chat_late",
+        "chat_lobby",
+    ]
+    .map(|stream| format!("{prefix}:{stream}"));
+    delivery_survives_an_outage(cable, failing, set_up, during, async || {
+        until_listening(status, &channels).await
+    })
+    .await;
+    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
+    assert!(status.is_connected());
+}
+
 /// Waits until `status` says connected.
 pub async fn until_connected(status: &PostgresStatus) {
     eventually("postgres listener connected", || {
@@ -151,7 +211,8 @@ impl RawListener {
 }
 
 pub use cable_adapter_kit::conformance::{
-    chat_node, message_frame, skip, unique_prefix, LocalClient as Client,
+    chat_node, delivery_survives_an_outage, skip, skip_because, starts_while_the_backend_is_away,
+    subscribe_fails_during_a_long_outage, unique_prefix, LocalClient as Client,
 };
 
 /// A TCP proxy on a free loopback port in front of the shared PostgreSQL:
@@ -173,11 +234,9 @@ impl Proxy {
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             _ => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "DATABASE_URL {url} is not host:port (CI is set, so this is a failure)"
-                );
-                println!("SKIPPED: DATABASE_URL {url} is not host:port; cannot proxy it");
+                skip_because(&format!(
+                    "DATABASE_URL {url} is not host:port; cannot proxy it"
+                ));
                 return None;
             }
         };
@@ -253,6 +312,15 @@ impl Proxy {
         }
     }
 
+    /// Restores (`up`) or cuts the proxy.
+    pub async fn set_up(&mut self, up: bool) {
+        if up {
+            self.restore().await
+        } else {
+            self.cut().await
+        }
+    }
+
     /// Opens the same port again.
     pub async fn restore(&mut self) {
         assert!(self.accept.is_none(), "not cut");
@@ -308,13 +376,9 @@ impl OwnPostgres {
     /// binaries are missing; a failure instead when `CI` is set.
     pub async fn start() -> Option<OwnPostgres> {
         let Some(bindir) = server_bindir() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR \
-                 (CI is set, so this is a failure)"
-            );
-            println!(
-                "SKIPPED: PostgreSQL server binaries not found (set PG_BINDIR); cannot restart one"
+            skip_because(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found (set PG_BINDIR); \
+                 cannot restart one",
             );
             return None;
         };
@@ -369,6 +433,15 @@ impl OwnPostgres {
     /// restart).
     pub async fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "fast"]).await;
+    }
+
+    /// Starts (`up`) or stops the server.
+    pub async fn set_up(&self, up: bool) {
+        if up {
+            self.restart().await
+        } else {
+            self.stop().await
+        }
     }
 
     /// Starts it again on the same port and waits until it accepts
