@@ -127,6 +127,29 @@ pub fn skip_because(why: &str) {
     println!("SKIPPED: {why}");
 }
 
+/// The shared server at `url`, probed with `connect` (a plain connection
+/// for raw commands, None when unreachable): the url and that connection,
+/// or None after [`skip`] (`what` names the server and how to set it).
+pub async fn shared_server<T>(
+    what: &str,
+    url: String,
+    connect: impl AsyncFnOnce(&str) -> Option<T>,
+) -> Option<(String, T)> {
+    let conn = connect(&url).await;
+    skip(what, &url, conn.is_some());
+    conn.map(|c| (url, c))
+}
+
+/// A node `make` builds on a prefix of its own, once its adapter is
+/// connected: the prefix, the cable and what `make` returned with it (the
+/// adapter's status handle).
+pub async fn connected_node<S>(make: impl FnOnce(&str) -> (Cable, S)) -> (String, Cable, S) {
+    let prefix = unique_prefix();
+    let (cable, status) = make(&prefix);
+    until_healthy(&cable, true).await;
+    (prefix, cable, status)
+}
+
 /// A channel prefix no other test (or test run) uses.
 pub fn unique_prefix() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -488,7 +511,11 @@ pub async fn payload_limit<C: Conformance>() {
 
 /// Waits until the cable's adapter says connected (`up`) or not.
 async fn until_healthy(cable: &Cable, up: bool) {
-    let what = if up { "adapter connected" } else { "outage noticed" };
+    let what = if up {
+        "adapter connected"
+    } else {
+        "outage noticed"
+    };
     eventually(what, || {
         let healthy = cable.is_healthy();
         async move { healthy == up }

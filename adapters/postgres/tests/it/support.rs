@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+pub use crate::probe::try_plain;
+
 /// How long a test waits for anything that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -20,29 +22,10 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A plain session for raw SQL, or None if PostgreSQL is unreachable.
-pub async fn try_plain(url: &str) -> Option<tokio_postgres::Client> {
-    let connect = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(connection);
-    client.simple_query("SELECT 1").await.ok()?;
-    Some(client)
-}
-
 /// The shared PostgreSQL, or None after printing why the test is skipped (a
 /// failure instead when `CI` is set).
 pub async fn shared_postgres() -> Option<(String, tokio_postgres::Client)> {
-    let url = database_url();
-    match try_plain(&url).await {
-        Some(client) => Some((url, client)),
-        None => {
-            skip("PostgreSQL (set DATABASE_URL)", &url, false);
-            None
-        }
-    }
+    shared_server("PostgreSQL (set DATABASE_URL)", database_url(), try_plain).await
 }
 
 /// A node: a Cable on PostgreSQL with `prefix`, users identified by `?user=`,
@@ -64,7 +47,7 @@ pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
 
 /// A [`node`] on the shared PostgreSQL on a prefix of its own, once
 /// connected: (url, a plain session for raw SQL, prefix, cable, status), or
-/// None after [`skip`].
+/// None after a skip.
 pub async fn shared_node() -> Option<(
     String,
     tokio_postgres::Client,
@@ -73,15 +56,13 @@ pub async fn shared_node() -> Option<(
     PostgresStatus,
 )> {
     let (url, plain) = shared_postgres().await?;
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix, &prefix);
-    until_connected(&status).await;
+    let (prefix, cable, status) = connected_node(|prefix| node(&url, prefix, prefix)).await;
     Some((url, plain, prefix, cable, status))
 }
 
 /// A [`node`] on a prefix of its own on the shared PostgreSQL through a
 /// [`Proxy`] (cut before the node is made if `cut`): (a plain session to
-/// the server itself, proxy, prefix, cable, status), or None after [`skip`].
+/// the server itself, proxy, prefix, cable, status), or None after a skip.
 pub async fn proxied_node(
     cut: bool,
 ) -> Option<(tokio_postgres::Client, Proxy, String, Cable, PostgresStatus)> {
@@ -211,8 +192,9 @@ impl RawListener {
 }
 
 pub use cable_adapter_kit::conformance::{
-    chat_node, delivery_survives_an_outage, skip, skip_because, starts_while_the_backend_is_away,
-    subscribe_fails_during_a_long_outage, unique_prefix, LocalClient as Client,
+    chat_node, connected_node, delivery_survives_an_outage, shared_server, skip_because,
+    starts_while_the_backend_is_away, subscribe_fails_during_a_long_outage, unique_prefix,
+    LocalClient as Client,
 };
 
 /// A TCP proxy on a free loopback port in front of the shared PostgreSQL:

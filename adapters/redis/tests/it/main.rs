@@ -5,6 +5,7 @@
 
 mod broker;
 mod conformance;
+mod probe;
 mod support;
 
 use std::time::Duration;
