@@ -8,11 +8,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::slot::{ConnSlot, Failure, Late};
 use async_trait::async_trait;
 use cable_core::broker::BrokerError;
-use tokio::time::{timeout_at, Instant};
-
-use crate::slot::ConnSlot;
 
 /// How long one broker call may take, connecting included, before it fails
 /// with [`BrokerError::Unavailable`].
@@ -21,13 +19,7 @@ pub const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A failed call: the error for the caller, and whether the connection must
 /// be replaced (an I/O error) or is still good (the backend refused this one
 /// request).
-#[derive(Debug)]
-pub struct CallFailure {
-    /// What the caller gets.
-    pub error: BrokerError,
-    /// The connection is unusable: the next call opens a new one.
-    pub broken: bool,
-}
+pub type CallFailure = Failure<BrokerError>;
 
 /// How a broker opens its connection.
 #[async_trait]
@@ -52,16 +44,12 @@ pub trait Connect: Send + Sync + 'static {
 /// of calls during an outage is not a burst of connection attempts.
 pub struct LazyConnection<C: Connect> {
     backend: C,
-    timeout: Duration,
     slot: ConnSlot<C::Conn, BrokerError>,
 }
 
 impl<C: Connect> std::fmt::Debug for LazyConnection<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyConnection")
-            .field("backend", &C::NAME)
-            .field("timeout", &self.timeout)
-            .finish()
+        self.slot.fmt_as(f, "LazyConnection")
     }
 }
 
@@ -76,8 +64,7 @@ impl<C: Connect> LazyConnection<C> {
     pub fn with_timeout(backend: C, timeout: Duration) -> Self {
         LazyConnection {
             backend,
-            timeout,
-            slot: ConnSlot::new(),
+            slot: ConnSlot::new((C::NAME, "broker"), timeout, C::is_closed),
         }
     }
 
@@ -96,44 +83,23 @@ impl<C: Connect> LazyConnection<C> {
         F: Fn(C::Conn) -> Fut + Send,
         Fut: Future<Output = Result<T, CallFailure>> + Send,
     {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let connection =
-                self.slot
-                    .get_reused(|| self.backend.connect(), C::is_closed, (C::NAME, "broker"));
-            let (generation, conn, reused) = match timeout_at(deadline, connection).await {
-                Ok(found) => found?,
-                Err(_) => {
-                    return Err(BrokerError::Unavailable(format!(
-                        "could not connect to {} within {:?}",
-                        C::NAME,
-                        self.timeout
-                    )))
-                }
-            };
-            let failure = match timeout_at(deadline, f(conn)).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(failure)) => failure,
-                Err(_) => {
-                    // A reply that did not come in time may still come, and
-                    // would be read as the next call's: start afresh.
-                    self.slot.discard(generation);
-                    return Err(BrokerError::Unavailable(format!(
-                        "no reply to {what} from {} within {:?}",
-                        C::NAME,
-                        self.timeout
-                    )));
-                }
-            };
-            if failure.broken {
-                self.slot.discard(generation);
-                if reused {
-                    tracing::debug!(backend = C::NAME, error = %failure.error, "broker connection found dead; {what} again on a new one");
-                    continue;
-                }
-            }
-            return Err(failure.error);
-        }
+        let timeout = self.slot.timeout();
+        self.slot
+            .request(
+                || self.backend.connect(),
+                f,
+                |late| {
+                    BrokerError::Unavailable(match late {
+                        Late::Connecting => {
+                            format!("could not connect to {} within {timeout:?}", C::NAME)
+                        }
+                        Late::Replying => {
+                            format!("no reply to {what} from {} within {timeout:?}", C::NAME)
+                        }
+                    })
+                },
+            )
+            .await
     }
 }
 

@@ -67,7 +67,7 @@ pub trait BrokerConformance: Sized + Send + Sync + 'static {
 #[macro_export]
 macro_rules! broker_conformance_tests {
     ($impl:ty) => {
-        $crate::broker_conformance_tests!(@each $impl;
+        $crate::suite_tests!(broker_conformance, $impl;
             offsets_start_at_one_and_grow_by_one,
             nodes_share_positions,
             history_from_an_offset,
@@ -85,14 +85,6 @@ macro_rules! broker_conformance_tests {
             extreme_arguments_are_no_errors,
             unreachable_backend_fails_promptly,
         );
-    };
-    (@each $impl:ty; $($property:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $property() {
-                $crate::broker_conformance::$property::<$impl>().await;
-            }
-        )*
     };
 }
 

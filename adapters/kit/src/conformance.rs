@@ -79,7 +79,7 @@ pub trait Conformance: Sized + Send + Sync + 'static {
 #[macro_export]
 macro_rules! conformance_tests {
     ($impl:ty) => {
-        $crate::conformance_tests!(@each $impl;
+        $crate::suite_tests!(conformance, $impl;
             ack_before_confirmation,
             one_backend_subscription_per_stream,
             ordering_from_one_publisher,
@@ -89,11 +89,20 @@ macro_rules! conformance_tests {
             payload_limit,
         );
     };
-    (@each $impl:ty; $($property:ident),* $(,)?) => {
+}
+
+/// One `#[tokio::test]` per `$property`, each running
+/// `$crate::$module::$property::<$impl>()`: the expansion behind
+/// [`conformance_tests!`](crate::conformance_tests) and
+/// [`broker_conformance_tests!`](crate::broker_conformance_tests).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! suite_tests {
+    ($module:ident, $impl:ty; $($property:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $property() {
-                $crate::conformance::$property::<$impl>().await;
+                $crate::$module::$property::<$impl>().await;
             }
         )*
     };
@@ -102,15 +111,43 @@ macro_rules! conformance_tests {
 /// Whether a test may go on: true when `reachable`; otherwise prints
 /// `SKIPPED: …` and returns false, or panics when `CI` is set.
 pub fn skip(what: &str, url: &str, reachable: bool) -> bool {
-    if reachable {
-        return true;
+    if !reachable {
+        skip_because(&format!("{what} not reachable at {url}"));
     }
+    reachable
+}
+
+/// Prints `SKIPPED: <why>`, or panics with `why` when `CI` is set (where a
+/// missing service or tool is a failure).
+pub fn skip_because(why: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
-        "{what} not reachable at {url} (CI is set, so this is a failure)"
+        "{why} (CI is set, so this is a failure)"
     );
-    println!("SKIPPED: {what} not reachable at {url}");
-    false
+    println!("SKIPPED: {why}");
+}
+
+/// The shared server at `url`, probed with `connect` (a plain connection
+/// for raw commands, None when unreachable): the url and that connection,
+/// or None after [`skip`] (`what` names the server and how to set it).
+pub async fn shared_server<T>(
+    what: &str,
+    url: String,
+    connect: impl AsyncFnOnce(&str) -> Option<T>,
+) -> Option<(String, T)> {
+    let conn = connect(&url).await;
+    skip(what, &url, conn.is_some());
+    conn.map(|c| (url, c))
+}
+
+/// A node `make` builds on a prefix of its own, once its adapter is
+/// connected: the prefix, the cable and what `make` returned with it (the
+/// adapter's status handle).
+pub async fn connected_node<S>(make: impl FnOnce(&str) -> (Cable, S)) -> (String, Cable, S) {
+    let prefix = unique_prefix();
+    let (cable, status) = make(&prefix);
+    until_healthy(&cable, true).await;
+    (prefix, cable, status)
 }
 
 /// A channel prefix no other test (or test run) uses.
@@ -252,13 +289,22 @@ async fn until_count<C: Conformance>(
     }
 }
 
-/// A client's `confirm_subscription` on node A means the backend
-/// subscription is live: a broadcast on node B right after reaches it.
-pub async fn ack_before_confirmation<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
+/// The suite's probe, a fresh prefix and two nodes A and B on it, or None
+/// after [`skip`].
+async fn two_nodes<C: Conformance>() -> Option<(C, String, Node<C>, Node<C>)> {
+    let c = C::setup().await?;
     let prefix = unique_prefix();
     let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
     let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    Some((c, prefix, a, b))
+}
+
+/// A client's `confirm_subscription` on node A means the backend
+/// subscription is live: a broadcast on node B right after reaches it.
+pub async fn ack_before_confirmation<C: Conformance>() {
+    let Some((_c, _prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut ann = client(&a.server, "ann").await;
     for i in 0..20 {
         let id = room(&format!("r{i}"));
@@ -275,10 +321,9 @@ pub async fn ack_before_confirmation<C: Conformance>() {
 /// One backend subscription per stream per process however many local
 /// subscribers; none after the last leaves.
 pub async fn one_backend_subscription_per_stream<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((c, prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let lobby = room("lobby");
     let mut on_a = Vec::new();
     for user in ["a1", "a2", "a3"] {
@@ -313,10 +358,9 @@ pub async fn one_backend_subscription_per_stream<C: Conformance>() {
 /// Many messages from one publisher arrive in the order sent.
 pub async fn ordering_from_one_publisher<C: Conformance>() {
     const N: usize = 300;
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((_c, _prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut ann = client(&a.server, "ann").await;
     let lobby = room("lobby");
     ann.subscribe(&lobby).await;
@@ -336,10 +380,9 @@ pub async fn ordering_from_one_publisher<C: Conformance>() {
 /// `remote_disconnect` on node A closes the user's connections on node B
 /// (the internal `action_cable/<id>` stream crosses the backend).
 pub async fn remote_disconnect_across_nodes<C: Conformance>() {
-    let Some(c) = C::setup().await else { return };
-    let prefix = unique_prefix();
-    let a = node(&c, &prefix, &format!("{prefix}-a"), CableConfig::default()).await;
-    let b = node(&c, &prefix, &format!("{prefix}-b"), CableConfig::default()).await;
+    let Some((c, prefix, a, b)) = two_nodes::<C>().await else {
+        return;
+    };
     let mut alice = client(&b.server, "alice").await;
     let mut bob = client(&b.server, "bob").await;
     // The welcome does not wait for the internal stream.
@@ -466,6 +509,151 @@ pub async fn payload_limit<C: Conformance>() {
     ann.expect(&frames::message(&lobby, &payload(fits))).await;
 }
 
+/// Waits until the cable's adapter says connected (`up`) or not.
+async fn until_healthy(cable: &Cable, up: bool) {
+    let what = if up {
+        "adapter connected"
+    } else {
+        "outage noticed"
+    };
+    eventually(what, || {
+        let healthy = cable.is_healthy();
+        async move { healthy == up }
+    })
+    .await;
+}
+
+/// Delivery survives an outage: broadcasts fail promptly with
+/// [`PubSubError::Unavailable`] while the backend is away (`failing` of
+/// them), a subscribe made meanwhile is confirmed once it is back, delivery
+/// resumes on its own within 5 s, and the reconnection is counted.
+/// `during` runs once the outage is noticed, `after` once delivery resumed
+/// (what the adapter can say of its subscriptions then). `set_up(false)`
+/// takes the backend away (kills the server, cuts the network),
+/// `set_up(true)` brings it back. The adapter's state is read through the
+/// cable (`is_healthy`, `stats`), which reads the adapter's status.
+pub async fn delivery_survives_an_outage(
+    cable: &Cable,
+    failing: u64,
+    mut set_up: impl AsyncFnMut(bool),
+    during: impl AsyncFn(),
+    after: impl AsyncFn(),
+) {
+    let (mut client, id) = LocalClient::in_lobby(cable, "u1").await;
+    cable
+        .broadcast("chat_lobby", &json!({"n": 1}))
+        .await
+        .expect("broadcast while up");
+    client.expect_message(&id, r#"{"n":1}"#).await;
+    assert_eq!(cable.stats().adapter_reconnects, 0);
+
+    set_up(false).await;
+    until_healthy(cable, false).await;
+    for n in 2..2 + failing {
+        let started = Instant::now();
+        let err = cable
+            .broadcast("chat_lobby", &json!({"n": n}))
+            .await
+            .expect_err("broadcast during the outage fails");
+        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    }
+    during().await;
+
+    // A subscribe during the outage is applied (and confirmed) once it is over.
+    let mut late = LocalClient::connect(cable, "u2").await;
+    let late_id = late.start_subscribe("late");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_up(true).await;
+    let ended = Instant::now();
+    late.expect_confirm(&late_id).await;
+
+    // Delivery resumes on its own.
+    client
+        .until_delivery_resumes(cable, &id, 2 + failing, ended)
+        .await;
+    assert!(cable.stats().adapter_reconnects >= 1);
+    assert!(cable.is_healthy());
+    after().await;
+    cable
+        .broadcast("chat_late", &json!({"late": true}))
+        .await
+        .expect("broadcast after the outage");
+    late.expect_message(&late_id, r#"{"late":true}"#).await;
+}
+
+/// A subscribe during an outage longer than [`ACK_TIMEOUT`] gets no
+/// confirmation (the core drops the subscription when its Ack fails); once
+/// the backend is back, `after` checks the dropped subscription was not
+/// made again, the client's retry is confirmed, and `publish(stream,
+/// payload)` from the backend's side reaches it. `set_up` as for
+/// [`delivery_survives_an_outage`].
+pub async fn subscribe_fails_during_a_long_outage(
+    cable: &Cable,
+    mut set_up: impl AsyncFnMut(bool),
+    after: impl AsyncFn(),
+    publish: impl AsyncFn(&str, &str),
+) {
+    until_healthy(cable, true).await;
+    set_up(false).await;
+    until_healthy(cable, false).await;
+
+    let mut client = LocalClient::connect(cable, "u1").await;
+    let id = client.start_subscribe("lobby");
+    assert!(client.quiet_for(Duration::from_millis(5500)).await);
+
+    set_up(true).await;
+    until_healthy(cable, true).await;
+    after().await;
+    // The client's retry succeeds.
+    client.send(json!({"command": "subscribe", "identifier": id}));
+    client.expect_confirm(&id).await;
+    publish("chat_lobby", r#"{"ok":1}"#).await;
+    client.expect_message(&id, r#"{"ok":1}"#).await;
+}
+
+/// An adapter made while its backend is away: broadcasts fail with
+/// [`PubSubError::Unavailable`] (`check` looks at the first error too), and
+/// once `set_up(true)` brings the backend back the adapter connects (no
+/// reconnection counted) and broadcasts go through.
+pub async fn starts_while_the_backend_is_away(
+    cable: &Cable,
+    mut set_up: impl AsyncFnMut(bool),
+    check: impl Fn(&PubSubError),
+) {
+    let err = cable
+        .broadcast("chat_lobby", &json!({}))
+        .await
+        .expect_err("nothing to connect to");
+    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+    check(&err);
+    assert!(!cable.is_healthy());
+
+    set_up(true).await;
+    until_healthy(cable, true).await;
+    assert_eq!(
+        cable.stats().adapter_reconnects,
+        0,
+        "a first connection is no reconnect"
+    );
+    let (mut client, id) = LocalClient::in_lobby(cable, "u1").await;
+    // The publisher connects on demand; for 100 ms after a failed attempt it
+    // answers with that failure instead of trying again, and the jittered
+    // subscriber may be back sooner than that.
+    eventually("a broadcast goes through", || async {
+        match cable.broadcast("chat_lobby", &json!({"up": true})).await {
+            Ok(()) => true,
+            Err(e) => {
+                assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}");
+                false
+            }
+        }
+    })
+    .await;
+    client.expect_message(&id, r#"{"up":true}"#).await;
+    assert!(client.quiet_for(Duration::from_millis(200)).await);
+}
+
 /// A client driven through `run_connection`, with no socket, for
 /// adapter tests that need no transport; users as [`serve`] identifies them.
 pub struct LocalClient {
@@ -507,6 +695,14 @@ impl LocalClient {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Connects as `user` and subscribes to the lobby (`chat_lobby`):
+    /// the client and its subscription's identifier.
+    pub async fn in_lobby(cable: &Cable, user: &str) -> (LocalClient, String) {
+        let mut client = LocalClient::connect(cable, user).await;
+        let id = client.subscribe("lobby").await;
+        (client, id)
     }
 
     /// Connects as `user` and reads the welcome.
@@ -556,6 +752,14 @@ impl LocalClient {
     pub async fn expect_confirm(&mut self, identifier: &str) {
         let confirm = json!({"identifier": identifier, "type": "confirm_subscription"}).to_string();
         assert_eq!(self.next_text().await, confirm);
+    }
+
+    /// Asserts that the next frame is `message_json` on `identifier`.
+    pub async fn expect_message(&mut self, identifier: &str, message_json: &str) {
+        assert_eq!(
+            self.next_text().await,
+            message_frame(identifier, message_json)
+        );
     }
 
     /// The next item the connection sends, within [`cable_test::WAIT`]; pings skipped.

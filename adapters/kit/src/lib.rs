@@ -98,6 +98,7 @@ use cable_core::PubSubError;
 
 pub use crate::inbox::Inbox;
 pub use crate::publisher::{LazyPublisher, Publish, PublishFailure, RETRY_HOLDOFF};
+pub use crate::slot::Failure;
 pub use crate::subscriber::{Incoming, Status, Subscriber};
 
 /// How long a broadcast may take, connecting included, before it fails.
@@ -114,6 +115,63 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// vanished without closing TCP (network partition, VM pause) is noticed
 /// within `PING_INTERVAL + REPLY_TIMEOUT`.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Builder methods of a settings struct, each taking `self` and returning
+/// it with one field set: `$(#[doc])* name(arg: Type) => field = value;`,
+/// written inside the struct's `impl` block.
+///
+/// ```
+/// pub struct Config { pub name: String, pub prefix: Option<String> }
+/// impl Config {
+///     cable_adapter_kit::setters! {
+///         /// Sets the name.
+///         name(name: impl Into<String>) => name = name.into();
+///         /// Sets the prefix.
+///         prefix(prefix: impl Into<String>) => prefix = Some(prefix.into());
+///     }
+/// }
+/// let c = Config { name: String::new(), prefix: None }.name("a").prefix("p");
+/// assert_eq!((c.name.as_str(), c.prefix.as_deref()), ("a", Some("p")));
+/// ```
+#[macro_export]
+macro_rules! setters {
+    ($($(#[$meta:meta])* $name:ident($arg:ident: $ty:ty) => $field:ident = $value:expr;)*) => {
+        $(
+            $(#[$meta])*
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                self.$field = $value;
+                self
+            }
+        )*
+    };
+}
+
+/// `impl Debug` for a settings struct with a `url` field, shown with its
+/// secrets masked ([`cable_core::redact_url`]), and the other `$field`s as
+/// they are.
+///
+/// ```
+/// pub struct Config { pub url: String, pub name: String }
+/// cable_adapter_kit::debug_redacting_url!(Config, name);
+/// let c = Config { url: "redis://:hunter2@h".into(), name: "a".into() };
+/// assert!(!format!("{c:?}").contains("hunter2"));
+/// ```
+#[macro_export]
+macro_rules! debug_redacting_url {
+    ($type:ident, $($field:ident),* $(,)?) => {
+        impl ::std::fmt::Debug for $type {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($type))
+                    .field("url", &$crate::redact_url(&self.url))
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub use cable_core::redact_url;
 
 /// What a batch entry asks of the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,12 +193,11 @@ pub trait Backend: Send + Sync + 'static {
     const ROLE: &'static str = "subscriber";
     /// Most operations sent in one [`Session::apply`].
     const MAX_BATCH: usize = 512;
+    /// The backend's words for [`Op::Subscribe`] and [`Op::Unsubscribe`].
+    const VERBS: [&'static str; 2] = ["SUBSCRIBE", "UNSUBSCRIBE"];
     /// The backend's word for `op`, for logs and errors.
     fn verb(op: Op) -> &'static str {
-        match op {
-            Op::Subscribe => "SUBSCRIBE",
-            Op::Unsubscribe => "UNSUBSCRIBE",
-        }
+        Self::VERBS[op as usize]
     }
     /// Opens a subscriber connection whose messages go to `incoming` (and
     /// which calls [`Incoming::lost`] when it ends). Bounded by

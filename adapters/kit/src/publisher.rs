@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
+use crate::slot::{ConnSlot, Failure, Late};
+use crate::PUBLISH_TIMEOUT;
 use async_trait::async_trait;
 use cable_core::PubSubError;
-use tokio::time::{timeout_at, Instant};
-
-use crate::slot::ConnSlot;
-use crate::PUBLISH_TIMEOUT;
 
 /// After a failed connect, broadcasts fail at once for this long instead of
 /// each trying again: a burst of broadcasts during an outage must not become a
@@ -18,13 +16,7 @@ pub const RETRY_HOLDOFF: Duration = Duration::from_millis(100);
 /// A failed publish: the error for the caller, and whether the connection
 /// must be replaced (an I/O error) or is still good (the backend refused
 /// this one message).
-#[derive(Debug)]
-pub struct PublishFailure {
-    /// What the broadcaster gets.
-    pub error: PubSubError,
-    /// The connection is unusable: the next broadcast opens a new one.
-    pub broken: bool,
-}
+pub type PublishFailure = Failure<PubSubError>;
 
 /// A backend's publishing connection.
 #[async_trait]
@@ -60,9 +52,7 @@ pub struct LazyPublisher<P: Publish> {
 
 impl<P: Publish> std::fmt::Debug for LazyPublisher<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyPublisher")
-            .field("backend", &P::NAME)
-            .finish()
+        self.slot.fmt_as(f, "LazyPublisher")
     }
 }
 
@@ -71,7 +61,7 @@ impl<P: Publish> LazyPublisher<P> {
     pub fn new(backend: P) -> Self {
         LazyPublisher {
             backend,
-            slot: ConnSlot::new(),
+            slot: ConnSlot::new((P::NAME, "publisher"), PUBLISH_TIMEOUT, P::is_closed),
         }
     }
 
@@ -84,45 +74,22 @@ impl<P: Publish> LazyPublisher<P> {
     /// reconnects once. (A command that reached the server just before the
     /// connection broke may so be sent twice; a lost broadcast is worse.)
     pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), PubSubError> {
-        let deadline = Instant::now() + PUBLISH_TIMEOUT;
-        loop {
-            let connection = self.slot.get_reused(
+        self.slot
+            .request(
                 || self.backend.connect(),
-                P::is_closed,
-                (P::NAME, "publisher"),
-            );
-            let (generation, conn, reused) = match timeout_at(deadline, connection).await {
-                Ok(found) => found?,
-                Err(_) => {
-                    return Err(PubSubError::Unavailable(format!(
-                        "could not connect to {} within {}s",
-                        P::NAME,
-                        PUBLISH_TIMEOUT.as_secs()
-                    )))
-                }
-            };
-            let failure =
-                match timeout_at(deadline, self.backend.publish(&conn, channel, payload)).await {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(failure)) => failure,
-                    Err(_) => {
-                        self.slot.discard(generation);
-                        return Err(PubSubError::Unavailable(format!(
-                            "no reply to {} from {} within {}s",
-                            P::COMMAND,
-                            P::NAME,
-                            PUBLISH_TIMEOUT.as_secs()
-                        )));
-                    }
-                };
-            if failure.broken {
-                self.slot.discard(generation);
-                if reused {
-                    tracing::debug!(adapter = P::NAME, error = %failure.error, "publisher connection found dead; publishing again on a new one");
-                    continue;
-                }
-            }
-            return Err(failure.error);
-        }
+                |conn| async move { self.backend.publish(&conn, channel, payload).await },
+                |late| {
+                    let secs = PUBLISH_TIMEOUT.as_secs();
+                    PubSubError::Unavailable(match late {
+                        Late::Connecting => {
+                            format!("could not connect to {} within {secs}s", P::NAME)
+                        }
+                        Late::Replying => {
+                            format!("no reply to {} from {} within {secs}s", P::COMMAND, P::NAME)
+                        }
+                    })
+                },
+            )
+            .await
     }
 }

@@ -1,21 +1,48 @@
 //! The connection slot shared by [`LazyPublisher`](crate::LazyPublisher)
 //! and [`LazyConnection`](crate::broker::LazyConnection): one connection,
 //! opened by the first caller that needs it, replaced after a failure,
-//! with a hold-off after a failed connect.
+//! with a hold-off after a failed connect, and the bounded request loop
+//! both run on it.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 
 use crate::RETRY_HOLDOFF;
+
+/// A failed request: the error for the caller, and whether the connection
+/// must be replaced (an I/O error) or is still good (the backend refused
+/// this one request).
+#[derive(Debug)]
+pub struct Failure<E> {
+    /// What the caller gets.
+    pub error: E,
+    /// The connection is unusable: the next request opens a new one.
+    pub broken: bool,
+}
+
+/// Where a request ran out of time.
+pub(crate) enum Late {
+    /// No connection within the bound.
+    Connecting,
+    /// Connected, but no reply within the bound.
+    Replying,
+}
 
 pub(crate) struct ConnSlot<T, E> {
     slot: Mutex<Slot<T, E>>,
     /// Serializes connection attempts; never held while the connection is
     /// used.
     connecting: tokio::sync::Mutex<()>,
+    /// Backend and role, naming the connection in logs ("redis", "publisher").
+    names: (&'static str, &'static str),
+    /// Bound on one request, connecting included.
+    timeout: Duration,
+    /// Whether a connection is known to be closed (checked before reuse).
+    is_closed: fn(&T) -> bool,
 }
 
 struct Slot<T, E> {
@@ -25,9 +52,12 @@ struct Slot<T, E> {
     generation: u64,
     last_failure: Option<(Instant, E)>,
 }
-
 impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(
+        names: (&'static str, &'static str),
+        timeout: Duration,
+        is_closed: fn(&T) -> bool,
+    ) -> Self {
         ConnSlot {
             slot: Mutex::new(Slot {
                 conn: None,
@@ -35,6 +65,66 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
                 last_failure: None,
             }),
             connecting: tokio::sync::Mutex::new(()),
+            names,
+            timeout,
+            is_closed,
+        }
+    }
+
+    /// The bound on one request.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `Name { backend, timeout }`, for the Debug of what owns the slot.
+    pub(crate) fn fmt_as(&self, f: &mut std::fmt::Formatter<'_>, name: &str) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("backend", &self.names.0)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+
+    /// Runs `request` on the connection (opened with `connect` if needed)
+    /// within the timeout, connecting included; `late` makes the error when
+    /// time runs out. A connection that died while idle is found out by its
+    /// first use: a broken failure on a reused connection runs `request`
+    /// once more on a fresh one.
+    pub(crate) async fn request<R, C, Q>(
+        &self,
+        connect: impl Fn() -> C,
+        request: impl Fn(T) -> Q,
+        late: impl Fn(Late) -> E,
+    ) -> Result<R, E>
+    where
+        C: Future<Output = Result<T, E>>,
+        Q: Future<Output = Result<R, Failure<E>>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (generation, conn, reused) =
+                match timeout_at(deadline, self.get_reused(&connect)).await {
+                    Ok(found) => found?,
+                    Err(_) => return Err(late(Late::Connecting)),
+                };
+            let failure = match timeout_at(deadline, request(conn)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    // A reply that did not come in time may still come, and
+                    // would be read as the next request's: start afresh.
+                    self.discard(generation);
+                    return Err(late(Late::Replying));
+                }
+            };
+            if failure.broken {
+                self.discard(generation);
+                if reused {
+                    let (backend, role) = self.names;
+                    tracing::debug!(adapter = backend, error = %failure.error, "{role} connection found dead; trying again on a new one");
+                    continue;
+                }
+            }
+            return Err(failure.error);
         }
     }
 
@@ -44,43 +134,32 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
 
     /// Like [`get`](Self::get), also telling whether the connection was
     /// already there (reused) rather than opened by this call.
-    pub(crate) async fn get_reused<F, Fut>(
-        &self,
-        connect: F,
-        is_closed: impl Fn(&T) -> bool,
-        names: (&'static str, &'static str),
-    ) -> Result<(u64, T, bool), E>
+    async fn get_reused<F, Fut>(&self, connect: F) -> Result<(u64, T, bool), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Some((generation, conn)) = self.current(&is_closed) {
+        if let Some((generation, conn)) = self.current() {
             return Ok((generation, conn, true));
         }
-        let (generation, conn) = self.get(connect, is_closed, names).await?;
+        let (generation, conn) = self.get(connect).await?;
         Ok((generation, conn, false))
     }
 
-    /// The connection and its generation: the one in the slot unless
-    /// `is_closed` says it is, else a new one from `connect` (one caller
+    /// The connection and its generation: the one in the slot unless it is
+    /// known to be closed, else a new one from `connect` (one caller
     /// connects, the others wait for it). Within [`RETRY_HOLDOFF`] of a
-    /// failed connect, that failure again without trying. `backend` and
-    /// `role` name the connection in logs ("redis", "publisher").
-    pub(crate) async fn get<F, Fut>(
-        &self,
-        connect: F,
-        is_closed: impl Fn(&T) -> bool,
-        (backend, role): (&'static str, &'static str),
-    ) -> Result<(u64, T), E>
+    /// failed connect, that failure again without trying.
+    async fn get<F, Fut>(&self, connect: F) -> Result<(u64, T), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Some(found) = self.current(&is_closed) {
+        if let Some(found) = self.current() {
             return Ok(found);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(found) = self.current(&is_closed) {
+        if let Some(found) = self.current() {
             return Ok(found);
         }
         if let Some((at, error)) = &self.slot().last_failure {
@@ -97,6 +176,7 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
                 Ok((slot.generation, conn))
             }
             Err(error) => {
+                let (backend, role) = self.names;
                 tracing::debug!(adapter = backend, error = %error, "{role} could not connect");
                 self.slot().last_failure = Some((Instant::now(), error.clone()));
                 Err(error)
@@ -105,10 +185,10 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
     }
 
     /// The connection in the slot, unless it is known to be closed.
-    fn current(&self, is_closed: impl Fn(&T) -> bool) -> Option<(u64, T)> {
+    fn current(&self) -> Option<(u64, T)> {
         let mut slot = self.slot();
         match &slot.conn {
-            Some(conn) if !is_closed(conn) => Some((slot.generation, conn.clone())),
+            Some(conn) if !(self.is_closed)(conn) => Some((slot.generation, conn.clone())),
             Some(_) => {
                 slot.conn = None;
                 None
@@ -118,7 +198,7 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
     }
 
     /// Empties the slot if it still holds connection `generation`.
-    pub(crate) fn discard(&self, generation: u64) {
+    fn discard(&self, generation: u64) {
         let mut slot = self.slot();
         if slot.generation == generation {
             slot.conn = None;

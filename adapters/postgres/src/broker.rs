@@ -11,10 +11,11 @@ use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection,
 use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
 use cable_core::redact_url;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use crate::error::{describe, is_connection_error};
 use crate::naming::MAX_IDENTIFIER;
+use crate::publisher::Endpoint;
 use crate::{PostgresConfig, PostgresConfigError};
 
 /// Default of [`PostgresBrokerConfig::cleanup_interval`].
@@ -66,34 +67,17 @@ impl PostgresBrokerConfig {
         }
     }
 
-    /// Sets the schema.
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
-        self
-    }
-
-    /// Sets the table prefix.
-    pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.table_prefix = prefix.into();
-        self
-    }
-
-    /// Sets the connection's application name.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
-        self
-    }
-
-    /// Sets (or, with `None`, turns off) the periodic cleanup.
-    pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
-        self.cleanup_interval = every;
-        self
-    }
-
-    /// Sets the bound on each call.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    cable_adapter_kit::setters! {
+        /// Sets the schema.
+        schema(schema: impl Into<String>) => schema = schema.into();
+        /// Sets the table prefix.
+        table_prefix(prefix: impl Into<String>) => table_prefix = prefix.into();
+        /// Sets the connection's application name.
+        application_name(name: impl Into<String>) => application_name = name.into();
+        /// Sets (or, with `None`, turns off) the periodic cleanup.
+        cleanup_interval(every: Option<Duration>) => cleanup_interval = every;
+        /// Sets the bound on each call.
+        timeout(timeout: Duration) => timeout = timeout;
     }
 
     /// Checks the URL, the application name and the schema and table
@@ -129,18 +113,14 @@ impl PostgresBrokerConfig {
     }
 }
 
-impl std::fmt::Debug for PostgresBrokerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresBrokerConfig")
-            .field("url", &redact_url(&self.url))
-            .field("schema", &self.schema)
-            .field("table_prefix", &self.table_prefix)
-            .field("application_name", &self.application_name)
-            .field("cleanup_interval", &self.cleanup_interval)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+cable_adapter_kit::debug_redacting_url!(
+    PostgresBrokerConfig,
+    schema,
+    table_prefix,
+    application_name,
+    cleanup_interval,
+    timeout
+);
 
 /// `name` as a quoted identifier (`"` doubled).
 fn quote(name: &str) -> String {
@@ -323,11 +303,7 @@ impl Sql {
     /// deadlock with one.
     fn cleanup(&self) -> [String; 4] {
         let Sql {
-            streams,
-            history,
-            sessions,
-            marks,
-            ..
+            streams, history, ..
         } = self;
         let expired = |table: &str| {
             format!(
@@ -348,8 +324,8 @@ impl Sql {
                     LIMIT {SWEEP_BATCH} FOR UPDATE OF h SKIP LOCKED))"
             ),
             expired(streams),
-            expired(sessions),
-            expired(marks),
+            expired(&self.sessions),
+            expired(&self.marks),
         ]
     }
 }
@@ -371,10 +347,8 @@ struct Conn {
 }
 
 struct Backend {
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     sql: Sql,
-    /// The URL without password, for logs.
-    url: String,
 }
 
 #[async_trait]
@@ -383,17 +357,11 @@ impl Connect for Backend {
     const NAME: &'static str = "postgres";
 
     async fn connect(&self) -> Result<Arc<Conn>, BrokerError> {
-        let (mut client, connection) = self
-            .config
-            .connect(NoTls)
+        let mut client = self
+            .endpoint
+            .connect("postgres broker")
             .await
             .map_err(|e| to_broker_error(&e))?;
-        let url = self.url.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(url = %url, error = %describe(&e), "postgres broker connection ended");
-            }
-        });
         self.create_tables(&mut client)
             .await
             .map_err(|e| to_broker_error(&e))?;
@@ -493,9 +461,11 @@ impl PostgresBroker {
     pub fn new(config: PostgresBrokerConfig) -> Result<Self, PostgresConfigError> {
         let pg = config.connection_config()?;
         let backend = Backend {
-            config: pg,
+            endpoint: Endpoint {
+                config: pg,
+                url: redact_url(&config.url),
+            },
             sql: Sql::new(&config),
-            url: redact_url(&config.url),
         };
         let runtime = match config.cleanup_interval {
             Some(_) => Some(
@@ -557,6 +527,20 @@ impl Inner {
             Err(_) if gone.swap(false, std::sync::atomic::Ordering::Relaxed) => attempt().await,
             other => other,
         }
+    }
+
+    /// Runs the connection's prepared statement `stmt` with `params`; its
+    /// rows (none for most writes, at most one for a read by a table's key).
+    async fn query(
+        &self,
+        what: &str,
+        stmt: fn(&Conn) -> &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, BrokerError> {
+        self.call(what, |conn| async move {
+            conn.client.query(stmt(&conn), params).await
+        })
+        .await
     }
 
     async fn cleanup(&self) -> Result<u64, BrokerError> {
@@ -678,9 +662,7 @@ impl Broker for PostgresBroker {
         };
         let rows = self
             .inner
-            .call("a history read", |conn| async move {
-                conn.client.query(&conn.from, &[&stream, &from]).await
-            })
+            .query("a history read", |c| &c.from, &[&stream, &from])
             .await?;
         let Some(first) = rows.first() else {
             return refuse("unknown stream");
@@ -722,9 +704,7 @@ impl Broker for PostgresBroker {
         let since = i64::try_from(since.min(100_000_000_000)).unwrap_or(i64::MAX);
         let rows = self
             .inner
-            .call("a history read", |conn| async move {
-                conn.client.query(&conn.since, &[&stream, &since]).await
-            })
+            .query("a history read", |c| &c.since, &[&stream, &since])
             .await?;
         let Some(first) = rows.first() else {
             return Ok(History::default());
@@ -742,23 +722,19 @@ impl Broker for PostgresBroker {
     async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError> {
         let (limit, ttl) = (limit(policy), millis(policy.ttl));
         self.inner
-            .call("the history mark", |conn| async move {
-                conn.client
-                    .execute(&conn.enable, &[&stream, &limit, &ttl])
-                    .await
-            })
+            .query("the history mark", |c| &c.enable, &[&stream, &limit, &ttl])
             .await
             .map(drop)
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
-        let row = self
+        let rows = self
             .inner
-            .call("the history mark", |conn| async move {
-                conn.client.query_opt(&conn.policy, &[&stream]).await
-            })
+            .query("the history mark", |c| &c.policy, &[&stream])
             .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
         let limit: i64 = row.try_get(0).map_err(bad_row)?;
         let ttl: i64 = row.try_get(1).map_err(bad_row)?;
         Ok(Some(HistoryPolicy {
@@ -775,30 +751,24 @@ impl Broker for PostgresBroker {
     ) -> Result<(), BrokerError> {
         let ttl = millis(ttl);
         self.inner
-            .call("the session", |conn| async move {
-                conn.client
-                    .execute(&conn.store, &[&sid, &state, &ttl])
-                    .await
-            })
+            .query("the session", |c| &c.store, &[&sid, &state, &ttl])
             .await
             .map(drop)
     }
 
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
-        let row = self
+        let rows = self
             .inner
-            .call("the session", |conn| async move {
-                conn.client.query_opt(&conn.fetch, &[&sid]).await
-            })
+            .query("the session", |c| &c.fetch, &[&sid])
             .await?;
-        row.map(|r| r.try_get(0).map_err(bad_row)).transpose()
+        rows.first()
+            .map(|r| r.try_get(0).map_err(bad_row))
+            .transpose()
     }
 
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
         self.inner
-            .call("the session", |conn| async move {
-                conn.client.execute(&conn.remove, &[&sid]).await
-            })
+            .query("the session", |c| &c.remove, &[&sid])
             .await
             .map(drop)
     }

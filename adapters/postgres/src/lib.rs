@@ -273,16 +273,11 @@ impl PostgresConfig {
         }
     }
 
-    /// Sets the channel prefix.
-    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.channel_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Sets the listening connection's application name.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
-        self
+    cable_adapter_kit::setters! {
+        /// Sets the channel prefix.
+        channel_prefix(prefix: impl Into<String>) => channel_prefix = Some(prefix.into());
+        /// Sets the listening connection's application name.
+        application_name(name: impl Into<String>) => application_name = name.into();
     }
 
     /// Checks the URL (TLS included) and the application name, as
@@ -376,15 +371,7 @@ impl PostgresConfig {
     }
 }
 
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &redact_url(&self.url))
-            .field("channel_prefix", &self.channel_prefix)
-            .field("application_name", &self.application_name)
-            .finish()
-    }
-}
+cable_adapter_kit::debug_redacting_url!(PostgresConfig, channel_prefix, application_name);
 
 /// Why a [`PostgresPubSub`] could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -464,10 +451,10 @@ impl PostgresPubSub {
         Ok(PostgresPubSub {
             status: subscriber.status(),
             subscriber,
-            publisher: LazyPublisher::new(publisher::PgPublish {
+            publisher: LazyPublisher::new(publisher::PgPublish(publisher::Endpoint {
                 config: publish,
                 url,
-            }),
+            })),
             config,
         })
     }

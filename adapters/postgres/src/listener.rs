@@ -40,14 +40,7 @@ impl Backend for PgBackend {
     type Session = PgSession;
     const NAME: &'static str = "postgres";
     const ROLE: &'static str = "listener";
-    const MAX_BATCH: usize = 512;
-
-    fn verb(op: Op) -> &'static str {
-        match op {
-            Op::Subscribe => "LISTEN",
-            Op::Unsubscribe => "UNLISTEN",
-        }
-    }
+    const VERBS: [&'static str; 2] = ["LISTEN", "UNLISTEN"];
 
     async fn connect(&self, incoming: Incoming) -> Result<PgSession, String> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(|e| describe(&e))?;

@@ -15,11 +15,32 @@ use crate::error::{describe, is_connection_error, to_pubsub_error};
 /// quoting or escaping of either.
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-pub(crate) struct PgPublish {
+/// Where a connection goes: its settings, and the URL without password
+/// for logs.
+pub(crate) struct Endpoint {
     pub(crate) config: tokio_postgres::Config,
-    /// The URL without password, for logs.
     pub(crate) url: String,
 }
+
+impl Endpoint {
+    /// Connects and drives the connection in a task of its own, which logs
+    /// (at debug) how it ended; `what` names the connection.
+    pub(crate) async fn connect(
+        &self,
+        what: &'static str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(url = %url, error = %describe(&e), "{what} connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+pub(crate) struct PgPublish(pub(crate) Endpoint);
 
 /// A connection and its prepared `pg_notify`, so a broadcast is one round trip.
 pub(crate) struct Conn {
@@ -34,17 +55,11 @@ impl Publish for PgPublish {
     const COMMAND: &'static str = "pg_notify";
 
     async fn connect(&self) -> Result<Arc<Conn>, PubSubError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
+        let client = self
+            .0
+            .connect("postgres publisher")
             .await
             .map_err(|e| to_pubsub_error(&e))?;
-        let url = self.url.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(url = %url, error = %describe(&e), "postgres publisher connection ended");
-            }
-        });
         let notify = client
             .prepare(NOTIFY)
             .await

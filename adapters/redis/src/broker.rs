@@ -9,12 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
 use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
-use cable_core::redact_url;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
 
-use crate::publisher::set_name;
+use crate::publisher::open;
 use crate::RedisConfigError;
 
 /// Default of [`RedisBrokerConfig::key_prefix`].
@@ -56,22 +55,13 @@ impl RedisBrokerConfig {
         }
     }
 
-    /// Sets the key prefix.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
-        self
-    }
-
-    /// Sets the connection name.
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = name.into();
-        self
-    }
-
-    /// Sets the bound on each call.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    cable_adapter_kit::setters! {
+        /// Sets the key prefix.
+        key_prefix(prefix: impl Into<String>) => key_prefix = prefix.into();
+        /// Sets the connection name.
+        connection_name(name: impl Into<String>) => connection_name = name.into();
+        /// Sets the bound on each call.
+        timeout(timeout: Duration) => timeout = timeout;
     }
 
     /// Checks the URL and the connection name, as [`RedisBroker::new`] does,
@@ -109,16 +99,7 @@ impl RedisBrokerConfig {
     }
 }
 
-impl std::fmt::Debug for RedisBrokerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBrokerConfig")
-            .field("url", &redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("connection_name", &self.connection_name)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+cable_adapter_kit::debug_redacting_url!(RedisBrokerConfig, key_prefix, connection_name, timeout);
 
 /// A Lua script, run with `EVALSHA` and sent whole (`EVAL`) when Redis does
 /// not know it (first use, `SCRIPT FLUSH`, a restart).
@@ -270,15 +251,9 @@ impl Connect for Backend {
     const NAME: &'static str = "redis";
 
     async fn connect(&self) -> Result<Conn, BrokerError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+        let mut conn = open(&self.client, &self.name, self.timeout)
             .await
             .map_err(|e| to_broker_error(&e))?;
-        set_name(&mut conn, &self.name).await;
         let run_mark = run_mark(&mut conn).await?;
         Ok(Conn {
             redis: conn,
@@ -414,6 +389,31 @@ impl RedisBroker {
                 })
             })
             .await
+    }
+
+    /// `SET key value PX ttl_ms`.
+    async fn set(&self, key: &str, value: &str, ttl_ms: u64) -> Result<(), BrokerError> {
+        self.call("SET", |mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .exec_async(&mut conn.redis)
+                .await
+        })
+        .await
+    }
+
+    /// `GET key`.
+    async fn get(&self, key: &str) -> Result<Option<String>, BrokerError> {
+        self.call("GET", |mut conn| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn.redis)
+                .await
+        })
+        .await
     }
 
     async fn read(
@@ -584,29 +584,11 @@ impl Broker for RedisBroker {
         let key = self.config.policy_key(stream);
         let value = format!("{} {}", policy.limit, millis(policy.ttl));
         let ttl = millis(policy.ttl);
-        let (key, value) = (&key, &value);
-        self.call("SET", |mut conn| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ttl)
-                .exec_async(&mut conn.redis)
-                .await
-        })
-        .await
+        self.set(&key, &value, ttl).await
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
-        let key = &self.config.policy_key(stream);
-        let value: Option<String> = self
-            .call("GET", |mut conn| async move {
-                redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut conn.redis)
-                    .await
-            })
-            .await?;
+        let value = self.get(&self.config.policy_key(stream)).await?;
         let Some(value) = value else { return Ok(None) };
         let parsed = value
             .split_once(' ')
@@ -628,29 +610,12 @@ impl Broker for RedisBroker {
         state: &str,
         ttl: Duration,
     ) -> Result<(), BrokerError> {
-        let key = &self.config.session_key(sid);
-        let ttl = millis(ttl);
-        self.call("SET", |mut conn| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(state)
-                .arg("PX")
-                .arg(ttl)
-                .exec_async(&mut conn.redis)
-                .await
-        })
-        .await
+        self.set(&self.config.session_key(sid), state, millis(ttl))
+            .await
     }
 
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
-        let key = &self.config.session_key(sid);
-        self.call("GET", |mut conn| async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn.redis)
-                .await
-        })
-        .await
+        self.get(&self.config.session_key(sid)).await
     }
 
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {

@@ -226,22 +226,13 @@ impl RedisConfig {
         }
     }
 
-    /// Sets the channel prefix.
-    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.channel_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Sets the name given to the connections.
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = name.into();
-        self
-    }
-
-    /// Sets the bound of the backlog of received messages, in bytes.
-    pub fn max_backlog_bytes(mut self, bytes: usize) -> Self {
-        self.max_backlog_bytes = bytes;
-        self
+    cable_adapter_kit::setters! {
+        /// Sets the channel prefix.
+        channel_prefix(prefix: impl Into<String>) => channel_prefix = Some(prefix.into());
+        /// Sets the name given to the connections.
+        connection_name(name: impl Into<String>) => connection_name = name.into();
+        /// Sets the bound of the backlog of received messages, in bytes.
+        max_backlog_bytes(bytes: usize) => max_backlog_bytes = bytes;
     }
 
     /// Checks the URL and the connection name, as [`RedisPubSub::new`] does,
@@ -262,16 +253,12 @@ impl RedisConfig {
     }
 }
 
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
-            .field("channel_prefix", &self.channel_prefix)
-            .field("connection_name", &self.connection_name)
-            .field("max_backlog_bytes", &self.max_backlog_bytes)
-            .finish()
-    }
-}
+cable_adapter_kit::debug_redacting_url!(
+    RedisConfig,
+    channel_prefix,
+    connection_name,
+    max_backlog_bytes
+);
 
 /// Why a [`RedisPubSub`] could not be created.
 #[derive(Debug, thiserror::Error)]

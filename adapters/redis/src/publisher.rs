@@ -1,6 +1,8 @@
 //! The publishing side for the kit's [`LazyPublisher`](cable_adapter_kit::LazyPublisher):
 //! one multiplexed connection shared by every broadcast.
 
+use std::time::Duration;
+
 use cable_adapter_kit::{async_trait, Publish, PublishFailure, PUBLISH_TIMEOUT};
 use cable_core::PubSubError;
 use redis::aio::MultiplexedConnection;
@@ -18,16 +20,9 @@ impl Publish for RedisPublish {
     const COMMAND: &'static str = "PUBLISH";
 
     async fn connect(&self) -> Result<MultiplexedConnection, PubSubError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(PUBLISH_TIMEOUT))
-            .set_response_timeout(Some(PUBLISH_TIMEOUT));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+        open(&self.client, &self.name, PUBLISH_TIMEOUT)
             .await
-            .map_err(|e| to_pubsub_error(&e))?;
-        set_name(&mut conn, &self.name).await;
-        Ok(conn)
+            .map_err(|e| to_pubsub_error(&e))
     }
 
     /// `PUBLISH channel payload`, as Rails sends it.
@@ -49,6 +44,23 @@ impl Publish for RedisPublish {
             }),
         }
     }
+}
+
+/// A multiplexed connection to `client`, connecting and each reply bounded
+/// by `timeout`, named `name` ([`set_name`]).
+pub(crate) async fn open(
+    client: &redis::Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    set_name(&mut conn, name).await;
+    Ok(conn)
 }
 
 /// `CLIENT SETNAME name`. A server that refuses it (some proxies do) is still

@@ -212,12 +212,7 @@ impl Own {
         };
         match kind {
             Kind::Redis => {
-                let found = Command::new("redis-server")
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok();
-                if !found {
+                if !redis_server_found() {
                     return skip("redis-server not found; cannot restart a Redis of our own");
                 }
             }

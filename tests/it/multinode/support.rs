@@ -5,10 +5,18 @@
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+
+// The adapters' own raw probes, the same code their tests use.
+#[path = "../../../adapters/postgres/tests/it/probe.rs"]
+mod postgres_probe;
+#[path = "../../../adapters/redis/tests/it/probe.rs"]
+mod redis_probe;
+
+pub use redis_probe::{numsub, redis_server_found};
 
 pub use crate::chat_process::{chat_exit, Chat};
 pub use crate::process::{run_with_timeout, skip, tool, Server, START_WAIT};
@@ -76,8 +84,8 @@ impl Kind {
     pub async fn shared(self) -> Option<Shared> {
         let url = self.url();
         let plain = match self {
-            Kind::Redis => try_redis(&url).await.map(Plain::Redis),
-            Kind::Postgres => try_postgres(&url).await.map(Plain::Postgres),
+            Kind::Redis => redis_probe::try_plain(&url).await.map(Plain::Redis),
+            Kind::Postgres => postgres_probe::try_plain(&url).await.map(Plain::Postgres),
         };
         let Some(plain) = plain else {
             let hint = match self {
@@ -93,28 +101,6 @@ impl Kind {
             plain,
         })
     }
-}
-
-async fn try_redis(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
-    let connect = client.get_multiplexed_async_connection();
-    let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    pong.ok().map(|_| conn)
-}
-
-async fn try_postgres(url: &str) -> Option<tokio_postgres::Client> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(connection);
-    client.simple_query("SELECT 1").await.ok()?;
-    Some(client)
 }
 
 impl Shared {
@@ -268,16 +254,6 @@ pub fn unique_prefix() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
-    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(conn)
-        .await
-        .expect("PUBSUB NUMSUB");
-    reply.first().map_or(0, |(_, n)| *n)
 }
 
 /// Waits until `PUBSUB NUMSUB channel` is `n`.

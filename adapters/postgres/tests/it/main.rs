@@ -11,6 +11,7 @@
 
 mod broker;
 mod conformance;
+mod probe;
 mod support;
 
 use std::time::Duration;
@@ -22,14 +23,10 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_as_rails_sends_it_reaches_subscribers_exactly() {
-    let Some((url, plain)) = shared_postgres().await else {
+    let Some((_, plain, prefix, cable, _)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "ann").await;
-    let id = client.subscribe("lobby").await;
+    let (mut client, id) = Client::in_lobby(&cable, "ann").await;
 
     // What `ActionCable.server.broadcast("chat_lobby", user: "rails", body: "hi")` runs.
     rails_notify(
@@ -38,20 +35,18 @@ async fn notify_as_rails_sends_it_reaches_subscribers_exactly() {
         r#"{"user":"rails","body":"hi"}"#,
     )
     .await;
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"user":"rails","body":"hi"}"#)
-    );
+    client
+        .expect_message(&id, r#"{"user":"rails","body":"hi"}"#)
+        .await;
     // Quotes, backslashes, ActiveSupport's escapes and non-ASCII arrive as sent.
     let tricky = r#"{"body":"it's \"quoted\" \\ \u003cb\u003e \u2028 é ✓"}"#;
     rails_notify(&plain, &format!("{prefix}:chat_lobby"), tricky).await;
-    assert_eq!(
-        client.next_text().await,
-        message_frame(
+    client
+        .expect_message(
             &id,
-            r#"{"body":"it's \"quoted\" \\ \u003cb\u003e \u2028 é ✓"}"#
+            r#"{"body":"it's \"quoted\" \\ \u003cb\u003e \u2028 é ✓"}"#,
         )
-    );
+        .await;
     // Without the prefix, or in another case, it is another channel.
     rails_notify(&plain, "chat_lobby", r#"{"user":"x"}"#).await;
     rails_notify(
@@ -114,12 +109,9 @@ fn rails_channel(prefix: &str, stream: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_over_63_characters_are_sha1_both_ways() {
-    let Some((url, plain)) = shared_postgres().await else {
+    let Some((url, plain, prefix, cable, status)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix, &prefix);
-    until_connected(&status).await;
 
     // "<prefix>:chat_" + room: exactly 63 characters stays a name, 64 is SHA1.
     let base = format!("{prefix}:chat_").len();
@@ -147,10 +139,7 @@ async fn names_over_63_characters_are_sha1_both_ways() {
     // From Rails (NOTIFY on the SHA1 name) to our subscribers.
     for (channel, id) in [(&ch_63, &id_63), (&ch_64, &id_64), (&ch_long, &id_long)] {
         rails_notify(&plain, channel, r#"{"from":"rails"}"#).await;
-        assert_eq!(
-            client.next_text().await,
-            message_frame(id, r#"{"from":"rails"}"#)
-        );
+        client.expect_message(id, r#"{"from":"rails"}"#).await;
     }
 
     // From us to a Rails listener on the SHA1 name.
@@ -164,22 +153,15 @@ async fn names_over_63_characters_are_sha1_both_ways() {
         rails.next().await,
         (ch_long.clone(), r#"{"from":"cable"}"#.to_owned())
     );
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id_long, r#"{"from":"cable"}"#)
-    );
+    client.expect_message(&id_long, r#"{"from":"cable"}"#).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_of_8000_bytes_or_more_are_refused_and_the_adapter_keeps_working() {
-    let Some((url, plain)) = shared_postgres().await else {
+    let Some((_, plain, prefix, cable, status)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "ann").await;
-    let id = client.subscribe("lobby").await;
+    let (mut client, id) = Client::in_lobby(&cable, "ann").await;
 
     // {"body":"xxx…"}: 11 bytes around the body.
     let payload = |size: usize| format!(r#"{{"body":"{}"}}"#, "x".repeat(size - 11));
@@ -230,15 +212,12 @@ async fn payloads_of_8000_bytes_or_more_are_refused_and_the_adapter_keeps_workin
         .broadcast_raw("chat_lobby", &payload(7999))
         .await
         .expect("7999 bytes");
-    assert_eq!(client.next_text().await, message_frame(&id, &payload(7999)));
+    client.expect_message(&id, &payload(7999)).await;
     cable
         .broadcast("chat_lobby", &json!({"after": true}))
         .await
         .expect("broadcast");
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"after":true}"#)
-    );
+    client.expect_message(&id, r#"{"after":true}"#).await;
     assert!(status.is_connected());
 }
 
@@ -249,219 +228,73 @@ async fn survives_a_postgres_restart() {
     };
     let prefix = unique_prefix();
     let (cable, status) = node(&pg.url(), &prefix, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
-    cable
-        .broadcast("chat_lobby", &json!({"n": 1}))
-        .await
-        .expect("broadcast while up");
-    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":1}"#));
-
-    pg.stop().await;
-    eventually("outage noticed", || {
-        let status = status.clone();
-        async move { !status.is_connected() }
-    })
-    .await;
-    let err = cable
-        .broadcast("chat_lobby", &json!({"n": 2}))
-        .await
-        .expect_err("broadcast while the server is down");
-    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-    let mut late = Client::connect(&cable, "u2").await;
-    let late_id = late.start_subscribe("late");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    pg.restart().await;
-    let restarted = tokio::time::Instant::now();
-    late.expect_confirm(&late_id).await;
-    client
-        .until_delivery_resumes(&cable, &id, 3, restarted)
-        .await;
-    assert!(status.reconnects() >= 1);
-    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
-    until_listening(
+    survives_an_outage(
+        &cable,
         &status,
-        &[
-            format!("{prefix}:action_cable/u1"),
-            format!("{prefix}:action_cable/u2"),
-            format!("{prefix}:chat_late"),
-            format!("{prefix}:chat_lobby"),
-        ],
+        &prefix,
+        1,
+        async |up| pg.set_up(up).await,
+        async || {},
     )
     .await;
-    cable
-        .broadcast("chat_late", &json!({"late": true}))
-        .await
-        .expect("broadcast after the restart");
-    assert_eq!(
-        late.next_text().await,
-        message_frame(&late_id, r#"{"late":true}"#)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_database_outage() {
-    let Some((url, _)) = shared_postgres().await else {
+    let Some((_, mut proxy, prefix, cable, status)) = proxied_node(false).await else {
         return;
     };
-    let Some(mut proxy) = Proxy::start(&url).await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
-    cable
-        .broadcast("chat_lobby", &json!({"n": 1}))
-        .await
-        .expect("broadcast while up");
-    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":1}"#));
-
-    proxy.cut().await;
-    eventually("outage noticed", || {
-        let status = status.clone();
-        async move { !status.is_connected() }
-    })
-    .await;
-    assert!(!cable.is_healthy());
-    // Broadcasts during the outage fail, promptly, instead of being queued.
-    for n in 2..4 {
-        let started = tokio::time::Instant::now();
-        let err = cable
-            .broadcast("chat_lobby", &json!({"n": n}))
-            .await
-            .expect_err("broadcast during the outage fails");
-        assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "bounded");
-    }
-    let err = status
-        .listening_channels()
-        .await
-        .expect_err("not connected");
-    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-
-    // A subscribe during the outage is applied (and confirmed) once it is over.
-    let mut late = Client::connect(&cable, "u2").await;
-    let late_id = late.start_subscribe("late");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.restore().await;
-    let restored = tokio::time::Instant::now();
-    late.expect_confirm(&late_id).await;
-
-    // Delivery resumes on its own.
-    client
-        .until_delivery_resumes(&cable, &id, 4, restored)
-        .await;
-    assert!(status.reconnects() >= 1);
-    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
-    assert!(status.is_connected() && cable.is_healthy());
-    until_listening(
+    survives_an_outage(
+        &cable,
         &status,
-        &[
-            format!("{prefix}:action_cable/u1"),
-            format!("{prefix}:action_cable/u2"),
-            format!("{prefix}:chat_late"),
-            format!("{prefix}:chat_lobby"),
-        ],
+        &prefix,
+        2,
+        async |up| proxy.set_up(up).await,
+        async || {
+            let err = status
+                .listening_channels()
+                .await
+                .expect_err("not connected");
+            assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
+        },
     )
     .await;
-    cable
-        .broadcast("chat_late", &json!({"late": true}))
-        .await
-        .expect("broadcast after the outage");
-    assert_eq!(
-        late.next_text().await,
-        message_frame(&late_id, r#"{"late":true}"#)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_the_database_is_unreachable() {
-    let Some((url, _)) = shared_postgres().await else {
+    let Some((_, mut proxy, _, cable, status)) = proxied_node(true).await else {
         return;
     };
-    let Some(mut proxy) = Proxy::start(&url).await else {
-        return;
-    };
-    proxy.cut().await;
-    let prefix = unique_prefix();
-    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
-    let err = cable
-        .broadcast("chat_lobby", &json!({}))
-        .await
-        .expect_err("nothing to connect to");
-    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-    // The cause is spelled out.
-    assert!(
-        err.to_string()
-            .contains("postgres: error connecting to server: Connection refused"),
-        "{err}"
-    );
-    assert!(!status.is_connected());
-
-    proxy.restore().await;
-    until_connected(&status).await;
-    assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
-    // The publisher connects on demand; for 100 ms after a failed attempt it
-    // answers with that failure instead of trying again.
-    eventually("a broadcast goes through", || {
-        let cable = cable.clone();
-        async move {
-            match cable.broadcast("chat_lobby", &json!({"up": true})).await {
-                Ok(()) => true,
-                Err(e) => {
-                    assert!(matches!(e, PubSubError::Unavailable(_)), "{e:?}");
-                    false
-                }
-            }
-        }
-    })
+    starts_while_the_backend_is_away(
+        &cable,
+        async |up| proxy.set_up(up).await,
+        // The cause is spelled out.
+        |err| {
+            assert!(
+                err.to_string()
+                    .contains("postgres: error connecting to server: Connection refused"),
+                "{err}"
+            )
+        },
+    )
     .await;
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"up":true}"#)
-    );
-    assert!(client.quiet_for(Duration::from_millis(200)).await);
+    assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
-    let Some((url, plain)) = shared_postgres().await else {
+    let Some((plain, mut proxy, prefix, cable, status)) = proxied_node(false).await else {
         return;
     };
-    let Some(mut proxy) = Proxy::start(&url).await else {
-        return;
-    };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
-    until_connected(&status).await;
-    proxy.cut().await;
-    eventually("outage noticed", || {
-        let status = status.clone();
-        async move { !status.is_connected() }
-    })
+    subscribe_fails_during_a_long_outage(
+        &cable,
+        async |up| proxy.set_up(up).await,
+        // The dropped subscription was unlistened, not listened again.
+        async || until_listening(&status, &[format!("{prefix}:action_cable/u1")]).await,
+        async |stream, payload| rails_notify(&plain, &format!("{prefix}:{stream}"), payload).await,
+    )
     .await;
-
-    // No confirmation for a stream that is not live: the core drops the
-    // subscription when the Ack fails (after 5 s) and the client retries.
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.start_subscribe("lobby");
-    assert!(client.quiet_for(Duration::from_millis(5500)).await);
-
-    proxy.restore().await;
-    until_connected(&status).await;
-    // The dropped subscription was unlistened, not listened again.
-    until_listening(&status, &[format!("{prefix}:action_cable/u1")]).await;
-    // The client's retry succeeds.
-    client.send(json!({"command": "subscribe", "identifier": id}));
-    client.expect_confirm(&id).await;
-    rails_notify(&plain, &format!("{prefix}:chat_lobby"), r#"{"ok":1}"#).await;
-    assert_eq!(client.next_text().await, message_frame(&id, r#"{"ok":1}"#));
 }
 
 /// A burst bigger than any sane in-process queue arrives whole: the listener
@@ -470,14 +303,10 @@ async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
 #[tokio::test]
 async fn a_burst_of_notifications_is_delivered_whole_without_a_backlog() {
     const BURST: u64 = 3000;
-    let Some((url, plain)) = shared_postgres().await else {
+    let Some((_, plain, prefix, cable, _)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
+    let (mut client, id) = Client::in_lobby(&cable, "u1").await;
     // One transaction: PostgreSQL sends all of them at commit.
     plain
         .execute(
@@ -491,7 +320,7 @@ async fn a_burst_of_notifications_is_delivered_whole_without_a_backlog() {
     for n in 1..=BURST {
         // The hub re-encodes PostgreSQL's `{"n" : 1, ...}` as Rails does.
         let message = format!(r#"{{"n":{n},"pad":"{pad}"}}"#);
-        assert_eq!(client.next_text().await, message_frame(&id, &message));
+        client.expect_message(&id, &message).await;
     }
     assert_eq!(cable.stats().broadcasts, BURST);
 }

@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+pub use crate::probe::try_plain;
+
 /// How long a test waits for anything that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -20,29 +22,10 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A plain session for raw SQL, or None if PostgreSQL is unreachable.
-pub async fn try_plain(url: &str) -> Option<tokio_postgres::Client> {
-    let connect = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(connection);
-    client.simple_query("SELECT 1").await.ok()?;
-    Some(client)
-}
-
 /// The shared PostgreSQL, or None after printing why the test is skipped (a
 /// failure instead when `CI` is set).
 pub async fn shared_postgres() -> Option<(String, tokio_postgres::Client)> {
-    let url = database_url();
-    match try_plain(&url).await {
-        Some(client) => Some((url, client)),
-        None => {
-            skip("PostgreSQL (set DATABASE_URL)", &url, false);
-            None
-        }
-    }
+    shared_server("PostgreSQL (set DATABASE_URL)", database_url(), try_plain).await
 }
 
 /// A node: a Cable on PostgreSQL with `prefix`, users identified by `?user=`,
@@ -60,6 +43,64 @@ pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
         |d| PostgresPubSub::new(config, d).expect("valid postgres config"),
         PostgresPubSub::status,
     )
+}
+
+/// A [`node`] on the shared PostgreSQL on a prefix of its own, once
+/// connected: (url, a plain session for raw SQL, prefix, cable, status), or
+/// None after a skip.
+pub async fn shared_node() -> Option<(
+    String,
+    tokio_postgres::Client,
+    String,
+    Cable,
+    PostgresStatus,
+)> {
+    let (url, plain) = shared_postgres().await?;
+    let (prefix, cable, status) = connected_node(|prefix| node(&url, prefix, prefix)).await;
+    Some((url, plain, prefix, cable, status))
+}
+
+/// A [`node`] on a prefix of its own on the shared PostgreSQL through a
+/// [`Proxy`] (cut before the node is made if `cut`): (a plain session to
+/// the server itself, proxy, prefix, cable, status), or None after a skip.
+pub async fn proxied_node(
+    cut: bool,
+) -> Option<(tokio_postgres::Client, Proxy, String, Cable, PostgresStatus)> {
+    let (url, plain) = shared_postgres().await?;
+    let mut proxy = Proxy::start(&url).await?;
+    if cut {
+        proxy.cut().await;
+    }
+    let prefix = unique_prefix();
+    let (cable, status) = node(&proxy.url(&url), &prefix, &prefix);
+    Some((plain, proxy, prefix, cable, status))
+}
+
+/// [`delivery_survives_an_outage`] on the node of `status` on `prefix`,
+/// which listens to both users' internal streams and both rooms once it is
+/// over.
+pub async fn survives_an_outage(
+    cable: &Cable,
+    status: &PostgresStatus,
+    prefix: &str,
+    failing: u64,
+    set_up: impl AsyncFnMut(bool),
+    during: impl AsyncFn(),
+) {
+    until_connected(status).await;
+    let channels = [
+        "action_cable/u1",
+        "action_cable/u2",
+        "chat_late",
+        "chat_lobby",
+    ]
+    .map(|stream| format!("{prefix}:{stream}"));
+    delivery_survives_an_outage(cable, failing, set_up, during, async || {
+        until_listening(status, &channels).await
+    })
+    .await;
+    assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
+    assert!(status.is_connected());
 }
 
 /// Waits until `status` says connected.
@@ -151,7 +192,9 @@ impl RawListener {
 }
 
 pub use cable_adapter_kit::conformance::{
-    chat_node, message_frame, skip, unique_prefix, LocalClient as Client,
+    chat_node, connected_node, delivery_survives_an_outage, shared_server, skip_because,
+    starts_while_the_backend_is_away, subscribe_fails_during_a_long_outage, unique_prefix,
+    LocalClient as Client,
 };
 
 /// A TCP proxy on a free loopback port in front of the shared PostgreSQL:
@@ -173,11 +216,9 @@ impl Proxy {
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             _ => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "DATABASE_URL {url} is not host:port (CI is set, so this is a failure)"
-                );
-                println!("SKIPPED: DATABASE_URL {url} is not host:port; cannot proxy it");
+                skip_because(&format!(
+                    "DATABASE_URL {url} is not host:port; cannot proxy it"
+                ));
                 return None;
             }
         };
@@ -253,6 +294,15 @@ impl Proxy {
         }
     }
 
+    /// Restores (`up`) or cuts the proxy.
+    pub async fn set_up(&mut self, up: bool) {
+        if up {
+            self.restore().await
+        } else {
+            self.cut().await
+        }
+    }
+
     /// Opens the same port again.
     pub async fn restore(&mut self) {
         assert!(self.accept.is_none(), "not cut");
@@ -308,13 +358,9 @@ impl OwnPostgres {
     /// binaries are missing; a failure instead when `CI` is set.
     pub async fn start() -> Option<OwnPostgres> {
         let Some(bindir) = server_bindir() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR \
-                 (CI is set, so this is a failure)"
-            );
-            println!(
-                "SKIPPED: PostgreSQL server binaries not found (set PG_BINDIR); cannot restart one"
+            skip_because(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found (set PG_BINDIR); \
+                 cannot restart one",
             );
             return None;
         };
@@ -369,6 +415,15 @@ impl OwnPostgres {
     /// restart).
     pub async fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "fast"]).await;
+    }
+
+    /// Starts (`up`) or stops the server.
+    pub async fn set_up(&self, up: bool) {
+        if up {
+            self.restart().await
+        } else {
+            self.stop().await
+        }
     }
 
     /// Starts it again on the same port and waits until it accepts

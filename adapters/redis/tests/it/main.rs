@@ -5,6 +5,7 @@
 
 mod broker;
 mod conformance;
+mod probe;
 mod support;
 
 use std::time::Duration;
@@ -15,14 +16,10 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_publish_from_rails_reaches_subscribers() {
-    let Some((url, mut plain)) = shared_redis().await else {
+    let Some((mut plain, prefix, cable, _)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix);
-    until_connected(&status).await;
-    let mut client = Client::connect(&cable, "ann").await;
-    let id = client.subscribe("lobby").await;
+    let (mut client, id) = Client::in_lobby(&cable, "ann").await;
 
     // What `ActionCable.server.broadcast("chat_lobby", user: "rails", body: "hi")` sends.
     publish(
@@ -31,10 +28,9 @@ async fn raw_publish_from_rails_reaches_subscribers() {
         r#"{"user":"rails","body":"hi"}"#,
     )
     .await;
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"user":"rails","body":"hi"}"#)
-    );
+    client
+        .expect_message(&id, r#"{"user":"rails","body":"hi"}"#)
+        .await;
     // A broadcast published without the prefix is another channel.
     publish(&mut plain, "chat_lobby", r#"{"user":"x"}"#).await;
     assert!(client.quiet_for(Duration::from_millis(200)).await);
@@ -42,12 +38,9 @@ async fn raw_publish_from_rails_reaches_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_connections_are_named() {
-    let Some((url, mut plain)) = shared_redis().await else {
+    let Some((mut plain, prefix, cable, _)) = shared_node().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&url, &prefix);
-    until_connected(&status).await;
     // The publisher connects on first use.
     cable
         .broadcast("nobody_listens", &json!({}))
@@ -91,53 +84,16 @@ async fn restart_scenario(server_args: &[&str]) {
     let prefix = unique_prefix();
     let (cable, status) = node(&redis.url(), &prefix);
     until_connected(&status).await;
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
-    cable
-        .broadcast("chat_lobby", &json!({"n": 1}))
-        .await
-        .expect("broadcast while up");
-    assert_eq!(client.next_text().await, message_frame(&id, r#"{"n":1}"#));
-    assert_eq!(status.reconnects(), 0);
-
-    redis.kill();
-    eventually("outage noticed", || {
-        let status = status.clone();
-        async move { !status.is_connected() }
-    })
+    delivery_survives_an_outage(
+        &cable,
+        1,
+        async |up| redis.set_up(up).await,
+        async || {},
+        async || {},
+    )
     .await;
-    assert!(!cable.is_healthy());
-    let started = tokio::time::Instant::now();
-    let err = cable
-        .broadcast("chat_lobby", &json!({"n": 2}))
-        .await
-        .expect_err("broadcast during the outage fails");
-    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "bounded");
-
-    // A subscribe during the outage is applied (and confirmed) once Redis is back.
-    let mut late = Client::connect(&cable, "u2").await;
-    let late_id = late.start_subscribe("late");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    redis.restart().await;
-    let restarted = tokio::time::Instant::now();
-    late.expect_confirm(&late_id).await;
-
-    // Delivery resumes on its own.
-    client
-        .until_delivery_resumes(&cable, &id, 3, restarted)
-        .await;
-    assert!(status.reconnects() >= 1);
     assert_eq!(cable.stats().adapter_reconnects, status.reconnects());
-    assert!(status.is_connected() && cable.is_healthy());
-    cable
-        .broadcast("chat_late", &json!({"late": true}))
-        .await
-        .expect("broadcast after restart");
-    assert_eq!(
-        late.next_text().await,
-        message_frame(&late_id, r#"{"late":true}"#)
-    );
+    assert!(status.is_connected());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,36 +101,9 @@ async fn starts_while_redis_is_down() {
     let Some(mut redis) = OwnRedis::stopped(&[]) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&redis.url(), &prefix);
-    let err = cable
-        .broadcast("chat_lobby", &json!({}))
-        .await
-        .expect_err("redis is not running");
-    assert!(matches!(err, PubSubError::Unavailable(_)), "{err:?}");
-    assert!(!status.is_connected());
-
-    redis.restart().await;
-    until_connected(&status).await;
+    let (cable, status) = node(&redis.url(), &unique_prefix());
+    starts_while_the_backend_is_away(&cable, async |up| redis.set_up(up).await, |_| {}).await;
     assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
-    // The publisher fails fast for 100 ms after its failed connect; the
-    // jittered subscriber may be back sooner than that.
-    eventually("a broadcast once redis is up", || {
-        let cable = cable.clone();
-        async move {
-            cable
-                .broadcast("chat_lobby", &json!({"up": true}))
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"up":true}"#)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,31 +112,24 @@ async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
         return;
     };
     let prefix = unique_prefix();
-    let (cable, status) = node(&redis.url(), &prefix);
-    until_connected(&status).await;
-    redis.kill();
-    eventually("outage noticed", || {
-        let status = status.clone();
-        async move { !status.is_connected() }
-    })
+    let (cable, _) = node(&redis.url(), &prefix);
+    let url = redis.url();
+    let plain = async || try_plain(&url).await.expect("own redis is up");
+    subscribe_fails_during_a_long_outage(
+        &cable,
+        async |up| redis.set_up(up).await,
+        // The dropped subscription was unsubscribed, not re-subscribed.
+        async || {
+            assert_eq!(
+                numsub(&mut plain().await, &format!("{prefix}:chat_lobby")).await,
+                0
+            )
+        },
+        async |stream, payload| {
+            publish(&mut plain().await, &format!("{prefix}:{stream}"), payload).await
+        },
+    )
     .await;
-
-    // No confirmation for a stream that is not live: the core drops the
-    // subscription when the Ack fails (after 5 s) and the client retries.
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.start_subscribe("lobby");
-    assert!(client.quiet_for(Duration::from_millis(5500)).await);
-
-    redis.restart().await;
-    until_connected(&status).await;
-    let mut plain = try_plain(&redis.url()).await.expect("own redis is up");
-    // The dropped subscription was unsubscribed, not re-subscribed.
-    assert_eq!(numsub(&mut plain, &format!("{prefix}:chat_lobby")).await, 0);
-    // The client's retry succeeds.
-    client.send(json!({"command": "subscribe", "identifier": id}));
-    client.expect_confirm(&id).await;
-    publish(&mut plain, &format!("{prefix}:chat_lobby"), r#"{"ok":1}"#).await;
-    assert_eq!(client.next_text().await, message_frame(&id, r#"{"ok":1}"#));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,10 +163,7 @@ async fn falls_back_to_resp2_without_hello() {
     a.broadcast("chat_lobby", &json!({"via": "resp2"}))
         .await
         .expect("broadcast");
-    assert_eq!(
-        client.next_text().await,
-        message_frame(&id, r#"{"via":"resp2"}"#)
-    );
+    client.expect_message(&id, r#"{"via":"resp2"}"#).await;
     client.leave().await;
     eventually("unsubscribed over RESP2", || {
         let mut plain = plain.clone();
@@ -296,8 +215,7 @@ async fn burst_scenario(url: &str) {
             .max_backlog_bytes(4096),
     );
     until_connected(&status).await;
-    let mut client = Client::connect(&cable, "u1").await;
-    let id = client.subscribe("lobby").await;
+    let (mut client, id) = Client::in_lobby(&cable, "u1").await;
     let mut plain = try_plain(url).await.expect("redis is up");
     let channel = format!("{prefix}:chat_lobby");
     let mut pipe = redis::pipe();

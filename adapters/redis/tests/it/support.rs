@@ -1,8 +1,9 @@
 //! Helpers: Redis discovery, socket-free clients, an own redis-server.
 
+pub use crate::probe::{numsub, redis_server_found, try_plain};
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use cable_core::Cable;
 use cable_redis::{RedisConfig, RedisPubSub, RedisStatus};
@@ -11,29 +12,24 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// A plain connection for raw commands, or None if Redis is unreachable.
-pub async fn try_plain(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
-    let connect = client.get_multiplexed_async_connection();
-    let mut conn = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-    pong.ok().map(|_| conn)
-}
-
 /// The shared Redis, or None after printing why the test is skipped (a
 /// failure instead when `CI` is set).
 pub async fn shared_redis() -> Option<(String, redis::aio::MultiplexedConnection)> {
-    let url = redis_url();
-    match try_plain(&url).await {
-        Some(conn) => Some((url, conn)),
-        None => {
-            skip("redis (set REDIS_URL)", &url, false);
-            None
-        }
-    }
+    shared_server("redis (set REDIS_URL)", redis_url(), try_plain).await
+}
+
+/// A [`node`] on the shared Redis on a prefix of its own, once connected:
+/// (a plain connection for raw commands, prefix, cable, status), or None
+/// after a skip.
+pub async fn shared_node() -> Option<(
+    redis::aio::MultiplexedConnection,
+    String,
+    Cable,
+    RedisStatus,
+)> {
+    let (url, plain) = shared_redis().await?;
+    let (prefix, cable, status) = connected_node(|prefix| node(&url, prefix)).await;
+    Some((plain, prefix, cable, status))
 }
 
 /// A node: a Cable on Redis with `prefix`, users identified by `?user=`.
@@ -70,18 +66,10 @@ pub async fn until_connected(status: &RedisStatus) {
 pub use cable_test::eventually;
 
 pub use cable_adapter_kit::conformance::{
-    chat_node, message_frame, skip, unique_prefix, LocalClient as Client,
+    chat_node, connected_node, delivery_survives_an_outage, message_frame, shared_server,
+    skip_because, starts_while_the_backend_is_away, subscribe_fails_during_a_long_outage,
+    unique_prefix, LocalClient as Client,
 };
-
-pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
-    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(conn)
-        .await
-        .expect("PUBSUB NUMSUB");
-    reply.first().map_or(0, |(_, n)| *n)
-}
 
 pub async fn publish(conn: &mut redis::aio::MultiplexedConnection, channel: &str, payload: &str) {
     let _: i64 = redis::cmd("PUBLISH")
@@ -111,17 +99,8 @@ impl OwnRedis {
 
     /// A free port for one, not started yet.
     pub fn stopped(extra: &[&str]) -> Option<OwnRedis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server binary not found (CI is set, so this is a failure)"
-            );
-            println!("SKIPPED: redis-server binary not found; cannot simulate an outage");
+        if !redis_server_found() {
+            skip_because("redis-server binary not found; cannot simulate an outage");
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
@@ -158,6 +137,15 @@ impl OwnRedis {
             async move { try_plain(&url).await.is_some() }
         })
         .await;
+    }
+
+    /// Restarts (`up`) or kills the server.
+    pub async fn set_up(&mut self, up: bool) {
+        if up {
+            self.restart().await
+        } else {
+            self.kill()
+        }
     }
 
     /// Kills the server (SIGKILL: clients see their connections drop).
