@@ -209,7 +209,15 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
   before(async () => {
     // A port that refuses connections, for clients held offline.
     scope.deadPort = await freePort();
-    server = await scope.startServer({ port: await freePort(), admin: true });
+    // A history deep enough for any outage these tests make: the nonstop
+    // test broadcasts as fast as HTTP allows, and on a loaded machine the
+    // resume can take long enough for the default 100 messages to be
+    // evicted (reject_history, a gap), which is the next test's subject.
+    server = await scope.startServer({
+      port: await freePort(),
+      admin: true,
+      extraArgs: ["--history-limit", "100000"],
+    });
     small = await scope.startServer({
       port: await freePort(),
       admin: true,
@@ -314,6 +322,10 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
         stop = true;
         await loop;
         await scope.waitFor(`message ${sent}`, () => dan.ns(room).includes(sent));
+        assert.ok(
+          !dan.framesIn().some((f) => f.type === "reject_history"),
+          `round ${round}: the history did not cover the outage (${sent} sent)`,
+        );
         assert.deepEqual(dan.ns(room), range(1, sent), `round ${round}: exactly once, in order`);
       }
     }),
