@@ -49,7 +49,7 @@ use cable_core::Cable;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub use crate::http::ServeOptions;
-pub use crate::ops::{health_router, ops_router, OpsConfig};
+pub use crate::ops::{broadcast_router, health_router, ops_router, OpsConfig};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
 /// Transport settings.

@@ -59,17 +59,28 @@ struct OpsState {
 /// into a public router puts all three on the internet; the standalone
 /// server does so only with `ops_on_public_port = true`.
 pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
-    let state = Arc::new(OpsState {
-        cable: cable.clone(),
-        broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
-        recorder: recorder(),
-    });
     Router::new()
         .route("/_broadcast", post(broadcast))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
-        .with_state(state)
+        .with_state(ops_state(&cable, &config))
         .merge(health_router(cable))
+}
+
+/// `POST /_broadcast` alone: where AnyCable serves it when it has a key,
+/// beside the WebSocket endpoint, without `/stats` and `/metrics`.
+pub fn broadcast_router(cable: Cable, config: OpsConfig) -> Router {
+    Router::new()
+        .route("/_broadcast", post(broadcast))
+        .with_state(ops_state(&cable, &config))
+}
+
+fn ops_state(cable: &Cable, config: &OpsConfig) -> Arc<OpsState> {
+    Arc::new(OpsState {
+        cable: cable.clone(),
+        broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
+        recorder: recorder(),
+    })
 }
 
 /// `/health` alone: what the public address serves by default, for load

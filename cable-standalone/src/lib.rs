@@ -37,8 +37,8 @@ use cable_core::{redact_url, CableBuilder, CableConfig, CommandRate};
 use tokio::net::TcpListener;
 
 use cable_server::{
-    health_router, ops_router, router, serve_with, shutdown_signal, AllowedOrigin, OpsConfig,
-    ServeOptions, ServerConfig,
+    broadcast_router, health_router, ops_router, router, serve_with, shutdown_signal,
+    AllowedOrigin, OpsConfig, ServeOptions, ServerConfig,
 };
 
 pub mod settings;
@@ -92,6 +92,13 @@ pub enum StandaloneError {
         /// Why.
         #[source]
         source: BoxError,
+    },
+    /// The JWT settings were refused.
+    #[error("jwt: {source}")]
+    Jwt {
+        /// Why.
+        #[source]
+        source: cable_anycable::JwtConfigError,
     },
     /// An origin pattern is not a valid regular expression.
     #[error("allowed_origin_patterns: {source}")]
@@ -212,7 +219,9 @@ fn adapter_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -
 }
 
 /// Registers what `settings.rails` enables (session hook, Turbo, `$pubsub`);
-/// the settings were validated when read, the keys are derived here.
+/// the settings were validated when read, the keys are derived here. With a
+/// JWT key as well, the token comes first and the session hook is its
+/// fallback (see [`with_jwt`]).
 #[cfg(feature = "rails")]
 pub fn with_rails(
     builder: CableBuilder,
@@ -220,7 +229,7 @@ pub fn with_rails(
 ) -> Result<CableBuilder, StandaloneError> {
     let r = &settings.rails;
     if !r.enabled() {
-        return Ok(builder);
+        return with_jwt(builder, settings);
     }
     let rails = r.clone().build().map_err(|e| StandaloneError::Rails {
         source: BoxError::from(e),
@@ -233,16 +242,54 @@ pub fn with_rails(
         r.pubsub_signed,
         r.pubsub_public
     );
-    Ok(rails.install(builder))
+    let builder = rails.install(builder);
+    match (jwt_auth(settings)?, r.session_cookie.is_some()) {
+        (Some(jwt), true) => Ok(builder.authenticate(jwt.or_else(rails.authenticator()))),
+        _ => with_jwt(builder, settings),
+    }
 }
 
-/// Without the `rails` feature there are no Rails settings to wire.
+/// Without the `rails` feature there are no Rails settings to wire, only
+/// the JWT.
 #[cfg(not(feature = "rails"))]
 pub fn with_rails(
     builder: CableBuilder,
-    _settings: &Settings,
+    settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
-    Ok(builder)
+    with_jwt(builder, settings)
+}
+
+/// Identifies connections by AnyCable's JWT when `settings` have a key
+/// (`jwt_secret` or `secret`): connections without a token are refused
+/// with `enforce_jwt`, else accepted with no identifiers. This replaces
+/// the builder's connection hook; [`with_rails`] puts the Rails session
+/// hook behind the token instead.
+pub fn with_jwt(
+    builder: CableBuilder,
+    settings: &Settings,
+) -> Result<CableBuilder, StandaloneError> {
+    Ok(match jwt_auth(settings)? {
+        Some(jwt) => builder.authenticate(jwt),
+        None => builder,
+    })
+}
+
+fn jwt_auth(settings: &Settings) -> Result<Option<cable_anycable::JwtAuth>, StandaloneError> {
+    let Some(key) = settings.jwt_key() else {
+        return Ok(None);
+    };
+    let config = cable_anycable::JwtConfig::new(key)
+        .param(&settings.jwt_param)
+        .enforce(settings.enforce_jwt);
+    let jwt =
+        cable_anycable::JwtAuth::new(config).map_err(|source| StandaloneError::Jwt { source })?;
+    tracing::info!(
+        "JWT identification: ?{} / X-{} / anycable-token subprotocol, enforced {}",
+        settings.jwt_param,
+        settings.jwt_param.to_ascii_uppercase(),
+        settings.enforce_jwt
+    );
+    Ok(Some(jwt))
 }
 
 /// The transport settings `settings` describe.
@@ -287,6 +334,9 @@ pub fn serve_options(settings: &Settings) -> ServeOptions {
 /// signal, every client is sent `server_restart`, connections drain for up
 /// to `settings.shutdown_timeout`, and the call returns `Ok`.
 pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), StandaloneError> {
+    for notice in settings.notices() {
+        tracing::warn!("{notice}");
+    }
     let mut core = CableConfig::default();
     core.outbound_queue_bytes = settings.outbound_queue;
     core.max_subscriptions_per_connection = settings.max_subscriptions_per_connection;
@@ -328,6 +378,23 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     // The public address gets /health alone unless asked otherwise: /stats
     // and /metrics answer anyone, and /_broadcast is worth guessing at.
     let (app, stats_task) = match (settings.stats_bind, settings.ops_on_public_port) {
+        // AnyCable's `http` broadcaster with a key: /_broadcast on the main
+        // port, beside /health (no /stats, /metrics).
+        (None, false) if settings.http_broadcast() && settings.broadcast_key.is_some() => {
+            tracing::info!(
+                "POST /_broadcast on the public address (broadcast_adapter = http, as AnyCable \
+                 with a key); /stats and /metrics are off: set stats_bind"
+            );
+            let ops = settings
+                .broadcast_key
+                .clone()
+                .map(OpsConfig::with_broadcast_key);
+            let broadcast = broadcast_router(cable.clone(), ops.unwrap_or_default());
+            (
+                app.merge(broadcast).merge(health_router(cable.clone())),
+                None,
+            )
+        }
         (None, true) => {
             tracing::warn!(
                 "operator endpoints /stats, /metrics and /_broadcast on the public address \
@@ -339,7 +406,7 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
             if settings.broadcast_key.is_some() {
                 tracing::warn!(
                     "broadcast_key is set but POST /_broadcast is served nowhere: set \
-                     stats_bind or ops_on_public_port"
+                     stats_bind, ops_on_public_port or broadcast_adapter = http"
                 );
             }
             tracing::info!(

@@ -1,8 +1,8 @@
 //! `cable-server`: the generic standalone ActionCable-compatible server.
 //!
-//! Settings come from a TOML file (`--config`), `CABLE_*` environment
-//! variables and flags, in that order of precedence; see
-//! `cable_standalone::settings`.
+//! Settings come from a TOML file (`--config`), `CABLE_*` (or AnyCable's
+//! `ANYCABLE_*`) environment variables and flags, in that order of
+//! precedence; see `cable_standalone::settings`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +14,9 @@ use clap::{CommandFactory, Parser};
 /// ActionCable-compatible WebSocket server (actioncable-v1-json), standalone.
 ///
 /// Every setting can also come from the TOML file given with --config, or
-/// from an environment variable CABLE_<NAME> (e.g. CABLE_BIND); a flag beats
-/// a variable, which beats the file.
+/// from an environment variable CABLE_<NAME> (e.g. CABLE_BIND) or
+/// ANYCABLE_<NAME> (AnyCable's names work too: ANYCABLE_PORT, ANYCABLE_SECRET);
+/// a flag beats a variable, which beats the file.
 #[derive(Parser, Debug, serde::Serialize)]
 #[command(name = "cable-server", version, about, long_about = None)]
 struct Args {
@@ -162,6 +163,18 @@ struct Args {
     /// Serve $pubsub with plain stream names: anyone may listen to any (true/false).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Rails")]
     pubsub_public: Option<String>,
+
+    // AnyCable's settings (docs/anycable.md). The secrets (secret,
+    // jwt_secret) come from ANYCABLE_* / CABLE_* or the file, never flags.
+    /// The query parameter carrying AnyCable's JWT; the header is X-<NAME> [default: jid].
+    #[arg(long, value_name = "NAME", help_heading = "AnyCable")]
+    jwt_param: Option<String>,
+    /// Refuse connections without a JWT (true/false).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "AnyCable")]
+    enforce_jwt: Option<String>,
+    /// AnyCable's broadcasters: http serves POST /_broadcast (redis, redisx, nats: not built yet).
+    #[arg(long, value_name = "LIST", help_heading = "AnyCable")]
+    broadcast_adapter: Option<String>,
 }
 
 impl Args {
@@ -205,6 +218,7 @@ fn main() -> ExitCode {
     for name in unknown {
         eprintln!("cable-server: warning: {name} is not a setting (ignored)");
     }
+    let ignored = env.ignored().join(", ");
     layers.push(env);
     match Layer::from_flags(&args, Args::flag_names()) {
         Ok(l) => layers.push(l),
@@ -225,6 +239,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings);
+    if !ignored.is_empty() {
+        // An AnyCable deployment sets what cable has not (RPC, say): no typo.
+        tracing::info!("AnyCable settings cable does not have, ignored: {ignored}");
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

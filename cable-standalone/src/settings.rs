@@ -1,9 +1,13 @@
 //! Settings of a standalone server: one [`Settings`] type read by serde
 //! from layers merged with figment, later layers winning: the defaults, a
-//! TOML file, `CABLE_*` environment variables, command-line flags.
+//! TOML file, `CABLE_*` (or AnyCable's `ANYCABLE_*`) environment variables,
+//! command-line flags.
 //!
 //! Keys are flat, as in the file (`ping_interval = "3s"`); the variable is
 //! `CABLE_` and the key in capitals, the flag `--` and the key with dashes.
+//! Every key is also read from `ANYCABLE_` and the key (`CABLE_` wins), and
+//! AnyCable's own names are keys too (`secret`, `public_streams`, `port`,
+//! `pubsub`, ...), read into ours; see docs/anycable.md.
 //! The Rails keys are [`cable_rails::RailsConfig`]'s own, nested under
 //! `rails` while reading. A bad value gets the same error from any layer:
 //! the key, where it came from, the value, and what is allowed.
@@ -225,6 +229,60 @@ pub struct Settings {
     /// Beside a Rails app: its secrets, session and channels (docs/rails.md).
     #[cfg(feature = "rails")]
     pub rails: cable_rails::RailsConfig,
+    /// AnyCable's application secret: what `jwt_secret`, `streams_secret`,
+    /// `turbo_streams_secret` and `broadcast_key` (derived from it as
+    /// AnyCable does) fall back to.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub secret: Option<String>,
+    /// The HMAC key of AnyCable's JWTs; default `secret`. With a key,
+    /// connections are identified by their token ([`Settings::jwt_key`]).
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub jwt_secret: Option<String>,
+    /// The query parameter carrying the JWT (the header is `X-` and it).
+    /// Default `jid`.
+    pub jwt_param: String,
+    /// Refuse connections without a JWT. Default false.
+    pub enforce_jwt: bool,
+    /// AnyCable's broadcasters: `http` serves `POST /_broadcast` (on the
+    /// public address unless `stats_bind` is set, as AnyCable does with a
+    /// key); `redis`, `redisx` and `nats` are not built yet (a warning).
+    #[serde(deserialize_with = "de::list")]
+    pub broadcast_adapter: Vec<String>,
+    /// AnyCable's whispers on signed streams: accepted, no effect yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams_whisper: Option<bool>,
+    /// AnyCable's presence TTL: accepted, no effect yet.
+    #[serde(with = "duration::optional", skip_serializing_if = "Option::is_none")]
+    pub presence_ttl: Option<Duration>,
+    // AnyCable's names for settings with names of their own here, read
+    // into those when the settings are checked (and then unset). Both set
+    // to different values is an error.
+    /// AnyCable's `host`: the IP address of `bind` (or `localhost`).
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub host: Option<String>,
+    /// AnyCable's `port`: the port of `bind`.
+    #[serde(skip_serializing)]
+    pub port: Option<u16>,
+    /// AnyCable's `path`: `mount_path`.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub path: Option<String>,
+    /// AnyCable's `pubsub`: `redis` is the Redis `adapter` at `redis_url`.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub pubsub: Option<String>,
+    /// AnyCable's `redis_url`, for `pubsub = "redis"`. Default
+    /// redis://localhost:6379.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub redis_url: Option<String>,
+    /// AnyCable's `public_streams`: `pubsub_public`.
+    #[cfg(feature = "rails")]
+    #[serde(skip_serializing)]
+    pub public_streams: Option<bool>,
+    /// AnyCable's `turbo_streams_secret`: `turbo_verifier_key` (used as it
+    /// is). Without either, and without `secret_key_base`, Turbo's key is
+    /// the streams secret (and so `secret`), as AnyCable's.
+    #[cfg(feature = "rails")]
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub turbo_streams_secret: Option<String>,
 }
 
 impl fmt::Debug for Settings {
@@ -272,6 +330,22 @@ impl Default for Settings {
             secret_key_base_file: None,
             #[cfg(feature = "rails")]
             rails: cable_rails::RailsConfig::default(),
+            secret: None,
+            jwt_secret: None,
+            jwt_param: "jid".to_owned(),
+            enforce_jwt: false,
+            broadcast_adapter: Vec::new(),
+            streams_whisper: None,
+            presence_ttl: None,
+            host: None,
+            port: None,
+            path: None,
+            pubsub: None,
+            redis_url: None,
+            #[cfg(feature = "rails")]
+            public_streams: None,
+            #[cfg(feature = "rails")]
+            turbo_streams_secret: None,
         }
     }
 }
@@ -285,7 +359,21 @@ const SECRET_KEYS: &[&str] = &[
     "secret_key_base",
     "streams_secret",
     "turbo_verifier_key",
+    "secret",
+    "jwt_secret",
+    "turbo_streams_secret",
 ];
+
+/// AnyCable's broadcasters, and which of them cable has.
+const BROADCASTERS: &[(&str, bool)] = &[
+    ("http", true),
+    ("redis", false),
+    ("redisx", false),
+    ("nats", false),
+];
+
+/// AnyCable's `redis_url` default.
+const ANYCABLE_REDIS_URL: &str = "redis://localhost:6379";
 
 /// The longest duration a setting takes. Far more than any sane timeout,
 /// and far from where adding it to an `Instant` overflows (which panics).
@@ -361,6 +449,8 @@ pub fn keys() -> Vec<&'static str> {
 pub struct Layer {
     metadata: Metadata,
     dict: Dict,
+    /// `ANYCABLE_*` variables that are no setting here.
+    ignored: Vec<String>,
 }
 
 impl Provider for Layer {
@@ -402,39 +492,70 @@ impl Layer {
                 known: known.join(", "),
             });
         }
-        Ok(Layer {
-            metadata: Metadata::from("TOML file", path),
-            dict: figment::providers::Serialized::defaults(table)
-                .data()
-                .map_err(|e| error(e.to_string()))?
-                .remove(&Profile::Default)
-                .unwrap_or_default(),
-        })
+        let dict = figment::providers::Serialized::defaults(table)
+            .data()
+            .map_err(|e| error(e.to_string()))?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
+        Ok(Layer::new(Metadata::from("TOML file", path), dict))
     }
 
-    /// The `CABLE_*` variables among `vars`, their values as text. Returns
-    /// the layer and the names of `CABLE_*` variables that are no setting
-    /// (likely typos).
+    fn new(metadata: Metadata, dict: Dict) -> Layer {
+        Layer {
+            metadata,
+            dict,
+            ignored: Vec::new(),
+        }
+    }
+
+    /// The `CABLE_*` and `ANYCABLE_*` variables among `vars`, their values
+    /// as text; for a key both give, `CABLE_`'s. Returns the layer and the
+    /// names of `CABLE_*` variables that are no setting (likely typos).
+    /// `ANYCABLE_*` ones that are no setting are no typo (an AnyCable
+    /// deployment sets what cable does not have, RPC's say): see
+    /// [`Layer::ignored`].
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> (Layer, Vec<String>) {
         let known = keys();
         let mut dict = Dict::new();
+        let mut names = std::collections::HashMap::new();
         let mut unknown = Vec::new();
+        let mut ignored = Vec::new();
         for (name, value) in vars {
-            let Some(rest) = name.strip_prefix("CABLE_") else {
-                continue;
+            let (rest, ours) = match name.strip_prefix("CABLE_") {
+                Some(rest) => (rest, true),
+                None => match name.strip_prefix("ANYCABLE_") {
+                    Some(rest) => (rest, false),
+                    None => continue,
+                },
             };
             let key = rest.to_ascii_lowercase();
-            if known.contains(&key.as_str()) {
+            if !known.contains(&key.as_str()) {
+                if ours { &mut unknown } else { &mut ignored }.push(name);
+            } else if ours || !dict.contains_key(&key) {
+                names.insert(key.clone(), name);
                 dict.insert(key, value.into());
-            } else {
-                unknown.push(name);
             }
         }
         let metadata =
-            Metadata::named("environment variable").interpolater(|_: &Profile, k: &[&str]| {
-                format!("CABLE_{}", k.last().unwrap_or(&"").to_ascii_uppercase())
+            Metadata::named("environment variable").interpolater(move |_: &Profile, k: &[&str]| {
+                let key = k.last().unwrap_or(&"");
+                names
+                    .get(*key)
+                    .cloned()
+                    .unwrap_or_else(|| format!("CABLE_{}", key.to_ascii_uppercase()))
             });
-        (Layer { metadata, dict }, unknown)
+        ignored.sort();
+        let layer = Layer {
+            ignored,
+            ..Layer::new(metadata, dict)
+        };
+        (layer, unknown)
+    }
+
+    /// The `ANYCABLE_*` variables [`Layer::from_env`] found that are no
+    /// setting here, sorted: to log once, by name (never their values).
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// Flags: `flags` serialises to a table of keys (`None` and empty
@@ -462,7 +583,7 @@ impl Layer {
                 .map(|(_, f)| f.clone())
                 .unwrap_or_else(|| format!("--{}", key.replace('_', "-")))
         });
-        Ok(Layer { metadata, dict })
+        Ok(Layer::new(metadata, dict))
     }
 
     /// One value (for tests and for programs that set a few keys).
@@ -477,8 +598,65 @@ impl Layer {
             }
             Source::Default => Metadata::named("default"),
         };
-        Layer { metadata, dict }
+        Layer::new(metadata, dict)
     }
+}
+
+/// Where `key` is in the merged settings (`rails.` before Rails' keys).
+fn key_path(key: &str) -> String {
+    if rails_keys().contains(&key) {
+        format!("rails.{key}")
+    } else {
+        key.to_owned()
+    }
+}
+
+/// Where `key` was set, or `None` for its default.
+fn set_by(figment: &Figment, key: &str) -> Option<Source> {
+    let path = key_path(key);
+    figment.find_value(&path).ok()?;
+    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+    Some(source_of(figment.find_metadata(&path), &segments))
+}
+
+/// The error for `key`'s value (or for `item`, one of its values).
+fn invalid_in(figment: &Figment, key: &str, item: Option<&str>, expected: &str) -> SettingsError {
+    let path = key_path(key);
+    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+    let value = item.map(str::to_owned).unwrap_or_else(|| {
+        figment
+            .find_value(&path)
+            .map(|v| show(&v))
+            .unwrap_or_default()
+    });
+    SettingsError::Invalid {
+        key: key.to_owned(),
+        from: source_of(figment.find_metadata(&path), &segments),
+        value: masked(key, &value),
+        expected: expected.to_owned(),
+    }
+}
+
+/// Reads `value`, given under AnyCable's name `alias`, into `own` (the
+/// `own_key` setting); an error when `own_key` was set too, to another value.
+fn same_setting<T: PartialEq>(
+    figment: &Figment,
+    alias: &str,
+    value: T,
+    own_key: &str,
+    own: &mut T,
+) -> Result<(), SettingsError> {
+    if *own != value {
+        if let Some(from) = set_by(figment, own_key) {
+            let alias_from = set_by(figment, alias).unwrap_or(Source::Default);
+            return Err(SettingsError::Conflict(format!(
+                "`{alias}` (from {alias_from}) and `{own_key}` (from {from}) are one setting \
+                 with two values: set one of them"
+            )));
+        }
+    }
+    *own = value;
+    Ok(())
 }
 
 /// What `meta` names as the source of the value at `path`.
@@ -583,25 +761,9 @@ impl Settings {
 
     /// The checks serde's types do not make, once, on the merged settings.
     fn check(&mut self, figment: &Figment) -> Result<(), SettingsError> {
+        self.read_anycable_names(figment)?;
         let invalid_item = |key: &str, item: Option<&str>, expected: &str| {
-            let path = if rails_keys().contains(&key) {
-                format!("rails.{key}")
-            } else {
-                key.to_owned()
-            };
-            let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-            let value = item.map(str::to_owned).unwrap_or_else(|| {
-                figment
-                    .find_value(&path)
-                    .map(|v| show(&v))
-                    .unwrap_or_default()
-            });
-            SettingsError::Invalid {
-                key: key.to_owned(),
-                from: source_of(figment.find_metadata(&path), &segments),
-                value: masked(key, &value),
-                expected: expected.to_owned(),
-            }
+            invalid_in(figment, key, item, expected)
         };
         let invalid = |key: &str, expected: &str| invalid_item(key, None, expected);
         let conflict = |m: &str| Err(SettingsError::Conflict(m.to_owned()));
@@ -719,11 +881,20 @@ impl Settings {
                  `ops_on_public_port` (beside the WebSocket endpoint), not both",
             );
         }
-        if self.broadcast_key.is_some() && self.stats_bind.is_none() && !self.ops_on_public_port {
+        // An AnyCable deployment's key serves its default broadcaster
+        // (redis, not built yet): a warning at startup, no error.
+        let anycable_key = matches!(set_by(figment, "broadcast_key"),
+            Some(Source::Env(name)) if name.starts_with("ANYCABLE_"));
+        if self.broadcast_key.is_some()
+            && self.stats_bind.is_none()
+            && !self.ops_on_public_port
+            && !self.http_broadcast()
+            && !anycable_key
+        {
             return conflict(
                 "`broadcast_key` is set but POST /_broadcast is served nowhere: set \
                  `stats_bind` to a private address (or `ops_on_public_port = true` to serve it \
-                 beside the WebSocket endpoint)",
+                 beside the WebSocket endpoint, or AnyCable's `broadcast_adapter = \"http\"`)",
             );
         }
         if self.channel_prefix.is_some() && self.adapter.starts_with("memory") {
@@ -763,7 +934,171 @@ impl Settings {
         if self.rails.enabled() {
             self.rails.validate().map_err(SettingsError::Rails)?;
         }
+        self.check_anycable(figment)
+    }
+
+    /// Reads AnyCable's names into cable's own keys (before those are
+    /// checked), and the secrets into what falls back to them.
+    fn read_anycable_names(&mut self, figment: &Figment) -> Result<(), SettingsError> {
+        let invalid = |key: &str, expected: &str| invalid_in(figment, key, None, expected);
+        if let Some(path) = self.path.take() {
+            if path.contains(',') {
+                return Err(invalid(
+                    "path",
+                    "one path (cable serves a single one), e.g. /cable",
+                ));
+            }
+            same_setting(figment, "path", path, "mount_path", &mut self.mount_path)?;
+        }
+        let (host, port) = (self.host.take(), self.port.take());
+        if host.is_some() || port.is_some() {
+            let ip = match host.as_deref() {
+                None => self.bind.ip(),
+                Some("localhost") => std::net::Ipv4Addr::LOCALHOST.into(),
+                Some(h) => h
+                    .parse()
+                    .map_err(|_| invalid("host", "an IP address or localhost"))?,
+            };
+            let addr = SocketAddr::new(ip, port.unwrap_or(self.bind.port()));
+            let alias = if port.is_some() { "port" } else { "host" };
+            same_setting(figment, alias, addr, "bind", &mut self.bind)?;
+        }
+        let redis_url = self.redis_url.take();
+        match self
+            .pubsub
+            .take()
+            .map(|p| p.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("none") => {}
+            Some("redis") => {
+                let url = redis_url.unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned());
+                same_setting(figment, "pubsub", url, "adapter", &mut self.adapter)?;
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "pubsub",
+                    "redis (with redis_url) or none; AnyCable's nats is not built yet (the \
+                     adapter setting also takes postgres://)",
+                ))
+            }
+        }
+        #[cfg(feature = "rails")]
+        {
+            let r = &mut self.rails;
+            if let Some(public) = self.public_streams.take() {
+                same_setting(
+                    figment,
+                    "public_streams",
+                    public,
+                    "pubsub_public",
+                    &mut r.pubsub_public,
+                )?;
+            }
+            if let Some(key) = self.turbo_streams_secret.take() {
+                let own = &mut r.turbo_verifier_key;
+                same_setting(
+                    figment,
+                    "turbo_streams_secret",
+                    Some(key),
+                    "turbo_verifier_key",
+                    own,
+                )?;
+            }
+            if r.streams_secret.is_none() {
+                r.streams_secret = self.secret.clone();
+            }
+            // A streams secret turns signed streams on, as in AnyCable,
+            // unless `pubsub_signed` says otherwise.
+            if r.streams_secret.is_some() && set_by(figment, "pubsub_signed").is_none() {
+                r.pubsub_signed = true;
+            }
+            // Turbo's key comes from `secret_key_base` as turbo-rails
+            // derives it; without one, AnyCable's fallback.
+            if r.turbo && r.turbo_verifier_key.is_none() && r.secret_key_base.is_empty() {
+                r.turbo_verifier_key = r.streams_secret.clone();
+            }
+        }
         Ok(())
+    }
+
+    /// The AnyCable settings' own checks, once the others passed; derives
+    /// the broadcast key from `secret` when none is given.
+    fn check_anycable(&mut self, figment: &Figment) -> Result<(), SettingsError> {
+        let invalid = |key: &str, expected: &str| invalid_in(figment, key, None, expected);
+        self.broadcast_adapter
+            .iter_mut()
+            .for_each(|a| a.make_ascii_lowercase());
+        let known = |a: &&String| BROADCASTERS.iter().any(|(name, _)| name == a);
+        if let Some(a) = self.broadcast_adapter.iter().find(|a| !known(a)) {
+            let expected = "AnyCable's broadcasters: http, redis, redisx, nats (comma-separated)";
+            return Err(invalid_in(figment, "broadcast_adapter", Some(a), expected));
+        }
+        if let Some(secret) = self.jwt_key() {
+            let config = cable_anycable::JwtConfig::new(secret).param(&self.jwt_param);
+            if let Err(e) = cable_anycable::JwtAuth::new(config) {
+                return Err(invalid("jwt_param", &e.to_string()));
+            }
+        } else if self.enforce_jwt {
+            return Err(SettingsError::Conflict(
+                "`enforce_jwt` needs a key to check tokens with: set `jwt_secret` or `secret`"
+                    .to_owned(),
+            ));
+        }
+        if self.broadcast_key.is_none() {
+            self.broadcast_key = self.secret.as_deref().map(cable_anycable::broadcast_key);
+        }
+        if self.http_broadcast() && self.broadcast_key.is_none() {
+            return Err(SettingsError::Conflict(
+                "`broadcast_adapter = \"http\"` needs `broadcast_key` or `secret`: cable never \
+                 serves POST /_broadcast without a key (AnyCable's unauthenticated :8090)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key of AnyCable's JWTs: `jwt_secret`, else `secret`. With one,
+    /// connections are identified by their token.
+    pub fn jwt_key(&self) -> Option<&str> {
+        self.jwt_secret.as_deref().or(self.secret.as_deref())
+    }
+
+    /// Whether AnyCable's `http` broadcaster is asked for: `POST
+    /// /_broadcast` on `stats_bind` if set, else on the public address
+    /// (alone, unless `ops_on_public_port`).
+    pub fn http_broadcast(&self) -> bool {
+        self.broadcast_adapter.iter().any(|a| a == "http")
+    }
+
+    /// What the settings ask for that has no effect (yet), to log at
+    /// startup: AnyCable's broadcasters and features cable does not have.
+    pub fn notices(&self) -> Vec<String> {
+        let mut notices: Vec<String> = self
+            .broadcast_adapter
+            .iter()
+            .filter(|a| BROADCASTERS.contains(&(a.as_str(), false)))
+            .map(|a| {
+                format!(
+                    "broadcast_adapter {a}: not built yet, nothing is received through it; \
+                     publish with POST /_broadcast (broadcast_adapter = \"http\")"
+                )
+            })
+            .collect();
+        let no_effect = [
+            (
+                "streams_whisper",
+                self.streams_whisper.is_some(),
+                "whispers",
+            ),
+            ("presence_ttl", self.presence_ttl.is_some(), "presence"),
+        ];
+        for (key, set, what) in no_effect {
+            if set {
+                notices.push(format!("{key} has no effect yet: {what} are not built yet"));
+            }
+        }
+        notices
     }
 
     /// The effective settings as TOML that `--config` reads back. Secrets
@@ -779,9 +1114,12 @@ impl Settings {
             table.remove("secret_key_base");
         }
         let mut set = Vec::new();
-        if self.broadcast_key.is_some() {
-            set.push("broadcast_key");
-        }
+        let secrets = [
+            ("secret", &self.secret),
+            ("jwt_secret", &self.jwt_secret),
+            ("broadcast_key", &self.broadcast_key),
+        ];
+        set.extend(secrets.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k));
         #[cfg(feature = "rails")]
         {
             let r = &self.rails;
@@ -979,6 +1317,29 @@ mod duration {
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
+
+    /// The same, for a duration that may be unset.
+    pub(super) mod optional {
+        use std::time::Duration;
+
+        use serde::{Deserializer, Serializer};
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
 /// A count where `0` or `none` means no limit, at most [`MAX_NUMBER`];
@@ -1154,6 +1515,288 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Settings from these environment variables alone.
+    fn from_vars(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::from_layers(&[Layer::from_env(vars).0])
+    }
+
+    /// printf broadcast-cable | openssl dgst -sha256 -hmac anycable-test-secret-1234
+    const DERIVED_BROADCAST_KEY: &str =
+        "02c287a8ee5b4cb72d4af3ad9ae444a08c570bb9a2ea6090934cbca3f582e5bb";
+
+    #[test]
+    fn anycable_variables_beside_cable_ones() {
+        let (env, unknown) = Layer::from_env([
+            ("ANYCABLE_PING_INTERVAL".into(), "5".into()),
+            ("ANYCABLE_HISTORY_LIMIT".into(), "7".into()),
+            ("CABLE_PING_INTERVAL".into(), "2".into()),
+            ("ANYCABLE_RPC_HOST".into(), "localhost:50051".into()),
+            ("ANYCABLE_DEBUG".into(), "true".into()),
+            ("CABLE_PING_INTERVALL".into(), "1".into()),
+        ]);
+        // CABLE_ wins; unknown ANYCABLE_ names are ignored, not typos.
+        assert_eq!(unknown, ["CABLE_PING_INTERVALL"]);
+        assert_eq!(env.ignored(), ["ANYCABLE_DEBUG", "ANYCABLE_RPC_HOST"]);
+        let s = Settings::from_layers(&[env]).unwrap();
+        assert_eq!(s.ping_interval, Duration::from_secs(2));
+        assert_eq!(s.history_limit, 7);
+        // An error names the variable the value came from.
+        match from_vars(&[("ANYCABLE_MAX_MESSAGE_SIZE", "huge")]) {
+            Err(SettingsError::Invalid { key, from, .. }) => {
+                assert_eq!(key, "max_message_size");
+                assert_eq!(from, Source::Env("ANYCABLE_MAX_MESSAGE_SIZE".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "rails")]
+    fn anycable_secret_is_the_fallback_of_every_key() {
+        const SECRET: &str = "anycable-test-secret-1234";
+        let s = from_vars(&[
+            ("ANYCABLE_SECRET", SECRET),
+            ("ANYCABLE_TURBO_STREAMS", "true"),
+        ])
+        .unwrap();
+        assert_eq!(s.jwt_key(), Some(SECRET));
+        assert_eq!(s.rails.streams_secret.as_deref(), Some(SECRET));
+        assert!(
+            s.rails.pubsub_signed,
+            "a streams secret turns signed streams on"
+        );
+        assert!(!s.rails.pubsub_public);
+        assert_eq!(s.rails.turbo_verifier_key.as_deref(), Some(SECRET));
+        assert_eq!(s.broadcast_key.as_deref(), Some(DERIVED_BROADCAST_KEY));
+        // Each key of its own beats the secret; Turbo's falls back to the
+        // streams secret first.
+        let s = from_vars(&[
+            ("ANYCABLE_SECRET", SECRET),
+            ("ANYCABLE_JWT_SECRET", "jwt-key"),
+            ("ANYCABLE_STREAMS_SECRET", "streams-key"),
+            ("ANYCABLE_BROADCAST_KEY", "broadcast-key-of-its-own"),
+            ("ANYCABLE_TURBO_STREAMS", "true"),
+        ])
+        .unwrap();
+        assert_eq!(s.jwt_key(), Some("jwt-key"));
+        assert_eq!(s.rails.streams_secret.as_deref(), Some("streams-key"));
+        assert_eq!(s.rails.turbo_verifier_key.as_deref(), Some("streams-key"));
+        assert_eq!(s.broadcast_key.as_deref(), Some("broadcast-key-of-its-own"));
+        // CABLE_'s name for the same key still needs somewhere to serve it.
+        let e = from_vars(&[("CABLE_BROADCAST_KEY", "broadcast-key-of-its-own")]).unwrap_err();
+        assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
+        let s = from_vars(&[
+            ("ANYCABLE_SECRET", SECRET),
+            ("ANYCABLE_TURBO_STREAMS_SECRET", "turbo-key"),
+            ("ANYCABLE_TURBO_STREAMS", "true"),
+            ("CABLE_PUBSUB_SIGNED", "false"),
+        ])
+        .unwrap();
+        assert_eq!(s.rails.turbo_verifier_key.as_deref(), Some("turbo-key"));
+        assert!(!s.rails.pubsub_signed, "pubsub_signed given says otherwise");
+        // Beside a Rails app, Turbo's key comes from secret_key_base.
+        let s = from_vars(&[
+            ("ANYCABLE_SECRET", SECRET),
+            ("ANYCABLE_TURBO_STREAMS", "true"),
+            ("CABLE_SECRET_KEY_BASE", &"b".repeat(64)),
+        ])
+        .unwrap();
+        assert_eq!(s.rails.turbo_verifier_key, None);
+        // No secret: none of it.
+        let s = from_vars(&[]).unwrap();
+        assert_eq!((s.jwt_key(), s.broadcast_key.as_deref()), (None, None));
+        assert!(!s.rails.pubsub_signed && s.rails.streams_secret.is_none());
+    }
+
+    #[test]
+    fn anycable_names_read_into_cable_keys() {
+        type Check = fn(&Settings) -> bool;
+        type Vars = &'static [(&'static str, &'static str)];
+        let cases: &[(&str, Vars, Check)] = &[
+            ("port alone", &[("ANYCABLE_PORT", "8081")], |s| {
+                s.bind == SocketAddr::from(([127, 0, 0, 1], 8081))
+            }),
+            (
+                "host and port",
+                &[("ANYCABLE_HOST", "0.0.0.0"), ("ANYCABLE_PORT", "8081")],
+                |s| s.bind == SocketAddr::from(([0, 0, 0, 0], 8081)),
+            ),
+            ("localhost", &[("ANYCABLE_HOST", "localhost")], |s| {
+                s.bind == SocketAddr::from(([127, 0, 0, 1], 28080))
+            }),
+            ("path", &[("ANYCABLE_PATH", "/ws")], |s| {
+                s.mount_path == "/ws"
+            }),
+            (
+                "pubsub redis at redis_url",
+                &[
+                    ("ANYCABLE_PUBSUB", "redis"),
+                    ("ANYCABLE_REDIS_URL", "redis://db:6380/1"),
+                ],
+                |s| s.adapter == "redis://db:6380/1",
+            ),
+            (
+                "pubsub redis at its default",
+                &[("ANYCABLE_PUBSUB", "redis")],
+                |s| s.adapter == "redis://localhost:6379",
+            ),
+            (
+                "redis_url alone is no adapter",
+                &[("ANYCABLE_REDIS_URL", "redis://db")],
+                |s| s.adapter == "memory",
+            ),
+            ("jwt_param", &[("ANYCABLE_JWT_PARAM", "token")], |s| {
+                s.jwt_param == "token"
+            }),
+            (
+                "streams_whisper and presence_ttl, accepted",
+                &[
+                    ("ANYCABLE_STREAMS_WHISPER", "true"),
+                    ("ANYCABLE_PRESENCE_TTL", "15"),
+                ],
+                |s| {
+                    s.streams_whisper == Some(true)
+                        && s.presence_ttl == Some(Duration::from_secs(15))
+                        && s.notices().len() == 2
+                },
+            ),
+            (
+                "the same value under both names",
+                &[("ANYCABLE_PATH", "/ws"), ("CABLE_MOUNT_PATH", "/ws")],
+                |s| s.mount_path == "/ws",
+            ),
+            #[cfg(feature = "rails")]
+            (
+                "public_streams",
+                &[("ANYCABLE_PUBLIC_STREAMS", "true")],
+                |s| s.rails.pubsub_public && !s.rails.pubsub_signed,
+            ),
+            #[cfg(feature = "rails")]
+            (
+                "turbo_streams_secret",
+                &[
+                    ("ANYCABLE_TURBO_STREAMS", "true"),
+                    ("ANYCABLE_TURBO_STREAMS_SECRET", "turbo-key"),
+                ],
+                |s| s.rails.turbo && s.rails.turbo_verifier_key.as_deref() == Some("turbo-key"),
+            ),
+        ];
+        for (case, vars, check) in cases {
+            let s = from_vars(vars).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert!(check(&s), "{case}: {s:?}");
+            // Read into cable's keys: the printed settings read back alone.
+            let printed = s.to_toml();
+            assert!(
+                !printed.contains("redis_url") && !printed.contains("\nport"),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_anycable_name_and_its_own_key_set_apart_are_an_error() {
+        let file = |k: &str, v: &str| one(k, v, Source::File("cable.toml".into()));
+        let cases: &[(&str, &str, &str, &str, &str)] = &[
+            ("path", "/ws", "mount_path", "/cable", "ANYCABLE_PATH"),
+            ("port", "8081", "bind", "127.0.0.1:9000", "ANYCABLE_PORT"),
+            (
+                "host",
+                "0.0.0.0",
+                "bind",
+                "127.0.0.1:28080",
+                "ANYCABLE_HOST",
+            ),
+            ("pubsub", "redis", "adapter", "memory", "ANYCABLE_PUBSUB"),
+            #[cfg(feature = "rails")]
+            (
+                "public_streams",
+                "true",
+                "pubsub_public",
+                "false",
+                "ANYCABLE_PUBLIC_STREAMS",
+            ),
+            #[cfg(feature = "rails")]
+            (
+                "turbo_streams_secret",
+                "turbo-hunter2",
+                "turbo_verifier_key",
+                "other-hunter2",
+                "ANYCABLE_TURBO_STREAMS_SECRET",
+            ),
+        ];
+        for (alias, value, own, own_value, var) in cases {
+            let (env, _) = Layer::from_env([(var.to_string(), value.to_string())]);
+            let e = Settings::from_layers(&[file(own, own_value), env]).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, SettingsError::Conflict(_)), "{alias}: {text}");
+            for part in [*alias, var, own, "cable.toml"] {
+                assert!(text.contains(part), "{alias}: {part} missing in {text}");
+            }
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn anycable_broadcasters_and_jwt_checks() {
+        const SECRET: &str = "anycable-test-secret-1234";
+        // http with a key: served on the public address, no stats_bind needed.
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "HTTP"),
+            ("ANYCABLE_SECRET", SECRET),
+        ])
+        .unwrap();
+        assert!(s.http_broadcast() && s.stats_bind.is_none());
+        assert!(s.notices().is_empty(), "{:?}", s.notices());
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "http"),
+            ("ANYCABLE_BROADCAST_KEY", "k".repeat(16).as_str()),
+        ])
+        .unwrap();
+        assert!(s.http_broadcast());
+        // Without a key, http is refused (never an open broadcast API).
+        let e = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "http")]).unwrap_err();
+        assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
+        // The broadcasters not built yet are accepted, and said so.
+        let s = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redis,redisx,nats")]).unwrap();
+        assert!(!s.http_broadcast());
+        let notices = s.notices();
+        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert!(
+            notices.iter().all(|n| n.contains("not built yet")),
+            "{notices:?}"
+        );
+        // A derived key with nowhere to serve it is no error (AnyCable's
+        // default broadcaster is redis).
+        let s = from_vars(&[("ANYCABLE_SECRET", SECRET)]).unwrap();
+        assert_eq!(s.broadcast_key.as_deref(), Some(DERIVED_BROADCAST_KEY));
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("ANYCABLE_BROADCAST_ADAPTER", "kafka")],
+                "`broadcast_adapter`",
+            ),
+            (&[("ANYCABLE_PUBSUB", "nats")], "`pubsub`"),
+            (&[("ANYCABLE_PATH", "/a,/b")], "`path`"),
+            (&[("ANYCABLE_HOST", "example.com")], "`host`"),
+            (&[("ANYCABLE_PORT", "http")], "`port`"),
+            (
+                &[("ANYCABLE_SECRET", SECRET), ("ANYCABLE_JWT_PARAM", "j id")],
+                "`jwt_param`",
+            ),
+            (&[("ANYCABLE_ENFORCE_JWT", "true")], "`enforce_jwt`"),
+        ];
+        for (vars, named) in cases {
+            let e = from_vars(vars).unwrap_err().to_string();
+            assert!(e.contains(named), "{vars:?}: {e}");
+        }
+        let s = from_vars(&[
+            ("ANYCABLE_ENFORCE_JWT", "true"),
+            ("ANYCABLE_JWT_SECRET", "j"),
+        ])
+        .unwrap();
+        assert!(s.enforce_jwt && s.jwt_key() == Some("j"));
+    }
+
     #[test]
     fn later_layers_win() {
         let file = one("ping_interval", "5", Source::File("c.toml".into()));
@@ -1214,6 +1857,8 @@ mod tests {
         s.rails.secret_key_base = vec!["base-hunter2".into()];
         s.rails.streams_secret = Some("streams-hunter2".into());
         s.rails.turbo_verifier_key = Some("turbo-hunter2".into());
+        s.secret = Some("anycable-hunter2".into());
+        s.jwt_secret = Some("jwt-hunter2".into());
         for text in [format!("{s:?}"), s.to_toml()] {
             assert!(!text.contains("hunter2"), "{text}");
             assert!(text.contains("password=***"), "{text}");

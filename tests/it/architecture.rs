@@ -34,6 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cable-redis",
             "cable-postgres",
             "cable-rails",
+            "cable-anycable",
         ],
     ),
 ];

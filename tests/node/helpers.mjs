@@ -24,6 +24,10 @@ export const PROTOCOL = "actioncable-v1-json";
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 export const CHAT_BIN =
   process.env.CHAT_BIN || fileURLToPath(new URL("../../target/debug/chat", import.meta.url));
+// cable-standalone's generic server.
+export const CABLE_SERVER_BIN =
+  process.env.CABLE_SERVER_BIN ||
+  fileURLToPath(new URL("../../target/debug/cable-server", import.meta.url));
 
 const ACTIONCABLE_ESM = import.meta.resolve(
   "@rails/actioncable/app/assets/javascripts/actioncable.esm.js",
@@ -143,26 +147,40 @@ export class ChatServer {
   }
 }
 
-/** Spawns the chat example and resolves once it is accepting connections. */
+/**
+ * Spawns the chat example and resolves once it is accepting connections.
+ * With `env`, spawns `bin` (default cable-server) configured by those
+ * variables alone: no flags, and no CABLE_* / ANYCABLE_* of this process.
+ */
 export async function startServer({
   port,
   admin = false,
   origins = [ORIGIN],
   readyTimeout = 20_000,
   extraArgs = [],
+  env,
+  bin = env ? CABLE_SERVER_BIN : CHAT_BIN,
 } = {}) {
-  if (!existsSync(CHAT_BIN)) {
+  if (!existsSync(bin)) {
     throw new Error(
-      `chat binary not found at ${CHAT_BIN}: run \`cargo build -p chat-example\` or set CHAT_BIN`,
+      `server binary not found at ${bin}: run \`cargo build -p chat-example\` ` +
+        "(or -p cable-standalone) or set CHAT_BIN / CABLE_SERVER_BIN",
     );
   }
   if (!port) port = await freePort();
-  const args = ["--bind", `127.0.0.1:${port}`];
-  for (const o of origins) args.push("--allowed-origin", o);
-  if (admin) args.push("--admin");
+  const args = [];
+  if (!env) {
+    args.push("--bind", `127.0.0.1:${port}`);
+    for (const o of origins) args.push("--allowed-origin", o);
+    if (admin) args.push("--admin");
+  }
   args.push(...extraArgs);
+  const childEnv = env && {
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(ANY)?CABLE_/.test(k))),
+    ...env,
+  };
 
-  const child = spawn(CHAT_BIN, args, { stdio: ["ignore", "pipe", "pipe"], cwd: HERE });
+  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], cwd: HERE, env: childEnv });
   const server = new ChatServer({ port, admin, origins, child, args });
   liveServers.add(server);
   child.once("error", (err) => {

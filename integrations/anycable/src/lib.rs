@@ -40,7 +40,12 @@
 //! # drop(auth);
 //! # Ok::<(), cable_anycable::JwtConfigError>(())
 //! ```
+//!
+//! **Derived keys.** [`broadcast_key`] is the bearer key of
+//! `POST /_broadcast` that AnyCable derives from its application secret.
 
 mod jwt;
+mod keys;
 
 pub use jwt::{JwtAuth, JwtConfig, JwtConfigError, TOKEN_SUBPROTOCOL_PREFIX};
+pub use keys::broadcast_key;

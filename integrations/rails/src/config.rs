@@ -166,14 +166,16 @@ impl RailsConfig {
             || self.pubsub_public
     }
 
-    /// Checks the configuration. Only public `$pubsub` streams work
-    /// without a `secret_key_base` (nothing to verify).
+    /// Checks the configuration. Without a `secret_key_base` only what
+    /// needs no key derived from it works: public `$pubsub` streams, signed
+    /// ones with `streams_secret`, Turbo with `turbo_verifier_key` (as an
+    /// AnyCable deployment configures them); the session always needs it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let public_only = self.pubsub_public
-            && !self.pubsub_signed
-            && !self.turbo
+        let own_keys_only = (self.pubsub_public || self.pubsub_signed || self.turbo)
+            && (!self.pubsub_signed || self.streams_secret.is_some())
+            && (!self.turbo || self.turbo_verifier_key.is_some())
             && self.session_cookie.is_none();
-        if (self.secret_key_base.is_empty() && !public_only)
+        if (self.secret_key_base.is_empty() && !own_keys_only)
             || self.secret_key_base.iter().any(String::is_empty)
         {
             return Err(ConfigError::MissingSecret);
@@ -564,13 +566,22 @@ mod tests {
         assert!(serde_json::from_str::<RailsConfig>(r#"{"turbo": true}"#).is_err());
         let e = serde_json::from_str::<RailsConfig>(r#"{"key_derivation": "md5"}"#).unwrap_err();
         assert!(e.to_string().contains("SHA1 or SHA256"), "{e}");
-        // Public `$pubsub` streams alone need no secret; anything else does.
+        // Public `$pubsub` streams alone need no secret_key_base.
         let mut p = RailsConfig {
             pubsub_public: true,
             ..RailsConfig::default()
         };
         assert!(p.enabled() && p.validate().is_ok());
         p.pubsub_signed = true;
+        assert_eq!(p.validate(), Err(ConfigError::MissingSecret));
+        // Signed `$pubsub` and Turbo with keys of their own need none either.
+        p.streams_secret = Some("streams".into());
+        assert!(p.validate().is_ok());
+        p.turbo = true;
+        assert_eq!(p.validate(), Err(ConfigError::MissingSecret));
+        p.turbo_verifier_key = Some("turbo".into());
+        assert!(p.validate().is_ok());
+        p.session_cookie = Some("_app_session".into());
         assert_eq!(p.validate(), Err(ConfigError::MissingSecret));
     }
 }

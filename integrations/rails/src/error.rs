@@ -54,8 +54,8 @@ pub enum CookieError {
 pub enum ConfigError {
     /// No `secret_key_base`, or an empty one.
     #[error(
-        "secret_key_base is missing or empty (session_cookie, turbo_streams and pubsub_signed \
-         need the app's secret)"
+        "secret_key_base is missing or empty (session_cookie needs the app's secret, \
+         turbo_streams too without turbo_verifier_key, pubsub_signed without streams_secret)"
     )]
     MissingSecret,
     /// `secret_key_base` is shorter than Rails accepts in production.

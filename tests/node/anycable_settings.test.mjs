@@ -1,0 +1,193 @@
+// The unmodified @anycable/web client against cable-server configured by
+// AnyCable's ANYCABLE_* variables alone (no CABLE_*, no flags): a JWT made
+// by the standard `jsonwebtoken` library in AnyCable's layout identifies the
+// connection (as ?jid= and as the anycable-token subprotocol), the client
+// streams from a public $pubsub stream and receives what is POSTed to
+// /_broadcast in AnyCable's format with the key derived from the secret; an
+// expired token gets token_expired (the tokenRefresher is called); with
+// ANYCABLE_ENFORCE_JWT, no token is unauthorized.
+//
+//   cargo build -p cable-standalone --bin cable-server
+//   cd tests/node && npm ci && node --test anycable_settings.test.mjs
+//
+// Env: CABLE_SERVER_BIN overrides the server binary.
+
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { after, afterEach, before, describe, it } from "node:test";
+import jwt from "jsonwebtoken";
+import WebSocket from "ws";
+import { createCable } from "@anycable/web";
+
+import { Scope, freePort, killAllServers } from "./helpers.mjs";
+
+const SECRET = "anycable-test-secret-1234";
+// printf broadcast-cable | openssl dgst -sha256 -hmac SECRET
+const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
+
+after(killAllServers);
+
+/** A token in AnyCable's layout: identifiers as JSON text in `ext`, `exp` in s. */
+function token(ids, ttlSeconds, key = SECRET) {
+  const exp = Math.floor(Date.now() / 1000) + ttlSeconds;
+  return jwt.sign({ ext: JSON.stringify(ids), exp }, key, { algorithm: "HS256" });
+}
+
+/** An @anycable/web cable that records its frames and events. */
+class Client {
+  constructor(url, options = {}) {
+    this.wire = [];
+    this.events = [];
+    this.sockets = [];
+    const client = this;
+    class RecordingWebSocket extends WebSocket {
+      constructor(address, protocols, opts = {}) {
+        // A page of the server's own origin (same-origin is always allowed).
+        const origin = new URL(String(address)).origin.replace(/^ws/, "http");
+        super(address, protocols, { ...opts, headers: { Origin: origin, ...(opts.headers || {}) } });
+        client.sockets.push(this);
+        client.wire.push({ kind: "construct", data: { address: String(address), protocols } });
+        this.on("message", (d) => client.wire.push({ kind: "in", data: d.toString("utf8") }));
+      }
+    }
+    this.cable = createCable(url, {
+      protocol: "actioncable-v1-ext-json",
+      websocketImplementation: RecordingWebSocket,
+      reconnectStrategy: () => 100,
+      logLevel: "error",
+      ...options,
+    });
+    for (const ev of ["connect", "disconnect", "close"]) {
+      this.cable.on(ev, (e) => this.events.push({ ev, reason: e?.reason }));
+    }
+  }
+
+  framesIn() {
+    return this.wire.filter((w) => w.kind === "in").map((w) => JSON.parse(w.data)).filter((f) => f.type !== "ping");
+  }
+
+  dump() {
+    return `--- client ---\n${this.wire.map((w) => `${w.kind} ${JSON.stringify(w.data)}`).join("\n")}\nevents ${JSON.stringify(this.events)}`;
+  }
+
+  async close() {
+    this.cable.disconnect();
+    for (const s of this.sockets) if (s.readyState <= WebSocket.OPEN) s.terminate();
+  }
+}
+
+class JwtScope extends Scope {
+  anycable(url, options) {
+    return this.keepClient(new Client(url, options));
+  }
+
+  /** cable-server on a free port, configured by `env` (ANYCABLE_*) only. */
+  async server(env) {
+    const port = await freePort();
+    return this.startServer({ port, env: { ANYCABLE_PORT: String(port), ...env } });
+  }
+}
+
+async function broadcast(server, stream, data, key = BROADCAST_KEY) {
+  const res = await fetch(`${server.httpUrl}/_broadcast`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ stream, data: JSON.stringify(data) }),
+  });
+  return res.status;
+}
+
+describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", () => {
+  const scope = new JwtScope();
+  let server;
+
+  before(async () => {
+    server = await scope.server({
+      ANYCABLE_SECRET: SECRET,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "http",
+      ANYCABLE_RPC_HOST: "localhost:50051",
+    });
+  });
+  afterEach(() => scope.closeClients());
+  after(() => scope.closeAll());
+
+  for (const strategy of ["param", "sub-protocol"]) {
+    it(
+      `a JWT (${strategy}) identifies the connection; a public stream gets /_broadcast's message`,
+      { timeout: 30_000 },
+      scope.wrap(async () => {
+        const jid = token({ user_id: "42" }, 60);
+        const c = scope.anycable(server.cableUrl, {
+          websocketAuthStrategy: strategy,
+          auth: { token: jid },
+        });
+        const construct = () => c.wire.find((w) => w.kind === "construct")?.data;
+        const got = [];
+        const channel = c.cable.streamFrom("anycable_news");
+        channel.on("message", (m) => got.push(m));
+        await scope.waitFor("subscribed", () => c.framesIn().some((f) => f.type === "confirm_subscription"));
+        const offered = construct();
+        if (strategy === "param") {
+          assert.equal(new URL(offered.address).searchParams.get("jid"), jid);
+        } else {
+          assert.ok(offered.protocols.includes(`anycable-token.${jid}`), JSON.stringify(offered));
+          assert.equal(new URL(offered.address).searchParams.get("jid"), null);
+        }
+        assert.equal(c.framesIn()[0].type, "welcome");
+        // Wrong key: refused; the derived key: delivered.
+        assert.equal(await broadcast(server, "anycable_news", { n: 0 }, "wrong-key-wrong-key"), 401);
+        assert.equal(await broadcast(server, "anycable_news", { n: 1 }), 201);
+        await scope.waitFor("the broadcast", () => got.length === 1);
+        assert.deepEqual(got, [{ n: 1 }]);
+        assert.ok(/AnyCable settings cable does not have, ignored: .*ANYCABLE_RPC_HOST/.test(server.log), server.logTail());
+        assert.ok(!server.log.includes("localhost:50051"), "values of ignored settings are never logged");
+      }),
+    );
+  }
+
+  it(
+    "an expired JWT gets token_expired and the tokenRefresher is called",
+    { timeout: 30_000 },
+    scope.wrap(async () => {
+      let refreshed = 0;
+      const c = scope.anycable(server.cableUrl, {
+        auth: { token: token({ user_id: "42" }, -10) },
+        tokenRefresher: async (transport) => {
+          refreshed++;
+          transport.setToken(token({ user_id: "42" }, 60), "jid");
+        },
+      });
+      c.cable.connect().catch(() => {});
+      await scope.waitFor("a disconnect frame", () =>
+        c.framesIn().some((f) => f.type === "disconnect"),
+      );
+      const frame = c.framesIn().find((f) => f.type === "disconnect");
+      assert.deepEqual(frame, { type: "disconnect", reason: "token_expired", reconnect: false });
+      await scope.waitFor("the client tells token_expired", () =>
+        c.events.some((e) => e.reason === "token_expired"),
+      );
+      await scope.waitFor("the token refresher", () => refreshed === 1);
+      await scope.waitFor("a welcome with the refreshed token", () =>
+        c.framesIn().some((f) => f.type === "welcome"),
+      );
+    }),
+  );
+
+  it(
+    "with ANYCABLE_ENFORCE_JWT, a connection without a token is unauthorized",
+    { timeout: 30_000 },
+    scope.wrap(async () => {
+      const enforced = await scope.server({ ANYCABLE_JWT_SECRET: SECRET, ANYCABLE_ENFORCE_JWT: "true" });
+      const c = scope.anycable(enforced.cableUrl);
+      c.cable.connect().catch(() => {});
+      await scope.waitFor("a disconnect frame", () => c.framesIn().some((f) => f.type === "disconnect"));
+      assert.equal(c.framesIn().find((f) => f.type === "disconnect").reason, "unauthorized");
+      assert.ok(!c.framesIn().some((f) => f.type === "welcome"));
+      // With a token, welcome.
+      const ok = scope.anycable(enforced.cableUrl, { auth: { token: token({ user_id: "7" }, 60) } });
+      ok.cable.connect().catch(() => {});
+      await scope.waitFor("welcome", () => ok.framesIn().some((f) => f.type === "welcome"));
+    }),
+  );
+});
