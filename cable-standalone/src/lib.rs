@@ -354,6 +354,7 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
         ttl: settings.history_ttl,
     };
     core.session_ttl = settings.sessions_ttl;
+    core.presence_ttl = settings.presence_ttl;
     core.pong_timeout = Some(settings.pong_timeout).filter(|t| !t.is_zero());
     let builder = with_rails(builder.config(core), &settings)?;
     let builder = with_adapter(builder, &settings)?;

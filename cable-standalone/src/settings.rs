@@ -248,12 +248,10 @@ pub struct Settings {
     /// key); `redis`, `redisx` and `nats` are not built yet (a warning).
     #[serde(deserialize_with = "de::list")]
     pub broadcast_adapter: Vec<String>,
-    /// AnyCable's whispers on signed streams: accepted, no effect yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub streams_whisper: Option<bool>,
-    /// AnyCable's presence TTL: accepted, no effect yet.
-    #[serde(with = "duration::optional", skip_serializing_if = "Option::is_none")]
-    pub presence_ttl: Option<Duration>,
+    /// How long a disconnected session stays present (AnyCable's
+    /// `presence_ttl`). Default 15 s.
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
     // AnyCable's names for settings with names of their own here, read
     // into those when the settings are checked (and then unset). Both set
     // to different values is an error.
@@ -277,6 +275,10 @@ pub struct Settings {
     #[cfg(feature = "rails")]
     #[serde(skip_serializing)]
     pub public_streams: Option<bool>,
+    /// AnyCable's `streams_whisper`: `pubsub_signed_whispers`.
+    #[cfg(feature = "rails")]
+    #[serde(skip_serializing)]
+    pub streams_whisper: Option<bool>,
     /// AnyCable's `turbo_streams_secret`: `turbo_verifier_key` (used as it
     /// is). Without either, and without `secret_key_base`, Turbo's key is
     /// the streams secret (and so `secret`), as AnyCable's.
@@ -335,8 +337,7 @@ impl Default for Settings {
             jwt_param: "jid".to_owned(),
             enforce_jwt: false,
             broadcast_adapter: Vec::new(),
-            streams_whisper: None,
-            presence_ttl: None,
+            presence_ttl: Duration::from_secs(15),
             host: None,
             port: None,
             path: None,
@@ -344,6 +345,8 @@ impl Default for Settings {
             redis_url: None,
             #[cfg(feature = "rails")]
             public_streams: None,
+            #[cfg(feature = "rails")]
+            streams_whisper: None,
             #[cfg(feature = "rails")]
             turbo_streams_secret: None,
         }
@@ -995,6 +998,15 @@ impl Settings {
                     &mut r.pubsub_public,
                 )?;
             }
+            if let Some(whisper) = self.streams_whisper.take() {
+                same_setting(
+                    figment,
+                    "streams_whisper",
+                    whisper,
+                    "pubsub_signed_whispers",
+                    &mut r.pubsub_signed_whispers,
+                )?;
+            }
             if let Some(key) = self.turbo_streams_secret.take() {
                 let own = &mut r.turbo_verifier_key;
                 same_setting(
@@ -1074,7 +1086,7 @@ impl Settings {
     /// What the settings ask for that has no effect (yet), to log at
     /// startup: AnyCable's broadcasters and features cable does not have.
     pub fn notices(&self) -> Vec<String> {
-        let mut notices: Vec<String> = self
+        let notices: Vec<String> = self
             .broadcast_adapter
             .iter()
             .filter(|a| BROADCASTERS.contains(&(a.as_str(), false)))
@@ -1085,19 +1097,6 @@ impl Settings {
                 )
             })
             .collect();
-        let no_effect = [
-            (
-                "streams_whisper",
-                self.streams_whisper.is_some(),
-                "whispers",
-            ),
-            ("presence_ttl", self.presence_ttl.is_some(), "presence"),
-        ];
-        for (key, set, what) in no_effect {
-            if set {
-                notices.push(format!("{key} has no effect yet: {what} are not built yet"));
-            }
-        }
         notices
     }
 
@@ -1316,29 +1315,6 @@ mod duration {
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
-    }
-
-    /// The same, for a duration that may be unset.
-    pub(super) mod optional {
-        use std::time::Duration;
-
-        use serde::{Deserializer, Serializer};
-
-        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            super::deserialize(d).map(Some)
-        }
-
-        pub(in super::super) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
     }
 }
 
@@ -1650,15 +1626,15 @@ mod tests {
                 s.jwt_param == "token"
             }),
             (
-                "streams_whisper and presence_ttl, accepted",
+                "streams_whisper and presence_ttl",
                 &[
                     ("ANYCABLE_STREAMS_WHISPER", "true"),
-                    ("ANYCABLE_PRESENCE_TTL", "15"),
+                    ("ANYCABLE_PRESENCE_TTL", "3"),
                 ],
                 |s| {
-                    s.streams_whisper == Some(true)
-                        && s.presence_ttl == Some(Duration::from_secs(15))
-                        && s.notices().len() == 2
+                    s.rails.pubsub_signed_whispers
+                        && s.presence_ttl == Duration::from_secs(3)
+                        && s.notices().is_empty()
                 },
             ),
             (

@@ -95,6 +95,9 @@ pub struct RailsConfig {
     /// Serve `$pubsub` with a plain `stream_name`: anyone may then listen to
     /// any stream they can name. Default false.
     pub pubsub_public: bool,
+    /// Subscribers of signed `$pubsub` streams may whisper (AnyCable's
+    /// `streams_whisper`; public streams always may). Default false.
+    pub pubsub_signed_whispers: bool,
     /// The secret of signed `$pubsub` names (AnyCable's `streams_secret`,
     /// used as it is). Default: `secret_key_base` itself, as anycable-rails
     /// falls back to.
@@ -121,6 +124,7 @@ impl std::fmt::Debug for RailsConfig {
             .field("turbo_verifier_key", &redacted(&self.turbo_verifier_key))
             .field("pubsub_signed", &self.pubsub_signed)
             .field("pubsub_public", &self.pubsub_public)
+            .field("pubsub_signed_whispers", &self.pubsub_signed_whispers)
             .field("streams_secret", &redacted(&self.streams_secret))
             .finish()
     }
@@ -141,6 +145,7 @@ impl Default for RailsConfig {
             turbo_verifier_key: None,
             pubsub_signed: false,
             pubsub_public: false,
+            pubsub_signed_whispers: false,
             streams_secret: None,
         }
     }
@@ -348,7 +353,7 @@ impl Rails {
     }
 
     /// A factory of [`PubSubChannel`]s as configured (`pubsub_signed`,
-    /// `pubsub_public`), for `builder.channel(PUBSUB_CHANNEL, rails.pubsub_channel())`.
+    /// `pubsub_public`, `pubsub_signed_whispers`), for `builder.channel(PUBSUB_CHANNEL, rails.pubsub_channel())`.
     pub fn pubsub_channel(&self) -> impl Fn() -> PubSubChannel + Send + Sync + 'static {
         let signed = self
             .inner
@@ -356,7 +361,8 @@ impl Rails {
             .pubsub_signed
             .then(|| self.inner.pubsub.clone());
         let public = self.inner.config.pubsub_public;
-        move || PubSubChannel::new(signed.clone(), public)
+        let whispers = self.inner.config.pubsub_signed_whispers;
+        move || PubSubChannel::new(signed.clone(), public).signed_whispers(whispers)
     }
 
     /// Turbo's verifier (to sign names from Rust: `turbo_verifier().sign(name)`).

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cable_core::{async_trait, Channel, ChannelError, Context, ToParam};
+use cable_core::{async_trait, Channel, ChannelError, Context, StreamOptions, ToParam};
 use serde_json::Value;
 
 use crate::cookies::open_envelope;
@@ -154,17 +154,33 @@ impl Channel for TurboStreamsChannel {
 /// (verified like Turbo's, with the streams secret) and, when public streams
 /// are enabled, `{"channel":"$pubsub","stream_name":...}`. Anything else is
 /// rejected.
+///
+/// As in AnyCable, every `$pubsub` stream takes presence commands, public
+/// streams take whispers, and signed ones only with
+/// [`PubSubChannel::signed_whispers`] (AnyCable's `streams_whisper`).
 #[derive(Clone, Debug)]
 pub struct PubSubChannel {
     signed: Option<Arc<StreamVerifier>>,
     public: bool,
+    signed_whispers: bool,
 }
 
 impl PubSubChannel {
     /// `signed`: the verifier for signed names (`None` refuses them);
     /// `public`: whether plain `stream_name`s are allowed.
     pub fn new(signed: Option<Arc<StreamVerifier>>, public: bool) -> Self {
-        PubSubChannel { signed, public }
+        PubSubChannel {
+            signed,
+            public,
+            signed_whispers: false,
+        }
+    }
+
+    /// Whether subscribers of signed streams may whisper (public streams
+    /// always may).
+    pub fn signed_whispers(mut self, allowed: bool) -> Self {
+        self.signed_whispers = allowed;
+        self
     }
 }
 
@@ -175,6 +191,7 @@ impl Channel for PubSubChannel {
             .param_str("stream_name")
             .filter(|s| self.public && !s.is_empty())
             .map(str::to_owned);
+        let whisper = public.is_some() || self.signed_whispers;
         let stream = match (public, ctx.param_str("signed_stream_name"), &self.signed) {
             (Some(name), _, _) => Ok(name),
             (None, Some(signed), Some(verifier)) => {
@@ -187,7 +204,13 @@ impl Channel for PubSubChannel {
             (None, None, _) => Err("no stream_name or signed_stream_name".to_owned()),
         };
         match stream {
-            Ok(stream) => ctx.stream_from(stream),
+            Ok(stream) => {
+                let mut options = StreamOptions::new().presence();
+                if whisper {
+                    options = options.whisper();
+                }
+                ctx.stream_from_with(stream, options);
+            }
             Err(why) => {
                 tracing::info!("$pubsub subscription rejected: {why}");
                 ctx.reject();

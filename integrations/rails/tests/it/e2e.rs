@@ -279,3 +279,57 @@ async fn install_registers_only_what_is_enabled() {
         .expect_reject(&json!({"channel": PUBSUB_CHANNEL, "stream_name": "news"}))
         .await;
 }
+
+/// A whisper on `identifier` from `from` reaches `to` when `reaches`, never
+/// `from` itself.
+async fn whisper(from: &mut Client, to: &mut Client, identifier: &Value, reaches: bool) {
+    let id = identifier.to_string();
+    from.send_json(json!({"command": "whisper", "identifier": id, "data": {"event": "typing"}}))
+        .await;
+    if reaches {
+        assert_eq!(
+            to.recv_json().await,
+            json!({"identifier": id, "message": {"event": "typing"}})
+        );
+    } else {
+        to.expect_silence(std::time::Duration::from_millis(300))
+            .await;
+    }
+    from.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+}
+
+#[tokio::test]
+async fn pubsub_public_streams_take_whispers_and_signed_ones_only_when_allowed() {
+    for signed_whispers in [false, true] {
+        let mut c = RailsConfig::new(current_secret());
+        c.pubsub_signed = true;
+        c.pubsub_public = true;
+        c.pubsub_signed_whispers = signed_whispers;
+        c.streams_secret = Some("anycable-streams-secret".into());
+        let server = TestServer::start(c.build().unwrap().install(Cable::builder())).await;
+        let mut ann = server.connect_welcomed(None).await;
+        let mut bob = server.connect_welcomed(None).await;
+
+        let public = json!({"channel": PUBSUB_CHANNEL, "stream_name": "news"});
+        let v = find(&streams()["pubsub"], |v| {
+            v["case"] == "strict_base64" && v["stream_name"] == "chat/2024"
+        });
+        let signed = json!({"channel": PUBSUB_CHANNEL, "signed_stream_name": str_of(v, "signed_stream_name")});
+        for identifier in [&public, &signed] {
+            for c in [&mut ann, &mut bob] {
+                c.expect_confirm(identifier).await;
+            }
+        }
+        whisper(&mut ann, &mut bob, &public, true).await;
+        whisper(&mut ann, &mut bob, &signed, signed_whispers).await;
+
+        // Presence is on for every $pubsub stream.
+        let id = signed.to_string();
+        ann.send_json(json!({"command": "join", "identifier": id, "presence": {"id": "ann", "info": {"name": "Ann"}}}))
+            .await;
+        let join = json!({"type": "presence", "identifier": id, "message": {"type": "join", "id": "ann", "info": {"name": "Ann"}}});
+        assert_eq!(bob.recv_json().await, join);
+        assert_eq!(ann.recv_json().await, join);
+    }
+}
