@@ -22,6 +22,22 @@ impl AllowedOrigin {
         Ok(AllowedOrigin::Pattern(Regex::new(&format!("^(?:{re})$"))?))
     }
 
+    /// AnyCable's `allowed_origins` entry: a host (with its port, if the
+    /// origin has one) that the origin's must equal, case-insensitively and
+    /// under any scheme; `*example.com` takes every host ending in
+    /// `example.com` (AnyCable's suffix match, so `badexample.com` too:
+    /// write `*.example.com` for subdomains only).
+    /// Fails only where a pattern is too large to compile.
+    pub fn host(pattern: &str) -> Result<Self, regex::Error> {
+        let pattern = pattern.to_ascii_lowercase();
+        let host = match pattern.strip_prefix('*') {
+            Some(suffix) => format!("[^/]*{}", regex::escape(suffix)),
+            None => regex::escape(&pattern),
+        };
+        let re = Regex::new(&format!(r"(?i)^[a-z][a-z0-9+.\-]*://{host}$"))?;
+        Ok(AllowedOrigin::Pattern(re))
+    }
+
     fn matches(&self, origin: &str) -> bool {
         match self {
             AllowedOrigin::Exact(s) => s == origin,
@@ -136,6 +152,22 @@ mod tests {
         assert!(p.allows(Some("trusted"), None, false));
         p.allow_same_origin_as_host = false;
         assert!(!p.allows(Some("http://a.test"), Some("a.test"), false));
+        // AnyCable's host entries: any scheme, the port is part of the host.
+        let mut p = OriginPolicy {
+            allowed: vec![
+                AllowedOrigin::host("www.Example.com").unwrap(),
+                AllowedOrigin::host("*.example.io").unwrap(),
+            ],
+            ..OriginPolicy::default()
+        };
+        assert!(p.allows(Some("https://www.example.com"), None, false));
+        assert!(p.allows(Some("HTTP://WWW.EXAMPLE.COM"), None, false));
+        assert!(!p.allows(Some("https://www.example.com:8443"), None, false));
+        assert!(!p.allows(Some("https://www.example.com.evil.net"), None, false));
+        assert!(p.allows(Some("https://a.b.example.io"), None, false));
+        assert!(!p.allows(Some("https://example.io"), None, false));
+        assert!(!p.allows(Some("https://evil.net/x.example.io"), None, false));
+        assert!(!p.allows(None, None, false));
         p.disabled = true;
         assert!(p.allows(None, None, false));
     }

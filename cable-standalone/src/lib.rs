@@ -300,12 +300,16 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneErro
     cfg.ping_interval = settings.ping_interval;
     cfg.max_connections = settings.max_connections;
     cfg.origins.disabled = settings.disable_origin_check;
-    cfg.origins.allowed = settings
-        .allowed_origins
-        .iter()
-        .cloned()
-        .map(AllowedOrigin::from)
-        .collect();
+    for o in &settings.allowed_origins {
+        let entry = if o.contains("://") {
+            AllowedOrigin::from(o.as_str())
+        } else {
+            AllowedOrigin::host(o).map_err(|e| StandaloneError::OriginPattern {
+                source: BoxError::from(e),
+            })?
+        };
+        cfg.origins.allowed.push(entry);
+    }
     for p in &settings.allowed_origin_patterns {
         cfg.origins
             .allowed
@@ -336,6 +340,12 @@ pub fn serve_options(settings: &Settings) -> ServeOptions {
 pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), StandaloneError> {
     for notice in settings.notices() {
         tracing::warn!("{notice}");
+    }
+    if settings.origin_check_off_as_anycable() {
+        tracing::warn!(
+            "origin check off, as AnyCable's without allowed_origins: set allowed_origins \
+             (AnyCable's hosts, or origins with a scheme) to refuse other sites' pages"
+        );
     }
     let mut core = CableConfig::default();
     core.outbound_queue_bytes = settings.outbound_queue;

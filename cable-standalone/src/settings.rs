@@ -129,6 +129,10 @@ pub struct Settings {
     pub allowed_origin_patterns: Vec<String>,
     /// Accept any Origin.
     pub disable_origin_check: bool,
+    /// Set when the origin check is off only because an AnyCable-style
+    /// configuration named no origins (a startup warning says so).
+    #[serde(skip)]
+    origin_check_off_as_anycable: bool,
     /// Pub/sub adapter: `memory`, `redis://…`, `rediss://…` or `postgres://…`.
     #[serde(serialize_with = "ser::redacted")]
     pub adapter: String,
@@ -302,6 +306,7 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             allowed_origin_patterns: Vec::new(),
             disable_origin_check: false,
+            origin_check_off_as_anycable: false,
             adapter: "memory".to_owned(),
             channel_prefix: None,
             broker: "memory".to_owned(),
@@ -780,11 +785,21 @@ impl Settings {
                  /_broadcast), e.g. /cable",
             ));
         }
-        if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
+        // With a scheme: an exact origin; without: AnyCable's host entry.
+        let host_ok = |o: &str| {
+            let host = o.strip_prefix('*').unwrap_or(o);
+            !host.is_empty() && !host.contains(['/', ' ', '*'])
+        };
+        if let Some(o) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !o.contains("://") && !host_ok(o))
+        {
             return Err(invalid_item(
                 "allowed_origins",
                 Some(o),
-                "origins like https://example.com (scheme, host, optional port)",
+                "origins like https://example.com (scheme, host, optional port), or AnyCable's \
+                 hosts like www.example.com and *.example.com",
             ));
         }
         for p in &self.allowed_origin_patterns {
@@ -944,6 +959,22 @@ impl Settings {
     /// checked), and the secrets into what falls back to them.
     fn read_anycable_names(&mut self, figment: &Figment) -> Result<(), SettingsError> {
         let invalid = |key: &str, expected: &str| invalid_in(figment, key, None, expected);
+        // AnyCable checks no origin unless told which: a deployment
+        // configured its way keeps working (its clients may send none).
+        let by_anycable = keys().iter().any(
+            |k| matches!(set_by(figment, k), Some(Source::Env(n)) if n.starts_with("ANYCABLE_")),
+        );
+        let origins_given = [
+            "allowed_origins",
+            "allowed_origin_patterns",
+            "disable_origin_check",
+        ]
+        .iter()
+        .any(|k| set_by(figment, k).is_some());
+        if by_anycable && !origins_given {
+            self.disable_origin_check = true;
+            self.origin_check_off_as_anycable = true;
+        }
         if let Some(path) = self.path.take() {
             if path.contains(',') {
                 return Err(invalid(
@@ -1098,6 +1129,13 @@ impl Settings {
             })
             .collect();
         notices
+    }
+
+    /// Whether the origin check is off only because the settings came the
+    /// AnyCable way (`ANYCABLE_*`) and named no origins, as AnyCable then
+    /// checks none; the server warns at startup.
+    pub fn origin_check_off_as_anycable(&self) -> bool {
+        self.origin_check_off_as_anycable
     }
 
     /// The effective settings as TOML that `--config` reads back. Secrets
@@ -1710,6 +1748,42 @@ mod tests {
                 assert!(text.contains(part), "{alias}: {part} missing in {text}");
             }
             assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn anycable_origins() {
+        // Configured the AnyCable way and no origins named: AnyCable checks
+        // none, and neither does cable (said at startup).
+        let s = from_vars(&[("ANYCABLE_PUBLIC_STREAMS", "true")]).unwrap();
+        assert!(s.disable_origin_check && s.origin_check_off_as_anycable());
+        // Its host list is taken as it is, beside origins with a scheme.
+        let s = from_vars(&[(
+            "ANYCABLE_ALLOWED_ORIGINS",
+            "www.example.com,*.example.io,https://app.test",
+        )])
+        .unwrap();
+        assert!(!s.disable_origin_check && !s.origin_check_off_as_anycable());
+        assert_eq!(
+            s.allowed_origins,
+            ["www.example.com", "*.example.io", "https://app.test"]
+        );
+        let cfg = crate::server_config(&s).unwrap();
+        let allows = |o: &str| cfg.origins.allows(Some(o), None, false);
+        assert!(allows("https://www.example.com") && allows("http://a.example.io"));
+        assert!(allows("https://app.test") && !allows("https://evil.test"));
+        // Configured cable's way: Rails' default, same origin only.
+        let s = from_vars(&[("CABLE_PUBLIC_STREAMS", "true")]).unwrap();
+        assert!(!s.disable_origin_check && !s.origin_check_off_as_anycable());
+        let s = from_vars(&[
+            ("ANYCABLE_PUBLIC_STREAMS", "true"),
+            ("CABLE_ALLOWED_ORIGIN_PATTERNS", "https://.*"),
+        ])
+        .unwrap();
+        assert!(!s.disable_origin_check);
+        for bad in ["a.test/x", "*", "a b"] {
+            let e = from_vars(&[("ANYCABLE_ALLOWED_ORIGINS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("allowed_origins"), "{bad}: {e}");
         }
     }
 

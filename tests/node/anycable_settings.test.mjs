@@ -35,16 +35,19 @@ function token(ids, ttlSeconds, key = SECRET) {
 
 /** An @anycable/web cable that records its frames and events. */
 class Client {
-  constructor(url, options = {}) {
+  /** `origin`: the Origin header; default the server's own, null for none. */
+  constructor(url, { origin, ...options } = {}) {
     this.wire = [];
     this.events = [];
     this.sockets = [];
     const client = this;
     class RecordingWebSocket extends WebSocket {
       constructor(address, protocols, opts = {}) {
-        // A page of the server's own origin (same-origin is always allowed).
-        const origin = new URL(String(address)).origin.replace(/^ws/, "http");
-        super(address, protocols, { ...opts, headers: { Origin: origin, ...(opts.headers || {}) } });
+        // By default a page of the server's own origin.
+        const own = new URL(String(address)).origin.replace(/^ws/, "http");
+        const headers = { ...(opts.headers || {}) };
+        if (origin !== null) headers.Origin = origin ?? own;
+        super(address, protocols, { ...opts, headers });
         client.sockets.push(this);
         client.wire.push({ kind: "construct", data: { address: String(address), protocols } });
         this.on("message", (d) => client.wire.push({ kind: "in", data: d.toString("utf8") }));
@@ -171,6 +174,41 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
       await scope.waitFor("a welcome with the refreshed token", () =>
         c.framesIn().some((f) => f.type === "welcome"),
       );
+    }),
+  );
+
+  it(
+    "as AnyCable, no origin is checked unless ANYCABLE_ALLOWED_ORIGINS names hosts",
+    { timeout: 30_000 },
+    scope.wrap(async () => {
+      // The server above names no origins: a client sending none (Node's
+      // ws by default) and one from another site both get welcome.
+      for (const origin of [null, "https://elsewhere.test"]) {
+        const c = scope.anycable(server.cableUrl, { origin });
+        c.cable.connect().catch(() => {});
+        await scope.waitFor(`welcome (Origin ${origin})`, () => c.framesIn().some((f) => f.type === "welcome"));
+      }
+      assert.ok(/origin check off, as AnyCable's/.test(server.log), server.logTail());
+      // AnyCable's host list: its hosts in, others refused at the handshake.
+      const listed = await scope.server({
+        ANYCABLE_PUBLIC_STREAMS: "true",
+        ANYCABLE_ALLOWED_ORIGINS: "www.example.com,*.example.io",
+      });
+      for (const origin of ["https://www.example.com", "http://a.example.io"]) {
+        const c = scope.anycable(listed.cableUrl, { origin });
+        c.cable.connect().catch(() => {});
+        await scope.waitFor(`welcome (Origin ${origin})`, () => c.framesIn().some((f) => f.type === "welcome"));
+      }
+      for (const origin of ["https://evil.test", null]) {
+        const status = await new Promise((resolve) => {
+          const ws = new WebSocket(listed.cableUrl, ["actioncable-v1-json"], origin ? { headers: { Origin: origin } } : {});
+          ws.on("unexpected-response", (_req, res) => resolve(res.statusCode));
+          ws.on("open", () => { ws.terminate(); resolve("open"); });
+          ws.on("error", () => {});
+        });
+        assert.notEqual(status, "open", `Origin ${origin} must be refused`);
+      }
+      assert.ok(!/origin check off/.test(listed.log), listed.logTail());
     }),
   );
 
