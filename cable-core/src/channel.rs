@@ -200,6 +200,9 @@ pub(crate) struct SubState {
     pub(crate) presence: Option<String>,
     /// This subscription joined its presence stream (and has not left).
     pub(crate) joined: bool,
+    /// The join [`Context::join_presence`] asked for, done after the
+    /// confirmation.
+    pub(crate) join_request: Option<crate::protocol::PresenceJoin>,
 }
 
 impl SubState {
@@ -220,6 +223,7 @@ impl SubState {
             whisper: None,
             presence: None,
             joined: false,
+            join_request: None,
         }
     }
 
@@ -431,6 +435,70 @@ impl<'a> Context<'a> {
             self.sub.whisper = Some(stream);
             self.sub.dirty = true;
         }
+    }
+
+    /// Joins this subscription's session to its presence stream
+    /// ([`StreamOptions::presence`]) as `id` with `info`, decided by the
+    /// server (as anycable-rails' `join_presence`), e.g. from the
+    /// connection's identifiers. Call it in [`Channel::subscribed`]: the
+    /// join is done right after the confirmation, as a client's `join`
+    /// would be, and wins over a join the `subscribe` command carries. A
+    /// later `join` from the client with another id is refused
+    /// ("presence ID mismatch"), so clients cannot be present as someone
+    /// else. Ignored when the subscription is rejected or has no presence
+    /// stream.
+    ///
+    /// ```
+    /// use cable_core::{async_trait, Cable, Channel, ChannelError, Context, Identifiers, StreamOptions};
+    /// use cable_test::TestCable;
+    /// use serde_json::{json, Value};
+    ///
+    /// struct Room;
+    /// #[async_trait]
+    /// impl Channel for Room {
+    ///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    ///         ctx.stream_from_with("room", StreamOptions::new().presence());
+    ///         let user = ctx.identified("user").unwrap_or_default().to_owned();
+    ///         ctx.join_presence(user.clone(), json!({ "name": user }));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cable = TestCable::new(Cable::builder().channel("Room", || Room));
+    /// let id = r#"{"channel":"Room"}"#;
+    /// let presence = |c: &cable_test::Connection| -> Vec<Value> {
+    ///     c.frames().iter().filter_map(|f| serde_json::from_str::<Value>(f).ok())
+    ///         .filter(|f| f["type"] == "presence").map(|f| f["message"].clone()).collect()
+    /// };
+    /// let ann = cable.stub_connection(Identifiers::new().with("user", "ann")).await;
+    /// ann.subscribe_to(id).await.assert_confirmed();
+    /// assert_eq!(presence(&ann), [json!({"type": "join", "id": "ann", "info": {"name": "ann"}})]);
+    ///
+    /// // Bob's client asks to be present as ann: the server's join (bob) wins,
+    /// // and a later join as ann is refused.
+    /// let bob = cable.stub_connection(Identifiers::new().with("user", "bob")).await;
+    /// bob.send(json!({"command": "subscribe", "identifier": id,
+    ///                 "presence": {"id": "ann", "info": {"name": "ann"}}}));
+    /// bob.send(json!({"command": "join", "identifier": id, "presence": {"id": "ann"}}));
+    /// bob.send(json!({"command": "presence", "identifier": id, "data": {}}));
+    /// bob.settle().await;
+    /// let info = presence(&bob).pop().unwrap();
+    /// assert_eq!(info["total"], 2);
+    /// assert_eq!(info["records"][1], json!({"id": "bob", "info": {"name": "bob"}}));
+    ///
+    /// // Unsubscribing leaves at once.
+    /// bob.send(json!({"command": "unsubscribe", "identifier": id}));
+    /// bob.settle().await;
+    /// ann.settle().await;
+    /// assert_eq!(presence(&ann).last(), Some(&json!({"type": "leave", "id": "bob"})));
+    /// # }
+    /// ```
+    pub fn join_presence(&mut self, id: impl Into<String>, info: Value) {
+        self.sub.join_request = Some(crate::protocol::PresenceJoin {
+            id: id.into(),
+            info,
+        });
     }
 
     /// Who is present on this subscription's presence stream

@@ -978,13 +978,18 @@ impl Session {
                 presence,
             }) => {
                 // History is served after the confirmation, as AnyCable;
-                // a presence the client held is joined after that.
+                // a presence the channel asked for (`join_presence`), else
+                // the one the client held, is joined after that.
                 let id = identifier.clone();
                 if self.subscribe(io, identifier, history.is_some()).await {
                     if let Some(history) = history {
                         self.history(io, &id, history).await;
                     }
-                    if let Some(presence) = presence {
+                    let asked = self
+                        .subs
+                        .get_mut(id.as_str())
+                        .and_then(|sub| sub.state.join_request.take());
+                    if let Some(presence) = asked.or(presence) {
                         self.join(io, &id, presence).await;
                     }
                 }
