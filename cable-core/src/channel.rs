@@ -200,9 +200,9 @@ pub(crate) struct SubState {
     pub(crate) presence: Option<String>,
     /// This subscription joined its presence stream (and has not left).
     pub(crate) joined: bool,
-    /// The join [`Context::join_presence`] asked for, done after the
-    /// confirmation.
-    pub(crate) join_request: Option<crate::protocol::PresenceJoin>,
+    /// Who the subscription is present as when it joins, whatever id the
+    /// client gives ([`Context::present_as`]).
+    pub(crate) present_as: Option<crate::protocol::PresenceJoin>,
 }
 
 impl SubState {
@@ -223,7 +223,7 @@ impl SubState {
             whisper: None,
             presence: None,
             joined: false,
-            join_request: None,
+            present_as: None,
         }
     }
 
@@ -437,16 +437,14 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Joins this subscription's session to its presence stream
-    /// ([`StreamOptions::presence`]) as `id` with `info`, decided by the
-    /// server (as anycable-rails' `join_presence`), e.g. from the
-    /// connection's identifiers. Call it in [`Channel::subscribed`]: the
-    /// join is done right after the confirmation, as a client's `join`
-    /// would be, and wins over a join the `subscribe` command carries. A
-    /// later `join` from the client with another id is refused
-    /// ("presence ID mismatch"), so clients cannot be present as someone
-    /// else. Ignored when the subscription is rejected or has no presence
-    /// stream.
+    /// Decides who this subscription is present as on its presence stream
+    /// ([`StreamOptions::presence`]): when the client joins (the `join`
+    /// command, or a `subscribe` carrying presence), it joins as `id` with
+    /// `info`, whatever id and info it sent, so nobody can be listed as
+    /// someone else. Nothing is joined until the client asks, so clients
+    /// that never join see no presence traffic of their own making. Call it
+    /// in [`Channel::subscribed`]; it is not kept across a session resume
+    /// (`subscribed` does not run then), where the client's own id is used.
     ///
     /// ```
     /// use cable_core::{async_trait, Cable, Channel, ChannelError, Context, Identifiers, StreamOptions};
@@ -459,7 +457,7 @@ impl<'a> Context<'a> {
     ///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
     ///         ctx.stream_from_with("room", StreamOptions::new().presence());
     ///         let user = ctx.identified("user").unwrap_or_default().to_owned();
-    ///         ctx.join_presence(user.clone(), json!({ "name": user }));
+    ///         ctx.present_as(user.clone(), json!({ "name": user }));
     ///         Ok(())
     ///     }
     /// }
@@ -473,29 +471,24 @@ impl<'a> Context<'a> {
     /// };
     /// let ann = cable.stub_connection(Identifiers::new().with("user", "ann")).await;
     /// ann.subscribe_to(id).await.assert_confirmed();
+    /// assert_eq!(presence(&ann), [] as [Value; 0], "not present before joining");
+    /// ann.send(json!({"command": "join", "identifier": id, "presence": {"id": "x"}}));
+    /// ann.settle().await;
     /// assert_eq!(presence(&ann), [json!({"type": "join", "id": "ann", "info": {"name": "ann"}})]);
     ///
-    /// // Bob's client asks to be present as ann: the server's join (bob) wins,
-    /// // and a later join as ann is refused.
+    /// // Bob's client asks to be present as ann, on subscribe: he joins as bob.
     /// let bob = cable.stub_connection(Identifiers::new().with("user", "bob")).await;
     /// bob.send(json!({"command": "subscribe", "identifier": id,
     ///                 "presence": {"id": "ann", "info": {"name": "ann"}}}));
-    /// bob.send(json!({"command": "join", "identifier": id, "presence": {"id": "ann"}}));
     /// bob.send(json!({"command": "presence", "identifier": id, "data": {}}));
     /// bob.settle().await;
     /// let info = presence(&bob).pop().unwrap();
     /// assert_eq!(info["total"], 2);
     /// assert_eq!(info["records"][1], json!({"id": "bob", "info": {"name": "bob"}}));
-    ///
-    /// // Unsubscribing leaves at once.
-    /// bob.send(json!({"command": "unsubscribe", "identifier": id}));
-    /// bob.settle().await;
-    /// ann.settle().await;
-    /// assert_eq!(presence(&ann).last(), Some(&json!({"type": "leave", "id": "bob"})));
     /// # }
     /// ```
-    pub fn join_presence(&mut self, id: impl Into<String>, info: Value) {
-        self.sub.join_request = Some(crate::protocol::PresenceJoin {
+    pub fn present_as(&mut self, id: impl Into<String>, info: Value) {
+        self.sub.present_as = Some(crate::protocol::PresenceJoin {
             id: id.into(),
             info,
         });

@@ -978,18 +978,13 @@ impl Session {
                 presence,
             }) => {
                 // History is served after the confirmation, as AnyCable;
-                // a presence the channel asked for (`join_presence`), else
-                // the one the client held, is joined after that.
+                // a presence the client held is joined after that.
                 let id = identifier.clone();
                 if self.subscribe(io, identifier, history.is_some()).await {
                     if let Some(history) = history {
                         self.history(io, &id, history).await;
                     }
-                    let asked = self
-                        .subs
-                        .get_mut(id.as_str())
-                        .and_then(|sub| sub.state.join_request.take());
-                    if let Some(presence) = asked.or(presence) {
+                    if let Some(presence) = presence {
                         self.join(io, &id, presence).await;
                     }
                 }
@@ -1383,6 +1378,12 @@ impl Session {
         let Some((broker, stream)) = self.presence_target(identifier) else {
             return;
         };
+        // The channel may have decided who this subscription is present as.
+        let presence = self
+            .subs
+            .get(identifier)
+            .and_then(|sub| sub.state.present_as.clone())
+            .unwrap_or(presence);
         let sid = self
             .conn
             .outbox

@@ -3,8 +3,9 @@
 //! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`
 //!   (with history for clients on AnyCable's extended protocol, so that
 //!   `@anycable/web` resumes with what it missed), with presence (who is in
-//!   the room) and whispers ("ann is typing…") on it, as AnyCable's `join`,
-//!   `leave`, `presence` and `whisper` commands; rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
+//!   the room: a page that joins is present as its user) and whispers ("ann
+//!   is typing…") on it, for AnyCable's `join`, `leave`, `presence` and
+//!   `whisper` commands; rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
 //!   `echo` transmits the data back (the whole object, as Rails does).
 //! - `BenchmarkChannel`: the websocket-shootout server's channel: a private
 //!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
@@ -100,7 +101,8 @@ const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js
 /// assert_eq!((last["stream_id"].as_str(), last["offset"].as_u64()), (Some("chat_16"), Some(1)));
 ///
 /// // Presence and whispers (AnyCable's commands, on either protocol): the
-/// // page joins the room's presence as its user, and whispers while typing.
+/// // page joins the room's presence (as its user, whatever id it sends),
+/// // and whispers while typing.
 /// let frames = |c: &cable_test::Connection| -> Vec<serde_json::Value> {
 ///     c.frames().iter().filter_map(|f| serde_json::from_str(f).ok()).collect()
 /// };
@@ -109,11 +111,14 @@ const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js
 /// let bob = cable.connect(Request::new().query("user", "bob")).await.unwrap();
 /// ann.subscribe_to(id).await.assert_confirmed();
 /// bob.subscribe_to(id).await.assert_confirmed();
-/// for (c, user) in [(&ann, "ann"), (&bob, "bob")] {
-///     c.send(json!({"command": "join", "identifier": id,
-///                   "presence": {"id": user, "info": {"name": user}}}));
+/// for c in [&ann, &bob] {
+///     c.send(json!({"command": "join", "identifier": id, "presence": {"id": "me"}}));
 ///     c.settle().await;
 /// }
+/// ann.settle().await;
+/// let joined = json!({"type": "presence", "identifier": id,
+///                     "message": {"type": "join", "id": "bob", "info": {"name": "bob"}}});
+/// assert!(frames(&ann).contains(&joined));
 /// bob.send(json!({"command": "presence", "identifier": id, "data": {}}));
 /// bob.settle().await;
 /// let info = frames(&bob).into_iter().rev().find(|f| f["message"]["type"] == "info").unwrap();
@@ -159,9 +164,7 @@ impl Channel for ChatChannel {
             return Ok(());
         };
         // The room is also where presence (who is in it) and whispers
-        // ("ann is typing") go: both act only on a client's `join` or
-        // `whisper` command, so a client that sends neither gets the same
-        // frames as before. History only for clients that can use it
+        // ("ann is typing") go. History only for clients that can use it
         // (`@anycable/web`, on the extended protocol): they resume after a
         // reconnect with what they missed; a plain `@rails/actioncable`
         // client's room frames stay Rails' byte for byte.
@@ -170,6 +173,15 @@ impl Channel for ChatChannel {
             options = options.history();
         }
         ctx.stream_from_with(stream, options);
+        // A page that joins is present as its identified user, whatever id
+        // it sends, so nobody is listed under another's name. Nothing is
+        // joined unless the page asks: plain clients that never join get
+        // Rails' frames only.
+        let user = ctx
+            .identified("current_user")
+            .unwrap_or_default()
+            .to_owned();
+        ctx.present_as(user.clone(), json!({ "name": user }));
         Ok(())
     }
 
