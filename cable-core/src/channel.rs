@@ -200,6 +200,9 @@ pub(crate) struct SubState {
     pub(crate) presence: Option<String>,
     /// This subscription joined its presence stream (and has not left).
     pub(crate) joined: bool,
+    /// Who the subscription is present as when it joins, whatever id the
+    /// client gives ([`Context::present_as`]).
+    pub(crate) present_as: Option<crate::protocol::PresenceJoin>,
 }
 
 impl SubState {
@@ -220,6 +223,7 @@ impl SubState {
             whisper: None,
             presence: None,
             joined: false,
+            present_as: None,
         }
     }
 
@@ -431,6 +435,63 @@ impl<'a> Context<'a> {
             self.sub.whisper = Some(stream);
             self.sub.dirty = true;
         }
+    }
+
+    /// Decides who this subscription is present as on its presence stream
+    /// ([`StreamOptions::presence`]): when the client joins (the `join`
+    /// command, or a `subscribe` carrying presence), it joins as `id` with
+    /// `info`, whatever id and info it sent, so nobody can be listed as
+    /// someone else. Nothing is joined until the client asks, so clients
+    /// that never join see no presence traffic of their own making. Call it
+    /// in [`Channel::subscribed`]; it is not kept across a session resume
+    /// (`subscribed` does not run then), where the client's own id is used.
+    ///
+    /// ```
+    /// use cable_core::{async_trait, Cable, Channel, ChannelError, Context, Identifiers, StreamOptions};
+    /// use cable_test::TestCable;
+    /// use serde_json::{json, Value};
+    ///
+    /// struct Room;
+    /// #[async_trait]
+    /// impl Channel for Room {
+    ///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    ///         ctx.stream_from_with("room", StreamOptions::new().presence());
+    ///         let user = ctx.identified("user").unwrap_or_default().to_owned();
+    ///         ctx.present_as(user.clone(), json!({ "name": user }));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cable = TestCable::new(Cable::builder().channel("Room", || Room));
+    /// let id = r#"{"channel":"Room"}"#;
+    /// let presence = |c: &cable_test::Connection| -> Vec<Value> {
+    ///     c.frames().iter().filter_map(|f| serde_json::from_str::<Value>(f).ok())
+    ///         .filter(|f| f["type"] == "presence").map(|f| f["message"].clone()).collect()
+    /// };
+    /// let ann = cable.stub_connection(Identifiers::new().with("user", "ann")).await;
+    /// ann.subscribe_to(id).await.assert_confirmed();
+    /// assert_eq!(presence(&ann), [] as [Value; 0], "not present before joining");
+    /// ann.send(json!({"command": "join", "identifier": id, "presence": {"id": "x"}}));
+    /// ann.settle().await;
+    /// assert_eq!(presence(&ann), [json!({"type": "join", "id": "ann", "info": {"name": "ann"}})]);
+    ///
+    /// // Bob's client asks to be present as ann, on subscribe: he joins as bob.
+    /// let bob = cable.stub_connection(Identifiers::new().with("user", "bob")).await;
+    /// bob.send(json!({"command": "subscribe", "identifier": id,
+    ///                 "presence": {"id": "ann", "info": {"name": "ann"}}}));
+    /// bob.send(json!({"command": "presence", "identifier": id, "data": {}}));
+    /// bob.settle().await;
+    /// let info = presence(&bob).pop().unwrap();
+    /// assert_eq!(info["total"], 2);
+    /// assert_eq!(info["records"][1], json!({"id": "bob", "info": {"name": "bob"}}));
+    /// # }
+    /// ```
+    pub fn present_as(&mut self, id: impl Into<String>, info: Value) {
+        self.sub.present_as = Some(crate::protocol::PresenceJoin {
+            id: id.into(),
+            info,
+        });
     }
 
     /// Who is present on this subscription's presence stream

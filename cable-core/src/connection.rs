@@ -1378,6 +1378,12 @@ impl Session {
         let Some((broker, stream)) = self.presence_target(identifier) else {
             return;
         };
+        // The channel may have decided who this subscription is present as.
+        let presence = self
+            .subs
+            .get(identifier)
+            .and_then(|sub| sub.state.present_as.clone())
+            .unwrap_or(presence);
         let sid = self
             .conn
             .outbox

@@ -1,6 +1,6 @@
 import { logger } from "./adapters.js";
 import type { Consumer } from "./consumer.js";
-import { INTERNAL, PROTOCOL } from "./internal.js";
+import { EXT_PROTOCOL, INTERNAL, PROTOCOL } from "./internal.js";
 import { ConnectionMonitor } from "./monitor.js";
 import type { Subscriptions } from "./subscriptions.js";
 import type { WebSocketLike } from "./types.js";
@@ -15,6 +15,7 @@ interface ServerMessage {
   message?: unknown;
   reason?: string | null;
   reconnect?: boolean;
+  sid?: string;
 }
 
 /**
@@ -32,6 +33,8 @@ export class Connection {
   webSocket?: WebSocketLike;
   /** True until a socket opens, and again after it closed. */
   disconnected = true;
+  /** The session id of AnyCable's extended protocol (its welcome's `sid`), while connected on it. */
+  sessionId?: string;
   /** The reason of the last `disconnect` message from the server (e.g. "unauthorized"). */
   disconnectReason?: string | null;
   /** `disconnect()` came while the socket was still connecting: close it once it opens. */
@@ -64,6 +67,7 @@ export class Connection {
       return false;
     }
     const protocols = [...INTERNAL.protocols, ...this.consumer.subprotocols];
+    if (this.consumer.extended) protocols.unshift(EXT_PROTOCOL);
     this.closeOnOpen = false;
     const socket = (this.webSocket = this.consumer.createWebSocket(protocols));
     // Events of an earlier socket (closing late, after a reopen) are ignored.
@@ -126,7 +130,8 @@ export class Connection {
   }
 
   isProtocolSupported(): boolean {
-    return this.getProtocol() === PROTOCOL;
+    const protocol = this.getProtocol();
+    return protocol === PROTOCOL || (this.consumer.extended && protocol === EXT_PROTOCOL);
   }
 
   private onOpen(): void {
@@ -154,6 +159,7 @@ export class Connection {
     this.monitor.recordMessage();
     switch (type) {
       case types.welcome:
+        if (this.getProtocol() === EXT_PROTOCOL && typeof frame.sid === "string") this.sessionId = frame.sid;
         this.monitor.recordConnect();
         this.subscriptions.reload();
         break;
@@ -170,6 +176,10 @@ export class Connection {
       case types.rejection:
         this.subscriptions.reject(identifier!);
         break;
+      // AnyCable's presence events and replies, on either protocol.
+      case "presence":
+        if (typeof identifier === "string") this.subscriptions.presenceMessage(identifier, frame.message);
+        break;
       default:
         if (typeof identifier === "string") this.subscriptions.notify(identifier, "received", frame.message);
     }
@@ -178,6 +188,8 @@ export class Connection {
   private onClose(): void {
     if (this.disconnected) return;
     this.disconnected = true;
+    this.sessionId = undefined;
+    this.subscriptions.disconnected();
     this.monitor.recordDisconnect();
     this.subscriptions.notifyAll("disconnected", { willAttemptReconnect: this.monitor.isRunning() });
   }

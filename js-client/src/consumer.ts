@@ -1,7 +1,7 @@
 import { adapters } from "./adapters.js";
 import { Connection } from "./connection.js";
 import { ConnectionClosedError, SubscriptionRejectedError } from "./errors.js";
-import { INTERNAL } from "./internal.js";
+import { EXT_PROTOCOL, INTERNAL } from "./internal.js";
 import { Subscription, Subscriptions } from "./subscriptions.js";
 import type {
   ChannelParams,
@@ -35,6 +35,11 @@ export class Consumer {
     this.subprotocols = [...(options.protocols ?? [])];
     this.subscriptions = new Subscriptions(this);
     this.connection = new Connection(this);
+  }
+
+  /** Whether AnyCable's extended protocol is offered (`{ protocol: "actioncable-v1-ext-json" }`). */
+  get extended(): boolean {
+    return this.options.protocol === EXT_PROTOCOL;
   }
 
   /** The URL to connect to, resolved again on every connect. */

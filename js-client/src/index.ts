@@ -6,8 +6,8 @@ export { Connection } from "./connection.js";
 export { ConnectionMonitor } from "./monitor.js";
 export { Consumer, createConsumer } from "./consumer.js";
 export { ConnectionClosedError, SubscriptionRejectedError } from "./errors.js";
-export { INTERNAL } from "./internal.js";
-export { Subscription, SubscriptionGuarantor, Subscriptions } from "./subscriptions.js";
+export { EXT_PROTOCOL, INTERNAL } from "./internal.js";
+export { Subscription, SubscriptionGuarantor, SubscriptionPresence, Subscriptions } from "./subscriptions.js";
 export { createWebSocketURL, getConfig } from "./url.js";
 export type {
   AbortSignalLike,
@@ -18,6 +18,8 @@ export type {
   DisconnectedDetails,
   HeadersSource,
   Mixin,
+  PresenceEvent,
+  PresenceInfo,
   SubscribeOptions,
   SubscriptionCallbacks,
   UrlSource,

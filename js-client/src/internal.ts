@@ -21,3 +21,9 @@ export const INTERNAL = {
 
 /** The only subprotocol this client can speak. */
 export const PROTOCOL = INTERNAL.protocols[0];
+
+/**
+ * AnyCable's extended protocol, offered (before `actioncable-v1-json`) only
+ * when a consumer asks for it with `{ protocol: EXT_PROTOCOL }`.
+ */
+export const EXT_PROTOCOL = "actioncable-v1-ext-json";

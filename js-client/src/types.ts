@@ -49,6 +49,25 @@ export interface ConsumerOptions {
   headers?: HeadersSource;
   /** Subprotocols to offer after `actioncable-v1-json` (like `addSubProtocol`). */
   protocols?: string[];
+  /**
+   * `"actioncable-v1-ext-json"`: offer AnyCable's extended protocol first
+   * (falling back to `actioncable-v1-json` on servers without it), as
+   * `@anycable/web`'s `protocol` option. On it AnyCable keeps a joined
+   * presence alive while connected. The default, `"actioncable-v1-json"`,
+   * offers exactly what `@rails/actioncable` offers.
+   */
+  protocol?: "actioncable-v1-json" | "actioncable-v1-ext-json";
+}
+
+/** A presence event: someone joined (first session with that id) or left (the last one). */
+export type PresenceEvent =
+  | { type: "join"; id: string; info?: unknown }
+  | { type: "leave"; id: string };
+
+/** Who is present, as the server's `info` reply says. */
+export interface PresenceInfo {
+  total: number;
+  records: { id: string; info?: unknown }[];
 }
 
 /** Subscription parameters: the channel class name and any other params. */
@@ -79,6 +98,8 @@ export interface SubscriptionCallbacks<TReceived = any> {
   received?(data: TReceived): void;
   /** The server rejected the subscription; it has been removed. */
   rejected?(): void;
+  /** Someone joined or left the subscription's presence (AnyCable's presence). */
+  presenceChanged?(event: PresenceEvent): void;
 }
 
 /** Action name to data type. The default accepts any action with any object. */

@@ -103,6 +103,11 @@ struct Args {
     /// the 3 s ping interval plus a round trip.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     pong_timeout: f64,
+    /// Seconds a user whose page went away without leaving (closed, lost
+    /// its connection) stays in a room's "in this room" list; an explicit
+    /// leave or unsubscribe takes them off at once.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    presence_ttl: f64,
 }
 
 /// Seconds from a flag as a duration; an error names the flag.
@@ -152,6 +157,7 @@ impl Args {
         };
         core.session_ttl = seconds_or_off("session-ttl", self.session_ttl)?.unwrap_or_default();
         core.pong_timeout = seconds_or_off("pong-timeout", self.pong_timeout)?;
+        core.presence_ttl = seconds("presence-ttl", self.presence_ttl)?;
         let mut serve =
             ServeOptions::with_drain_timeout(Duration::from_secs(self.shutdown_timeout));
         serve.header_read_timeout = seconds("header-read-timeout", self.header_read_timeout)?;
@@ -429,6 +435,7 @@ mod tests {
         assert_eq!(core.history_policy, Default::default());
         assert_eq!(core.session_ttl, Duration::from_secs(300));
         assert_eq!(core.pong_timeout, None);
+        assert_eq!(core.presence_ttl, Duration::from_secs(15));
         assert!(matches!(
             choose_broker(&args.broker, &args.adapter),
             Ok(BrokerChoice::Memory)
@@ -443,6 +450,8 @@ mod tests {
             "0",
             "--pong-timeout",
             "7.5",
+            "--presence-ttl",
+            "0.5",
         ])
         .expect("flags");
         let (core, _) = args.limits().expect("valid");
@@ -450,10 +459,12 @@ mod tests {
         assert_eq!(core.history_policy.ttl, Duration::from_secs(60));
         assert!(core.session_ttl.is_zero());
         assert_eq!(core.pong_timeout, Some(Duration::from_millis(7500)));
+        assert_eq!(core.presence_ttl, Duration::from_millis(500));
         for (flag, value) in [
             ("--history-limit", "0"),
             ("--history-ttl", "0"),
             ("--session-ttl", "-1"),
+            ("--presence-ttl", "0"),
         ] {
             let arg = format!("{flag}={value}");
             let args = Args::try_parse_from(["chat", arg.as_str()]).expect("parses");

@@ -2,7 +2,10 @@
 //!
 //! - `ChatChannel` (`{"channel":"ChatChannel","room":R}`): streams `chat_<room>`
 //!   (with history for clients on AnyCable's extended protocol, so that
-//!   `@anycable/web` resumes with what it missed), rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
+//!   `@anycable/web` resumes with what it missed), with presence (who is in
+//!   the room: a page that joins is present as its user) and whispers ("ann
+//!   is typing…") on it, for AnyCable's `join`, `leave`, `presence` and
+//!   `whisper` commands; rejects room `forbidden`; `speak` broadcasts `{"user","body"}` to the room,
 //!   `echo` transmits the data back (the whole object, as Rails does).
 //! - `BenchmarkChannel`: the websocket-shootout server's channel: a private
 //!   stream plus `all`; `echo` and `broadcast` (then `broadcastResult`).
@@ -27,7 +30,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cable_core::{
     async_trait, authenticate_with, Cable, Channel, ChannelError, ConnectRequest, Context,
-    Identifiers, Unauthorized,
+    Identifiers, StreamOptions, Unauthorized,
 };
 use cable_server::ServerConfig;
 use serde::Deserialize;
@@ -96,6 +99,43 @@ const CABLE_CLIENT_JS: &str = include_str!("../assets/vendor/cable-client.esm.js
 /// ext.settle().await;
 /// let last: serde_json::Value = serde_json::from_str(ext.frames().last().unwrap()).unwrap();
 /// assert_eq!((last["stream_id"].as_str(), last["offset"].as_u64()), (Some("chat_16"), Some(1)));
+///
+/// // Presence and whispers (AnyCable's commands, on either protocol): the
+/// // page joins the room's presence (as its user, whatever id it sends),
+/// // and whispers while typing.
+/// let frames = |c: &cable_test::Connection| -> Vec<serde_json::Value> {
+///     c.frames().iter().filter_map(|f| serde_json::from_str(f).ok()).collect()
+/// };
+/// let id = r#"{"channel":"ChatChannel","room":"17"}"#;
+/// let ann = cable.connect(Request::new().ext().query("user", "ann")).await.unwrap();
+/// let bob = cable.connect(Request::new().query("user", "bob")).await.unwrap();
+/// ann.subscribe_to(id).await.assert_confirmed();
+/// bob.subscribe_to(id).await.assert_confirmed();
+/// for c in [&ann, &bob] {
+///     c.send(json!({"command": "join", "identifier": id, "presence": {"id": "me"}}));
+///     c.settle().await;
+/// }
+/// ann.settle().await;
+/// let joined = json!({"type": "presence", "identifier": id,
+///                     "message": {"type": "join", "id": "bob", "info": {"name": "bob"}}});
+/// assert!(frames(&ann).contains(&joined));
+/// bob.send(json!({"command": "presence", "identifier": id, "data": {}}));
+/// bob.settle().await;
+/// let info = frames(&bob).into_iter().rev().find(|f| f["message"]["type"] == "info").unwrap();
+/// assert_eq!(info["message"]["total"], 2);
+/// assert_eq!(info["message"]["records"][0], json!({"id": "ann", "info": {"name": "ann"}}));
+/// // A whisper reaches bob, not ann; bob's leave is told to ann at once.
+/// let typing = json!({"event": "typing", "user": "ann"});
+/// ann.send(json!({"command": "whisper", "identifier": id, "data": typing}));
+/// ann.settle().await;
+/// bob.settle().await;
+/// assert!(frames(&bob).contains(&json!({"identifier": id, "message": typing})));
+/// assert!(!frames(&ann).iter().any(|f| f["message"] == typing));
+/// bob.send(json!({"command": "unsubscribe", "identifier": id}));
+/// bob.settle().await;
+/// ann.settle().await;
+/// let left = json!({"type": "presence", "identifier": id, "message": {"type": "leave", "id": "bob"}});
+/// assert!(frames(&ann).contains(&left));
 /// # }
 /// ```
 #[derive(Default)]
@@ -123,15 +163,25 @@ impl Channel for ChatChannel {
             ctx.reject();
             return Ok(());
         };
-        // History for clients that can use it (`@anycable/web`, on the
-        // extended protocol): they resume after a reconnect with what they
-        // missed. A plain `@rails/actioncable` client's room stays a plain
-        // stream, so its frames stay Rails' byte for byte.
+        // The room is also where presence (who is in it) and whispers
+        // ("ann is typing") go. History only for clients that can use it
+        // (`@anycable/web`, on the extended protocol): they resume after a
+        // reconnect with what they missed; a plain `@rails/actioncable`
+        // client's room frames stay Rails' byte for byte.
+        let mut options = StreamOptions::new().presence().whisper();
         if ctx.extended_protocol() {
-            ctx.stream_from_with_history(stream);
-        } else {
-            ctx.stream_from(stream);
+            options = options.history();
         }
+        ctx.stream_from_with(stream, options);
+        // A page that joins is present as its identified user, whatever id
+        // it sends, so nobody is listed under another's name. Nothing is
+        // joined unless the page asks: plain clients that never join get
+        // Rails' frames only.
+        let user = ctx
+            .identified("current_user")
+            .unwrap_or_default()
+            .to_owned();
+        ctx.present_as(user.clone(), json!({ "name": user }));
         Ok(())
     }
 

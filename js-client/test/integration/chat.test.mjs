@@ -1,6 +1,7 @@
 // @cable-rs/client under Node (with `ws`) against the real chat example
 // server (examples/chat): subscribe/confirm, reject, perform/receive,
-// unsubscribe, unauthorized, remote disconnect, server restart.
+// unsubscribe, unauthorized, remote disconnect, server restart; AnyCable's
+// presence and whispers on the extended protocol.
 //
 // The client's monitor notices a dead server only at a poll (6-12 s after the
 // last message, then backing off), so the restart test allows 40 s.
@@ -8,7 +9,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 
-import { ConnectionClosedError, SubscriptionRejectedError } from "../../dist/index.js";
+import { ConnectionClosedError, EXT_PROTOCOL, SubscriptionRejectedError } from "../../dist/index.js";
 import { cableClient } from "../support/clients.mjs";
 import { ChatServer, Scope, freePort, requireChatBin, sleep, waitFor } from "../support/server.mjs";
 
@@ -65,6 +66,60 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         assert.deepEqual(ann.seq("t1"), expected);
         assert.deepEqual(bob.seq("t1"), expected);
         assert.ok(bobSub.consumer === bob.consumer);
+      }),
+    );
+
+    it(
+      "presence and whispers on the extended protocol: info lists both, join/leave events, a whisper reaches the other only",
+      { timeout: 20_000 },
+      scope.wrap(async () => {
+        const ext = (name) =>
+          scope.client({
+            url: server.cableUrl,
+            headers: { Cookie: `user=${name}`, Origin: server.origin },
+            name,
+            protocol: EXT_PROTOCOL,
+          });
+        const ann = ext("ann");
+        const bob = ext("bob");
+        const changes = { ann: [], bob: [] };
+        const callbacks = (rec, who) => ({
+          ...rec.callbacks("p1"),
+          presenceChanged(event) {
+            changes[who].push(event);
+          },
+        });
+        const annSub = await ann.consumer.subscribe(chat("p1"), callbacks(ann, "ann"));
+        assert.equal(ann.sockets[0].protocol, EXT_PROTOCOL);
+        assert.equal(typeof ann.consumer.connection.sessionId, "string");
+        assert.equal(annSub.presence.join("ann", { name: "ann" }), true);
+        const bobSub = bob.consumer.subscriptions.create(chat("p1"), callbacks(bob, "bob"));
+        bobSub.presence.join("bob", { name: "bob" }); // kept until the confirmation
+        await scope.waitFor("ann to hear of bob", () => changes.ann.some((e) => e.type === "join" && e.id === "bob"));
+        const info = await bobSub.presence.info();
+        assert.equal(info.total, 2);
+        assert.deepEqual(
+          info.records.sort((a, b) => a.id.localeCompare(b.id)),
+          [
+            { id: "ann", info: { name: "ann" } },
+            { id: "bob", info: { name: "bob" } },
+          ],
+        );
+        assert.deepEqual(changes.ann, [
+          { type: "join", id: "ann", info: { name: "ann" } },
+          { type: "join", id: "bob", info: { name: "bob" } },
+        ]);
+
+        const typing = { event: "typing", user: "ann" };
+        assert.equal(annSub.whisper(typing), true);
+        await scope.waitFor("bob to get the whisper", () => bob.has("p1", "received", (d) => d?.event === "typing"));
+        await sleep(300);
+        assert.deepEqual(bob.seq("p1").at(-1), { cb: "received", arg: typing });
+        assert.ok(!ann.has("p1", "received"), "the sender gets no whisper, and presence frames never reach received");
+
+        annSub.unsubscribe();
+        await scope.waitFor("bob to hear ann leave", () => changes.bob.some((e) => e.type === "leave" && e.id === "ann"));
+        assert.deepEqual((await bobSub.presence.info()).records, [{ id: "bob", info: { name: "bob" } }]);
       }),
     );
 

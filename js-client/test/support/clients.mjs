@@ -114,9 +114,9 @@ class Recorder {
  * @cable-rs/client with `ws`: headers go through the `headers` option (the
  * feature under test), not through the socket class.
  */
-export function cableClient({ url, headers, name = "cable" }) {
+export function cableClient({ url, headers, name = "cable", protocol }) {
   const rec = new Recorder("@cable-rs/client", name);
-  rec.consumer = createConsumer(url, { WebSocket: rec.socketClass(), headers });
+  rec.consumer = createConsumer(url, { WebSocket: rec.socketClass(), headers, ...(protocol ? { protocol } : {}) });
   return rec;
 }
 

@@ -93,3 +93,24 @@ consumer.ensureActiveConnection();
 const connected: boolean = consumer.connect();
 consumer.disconnect();
 void [_ws, typed, ok, promiseApi, connected];
+
+// AnyCable's extensions: the extended protocol on request, whispers, presence.
+const ext = createConsumer("/cable", { protocol: "actioncable-v1-ext-json" });
+// @ts-expect-error: only the two Action Cable JSON protocols
+createConsumer("/cable", { protocol: "actioncable-v2" });
+const room = ext.subscriptions.create("ChatChannel", {
+  presenceChanged(event) {
+    const id: string = event.id;
+    if (event.type === "join") void event.info;
+  },
+});
+const whispered: boolean = room.whisper({ event: "typing" });
+room.presence.join("ann", { name: "ann" });
+async function presenceApi() {
+  const info = await room.presence.info();
+  const total: number = info.total;
+  const ids: string[] = info.records.map((r) => r.id);
+  room.presence.leave();
+  void [total, ids];
+}
+void [whispered, presenceApi, ext.connection.sessionId];

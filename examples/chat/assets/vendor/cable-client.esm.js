@@ -32,6 +32,7 @@ var INTERNAL = {
   protocols: ["actioncable-v1-json", "actioncable-unsupported"]
 };
 var PROTOCOL = INTERNAL.protocols[0];
+var EXT_PROTOCOL = "actioncable-v1-ext-json";
 
 // src/monitor.ts
 var g = globalThis;
@@ -175,6 +176,7 @@ var _Connection = class _Connection {
       return false;
     }
     const protocols = [...INTERNAL.protocols, ...this.consumer.subprotocols];
+    if (this.consumer.extended) protocols.unshift(EXT_PROTOCOL);
     this.closeOnOpen = false;
     const socket = this.webSocket = this.consumer.createWebSocket(protocols);
     const handler = (fn) => (event) => {
@@ -228,7 +230,8 @@ var _Connection = class _Connection {
     return states.includes(this.getState());
   }
   isProtocolSupported() {
-    return this.getProtocol() === PROTOCOL;
+    const protocol = this.getProtocol();
+    return protocol === PROTOCOL || this.consumer.extended && protocol === EXT_PROTOCOL;
   }
   onOpen() {
     if (this.closeOnOpen) {
@@ -254,6 +257,7 @@ var _Connection = class _Connection {
     this.monitor.recordMessage();
     switch (type) {
       case types.welcome:
+        if (this.getProtocol() === EXT_PROTOCOL && typeof frame.sid === "string") this.sessionId = frame.sid;
         this.monitor.recordConnect();
         this.subscriptions.reload();
         break;
@@ -270,6 +274,10 @@ var _Connection = class _Connection {
       case types.rejection:
         this.subscriptions.reject(identifier);
         break;
+      // AnyCable's presence events and replies, on either protocol.
+      case "presence":
+        if (typeof identifier === "string") this.subscriptions.presenceMessage(identifier, frame.message);
+        break;
       default:
         if (typeof identifier === "string") this.subscriptions.notify(identifier, "received", frame.message);
     }
@@ -277,6 +285,8 @@ var _Connection = class _Connection {
   onClose() {
     if (this.disconnected) return;
     this.disconnected = true;
+    this.sessionId = void 0;
+    this.subscriptions.disconnected();
     this.monitor.recordDisconnect();
     this.subscriptions.notifyAll("disconnected", { willAttemptReconnect: this.monitor.isRunning() });
   }
@@ -307,8 +317,11 @@ var Subscription = class {
   constructor(consumer, params = {}, mixin) {
     /** Whether the server has confirmed this subscription at least once. */
     this.hasBeenConnected = false;
+    /** Whether the server has confirmed this subscription on the current connection. */
+    this.isConfirmed = false;
     this.consumer = consumer;
     this.identifier = JSON.stringify(params);
+    this.presence = new SubscriptionPresence(this);
     if (mixin) {
       for (const key in mixin) this[key] = mixin[key];
     }
@@ -321,10 +334,69 @@ var Subscription = class {
   send(data) {
     return this.consumer.send({ command: "message", identifier: this.identifier, data: JSON.stringify(data) });
   }
+  /**
+   * Sends `data` to everyone else on the channel's whisper stream (AnyCable's
+   * `whisper` command: "ann is typing"); they get it in `received`, the
+   * sender does not. Transient: never kept in history. False if the socket
+   * is not open.
+   */
+  whisper(data) {
+    return this.consumer.send({ command: "whisper", identifier: this.identifier, data });
+  }
   /** Removes the subscription; tells the server unless another one has the same identifier. */
   unsubscribe() {
     this.consumer.subscriptions.remove(this);
     return this;
+  }
+};
+var SubscriptionPresence = class {
+  constructor(subscription) {
+    this.pending = [];
+    this.subscription = subscription;
+  }
+  /** Joins as `id` with `info` (now if confirmed, else on confirmation); true if sent now. */
+  join(id, info) {
+    this.state = { id, info };
+    return this.sendJoin();
+  }
+  /** Leaves the presence (and stops joining on reconnects); true if sent now. */
+  leave() {
+    if (!this.state) return false;
+    this.state = void 0;
+    return this.subscription.isConfirmed && this.send({ command: "leave" });
+  }
+  /**
+   * Who is present now: resolves with the server's reply; rejects when the
+   * server cannot tell (`{"type":"error"}`), the subscription is not
+   * confirmed, or the connection closes first.
+   */
+  info() {
+    if (!this.subscription.isConfirmed || !this.send({ command: "presence", data: {} })) {
+      return Promise.reject(new Error(`cable: presence info of ${this.subscription.identifier}: not connected`));
+    }
+    return new Promise((resolve, reject) => this.pending.push({ resolve, reject }));
+  }
+  /** Sends the kept join, if any, when the subscription is confirmed. @internal */
+  sendJoin() {
+    const { state } = this;
+    return !!state && this.subscription.isConfirmed && this.send({ command: "join", presence: state });
+  }
+  /** Settles the oldest `info()` with a reply; false if none waits. @internal */
+  settle(message) {
+    const waiting = this.pending.shift();
+    if (!waiting) return false;
+    if (message.type === "info") waiting.resolve({ total: message.total ?? 0, records: message.records ?? [] });
+    else waiting.reject(new Error(`cable: presence info of ${this.subscription.identifier}: the server could not tell`));
+    return true;
+  }
+  /** Rejects every pending `info()` (the connection closed, or the subscription ended). @internal */
+  abandon(why) {
+    for (const { reject } of this.pending.splice(0)) {
+      reject(new Error(`cable: presence info of ${this.subscription.identifier}: ${why}`));
+    }
+  }
+  send(command) {
+    return this.subscription.consumer.send({ ...command, identifier: this.subscription.identifier });
   }
 };
 var _SubscriptionGuarantor = class _SubscriptionGuarantor {
@@ -388,6 +460,9 @@ var Subscriptions = class {
     });
   }
   forget(subscription) {
+    subscription.isConfirmed = false;
+    subscription.presence.state = void 0;
+    subscription.presence.abandon("unsubscribed");
     this.guarantor.forget(subscription);
     this.subscriptions = this.subscriptions.filter((s) => s !== subscription);
     return subscription;
@@ -419,7 +494,29 @@ var Subscriptions = class {
       this.guarantor.forget(subscription);
       const reconnected = subscription.hasBeenConnected;
       subscription.hasBeenConnected = true;
+      subscription.isConfirmed = true;
+      subscription.presence.sendJoin();
       this.notify(subscription, "connected", { reconnected });
+    }
+  }
+  /** The connection closed: nothing is confirmed any more, pending `info()`s fail. */
+  disconnected() {
+    for (const subscription of this.subscriptions) {
+      subscription.isConfirmed = false;
+      subscription.presence.abandon("the connection closed");
+    }
+  }
+  /**
+   * A `presence` frame: an `info` or `error` reply settles the oldest
+   * pending `info()`; a `join` or `leave` goes to `presenceChanged`.
+   */
+  presenceMessage(identifier, message) {
+    if (!message || typeof message !== "object") return;
+    const targets = this.findAll(identifier);
+    if (message.type === "info" || message.type === "error") {
+      targets.some((subscription) => subscription.presence.settle(message));
+    } else if ((message.type === "join" || message.type === "leave") && typeof message.id === "string") {
+      for (const subscription of targets) this.notify(subscription, "presenceChanged", message);
     }
   }
   sendCommand(subscription, command) {
@@ -455,6 +552,10 @@ var Consumer = class {
     this.subprotocols = [...options.protocols ?? []];
     this.subscriptions = new Subscriptions(this);
     this.connection = new Connection(this);
+  }
+  /** Whether AnyCable's extended protocol is offered (`{ protocol: "actioncable-v1-ext-json" }`). */
+  get extended() {
+    return this.options.protocol === EXT_PROTOCOL;
   }
   /** The URL to connect to, resolved again on every connect. */
   get url() {
@@ -541,9 +642,11 @@ export {
   ConnectionClosedError,
   ConnectionMonitor,
   Consumer,
+  EXT_PROTOCOL,
   INTERNAL,
   Subscription,
   SubscriptionGuarantor,
+  SubscriptionPresence,
   SubscriptionRejectedError,
   Subscriptions,
   adapters,
