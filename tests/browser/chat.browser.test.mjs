@@ -13,54 +13,16 @@
 // suite prints a SKIPPED line, unless CI is set (then it fails).
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
-import net from "node:net";
+import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
-const CHAT_BIN = process.env.CHAT_BIN || resolve(REPO, process.env.CARGO_TARGET_DIR || "target", "debug", "chat");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+import { CHROMIUM, CHROMIUM_ARGS, REPO, binary, freePort, skipReason, startServer } from "./support.mjs";
+
+const CHAT_BIN = binary("CHAT_BIN", "chat");
 const ARTIFACTS = resolve(REPO, "tests", "artifacts");
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-function skipReason() {
-  const missing = [];
-  if (!existsSync(CHROMIUM)) missing.push(`Chromium not found at ${CHROMIUM} (apt-get install chromium)`);
-  if (!existsSync(CHAT_BIN)) missing.push(`chat binary not found at ${CHAT_BIN} (cargo build -p chat-example --bin chat)`);
-  if (!missing.length) return undefined;
-  const reason = missing.join("; ");
-  if (process.env.CI) throw new Error(`browser tests cannot run: ${reason}; CI is set, so this is an error`);
-  console.log(`SKIPPED: browser tests: ${reason}`);
-  return reason;
-}
-const skip = skipReason();
-
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = net.createServer();
-    srv.on("error", fail);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
-
-const children = new Set();
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+const skip = skipReason("browser tests", [[CHAT_BIN, "chat binary (cargo build -p chat-example --bin chat)"]]);
 
 // How long a page that went away without leaving stays listed. An explicit
 // leave must be seen well within it, so the test tells the two apart.
@@ -69,25 +31,7 @@ const PRESENCE_TTL_S = 5;
 /** Starts `chat --bind 127.0.0.1:PORT`; resolves once it logs that it listens. */
 async function startChat(port) {
   const args = ["--bind", `127.0.0.1:${port}`, "--presence-ttl", String(PRESENCE_TTL_S)];
-  const child = spawn(CHAT_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.add(child);
-  let log = "";
-  const exited = new Promise((ok) => child.once("exit", (code, signal) => (children.delete(child), ok({ code, signal }))));
-  for (const s of [child.stdout, child.stderr]) s.on("data", (d) => (log += d.toString()));
-  const deadline = Date.now() + 20_000;
-  while (!/listening on/.test(log)) {
-    if (!children.has(child) || Date.now() > deadline) throw new Error(`chat did not start:\n${log}`);
-    await sleep(25);
-  }
-  return {
-    port,
-    origin: `http://127.0.0.1:${port}`,
-    log: () => log,
-    async stop() {
-      child.kill("SIGTERM");
-      return exited;
-    },
-  };
+  return { port, origin: `http://127.0.0.1:${port}`, ...(await startServer(CHAT_BIN, args)) };
 }
 
 // When skipped, one skipped test stands for the suite (a skipped describe counts none).

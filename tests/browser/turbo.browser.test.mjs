@@ -18,59 +18,33 @@
 // the suite prints a SKIPPED line, unless CI is set (then it fails).
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import { resolve, normalize } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
+import { CHROMIUM, CHROMIUM_ARGS, binary, freePort, skipReason, startServer } from "./support.mjs";
+
 const MODULES = fileURLToPath(new URL("./node_modules/", import.meta.url));
-const SERVER_BIN =
-  process.env.CABLE_SERVER_BIN || resolve(REPO, process.env.CARGO_TARGET_DIR || "target", "debug", "cable-server");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"];
+const SERVER_BIN = binary("CABLE_SERVER_BIN", "cable-server");
 
 const SECRET = "anycable-app-secret-for-turbo-tests";
 const TURBO_SECRET = "turbo-streams-secret-for-tests";
 const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
 
-function skipReason() {
-  const missing = [];
-  if (!existsSync(CHROMIUM)) missing.push(`Chromium not found at ${CHROMIUM} (apt-get install chromium)`);
-  if (!existsSync(SERVER_BIN)) missing.push(`cable-server not found at ${SERVER_BIN} (cargo build -p cable-standalone --bin cable-server)`);
-  if (!existsSync(resolve(MODULES, "@anycable/turbo-stream"))) missing.push("npm ci has not been run in tests/browser");
-  if (!missing.length) return undefined;
-  const reason = missing.join("; ");
-  if (process.env.CI) throw new Error(`Turbo browser tests cannot run: ${reason}; CI is set, so this is an error`);
-  console.log(`SKIPPED: Turbo browser tests: ${reason}`);
-  return reason;
-}
-const skip = skipReason();
+const skip = skipReason("Turbo browser tests", [
+  [SERVER_BIN, "cable-server (cargo build -p cable-standalone --bin cable-server)"],
+  [resolve(MODULES, "@anycable/turbo-stream"), "@anycable/turbo-stream (npm ci in tests/browser)"],
+]);
 
 /** A signed stream name as turbo-rails' `signed_stream_name` makes it with a raw key. */
 function signed(name, key = TURBO_SECRET) {
   const encoded = Buffer.from(JSON.stringify(name)).toString("base64");
   return `${encoded}--${createHmac("sha256", key).update(encoded).digest("hex")}`;
 }
-
-function freePort() {
-  return new Promise((ok, fail) => {
-    const srv = net.createServer();
-    srv.on("error", fail);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
-    });
-  });
-}
-
-const children = new Set();
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
 
 /** cable-server on `port`, configured by ANYCABLE_* variables only. */
 async function startCable(port) {
@@ -82,25 +56,8 @@ async function startCable(port) {
     ANYCABLE_TURBO_STREAMS_SECRET: TURBO_SECRET,
     ANYCABLE_BROADCAST_ADAPTER: "http",
   });
-  const child = spawn(SERVER_BIN, [], { stdio: ["ignore", "pipe", "pipe"], env });
-  children.add(child);
-  let log = "";
-  const exited = new Promise((ok) => child.once("exit", (code, signal) => (children.delete(child), ok({ code, signal }))));
-  for (const s of [child.stdout, child.stderr]) s.on("data", (d) => (log += d.toString()));
-  const deadline = Date.now() + 20_000;
-  while (!/listening on/i.test(log)) {
-    if (!children.has(child) || Date.now() > deadline) throw new Error(`cable-server did not start:\n${log}`);
-    await sleep(25);
-  }
-  return {
-    url: `ws://127.0.0.1:${port}/cable`,
-    http: `http://127.0.0.1:${port}`,
-    log: () => log,
-    async stop() {
-      child.kill("SIGTERM");
-      return exited;
-    },
-  };
+  const server = await startServer(SERVER_BIN, [], env);
+  return { url: `ws://127.0.0.1:${port}/cable`, http: `http://127.0.0.1:${port}`, ...server };
 }
 
 /** POSTs AnyCable's broadcast body; `headers` add to it (X-Socket-ID). */

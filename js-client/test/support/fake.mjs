@@ -1,7 +1,7 @@
 // Test doubles for the unit tests: a scriptable WebSocket, a consumer wired
 // to it with every callback recorded, and fake timers.
 
-import { mock } from "node:test";
+import { afterEach, beforeEach, mock } from "node:test";
 import { createConsumer } from "../../dist/index.js";
 
 export const PROTOCOL = "actioncable-v1-json";
@@ -128,6 +128,19 @@ export function setup({ url = "ws://cable.test/cable", ...options } = {}) {
  * timers. (Node 20's mock.timers runs all due timers at the end time of a
  * tick, which distorts chains like the monitor's poll.) `restore()` undoes it.
  */
+/** The subscription the unit tests use, and its identifier. */
+export const LOBBY = { channel: "ChatChannel", room: "lobby" };
+export const lobbyId = JSON.stringify(LOBBY);
+
+/** Fake timers and clock for every test of the calling file. */
+export function fakeTimeEachTest() {
+  let time;
+  beforeEach(() => {
+    time = fakeTime();
+  });
+  afterEach(() => time.restore());
+}
+
 export function fakeTime({ random = 0 } = {}) {
   let now = 1_700_000_000_000;
   let seq = 0;

@@ -2,7 +2,7 @@
 // API, headers and subprotocols, the WebSocket lookup.
 
 import assert from "node:assert/strict";
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import {
   ConnectionClosedError,
@@ -14,16 +14,9 @@ import {
   getConfig,
   logger,
 } from "../../dist/index.js";
-import { FakeWebSocket, fakeTime, setup } from "../support/fake.mjs";
+import { FakeWebSocket, LOBBY, fakeTimeEachTest, lobbyId, setup } from "../support/fake.mjs";
 
-const LOBBY = { channel: "ChatChannel", room: "lobby" };
-const lobbyId = JSON.stringify(LOBBY);
-
-let time;
-beforeEach(() => {
-  time = fakeTime();
-});
-afterEach(() => time.restore());
+fakeTimeEachTest();
 
 /** Installs a fake `document` (and `location`) for one test. */
 function withPage({ href = "https://app.example/rooms/1", meta } = {}) {

@@ -2,19 +2,12 @@
 // asked, whispers, presence join/leave/info and presence events.
 
 import assert from "node:assert/strict";
-import { afterEach, beforeEach, describe, it } from "node:test";
+import { describe, it } from "node:test";
 
 import { EXT_PROTOCOL } from "../../dist/index.js";
-import { fakeTime, setup } from "../support/fake.mjs";
+import { LOBBY, fakeTimeEachTest, lobbyId, setup } from "../support/fake.mjs";
 
-const LOBBY = { channel: "ChatChannel", room: "lobby" };
-const lobbyId = JSON.stringify(LOBBY);
-
-let time;
-beforeEach(() => {
-  time = fakeTime();
-});
-afterEach(() => time.restore());
+fakeTimeEachTest();
 
 /** A consumer subscribed to the lobby, welcomed and confirmed on `protocol`. */
 function confirmed(options = {}, protocol = undefined) {
