@@ -443,8 +443,8 @@ impl<'a> Context<'a> {
     /// `info`, whatever id and info it sent, so nobody can be listed as
     /// someone else. Nothing is joined until the client asks, so clients
     /// that never join see no presence traffic of their own making. Call it
-    /// in [`Channel::subscribed`]; it is not kept across a session resume
-    /// (`subscribed` does not run then), where the client's own id is used.
+    /// in [`Channel::subscribed`]; it is stored with the session, so a
+    /// resumed subscription (where `subscribed` does not run) keeps it.
     ///
     /// ```
     /// use cable_core::{async_trait, Cable, Channel, ChannelError, Context, Identifiers, StreamOptions};

@@ -204,6 +204,9 @@ struct StoredSub {
     /// The presence stream, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     presence: Option<String>,
+    /// Who the channel said the subscription is present as: id and info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    present_as: Option<(String, serde_json::Value)>,
 }
 
 /// Longest `X-Request-ID` taken as a session id.
@@ -1505,6 +1508,9 @@ impl Session {
             }
             sub.state.whisper = stored.whisper;
             sub.state.presence = stored.presence;
+            sub.state.present_as = stored
+                .present_as
+                .map(|(id, info)| crate::protocol::PresenceJoin { id, info });
             let class = sub.state.class.clone();
             match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
                 Outcome::Done(Ok(())) => {}
@@ -1606,6 +1612,11 @@ impl Session {
                     .collect(),
                 whisper: s.state.whisper.clone(),
                 presence: s.state.presence.clone(),
+                present_as: s
+                    .state
+                    .present_as
+                    .as_ref()
+                    .map(|p| (p.id.clone(), p.info.clone())),
             })
             .collect();
         subs.sort_by(|a, b| a.id.cmp(&b.id));

@@ -257,3 +257,55 @@ async fn without_presence_the_info_request_gets_an_error() {
     assert_eq!(info(&bob).await, json!({"type": "error"}));
     assert!(cable.cable().presence("room_1").await.is_err());
 }
+
+/// Streams from `room_<room>` with presence, present as the `as` param.
+struct Assigned;
+
+#[async_trait]
+impl Channel for Assigned {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let who = ctx.param_str("as").unwrap_or("nobody").to_owned();
+        ctx.stream_from_with("room_assigned", StreamOptions::new().presence());
+        ctx.present_as(who.clone(), json!({ "name": who }));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn who_the_channel_made_a_subscription_present_as_survives_a_resume() {
+    let cable = TestCable::new(Cable::builder().channel("Assigned", || Assigned));
+    let ident = json!({"channel": "Assigned", "as": "boss"}).to_string();
+    let join_as_me = json!({"command": "join", "identifier": ident,
+        "presence": {"id": "me", "info": {}}});
+    let a = cable.connect(Request::new().ext()).await.expect("welcomed");
+    a.subscribe_to(&ident).await.assert_confirmed();
+    a.send(join_as_me.clone());
+    a.settle().await;
+    let ids = |c: &TestCable| {
+        let cable = c.cable().clone();
+        async move {
+            let info = cable.presence("room_assigned").await.unwrap();
+            info.records.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(&cable).await, ["boss"]);
+    let welcome: Value = serde_json::from_str(&a.frames()[0]).unwrap();
+    let sid = welcome["sid"].as_str().unwrap().to_owned();
+    a.disconnect().await;
+
+    // Restored without `subscribed`: the channel's choice came back with it.
+    let b = cable
+        .connect(Request::new().ext().query("sid", &sid))
+        .await
+        .expect("welcomed");
+    let welcome: Value = serde_json::from_str(&b.frames()[0]).unwrap();
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    b.send(join_as_me);
+    b.settle().await;
+    assert_eq!(ids(&cable).await, ["boss"]);
+    assert!(
+        !b.frames().iter().any(|f| f.contains("mismatch")),
+        "{:?}",
+        b.frames()
+    );
+}
