@@ -151,6 +151,8 @@ async fn tables_are_as_documented_and_cleaned_up() {
         [
             "cable_history",
             "cable_history_marks",
+            "cable_presence",
+            "cable_presence_members",
             "cable_sessions",
             "cable_streams"
         ]
