@@ -858,7 +858,9 @@ pub async fn presence_expires_unless_touched<C: BrokerConformance>() {
     assert_eq!(expired(&a, &p).await, vec![], "nothing ran out yet");
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        a.presence_touch(&[kept.clone()], ttl).await.expect("touch");
+        a.presence_touch(std::slice::from_ref(&kept), ttl)
+            .await
+            .expect("touch");
         b.presence_touch(&[second.clone(), format!("{p}-unknown")], ttl)
             .await
             .expect("touch");
@@ -869,7 +871,7 @@ pub async fn presence_expires_unless_touched<C: BrokerConformance>() {
     assert_eq!(left, vec![(room.clone(), "bob".to_owned())]);
     assert_eq!(members(&a, &room).await, pairs(&[("ann", "{}")]));
     assert_eq!(members(&b, &lobby).await, pairs(&[("bob", "{}")]));
-    a.presence_touch(&[gone.clone()], MINUTE)
+    a.presence_touch(std::slice::from_ref(&gone), MINUTE)
         .await
         .expect("touch");
     assert_eq!(leave(&a, &room, &gone).await, None, "swept already");
