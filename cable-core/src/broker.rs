@@ -32,6 +32,10 @@
 //!   known to be complete (as AnyCable's brokers): an unknown stream, another
 //!   epoch, an offset whose entry was evicted or expired, 0, or one newer
 //!   than the latest is [`BrokerError::HistoryNotFound`].
+//! - Presence (for a broker whose [`Broker::supports_presence`] is true) is
+//!   one store for every node on the backend: a join on one node is in
+//!   [`Broker::presence_info`] on all, and of nodes calling
+//!   [`Broker::presence_expire`] at once exactly one reports each leave.
 //! - Errors are values: a backend outage must not panic or block callers
 //!   forever.
 

@@ -142,9 +142,11 @@ pub struct Settings {
         skip_serializing_if = "Option::is_none"
     )]
     pub channel_prefix: Option<String>,
-    /// History and session store of reliable streams: `memory` (this
-    /// process only), `redis://…`, `postgres://…`, or `none` (history
-    /// requests are rejected, sessions do not resume). Default `memory`.
+    /// History, session and presence store of reliable streams: `memory`
+    /// (this process only), `redis://…`, `postgres://…` (shared by every
+    /// node on it), `redis` (AnyCable's name: the Redis at `redis_url`), or
+    /// `none` (history requests are rejected, sessions do not resume, no
+    /// presence). Default `memory`.
     #[serde(serialize_with = "ser::redacted")]
     pub broker: String,
     /// Keep history for every stream (else only for streams a channel
@@ -834,7 +836,8 @@ impl Settings {
         if !broker_ok {
             return Err(invalid(
                 "broker",
-                "memory, none, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                "memory, none, redis (at redis_url), redis://HOST[:PORT][/DB], rediss://… or \
+                 postgres://HOST[:PORT]/DB",
             ));
         }
         if self.history_limit == 0 {
@@ -998,6 +1001,13 @@ impl Settings {
             same_setting(figment, alias, addr, "bind", &mut self.bind)?;
         }
         let redis_url = self.redis_url.take();
+        // AnyCable names its broker (`broker = "redis"`, Pro's) and takes
+        // the URL from `redis_url`; ours is a URL.
+        if self.broker.eq_ignore_ascii_case("redis") {
+            self.broker = redis_url
+                .clone()
+                .unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned());
+        }
         match self
             .pubsub
             .take()
@@ -1656,9 +1666,30 @@ mod tests {
                 |s| s.adapter == "redis://localhost:6379",
             ),
             (
+                "broker redis at redis_url",
+                &[
+                    ("ANYCABLE_BROKER", "redis"),
+                    ("ANYCABLE_REDIS_URL", "redis://db:6380/1"),
+                ],
+                |s| s.broker == "redis://db:6380/1" && s.adapter == "memory",
+            ),
+            (
+                "broker and pubsub redis at its default",
+                &[("ANYCABLE_BROKER", "redis"), ("ANYCABLE_PUBSUB", "redis")],
+                |s| s.broker == "redis://localhost:6379" && s.adapter == s.broker,
+            ),
+            (
+                "a broker URL is taken as it is",
+                &[
+                    ("ANYCABLE_BROKER", "postgres://db/app"),
+                    ("ANYCABLE_REDIS_URL", "redis://db"),
+                ],
+                |s| s.broker == "postgres://db/app",
+            ),
+            (
                 "redis_url alone is no adapter",
                 &[("ANYCABLE_REDIS_URL", "redis://db")],
-                |s| s.adapter == "memory",
+                |s| s.adapter == "memory" && s.broker == "memory",
             ),
             ("jwt_param", &[("ANYCABLE_JWT_PARAM", "token")], |s| {
                 s.jwt_param == "token"

@@ -84,6 +84,12 @@ macro_rules! broker_conformance_tests {
             payloads_come_back_exactly,
             extreme_arguments_are_no_errors,
             unreachable_backend_fails_promptly,
+            presence_join_leave_info,
+            presence_id_mismatch,
+            presence_two_sessions_of_one_id,
+            presence_is_shared_by_nodes,
+            presence_expires_unless_touched,
+            presence_expire_reports_each_leave_once,
         );
     };
 }
@@ -605,14 +611,351 @@ pub async fn unreachable_backend_fails_promptly<C: BrokerConformance>() {
             b.fetch_session("sid").await.err(),
             b.remove_session("sid").await.err(),
         ];
+        let presence = if b.supports_presence() {
+            vec![
+                b.presence_join("s", "sid", "id", "{}", Duration::from_secs(1))
+                    .await
+                    .err(),
+                b.presence_leave("s", "sid").await.err(),
+                b.presence_info("s").await.err(),
+                b.presence_touch(&["sid".to_owned()], Duration::from_secs(1))
+                    .await
+                    .err(),
+                b.presence_expire().await.err(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let results = results.into_iter().chain(presence);
         for r in results {
             assert!(matches!(r, Some(BrokerError::Unavailable(_))), "{r:?}");
         }
         assert!(
             started.elapsed() < Duration::from_secs(3),
-            "8 calls took {:?}",
+            "the calls took {:?}",
             started.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// The presence properties that sweep ([`Broker::presence_expire`]) take
+/// turns: a sweep removes every session that ran out on the backend, so
+/// two of these tests sweeping at once would take each other's leaves.
+static SWEEPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn join(
+    b: &impl Broker,
+    stream: &str,
+    sid: &str,
+    id: &str,
+    info: &str,
+    ttl: Duration,
+) -> bool {
+    b.presence_join(stream, sid, id, info, ttl)
+        .await
+        .unwrap_or_else(|e| panic!("presence_join({stream}, {sid}, {id}): {e}"))
+}
+
+async fn leave(b: &impl Broker, stream: &str, sid: &str) -> Option<String> {
+    b.presence_leave(stream, sid)
+        .await
+        .unwrap_or_else(|e| panic!("presence_leave({stream}, {sid}): {e}"))
+}
+
+/// `(id, info)` of each member of `stream`, oldest first, checking `total`.
+async fn members(b: &impl Broker, stream: &str) -> Vec<(String, String)> {
+    let info = b
+        .presence_info(stream)
+        .await
+        .unwrap_or_else(|e| panic!("presence_info({stream}): {e}"));
+    assert_eq!(info.total, info.records.len(), "{info:?}");
+    info.records.into_iter().map(|r| (r.id, r.info)).collect()
+}
+
+fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+    want.iter()
+        .map(|(id, info)| (id.to_string(), info.to_string()))
+        .collect()
+}
+
+/// The leaves of one sweep on `stream`s named with `prefix` (a sweep
+/// returns those of every stream on the backend), as `(stream, id)`.
+async fn expired(b: &impl Broker, prefix: &str) -> Vec<(String, String)> {
+    let left = b
+        .presence_expire()
+        .await
+        .unwrap_or_else(|e| panic!("presence_expire: {e}"));
+    left.into_iter()
+        .filter(|l| l.stream.starts_with(prefix))
+        .map(|l| (l.stream, l.id))
+        .collect()
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Join, leave and info: the first session of an id joins (true), a
+/// rejoin changes the info and keeps the place, leaving returns the id
+/// once, members come oldest first, streams are apart, and every
+/// presence broker says it keeps presence.
+pub async fn presence_join_leave_info<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    assert!(b.supports_presence(), "{} keeps presence", b.name());
+    let p = unique_prefix();
+    let sid = |n: &str| format!("{p}-{n}");
+    let (stream, other) = (format!("{p}:room"), format!("{p}:other"));
+    assert_eq!(members(&b, &stream).await, pairs(&[]));
+    assert!(join(&b, &stream, &sid("s1"), "ann", r#"{"name":"Ann"}"#, MINUTE).await);
+    assert!(join(&b, &stream, &sid("s2"), "bob", r#"{"name":"Bob"}"#, MINUTE).await);
+    assert!(join(&b, &stream, &sid("s3"), "cy", "{}", MINUTE).await);
+    assert_eq!(
+        members(&b, &stream).await,
+        pairs(&[
+            ("ann", r#"{"name":"Ann"}"#),
+            ("bob", r#"{"name":"Bob"}"#),
+            ("cy", "{}")
+        ])
+    );
+    // Joining again as the same id: not a new member, the latest info wins.
+    assert!(
+        !join(
+            &b,
+            &stream,
+            &sid("s1"),
+            "ann",
+            r#"{"name":"Ann B."}"#,
+            MINUTE
+        )
+        .await
+    );
+    assert_eq!(
+        members(&b, &stream).await,
+        pairs(&[
+            ("ann", r#"{"name":"Ann B."}"#),
+            ("bob", r#"{"name":"Bob"}"#),
+            ("cy", "{}")
+        ])
+    );
+    assert_eq!(members(&b, &other).await, pairs(&[]));
+    assert_eq!(leave(&b, &stream, &sid("s2")).await.as_deref(), Some("bob"));
+    assert_eq!(leave(&b, &stream, &sid("s2")).await, None, "left already");
+    assert_eq!(leave(&b, &stream, &sid("nobody")).await, None);
+    assert_eq!(
+        leave(&b, &other, &sid("s1")).await,
+        None,
+        "s1 is not on the other stream"
+    );
+    // A member that comes back is the newest.
+    assert!(join(&b, &stream, &sid("s2"), "bob", "{}", MINUTE).await);
+    assert_eq!(
+        members(&b, &stream).await,
+        pairs(&[("ann", r#"{"name":"Ann B."}"#), ("cy", "{}"), ("bob", "{}")])
+    );
+    for n in ["s1", "s2", "s3"] {
+        assert!(leave(&b, &stream, &sid(n)).await.is_some(), "{n}");
+    }
+    assert_eq!(members(&b, &stream).await, pairs(&[]));
+}
+
+/// One id per session per stream: joining as another id is
+/// [`BrokerError::PresenceIdMismatch`] and changes nothing, on any node;
+/// the same session may be another id on another stream.
+pub async fn presence_id_mismatch<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let p = unique_prefix();
+    let sid = |n: &str| format!("{p}-{n}");
+    let (stream, other) = (format!("{p}:room"), format!("{p}:other"));
+    assert!(join(&a, &stream, &sid("s1"), "ann", "{}", MINUTE).await);
+    for node in [&a, &b] {
+        assert_eq!(
+            node.presence_join(&stream, &sid("s1"), "bob", "{}", MINUTE)
+                .await,
+            Err(BrokerError::PresenceIdMismatch)
+        );
+    }
+    assert_eq!(members(&b, &stream).await, pairs(&[("ann", "{}")]));
+    assert!(join(&b, &other, &sid("s1"), "bob", "{}", MINUTE).await);
+    assert_eq!(members(&a, &other).await, pairs(&[("bob", "{}")]));
+    assert_eq!(leave(&b, &stream, &sid("s1")).await.as_deref(), Some("ann"));
+    // Once it left, the session may come back as anyone.
+    assert!(join(&a, &stream, &sid("s1"), "bob", "{}", MINUTE).await);
+    assert_eq!(members(&a, &stream).await, pairs(&[("bob", "{}")]));
+}
+
+/// Two sessions of one id (two tabs, two nodes): one member; it joins with
+/// the first and leaves with the last.
+pub async fn presence_two_sessions_of_one_id<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let p = unique_prefix();
+    let sid = |n: &str| format!("{p}-{n}");
+    let stream = format!("{p}:room");
+    assert!(join(&a, &stream, &sid("tab1"), "ann", r#"{"tab":1}"#, MINUTE).await);
+    assert!(!join(&b, &stream, &sid("tab2"), "ann", r#"{"tab":2}"#, MINUTE).await);
+    assert_eq!(
+        members(&a, &stream).await,
+        pairs(&[("ann", r#"{"tab":2}"#)])
+    );
+    assert_eq!(leave(&a, &stream, &sid("tab1")).await, None, "tab2 stays");
+    assert_eq!(
+        members(&b, &stream).await,
+        pairs(&[("ann", r#"{"tab":2}"#)])
+    );
+    assert_eq!(
+        leave(&a, &stream, &sid("tab2")).await.as_deref(),
+        Some("ann")
+    );
+    assert_eq!(members(&b, &stream).await, pairs(&[]));
+}
+
+/// What one node writes, every node sees: a join on one is in the other's
+/// info, a session joined on one is renewed and removed by the other.
+pub async fn presence_is_shared_by_nodes<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let (a, b) = (c.broker(), c.broker());
+    let p = unique_prefix();
+    let sid = |n: &str| format!("{p}-{n}");
+    let stream = format!("{p}:room");
+    assert!(join(&a, &stream, &sid("s1"), "ann", r#"{"on":"a"}"#, MINUTE).await);
+    assert_eq!(
+        members(&b, &stream).await,
+        pairs(&[("ann", r#"{"on":"a"}"#)])
+    );
+    assert!(join(&b, &stream, &sid("s2"), "bob", r#"{"on":"b"}"#, MINUTE).await);
+    assert_eq!(members(&a, &stream).await, members(&b, &stream).await);
+    b.presence_touch(&[sid("s1")], MINUTE)
+        .await
+        .expect("touch from the other node");
+    assert_eq!(leave(&b, &stream, &sid("s1")).await.as_deref(), Some("ann"));
+    assert_eq!(
+        members(&a, &stream).await,
+        pairs(&[("bob", r#"{"on":"b"}"#)])
+    );
+    assert_eq!(leave(&a, &stream, &sid("s2")).await.as_deref(), Some("bob"));
+}
+
+/// A session not renewed within its TTL is removed by the sweep, with a
+/// leave for each member it was the last session of (on every stream it
+/// was on); one renewed by `presence_touch` stays. Sweeping again reports
+/// nothing, and a touch brings nothing swept back.
+pub async fn presence_expires_unless_touched<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let _turn = SWEEPS.lock().await;
+    let (a, b) = (c.broker(), c.broker());
+    let p = unique_prefix();
+    let (room, lobby) = (format!("{p}:room"), format!("{p}:lobby"));
+    let ttl = Duration::from_millis(1000);
+    let kept = format!("{p}-kept");
+    let gone = format!("{p}-gone");
+    let second = format!("{p}-second");
+    assert!(join(&a, &room, &kept, "ann", "{}", ttl).await);
+    assert!(join(&a, &room, &gone, "bob", "{}", ttl).await);
+    assert!(join(&a, &lobby, &gone, "bob", "{}", ttl).await);
+    // Bob's second session on the lobby is renewed: bob stays there.
+    assert!(!join(&b, &lobby, &second, "bob", "{}", ttl).await);
+    assert_eq!(expired(&a, &p).await, vec![], "nothing ran out yet");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        a.presence_touch(std::slice::from_ref(&kept), ttl)
+            .await
+            .expect("touch");
+        b.presence_touch(&[second.clone(), format!("{p}-unknown")], ttl)
+            .await
+            .expect("touch");
+    }
+    // 1.6 s since the joins: `gone` ran out, the others were renewed.
+    let mut left = expired(&b, &p).await;
+    left.extend(expired(&a, &p).await);
+    assert_eq!(left, vec![(room.clone(), "bob".to_owned())]);
+    assert_eq!(members(&a, &room).await, pairs(&[("ann", "{}")]));
+    assert_eq!(members(&b, &lobby).await, pairs(&[("bob", "{}")]));
+    a.presence_touch(std::slice::from_ref(&gone), MINUTE)
+        .await
+        .expect("touch");
+    assert_eq!(leave(&a, &room, &gone).await, None, "swept already");
+    assert_eq!(members(&a, &room).await, pairs(&[("ann", "{}")]));
+    // Nothing renewed any more: the rest runs out.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut left = expired(&a, &p).await;
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            (lobby.clone(), "bob".to_owned()),
+            (room.clone(), "ann".to_owned())
+        ]
+    );
+    assert_eq!(members(&b, &room).await, pairs(&[]));
+    assert_eq!(members(&b, &lobby).await, pairs(&[]));
+    assert_eq!(expired(&b, &p).await, vec![]);
+    a.presence_touch(&[], ttl).await.expect("an empty touch");
+}
+
+/// Two nodes sweeping at once, again and again: every member that ran out
+/// is reported exactly once in all, also ids with sessions on both nodes.
+pub async fn presence_expire_reports_each_leave_once<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let _turn = SWEEPS.lock().await;
+    let nodes = [Arc::new(c.broker()), Arc::new(c.broker())];
+    let p = unique_prefix();
+    let ttl = Duration::from_millis(800);
+    let mut want = Vec::new();
+    for s in 0..3 {
+        let stream = format!("{p}:room{s}");
+        for n in 0..10 {
+            let id = format!("user{n}");
+            // Every id has a session on each node; half of them two on one.
+            for (i, node) in nodes.iter().enumerate() {
+                join(
+                    &**node,
+                    &stream,
+                    &format!("{p}-{s}-{n}-{i}"),
+                    &id,
+                    "{}",
+                    ttl,
+                )
+                .await;
+            }
+            if n % 2 == 0 {
+                join(
+                    &*nodes[0],
+                    &stream,
+                    &format!("{p}-{s}-{n}-x"),
+                    &id,
+                    "{}",
+                    ttl,
+                )
+                .await;
+            }
+            want.push((stream.clone(), id));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut sweeps = Vec::new();
+    for round in 0..4 {
+        for node in &nodes {
+            let (node, p) = (node.clone(), p.clone());
+            sweeps.push(tokio::spawn(async move {
+                if round > 0 {
+                    tokio::task::yield_now().await;
+                }
+                expired(&*node, &p).await
+            }));
+        }
+    }
+    let mut left = Vec::new();
+    for s in sweeps {
+        left.extend(s.await.expect("sweep task"));
+    }
+    left.sort();
+    want.sort();
+    assert_eq!(left, want, "each leave exactly once");
+    for s in 0..3 {
+        assert_eq!(
+            members(&*nodes[1], &format!("{p}:room{s}")).await,
+            pairs(&[])
+        );
     }
 }

@@ -1,14 +1,18 @@
 //! The PostgreSQL history broker: positions assigned by one
 //! `INSERT … ON CONFLICT … DO UPDATE … RETURNING` per append, history,
-//! sessions and history marks in tables, expired rows swept periodically.
-//! See the crate docs ("History broker") for the tables.
+//! sessions and history marks in tables, expired rows swept periodically;
+//! presence in two tables changed by single statements under row locks.
+//! See the crate docs ("History broker", "Presence") for the tables.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
-use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
+use cable_core::broker::{
+    Broker, BrokerError, Entry, History, HistoryPolicy, Position, PresenceInfo, PresenceLeft,
+    PresenceRecord,
+};
 use cable_core::redact_url;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
@@ -38,7 +42,8 @@ pub struct PostgresBrokerConfig {
     /// `public`.
     pub schema: String,
     /// Put in front of each table's name (`<prefix>streams`,
-    /// `<prefix>history`, `<prefix>sessions`, `<prefix>history_marks`).
+    /// `<prefix>history`, `<prefix>sessions`, `<prefix>history_marks`,
+    /// `<prefix>presence`, `<prefix>presence_members`).
     /// Default `cable_`.
     pub table_prefix: String,
     /// `application_name` of the broker's connection. Default
@@ -97,7 +102,7 @@ impl PostgresBrokerConfig {
     }
 
     fn connection_config(&self) -> Result<tokio_postgres::Config, PostgresConfigError> {
-        let longest = format!("{}history_marks", self.table_prefix);
+        let longest = format!("{}presence_members", self.table_prefix);
         for (what, name) in [("schema", &self.schema), ("table", &longest)] {
             if name.is_empty() || name.len() > MAX_IDENTIFIER || name.contains('\0') {
                 return Err(PostgresConfigError::InvalidName {
@@ -134,6 +139,11 @@ struct Sql {
     history: String,
     sessions: String,
     marks: String,
+    presence: String,
+    members: String,
+    /// The indexes' names, unqualified (an index lives in its table's schema).
+    presence_sid_index: String,
+    presence_expiry_index: String,
 }
 
 impl Sql {
@@ -144,6 +154,10 @@ impl Sql {
             history: c.table("history"),
             sessions: c.table("sessions"),
             marks: c.table("history_marks"),
+            presence: c.table("presence"),
+            members: c.table("presence_members"),
+            presence_sid_index: quote(&format!("{}presence_sid", c.table_prefix)),
+            presence_expiry_index: quote(&format!("{}presence_expiry", c.table_prefix)),
         }
     }
 
@@ -153,6 +167,10 @@ impl Sql {
             history,
             sessions,
             marks,
+            presence,
+            members,
+            presence_sid_index,
+            presence_expiry_index,
             ..
         } = self;
         format!(
@@ -178,7 +196,22 @@ impl Sql {
                 stream text PRIMARY KEY,
                 history_limit bigint NOT NULL,
                 ttl_ms bigint NOT NULL,
-                expires_at timestamptz NOT NULL);"
+                expires_at timestamptz NOT NULL);
+            CREATE TABLE IF NOT EXISTS {presence} (
+                stream text NOT NULL,
+                sid text NOT NULL,
+                id text NOT NULL,
+                expires_at timestamptz NOT NULL,
+                PRIMARY KEY (stream, sid));
+            CREATE INDEX IF NOT EXISTS {presence_sid_index} ON {presence} (sid);
+            CREATE INDEX IF NOT EXISTS {presence_expiry_index} ON {presence} (expires_at);
+            CREATE TABLE IF NOT EXISTS {members} (
+                stream text NOT NULL,
+                id text NOT NULL,
+                info text NOT NULL,
+                sessions bigint NOT NULL,
+                seq bigserial NOT NULL,
+                PRIMARY KEY (stream, id));"
         )
     }
 
@@ -295,13 +328,112 @@ impl Sql {
         format!("DELETE FROM {} WHERE sid = $1::text", self.sessions)
     }
 
+    /// Session $2 joins stream $1 as member $3 with info $4 for $5 ms. The
+    /// session's row is inserted, or renewed when it is there as the same
+    /// id (`xmax = 0` tells an insert from an update); no row comes back
+    /// when it is there as another id (the mismatch). The member's row
+    /// counts its sessions under its row lock, so that of two sessions
+    /// joining at once on two nodes exactly one is the first; a member at 0
+    /// (left, not yet deleted by the cleanup) that comes back takes a new
+    /// place in the join order.
+    /// Returns (session rows: 0 on a mismatch, added, the member's sessions).
+    fn presence_join(&self) -> String {
+        let Sql {
+            presence, members, ..
+        } = self;
+        format!(
+            "WITH s AS (
+                INSERT INTO {presence} AS p (stream, sid, id, expires_at)
+                VALUES ($1::text, $2::text, $3::text,
+                        clock_timestamp() + $5::bigint * interval '1 millisecond')
+                ON CONFLICT (stream, sid) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                    WHERE p.id = EXCLUDED.id
+                RETURNING (p.xmax = 0) AS added
+            ), m AS (
+                INSERT INTO {members} AS m (stream, id, info, sessions)
+                SELECT $1::text, $3::text, $4::text, 1 FROM s
+                ON CONFLICT (stream, id) DO UPDATE SET
+                    info = EXCLUDED.info,
+                    sessions = GREATEST(m.sessions, 0)
+                        + CASE WHEN (SELECT added FROM s) THEN 1 ELSE 0 END,
+                    seq = CASE WHEN m.sessions <= 0 THEN EXCLUDED.seq ELSE m.seq END
+                RETURNING m.sessions
+            )
+            SELECT (SELECT count(*) FROM s), coalesce((SELECT added FROM s), false),
+                   coalesce((SELECT sessions FROM m), 0::bigint)"
+        )
+    }
+
+    /// Session $2 leaves stream $1: its row is deleted and its member's
+    /// count lowered under the member's row lock. Returns the member's id
+    /// and its sessions left, no row when the session was not there.
+    fn presence_leave(&self) -> String {
+        let Sql {
+            presence, members, ..
+        } = self;
+        format!(
+            "WITH gone AS (
+                DELETE FROM {presence} WHERE stream = $1::text AND sid = $2::text RETURNING id
+            )
+            UPDATE {members} m SET sessions = GREATEST(m.sessions - 1, 0)
+            FROM gone WHERE m.stream = $1::text AND m.id = gone.id
+            RETURNING m.id, m.sessions"
+        )
+    }
+
+    /// The members of stream $1, oldest first.
+    fn presence_info(&self) -> String {
+        format!(
+            "SELECT id, info FROM {} WHERE stream = $1::text AND sessions > 0 ORDER BY seq",
+            self.members
+        )
+    }
+
+    /// Renews the sessions $1 (an array) for $2 ms.
+    fn presence_touch(&self) -> String {
+        format!(
+            "UPDATE {} SET expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
+             WHERE sid = ANY($1::text[])",
+            self.presence
+        )
+    }
+
+    /// Deletes up to [`SWEEP_BATCH`] sessions that ran out, skipping rows
+    /// another node's sweep (or a join, a leave, a touch) holds, so that
+    /// each is deleted by one node; their members' counts are lowered
+    /// under the members' row locks, so that a member whose last sessions
+    /// two nodes delete at once reaches 0 in exactly one of them. Returns
+    /// one row with the sessions deleted, and the stream and id of each
+    /// member that reached 0 (NULL when none did).
+    fn presence_expire(&self) -> String {
+        let Sql {
+            presence, members, ..
+        } = self;
+        format!(
+            "WITH gone AS (
+                DELETE FROM {presence} WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {presence} WHERE expires_at <= clock_timestamp()
+                    LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))
+                RETURNING stream, id
+            ), counts AS (
+                SELECT stream, id, count(*) AS n FROM gone GROUP BY stream, id
+            ), lowered AS (
+                UPDATE {members} m SET sessions = GREATEST(m.sessions - c.n, 0)
+                FROM counts c WHERE m.stream = c.stream AND m.id = c.id
+                RETURNING m.stream, m.id, m.sessions
+            )
+            SELECT (SELECT count(*) FROM gone), l.stream, l.id
+            FROM (SELECT 1) one LEFT JOIN lowered l ON l.sessions = 0"
+        )
+    }
+
     /// Separate statements (each its own transaction), so that no lock is
     /// held from one to the next, each deleting at most [`SWEEP_BATCH`] rows
     /// (run again while they fill it), so that none runs long. Rows locked by
     /// an append are skipped (the append trims its stream itself, or the
     /// next sweep does), so the sweep never waits for an append and cannot
     /// deadlock with one.
-    fn cleanup(&self) -> [String; 4] {
+    fn cleanup(&self) -> [String; 5] {
         let Sql {
             streams, history, ..
         } = self;
@@ -326,12 +458,23 @@ impl Sql {
             expired(streams),
             expired(&self.sessions),
             expired(&self.marks),
+            // Members that left (their sessions are the presence sweep's,
+            // which reports the leaves).
+            format!(
+                "DELETE FROM {members} WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {members} WHERE sessions <= 0
+                    LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))",
+                members = self.members
+            ),
         ]
     }
 }
 
 /// Most rows one cleanup statement deletes.
 const SWEEP_BATCH: u64 = 1000;
+
+/// Most sessions one presence touch renews.
+const PRESENCE_BATCH: usize = 1000;
 
 /// A connection and its prepared statements.
 struct Conn {
@@ -344,6 +487,11 @@ struct Conn {
     store: Statement,
     fetch: Statement,
     remove: Statement,
+    presence_join: Statement,
+    presence_leave: Statement,
+    presence_info: Statement,
+    presence_touch: Statement,
+    presence_expire: Statement,
 }
 
 struct Backend {
@@ -379,6 +527,11 @@ impl Connect for Backend {
             store: prepare(sql.store()).await?,
             fetch: prepare(sql.fetch()).await?,
             remove: prepare(sql.remove()).await?,
+            presence_join: prepare(sql.presence_join()).await?,
+            presence_leave: prepare(sql.presence_leave()).await?,
+            presence_info: prepare(sql.presence_info()).await?,
+            presence_touch: prepare(sql.presence_touch()).await?,
+            presence_expire: prepare(sql.presence_expire()).await?,
             client,
         }))
     }
@@ -398,13 +551,16 @@ impl Backend {
         let sql = &self.sql;
         let check = "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1::text),
                             to_regclass($2::text) IS NOT NULL AND to_regclass($3::text) IS NOT NULL
-                        AND to_regclass($4::text) IS NOT NULL AND to_regclass($5::text) IS NOT NULL";
-        let params: [&(dyn ToSql + Sync); 5] = [
+                        AND to_regclass($4::text) IS NOT NULL AND to_regclass($5::text) IS NOT NULL
+                        AND to_regclass($6::text) IS NOT NULL AND to_regclass($7::text) IS NOT NULL";
+        let params: [&(dyn ToSql + Sync); 7] = [
             &sql.schema,
             &sql.streams,
             &sql.history,
             &sql.sessions,
             &sql.marks,
+            &sql.presence,
+            &sql.members,
         ];
         let present = |row: Row| -> Result<(bool, bool), tokio_postgres::Error> {
             Ok((row.try_get::<_, i64>(0)? > 0, row.try_get::<_, bool>(1)?))
@@ -543,6 +699,31 @@ impl Inner {
         .await
     }
 
+    /// As [`Inner::query`], run again (up to 3 times) when PostgreSQL
+    /// aborted it for a deadlock or a serialization failure: the presence
+    /// statements lock member rows in no fixed order, so two sweeps may
+    /// deadlock, and the aborted one changed nothing.
+    async fn query_retrying(
+        &self,
+        what: &str,
+        stmt: fn(&Conn) -> &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, BrokerError> {
+        self.call(what, |conn| async move {
+            let mut tries = 0;
+            loop {
+                match conn.client.query(stmt(&conn), params).await {
+                    Err(e) if tries < 3 && is_retryable(&e) => {
+                        tries += 1;
+                        tracing::debug!(error = %describe(&e), "presence statement aborted; running it again");
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+    }
+
     async fn cleanup(&self) -> Result<u64, BrokerError> {
         let mut n = 0;
         for sql in self.conn.backend().sql.cleanup() {
@@ -561,6 +742,13 @@ impl Inner {
         }
         Ok(n)
     }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 fn is_missing_table(e: &tokio_postgres::Error) -> bool {
@@ -771,6 +959,108 @@ impl Broker for PostgresBroker {
             .query("the session", |c| &c.remove, &[&sid])
             .await
             .map(drop)
+    }
+
+    async fn presence_join(
+        &self,
+        stream: &str,
+        sid: &str,
+        id: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let ttl = millis(ttl);
+        let rows = self
+            .inner
+            .query_retrying(
+                "the presence join",
+                |c| &c.presence_join,
+                &[&stream, &sid, &id, &info, &ttl],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| BrokerError::Backend("postgres: no row from a presence join".into()))?;
+        let matched: i64 = row.try_get(0).map_err(bad_row)?;
+        if matched == 0 {
+            return Err(BrokerError::PresenceIdMismatch);
+        }
+        let added: bool = row.try_get(1).map_err(bad_row)?;
+        let sessions: i64 = row.try_get(2).map_err(bad_row)?;
+        Ok(added && sessions == 1)
+    }
+
+    async fn presence_leave(&self, stream: &str, sid: &str) -> Result<Option<String>, BrokerError> {
+        let rows = self
+            .inner
+            .query_retrying(
+                "the presence leave",
+                |c| &c.presence_leave,
+                &[&stream, &sid],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let id: String = row.try_get(0).map_err(bad_row)?;
+        let sessions: i64 = row.try_get(1).map_err(bad_row)?;
+        Ok((sessions == 0).then_some(id))
+    }
+
+    async fn presence_info(&self, stream: &str) -> Result<PresenceInfo, BrokerError> {
+        let rows = self
+            .inner
+            .query("the presence info", |c| &c.presence_info, &[&stream])
+            .await?;
+        let records = rows
+            .iter()
+            .map(|r| {
+                Ok(PresenceRecord {
+                    id: r.try_get(0).map_err(bad_row)?,
+                    info: r.try_get(1).map_err(bad_row)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        Ok(PresenceInfo {
+            total: records.len(),
+            records,
+        })
+    }
+
+    async fn presence_touch(&self, sids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        let ttl = millis(ttl);
+        for batch in sids.chunks(PRESENCE_BATCH) {
+            self.inner
+                .query_retrying("the presence touch", |c| &c.presence_touch, &[&batch, &ttl])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn presence_expire(&self) -> Result<Vec<PresenceLeft>, BrokerError> {
+        let mut left = Vec::new();
+        loop {
+            let rows = self
+                .inner
+                .query_retrying("the presence sweep", |c| &c.presence_expire, &[])
+                .await?;
+            let mut deleted = 0;
+            for row in &rows {
+                deleted = row.try_get::<_, i64>(0).map_err(bad_row)?;
+                let stream: Option<String> = row.try_get(1).map_err(bad_row)?;
+                let id: Option<String> = row.try_get(2).map_err(bad_row)?;
+                if let (Some(stream), Some(id)) = (stream, id) {
+                    left.push(PresenceLeft { stream, id });
+                }
+            }
+            if deleted < SWEEP_BATCH as i64 {
+                return Ok(left);
+            }
+        }
+    }
+
+    fn supports_presence(&self) -> bool {
+        true
     }
 
     fn name(&self) -> &'static str {

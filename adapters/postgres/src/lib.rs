@@ -119,6 +119,8 @@
 //! | `cable_history` | `stream`, `epoch`, `"offset"` (key: all three), `at`, `payload` | one row per kept entry |
 //! | `cable_sessions` | `sid` (key), `state`, `expires_at` | sessions |
 //! | `cable_history_marks` | `stream` (key), `history_limit`, `ttl_ms`, `expires_at` | `enable_history` |
+//! | `cable_presence` | `stream`, `sid` (key: both), `id`, `expires_at` | a session present on a stream as member `id` (indexes on `sid` and `expires_at`) |
+//! | `cable_presence_members` | `stream`, `id` (key: both), `info`, `sessions`, `seq` | a member: its info, how many sessions, its join order |
 //!
 //! - An append is one statement: `INSERT … ON CONFLICT (stream) DO UPDATE
 //!   … RETURNING` on the stream's row gives the next offset under the row's
@@ -147,6 +149,18 @@
 //!   (2 s by default) and fails with
 //!   `BrokerError::Unavailable` while the database is unreachable, and works
 //!   again once it is back.
+//! - Presence (`Broker::presence_*`) is shared by every node. A join, a
+//!   leave and a sweep are one statement each: the session's row is
+//!   upserted or deleted and its member's `sessions` count changed under
+//!   the member's row lock, so the first session of an id joining and the
+//!   last leaving are told apart also when two nodes act at once. The sweep
+//!   (`presence_expire`, on every heartbeat of each node) deletes sessions
+//!   past `expires_at` with `FOR UPDATE SKIP LOCKED … RETURNING`, so each
+//!   is removed, and its member's leave reported, by one node. A statement
+//!   aborted by a deadlock (two sweeps locking members in another order) is
+//!   run again. Members at 0 sessions are deleted by the cleanup; sessions
+//!   are left to the sweep, which reports their leaves (after every node
+//!   was down, the first node up reports them).
 //!
 //! ```no_run
 //! use cable_core::broker::{Broker, HistoryPolicy};

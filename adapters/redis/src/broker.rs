@@ -1,6 +1,7 @@
 //! The Redis history broker: stream history in Redis Streams, positions
 //! assigned by one Lua script per append, sessions and history marks as
-//! keys with a TTL. See the crate docs ("History broker") for the keys.
+//! keys with a TTL, presence in hashes and a sorted set changed only by Lua
+//! scripts. See the crate docs ("History broker", "Presence") for the keys.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
-use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
+use cable_core::broker::{
+    Broker, BrokerError, Entry, History, HistoryPolicy, Position, PresenceInfo, PresenceLeft,
+    PresenceRecord,
+};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use sha1::{Digest, Sha1};
@@ -97,7 +101,30 @@ impl RedisBrokerConfig {
     pub fn session_key(&self, sid: &str) -> String {
         format!("{}session:{sid}", self.key_prefix)
     }
+
+    /// The hash of `stream`'s presence (its sessions, members, their info
+    /// and join order): `<prefix>presence:<stream>`.
+    pub fn presence_key(&self, stream: &str) -> String {
+        format!("{}{PRESENCE}{stream}", self.key_prefix)
+    }
+
+    /// The hash of the streams session `sid` is present on (stream ->
+    /// member id): `<prefix>presence-sid:<sid>`.
+    pub fn presence_session_key(&self, sid: &str) -> String {
+        format!("{}{PRESENCE_SID}{sid}", self.key_prefix)
+    }
+
+    /// The sorted set of present sessions by deadline (ms, server time):
+    /// `<prefix>presence-deadlines`.
+    pub fn presence_deadlines_key(&self) -> String {
+        format!("{}presence-deadlines", self.key_prefix)
+    }
 }
+
+/// What the presence keys start with after the prefix; the scripts that
+/// reach keys by name (touch, expire) build them the same way.
+const PRESENCE: &str = "presence:";
+const PRESENCE_SID: &str = "presence-sid:";
 
 cable_adapter_kit::debug_redacting_url!(RedisBrokerConfig, key_prefix, connection_name, timeout);
 
@@ -226,10 +253,128 @@ local cutoff = math.max(now - tonumber(meta[2]), tonumber(ARGV[1]))
 return flatten(redis.call('XRANGE', KEYS[2], '-', '+'), cutoff, {'ok', meta[1]}, 0)
 "#;
 
+/// Shared by the presence scripts. `now` is the server's clock in ms, so
+/// that every node agrees on deadlines. `keep_for` extends a key's expiry
+/// to at least `ms` (never shortens it): presence keys outlive the longest
+/// deadline of what they hold by [`PRESENCE_GRACE`], so that a sweep finds
+/// them, and go away on their own when no node is left to sweep. `drop`
+/// removes session `sid` from the stream hash `key` and returns the member
+/// id when that was its last session.
+///
+/// A stream hash has the fields `s:<sid>` (its member id), `n:<id>` (how
+/// many sessions), `i:<id>` (info), `o:<id>` (join order) and `seq` (the
+/// last order given); the prefixes keep ids and sids apart.
+const PRESENCE_LIB: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function keep_for(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+local function drop(key, sid)
+  local field = 's:' .. sid
+  local id = redis.call('HGET', key, field)
+  if not id then return false end
+  redis.call('HDEL', key, field)
+  if redis.call('HINCRBY', key, 'n:' .. id, -1) > 0 then return false end
+  redis.call('HDEL', key, 'n:' .. id, 'i:' .. id, 'o:' .. id)
+  if redis.call('HLEN', key) <= 1 then redis.call('DEL', key) end
+  return id
+end
+"#;
+
+/// A session joins a stream as a member. KEYS: stream hash, session hash,
+/// deadlines. ARGV: stream, sid, id, info, ttl_ms, keep_ms. Returns
+/// 'mismatch', or 1 when the id was not present before, else 0.
+const JOIN: &str = r#"
+local field = 's:' .. ARGV[2]
+local present = redis.call('HGET', KEYS[1], field)
+if present and present ~= ARGV[3] then return 'mismatch' end
+local keep = tonumber(ARGV[6])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local first = 0
+if not present then
+  redis.call('HSET', KEYS[1], field, ARGV[3])
+  if redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[3], 1) == 1 then
+    first = 1
+    redis.call('HSET', KEYS[1], 'o:' .. ARGV[3], redis.call('HINCRBY', KEYS[1], 'seq', 1))
+  end
+end
+redis.call('HSET', KEYS[1], 'i:' .. ARGV[3], ARGV[4])
+keep_for(KEYS[1], keep)
+keep_for(KEYS[2], keep)
+keep_for(KEYS[3], keep)
+return first
+"#;
+
+/// A session leaves a stream. KEYS: stream hash, session hash, deadlines.
+/// ARGV: stream, sid. Returns the member id when it left, else nil.
+const LEAVE: &str = r#"
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[2]) end
+return drop(KEYS[1], ARGV[2])
+"#;
+
+/// Renews present sessions (others are left alone: a session swept is not
+/// brought back). KEYS: deadlines. ARGV: key prefix, ttl_ms, keep_ms, sids...
+const TOUCH: &str = r#"
+local ttl, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local sid = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], sid) then
+    redis.call('ZADD', KEYS[1], 'XX', now + ttl, sid)
+    local skey = ARGV[1] .. 'presence-sid:' .. sid
+    keep_for(skey, keep)
+    for _, stream in ipairs(redis.call('HKEYS', skey)) do
+      keep_for(ARGV[1] .. 'presence:' .. stream, keep)
+    end
+  end
+end
+keep_for(KEYS[1], keep)
+return 0
+"#;
+
+/// Removes up to ARGV[2] sessions past their deadline, with every stream
+/// they were on. One script, so a session is removed (and its member's
+/// leave returned) by exactly one of the nodes sweeping at once. KEYS:
+/// deadlines. ARGV: key prefix, batch. Returns {sessions removed, stream,
+/// id, stream, id, ...}.
+const EXPIRE: &str = r#"
+local sids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {#sids}
+for _, sid in ipairs(sids) do
+  redis.call('ZREM', KEYS[1], sid)
+  local skey = ARGV[1] .. 'presence-sid:' .. sid
+  local streams = redis.call('HKEYS', skey)
+  redis.call('DEL', skey)
+  for _, stream in ipairs(streams) do
+    local id = drop(ARGV[1] .. 'presence:' .. stream, sid)
+    if id then
+      table.insert(out, stream)
+      table.insert(out, id)
+    end
+  end
+end
+return out
+"#;
+
+/// How much longer than a session's deadline the presence keys are kept:
+/// room for the sweep (every heartbeat) to find what ran out, after which
+/// Redis removes what no node is left to sweep.
+const PRESENCE_GRACE: Duration = Duration::from_secs(60);
+
+/// Most sessions one touch or expire script handles, so that no script
+/// holds Redis for long.
+const PRESENCE_BATCH: usize = 500;
+
 struct Scripts {
     append: Script,
     from: Script,
     since: Script,
+    join: Script,
+    leave: Script,
+    touch: Script,
+    expire: Script,
 }
 
 struct Backend {
@@ -361,6 +506,10 @@ impl RedisBroker {
                 append: Script::new(APPEND.to_owned()),
                 from: Script::new(format!("{FLATTEN}{FROM}")),
                 since: Script::new(format!("{FLATTEN}{SINCE}")),
+                join: Script::new(format!("{PRESENCE_LIB}{JOIN}")),
+                leave: Script::new(format!("{PRESENCE_LIB}{LEAVE}")),
+                touch: Script::new(format!("{PRESENCE_LIB}{TOUCH}")),
+                expire: Script::new(format!("{PRESENCE_LIB}{EXPIRE}")),
             },
             config,
         })
@@ -412,6 +561,19 @@ impl RedisBroker {
                 .arg(key)
                 .query_async(&mut conn.redis)
                 .await
+        })
+        .await
+    }
+
+    /// Runs presence script `script` with `keys` and `args`.
+    async fn presence(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<Value, BrokerError> {
+        self.call("a presence script", |mut conn| async move {
+            script.run(&mut conn.redis, keys, args).await
         })
         .await
     }
@@ -485,6 +647,55 @@ fn text(v: Value) -> Option<String> {
         Value::Okay => Some("OK".to_owned()),
         _ => None,
     }
+}
+
+/// A presence reply that is not what the script returns.
+fn bad_presence(what: &str, value: &Value) -> BrokerError {
+    BrokerError::Backend(format!(
+        "redis: unexpected reply to a presence {what}: {value:?}"
+    ))
+}
+
+/// The members of a stream's presence hash (`HGETALL`, field and value
+/// alternating), oldest first.
+fn presence_records(value: Value) -> Result<PresenceInfo, BrokerError> {
+    let bad = |why: &str| BrokerError::Backend(format!("redis: unexpected presence hash: {why}"));
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return Err(bad("not a hash")),
+    };
+    let mut info: HashMap<String, String> = HashMap::new();
+    let mut order: HashMap<String, u64> = HashMap::new();
+    let mut items = items.into_iter().map(text);
+    while let Some(field) = items.next() {
+        let (Some(field), Some(Some(value))) = (field, items.next()) else {
+            return Err(bad("fields and values are not pairs of text"));
+        };
+        if let Some(id) = field.strip_prefix("i:") {
+            info.insert(id.to_owned(), value);
+        } else if let Some(id) = field.strip_prefix("o:") {
+            let n = value.parse().map_err(|_| bad("join order"))?;
+            order.insert(id.to_owned(), n);
+        }
+    }
+    let mut records: Vec<(u64, PresenceRecord)> = info
+        .into_iter()
+        .map(|(id, info)| {
+            let n = order.get(&id).copied().unwrap_or(u64::MAX);
+            (n, PresenceRecord { id, info })
+        })
+        .collect();
+    records.sort_by(|(a, ra), (b, rb)| a.cmp(b).then_with(|| ra.id.cmp(&rb.id)));
+    Ok(PresenceInfo {
+        total: records.len(),
+        records: records.into_iter().map(|(_, r)| r).collect(),
+    })
+}
+
+/// What presence keys are kept for beyond a session's `ttl` (ms).
+fn presence_keep(ttl: Duration) -> u64 {
+    millis(ttl.saturating_add(PRESENCE_GRACE))
 }
 
 /// At least 1 ms (Redis refuses `PX 0`), at most [`MAX_TTL`].
@@ -624,6 +835,121 @@ impl Broker for RedisBroker {
             redis::cmd("DEL").arg(key).exec_async(&mut conn.redis).await
         })
         .await
+    }
+
+    async fn presence_join(
+        &self,
+        stream: &str,
+        sid: &str,
+        id: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let c = &self.config;
+        let keys = [
+            c.presence_key(stream),
+            c.presence_session_key(sid),
+            c.presence_deadlines_key(),
+        ];
+        let (ttl_ms, keep) = (millis(ttl).to_string(), presence_keep(ttl).to_string());
+        let args: [&[u8]; 6] = [
+            stream.as_bytes(),
+            sid.as_bytes(),
+            id.as_bytes(),
+            info.as_bytes(),
+            ttl_ms.as_bytes(),
+            keep.as_bytes(),
+        ];
+        let keys = keys.each_ref().map(String::as_str);
+        match self.presence(&self.scripts.join, &keys, &args).await? {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            v if text(v.clone()).as_deref() == Some("mismatch") => {
+                Err(BrokerError::PresenceIdMismatch)
+            }
+            v => Err(bad_presence("join", &v)),
+        }
+    }
+
+    async fn presence_leave(&self, stream: &str, sid: &str) -> Result<Option<String>, BrokerError> {
+        let c = &self.config;
+        let keys = [
+            c.presence_key(stream),
+            c.presence_session_key(sid),
+            c.presence_deadlines_key(),
+        ];
+        let keys = keys.each_ref().map(String::as_str);
+        let args: [&[u8]; 2] = [stream.as_bytes(), sid.as_bytes()];
+        match self.presence(&self.scripts.leave, &keys, &args).await? {
+            Value::Nil => Ok(None),
+            v => match text(v.clone()) {
+                Some(id) => Ok(Some(id)),
+                None => Err(bad_presence("leave", &v)),
+            },
+        }
+    }
+
+    async fn presence_info(&self, stream: &str) -> Result<PresenceInfo, BrokerError> {
+        let key = &self.config.presence_key(stream);
+        let value = self
+            .call("HGETALL", |mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async::<Value>(&mut conn.redis)
+                    .await
+            })
+            .await?;
+        presence_records(value)
+    }
+
+    async fn presence_touch(&self, sids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        let deadlines = self.config.presence_deadlines_key();
+        let (ttl_ms, keep) = (millis(ttl).to_string(), presence_keep(ttl).to_string());
+        for batch in sids.chunks(PRESENCE_BATCH) {
+            let mut args: Vec<&[u8]> = vec![
+                self.config.key_prefix.as_bytes(),
+                ttl_ms.as_bytes(),
+                keep.as_bytes(),
+            ];
+            args.extend(batch.iter().map(|s| s.as_bytes()));
+            self.presence(&self.scripts.touch, &[&deadlines], &args)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn presence_expire(&self) -> Result<Vec<PresenceLeft>, BrokerError> {
+        let deadlines = self.config.presence_deadlines_key();
+        let batch = PRESENCE_BATCH.to_string();
+        let args: [&[u8]; 2] = [self.config.key_prefix.as_bytes(), batch.as_bytes()];
+        let mut left = Vec::new();
+        loop {
+            let value = self
+                .presence(&self.scripts.expire, &[&deadlines], &args)
+                .await?;
+            let Value::Array(items) = &value else {
+                return Err(bad_presence("sweep", &value));
+            };
+            let mut items = items.iter().cloned().map(text);
+            let removed: usize = items
+                .next()
+                .flatten()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| bad_presence("sweep", &value))?;
+            while let Some(stream) = items.next() {
+                let (Some(stream), Some(Some(id))) = (stream, items.next()) else {
+                    return Err(bad_presence("sweep", &value));
+                };
+                left.push(PresenceLeft { stream, id });
+            }
+            if removed < PRESENCE_BATCH {
+                return Ok(left);
+            }
+        }
+    }
+
+    fn supports_presence(&self) -> bool {
+        true
     }
 
     fn name(&self) -> &'static str {

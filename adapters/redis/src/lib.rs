@@ -84,6 +84,9 @@
 //! | `meta:<stream>` | hash | `epoch`, `offset` (the latest), `limit`, `ttl` (ms), `run` (the run mark: `durable`, or the server's `run_id`) | with the stream |
 //! | `policy:<stream>` | string | `<limit> <ttl_ms>`, written by `enable_history` | its `ttl` |
 //! | `session:<sid>` | string | the session's state | the session TTL |
+//! | `presence:<stream>` | hash | presence: `s:<sid>` (the session's member id), `n:<id>` (its sessions), `i:<id>` (info), `o:<id>` (join order), `seq` | a minute after the last deadline of its sessions |
+//! | `presence-sid:<sid>` | hash | the streams the session is present on (stream -> member id) | the same |
+//! | `presence-deadlines` | sorted set | every present session by deadline (server time, ms) | the same |
 //!
 //! - Every append is one Lua script (`EVALSHA`, `EVAL` when Redis does not
 //!   know it): it increments the offset, `XADD`s with `MAXLEN <limit>` and
@@ -116,7 +119,17 @@
 //!   [`RedisBrokerConfig::timeout`] (2 s by default) and fails
 //!   with `BrokerError::Unavailable` while Redis is unreachable, and works
 //!   again once it is back. Redis Cluster is not supported (a stream's two
-//!   keys would hash to different slots).
+//!   keys would hash to different slots, and the presence scripts reach
+//!   keys by name).
+//! - Presence (`Broker::presence_*`) is shared by every node: each join,
+//!   leave, renewal (`presence_touch`, on every heartbeat of each node) and
+//!   sweep (`presence_expire`) is one Lua script, so one id per session per
+//!   stream is checked, the first session of an id joining and the last
+//!   leaving are told apart, and of nodes sweeping at once exactly one
+//!   removes each session that ran out and reports its member's leave.
+//!   Deadlines are Redis' clock. The keys outlive their deadlines by a
+//!   minute (room for a sweep) and then expire, so nothing is left when
+//!   every node is gone.
 //!
 //! ```no_run
 //! use cable_core::broker::{Broker, HistoryPolicy};

@@ -151,6 +151,8 @@ async fn tables_are_as_documented_and_cleaned_up() {
         [
             "cable_history",
             "cable_history_marks",
+            "cable_presence",
+            "cable_presence_members",
             "cable_sessions",
             "cable_streams"
         ]
@@ -333,4 +335,77 @@ async fn until_appended(broker: &PostgresBroker, stream: &str, policy: HistoryPo
             }
         }
     }
+}
+
+/// The cleanup deletes members that left, but leaves sessions that ran out
+/// to the presence sweep, which reports their leaves (also when the sweep
+/// comes after every node was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_rows_are_left_to_the_sweep_and_cleaned_up() {
+    let Some((url, plain)) = shared_postgres().await else {
+        return;
+    };
+    let schema = OwnSchema::new(&plain);
+    let broker = PostgresBroker::new(
+        PostgresBrokerConfig::new(&url)
+            .schema(&schema.name)
+            .cleanup_interval(None),
+    )
+    .expect("config");
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        broker.presence_join("s", "a", "ann", "{}", long).await,
+        Ok(true)
+    );
+    assert_eq!(
+        broker.presence_leave("s", "a").await,
+        Ok(Some("ann".into()))
+    );
+    assert_eq!(schema.count("presence").await, 0);
+    assert_eq!(
+        schema.count("presence_members").await,
+        1,
+        "ann at 0 sessions"
+    );
+    let brief = Duration::from_millis(100);
+    assert_eq!(
+        broker.presence_join("s", "b", "bob", "{}", brief).await,
+        Ok(true)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(broker.cleanup().await, Ok(1), "ann's member row");
+    assert_eq!(
+        schema.count("presence").await,
+        1,
+        "bob's session is the sweep's"
+    );
+    let left = broker.presence_expire().await.expect("sweep");
+    assert_eq!(
+        left.iter()
+            .map(|l| (l.stream.as_str(), l.id.as_str()))
+            .collect::<Vec<_>>(),
+        [("s", "bob")]
+    );
+    assert_eq!(broker.cleanup().await, Ok(1), "bob's member row");
+    assert_eq!(schema.count("presence").await, 0);
+    assert_eq!(schema.count("presence_members").await, 0);
+    // Ann comes back: the newest member.
+    assert_eq!(
+        broker.presence_join("s", "c", "cy", "{}", long).await,
+        Ok(true)
+    );
+    assert_eq!(
+        broker.presence_join("s", "a", "ann", "{}", long).await,
+        Ok(true)
+    );
+    let ids: Vec<String> = broker
+        .presence_info("s")
+        .await
+        .expect("info")
+        .records
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["cy", "ann"]);
+    schema.drop_it().await;
 }

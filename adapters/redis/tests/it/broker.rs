@@ -348,3 +348,98 @@ async fn a_crash_of_a_redis_that_fsyncs_every_write_keeps_the_epoch() {
     drop(own);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Presence keys are where the crate docs say and expire on their own a
+/// grace (60 s) after the last deadline, so that nothing is left when every
+/// node is gone; the last leave removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_keys_are_as_documented_and_expire() {
+    let Some((url, mut plain)) = shared_redis().await else {
+        return;
+    };
+    let prefix = format!("{}:", unique_prefix());
+    let broker =
+        RedisBroker::new(RedisBrokerConfig::new(&url).key_prefix(&prefix)).expect("config");
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        broker.presence_join("s", "sid", "ann", "{}", ttl).await,
+        Ok(true)
+    );
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut plain)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    let want = ["presence-deadlines", "presence-sid:sid", "presence:s"];
+    assert_eq!(keys, want.map(|k| format!("{prefix}{k}")));
+    for key in want {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}{key}"))
+            .query_async(&mut plain)
+            .await
+            .expect("PTTL");
+        assert!((60_000..=65_000).contains(&pttl), "{key}: {pttl}");
+    }
+    let deadline: f64 = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}presence-deadlines"))
+        .arg("sid")
+        .query_async(&mut plain)
+        .await
+        .expect("ZSCORE");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as f64;
+    assert!(
+        (deadline - now_ms - 5000.0).abs() < 2000.0,
+        "{deadline} vs {now_ms}"
+    );
+    assert_eq!(
+        broker.presence_leave("s", "sid").await,
+        Ok(Some("ann".into()))
+    );
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut plain)
+        .await
+        .expect("KEYS");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A presence hash that is not what the scripts write (another program
+/// wrote the key) is an error value, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_presence_key_is_an_error() {
+    let Some((url, mut plain)) = shared_redis().await else {
+        return;
+    };
+    let prefix = format!("{}:", unique_prefix());
+    let broker =
+        RedisBroker::new(RedisBrokerConfig::new(&url).key_prefix(&prefix)).expect("config");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}presence:s"))
+        .arg("o:ann")
+        .arg("not a number")
+        .arg("i:ann")
+        .arg("{}")
+        .query_async(&mut plain)
+        .await
+        .expect("HSET");
+    let err = broker.presence_info("s").await.expect_err("corrupt");
+    assert!(matches!(err, BrokerError::Backend(_)), "{err:?}");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}presence:t"))
+        .arg("a string")
+        .query_async(&mut plain)
+        .await
+        .expect("SET");
+    let err = broker.presence_info("t").await.expect_err("wrong type");
+    assert!(matches!(err, BrokerError::Backend(_)), "{err:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}presence:s"))
+        .arg(format!("{prefix}presence:t"))
+        .query_async(&mut plain)
+        .await
+        .expect("DEL");
+}
