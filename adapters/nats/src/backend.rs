@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use async_nats::{Client, ConnectOptions, Event};
 use cable_adapter_kit::{async_trait, Backend, Inbox, Incoming, Op, Session, CONNECT_TIMEOUT};
 use cable_core::PubSubError;
 use futures_util::StreamExt;
@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::subject::MAX_SUBJECT_BYTES;
+use crate::{Credentials, Target};
 
 /// Messages async-nats queues per subscription before it drops (and
 /// reports a slow consumer); the pump empties it into the inbox at once.
@@ -35,8 +36,15 @@ const SUBSCRIPTION_CAPACITY: usize = 4096;
 /// bounded, and at most one reconnection attempt inside async-nats (0
 /// would mean "unlimited" to it), made at once. A client handle that was
 /// dropped while async-nats reconnects so ends instead of retrying forever.
-pub(crate) fn options(name: &str, timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new()
+pub(crate) fn options(name: &str, timeout: Duration, auth: &Option<Credentials>) -> ConnectOptions {
+    let options = match auth.clone() {
+        Some(Credentials::UserPassword(user, pass)) => {
+            ConnectOptions::with_user_and_password(user, pass)
+        }
+        Some(Credentials::Token(token)) => ConnectOptions::with_token(token),
+        None => ConnectOptions::new(),
+    };
+    options
         .name(name)
         .connection_timeout(timeout)
         .max_reconnects(1)
@@ -45,7 +53,7 @@ pub(crate) fn options(name: &str, timeout: Duration) -> ConnectOptions {
 }
 
 pub(crate) struct NatsBackend {
-    pub(crate) addrs: Vec<ServerAddr>,
+    pub(crate) target: Target,
     pub(crate) name: String,
     pub(crate) max_backlog_bytes: usize,
 }
@@ -91,12 +99,13 @@ impl Backend for NatsBackend {
     async fn connect(&self, incoming: Incoming) -> Result<NatsSession, String> {
         let inbox = incoming.queue(self.max_backlog_bytes);
         let events = inbox.clone();
-        let options = options(&self.name, CONNECT_TIMEOUT).event_callback(move |event| {
-            let inbox = events.clone();
-            async move { on_event(&inbox, event) }
-        });
+        let options =
+            options(&self.name, CONNECT_TIMEOUT, &self.target.auth).event_callback(move |event| {
+                let inbox = events.clone();
+                async move { on_event(&inbox, event) }
+            });
         let client = options
-            .connect(self.addrs.as_slice())
+            .connect(self.target.addrs.as_slice())
             .await
             .map_err(|e| e.to_string())?;
         let subject = client.new_inbox();

@@ -162,10 +162,10 @@ impl NatsConfig {
     /// Checks the URL and the prefix, as [`NatsPubSub::new`] does, without
     /// connecting.
     pub fn validate(&self) -> Result<(), NatsConfigError> {
-        self.addrs().map(drop)
+        self.target().map(drop)
     }
 
-    fn addrs(&self) -> Result<Vec<ServerAddr>, NatsConfigError> {
+    fn target(&self) -> Result<Target, NatsConfigError> {
         if let Some(prefix) = &self.subject_prefix {
             if let Some(reason) = subject::prefix_problem(prefix) {
                 return Err(NatsConfigError::InvalidPrefix {
@@ -178,16 +178,33 @@ impl NatsConfig {
             url: redact_url(&self.url),
             source,
         };
-        let addrs = self
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
-        if addrs.is_empty() {
-            return Err(invalid(std::io::Error::other("no server")));
+        let mut target = Target::default();
+        for url in self.url.split(',') {
+            let addr = url.trim().parse::<ServerAddr>().map_err(invalid)?;
+            // async-nats neither sends a URL's credentials nor masks them
+            // in its debug logs: they go to the CONNECT options instead,
+            // and the address keeps none.
+            if target.auth.is_none() {
+                target.auth = match (addr.username(), addr.password()) {
+                    (Some(user), Some(pass)) => {
+                        Some(Credentials::UserPassword(unescape(user), unescape(pass)))
+                    }
+                    (Some(token), None) => Some(Credentials::Token(unescape(token))),
+                    _ => None,
+                };
+            }
+            let host = addr.host();
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host.to_owned()
+            };
+            let bare = format!("{}://{host}:{}", addr.scheme(), addr.port());
+            target
+                .addrs
+                .push(bare.parse::<ServerAddr>().map_err(invalid)?);
         }
-        Ok(addrs)
+        Ok(target)
     }
 }
 
@@ -197,6 +214,52 @@ cable_adapter_kit::debug_redacting_url!(
     connection_name,
     max_backlog_bytes
 );
+
+/// Where to connect: the servers, without credentials, and the URL's
+/// credentials (`user:password@`, or a lone `token@`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Target {
+    pub(crate) addrs: Vec<ServerAddr>,
+    pub(crate) auth: Option<Credentials>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::UserPassword(..) => "UserPassword(***)",
+            Credentials::Token(_) => "Token(***)",
+        })
+    }
+}
+
+/// A URL's percent-encoded user or password, decoded.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Why a [`NatsPubSub`] could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -251,16 +314,16 @@ impl NatsPubSub {
     /// background (retrying while NATS is down), the publisher on the first
     /// broadcast.
     pub fn new(config: NatsConfig, delivery: Delivery) -> Result<Self, NatsConfigError> {
-        let addrs = config.addrs()?;
+        let target = config.target()?;
         let backend = backend::NatsBackend {
-            addrs: addrs.clone(),
+            target: target.clone(),
             name: config.connection_name.clone(),
             max_backlog_bytes: config.max_backlog_bytes,
         };
         let subscriber = Subscriber::spawn(backend, delivery, redact_url(&config.url))
             .map_err(NatsConfigError::NoRuntime)?;
         let publisher = LazyPublisher::new(publisher::NatsPublish {
-            addrs,
+            target,
             name: config.connection_name.clone(),
         });
         Ok(NatsPubSub {
@@ -439,6 +502,31 @@ mod tests {
             .expect("valid config");
         assert_eq!(bare.subject("chat_lobby"), "chat_lobby");
         assert_eq!(bare.subject(""), "%");
+    }
+
+    #[test]
+    fn credentials_leave_the_address() {
+        let t = NatsConfig::new("nats://u%40x:p%3Aw@h:4223,nats://h2")
+            .target()
+            .expect("valid");
+        assert!(
+            matches!(&t.auth, Some(Credentials::UserPassword(u, p)) if u == "u@x" && p == "p:w")
+        );
+        let shown = format!("{:?}", t.addrs);
+        assert!(
+            !shown.contains("p%3Aw") && !shown.contains("u%40x"),
+            "{shown}"
+        );
+        assert_eq!(t.addrs[0].port(), 4223);
+        assert_eq!(t.addrs[1].host(), "h2");
+        let t = NatsConfig::new("nats://s3cret@h").target().expect("valid");
+        assert!(matches!(&t.auth, Some(Credentials::Token(k)) if k == "s3cret"));
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let t = NatsConfig::new("nats://[::1]:4222")
+            .target()
+            .expect("valid");
+        assert!(t.auth.is_none());
+        assert_eq!(t.addrs[0].port(), 4222);
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! one client shared by every broadcast.
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectErrorKind, PublishErrorKind, ServerAddr};
+use async_nats::{Client, ConnectErrorKind, PublishErrorKind};
 use cable_adapter_kit::{async_trait, Publish, PublishFailure, PUBLISH_TIMEOUT};
 use cable_core::PubSubError;
 
 use crate::backend::options;
 use crate::subject::MAX_SUBJECT_BYTES;
+use crate::Target;
 
 pub(crate) struct NatsPublish {
-    pub(crate) addrs: Vec<ServerAddr>,
+    pub(crate) target: Target,
     pub(crate) name: String,
 }
 
@@ -35,8 +36,8 @@ impl Publish for NatsPublish {
     const COMMAND: &'static str = "PUB";
 
     async fn connect(&self) -> Result<Client, PubSubError> {
-        options(&self.name, PUBLISH_TIMEOUT)
-            .connect(self.addrs.as_slice())
+        options(&self.name, PUBLISH_TIMEOUT, &self.target.auth)
+            .connect(self.target.addrs.as_slice())
             .await
             .map_err(|e| match e.kind() {
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {

@@ -181,6 +181,34 @@ async fn survives_a_nats_server_restart() {
     assert!(status.is_connected());
 }
 
+/// The URL's `user:password@` is what the server checks (async-nats
+/// ignores a URL's credentials: the adapter passes them on itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_with_the_urls_user_and_password() {
+    let Some(nats) = OwnNats::start_with(&["--user", "cable", "--pass", "s3:cr@t"]).await else {
+        return;
+    };
+    let url = format!("nats://cable:s3%3Acr%40t@127.0.0.1:{}", nats.port);
+    let (cable, status) = node(&url, &unique_prefix());
+    until_connected(&status).await;
+    let (mut client, id) = Client::in_lobby(&cable, "u1").await;
+    cable
+        .broadcast("chat_lobby", &json!({"authed": true}))
+        .await
+        .expect("the publisher authenticates too");
+    client.expect_message(&id, r#"{"authed":true}"#).await;
+
+    let wrong = format!("nats://cable:nope@127.0.0.1:{}", nats.port);
+    let (cable, status) = node(&wrong, &unique_prefix());
+    let err = cable
+        .broadcast("chat_lobby", &json!({}))
+        .await
+        .expect_err("a wrong password");
+    assert!(matches!(err, PubSubError::Backend(_)), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!status.is_connected());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_nats_is_down() {
     let Some(mut nats) = OwnNats::stopped() else {

@@ -89,7 +89,7 @@ pub async fn until_connected(status: &NatsStatus) {
 }
 
 /// `host:port` of a `nats://[user:pass@]host[:port]` URL.
-fn host_port(url: &str) -> String {
+pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let rest = rest.split('/').next().unwrap_or(rest);
@@ -273,6 +273,7 @@ pub fn nats_server_found() -> bool {
 /// else. Killed on drop.
 pub struct OwnNats {
     pub port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -280,7 +281,13 @@ impl OwnNats {
     /// Starts one, or None (after printing why) if `nats-server` is missing;
     /// a failure instead when `CI` is set.
     pub async fn start() -> Option<OwnNats> {
+        OwnNats::start_with(&[]).await
+    }
+
+    /// As [`OwnNats::start`], with these extra arguments to nats-server.
+    pub async fn start_with(extra: &[&str]) -> Option<OwnNats> {
         let mut nats = OwnNats::stopped()?;
+        nats.extra = extra.iter().map(|s| s.to_string()).collect();
         nats.restart().await;
         Some(nats)
     }
@@ -295,7 +302,11 @@ impl OwnNats {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        Some(OwnNats { port, child: None })
+        Some(OwnNats {
+            port,
+            extra: Vec::new(),
+            child: None,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -305,17 +316,26 @@ impl OwnNats {
     /// (Re)starts the server on the same port and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        // With auth, "answering" is accepting TCP (it refuses a bare client).
+        let up = !self.extra.iter().any(|a| a == "--user");
+        let probe = self.url();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
         self.child = Some(child);
-        let url = self.url();
         eventually("own nats-server answering", || {
-            let url = url.clone();
-            async move { try_plain(&url).await.is_some() }
+            let url = probe.clone();
+            async move {
+                if up {
+                    try_plain(&url).await.is_some()
+                } else {
+                    std::net::TcpStream::connect(host_port(&url)).is_ok()
+                }
+            }
         })
         .await;
     }
