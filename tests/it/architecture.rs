@@ -34,6 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cable-server",
             "cable-redis",
             "cable-postgres",
+            "cable-nats",
             "cable-rails",
             "cable-anycable",
         ],
