@@ -43,7 +43,10 @@
 //!   sent before it). The same round trip pings the connection every 15 s.
 //!   Messages go through a queue bounded in bytes
 //!   ([`NatsConfig::max_backlog_bytes`]); what does not fit is dropped and
-//!   counted ([`NatsPubSub::dropped`]).
+//!   counted ([`NatsPubSub::dropped`]). Before that queue, async-nats holds
+//!   up to 4096 messages per subscription, which a task empties into it at
+//!   once; should that task fall behind, async-nats drops the excess itself
+//!   (logged as a slow consumer, not counted in `dropped`).
 //! - a **publisher**, opened on the first broadcast and replaced after a
 //!   failure. NATS does not answer a `PUB` either: a broadcast succeeds once
 //!   it is written to the socket, fails with [`PubSubError::Unavailable`]
