@@ -163,6 +163,17 @@ pub fn with_adapter(
                 cable_postgres::PostgresPubSub
             )
         }
+        // The channel prefix is the subject's first tokens: PREFIX.S.
+        #[cfg(feature = "nats")]
+        "nats" => {
+            let mut cfg = cable_nats::NatsConfig::new(url);
+            if let Some(p) = &settings.channel_prefix {
+                cfg = cfg.subject_prefix(p);
+            }
+            builder
+                .try_pubsub(move |delivery| cable_nats::NatsPubSub::new(cfg, delivery))
+                .map_err(|e| adapter_error(url, e))
+        }
         other => Err(StandaloneError::UnsupportedAdapter {
             scheme: other.to_owned(),
             url: redact_url(url),
@@ -210,7 +221,7 @@ fn scheme(url: &str) -> String {
         .to_ascii_lowercase()
 }
 
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 fn adapter_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> StandaloneError {
     StandaloneError::Adapter {
         url: redact_url(url),

@@ -817,12 +817,21 @@ impl Settings {
         let adapter_ok = self.adapter == "memory"
             || matches!(
                 scheme.as_deref(),
-                Some("memory" | "redis" | "rediss" | "redis+unix" | "postgres" | "postgresql")
+                Some(
+                    "memory"
+                        | "redis"
+                        | "rediss"
+                        | "redis+unix"
+                        | "postgres"
+                        | "postgresql"
+                        | "nats"
+                )
             );
         if !adapter_ok {
             return Err(invalid(
                 "adapter",
-                "memory, redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                "memory, redis://HOST[:PORT][/DB], rediss://…, postgres://HOST[:PORT]/DB or \
+                 nats://HOST[:PORT]",
             ));
         }
         let broker_ok = matches!(self.broker.as_str(), "memory" | "none")

@@ -19,6 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cable-server", &["cable-core"]),
     ("cable-redis", &["cable-core", "cable-adapter-kit"]),
     ("cable-postgres", &["cable-core", "cable-adapter-kit"]),
+    ("cable-nats", &["cable-core", "cable-adapter-kit"]),
     ("cable-rails", &["cable-core"]),
     ("cable-anycable", &["cable-core"]),
     // The adapter skeleton. Its `conformance` feature (the suite, for the
@@ -33,6 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cable-server",
             "cable-redis",
             "cable-postgres",
+            "cable-nats",
             "cable-rails",
             "cable-anycable",
         ],
@@ -60,6 +62,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &[
             "redis",
             "tokio-postgres",
+            "async-nats",
             "aes-gcm",
             "pbkdf2",
             "clap",
@@ -67,6 +70,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "tracing-subscriber",
             "cable-redis",
             "cable-postgres",
+            "cable-nats",
             "cable-rails",
             "cable-anycable",
             "cable-standalone",
@@ -80,6 +84,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "cable-postgres",
+        &["axum", "hyper", "tungstenite", "cable-server"],
+    ),
+    (
+        "cable-nats",
         &["axum", "hyper", "tungstenite", "cable-server"],
     ),
     (

@@ -763,6 +763,45 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_redis() {
     );
 }
 
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// `adapter = "nats://…"`: the channel prefix is the subject prefix.
+#[tokio::test]
+async fn a_publication_on_one_node_reaches_clients_of_another_through_nats() {
+    let url = nats_url();
+    if !service_up("NATS", &url, "127.0.0.1:4222").await {
+        return;
+    }
+    let prefix = format!(
+        "cable-server-test-{}-{}",
+        std::process::id(),
+        fastish_nonce()
+    );
+    let args = [
+        "--adapter",
+        &url,
+        "--channel-prefix",
+        &prefix,
+        "--pubsub-public",
+        "--ops-on-public-port",
+    ];
+    let env = [("CABLE_BROADCAST_KEY", KEY)];
+    let a = Server::start(&args, &env).await;
+    let b = Server::start(&args, &env).await;
+    let mut on_b = welcomed(&b.url("")).await;
+    subscribe_news(&mut on_b).await;
+    assert_eq!(
+        publish(a.addr, r#"[{"stream":"news","data":"{\"from\":\"a\"}"}]"#).await,
+        201
+    );
+    assert_eq!(
+        recv(&mut on_b).await,
+        format!(r#"{{"identifier":"{NEWS}","message":{{"from":"a"}}}}"#)
+    );
+}
+
 fn fastish_nonce() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -906,6 +945,7 @@ async fn adapter_passwords_are_never_printed_or_logged() {
         // PostgreSQL runs with trust auth here: the password is ignored.
         with_param(&pg, "password"),
         format!("redis://:{PW}@127.0.0.1:1/0"),
+        format!("nats://u:{PW}@127.0.0.1:1"),
         with_param("redis+unix:///nonexistent/redis.sock?db=0", "pass"),
     ];
     for adapter in &adapters {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cable_core::redact_url;
+use cable_nats::{NatsConfig, NatsPubSub};
 use cable_postgres::{PostgresBroker, PostgresBrokerConfig, PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisBroker, RedisBrokerConfig, RedisConfig, RedisPubSub};
 use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
@@ -15,7 +16,7 @@ use clap::{CommandFactory, Parser};
 /// A chat room on cable, with the unmodified @rails/actioncable client in the
 /// page. Runs alone on the in-memory adapter, or as one of several nodes
 /// sharing a Redis or a PostgreSQL database (and a Rails app's broadcasts)
-/// with `--adapter redis://…` or `--adapter postgres://…`.
+/// with `--adapter redis://…`, `--adapter postgres://…` or `--adapter nats://…`.
 #[derive(Parser, Debug)]
 #[command(name = "chat", version, about)]
 struct Args {
@@ -41,14 +42,16 @@ struct Args {
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or
     /// `redis+unix:///PATH`; or a PostgreSQL URL,
     /// `postgres://[USER[:PASSWORD]@]HOST[:PORT]/DB[?PARAMS]` (or
-    /// `postgresql://`; no TLS), to share streams and remote disconnects with
-    /// other chat processes and Rails apps on the same Redis or database.
+    /// `postgresql://`; no TLS); or a NATS URL, `nats://[USER:PASSWORD@]HOST[:PORT]`
+    /// (several separated by commas), to share streams and remote
+    /// disconnects with other chat processes and Rails apps on the same
+    /// Redis, database or NATS.
     #[arg(long, value_name = "memory|URL", default_value = "memory")]
     adapter: String,
     /// Rails' `channel_prefix` (cable.yml): stream S is the Redis or
-    /// PostgreSQL channel PREFIX:S. Redis and PostgreSQL adapters only (an
-    /// error with `memory`); without it the channel is S itself. Use the Rails
-    /// app's prefix to interoperate.
+    /// PostgreSQL channel PREFIX:S, and the NATS subject PREFIX.S (S
+    /// escaped into one subject token). Not for `memory` (an error); without
+    /// it the channel is S itself. Use the Rails app's prefix to interoperate.
     #[arg(long, value_name = "PREFIX")]
     channel_prefix: Option<String>,
     /// Most subscriptions per connection; more get reject_subscription (0: no limit).
@@ -172,6 +175,7 @@ enum Adapter {
     Memory,
     Redis(RedisConfig),
     Postgres(PostgresConfig),
+    Nats(NatsConfig),
 }
 
 /// What the log says of `adapter`: where it connects (password masked), its
@@ -194,6 +198,15 @@ fn describe(adapter: &Adapter) -> String {
             c.redacted_url(),
             prefix(&c.channel_prefix),
             c.application_name
+        ),
+        Adapter::Nats(c) => format!(
+            "nats at {} ({}, connection name {})",
+            redact_url(&c.url),
+            match &c.subject_prefix {
+                Some(p) => format!("subject prefix {p:?}"),
+                None => "no subject prefix".to_owned(),
+            },
+            c.connection_name
         ),
     }
 }
@@ -223,12 +236,23 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
         Some("memory") if adapter.len() == "memory://".len() => Adapter::Memory,
         Some("redis" | "rediss" | "redis+unix") => url_adapter!(RedisConfig, Redis),
         Some("postgres" | "postgresql") => url_adapter!(PostgresConfig, Postgres),
+        // The prefix is the subject's first tokens: PREFIX.S.
+        Some("nats") => {
+            let mut config = NatsConfig::new(adapter);
+            if let Some(p) = prefix {
+                config = config.subject_prefix(p);
+            }
+            config
+                .validate()
+                .map_err(|e| (ErrorKind::ValueValidation, format!("--adapter: {e}")))?;
+            return Ok(Adapter::Nats(config));
+        }
         _ => {
             return Err((
                 ErrorKind::ValueValidation,
                 format!(
                     "--adapter {:?}: unknown adapter; expected memory, redis://HOST[:PORT][/DB], \
-                     rediss://… or postgres://HOST[:PORT]/DB",
+                     rediss://…, postgres://HOST[:PORT]/DB or nats://HOST[:PORT]",
                     redact_url(adapter)
                 ),
             ))
@@ -238,9 +262,9 @@ fn choose_adapter(adapter: &str, prefix: Option<&str>) -> Result<Adapter, (Error
         return Err((
             ErrorKind::ArgumentConflict,
             format!(
-                "--channel-prefix {p:?} only applies to the redis and postgres adapters \
-                 (--adapter redis://… or postgres://…); the memory adapter does not use \
-                 channel names"
+                "--channel-prefix {p:?} only applies to the redis, postgres and nats \
+                 adapters (--adapter redis://…, postgres://… or nats://…); the memory \
+                 adapter does not use channel names"
             ),
         ));
     }
@@ -365,6 +389,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Adapter::Postgres(config) => {
             builder.try_pubsub(move |delivery| PostgresPubSub::new(config, delivery))?
         }
+        Adapter::Nats(config) => {
+            builder.try_pubsub(move |delivery| NatsPubSub::new(config, delivery))?
+        }
     }
     .build();
     let app = crate::app(cable.clone(), &opts);
@@ -420,9 +447,17 @@ mod tests {
         let msg = err("postgres://u:hunter2@db/app?sslmode=require", None);
         assert!(msg.contains("does not support TLS yet"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        let msg = err("nats://localhost", None);
+        let msg = err("nats://u:hunter2@localhost:notaport", None);
+        assert!(msg.starts_with("--adapter: invalid nats url"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let msg = err("nats://localhost", Some("a..b"));
         assert!(
-            msg.starts_with("--adapter \"nats://localhost\": unknown adapter"),
+            msg.starts_with("--adapter: invalid nats subject prefix"),
+            "{msg}"
+        );
+        let msg = err("amqp://localhost", None);
+        assert!(
+            msg.starts_with("--adapter \"amqp://localhost\": unknown adapter"),
             "{msg}"
         );
         assert!(err("redis", None).contains("unknown adapter"));
@@ -504,6 +539,25 @@ mod tests {
             msg.contains("unknown broker") && !msg.contains("hunter2"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn nats_urls_with_and_without_prefix() {
+        for (adapter, prefix) in [
+            ("nats://127.0.0.1:4222", Some("myapp.cable")),
+            ("nats://u:pw@a:4222,nats://b:4222", None),
+        ] {
+            match choose_adapter(adapter, prefix) {
+                Ok(Adapter::Nats(c)) => {
+                    assert_eq!(c.url, adapter);
+                    assert_eq!(c.subject_prefix.as_deref(), prefix);
+                    let said = describe(&Adapter::Nats(c));
+                    assert!(said.starts_with("nats at "), "{said}");
+                    assert!(!said.contains(":pw@"), "{said}");
+                }
+                other => panic!("{adapter:?} not made a NATS adapter: {other:?}"),
+            }
+        }
     }
 
     /// The kind, URL, channel prefix and connection name of the Redis or

@@ -1,7 +1,8 @@
 //! The `chat` binary as several real processes sharing one Redis or one
 //! PostgreSQL database, driven by raw actioncable-v1-json WebSocket clients,
 //! asserting exact frames. What holds on both backends is written once and
-//! run on each (`both!`); `postgres` has what is PostgreSQL's own;
+//! run on each (`both!`); `postgres` has what is PostgreSQL's own; `nats`
+//! runs chat processes on one nats-server (`NATS_URL`);
 //! `rails_interop` puts a real Rails ActionCable server beside `chat`.
 //! Reliable streams (AnyCable's extended protocol) use in-process nodes:
 //! `reliable` resumes a client on another node with its missed history,
@@ -13,6 +14,7 @@
 //! print `SKIPPED: …` and pass, unless `CI` is set. Startup tests need
 //! neither.
 
+mod nats;
 mod postgres;
 mod rails_interop;
 mod reliable;
