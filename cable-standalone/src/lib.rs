@@ -327,6 +327,20 @@ pub fn serve_options(settings: &Settings) -> ServeOptions {
     options
 }
 
+/// The operator endpoints' keys: `broadcast_key` for `/_broadcast`; for
+/// the REST API (presence) AnyCable's key derived from `secret`, else the
+/// broadcast key.
+pub fn ops_config(settings: &Settings) -> OpsConfig {
+    let mut config = OpsConfig::default();
+    config.broadcast_key = settings.broadcast_key.clone();
+    config.api_key = settings
+        .secret
+        .as_deref()
+        .map(cable_anycable::api_key)
+        .or_else(|| settings.broadcast_key.clone());
+    config
+}
+
 /// Runs a server until SIGINT or SIGTERM: the WebSocket endpoint and
 /// `/health` on `settings.bind`; `/stats`, `/metrics` and `/_broadcast` on
 /// `settings.stats_bind` (with `/health` again), or beside the WebSocket
@@ -360,13 +374,8 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     let builder = with_adapter(builder, &settings)?;
     let cable = with_broker(builder, &settings)?.build();
     let server_cfg = server_config(&settings)?;
-    let ops = ops_router(
-        cable.clone(),
-        match &settings.broadcast_key {
-            Some(key) => OpsConfig::with_broadcast_key(key.clone()),
-            None => OpsConfig::default(),
-        },
-    );
+    let ops_config = ops_config(&settings);
+    let ops = ops_router(cable.clone(), ops_config.clone());
     let listener =
         TcpListener::bind(settings.bind)
             .await
@@ -386,11 +395,7 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
                 "POST /_broadcast on the public address (broadcast_adapter = http, as AnyCable \
                  with a key); /stats and /metrics are off: set stats_bind"
             );
-            let ops = settings
-                .broadcast_key
-                .clone()
-                .map(OpsConfig::with_broadcast_key);
-            let broadcast = broadcast_router(cable.clone(), ops.unwrap_or_default());
+            let broadcast = broadcast_router(cable.clone(), ops_config);
             (
                 app.merge(broadcast).merge(health_router(cable.clone())),
                 None,
