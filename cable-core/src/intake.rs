@@ -219,18 +219,39 @@ impl Message {
     /// Publishes every publication in order, or sends the disconnect. Stops
     /// at the first the adapter refuses: those before it went out.
     pub async fn apply(&self, broadcaster: &Broadcaster) -> Result<(), ApplyError> {
+        self.apply_to(broadcaster, false).await
+    }
+
+    /// [`Message::apply`] to this process's subscribers and connections
+    /// only ([`Broadcaster::broadcast_locally_with`]): for an intake every
+    /// node receives itself, such as AnyCable's Redis pub/sub broadcaster.
+    pub async fn apply_locally(&self, broadcaster: &Broadcaster) -> Result<(), ApplyError> {
+        self.apply_to(broadcaster, true).await
+    }
+
+    async fn apply_to(&self, broadcaster: &Broadcaster, local: bool) -> Result<(), ApplyError> {
         match self {
             Message::Broadcasts(all) => {
                 for (index, b) in all.iter().enumerate() {
-                    broadcaster
-                        .broadcast_with(&b.stream, &b.data, &b.options)
-                        .await
-                        .map_err(|source| ApplyError {
-                            index,
-                            what: format!("publication {index} (stream {:?})", b.stream),
-                            source,
-                        })?;
+                    let sent = if local {
+                        broadcaster
+                            .broadcast_locally_with(&b.stream, &b.data, &b.options)
+                            .await
+                    } else {
+                        broadcaster
+                            .broadcast_with(&b.stream, &b.data, &b.options)
+                            .await
+                    };
+                    sent.map_err(|source| ApplyError {
+                        index,
+                        what: format!("publication {index} (stream {:?})", b.stream),
+                        source,
+                    })?;
                 }
+                Ok(())
+            }
+            Message::Disconnect(d) if local => {
+                broadcaster.disconnect_locally(&d.identifiers, d.reconnect);
                 Ok(())
             }
             Message::Disconnect(d) => broadcaster

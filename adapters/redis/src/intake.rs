@@ -1,14 +1,14 @@
 //! AnyCable's Redis broadcasters, received: messages a publisher (Rails'
 //! `anycable` gem, `@anycable/serverless-js`, `redis-cli`) puts into Redis
 //! are parsed ([`cable_core::intake`]) and applied through a
-//! [`Broadcaster`], so they reach subscribers on every node through the
-//! pub/sub adapter.
+//! [`Broadcaster`].
 //!
 //! - [`RedisIntake::pubsub`], AnyCable's legacy `redis` broadcaster:
 //!   `PUBLISH __anycable__ <json>`. Every node subscribed gets every
-//!   message and applies it: with a shared pub/sub adapter between nodes
-//!   each subscriber would get it once per node, so use it with one node
-//!   or with the in-memory adapter on each (as AnyCable does).
+//!   message and delivers it to its own subscribers only
+//!   ([`Message::apply_locally`]), so that a pub/sub adapter shared by the
+//!   nodes does not hand it to each subscriber once per node. (A stream
+//!   with history on a shared broker is appended once per node.)
 //! - [`RedisIntake::streams`], AnyCable's `redisx`: `XADD __anycable__ *
 //!   payload <json>`. Nodes read the stream as consumers of one group
 //!   (`bx`, created with `MKSTREAM` at `$` when missing), so each message is
@@ -216,6 +216,8 @@ enum Outcome {
     Retry,
 }
 
+/// Applies `payload`: through the adapter (`redisx`: one node handles it
+/// for all), or to this node only (`redis`: every node receives it).
 async fn handle(kind: &str, payload: &[u8], broadcaster: &Broadcaster, shared: &Shared) -> Outcome {
     let message = match Message::parse(payload) {
         Ok(m) => m,
@@ -226,7 +228,12 @@ async fn handle(kind: &str, payload: &[u8], broadcaster: &Broadcaster, shared: &
             return Outcome::Done;
         }
     };
-    match message.apply(broadcaster).await {
+    let applied = if kind == "redis" {
+        message.apply_locally(broadcaster).await
+    } else {
+        message.apply(broadcaster).await
+    };
+    match applied {
         Ok(()) => {
             shared.handled.fetch_add(1, Ordering::Relaxed);
             Outcome::Done
