@@ -365,7 +365,8 @@ mod tests {
 
     #[test]
     fn what_is_refused_and_why() {
-        let cases: &[(&str, fn(&ParseError) -> bool)] = &[
+        type Expected = fn(&ParseError) -> bool;
+        let cases: &[(&str, Expected)] = &[
             ("not json", |e| matches!(e, ParseError::Malformed(_))),
             ("42", |e| matches!(e, ParseError::Malformed(_))),
             (r#"{"stream":"s"}"#, |e| {

@@ -79,7 +79,8 @@ struct OpsState {
     recorder: PrometheusRecorder,
 }
 
-/// An axum router with `/_broadcast`, `/health`, `/stats` and `/metrics`.
+/// An axum router with `/_broadcast`, `/api/presence/{stream}/users`,
+/// `/health`, `/stats` and `/metrics`.
 ///
 /// Serve it on a private address. `/stats` and `/metrics` answer anyone,
 /// and `/_broadcast` reaches every client with the right key, so merging it
