@@ -70,6 +70,10 @@ pub enum Message {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
+    /// Not UTF-8 (JSON text is; checked first, as serde_json does not
+    /// look inside the fields it skips).
+    #[error("not UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
     /// Not JSON, or a field of the wrong type (`data` not a string, ...).
     #[error("not a broadcast message")]
     Malformed(#[source] serde_json::Error),
@@ -152,10 +156,9 @@ struct RawPayload {
 impl Message {
     /// Parses one message (UTF-8 JSON text).
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first == Some(&b'[') {
-            let items: Vec<RawItem> =
-                serde_json::from_slice(bytes).map_err(ParseError::Malformed)?;
+        let text = std::str::from_utf8(bytes).map_err(ParseError::NotUtf8)?;
+        if text.trim_start().starts_with('[') {
+            let items: Vec<RawItem> = serde_json::from_str(text).map_err(ParseError::Malformed)?;
             let broadcasts = items
                 .into_iter()
                 .enumerate()
@@ -167,7 +170,7 @@ impl Message {
                 .collect::<Result<_, _>>()?;
             return Ok(Message::Broadcasts(broadcasts));
         }
-        let item: RawItem = serde_json::from_slice(bytes).map_err(ParseError::Malformed)?;
+        let item: RawItem = serde_json::from_str(text).map_err(ParseError::Malformed)?;
         match (item.stream.as_deref(), item.command.as_deref()) {
             (Some(s), _) if !s.is_empty() => Ok(Message::Broadcasts(vec![publication(0, item)?])),
             (_, Some("disconnect")) => {
@@ -418,6 +421,15 @@ mod tests {
             let err = Message::parse(text.as_bytes()).expect_err(text);
             assert!(expected(&err), "{text}: {err:?}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_even_in_an_ignored_field() {
+        // Found by the intake_parse fuzz target: serde_json skips an
+        // unknown field's string without checking its UTF-8.
+        let bytes = b"{\"x\":\"\xff\",\"stream\":\"s\",\"data\":\"1\"}";
+        let err = Message::parse(bytes).expect_err("not UTF-8");
+        assert!(matches!(err, ParseError::NotUtf8(_)), "{err:?}");
     }
 
     #[test]
