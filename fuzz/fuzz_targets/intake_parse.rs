@@ -20,7 +20,10 @@ fn check(data: &[u8]) {
     let parsed = Message::parse(data);
     if decoded.is_err() {
         assert!(
-            matches!(parsed, Err(ParseError::Malformed(_))),
+            matches!(
+                parsed,
+                Err(ParseError::Malformed(_) | ParseError::NotUtf8(_))
+            ),
             "not JSON, yet {parsed:?}"
         );
         return;
@@ -72,7 +75,10 @@ fn check(data: &[u8]) {
         for (w, n) in was.iter().zip(now) {
             let expected = w.options.exclude_socket.as_deref().unwrap_or("sid-fuzz");
             assert_eq!(n.options.exclude_socket.as_deref(), Some(expected));
-            assert_eq!((&w.stream, &w.data, w.options.transient), (&n.stream, &n.data, n.options.transient));
+            assert_eq!(
+                (&w.stream, &w.data, w.options.transient),
+                (&n.stream, &n.data, n.options.transient)
+            );
         }
     } else {
         assert_eq!(before, after);
