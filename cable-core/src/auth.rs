@@ -150,6 +150,32 @@ impl Identifiers {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// Identifiers from a JSON object's text, AnyCable's layout of a
+    /// connection's identifiers (the JWT `ext` claim, the `identifier` of a
+    /// `disconnect` broadcast command): `{"user_id":"42","account":7}`.
+    /// String values are taken as they are, any other value as its JSON
+    /// text; the object's order is kept.
+    ///
+    /// ```
+    /// use cable_core::Identifiers;
+    /// let ids = Identifiers::from_json(r#"{"user_id":"42","n":7}"#).unwrap();
+    /// assert_eq!(ids, Identifiers::new().with("user_id", "42").with("n", "7"));
+    /// assert!(Identifiers::from_json("[1]").is_err());
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self, IdentifiersJsonError> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(IdentifiersJsonError)?;
+        Ok(object
+            .into_iter()
+            .fold(Identifiers::new(), |acc, (name, value)| {
+                let value = match value {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                acc.with(name, value)
+            }))
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -168,6 +194,11 @@ impl Identifiers {
         values.join(":")
     }
 }
+
+/// Why [`Identifiers::from_json`] refused a text: it is not a JSON object.
+#[derive(Debug, thiserror::Error)]
+#[error("identifiers are not a JSON object")]
+pub struct IdentifiersJsonError(#[source] pub serde_json::Error);
 
 /// Returned by the connection hook to refuse a connection. The client gets
 /// `{"type":"disconnect","reason":"unauthorized","reconnect":false}`, or

@@ -280,6 +280,7 @@ impl Inner {
 
     pub(crate) fn broadcaster(&self) -> Broadcaster {
         Broadcaster {
+            hub: Arc::downgrade(&self.hub),
             pubsub: self.hub.pubsub.clone(),
             reliable: self.reliable.clone(),
             limit: self.config.max_outbound_message_bytes,
@@ -291,6 +292,9 @@ impl Inner {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Broadcaster {
+    /// For deliveries to this process only; weak, as channels keep
+    /// broadcasters and the hub keeps channels' subscriptions.
+    hub: std::sync::Weak<Hub>,
     pubsub: Arc<dyn PubSub>,
     reliable: Arc<Reliable>,
     /// [`CableConfig::max_outbound_message_bytes`].
@@ -371,6 +375,44 @@ impl Broadcaster {
         json_text: &str,
         options: &Publication,
     ) -> Result<(), PubSubError> {
+        let wire = self.prepare(stream, json_text, options).await?;
+        self.pubsub.broadcast(stream, &wire).await
+    }
+
+    /// [`Broadcaster::broadcast_with`] to this process's subscribers only,
+    /// not through the adapter: for an intake that every node receives
+    /// itself (AnyCable's Redis pub/sub broadcaster), so that a shared
+    /// adapter does not hand it to each subscriber once per node. A stream
+    /// with history is appended by each node that receives it.
+    pub async fn broadcast_locally_with(
+        &self,
+        stream: &str,
+        json_text: &str,
+        options: &Publication,
+    ) -> Result<(), PubSubError> {
+        let wire = self.prepare(stream, json_text, options).await?;
+        if let Some(hub) = self.hub.upgrade() {
+            hub.deliver(stream, &wire);
+        }
+        Ok(())
+    }
+
+    /// [`Broadcaster::remote_disconnect`] of this process's connections only
+    /// (see [`Broadcaster::broadcast_locally_with`]).
+    pub fn disconnect_locally(&self, identifiers: &Identifiers, reconnect: bool) {
+        if let Some(hub) = self.hub.upgrade() {
+            let (channel, payload) = disconnect_message(identifiers, reconnect);
+            hub.deliver(&channel, &payload);
+        }
+    }
+
+    /// The size check, the history append and the envelope of a broadcast.
+    async fn prepare(
+        &self,
+        stream: &str,
+        json_text: &str,
+        options: &Publication,
+    ) -> Result<String, PubSubError> {
         if json_text.len() > self.limit {
             return Err(PubSubError::MessageTooLarge {
                 size: json_text.len(),
@@ -387,8 +429,7 @@ impl Broadcaster {
                 meta.position = self.reliable.append(stream, json_text, policy).await;
             }
         }
-        let wire = crate::pubsub::encode_with_meta(&meta, json_text);
-        self.pubsub.broadcast(stream, &wire).await
+        Ok(crate::pubsub::encode_with_meta(&meta, json_text))
     }
 
     /// Rails' `remote_connections.where(...).disconnect(reconnect:)`: ends
@@ -398,10 +439,16 @@ impl Broadcaster {
         identifiers: &Identifiers,
         reconnect: bool,
     ) -> Result<(), PubSubError> {
-        let channel = format!("action_cable/{}", identifiers.connection_identifier());
-        let payload = format!(r#"{{"type":"disconnect","reconnect":{reconnect}}}"#);
+        let (channel, payload) = disconnect_message(identifiers, reconnect);
         self.pubsub.broadcast(&channel, &payload).await
     }
+}
+
+/// Rails' remote disconnect: the connection's internal channel and message.
+fn disconnect_message(identifiers: &Identifiers, reconnect: bool) -> (String, String) {
+    let channel = format!("action_cable/{}", identifiers.connection_identifier());
+    let payload = format!(r#"{{"type":"disconnect","reconnect":{reconnect}}}"#);
+    (channel, payload)
 }
 
 /// The cable server core. Cheap to clone; all clones share one server.

@@ -30,6 +30,8 @@
 //!   and session store behind reliable streams, and
 //!   [`MemoryBroker`](broker::MemoryBroker), the default (set another with
 //!   [`CableBuilder::broker`]);
+//! - [`intake`], for broadcast intakes (HTTP, Redis): AnyCable's broadcast
+//!   messages, parsed and applied;
 //! - [`protocol`] and [`json`]: the wire format.
 //!
 //! ```
@@ -99,6 +101,7 @@ mod channel;
 mod connection;
 mod hub;
 mod ids;
+pub mod intake;
 pub mod json;
 mod logging;
 mod mailbox;
@@ -117,7 +120,7 @@ pub use async_trait::async_trait;
 pub use crate::{
     auth::{
         authenticate_with, AllowAll, AuthFn, Authenticate, ConnectRequest, Identifiers,
-        Unauthorized,
+        IdentifiersJsonError, Unauthorized,
     },
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Publication, Stats},
     channel::{Channel, ChannelError, Context, Params, StreamOptions},

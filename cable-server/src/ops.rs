@@ -1,11 +1,25 @@
-//! Operator endpoints: the HTTP broadcast API, health, stats and Prometheus
-//! metrics.
+//! Operator endpoints: the HTTP broadcast API, presence, health, stats and
+//! Prometheus metrics.
 //!
-//! - `POST /_broadcast`: publications in AnyCable's format,
-//!   `{"stream": "...", "data": "<JSON text>"}` or an array of them, with
-//!   `Authorization: Bearer <key>`. 201 when every publication was handed to
-//!   the adapter; 401 without the right key; 422 for a body that is not a
-//!   publication; 503 when the adapter refused (its error in the body).
+//! - `POST /_broadcast`: AnyCable's broadcast messages
+//!   ([`cable_core::intake`]): a publication
+//!   `{"stream": "...", "data": "<JSON text>", "meta": {...}}`, an array of
+//!   them, or the command `{"command": "disconnect", "payload":
+//!   {"identifier": "<identifiers JSON>", "reconnect": false}}`, with
+//!   `Authorization: Bearer <key>`. `meta` may hold `exclude_socket` (a
+//!   session id) and `transient`; other fields are ignored. The
+//!   `X-Socket-ID` header (AnyCable's `to_others`, sent by Rails and
+//!   `@anycable/turbo-stream`) excludes that session from every publication
+//!   that excludes none itself. 201 when everything was handed to the
+//!   adapter; 401 without the right key; 422 for a body that is no
+//!   broadcast message (nothing is sent then: a batch is checked whole
+//!   first); 413 for a message over the size limit; 503 when the adapter
+//!   refused (its error in the body; publications before it went out).
+//! - `GET /api/presence/{stream}/users`: who is present on `stream`, as
+//!   AnyCable's REST API answers it (`{"type":"info","total":N,"records":
+//!   [...]}`), with `Authorization: Bearer <api key>`
+//!   ([`OpsConfig::api_key`]). 501 when the broker keeps no presence, 400
+//!   when it failed; off (404) without a key.
 //! - `GET /health`: 200 `ok` while the pub/sub adapter is connected and the
 //!   server is not shutting down, 503 otherwise.
 //! - `GET /stats`: the [`cable_core::Stats`] figures as JSON.
@@ -14,14 +28,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use cable_core::intake::{Message, ParseError};
 use cable_core::{Cable, Stats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -34,6 +48,10 @@ pub struct OpsConfig {
     /// The bearer key `POST /_broadcast` requires. `None` disables the
     /// endpoint (404): an unauthenticated broadcast API is never served.
     pub broadcast_key: Option<String>,
+    /// The bearer key of AnyCable's REST API (`GET
+    /// /api/presence/{stream}/users`), AnyCable's `api_secret`. `None`
+    /// disables it (404).
+    pub api_key: Option<String>,
 }
 
 impl OpsConfig {
@@ -41,7 +59,14 @@ impl OpsConfig {
     pub fn with_broadcast_key(key: impl Into<String>) -> Self {
         OpsConfig {
             broadcast_key: Some(key.into()),
+            api_key: None,
         }
+    }
+
+    /// Sets the REST API's key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
     }
 }
 
@@ -49,10 +74,13 @@ struct OpsState {
     cable: Cable,
     /// From `OpsConfig::broadcast_key`; None: `/_broadcast` is off.
     broadcast_key: Option<BroadcastKey>,
+    /// From `OpsConfig::api_key`; None: the REST API is off.
+    api_key: Option<BroadcastKey>,
     recorder: PrometheusRecorder,
 }
 
-/// An axum router with `/_broadcast`, `/health`, `/stats` and `/metrics`.
+/// An axum router with `/_broadcast`, `/api/presence/{stream}/users`,
+/// `/health`, `/stats` and `/metrics`.
 ///
 /// Serve it on a private address. `/stats` and `/metrics` answer anyone,
 /// and `/_broadcast` reaches every client with the right key, so merging it
@@ -61,17 +89,20 @@ struct OpsState {
 pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
     Router::new()
         .route("/_broadcast", post(broadcast))
+        .route(PRESENCE_PATH, get(presence))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .with_state(ops_state(&cable, &config))
         .merge(health_router(cable))
 }
 
-/// `POST /_broadcast` alone: where AnyCable serves it when it has a key,
-/// beside the WebSocket endpoint, without `/stats` and `/metrics`.
+/// `POST /_broadcast` and the presence endpoint alone: where AnyCable
+/// serves them when it has a key, beside the WebSocket endpoint, without
+/// `/stats` and `/metrics`.
 pub fn broadcast_router(cable: Cable, config: OpsConfig) -> Router {
     Router::new()
         .route("/_broadcast", post(broadcast))
+        .route(PRESENCE_PATH, get(presence))
         .with_state(ops_state(&cable, &config))
 }
 
@@ -79,6 +110,7 @@ fn ops_state(cable: &Cable, config: &OpsConfig) -> Arc<OpsState> {
     Arc::new(OpsState {
         cable: cable.clone(),
         broadcast_key: config.broadcast_key.as_deref().map(BroadcastKey::new),
+        api_key: config.api_key.as_deref().map(BroadcastKey::new),
         recorder: recorder(),
     })
 }
@@ -91,21 +123,8 @@ pub fn health_router(cable: Cable) -> Router {
         .with_state(cable)
 }
 
-/// One publication, as AnyCable's broadcasters send it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Publication {
-    stream: String,
-    /// The message as JSON text (not a JSON value), as Rails' adapters carry it.
-    data: String,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Publications {
-    One(Publication),
-    Many(Vec<Publication>),
-}
+/// AnyCable's presence endpoint.
+const PRESENCE_PATH: &str = "/api/presence/{stream}/users";
 
 /// The broadcast key as the endpoint keeps it: only its SHA-256 digest.
 ///
@@ -140,67 +159,91 @@ async fn broadcast(
     let Some(key) = &state.broadcast_key else {
         return text(StatusCode::NOT_FOUND, "Not found");
     };
+    if let Some(refused) = authorize(key, &headers, "broadcast API") {
+        return refused;
+    }
+    let mut message = match Message::parse(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("broadcast API: not a broadcast message: {}", chain(&e));
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "expected {{\"stream\": \"...\", \"data\": \"<JSON text>\", \"meta\": {{...}}}}, \
+                     an array of them or {{\"command\": \"disconnect\", ...}}: {}",
+                    chain(&e)
+                ),
+            );
+        }
+    };
+    // AnyCable's `to_others`: the publisher names the session that caused it.
+    if let Some(sid) = headers.get("x-socket-id").and_then(|v| v.to_str().ok()) {
+        message.exclude_by_default(sid.trim());
+    }
+    if let Err(e) = message.apply(&state.cable.broadcaster()).await {
+        tracing::error!(error = %e, cause = %e.source, "broadcast API: refused by the adapter");
+        let status = match &e.source {
+            // No client could be sent it: the caller's mistake, not an outage.
+            cable_core::PubSubError::MessageTooLarge { .. }
+            | cable_core::PubSubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        return text(status, format!("{e}: {}", e.source));
+    }
+    StatusCode::CREATED.into_response()
+}
+
+/// `None` when `headers` carry `key` as a bearer token, else the 401.
+fn authorize(key: &BroadcastKey, headers: &HeaderMap, what: &str) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| key.matches(g.as_bytes())) {
-        tracing::warn!("broadcast API: request without the right bearer key refused");
-        return respond(
-            StatusCode::UNAUTHORIZED,
-            (header::WWW_AUTHENTICATE, "Bearer"),
-            "Unauthorized",
-        );
+    if given.is_some_and(|g| key.matches(g.as_bytes())) {
+        return None;
     }
-    let pubs = match serde_json::from_slice::<Publications>(&body) {
-        Ok(Publications::One(p)) => vec![p],
-        Ok(Publications::Many(v)) => v,
-        Err(e) => {
-            tracing::warn!("broadcast API: not a publication: {e}");
-            return text(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "expected {{\"stream\": \"...\", \"data\": \"<JSON text>\"}} or an array of them: {e}"
-                ),
-            );
-        }
+    tracing::warn!("{what}: request without the right bearer key refused");
+    Some(respond(
+        StatusCode::UNAUTHORIZED,
+        (header::WWW_AUTHENTICATE, "Bearer"),
+        "Unauthorized",
+    ))
+}
+
+/// An error and its sources, `: `-joined.
+fn chain(e: &ParseError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+async fn presence(
+    State(state): State<Arc<OpsState>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(key) = &state.api_key else {
+        return text(StatusCode::NOT_FOUND, "Not found");
     };
-    // Validate everything first: a batch is either all handed over or not at all.
-    for (i, p) in pubs.iter().enumerate() {
-        if p.stream.is_empty() {
-            return text(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("publication {i}: empty stream"),
-            );
+    if let Some(refused) = authorize(key, &headers, "presence API") {
+        return refused;
+    }
+    match state.cable.presence(&stream).await {
+        Ok(info) => ([(header::CONTENT_TYPE, "application/json")], info.to_json()).into_response(),
+        Err(e @ cable_core::broker::BrokerError::Unsupported { .. }) => {
+            text(StatusCode::NOT_IMPLEMENTED, e.to_string())
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&p.data) {
-            return text(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("publication {i}: data is not JSON text: {e}"),
-            );
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "presence API: the broker failed");
+            text(StatusCode::BAD_REQUEST, e.to_string())
         }
     }
-    let broadcaster = state.cable.broadcaster();
-    for (i, p) in pubs.iter().enumerate() {
-        if let Err(e) = broadcaster.broadcast_raw(&p.stream, &p.data).await {
-            tracing::error!(stream = %p.stream, error = %e, "broadcast API: a publication was refused");
-            let status = match e {
-                // No client could be sent it: the caller's mistake, not an outage.
-                cable_core::PubSubError::MessageTooLarge { .. }
-                | cable_core::PubSubError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return text(
-                status,
-                format!(
-                    "publication {i} (stream {:?}) failed: {e}; {i} before it were broadcast",
-                    p.stream
-                ),
-            );
-        }
-    }
-    StatusCode::CREATED.into_response()
 }
 
 async fn health(State(cable): State<Cable>) -> Response {

@@ -100,6 +100,15 @@ pub enum StandaloneError {
         #[source]
         source: cable_anycable::JwtConfigError,
     },
+    /// A Redis broadcaster (`broadcast_adapter` redis or redisx) was refused.
+    #[error("broadcast_adapter {kind}: {source}")]
+    Intake {
+        /// `redis` or `redisx`.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// An origin pattern is not a valid regular expression.
     #[error("allowed_origin_patterns: {source}")]
     OriginPattern {
@@ -342,6 +351,80 @@ pub fn serve_options(settings: &Settings) -> ServeOptions {
     options
 }
 
+/// A running broadcast intake; it stops when dropped.
+#[cfg(feature = "redis")]
+pub type Intake = cable_redis::RedisIntake;
+/// A running broadcast intake (none without the `redis` feature).
+#[cfg(not(feature = "redis"))]
+pub type Intake = std::convert::Infallible;
+
+/// Starts AnyCable's Redis broadcasters that `settings.broadcast_adapter`
+/// names, on `cable`: `redis` subscribes to `redis_channel`, `redisx`
+/// reads `redisx_stream` in group `redisx_group`, both at `redis_url`.
+/// They run while the returned handles live.
+pub fn start_intakes(
+    settings: &Settings,
+    cable: &cable_core::Cable,
+) -> Result<Vec<Intake>, StandaloneError> {
+    #[allow(unused_mut)]
+    let mut intakes = Vec::new();
+    #[cfg(feature = "redis")]
+    {
+        use cable_redis::{RedisIntake, RedisIntakeConfig};
+        let url = settings.intake_redis_url();
+        let refused = |kind| {
+            move |e: cable_redis::RedisConfigError| StandaloneError::Intake {
+                kind,
+                source: Box::new(e),
+            }
+        };
+        if settings.broadcaster("redis") {
+            let config = RedisIntakeConfig::new(&url).channel(&settings.redis_channel);
+            intakes
+                .push(RedisIntake::pubsub(config, cable.broadcaster()).map_err(refused("redis"))?);
+            tracing::info!(
+                "broadcast_adapter redis: PUBLISH {} at {} (every node applies every message)",
+                settings.redis_channel,
+                redact_url(&url)
+            );
+        }
+        if settings.broadcaster("redisx") {
+            let config = RedisIntakeConfig::new(&url)
+                .channel(&settings.redisx_stream)
+                .group(&settings.redisx_group)
+                .block(std::time::Duration::from_millis(
+                    settings.redisx_read_block_milliseconds,
+                ));
+            intakes.push(
+                RedisIntake::streams(config, cable.broadcaster()).map_err(refused("redisx"))?,
+            );
+            tracing::info!(
+                "broadcast_adapter redisx: XADD {} at {} (group {}, one node per message)",
+                settings.redisx_stream,
+                redact_url(&url),
+                settings.redisx_group
+            );
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (settings, cable);
+    Ok(intakes)
+}
+
+/// The operator endpoints' keys: `broadcast_key` for `/_broadcast`; for
+/// the REST API (presence) AnyCable's key derived from `secret`, else the
+/// broadcast key.
+pub fn ops_config(settings: &Settings) -> OpsConfig {
+    let mut config = OpsConfig::default();
+    config.broadcast_key = settings.broadcast_key.clone();
+    config.api_key = settings
+        .secret
+        .as_deref()
+        .map(cable_anycable::api_key)
+        .or_else(|| settings.broadcast_key.clone());
+    config
+}
+
 /// Runs a server until SIGINT or SIGTERM: the WebSocket endpoint and
 /// `/health` on `settings.bind`; `/stats`, `/metrics` and `/_broadcast` on
 /// `settings.stats_bind` (with `/health` again), or beside the WebSocket
@@ -380,14 +463,11 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
     let builder = with_rails(builder.config(core), &settings)?;
     let builder = with_adapter(builder, &settings)?;
     let cable = with_broker(builder, &settings)?.build();
+    // Held until the server stops.
+    let _intakes = start_intakes(&settings, &cable)?;
     let server_cfg = server_config(&settings)?;
-    let ops = ops_router(
-        cable.clone(),
-        match &settings.broadcast_key {
-            Some(key) => OpsConfig::with_broadcast_key(key.clone()),
-            None => OpsConfig::default(),
-        },
-    );
+    let ops_config = ops_config(&settings);
+    let ops = ops_router(cable.clone(), ops_config.clone());
     let listener =
         TcpListener::bind(settings.bind)
             .await
@@ -407,11 +487,7 @@ pub async fn run(settings: Settings, builder: CableBuilder) -> Result<(), Standa
                 "POST /_broadcast on the public address (broadcast_adapter = http, as AnyCable \
                  with a key); /stats and /metrics are off: set stats_bind"
             );
-            let ops = settings
-                .broadcast_key
-                .clone()
-                .map(OpsConfig::with_broadcast_key);
-            let broadcast = broadcast_router(cable.clone(), ops.unwrap_or_default());
+            let broadcast = broadcast_router(cable.clone(), ops_config);
             (
                 app.merge(broadcast).merge(health_router(cable.clone())),
                 None,

@@ -251,9 +251,25 @@ pub struct Settings {
     pub enforce_jwt: bool,
     /// AnyCable's broadcasters: `http` serves `POST /_broadcast` (on the
     /// public address unless `stats_bind` is set, as AnyCable does with a
-    /// key); `redis`, `redisx` and `nats` are not built yet (a warning).
+    /// key); `redis` subscribes to `redis_channel` at `redis_url` (every
+    /// node gets every message); `redisx` reads the stream `redisx_stream`
+    /// in the consumer group `redisx_group` (one node per message); `nats`
+    /// is not built yet (a warning).
     #[serde(deserialize_with = "de::list")]
     pub broadcast_adapter: Vec<String>,
+    /// AnyCable's `redis_channel`: the channel of the `redis` broadcaster.
+    /// Default `__anycable__`.
+    pub redis_channel: String,
+    /// AnyCable's `redisx_stream`: the stream of the `redisx` broadcaster.
+    /// Default `__anycable__`.
+    pub redisx_stream: String,
+    /// AnyCable's `redisx_group`: the consumer group of the `redisx`
+    /// broadcaster. Default `bx`.
+    pub redisx_group: String,
+    /// AnyCable's `redisx_read_block_milliseconds`: how long one read of
+    /// the stream waits, and how long a message stays pending before
+    /// another node claims it. Default 2000.
+    pub redisx_read_block_milliseconds: u64,
     /// How long a disconnected session stays present (AnyCable's
     /// `presence_ttl`). Default 15 s.
     #[serde(with = "duration")]
@@ -344,6 +360,10 @@ impl Default for Settings {
             jwt_param: "jid".to_owned(),
             enforce_jwt: false,
             broadcast_adapter: Vec::new(),
+            redis_channel: "__anycable__".to_owned(),
+            redisx_stream: "__anycable__".to_owned(),
+            redisx_group: "bx".to_owned(),
+            redisx_read_block_milliseconds: 2000,
             presence_ttl: Duration::from_secs(15),
             host: None,
             port: None,
@@ -377,8 +397,8 @@ const SECRET_KEYS: &[&str] = &[
 /// AnyCable's broadcasters, and which of them cable has.
 const BROADCASTERS: &[(&str, bool)] = &[
     ("http", true),
-    ("redis", false),
-    ("redisx", false),
+    ("redis", cfg!(feature = "redis")),
+    ("redisx", cfg!(feature = "redis")),
     ("nats", false),
 ];
 
@@ -911,8 +931,9 @@ impl Settings {
                  `ops_on_public_port` (beside the WebSocket endpoint), not both",
             );
         }
-        // An AnyCable deployment's key serves its default broadcaster
-        // (redis, not built yet): a warning at startup, no error.
+        // An AnyCable deployment's key may serve no broadcaster here (AnyCable
+        // defaults to http,redis; cable to none): a warning at startup, no
+        // error.
         let anycable_key = matches!(set_by(figment, "broadcast_key"),
             Some(Source::Env(name)) if name.starts_with("ANYCABLE_"));
         if self.broadcast_key.is_some()
@@ -1009,7 +1030,8 @@ impl Settings {
             let alias = if port.is_some() { "port" } else { "host" };
             same_setting(figment, alias, addr, "bind", &mut self.bind)?;
         }
-        let redis_url = self.redis_url.take();
+        // Kept for the Redis broadcasters too.
+        let redis_url = self.redis_url.clone();
         // AnyCable names its broker (`broker = "redis"`, Pro's) and takes
         // the URL from `redis_url`; ours is a URL.
         if self.broker.eq_ignore_ascii_case("redis") {
@@ -1107,6 +1129,32 @@ impl Settings {
                     .to_owned(),
             ));
         }
+        for (key, value) in [
+            ("redis_channel", &self.redis_channel),
+            ("redisx_stream", &self.redisx_stream),
+            ("redisx_group", &self.redisx_group),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(key, "a non-empty name"));
+            }
+        }
+        let block = self.redisx_read_block_milliseconds;
+        if !(1..=MAX_DURATION.as_millis() as u64).contains(&block) {
+            return Err(invalid(
+                "redisx_read_block_milliseconds",
+                "milliseconds from 1 to a day",
+            ));
+        }
+        // As AnyCable: redisx hands each message to one node, so the nodes
+        // need a shared pub/sub to reach every subscriber; without one set,
+        // it is Redis at redis_url.
+        if self.broadcast_adapter.iter().any(|a| a == "redisx")
+            && self.adapter == "memory"
+            && set_by(figment, "adapter").is_none()
+            && set_by(figment, "pubsub").is_none()
+        {
+            self.adapter = self.intake_redis_url();
+        }
         if self.broadcast_key.is_none() {
             self.broadcast_key = self.secret.as_deref().map(cable_anycable::broadcast_key);
         }
@@ -1118,6 +1166,19 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Where the Redis broadcasters read: AnyCable's `redis_url` (default
+    /// redis://localhost:6379).
+    pub fn intake_redis_url(&self) -> String {
+        self.redis_url
+            .clone()
+            .unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned())
+    }
+
+    /// Whether AnyCable's broadcaster `name` (`redis`, `redisx`) is asked for.
+    pub fn broadcaster(&self, name: &str) -> bool {
+        self.broadcast_adapter.iter().any(|a| a == name)
     }
 
     /// The key of AnyCable's JWTs: `jwt_secret`, else `secret`. With one,
@@ -1143,7 +1204,8 @@ impl Settings {
             .map(|a| {
                 format!(
                     "broadcast_adapter {a}: not built yet, nothing is received through it; \
-                     publish with POST /_broadcast (broadcast_adapter = \"http\")"
+                     publish with POST /_broadcast (broadcast_adapter = \"http\"), redis or \
+                     redisx"
                 )
             })
             .collect();
@@ -1847,15 +1909,64 @@ mod tests {
         // Without a key, http is refused (never an open broadcast API).
         let e = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "http")]).unwrap_err();
         assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
-        // The broadcasters not built yet are accepted, and said so.
+        // redis and redisx are real; nats, not built yet, is accepted and
+        // said so.
         let s = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redis,redisx,nats")]).unwrap();
-        assert!(!s.http_broadcast());
+        assert!(!s.http_broadcast() && s.broadcaster("redis") && s.broadcaster("redisx"));
         let notices = s.notices();
-        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert_eq!(notices.len(), 1, "{notices:?}");
         assert!(
-            notices.iter().all(|n| n.contains("not built yet")),
+            notices[0].contains("nats") && notices[0].contains("not built yet"),
             "{notices:?}"
         );
+        // AnyCable's names and defaults for where they read; redisx
+        // brings Redis pub/sub at redis_url when no pub/sub is set.
+        assert_eq!(
+            (
+                s.redis_channel.as_str(),
+                s.redisx_stream.as_str(),
+                s.redisx_group.as_str(),
+                s.redisx_read_block_milliseconds,
+            ),
+            ("__anycable__", "__anycable__", "bx", 2000)
+        );
+        assert_eq!(s.intake_redis_url(), "redis://localhost:6379");
+        assert_eq!(s.adapter, "redis://localhost:6379");
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "redisx"),
+            ("ANYCABLE_REDIS_URL", "redis://db:6380/2"),
+            ("ANYCABLE_REDISX_STREAM", "bcast"),
+            ("ANYCABLE_REDISX_GROUP", "g"),
+            ("ANYCABLE_REDISX_READ_BLOCK_MILLISECONDS", "500"),
+            ("ANYCABLE_REDIS_CHANNEL", "chan"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                s.adapter.as_str(),
+                s.redisx_stream.as_str(),
+                s.redisx_group.as_str(),
+                s.redisx_read_block_milliseconds,
+                s.redis_channel.as_str()
+            ),
+            ("redis://db:6380/2", "bcast", "g", 500, "chan")
+        );
+        // A pub/sub of one's own is kept; redis alone brings none.
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "redisx"),
+            ("CABLE_ADAPTER", "postgres://db/x"),
+        ])
+        .unwrap();
+        assert_eq!(s.adapter, "postgres://db/x");
+        let s = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redis")]).unwrap();
+        assert_eq!(s.adapter, "memory");
+        for bad in [
+            ("ANYCABLE_REDISX_GROUP", ""),
+            ("ANYCABLE_REDISX_READ_BLOCK_MILLISECONDS", "0"),
+        ] {
+            let e = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redisx"), bad]);
+            assert!(e.is_err(), "{bad:?}");
+        }
         // A derived key with nowhere to serve it is no error (AnyCable's
         // default broadcaster is redis).
         let s = from_vars(&[("ANYCABLE_SECRET", SECRET)]).unwrap();

@@ -150,6 +150,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Broadcast intakes
+//! [`RedisIntake`] receives AnyCable's Redis broadcasts and applies them
+//! through a `Broadcaster` (see `cable_core::intake` for the formats):
+//! [`RedisIntake::pubsub`] subscribes to `__anycable__` (AnyCable's legacy
+//! `redis` broadcaster: `PUBLISH __anycable__ <json>`, every node gets
+//! every message), [`RedisIntake::streams`] reads the stream
+//! `__anycable__` in the consumer group `bx` (AnyCable's `redisx`: `XADD
+//! __anycable__ * payload <json>`, one node handles each message, then
+//! `XACK` and `XDEL`; `XAUTOCLAIM` takes over what a dead node left
+//! pending). Both reconnect with backoff.
+//!
+//! ```no_run
+//! use cable_redis::{RedisIntake, RedisIntakeConfig};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cable_redis::RedisConfigError> {
+//! let cable = cable_core::Cable::builder().build();
+//! let intake = RedisIntake::streams(
+//!     RedisIntakeConfig::new("redis://127.0.0.1:6379"),
+//!     cable.broadcaster(),
+//! )?;
+//! // Keep `intake` as long as the server runs: dropping it stops it.
+//! # drop(intake);
+//! # Ok(()) }
+//! ```
+//!
 //! # Example
 //! ```no_run
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
@@ -183,6 +207,7 @@
 
 mod backend;
 mod broker;
+mod intake;
 mod publisher;
 
 use async_trait::async_trait;
@@ -191,6 +216,10 @@ use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
 
 pub use crate::broker::{RedisBroker, RedisBrokerConfig, DEFAULT_KEY_PREFIX};
+pub use crate::intake::{
+    RedisIntake, RedisIntakeConfig, DEFAULT_INTAKE_BLOCK, DEFAULT_INTAKE_CHANNEL,
+    DEFAULT_INTAKE_GROUP,
+};
 
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
 /// for the connection to come back) before its [`Ack`] fails.

@@ -26,6 +26,16 @@ pub struct PresenceInfo {
     pub records: Vec<PresenceRecord>,
 }
 
+impl PresenceInfo {
+    /// AnyCable's presence `info` message, as its REST API answers
+    /// `GET /api/presence/:stream/users`:
+    /// `{"type":"info","total":N,"records":[{"id":..,"info":{..}}]}`,
+    /// `records` left out when empty.
+    pub fn to_json(&self) -> String {
+        crate::presence::info_message(self)
+    }
+}
+
 /// A member that left a stream when its last session's presence ran out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresenceLeft {

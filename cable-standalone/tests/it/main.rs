@@ -1174,3 +1174,163 @@ async fn the_broker_settings_give_public_streams_history_and_sessions() {
         println!("broker {name}: history and sessions as expected");
     }
 }
+
+/// A server as AnyCable is configured without RPC: `secret` (JWT, the
+/// derived broadcast key), public streams, `/_broadcast` beside the
+/// WebSocket endpoint.
+async fn anycable_server(secret: &str, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("ANYCABLE_SECRET", secret),
+        ("ANYCABLE_PUBLIC_STREAMS", "true"),
+        ("ANYCABLE_BROADCAST_ADAPTER", "http"),
+    ];
+    env.extend_from_slice(extra);
+    Server::start(&[], &env).await
+}
+
+/// An extended-protocol client subscribed to the public stream `news`,
+/// and its session id.
+async fn news_reader(server: &Server, query: &str) -> (cable_test::Client, String) {
+    let mut c = ext_client(server, query).await;
+    let welcome = next_json(&mut c).await;
+    let sid = welcome["sid"].as_str().expect("a sid").to_owned();
+    c.subscribe(&serde_json::json!({"channel": "$pubsub", "stream_name": "news"}).to_string())
+        .await;
+    (c, sid)
+}
+
+/// `POST /_broadcast` as AnyCable's publishers send it: `meta` (known and
+/// unknown fields), `to_others` through `X-Socket-ID`, the `disconnect`
+/// command.
+#[tokio::test]
+async fn broadcast_api_takes_anycable_meta_to_others_and_disconnect() {
+    let secret = "anycable-test-secret-1234";
+    let server = anycable_server(secret, &[]).await;
+    let auth = format!("Bearer {}", cable_anycable::broadcast_key(secret));
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let addr = server.addr;
+        let auth = auth.clone();
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("Authorization", auth.as_str())];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            http(addr, "POST", "/_broadcast", &h, Some(&body)).await
+        }
+    };
+    let jwt = cable_anycable::JwtAuth::new(cable_anycable::JwtConfig::new(secret)).unwrap();
+    let token = jwt
+        .issue(
+            &cable_core::Identifiers::new().with("user_id", "42"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let (mut a, sid_a) = news_reader(&server, &format!("?jid={token}")).await;
+    let (mut b, sid_b) = news_reader(&server, "").await;
+    let msg = |n: u32, meta: serde_json::Value| {
+        serde_json::json!({"stream": "news", "data": format!(r#"{{"n":{n}}}"#), "meta": meta})
+            .to_string()
+    };
+    // 1: meta as AnyCable's Ruby and JS publishers send it, plus fields no
+    // version knows: accepted, not a 422.
+    let (status, text) = post(
+        vec![],
+        msg(
+            1,
+            serde_json::json!({"broadcast_type": "turbo", "transient": false, "future": [1]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    // 2: not for A (meta); 3: not for B (X-Socket-ID, to_others); in a
+    // batch with A's id in the header, 4 keeps its own (not for B) and 5
+    // takes the header's (not for A).
+    let exclude = |sid: &str| serde_json::json!({"exclude_socket": sid});
+    assert_eq!(post(vec![], msg(2, exclude(&sid_a))).await.0, 201);
+    let header = vec![("X-Socket-ID", sid_b.clone())];
+    assert_eq!(
+        post(header.clone(), msg(3, serde_json::json!({}))).await.0,
+        201
+    );
+    let both = format!(
+        "[{},{}]",
+        msg(4, exclude(&sid_b)),
+        msg(5, serde_json::json!(null))
+    );
+    assert_eq!(
+        post(vec![("X-Socket-ID", sid_a.clone())], both).await.0,
+        201
+    );
+    // 6: to everyone, to show nothing else came before it.
+    assert_eq!(post(vec![], msg(6, serde_json::json!({}))).await.0, 201);
+    for (c, expected) in [(&mut a, [1, 3, 4, 6]), (&mut b, [1, 2, 5, 6])] {
+        for n in expected {
+            let got = next_json(c).await;
+            assert_eq!(got["message"]["n"], n, "{got}");
+        }
+    }
+
+    // The disconnect command: AnyCable's identifiers JSON (the JWT's ext).
+    let command = serde_json::json!({"command": "disconnect",
+        "payload": {"identifier": r#"{"user_id":"42"}"#, "reconnect": false}});
+    let (status, text) = post(vec![], command.to_string()).await;
+    assert_eq!(status, 201, "{text}");
+    let got = next_json(&mut a).await;
+    assert_eq!(got["type"], "disconnect", "{got}");
+    assert_eq!(got["reconnect"], false, "{got}");
+    // B (anonymous) stays.
+    assert_eq!(post(vec![], msg(7, serde_json::json!({}))).await.0, 201);
+    assert_eq!(next_json(&mut b).await["message"]["n"], 7);
+    // Not a broadcast message: 422, nothing sent.
+    for bad in [
+        r#"{"command":"restart"}"#,
+        r#"{"command":"disconnect","payload":{"identifier":"not json"}}"#,
+        r#"{"stream":"news","data":"1","meta":{"exclude_socket":1}}"#,
+    ] {
+        let (status, text) = post(vec![], bad.to_owned()).await;
+        assert_eq!(status, 422, "{bad}: {text}");
+    }
+}
+
+/// `GET /api/presence/{stream}/users` as AnyCable's REST API: its key
+/// (derived from `secret` with "api-cable"), its `info` shape.
+#[tokio::test]
+async fn presence_endpoint_answers_as_anycables_rest_api() {
+    let secret = "anycable-test-secret-1234";
+    let server = anycable_server(secret, &[]).await;
+    let path = "/api/presence/news/users";
+    let get = |key: Option<String>| {
+        let addr = server.addr;
+        async move {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            http(addr, "GET", path, &h, None).await
+        }
+    };
+    let api_key = cable_anycable::api_key(secret);
+    let (status, body) = get(Some(api_key.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"type": "info", "total": 0})
+    );
+    let (mut a, _) = news_reader(&server, "").await;
+    let id = serde_json::json!({"channel": "$pubsub", "stream_name": "news"}).to_string();
+    a.send_json(serde_json::json!({"command": "join", "identifier": id,
+        "presence": {"id": "42", "info": {"name": "Ann"}}}))
+        .await;
+    let event = next_json(&mut a).await;
+    assert_eq!(event["message"]["type"], "join", "{event}");
+    let (status, body) = get(Some(api_key)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"type": "info", "total": 1,
+            "records": [{"id": "42", "info": {"name": "Ann"}}]})
+    );
+    assert_eq!(get(None).await.0, 401);
+    assert_eq!(
+        get(Some(cable_anycable::broadcast_key("another-secret-000")))
+            .await
+            .0,
+        401
+    );
+}

@@ -183,20 +183,11 @@ impl<A> JwtAuth<A> {
             Some(_) => return Err(Unauthorized::because("the JWT's ext claim is not a string")),
             None => return Err(Unauthorized::because("the JWT has no ext claim")),
         };
-        let ids: Map<String, Value> = serde_json::from_str(&ext).map_err(|e| {
-            Unauthorized::because(format!("the JWT's ext claim is not a JSON object: {e}"))
-        })?;
-        Ok(ids
-            .into_iter()
-            .fold(Identifiers::new(), |acc, (name, value)| {
-                // Strings as they are (`"42"` is `42`'s GlobalID-less id
-                // too); anything else as its JSON text.
-                let value = match value {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                acc.with(name, value)
-            }))
+        // Strings as they are (`"42"` is `42`'s GlobalID-less id too);
+        // anything else as its JSON text.
+        Identifiers::from_json(&ext).map_err(|e| {
+            Unauthorized::because(format!("the JWT's ext claim is not a JSON object: {}", e.0))
+        })
     }
 
     /// A token for `identifiers` that expires after `ttl`, in AnyCable's

@@ -11,6 +11,13 @@ pub fn broadcast_key(secret: &str) -> String {
     derived_key(secret, "broadcast-cable")
 }
 
+/// The bearer key of AnyCable's REST API (`/api/presence/...`,
+/// `/api/publish`) that AnyCable derives from its application secret when
+/// `api_secret` is not set: hex(HMAC-SHA256(secret, "api-cable")).
+pub fn api_key(secret: &str) -> String {
+    derived_key(secret, "api-cable")
+}
+
 /// hex(HMAC-SHA256(secret, phrase)), AnyCable's derivation of a component's
 /// key from the application secret.
 fn derived_key(secret: &str, phrase: &str) -> String {
@@ -33,6 +40,15 @@ mod tests {
         assert_eq!(
             super::broadcast_key("anycable-test-secret-1234"),
             "02c287a8ee5b4cb72d4af3ad9ae444a08c570bb9a2ea6090934cbca3f582e5bb"
+        );
+    }
+
+    #[test]
+    fn api_key_is_the_other_phrase() {
+        // printf api-cable | openssl dgst -sha256 -hmac anycable-test-secret-1234
+        assert_eq!(
+            super::api_key("anycable-test-secret-1234"),
+            "f02d8886b6fa13e227286abe63fcdef7fd6fda55997da5cdf0068fa8d8983723"
         );
     }
 }

@@ -48,4 +48,4 @@ mod jwt;
 mod keys;
 
 pub use jwt::{JwtAuth, JwtConfig, JwtConfigError, TOKEN_SUBPROTOCOL_PREFIX};
-pub use keys::broadcast_key;
+pub use keys::{api_key, broadcast_key};

@@ -5,6 +5,7 @@
 
 mod broker;
 mod conformance;
+mod intake;
 mod probe;
 mod support;
 
