@@ -293,6 +293,10 @@ pub struct Settings {
     /// redis://localhost:6379.
     #[serde(deserialize_with = "de::non_empty", skip_serializing)]
     pub redis_url: Option<String>,
+    /// AnyCable's `nats_servers`, for `pubsub = "nats"`: one URL or several
+    /// separated by commas. Default nats://localhost:4222.
+    #[serde(deserialize_with = "de::non_empty", skip_serializing)]
+    pub nats_servers: Option<String>,
     /// AnyCable's `public_streams`: `pubsub_public`.
     #[cfg(feature = "rails")]
     #[serde(skip_serializing)]
@@ -370,6 +374,7 @@ impl Default for Settings {
             path: None,
             pubsub: None,
             redis_url: None,
+            nats_servers: None,
             #[cfg(feature = "rails")]
             public_streams: None,
             #[cfg(feature = "rails")]
@@ -401,6 +406,9 @@ const BROADCASTERS: &[(&str, bool)] = &[
     ("redisx", cfg!(feature = "redis")),
     ("nats", false),
 ];
+
+/// AnyCable's `nats_servers` default.
+const ANYCABLE_NATS_SERVERS: &str = "nats://localhost:4222";
 
 /// AnyCable's `redis_url` default.
 const ANYCABLE_REDIS_URL: &str = "redis://localhost:6379";
@@ -1050,11 +1058,18 @@ impl Settings {
                 let url = redis_url.unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned());
                 same_setting(figment, "pubsub", url, "adapter", &mut self.adapter)?;
             }
+            Some("nats") => {
+                let url = self
+                    .nats_servers
+                    .take()
+                    .unwrap_or_else(|| ANYCABLE_NATS_SERVERS.to_owned());
+                same_setting(figment, "pubsub", url, "adapter", &mut self.adapter)?;
+            }
             Some(_) => {
                 return Err(invalid(
                     "pubsub",
-                    "redis (with redis_url) or none; AnyCable's nats is not built yet (the \
-                     adapter setting also takes postgres://)",
+                    "redis (with redis_url), nats (with nats_servers) or none (the adapter \
+                     setting also takes postgres://)",
                 ))
             }
         }
@@ -1737,6 +1752,19 @@ mod tests {
                 |s| s.adapter == "redis://localhost:6379",
             ),
             (
+                "pubsub nats at nats_servers",
+                &[
+                    ("ANYCABLE_PUBSUB", "nats"),
+                    ("ANYCABLE_NATS_SERVERS", "nats://n1:4222,nats://n2:4222"),
+                ],
+                |s| s.adapter == "nats://n1:4222,nats://n2:4222",
+            ),
+            (
+                "pubsub nats at its default",
+                &[("ANYCABLE_PUBSUB", "NATS")],
+                |s| s.adapter == "nats://localhost:4222",
+            ),
+            (
                 "broker redis at redis_url",
                 &[
                     ("ANYCABLE_BROKER", "redis"),
@@ -1976,7 +2004,7 @@ mod tests {
                 &[("ANYCABLE_BROADCAST_ADAPTER", "kafka")],
                 "`broadcast_adapter`",
             ),
-            (&[("ANYCABLE_PUBSUB", "nats")], "`pubsub`"),
+            (&[("ANYCABLE_PUBSUB", "kafka")], "`pubsub`"),
             (&[("ANYCABLE_PATH", "/a,/b")], "`path`"),
             (&[("ANYCABLE_HOST", "example.com")], "`host`"),
             (&[("ANYCABLE_PORT", "http")], "`port`"),

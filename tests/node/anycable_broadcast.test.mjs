@@ -6,7 +6,9 @@
 // - `redis-cli XADD __anycable__ * payload <json>` on two nodes sharing
 //   Redis (pubsub redis, broadcast_adapter redisx): received once by each
 //   subscriber on each node, not once per node.
-// The Redis ones are SKIPPED when Redis is unreachable, unless CI is set.
+// Two nodes on NATS (ANYCABLE_PUBSUB=nats) pass a /_broadcast between them.
+// The Redis and NATS ones are SKIPPED when the server is unreachable, unless
+// CI is set.
 //
 //   cargo build -p cable-standalone --bin cable-server
 //   cd tests/node && npm ci && node --test anycable_broadcast.test.mjs
@@ -27,6 +29,7 @@ import { Scope, freePort, killAllServers, sleep, startServer } from "./helpers.m
 const SECRET = "anycable-test-secret-1234";
 const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
 const REDIS_URL = process.env.REDIS_URL || "redis://127.0.0.1:6379";
+const NATS_URL = process.env.NATS_URL || "nats://127.0.0.1:4222";
 // Unique per run: parallel runs share Redis.
 const TAG = `${process.pid}_${Date.now()}`;
 
@@ -93,11 +96,11 @@ class BroadcastScope extends Scope {
   }
 }
 
-/** Whether Redis at REDIS_URL accepts TCP connections. */
-function redisReachable() {
-  const { hostname, port } = new URL(REDIS_URL);
+/** Whether a TCP connection to `url`'s host and port opens within 2 s. */
+function reachable(url, defaultPort) {
+  const { hostname, port } = new URL(url);
   return new Promise((resolve) => {
-    const sock = net.connect({ host: hostname, port: Number(port || 6379) });
+    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
     sock.setTimeout(2_000, () => {
       sock.destroy();
       resolve(false);
@@ -126,13 +129,14 @@ function redisCli(...args) {
 }
 
 /** The skip reason when Redis is unreachable (a failure under CI), else null. */
-async function redisSkip() {
-  if (await redisReachable()) return null;
-  if (process.env.CI) throw new Error(`Redis at ${REDIS_URL} is unreachable (CI is set)`);
-  const why = `SKIPPED: Redis at ${REDIS_URL} is unreachable`;
+async function serviceSkip(name, url, port) {
+  if (await reachable(url, port)) return null;
+  if (process.env.CI) throw new Error(`${name} at ${url} is unreachable (CI is set)`);
+  const why = `SKIPPED: ${name} at ${url} is unreachable`;
   console.log(why);
   return why;
 }
+const redisSkip = () => serviceSkip("Redis", REDIS_URL, 6379);
 
 describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
   const scope = new BroadcastScope();
@@ -249,6 +253,45 @@ describe("redis-cli XADD __anycable__ on two nodes (ANYCABLE_PUBSUB=redis, BROAD
       assert.deepEqual(a.got, [{ via: "redisx" }]);
       assert.deepEqual(b.got, [{ via: "redisx" }]);
       assert.equal(await redisCli("XRANGE", "__anycable__", id, id), "", "the entry is deleted");
+    }),
+  );
+});
+
+describe("two nodes on NATS (ANYCABLE_PUBSUB=nats, ANYCABLE_NATS_SERVERS)", () => {
+  const scope = new BroadcastScope();
+  scope.closeAfterEach();
+  let skip = null;
+  before(async () => {
+    skip = await serviceSkip("NATS", NATS_URL, 4222);
+  });
+
+  it(
+    "a /_broadcast on node A reaches a subscriber on node B once",
+    { timeout: 30_000 },
+    scope.wrap(async (t) => {
+      if (skip) return t.skip(skip);
+      const env = {
+        ANYCABLE_SECRET: SECRET,
+        ANYCABLE_PUBSUB: "nats",
+        ANYCABLE_NATS_SERVERS: NATS_URL,
+        ANYCABLE_PUBLIC_STREAMS: "true",
+        ANYCABLE_BROADCAST_ADAPTER: "http",
+      };
+      const nodeA = await scope.server(env);
+      const nodeB = await scope.server(env);
+      const stream = `nats_${TAG}`;
+      const b = scope.client(nodeB.cableUrl, "on B");
+      b.listen(stream);
+      await scope.waitFor("subscribed on B", () => b.subscribed());
+      const res = await fetch(`${nodeA.httpUrl}/_broadcast`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${BROADCAST_KEY}` },
+        body: JSON.stringify({ stream, data: JSON.stringify({ via: "nats" }) }),
+      });
+      assert.equal(res.status, 201);
+      await scope.waitFor("B got it", () => b.got.length >= 1);
+      await sleep(500);
+      assert.deepEqual(b.got, [{ via: "nats" }]);
     }),
   );
 });
