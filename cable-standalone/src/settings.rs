@@ -1212,7 +1212,7 @@ impl Settings {
     /// What the settings ask for that has no effect (yet), to log at
     /// startup: AnyCable's broadcasters and features cable does not have.
     pub fn notices(&self) -> Vec<String> {
-        let notices: Vec<String> = self
+        let mut notices: Vec<String> = self
             .broadcast_adapter
             .iter()
             .filter(|a| BROADCASTERS.contains(&(a.as_str(), false)))
@@ -1224,6 +1224,18 @@ impl Settings {
                 )
             })
             .collect();
+        // The legacy Redis broadcaster reaches every node, and each appends
+        // to a shared history: a client resuming on another node would get
+        // the message again.
+        let shared_broker = !matches!(self.broker.as_str(), "memory" | "none");
+        if shared_broker && self.broadcast_adapter.iter().any(|a| a == "redis") {
+            notices.push(
+                "broadcast_adapter redis with a shared broker: every node appends each message \
+                 to the stream's history, so history holds it once per node; use redisx (one \
+                 node per message) or POST /_broadcast"
+                    .to_owned(),
+            );
+        }
         notices
     }
 
@@ -1937,6 +1949,22 @@ mod tests {
         // Without a key, http is refused (never an open broadcast API).
         let e = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "http")]).unwrap_err();
         assert!(matches!(e, SettingsError::Conflict(_)), "{e}");
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "redis"),
+            ("ANYCABLE_BROKER", "redis"),
+        ])
+        .unwrap();
+        assert!(
+            s.notices().iter().any(|n| n.contains("once per node")),
+            "{:?}",
+            s.notices()
+        );
+        let s = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "redisx"),
+            ("ANYCABLE_BROKER", "redis"),
+        ])
+        .unwrap();
+        assert!(s.notices().is_empty(), "{:?}", s.notices());
         // redis and redisx are real; nats, not built yet, is accepted and
         // said so.
         let s = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redis,redisx,nats")]).unwrap();
