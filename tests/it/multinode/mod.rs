@@ -285,8 +285,8 @@ async fn one_redis_subscription_per_process_while_clients_come_and_go() {
 async fn bad_adapter_settings_stop_chat_at_startup() {
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--adapter", "nats://localhost:4222"],
-            r#"--adapter "nats://localhost:4222": unknown adapter"#,
+            &["--adapter", "amqp://localhost:5672"],
+            r#"--adapter "amqp://localhost:5672": unknown adapter"#,
         ),
         (
             &["--adapter", "redis://127.0.0.1:notaport"],
@@ -307,7 +307,7 @@ async fn bad_adapter_settings_stop_chat_at_startup() {
         ),
         (
             &["--channel-prefix", "myapp"],
-            r#"--channel-prefix "myapp" only applies to the redis and postgres adapters"#,
+            r#"--channel-prefix "myapp" only applies to the redis, postgres and nats adapters"#,
         ),
     ];
     for (args, wanted) in cases {
