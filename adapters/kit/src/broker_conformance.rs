@@ -102,6 +102,29 @@ pub fn policy(limit: usize, ttl_ms: u64) -> HistoryPolicy {
     }
 }
 
+/// Appends `payload` to `stream` until the broker's backend is back, for at
+/// most 5 s (then panics); `on_error` checks each failure on the way. For
+/// adapters' tests that restart or cut their backend.
+pub async fn append_within_5s(
+    broker: &impl Broker,
+    stream: &str,
+    payload: &str,
+    policy: HistoryPolicy,
+    on_error: impl Fn(&BrokerError),
+) -> Position {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match broker.append(stream, payload, policy).await {
+            Ok(p) => return p,
+            Err(e) => {
+                on_error(&e);
+                assert!(Instant::now() < deadline, "not back within 5 s: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -79,6 +79,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod adapter;
 mod inbox;
 mod publisher;
 mod slot;
@@ -96,6 +97,7 @@ use std::time::Duration;
 pub use async_trait::async_trait;
 use cable_core::PubSubError;
 
+pub use crate::adapter::Wiring;
 pub use crate::inbox::Inbox;
 pub use crate::publisher::{LazyPublisher, Publish, PublishFailure, RETRY_HOLDOFF};
 pub use crate::slot::Failure;

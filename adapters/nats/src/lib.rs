@@ -102,7 +102,7 @@ pub mod subject;
 
 use async_nats::ServerAddr;
 use async_trait::async_trait;
-use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
+use cable_adapter_kit::{Status, Wiring};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
 
@@ -295,19 +295,13 @@ pub enum NatsConfigError {
 /// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
 /// background task and closes both connections.
 pub struct NatsPubSub {
-    subscriber: Subscriber,
-    status: Status,
-    publisher: LazyPublisher<publisher::NatsPublish>,
+    wiring: Wiring<publisher::NatsPublish>,
     config: NatsConfig,
 }
 
 impl std::fmt::Debug for NatsPubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsPubSub")
-            .field("config", &self.config)
-            .field("connected", &self.is_connected())
-            .field("reconnects", &self.reconnects())
-            .finish()
+        self.wiring.fmt_adapter(f, "NatsPubSub", &self.config)
     }
 }
 
@@ -323,18 +317,13 @@ impl NatsPubSub {
             name: config.connection_name.clone(),
             max_backlog_bytes: config.max_backlog_bytes,
         };
-        let subscriber = Subscriber::spawn(backend, delivery, redact_url(&config.url))
-            .map_err(NatsConfigError::NoRuntime)?;
-        let publisher = LazyPublisher::new(publisher::NatsPublish {
+        let publish = publisher::NatsPublish {
             target,
             name: config.connection_name.clone(),
-        });
-        Ok(NatsPubSub {
-            status: subscriber.status(),
-            subscriber,
-            publisher,
-            config,
-        })
+        };
+        let wiring = Wiring::spawn(backend, delivery, redact_url(&config.url), publish)
+            .map_err(NatsConfigError::NoRuntime)?;
+        Ok(NatsPubSub { wiring, config })
     }
 
     /// The subject of `stream`: `<prefix>.<token>`, or the token alone
@@ -350,31 +339,31 @@ impl NatsPubSub {
     /// How many times the subscriber connection was re-established after it
     /// had been up and was lost. The first connection does not count.
     pub fn reconnects(&self) -> u64 {
-        self.status.reconnects()
+        self.wiring.status.reconnects()
     }
 
     /// Whether the subscriber connection is up and has subscribed every
     /// active stream.
     pub fn is_connected(&self) -> bool {
-        self.status.is_connected()
+        self.wiring.status.is_connected()
     }
 
     /// Messages received from NATS and not yet handed to the hub, now.
     pub fn backlog(&self) -> u64 {
-        self.status.backlog()
+        self.wiring.status.backlog()
     }
 
     /// Messages received from NATS and dropped because the backlog was full
     /// ([`NatsConfig::max_backlog_bytes`]), since the adapter was built.
     pub fn dropped(&self) -> u64 {
-        self.status.dropped()
+        self.wiring.status.dropped()
     }
 
     /// A cloneable handle on the connection state, to keep for health checks
     /// and tests once the adapter has moved into the `Cable`.
     pub fn status(&self) -> NatsStatus {
         NatsStatus {
-            status: self.status.clone(),
+            status: self.wiring.status.clone(),
         }
     }
 
@@ -387,32 +376,25 @@ impl NatsPubSub {
 #[async_trait]
 impl PubSub for NatsPubSub {
     async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
-        self.publisher.publish(&self.subject(stream), payload).await
+        self.wiring
+            .publisher
+            .publish(&self.subject(stream), payload)
+            .await
     }
 
     fn subscribe(&self, stream: &str) -> Ack {
-        self.subscriber.subscribe(stream, self.subject(stream))
+        self.wiring
+            .subscriber
+            .subscribe(stream, self.subject(stream))
     }
 
     fn unsubscribe(&self, stream: &str) -> Ack {
-        self.subscriber.unsubscribe(stream, self.subject(stream))
+        self.wiring
+            .subscriber
+            .unsubscribe(stream, self.subject(stream))
     }
 
-    fn reconnects(&self) -> u64 {
-        NatsPubSub::reconnects(self)
-    }
-
-    fn is_connected(&self) -> bool {
-        NatsPubSub::is_connected(self)
-    }
-
-    fn backlog(&self) -> u64 {
-        NatsPubSub::backlog(self)
-    }
-
-    fn dropped(&self) -> u64 {
-        NatsPubSub::dropped(self)
-    }
+    cable_adapter_kit::pubsub_status!();
 
     fn name(&self) -> &'static str {
         "nats"

@@ -222,7 +222,7 @@ mod publisher;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
+use cable_adapter_kit::{Status, Wiring};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
 use tokio_postgres::config::SslMode;
@@ -435,19 +435,13 @@ pub enum PostgresConfigError {
 /// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
 /// background tasks and closes both connections.
 pub struct PostgresPubSub {
-    subscriber: Subscriber,
-    status: Status,
-    publisher: LazyPublisher<publisher::PgPublish>,
+    wiring: Wiring<publisher::PgPublish>,
     config: PostgresConfig,
 }
 
 impl std::fmt::Debug for PostgresPubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresPubSub")
-            .field("config", &self.config)
-            .field("connected", &self.is_connected())
-            .field("reconnects", &self.reconnects())
-            .finish()
+        self.wiring.fmt_adapter(f, "PostgresPubSub", &self.config)
     }
 }
 
@@ -460,17 +454,13 @@ impl PostgresPubSub {
         let (listen, publish) = config.connection_configs()?;
         let url = redact_url(&config.url);
         let backend = listener::PgBackend { config: listen };
-        let subscriber = Subscriber::spawn(backend, delivery, url.clone())
+        let publish = publisher::PgPublish(publisher::Endpoint {
+            config: publish,
+            url: url.clone(),
+        });
+        let wiring = Wiring::spawn(backend, delivery, url, publish)
             .map_err(|_| PostgresConfigError::NoRuntime)?;
-        Ok(PostgresPubSub {
-            status: subscriber.status(),
-            subscriber,
-            publisher: LazyPublisher::new(publisher::PgPublish(publisher::Endpoint {
-                config: publish,
-                url,
-            })),
-            config,
-        })
+        Ok(PostgresPubSub { wiring, config })
     }
 
     /// The PostgreSQL channel for `stream`; see [`PostgresConfig::pg_channel`].
@@ -481,20 +471,20 @@ impl PostgresPubSub {
     /// How many times the listening connection was re-established after it
     /// had been up and was lost. The first connection does not count.
     pub fn reconnects(&self) -> u64 {
-        self.status.reconnects()
+        self.wiring.status.reconnects()
     }
 
     /// Whether the listening connection is up and has `LISTEN`ed every active
     /// channel.
     pub fn is_connected(&self) -> bool {
-        self.status.is_connected()
+        self.wiring.status.is_connected()
     }
 
     /// A cloneable handle on the listening connection, to keep for health
     /// checks and metrics once the adapter has moved into the `Cable`.
     pub fn status(&self) -> PostgresStatus {
         PostgresStatus {
-            status: self.status.clone(),
+            status: self.wiring.status.clone(),
         }
     }
 
@@ -523,8 +513,8 @@ impl PostgresPubSub {
     /// cannot be a channel.
     fn queue(&self, listen: bool, stream: &str) -> Ack {
         match self.checked_channel(stream) {
-            Ok(channel) if listen => self.subscriber.subscribe(stream, channel),
-            Ok(channel) => self.subscriber.unsubscribe(stream, channel),
+            Ok(channel) if listen => self.wiring.subscriber.subscribe(stream, channel),
+            Ok(channel) => self.wiring.subscriber.unsubscribe(stream, channel),
             // Nothing was listened to, so there is nothing to unlisten.
             Err(_) if !listen => ready(Ok(())),
             Err(e) => {
@@ -557,7 +547,7 @@ impl PubSub for PostgresPubSub {
             );
             return Err(error);
         }
-        self.publisher.publish(&channel, payload).await
+        self.wiring.publisher.publish(&channel, payload).await
     }
 
     fn subscribe(&self, stream: &str) -> Ack {

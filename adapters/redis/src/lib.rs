@@ -211,7 +211,7 @@ mod intake;
 mod publisher;
 
 use async_trait::async_trait;
-use cable_adapter_kit::{LazyPublisher, Status, Subscriber};
+use cable_adapter_kit::{Status, Wiring};
 use cable_core::pubsub::{Ack, Delivery, PubSub};
 use cable_core::{redact_url, PubSubError};
 
@@ -328,19 +328,13 @@ pub enum RedisConfigError {
 /// Dropping it (with the [`cable_core::Cable`] that owns it) stops its
 /// background task and closes both connections.
 pub struct RedisPubSub {
-    subscriber: Subscriber,
-    status: Status,
-    publisher: LazyPublisher<publisher::RedisPublish>,
+    wiring: Wiring<publisher::RedisPublish>,
     config: RedisConfig,
 }
 
 impl std::fmt::Debug for RedisPubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPubSub")
-            .field("config", &self.config)
-            .field("connected", &self.is_connected())
-            .field("reconnects", &self.reconnects())
-            .finish()
+        self.wiring.fmt_adapter(f, "RedisPubSub", &self.config)
     }
 }
 
@@ -362,18 +356,13 @@ impl RedisPubSub {
             config.connection_name.clone(),
             config.max_backlog_bytes,
         );
-        let subscriber = Subscriber::spawn(backend, delivery, redact_url(&config.url))
-            .map_err(|_| RedisConfigError::NoRuntime)?;
-        let publisher = LazyPublisher::new(publisher::RedisPublish {
+        let publish = publisher::RedisPublish {
             client,
             name: config.connection_name.clone(),
-        });
-        Ok(RedisPubSub {
-            status: subscriber.status(),
-            subscriber,
-            publisher,
-            config,
-        })
+        };
+        let wiring = Wiring::spawn(backend, delivery, redact_url(&config.url), publish)
+            .map_err(|_| RedisConfigError::NoRuntime)?;
+        Ok(RedisPubSub { wiring, config })
     }
 
     /// The Redis channel for `stream`: `<prefix>:<stream>`, or `stream`
@@ -388,31 +377,31 @@ impl RedisPubSub {
     /// How many times the subscriber connection was re-established after it
     /// had been up and was lost. The first connection does not count.
     pub fn reconnects(&self) -> u64 {
-        self.status.reconnects()
+        self.wiring.status.reconnects()
     }
 
     /// Whether the subscriber connection is up and has re-subscribed every
     /// active stream.
     pub fn is_connected(&self) -> bool {
-        self.status.is_connected()
+        self.wiring.status.is_connected()
     }
 
     /// Messages received from Redis and not yet handed to the hub, now.
     pub fn backlog(&self) -> u64 {
-        self.status.backlog()
+        self.wiring.status.backlog()
     }
 
     /// Messages received from Redis and dropped because the backlog was
     /// full ([`RedisConfig::max_backlog_bytes`]), since the adapter was built.
     pub fn dropped(&self) -> u64 {
-        self.status.dropped()
+        self.wiring.status.dropped()
     }
 
     /// A cloneable handle on the connection state, to keep for health checks
     /// and metrics once the adapter has moved into the `Cable`.
     pub fn status(&self) -> RedisStatus {
         RedisStatus {
-            status: self.status.clone(),
+            status: self.wiring.status.clone(),
         }
     }
 
@@ -425,36 +414,25 @@ impl RedisPubSub {
 #[async_trait]
 impl PubSub for RedisPubSub {
     async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
-        self.publisher
+        self.wiring
+            .publisher
             .publish(&self.redis_channel(stream), payload)
             .await
     }
 
     fn subscribe(&self, stream: &str) -> Ack {
-        self.subscriber
+        self.wiring
+            .subscriber
             .subscribe(stream, self.redis_channel(stream))
     }
 
     fn unsubscribe(&self, stream: &str) -> Ack {
-        self.subscriber
+        self.wiring
+            .subscriber
             .unsubscribe(stream, self.redis_channel(stream))
     }
 
-    fn reconnects(&self) -> u64 {
-        RedisPubSub::reconnects(self)
-    }
-
-    fn is_connected(&self) -> bool {
-        RedisPubSub::is_connected(self)
-    }
-
-    fn backlog(&self) -> u64 {
-        RedisPubSub::backlog(self)
-    }
-
-    fn dropped(&self) -> u64 {
-        RedisPubSub::dropped(self)
-    }
+    cable_adapter_kit::pubsub_status!();
 
     fn name(&self) -> &'static str {
         "redis"

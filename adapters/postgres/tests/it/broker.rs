@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cable_adapter_kit::broker_conformance::{unique_prefix, BrokerConformance};
+use cable_adapter_kit::broker_conformance::{append_within_5s, unique_prefix, BrokerConformance};
 use cable_core::async_trait;
 use cable_core::broker::{Broker, BrokerError, HistoryPolicy, Position};
 use cable_postgres::{PostgresBroker, PostgresBrokerConfig};
@@ -89,6 +89,17 @@ impl<'a> OwnSchema<'a> {
         }
     }
 
+    /// A broker at `url` keeping its tables in this schema, cleaning up
+    /// every `cleanup_interval` (None: never on its own).
+    fn broker(&self, url: &str, cleanup_interval: Option<Duration>) -> PostgresBroker {
+        PostgresBroker::new(
+            PostgresBrokerConfig::new(url)
+                .schema(&self.name)
+                .cleanup_interval(cleanup_interval),
+        )
+        .expect("config")
+    }
+
     async fn drop_it(&self) {
         self.plain
             .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
@@ -110,12 +121,7 @@ async fn tables_are_as_documented_and_cleaned_up() {
         return;
     };
     let schema = OwnSchema::new(&plain);
-    let broker = PostgresBroker::new(
-        PostgresBrokerConfig::new(&url)
-            .schema(&schema.name)
-            .cleanup_interval(None),
-    )
-    .expect("config");
+    let broker = schema.broker(&url, None);
     let keep = HistoryPolicy {
         limit: 2,
         ttl: Duration::from_secs(60),
@@ -191,12 +197,7 @@ async fn cleanup_runs_periodically() {
         return;
     };
     let schema = OwnSchema::new(&plain);
-    let broker = PostgresBroker::new(
-        PostgresBrokerConfig::new(&url)
-            .schema(&schema.name)
-            .cleanup_interval(Some(Duration::from_millis(200))),
-    )
-    .expect("config");
+    let broker = schema.broker(&url, Some(Duration::from_millis(200)));
     broker
         .store_session("sid", "state", Duration::from_millis(100))
         .await
@@ -320,21 +321,13 @@ async fn survives_a_cut_connection() {
     );
 }
 
+/// Appends `{}` to `stream` until the database is back (every failure on
+/// the way must be `Unavailable`).
 async fn until_appended(broker: &PostgresBroker, stream: &str, policy: HistoryPolicy) -> Position {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match broker.append(stream, "{}", policy).await {
-            Ok(p) => return p,
-            Err(e) => {
-                assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}");
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "not back within 5 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    append_within_5s(broker, stream, "{}", policy, |e| {
+        assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}")
+    })
+    .await
 }
 
 /// The cleanup deletes members that left, but leaves sessions that ran out
@@ -346,12 +339,7 @@ async fn presence_rows_are_left_to_the_sweep_and_cleaned_up() {
         return;
     };
     let schema = OwnSchema::new(&plain);
-    let broker = PostgresBroker::new(
-        PostgresBrokerConfig::new(&url)
-            .schema(&schema.name)
-            .cleanup_interval(None),
-    )
-    .expect("config");
+    let broker = schema.broker(&url, None);
     let long = Duration::from_secs(60);
     assert_eq!(
         broker.presence_join("s", "a", "ann", "{}", long).await,

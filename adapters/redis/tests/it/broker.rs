@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cable_adapter_kit::broker_conformance::{unique_prefix, BrokerConformance};
+use cable_adapter_kit::broker_conformance::{append_within_5s, unique_prefix, BrokerConformance};
 use cable_core::async_trait;
 use cable_core::broker::{Broker, BrokerError, HistoryPolicy};
 use cable_redis::{RedisBroker, RedisBrokerConfig};
@@ -19,6 +19,15 @@ pub struct Redis {
 /// Every broker of the suite writes under this prefix; tests keep apart by
 /// stream and session names.
 const PREFIX: &str = "cable_it:broker:";
+
+/// A fresh directory for an own Redis's data files, and its path as an
+/// argument.
+fn data_dir() -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("{}-redis", unique_prefix()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    (dir, dir_arg)
+}
 
 fn config(url: &str) -> RedisBrokerConfig {
     RedisBrokerConfig::new(url)
@@ -157,20 +166,10 @@ async fn survives_a_redis_restart_with_a_new_epoch() {
     }
 
     own.restart().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let new = loop {
-        match broker.append("s", r#"{"after":1}"#, policy).await {
-            Ok(p) => break p,
-            Err(e) => {
-                assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}");
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "not back within 5 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let new = append_within_5s(&broker, "s", r#"{"after":1}"#, policy, |e| {
+        assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}")
+    })
+    .await;
     assert_eq!(new.offset, 1);
     assert_ne!(new.epoch, old.epoch);
     let err = broker
@@ -232,9 +231,7 @@ async fn flushed_scripts_and_keys_start_a_new_epoch() {
 /// so no offset is given twice in one epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
-    let dir = std::env::temp_dir().join(format!("{}-redis", unique_prefix()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let dir_arg = dir.to_string_lossy().into_owned();
+    let (dir, dir_arg) = data_dir();
     let Some(mut own) = OwnRedis::start(&["--dir", &dir_arg]).await else {
         return;
     };
@@ -269,19 +266,7 @@ async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
         .await
         .expect("the snapshot was loaded");
     assert_eq!(offset, "1");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let new = loop {
-        match broker.append("s", r#"{"n":3}"#, policy).await {
-            Ok(p) => break p,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "not back within 5 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let new = append_within_5s(&broker, "s", r#"{"n":3}"#, policy, |_| {}).await;
     assert_ne!(
         new.epoch, lost.epoch,
         "offset 2 must not be given again in its epoch"
@@ -296,9 +281,7 @@ async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
 /// the restart is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_of_a_redis_that_fsyncs_every_write_keeps_the_epoch() {
-    let dir = std::env::temp_dir().join(format!("{}-redis", unique_prefix()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let dir_arg = dir.to_string_lossy().into_owned();
+    let (dir, dir_arg) = data_dir();
     let durable = [
         "--dir",
         &dir_arg,
@@ -322,19 +305,7 @@ async fn a_crash_of_a_redis_that_fsyncs_every_write_keeps_the_epoch() {
         .expect("append");
     own.kill();
     own.restart().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let next = loop {
-        match broker.append("s", r#"{"n":3}"#, policy).await {
-            Ok(p) => break p,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "not back within 5 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let next = append_within_5s(&broker, "s", r#"{"n":3}"#, policy, |_| {}).await;
     assert_eq!(
         (next.epoch.as_str(), next.offset),
         (first.epoch.as_str(), 3)

@@ -19,6 +19,37 @@ async fn until_intake_up(intake: &RedisIntake) {
     eventually("intake connected", || async { intake.is_connected() }).await;
 }
 
+/// Two chat nodes on one Redis, under a prefix of their own, each with the
+/// intake `start` makes for it (given the key, the node and a consumer name)
+/// connected: the intakes' key is `<prefix>:__anycable__`.
+struct TwoNodes {
+    prefix: String,
+    key: String,
+    a: Cable,
+    b: Cable,
+    on_a: RedisIntake,
+    on_b: RedisIntake,
+}
+
+async fn two_nodes(url: &str, start: impl Fn(&str, &Cable, &str) -> RedisIntake) -> TwoNodes {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}:__anycable__");
+    let (a, _) = node(url, &prefix);
+    let (b, _) = node(url, &prefix);
+    let on_a = start(&key, &a, "node-a");
+    let on_b = start(&key, &b, "node-b");
+    until_intake_up(&on_a).await;
+    until_intake_up(&on_b).await;
+    TwoNodes {
+        prefix,
+        key,
+        a,
+        b,
+        on_a,
+        on_b,
+    }
+}
+
 async fn cmd(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
     let mut c = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -44,15 +75,18 @@ async fn pubsub_intake_applies_what_is_published_on_every_node() {
     let Some((url, mut plain)) = shared_redis().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let channel = format!("{prefix}:__anycable__");
-    let (a, _) = node(&url, &prefix);
-    let (b, _) = node(&url, &prefix);
-    let config = RedisIntakeConfig::new(&url).channel(&channel);
-    let on_a = RedisIntake::pubsub(config.clone(), a.broadcaster()).unwrap();
-    let on_b = RedisIntake::pubsub(config, b.broadcaster()).unwrap();
-    until_intake_up(&on_a).await;
-    until_intake_up(&on_b).await;
+    let TwoNodes {
+        prefix,
+        key: channel,
+        a,
+        b,
+        on_a,
+        on_b,
+    } = two_nodes(&url, |channel, cable, _| {
+        let config = RedisIntakeConfig::new(&url).channel(channel);
+        RedisIntake::pubsub(config, cable.broadcaster()).unwrap()
+    })
+    .await;
     eventually("both subscribed", || {
         let mut plain = plain.clone();
         let channel = channel.clone();
@@ -120,20 +154,21 @@ async fn redisx_intake_handles_each_entry_once_across_nodes() {
     let Some((url, mut plain)) = shared_redis().await else {
         return;
     };
-    let prefix = unique_prefix();
-    let stream = format!("{prefix}:__anycable__");
-    let (a, _) = node(&url, &prefix);
-    let (b, _) = node(&url, &prefix);
-    let config = |consumer: &str| {
-        RedisIntakeConfig::new(&url)
-            .channel(&stream)
+    let TwoNodes {
+        prefix,
+        key: stream,
+        a,
+        b,
+        on_a,
+        on_b,
+    } = two_nodes(&url, |stream, cable, consumer| {
+        let config = RedisIntakeConfig::new(&url)
+            .channel(stream)
             .consumer(consumer)
-            .block(Duration::from_millis(500))
-    };
-    let on_a = RedisIntake::streams(config("node-a"), a.broadcaster()).unwrap();
-    let on_b = RedisIntake::streams(config("node-b"), b.broadcaster()).unwrap();
-    until_intake_up(&on_a).await;
-    until_intake_up(&on_b).await;
+            .block(Duration::from_millis(500));
+        RedisIntake::streams(config, cable.broadcaster()).unwrap()
+    })
+    .await;
     let (mut ann, id_a) = Client::in_lobby(&a, "ann").await;
     let (mut bob, id_b) = Client::in_lobby(&b, "bob").await;
     eventually("the lobby subscribed on both nodes", || {
