@@ -67,10 +67,6 @@ class BroadcastScope extends Scope {
     return this.keepClient(new Client(url, name));
   }
 
-  server(env) {
-    return this.anycableServer(env);
-  }
-
   /** A client per [url, name] of `who`, listening to `stream`; resolves once all are subscribed. */
   async listening(stream, ...who) {
     const clients = who.map(([url, name]) => this.client(url, name));
@@ -98,14 +94,19 @@ function redisCli(...args) {
 }
 
 /**
- * A suite of `tests(scope, skip)` that need `service` ([name, url, port]):
- * `skip()` gives the reason to skip when it is unreachable (CI fails instead).
+ * Suite `title` of one test, `test(scope)`, that needs `service` ([name, url,
+ * port]): skipped when that is unreachable (CI fails instead).
  */
-function suiteNeeding(title, [name, url, port], tests) {
+function testNeeding(title, [name, url, port], testTitle, timeout, test) {
   describe(title, () => {
     const scope = new BroadcastScope();
     scope.closeAfterEach();
-    tests(scope, skipUnlessReachable(name, url, port));
+    const skip = skipUnlessReachable(name, url, port);
+    it(
+      testTitle,
+      { timeout },
+      scope.wrap((t) => (skip() ? t.skip(skip()) : test(scope))),
+    );
   });
 }
 const REDIS = ["Redis", REDIS_URL, 6379];
@@ -118,7 +119,7 @@ describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
     "reaches the other client and not the session named in X-Socket-ID",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const server = await scope.server({
+      const server = await scope.anycableServer({
         ANYCABLE_SECRET: SECRET,
         ANYCABLE_PUBLIC_STREAMS: "true",
         ANYCABLE_BROADCAST_ADAPTER: "http",
@@ -141,87 +142,84 @@ describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
   );
 });
 
-suiteNeeding("redis-cli PUBLISH __anycable__ (ANYCABLE_BROADCAST_ADAPTER=redis)", REDIS, (scope, skip) => {
-  it(
-    "reaches a subscriber of the stream",
-    { timeout: 30_000 },
-    scope.wrap(async (t) => {
-      if (skip()) return t.skip(skip());
-      const server = await scope.server({
-        ANYCABLE_REDIS_URL: REDIS_URL,
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "redis",
-      });
-      await scope.waitFor("the intake subscribed", () =>
-        /receiving broadcasts from channel __anycable__/.test(server.log),
+testNeeding(
+  "redis-cli PUBLISH __anycable__ (ANYCABLE_BROADCAST_ADAPTER=redis)",
+  REDIS,
+  "reaches a subscriber of the stream",
+  30_000,
+  async (scope) => {
+    const server = await scope.anycableServer({
+      ANYCABLE_REDIS_URL: REDIS_URL,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "redis",
+    });
+    await scope.waitFor("the intake subscribed", () =>
+      /receiving broadcasts from channel __anycable__/.test(server.log),
+    );
+    const stream = `legacy_${TAG}`;
+    const [c] = await scope.listening(stream, [server.cableUrl, "C"]);
+    const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redis" }) });
+    const receivers = await redisCli("PUBLISH", "__anycable__", json);
+    assert.ok(Number(receivers) >= 1, `PUBLISH reached ${receivers} subscribers`);
+    await scope.waitFor("the message", () => c.got.length === 1);
+    assert.deepEqual(c.got, [{ via: "redis" }]);
+  },
+);
+
+testNeeding(
+  "redis-cli XADD __anycable__ on two nodes (ANYCABLE_PUBSUB=redis, BROADCAST_ADAPTER=redisx)",
+  REDIS,
+  "is received exactly once by a subscriber on each node, then acknowledged and deleted",
+  40_000,
+  async (scope) => {
+    const env = {
+      ANYCABLE_REDIS_URL: REDIS_URL,
+      ANYCABLE_PUBSUB: "redis",
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "redisx",
+    };
+    const nodeA = await scope.anycableServer(env);
+    const nodeB = await scope.anycableServer(env);
+    // The group reads from its creation on: wait for both consumers.
+    for (const s of [nodeA, nodeB]) {
+      await scope.waitFor("the redisx intake up", () =>
+        /receiving broadcasts from stream __anycable__ \(group bx/.test(s.log),
       );
-      const stream = `legacy_${TAG}`;
-      const [c] = await scope.listening(stream, [server.cableUrl, "C"]);
-      const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redis" }) });
-      const receivers = await redisCli("PUBLISH", "__anycable__", json);
-      assert.ok(Number(receivers) >= 1, `PUBLISH reached ${receivers} subscribers`);
-      await scope.waitFor("the message", () => c.got.length === 1);
-      assert.deepEqual(c.got, [{ via: "redis" }]);
-    }),
-  );
-});
+    }
+    const stream = `redisx_${TAG}`;
+    const [a, b] = await scope.listening(stream, [nodeA.cableUrl, "on A"], [nodeB.cableUrl, "on B"]);
+    const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redisx" }) });
+    const id = await redisCli("XADD", "__anycable__", "*", "payload", json);
+    assert.match(id, /^\d+-\d+$/);
+    await scope.waitFor("both got it", () => a.got.length >= 1 && b.got.length >= 1);
+    // Past the block and claim time (2 s): no node handles it again.
+    await sleep(2_500);
+    assert.deepEqual(a.got, [{ via: "redisx" }]);
+    assert.deepEqual(b.got, [{ via: "redisx" }]);
+    assert.equal(await redisCli("XRANGE", "__anycable__", id, id), "", "the entry is deleted");
+  },
+);
 
-suiteNeeding("redis-cli XADD __anycable__ on two nodes (ANYCABLE_PUBSUB=redis, BROADCAST_ADAPTER=redisx)", REDIS, (scope, skip) => {
-  it(
-    "is received exactly once by a subscriber on each node, then acknowledged and deleted",
-    { timeout: 40_000 },
-    scope.wrap(async (t) => {
-      if (skip()) return t.skip(skip());
-      const env = {
-        ANYCABLE_REDIS_URL: REDIS_URL,
-        ANYCABLE_PUBSUB: "redis",
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "redisx",
-      };
-      const nodeA = await scope.server(env);
-      const nodeB = await scope.server(env);
-      // The group reads from its creation on: wait for both consumers.
-      for (const s of [nodeA, nodeB]) {
-        await scope.waitFor("the redisx intake up", () =>
-          /receiving broadcasts from stream __anycable__ \(group bx/.test(s.log),
-        );
-      }
-      const stream = `redisx_${TAG}`;
-      const [a, b] = await scope.listening(stream, [nodeA.cableUrl, "on A"], [nodeB.cableUrl, "on B"]);
-      const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redisx" }) });
-      const id = await redisCli("XADD", "__anycable__", "*", "payload", json);
-      assert.match(id, /^\d+-\d+$/);
-      await scope.waitFor("both got it", () => a.got.length >= 1 && b.got.length >= 1);
-      // Past the block and claim time (2 s): no node handles it again.
-      await sleep(2_500);
-      assert.deepEqual(a.got, [{ via: "redisx" }]);
-      assert.deepEqual(b.got, [{ via: "redisx" }]);
-      assert.equal(await redisCli("XRANGE", "__anycable__", id, id), "", "the entry is deleted");
-    }),
-  );
-});
-
-suiteNeeding("two nodes on NATS (ANYCABLE_PUBSUB=nats, ANYCABLE_NATS_SERVERS)", ["NATS", NATS_URL, 4222], (scope, skip) => {
-  it(
-    "a /_broadcast on node A reaches a subscriber on node B once",
-    { timeout: 30_000 },
-    scope.wrap(async (t) => {
-      if (skip()) return t.skip(skip());
-      const env = {
-        ANYCABLE_SECRET: SECRET,
-        ANYCABLE_PUBSUB: "nats",
-        ANYCABLE_NATS_SERVERS: NATS_URL,
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "http",
-      };
-      const nodeA = await scope.server(env);
-      const nodeB = await scope.server(env);
-      const stream = `nats_${TAG}`;
-      const [b] = await scope.listening(stream, [nodeB.cableUrl, "on B"]);
-      assert.equal(await postBroadcast(nodeA, stream, { via: "nats" }, BROADCAST_KEY), 201);
-      await scope.waitFor("B got it", () => b.got.length >= 1);
-      await sleep(500);
-      assert.deepEqual(b.got, [{ via: "nats" }]);
-    }),
-  );
-});
+testNeeding(
+  "two nodes on NATS (ANYCABLE_PUBSUB=nats, ANYCABLE_NATS_SERVERS)",
+  ["NATS", NATS_URL, 4222],
+  "a /_broadcast on node A reaches a subscriber on node B once",
+  30_000,
+  async (scope) => {
+    const env = {
+      ANYCABLE_SECRET: SECRET,
+      ANYCABLE_PUBSUB: "nats",
+      ANYCABLE_NATS_SERVERS: NATS_URL,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "http",
+    };
+    const nodeA = await scope.anycableServer(env);
+    const nodeB = await scope.anycableServer(env);
+    const stream = `nats_${TAG}`;
+    const [b] = await scope.listening(stream, [nodeB.cableUrl, "on B"]);
+    assert.equal(await postBroadcast(nodeA, stream, { via: "nats" }, BROADCAST_KEY), 201);
+    await scope.waitFor("B got it", () => b.got.length >= 1);
+    await sleep(500);
+    assert.deepEqual(b.got, [{ via: "nats" }]);
+  },
+);

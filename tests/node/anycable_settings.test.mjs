@@ -47,10 +47,6 @@ class JwtScope extends Scope {
   anycable(url, options) {
     return this.keepClient(new Client(url, options));
   }
-
-  server(env) {
-    return this.anycableServer(env);
-  }
 }
 
 function broadcast(server, stream, data, key = BROADCAST_KEY) {
@@ -62,7 +58,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
   let server;
 
   before(async () => {
-    server = await scope.server({
+    server = await scope.anycableServer({
       ANYCABLE_SECRET: SECRET,
       ANYCABLE_PUBLIC_STREAMS: "true",
       ANYCABLE_BROADCAST_ADAPTER: "http",
@@ -147,7 +143,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
       }
       assert.ok(/origin check off, as AnyCable's/.test(server.log), server.logTail());
       // AnyCable's host list: its hosts in, others refused at the handshake.
-      const listed = await scope.server({
+      const listed = await scope.anycableServer({
         ANYCABLE_PUBLIC_STREAMS: "true",
         ANYCABLE_ALLOWED_ORIGINS: "www.example.com,*.example.io",
       });
@@ -173,7 +169,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
     "with ANYCABLE_ENFORCE_JWT, a connection without a token is unauthorized",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const enforced = await scope.server({ ANYCABLE_JWT_SECRET: SECRET, ANYCABLE_ENFORCE_JWT: "true" });
+      const enforced = await scope.anycableServer({ ANYCABLE_JWT_SECRET: SECRET, ANYCABLE_ENFORCE_JWT: "true" });
       const c = scope.anycable(enforced.cableUrl);
       c.cable.connect().catch(() => {});
       await scope.waitFor("a disconnect frame", () => c.framesIn().some((f) => f.type === "disconnect"));
