@@ -156,10 +156,7 @@ async fn broadcast(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = &state.broadcast_key else {
-        return text(StatusCode::NOT_FOUND, "Not found");
-    };
-    if let Some(refused) = authorize(key, &headers, "broadcast API") {
+    if let Some(refused) = authorize(state.broadcast_key.as_ref(), &headers, "broadcast API") {
         return refused;
     }
     let mut message = match Message::parse(&body) {
@@ -193,8 +190,12 @@ async fn broadcast(
     StatusCode::CREATED.into_response()
 }
 
-/// `None` when `headers` carry `key` as a bearer token, else the 401.
-fn authorize(key: &BroadcastKey, headers: &HeaderMap, what: &str) -> Option<Response> {
+/// `None` when `headers` carry `key` as a bearer token, else the 401; the
+/// 404 without a key (the endpoint is off).
+fn authorize(key: Option<&BroadcastKey>, headers: &HeaderMap, what: &str) -> Option<Response> {
+    let Some(key) = key else {
+        return Some(text(StatusCode::NOT_FOUND, "Not found"));
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -228,10 +229,7 @@ async fn presence(
     Path(stream): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(key) = &state.api_key else {
-        return text(StatusCode::NOT_FOUND, "Not found");
-    };
-    if let Some(refused) = authorize(key, &headers, "presence API") {
+    if let Some(refused) = authorize(state.api_key.as_ref(), &headers, "presence API") {
         return refused;
     }
     match state.cable.presence(&stream).await {

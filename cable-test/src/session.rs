@@ -178,6 +178,19 @@ impl TestCable {
         Ok(conn)
     }
 
+    /// Reconnects as session `sid` with AnyCable's extended protocol (as
+    /// @anycable/web does after a drop); panics unless the server restores
+    /// it (`"restored": true` in the welcome).
+    pub async fn resume(&self, sid: &str) -> Connection {
+        let conn = self
+            .connect(Request::new().ext().query("sid", sid))
+            .await
+            .expect("resumed");
+        let welcome = conn.welcome();
+        assert_eq!(welcome["restored"], json!(true), "{welcome}");
+        conn
+    }
+
     /// Panics unless the connect hook refuses `request`.
     #[track_caller]
     pub fn assert_reject_connection(

@@ -18,16 +18,20 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
-import net from "node:net";
-import { after, before, describe, it } from "node:test";
-import WebSocket from "ws";
-import { createCable } from "@anycable/web";
+import { after, describe, it } from "node:test";
 
-import { Scope, freePort, killAllServers, sleep, startServer } from "./helpers.mjs";
+import {
+  RecordingCable,
+  Scope,
+  broadcastKey,
+  killAllServers,
+  postBroadcast,
+  skipUnlessReachable,
+  sleep,
+} from "./helpers.mjs";
 
 const SECRET = "anycable-test-secret-1234";
-const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
+const BROADCAST_KEY = broadcastKey(SECRET);
 const REDIS_URL = process.env.REDIS_URL || "redis://127.0.0.1:6379";
 const NATS_URL = process.env.NATS_URL || "nats://127.0.0.1:4222";
 // Unique per run: parallel runs share Redis.
@@ -35,27 +39,10 @@ const TAG = `${process.pid}_${Date.now()}`;
 
 after(killAllServers);
 
-/** An @anycable/web cable that records the frames it receives. */
-class Client {
+/** A recording @anycable/web cable that keeps what its stream receives. */
+class Client extends RecordingCable {
   constructor(url, name) {
-    this.name = name;
-    this.wire = [];
-    this.sockets = [];
-    const client = this;
-    class RecordingWebSocket extends WebSocket {
-      constructor(address, protocols, opts = {}) {
-        const origin = new URL(String(address)).origin.replace(/^ws/, "http");
-        super(address, protocols, { ...opts, headers: { Origin: origin, ...(opts.headers || {}) } });
-        client.sockets.push(this);
-        this.on("message", (d) => client.wire.push(d.toString("utf8")));
-      }
-    }
-    this.cable = createCable(url, {
-      protocol: "actioncable-v1-ext-json",
-      websocketImplementation: RecordingWebSocket,
-      reconnectStrategy: () => 100,
-      logLevel: "error",
-    });
+    super(url, { name });
     this.got = [];
   }
 
@@ -66,21 +53,12 @@ class Client {
     return channel;
   }
 
-  framesIn() {
-    return this.wire.map((w) => JSON.parse(w)).filter((f) => f.type !== "ping");
-  }
-
   subscribed() {
     return this.framesIn().some((f) => f.type === "confirm_subscription");
   }
 
   dump() {
-    return `--- ${this.name} ---\n${this.wire.join("\n")}\ngot ${JSON.stringify(this.got)}`;
-  }
-
-  async close() {
-    this.cable.disconnect();
-    for (const s of this.sockets) if (s.readyState <= WebSocket.OPEN) s.terminate();
+    return `${super.dump()}\ngot ${JSON.stringify(this.got)}`;
   }
 }
 
@@ -89,28 +67,15 @@ class BroadcastScope extends Scope {
     return this.keepClient(new Client(url, name));
   }
 
-  /** cable-server on a free port, configured by `env` (ANYCABLE_*) only. */
-  async server(env) {
-    const port = await freePort();
-    return this.keepServer(await startServer({ port, env: { ANYCABLE_PORT: String(port), ...env } }));
+  /** A client per [url, name] of `who`, listening to `stream`; resolves once all are subscribed. */
+  async listening(stream, ...who) {
+    const clients = who.map(([url, name]) => this.client(url, name));
+    for (const c of clients) c.listen(stream);
+    await this.waitFor(`${who.map(([, name]) => name).join(", ")} subscribed`, () =>
+      clients.every((c) => c.subscribed()),
+    );
+    return clients;
   }
-}
-
-/** Whether a TCP connection to `url`'s host and port opens within 2 s. */
-function reachable(url, defaultPort) {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
-    sock.setTimeout(2_000, () => {
-      sock.destroy();
-      resolve(false);
-    });
-    sock.once("connect", () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once("error", () => resolve(false));
-  });
 }
 
 /** Runs `redis-cli -u REDIS_URL ...args`; resolves with its output. */
@@ -128,15 +93,23 @@ function redisCli(...args) {
   });
 }
 
-/** The skip reason when Redis is unreachable (a failure under CI), else null. */
-async function serviceSkip(name, url, port) {
-  if (await reachable(url, port)) return null;
-  if (process.env.CI) throw new Error(`${name} at ${url} is unreachable (CI is set)`);
-  const why = `SKIPPED: ${name} at ${url} is unreachable`;
-  console.log(why);
-  return why;
+/**
+ * Suite `title` of one test, `test(scope)`, that needs `service` ([name, url,
+ * port]): skipped when that is unreachable (CI fails instead).
+ */
+function testNeeding(title, [name, url, port], testTitle, timeout, test) {
+  describe(title, () => {
+    const scope = new BroadcastScope();
+    scope.closeAfterEach();
+    const skip = skipUnlessReachable(name, url, port);
+    it(
+      testTitle,
+      { timeout },
+      scope.wrap((t) => (skip() ? t.skip(skip()) : test(scope))),
+    );
+  });
 }
-const redisSkip = () => serviceSkip("Redis", REDIS_URL, 6379);
+const REDIS = ["Redis", REDIS_URL, 6379];
 
 describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
   const scope = new BroadcastScope();
@@ -146,30 +119,22 @@ describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
     "reaches the other client and not the session named in X-Socket-ID",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const server = await scope.server({
+      const server = await scope.anycableServer({
         ANYCABLE_SECRET: SECRET,
         ANYCABLE_PUBLIC_STREAMS: "true",
         ANYCABLE_BROADCAST_ADAPTER: "http",
       });
       const stream = `others_${TAG}`;
-      const a = scope.client(server.cableUrl, "A");
-      const b = scope.client(server.cableUrl, "B");
-      a.listen(stream);
-      b.listen(stream);
-      await scope.waitFor("both subscribed", () => a.subscribed() && b.subscribed());
+      const [a, b] = await scope.listening(stream, [server.cableUrl, "A"], [server.cableUrl, "B"]);
       const welcome = a.framesIn().find((f) => f.type === "welcome");
       assert.ok(welcome?.sid, JSON.stringify(welcome));
       // What @anycable/turbo-stream sends as X-Socket-ID.
       assert.equal(a.cable.sessionId, welcome.sid);
       const post = (data, headers = {}) =>
-        fetch(`${server.httpUrl}/_broadcast`, {
-          method: "POST",
-          headers: { "content-type": "application/json", authorization: `Bearer ${BROADCAST_KEY}`, ...headers },
-          body: JSON.stringify({ stream, data: JSON.stringify(data), meta: { broadcast_type: "turbo" } }),
-        });
-      assert.equal((await post({ n: 1 }, { "X-Socket-ID": a.cable.sessionId })).status, 201);
+        postBroadcast(server, stream, data, BROADCAST_KEY, { headers, meta: { broadcast_type: "turbo" } });
+      assert.equal(await post({ n: 1 }, { "X-Socket-ID": a.cable.sessionId }), 201);
       // To everyone: once it is in, anything for A would have come before.
-      assert.equal((await post({ n: 2 })).status, 201);
+      assert.equal(await post({ n: 2 }), 201);
       await scope.waitFor("both got n 2", () => a.got.length >= 1 && b.got.length >= 2);
       assert.deepEqual(b.got, [{ n: 1 }, { n: 2 }]);
       assert.deepEqual(a.got, [{ n: 2 }]);
@@ -177,121 +142,84 @@ describe("POST /_broadcast with X-Socket-ID (to_others), @anycable/web", () => {
   );
 });
 
-describe("redis-cli PUBLISH __anycable__ (ANYCABLE_BROADCAST_ADAPTER=redis)", () => {
-  const scope = new BroadcastScope();
-  scope.closeAfterEach();
-  let skip = null;
-  before(async () => {
-    skip = await redisSkip();
-  });
+testNeeding(
+  "redis-cli PUBLISH __anycable__ (ANYCABLE_BROADCAST_ADAPTER=redis)",
+  REDIS,
+  "reaches a subscriber of the stream",
+  30_000,
+  async (scope) => {
+    const server = await scope.anycableServer({
+      ANYCABLE_REDIS_URL: REDIS_URL,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "redis",
+    });
+    await scope.waitFor("the intake subscribed", () =>
+      /receiving broadcasts from channel __anycable__/.test(server.log),
+    );
+    const stream = `legacy_${TAG}`;
+    const [c] = await scope.listening(stream, [server.cableUrl, "C"]);
+    const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redis" }) });
+    const receivers = await redisCli("PUBLISH", "__anycable__", json);
+    assert.ok(Number(receivers) >= 1, `PUBLISH reached ${receivers} subscribers`);
+    await scope.waitFor("the message", () => c.got.length === 1);
+    assert.deepEqual(c.got, [{ via: "redis" }]);
+  },
+);
 
-  it(
-    "reaches a subscriber of the stream",
-    { timeout: 30_000 },
-    scope.wrap(async (t) => {
-      if (skip) return t.skip(skip);
-      const server = await scope.server({
-        ANYCABLE_REDIS_URL: REDIS_URL,
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "redis",
-      });
-      await scope.waitFor("the intake subscribed", () =>
-        /receiving broadcasts from channel __anycable__/.test(server.log),
+testNeeding(
+  "redis-cli XADD __anycable__ on two nodes (ANYCABLE_PUBSUB=redis, BROADCAST_ADAPTER=redisx)",
+  REDIS,
+  "is received exactly once by a subscriber on each node, then acknowledged and deleted",
+  40_000,
+  async (scope) => {
+    const env = {
+      ANYCABLE_REDIS_URL: REDIS_URL,
+      ANYCABLE_PUBSUB: "redis",
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "redisx",
+    };
+    const nodeA = await scope.anycableServer(env);
+    const nodeB = await scope.anycableServer(env);
+    // The group reads from its creation on: wait for both consumers.
+    for (const s of [nodeA, nodeB]) {
+      await scope.waitFor("the redisx intake up", () =>
+        /receiving broadcasts from stream __anycable__ \(group bx/.test(s.log),
       );
-      const stream = `legacy_${TAG}`;
-      const c = scope.client(server.cableUrl, "C");
-      c.listen(stream);
-      await scope.waitFor("subscribed", () => c.subscribed());
-      const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redis" }) });
-      const receivers = await redisCli("PUBLISH", "__anycable__", json);
-      assert.ok(Number(receivers) >= 1, `PUBLISH reached ${receivers} subscribers`);
-      await scope.waitFor("the message", () => c.got.length === 1);
-      assert.deepEqual(c.got, [{ via: "redis" }]);
-    }),
-  );
-});
+    }
+    const stream = `redisx_${TAG}`;
+    const [a, b] = await scope.listening(stream, [nodeA.cableUrl, "on A"], [nodeB.cableUrl, "on B"]);
+    const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redisx" }) });
+    const id = await redisCli("XADD", "__anycable__", "*", "payload", json);
+    assert.match(id, /^\d+-\d+$/);
+    await scope.waitFor("both got it", () => a.got.length >= 1 && b.got.length >= 1);
+    // Past the block and claim time (2 s): no node handles it again.
+    await sleep(2_500);
+    assert.deepEqual(a.got, [{ via: "redisx" }]);
+    assert.deepEqual(b.got, [{ via: "redisx" }]);
+    assert.equal(await redisCli("XRANGE", "__anycable__", id, id), "", "the entry is deleted");
+  },
+);
 
-describe("redis-cli XADD __anycable__ on two nodes (ANYCABLE_PUBSUB=redis, BROADCAST_ADAPTER=redisx)", () => {
-  const scope = new BroadcastScope();
-  scope.closeAfterEach();
-  let skip = null;
-  before(async () => {
-    skip = await redisSkip();
-  });
-
-  it(
-    "is received exactly once by a subscriber on each node, then acknowledged and deleted",
-    { timeout: 40_000 },
-    scope.wrap(async (t) => {
-      if (skip) return t.skip(skip);
-      const env = {
-        ANYCABLE_REDIS_URL: REDIS_URL,
-        ANYCABLE_PUBSUB: "redis",
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "redisx",
-      };
-      const nodeA = await scope.server(env);
-      const nodeB = await scope.server(env);
-      // The group reads from its creation on: wait for both consumers.
-      for (const s of [nodeA, nodeB]) {
-        await scope.waitFor("the redisx intake up", () =>
-          /receiving broadcasts from stream __anycable__ \(group bx/.test(s.log),
-        );
-      }
-      const stream = `redisx_${TAG}`;
-      const a = scope.client(nodeA.cableUrl, "on A");
-      const b = scope.client(nodeB.cableUrl, "on B");
-      a.listen(stream);
-      b.listen(stream);
-      await scope.waitFor("both subscribed", () => a.subscribed() && b.subscribed());
-      const json = JSON.stringify({ stream, data: JSON.stringify({ via: "redisx" }) });
-      const id = await redisCli("XADD", "__anycable__", "*", "payload", json);
-      assert.match(id, /^\d+-\d+$/);
-      await scope.waitFor("both got it", () => a.got.length >= 1 && b.got.length >= 1);
-      // Past the block and claim time (2 s): no node handles it again.
-      await sleep(2_500);
-      assert.deepEqual(a.got, [{ via: "redisx" }]);
-      assert.deepEqual(b.got, [{ via: "redisx" }]);
-      assert.equal(await redisCli("XRANGE", "__anycable__", id, id), "", "the entry is deleted");
-    }),
-  );
-});
-
-describe("two nodes on NATS (ANYCABLE_PUBSUB=nats, ANYCABLE_NATS_SERVERS)", () => {
-  const scope = new BroadcastScope();
-  scope.closeAfterEach();
-  let skip = null;
-  before(async () => {
-    skip = await serviceSkip("NATS", NATS_URL, 4222);
-  });
-
-  it(
-    "a /_broadcast on node A reaches a subscriber on node B once",
-    { timeout: 30_000 },
-    scope.wrap(async (t) => {
-      if (skip) return t.skip(skip);
-      const env = {
-        ANYCABLE_SECRET: SECRET,
-        ANYCABLE_PUBSUB: "nats",
-        ANYCABLE_NATS_SERVERS: NATS_URL,
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "http",
-      };
-      const nodeA = await scope.server(env);
-      const nodeB = await scope.server(env);
-      const stream = `nats_${TAG}`;
-      const b = scope.client(nodeB.cableUrl, "on B");
-      b.listen(stream);
-      await scope.waitFor("subscribed on B", () => b.subscribed());
-      const res = await fetch(`${nodeA.httpUrl}/_broadcast`, {
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${BROADCAST_KEY}` },
-        body: JSON.stringify({ stream, data: JSON.stringify({ via: "nats" }) }),
-      });
-      assert.equal(res.status, 201);
-      await scope.waitFor("B got it", () => b.got.length >= 1);
-      await sleep(500);
-      assert.deepEqual(b.got, [{ via: "nats" }]);
-    }),
-  );
-});
+testNeeding(
+  "two nodes on NATS (ANYCABLE_PUBSUB=nats, ANYCABLE_NATS_SERVERS)",
+  ["NATS", NATS_URL, 4222],
+  "a /_broadcast on node A reaches a subscriber on node B once",
+  30_000,
+  async (scope) => {
+    const env = {
+      ANYCABLE_SECRET: SECRET,
+      ANYCABLE_PUBSUB: "nats",
+      ANYCABLE_NATS_SERVERS: NATS_URL,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "http",
+    };
+    const nodeA = await scope.anycableServer(env);
+    const nodeB = await scope.anycableServer(env);
+    const stream = `nats_${TAG}`;
+    const [b] = await scope.listening(stream, [nodeB.cableUrl, "on B"]);
+    assert.equal(await postBroadcast(nodeA, stream, { via: "nats" }, BROADCAST_KEY), 201);
+    await scope.waitFor("B got it", () => b.got.length >= 1);
+    await sleep(500);
+    assert.deepEqual(b.got, [{ via: "nats" }]);
+  },
+);

@@ -19,26 +19,25 @@
 
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import net from "node:net";
 import { after, afterEach, before, describe, it } from "node:test";
-import jwt from "jsonwebtoken";
-import WebSocket from "ws";
-import { createCable } from "@anycable/web";
 
-import { Scope, freePort, killAllServers, sleep } from "./helpers.mjs";
+import {
+  RecordingCable,
+  Scope,
+  anycableToken,
+  broadcastKey,
+  killAllServers,
+  postBroadcast,
+  serviceSkip,
+  sleep,
+} from "./helpers.mjs";
 
 const SECRET = "anycable-presence-secret-1234";
-const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
+const BROADCAST_KEY = broadcastKey(SECRET);
 // Unique per run: parallel runs may share the backends.
 const TAG = `${process.pid}_${Date.now()}`;
 
 after(killAllServers);
-
-/** A token in AnyCable's layout: identifiers as JSON text in `ext`, `exp` in s. */
-function token(ids, ttlSeconds = 600) {
-  const exp = Math.floor(Date.now() / 1000) + ttlSeconds;
-  return jwt.sign({ ext: JSON.stringify(ids), exp }, SECRET, { algorithm: "HS256" });
-}
 
 /** AnyCable's signed stream name: base64(JSON(name)) + "--" + hex HMAC-SHA256. */
 function signed(name) {
@@ -47,40 +46,14 @@ function signed(name) {
 }
 
 async function broadcast(server, stream, data) {
-  const res = await fetch(`${server.httpUrl}/_broadcast`, {
-    method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${BROADCAST_KEY}` },
-    body: JSON.stringify({ stream, data: JSON.stringify(data) }),
-  });
-  assert.equal(res.status, 201, "broadcast accepted");
+  assert.equal(await postBroadcast(server, stream, data, BROADCAST_KEY), 201, "broadcast accepted");
 }
 
-/** An @anycable/web cable for `user`, recording the frames it gets. */
-class Client {
+/** A recording @anycable/web cable for `user`, identified by a JWT. */
+class Client extends RecordingCable {
   constructor(url, user) {
+    super(url, { name: user, auth: { token: anycableToken({ user_id: user }, 600, SECRET) } });
     this.user = user;
-    this.wire = [];
-    this.sockets = [];
-    const client = this;
-    class RecordingWebSocket extends WebSocket {
-      constructor(address, protocols, opts = {}) {
-        const origin = new URL(String(address)).origin.replace(/^ws/, "http");
-        super(address, protocols, { ...opts, headers: { Origin: origin, ...(opts.headers || {}) } });
-        client.sockets.push(this);
-        this.on("message", (d) => client.wire.push(d.toString("utf8")));
-      }
-    }
-    this.cable = createCable(url, {
-      protocol: "actioncable-v1-ext-json",
-      websocketImplementation: RecordingWebSocket,
-      auth: { token: token({ user_id: user }) },
-      reconnectStrategy: () => 100,
-      logLevel: "error",
-    });
-  }
-
-  framesIn() {
-    return this.wire.map((w) => JSON.parse(w)).filter((f) => f.type !== "ping");
   }
 
   /** The `info` replies the server sent. */
@@ -97,15 +70,6 @@ class Client {
     await channel.ensureSubscribed();
     return sub;
   }
-
-  dump() {
-    return `--- ${this.user} ---\n${this.wire.join("\n")}`;
-  }
-
-  async close() {
-    this.cable.disconnect();
-    for (const s of this.sockets) if (s.readyState <= WebSocket.OPEN) s.terminate();
-  }
 }
 
 class PresenceScope extends Scope {
@@ -114,17 +78,12 @@ class PresenceScope extends Scope {
   }
 
   /** cable-server on a free port, configured by `env` only. */
-  async server(env) {
-    const port = await freePort();
-    return this.startServer({
-      port,
-      env: {
-        ANYCABLE_PORT: String(port),
-        ANYCABLE_SECRET: SECRET,
-        ANYCABLE_PUBLIC_STREAMS: "true",
-        ANYCABLE_BROADCAST_ADAPTER: "http",
-        ...env,
-      },
+  server(env) {
+    return this.anycableServer({
+      ANYCABLE_SECRET: SECRET,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "http",
+      ...env,
     });
   }
 }
@@ -251,23 +210,6 @@ const BACKENDS = [
   ],
 ];
 
-/** Whether the server at `url` accepts TCP connections. */
-function reachable(url, defaultPort) {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
-    sock.setTimeout(2_000, () => {
-      sock.destroy();
-      resolve(false);
-    });
-    sock.once("connect", () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once("error", () => resolve(false));
-  });
-}
-
 for (const [backend, url, defaultPort, env, logName] of BACKENDS) {
   describe(`presence across two cable-server nodes on ${backend}`, () => {
     const scope = new PresenceScope();
@@ -276,12 +218,8 @@ for (const [backend, url, defaultPort, env, logName] of BACKENDS) {
     let skip = null;
 
     before(async () => {
-      if (!(await reachable(url, defaultPort))) {
-        if (process.env.CI) throw new Error(`${backend} at ${url} is unreachable (CI is set)`);
-        skip = `SKIPPED: ${backend} at ${url} is unreachable`;
-        console.log(skip);
-        return;
-      }
+      skip = await serviceSkip(backend, url, defaultPort);
+      if (skip) return;
       // A short TTL, and heartbeats (which renew and sweep) every second.
       const nodeEnv = { ...env(url), ANYCABLE_PRESENCE_TTL: String(TTL_SECONDS), ANYCABLE_PING_INTERVAL: "1" };
       one = await scope.server(nodeEnv);

@@ -13,69 +13,33 @@
 // Env: CABLE_SERVER_BIN overrides the server binary.
 
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
 import { after, afterEach, before, describe, it } from "node:test";
-import jwt from "jsonwebtoken";
 import WebSocket from "ws";
-import { createCable } from "@anycable/web";
 
-import { Scope, freePort, killAllServers } from "./helpers.mjs";
+import { RecordingCable, Scope, anycableToken, broadcastKey, killAllServers, postBroadcast } from "./helpers.mjs";
 
 const SECRET = "anycable-test-secret-1234";
 // printf broadcast-cable | openssl dgst -sha256 -hmac SECRET
-const BROADCAST_KEY = createHmac("sha256", SECRET).update("broadcast-cable").digest("hex");
+const BROADCAST_KEY = broadcastKey(SECRET);
 
 after(killAllServers);
 
 /** A token in AnyCable's layout: identifiers as JSON text in `ext`, `exp` in s. */
-function token(ids, ttlSeconds, key = SECRET) {
-  const exp = Math.floor(Date.now() / 1000) + ttlSeconds;
-  return jwt.sign({ ext: JSON.stringify(ids), exp }, key, { algorithm: "HS256" });
-}
+const token = (ids, ttlSeconds, key = SECRET) => anycableToken(ids, ttlSeconds, key);
 
-/** An @anycable/web cable that records its frames and events. */
-class Client {
+/** A recording @anycable/web cable that also records its events. */
+class Client extends RecordingCable {
   /** `origin`: the Origin header; default the server's own, null for none. */
-  constructor(url, { origin, ...options } = {}) {
-    this.wire = [];
+  constructor(url, options = {}) {
+    super(url, options);
     this.events = [];
-    this.sockets = [];
-    const client = this;
-    class RecordingWebSocket extends WebSocket {
-      constructor(address, protocols, opts = {}) {
-        // By default a page of the server's own origin.
-        const own = new URL(String(address)).origin.replace(/^ws/, "http");
-        const headers = { ...(opts.headers || {}) };
-        if (origin !== null) headers.Origin = origin ?? own;
-        super(address, protocols, { ...opts, headers });
-        client.sockets.push(this);
-        client.wire.push({ kind: "construct", data: { address: String(address), protocols } });
-        this.on("message", (d) => client.wire.push({ kind: "in", data: d.toString("utf8") }));
-      }
-    }
-    this.cable = createCable(url, {
-      protocol: "actioncable-v1-ext-json",
-      websocketImplementation: RecordingWebSocket,
-      reconnectStrategy: () => 100,
-      logLevel: "error",
-      ...options,
-    });
     for (const ev of ["connect", "disconnect", "close"]) {
       this.cable.on(ev, (e) => this.events.push({ ev, reason: e?.reason }));
     }
   }
 
-  framesIn() {
-    return this.wire.filter((w) => w.kind === "in").map((w) => JSON.parse(w.data)).filter((f) => f.type !== "ping");
-  }
-
   dump() {
-    return `--- client ---\n${this.wire.map((w) => `${w.kind} ${JSON.stringify(w.data)}`).join("\n")}\nevents ${JSON.stringify(this.events)}`;
-  }
-
-  async close() {
-    this.cable.disconnect();
-    for (const s of this.sockets) if (s.readyState <= WebSocket.OPEN) s.terminate();
+    return `${super.dump()}\nevents ${JSON.stringify(this.events)}`;
   }
 }
 
@@ -83,21 +47,10 @@ class JwtScope extends Scope {
   anycable(url, options) {
     return this.keepClient(new Client(url, options));
   }
-
-  /** cable-server on a free port, configured by `env` (ANYCABLE_*) only. */
-  async server(env) {
-    const port = await freePort();
-    return this.startServer({ port, env: { ANYCABLE_PORT: String(port), ...env } });
-  }
 }
 
-async function broadcast(server, stream, data, key = BROADCAST_KEY) {
-  const res = await fetch(`${server.httpUrl}/_broadcast`, {
-    method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
-    body: JSON.stringify({ stream, data: JSON.stringify(data) }),
-  });
-  return res.status;
+function broadcast(server, stream, data, key = BROADCAST_KEY) {
+  return postBroadcast(server, stream, data, key);
 }
 
 describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", () => {
@@ -105,7 +58,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
   let server;
 
   before(async () => {
-    server = await scope.server({
+    server = await scope.anycableServer({
       ANYCABLE_SECRET: SECRET,
       ANYCABLE_PUBLIC_STREAMS: "true",
       ANYCABLE_BROADCAST_ADAPTER: "http",
@@ -190,7 +143,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
       }
       assert.ok(/origin check off, as AnyCable's/.test(server.log), server.logTail());
       // AnyCable's host list: its hosts in, others refused at the handshake.
-      const listed = await scope.server({
+      const listed = await scope.anycableServer({
         ANYCABLE_PUBLIC_STREAMS: "true",
         ANYCABLE_ALLOWED_ORIGINS: "www.example.com,*.example.io",
       });
@@ -216,7 +169,7 @@ describe("cable-server configured by ANYCABLE_* variables, with @anycable/web", 
     "with ANYCABLE_ENFORCE_JWT, a connection without a token is unauthorized",
     { timeout: 30_000 },
     scope.wrap(async () => {
-      const enforced = await scope.server({ ANYCABLE_JWT_SECRET: SECRET, ANYCABLE_ENFORCE_JWT: "true" });
+      const enforced = await scope.anycableServer({ ANYCABLE_JWT_SECRET: SECRET, ANYCABLE_ENFORCE_JWT: "true" });
       const c = scope.anycable(enforced.cableUrl);
       c.cable.connect().catch(() => {});
       await scope.waitFor("a disconnect frame", () => c.framesIn().some((f) => f.type === "disconnect"));

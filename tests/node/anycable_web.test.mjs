@@ -27,9 +27,7 @@ import { after, before, describe, it } from "node:test";
 import WebSocket from "ws";
 import { createCable } from "@anycable/web";
 
-import net from "node:net";
-
-import { ORIGIN, Scope, freePort, killAllServers, sleep } from "./helpers.mjs";
+import { ORIGIN, Scope, freePort, killAllServers, serviceSkip, sleep } from "./helpers.mjs";
 
 const EXT_PROTOCOL = "actioncable-v1-ext-json";
 const DEBUG = !!process.env.ANYCABLE_DEBUG;
@@ -384,23 +382,6 @@ const BACKENDS = [
   ["PostgreSQL", process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/test", 5432, "postgres"],
 ];
 
-/** Whether the server at `url` accepts TCP connections. */
-function reachable(url, defaultPort) {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
-    sock.setTimeout(2_000, () => {
-      sock.destroy();
-      resolve(false);
-    });
-    sock.once("connect", () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once("error", () => resolve(false));
-  });
-}
-
 for (const [backend, url, defaultPort, logName] of BACKENDS) {
   describe(`@anycable/web across two chat nodes sharing ${backend} (--adapter URL --broker adapter)`, () => {
     const scope = new AnyCableScope();
@@ -411,12 +392,8 @@ for (const [backend, url, defaultPort, logName] of BACKENDS) {
     const tag = `${process.pid}_${Date.now()}`;
 
     before(async () => {
-      if (!(await reachable(url, defaultPort))) {
-        if (process.env.CI) throw new Error(`${backend} at ${url} is unreachable (CI is set)`);
-        skip = `SKIPPED: ${backend} at ${url} is unreachable`;
-        console.log(skip);
-        return;
-      }
+      skip = await serviceSkip(backend, url, defaultPort);
+      if (skip) return;
       scope.deadPort = await freePort();
       const extraArgs = ["--adapter", url, "--channel-prefix", `web_${tag}`, "--broker", "adapter"];
       a = await scope.startServer({ port: await freePort(), admin: true, extraArgs });

@@ -9,10 +9,14 @@
 // reference, section 6), once per identity.
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
+import { before } from "node:test";
+import jwt from "jsonwebtoken";
 import WebSocket from "ws";
+import { createCable } from "@anycable/web";
 
 import { Scope as BaseScope, freePort, postJson, sleep, waitFor } from "./harness.mjs";
 
@@ -66,6 +70,119 @@ function tcpProbe(port) {
   });
 }
 
+
+/** Whether a TCP connection to `url`'s host and port opens within 2 s. */
+export function reachable(url, defaultPort) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: hostname, port: Number(port || defaultPort) });
+    sock.setTimeout(2_000, () => {
+      sock.destroy();
+      resolve(false);
+    });
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once("error", () => resolve(false));
+  });
+}
+
+/**
+ * null when `name` at `url` is reachable; else (printed) the reason to skip,
+ * or, when CI is set, an error: CI has its services up.
+ */
+export async function serviceSkip(name, url, defaultPort) {
+  if (await reachable(url, defaultPort)) return null;
+  if (process.env.CI) throw new Error(`${name} at ${url} is unreachable (CI is set)`);
+  const why = `SKIPPED: ${name} at ${url} is unreachable`;
+  console.log(why);
+  return why;
+}
+
+/**
+ * Registers a `before` hook in the current suite that checks `name` at `url`
+ * (see serviceSkip); returns a function giving the skip reason or null.
+ */
+export function skipUnlessReachable(name, url, defaultPort) {
+  let why = null;
+  before(async () => {
+    why = await serviceSkip(name, url, defaultPort);
+  });
+  return () => why;
+}
+
+// ---------------------------------------------------------------------------
+// AnyCable: keys, tokens, broadcasts, the @anycable/web client
+
+/** AnyCable's broadcast key derived from `secret` (HMAC-SHA256 of "broadcast-cable"). */
+export const broadcastKey = (secret) => createHmac("sha256", secret).update("broadcast-cable").digest("hex");
+
+/** A token in AnyCable's layout: identifiers as JSON text in `ext`, `exp` in s. */
+export function anycableToken(ids, ttlSeconds, secret) {
+  const exp = Math.floor(Date.now() / 1000) + ttlSeconds;
+  return jwt.sign({ ext: JSON.stringify(ids), exp }, secret, { algorithm: "HS256" });
+}
+
+/** POSTs `data` to `stream` by `server`'s /_broadcast with `key`; resolves with the status. */
+export async function postBroadcast(server, stream, data, key, { headers = {}, meta } = {}) {
+  const res = await fetch(`${server.httpUrl}/_broadcast`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}`, ...headers },
+    body: JSON.stringify({ stream, data: JSON.stringify(data), ...(meta ? { meta } : {}) }),
+  });
+  return res.status;
+}
+
+/**
+ * An @anycable/web cable (extended protocol, reconnects 100 ms apart) on a
+ * `ws` subclass that records every socket it makes (`wire`: { kind:
+ * "construct" | "in", data }). `origin`: the Origin header; default the
+ * server's own, null for none. Other options go to createCable.
+ */
+export class RecordingCable {
+  constructor(url, { name = "client", origin, ...options } = {}) {
+    this.name = name;
+    this.wire = [];
+    this.sockets = [];
+    const client = this;
+    class RecordingWebSocket extends WebSocket {
+      constructor(address, protocols, opts = {}) {
+        const own = new URL(String(address)).origin.replace(/^ws/, "http");
+        const headers = { ...(opts.headers || {}) };
+        if (origin !== null) headers.Origin = origin ?? own;
+        super(address, protocols, { ...opts, headers });
+        client.sockets.push(this);
+        client.wire.push({ kind: "construct", data: { address: String(address), protocols } });
+        this.on("message", (d) => client.wire.push({ kind: "in", data: d.toString("utf8") }));
+      }
+    }
+    this.cable = createCable(url, {
+      protocol: "actioncable-v1-ext-json",
+      websocketImplementation: RecordingWebSocket,
+      reconnectStrategy: () => 100,
+      logLevel: "error",
+      ...options,
+    });
+  }
+
+  /** The frames received, pings left out. */
+  framesIn() {
+    return this.wire
+      .filter((w) => w.kind === "in")
+      .map((w) => JSON.parse(w.data))
+      .filter((f) => f.type !== "ping");
+  }
+
+  dump() {
+    return `--- ${this.name} ---\n${this.wire.map((w) => `${w.kind} ${JSON.stringify(w.data)}`).join("\n")}`;
+  }
+
+  async close() {
+    this.cable.disconnect();
+    for (const s of this.sockets) if (s.readyState <= WebSocket.OPEN) s.terminate();
+  }
+}
 
 // ---------------------------------------------------------------------------
 // the chat server process
@@ -395,6 +512,12 @@ export class Scope extends BaseScope {
 
   async client(opts) {
     return this.keepClient(await CableClient.create(opts));
+  }
+
+  /** cable-server on a free port, configured by `env` (ANYCABLE_*) only. */
+  async anycableServer(env) {
+    const port = await freePort();
+    return this.startServer({ port, env: { ANYCABLE_PORT: String(port), ...env } });
   }
 
   /**

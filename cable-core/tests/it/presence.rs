@@ -203,11 +203,7 @@ async fn a_connected_session_is_renewed_and_a_resumed_one_never_leaves() {
     }
     assert_eq!(info(&watcher).await["total"], 1, "renewed while connected");
     bob.disconnect().await;
-    let back = cable
-        .connect(Request::new().ext().query("sid", &sid))
-        .await
-        .expect("resumed");
-    assert_eq!(back.welcome()["restored"], json!(true));
+    let back = cable.resume(&sid).await;
     // @anycable/web joins again after a restore.
     join(&back, "2", json!(null));
     back.settle().await;
@@ -294,12 +290,7 @@ async fn who_the_channel_made_a_subscription_present_as_survives_a_resume() {
     a.disconnect().await;
 
     // Restored without `subscribed`: the channel's choice came back with it.
-    let b = cable
-        .connect(Request::new().ext().query("sid", &sid))
-        .await
-        .expect("welcomed");
-    let welcome: Value = serde_json::from_str(&b.frames()[0]).unwrap();
-    assert_eq!(welcome["restored"], true, "{welcome}");
+    let b = cable.resume(&sid).await;
     b.send(join_as_me);
     b.settle().await;
     assert_eq!(ids(&cable).await, ["boss"]);

@@ -167,11 +167,7 @@ async fn a_resumed_session_keeps_its_whisper_stream() {
     let sid = first.sid().unwrap();
     first.settle().await;
     first.disconnect().await;
-    let resumed = cable
-        .connect(Request::new().ext().query("sid", &sid))
-        .await
-        .expect("resumed");
-    assert_eq!(resumed.welcome()["restored"], json!(true));
+    let resumed = cable.resume(&sid).await;
     let (other, _) = join(&cable, Request::new().ext(), params).await;
     whisper(&resumed, &id, json!({"event": "back"}));
     resumed.settle().await;

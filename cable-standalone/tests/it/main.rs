@@ -735,32 +735,7 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_redis() {
     if !redis_up().await {
         return;
     }
-    let prefix = format!(
-        "cable-server-test-{}-{}",
-        std::process::id(),
-        fastish_nonce()
-    );
-    let args = [
-        "--adapter",
-        &redis_url(),
-        "--channel-prefix",
-        &prefix,
-        "--pubsub-public",
-        "--ops-on-public-port",
-    ];
-    let env = [("CABLE_BROADCAST_KEY", KEY)];
-    let a = Server::start(&args, &env).await;
-    let b = Server::start(&args, &env).await;
-    let mut on_b = welcomed(&b.url("")).await;
-    subscribe_news(&mut on_b).await;
-    assert_eq!(
-        publish(a.addr, r#"[{"stream":"news","data":"{\"from\":\"a\"}"}]"#).await,
-        201
-    );
-    assert_eq!(
-        recv(&mut on_b).await,
-        format!(r#"{{"identifier":"{NEWS}","message":{{"from":"a"}}}}"#)
-    );
+    publication_reaches_another_node(&redis_url()).await;
 }
 
 fn nats_url() -> String {
@@ -774,6 +749,12 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_nats() {
     if !service_up("NATS", &url, "127.0.0.1:4222").await {
         return;
     }
+    publication_reaches_another_node(&url).await;
+}
+
+/// Two servers on adapter `adapter` under a fresh channel prefix: what is
+/// published on one reaches a `news` subscriber of the other.
+async fn publication_reaches_another_node(adapter: &str) {
     let prefix = format!(
         "cable-server-test-{}-{}",
         std::process::id(),
@@ -781,7 +762,7 @@ async fn a_publication_on_one_node_reaches_clients_of_another_through_nats() {
     );
     let args = [
         "--adapter",
-        &url,
+        adapter,
         "--channel-prefix",
         &prefix,
         "--pubsub-public",

@@ -15,6 +15,8 @@ import { ChatServer, Scope, freePort, requireChatBin, sleep, waitFor } from "../
 
 const RECONNECT_TIMEOUT = 40_000;
 const chat = (room) => ({ channel: "ChatChannel", room });
+/** Client `c` subscribes to ChatChannel in `room`, its callbacks recorded under `room`. */
+const join = (c, room) => c.consumer.subscribe(chat(room), c.callbacks(room));
 const connectedOnce = [{ cb: "initialized" }, { cb: "connected", arg: { reconnected: false } }];
 
 const skip = requireChatBin();
@@ -51,8 +53,8 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const ann = user("ann");
         const bob = scope.client({ url: `${server.cableUrl}?user=bob`, headers: { Origin: server.origin }, name: "bob" });
         const [annSub, bobSub] = await Promise.all([
-          ann.consumer.subscribe(chat("t1"), ann.callbacks("t1")),
-          bob.consumer.subscribe(chat("t1"), bob.callbacks("t1")),
+          join(ann, "t1"),
+          join(bob, "t1"),
         ]);
         assert.equal(annSub.identifier, '{"channel":"ChatChannel","room":"t1"}');
         assert.equal(ann.sockets[0].protocol, "actioncable-v1-json");
@@ -128,7 +130,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
       { timeout: 20_000 },
       scope.wrap(async () => {
         const cat = user("cat");
-        const sub = await cat.consumer.subscribe(chat("t2"), cat.callbacks("t2"));
+        const sub = await join(cat, "t2");
         const data = { text: "ping", n: 42, nested: { list: [1, "two", null], ok: true }, html: "<b>&</b>" };
         sub.perform("echo", data);
         await scope.waitFor("the echo", () => cat.has("t2", "received"));
@@ -159,7 +161,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         assert.ok(!dan.framesOut().some((f) => f.includes('"unsubscribe"')), "no unsubscribe for rejected ones");
         assert.equal(dan.consumer.subscriptions.subscriptions.length, 0);
 
-        await dan.consumer.subscribe(chat("t3"), dan.callbacks("t3"));
+        await join(dan, "t3");
         assert.equal(dan.sockets.length, 1, "same socket throughout");
       }),
     );
@@ -170,8 +172,8 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
       scope.wrap(async () => {
         const eve = user("eve");
         const fay = user("fay");
-        const eveSub = await eve.consumer.subscribe(chat("t4"), eve.callbacks("t4"));
-        const faySub = await fay.consumer.subscribe(chat("t4"), fay.callbacks("t4"));
+        const eveSub = await join(eve, "t4");
+        const faySub = await join(fay, "t4");
         faySub.unsubscribe();
         await scope.waitFor("the unsubscribe frame", () => fay.framesOut().some((f) => f.includes('"unsubscribe"')));
         await sleep(200);
@@ -194,8 +196,8 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const banned = user("banned");
         const nobody = scope.client({ url: server.cableUrl, headers: { Origin: server.origin }, name: "nobody" });
         const results = await Promise.allSettled([
-          banned.consumer.subscribe(chat("t5"), banned.callbacks("t5")),
-          nobody.consumer.subscribe(chat("t5"), nobody.callbacks("t5")),
+          join(banned, "t5"),
+          join(nobody, "t5"),
         ]);
         for (const r of results) {
           assert.equal(r.status, "rejected");
@@ -220,8 +222,8 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
       scope.wrap(async () => {
         const gus = user("gus");
         const hal = user("hal");
-        await gus.consumer.subscribe(chat("t6"), gus.callbacks("t6"));
-        await hal.consumer.subscribe(chat("t6"), hal.callbacks("t6"));
+        await join(gus, "t6");
+        await join(hal, "t6");
 
         let res = await server.post("/admin/disconnect", { user: "gus", reconnect: false });
         assert.equal(res.status, 200, res.body);
@@ -246,7 +248,7 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
       { timeout: 20_000 },
       scope.wrap(async () => {
         const ivy = user("ivy");
-        const sub = await ivy.consumer.subscribe(chat("t7"), ivy.callbacks("t7"));
+        const sub = await join(ivy, "t7");
         ivy.consumer.disconnect();
         await scope.waitFor("the disconnected callback", () => ivy.has("t7", "disconnected"));
         ivy.consumer.connect();
@@ -275,8 +277,8 @@ describe("@cable-rs/client against the chat server", { ...skip, concurrency: tru
         const first = await scope.server({ port });
         const headers = { Cookie: "user=kim", Origin: first.origin };
         const kim = scope.client({ url: first.cableUrl, headers, name: "kim" });
-        const lobby = await kim.consumer.subscribe(chat("r1"), kim.callbacks("r1"));
-        const other = await kim.consumer.subscribe(chat("r2"), kim.callbacks("r2"));
+        const lobby = await join(kim, "r1");
+        const other = await join(kim, "r2");
         lobby.perform("speak", { body: "before" });
         await scope.waitFor("the first message", () => kim.has("r1", "received"));
 

@@ -25,6 +25,22 @@ function reopensAfter(c, ms, message = `a second socket ${ms} ms on`) {
   assert.equal(c.sockets.length, 2, message);
 }
 
+/** The server welcomes `c`'s socket and confirms its lobby subscription. */
+function welcomeToLobby(c) {
+  c.socket.welcome();
+  c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
+}
+
+/** A client subscribed to the lobby whose socket is welcomed, then drops 1 s later. */
+function droppedAfterASecond() {
+  const c = setup();
+  c.subscribe(LOBBY);
+  c.socket.welcome();
+  time.tick(1000);
+  c.socket.drop();
+  return c;
+}
+
 /** Ticks in 100 ms steps for `ms`, refusing every handshake on the way (server down). */
 function serverDown(c, ms, step = 100) {
   for (let t = 0; t < ms; t += step) {
@@ -85,8 +101,7 @@ describe("stale detection and reconnect", () => {
   it("pings every 3 s keep it alive; 6 s of silence makes it stale and it reopens", () => {
     const c = setup();
     c.subscribe(LOBBY);
-    c.socket.welcome();
-    c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
+    welcomeToLobby(c);
     // 30 s of pings every 3 s: polls at 6, 12, ... 30 s find it fresh.
     for (let i = 0; i < 10; i++) {
       time.tick(3000);
@@ -186,16 +201,14 @@ describe("server disconnect messages", () => {
   it("reconnect:true (server_restart): reconnects at the first poll that finds it stale", () => {
     const c = setup();
     c.subscribe(LOBBY);
-    c.socket.welcome();
-    c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
+    welcomeToLobby(c);
     time.tick(1000);
     c.socket.receive({ type: "disconnect", reason: "server_restart", reconnect: true });
     assert.deepEqual(c.of("lobby").at(-1), ["disconnected", { willAttemptReconnect: true }]);
     assert.equal(c.consumer.connection.monitor.isRunning(), true);
     // Last message at 1 s: the poll at 6 s finds 5 s, the one at 12 s finds 11 s.
     reopensAfter(c, 11_000, "reopened at 12 s");
-    c.socket.welcome();
-    c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
+    welcomeToLobby(c);
     assert.deepEqual(c.of("lobby").at(-1), ["connected", { reconnected: true }]);
   });
 
@@ -296,11 +309,7 @@ describe("browser events", () => {
   afterEach(() => globals.restore());
 
   it("`online` reopens a closed connection at once", () => {
-    const c = setup();
-    c.subscribe(LOBBY);
-    c.socket.welcome();
-    time.tick(1000);
-    c.socket.drop();
+    const c = droppedAfterASecond();
     time.tick(100);
     assert.equal(c.sockets.length, 1);
     globals.win.dispatchEvent(new Event("online"));
@@ -315,11 +324,7 @@ describe("browser events", () => {
   });
 
   it("visibilitychange to visible reopens a closed connection after 200 ms", () => {
-    const c = setup();
-    c.subscribe(LOBBY);
-    c.socket.welcome();
-    time.tick(1000);
-    c.socket.drop();
+    const c = droppedAfterASecond();
     globals.doc.visibilityState = "hidden";
     globals.doc.dispatchEvent(new Event("visibilitychange"));
     time.tick(1000);
@@ -356,8 +361,7 @@ describe("connection edge cases", () => {
     assert.deepEqual(c.of("lobby"), [["initialized"]]);
 
     c.consumer.connect();
-    c.socket.welcome();
-    c.socket.receive({ identifier: lobbyId, type: "confirm_subscription" });
+    welcomeToLobby(c);
     assert.deepEqual(c.of("lobby").at(-1), ["connected", { reconnected: false }]);
   });
 

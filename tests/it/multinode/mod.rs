@@ -55,10 +55,13 @@ async fn speak_on_one_node_reaches_room_members_on_both(kind: Kind) {
     }
     // And the other way round.
     bob.speak(LOBBY, "from b").await;
-    for c in [&mut alice, &mut dave, &mut bob, &mut carol] {
-        c.expect(&message(LOBBY, r#"{"user":"bob","body":"from b"}"#))
-            .await;
-    }
+    all_hear(
+        &mut [&mut alice, &mut dave, &mut bob, &mut carol],
+        LOBBY,
+        "bob",
+        "from b",
+    )
+    .await;
     // Another room on B heard none of it: B has already delivered the lobby
     // messages, so erin's next frame is her own.
     erin.speak(&attic, "anyone?").await;
@@ -90,10 +93,7 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind)
 
     // Everyone else is still connected, on both nodes.
     alice.speak(LOBBY, "bye bob").await;
-    for c in [&mut alice, &mut carol] {
-        c.expect(&message(LOBBY, r#"{"user":"alice","body":"bye bob"}"#))
-            .await;
-    }
+    all_hear(&mut [&mut alice, &mut carol], LOBBY, "alice", "bye bob").await;
 
     // reconnect:false crosses too.
     a.disconnect_user("carol", false).await;

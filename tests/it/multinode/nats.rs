@@ -97,15 +97,21 @@ async fn nats_speak_and_remote_disconnect_cross_chat_processes() {
     let mut carol = Client::joined(&b, "carol", LOBBY).await;
 
     alice.speak(LOBBY, "hello").await;
-    for c in [&mut alice, &mut bob, &mut carol] {
-        c.expect(&message(LOBBY, r#"{"user":"alice","body":"hello"}"#))
-            .await;
-    }
+    all_hear(
+        &mut [&mut alice, &mut bob, &mut carol],
+        LOBBY,
+        "alice",
+        "hello",
+    )
+    .await;
     carol.speak(LOBBY, "from b").await;
-    for c in [&mut alice, &mut bob, &mut carol] {
-        c.expect(&message(LOBBY, r#"{"user":"carol","body":"from b"}"#))
-            .await;
-    }
+    all_hear(
+        &mut [&mut alice, &mut bob, &mut carol],
+        LOBBY,
+        "carol",
+        "from b",
+    )
+    .await;
 
     a.disconnect_user("bob", false).await;
     assert_eq!(
@@ -113,10 +119,7 @@ async fn nats_speak_and_remote_disconnect_cross_chat_processes() {
         vec![r#"{"type":"disconnect","reason":"remote","reconnect":false}"#]
     );
     alice.speak(LOBBY, "bye bob").await;
-    for c in [&mut alice, &mut carol] {
-        c.expect(&message(LOBBY, r#"{"user":"alice","body":"bye bob"}"#))
-            .await;
-    }
+    all_hear(&mut [&mut alice, &mut carol], LOBBY, "alice", "bye bob").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

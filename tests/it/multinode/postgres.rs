@@ -80,10 +80,7 @@ async fn pg_oversized_broadcast_is_refused_and_chat_keeps_serving() {
     // ones after it).
     ann.speak(LOBBY, &"y".repeat(9000)).await;
     ann.speak(LOBBY, "still here").await;
-    for c in [&mut ann, &mut ben] {
-        c.expect(&message(LOBBY, r#"{"user":"ann","body":"still here"}"#))
-            .await;
-    }
+    all_hear(&mut [&mut ann, &mut ben], LOBBY, "ann", "still here").await;
     let log = a.log_text();
     assert!(log.contains("broadcast refused"), "{log}");
     assert!(
@@ -92,8 +89,5 @@ async fn pg_oversized_broadcast_is_refused_and_chat_keeps_serving() {
     );
     // And the other node serves too.
     ben.speak(LOBBY, "me too").await;
-    for c in [&mut ann, &mut ben] {
-        c.expect(&message(LOBBY, r#"{"user":"ben","body":"me too"}"#))
-            .await;
-    }
+    all_hear(&mut [&mut ann, &mut ben], LOBBY, "ben", "me too").await;
 }

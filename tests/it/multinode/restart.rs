@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::reliable::{ask_history, ext_client, news, positioned, served_node, typed};
+use super::reliable::{ask_history, ext_client, news, positioned, served_node, typed, Ws};
 use super::support::*;
 
 both!(history_survives_a_restart_and_a_lost_history_is_rejected);
@@ -52,22 +52,7 @@ async fn history_survives_a_restart_and_a_lost_history_is_rejected(kind: Kind) {
     let Some(mut own) = Own::start(kind, "always").await else {
         return;
     };
-    let prefix = unique_prefix();
-    let node = served_node(kind, &own.url(), &prefix).await;
-    let stream = format!("news_{prefix}");
-    let id = news(&stream);
-    let (mut stay, _) = ext_client(&node, "/cable?user=stay").await;
-    stay.subscribe(&id).await;
-    for n in 1..=3 {
-        node.cable
-            .broadcast(&stream, &json!({ "n": n }))
-            .await
-            .unwrap();
-    }
-    let (_, epoch, _) = positioned(&mut stay).await;
-    for n in 2..=3 {
-        assert_eq!(positioned(&mut stay).await, (n, epoch.clone(), n));
-    }
+    let (node, stream, id, mut stay, epoch) = with_history(kind, &own, "stay", 3).await;
 
     // 1. The outage.
     own.stop();
@@ -89,10 +74,7 @@ async fn history_survives_a_restart_and_a_lost_history_is_rejected(kind: Kind) {
     late.expect(&typed("confirm_history", &id)).await;
 
     // 3. Appends go on, live to the client that never left.
-    node.cable
-        .broadcast(&stream, &json!({ "n": 4 }))
-        .await
-        .unwrap();
+    broadcast_n(&node, &stream, 4).await;
     let (n, next_epoch, offset) = positioned(&mut stay).await;
     assert_eq!(n, 4);
     assert_eq!(positioned(&mut late).await, (n, next_epoch.clone(), offset));
@@ -110,10 +92,7 @@ async fn history_survives_a_restart_and_a_lost_history_is_rejected(kind: Kind) {
     // broadcast finds them dead (a multiplexed redis connection can only
     // tell by being used) and goes through on fresh ones, append included.
     let n = 5;
-    node.cable
-        .broadcast(&stream, &json!({ "n": n }))
-        .await
-        .unwrap();
+    broadcast_n(&node, &stream, n).await;
     let (got, lost_epoch, lost_offset) = positioned(&mut stay).await;
     assert_eq!((got, lost_offset), (n, 1));
     assert_ne!(lost_epoch, next_epoch);
@@ -133,20 +112,7 @@ async fn a_redis_that_can_lose_writes_starts_a_new_epoch_after_a_restart() {
     let Some(mut own) = Own::start(Kind::Redis, "everysec").await else {
         return;
     };
-    let prefix = unique_prefix();
-    let node = served_node(Kind::Redis, &own.url(), &prefix).await;
-    let stream = format!("news_{prefix}");
-    let id = news(&stream);
-    let (mut client, _) = ext_client(&node, "/cable?user=c").await;
-    client.subscribe(&id).await;
-    for n in 1..=2 {
-        node.cable
-            .broadcast(&stream, &json!({ "n": n }))
-            .await
-            .unwrap();
-    }
-    let (_, epoch, _) = positioned(&mut client).await;
-    assert_eq!(positioned(&mut client).await, (2, epoch.clone(), 2));
+    let (node, stream, id, mut client, epoch) = with_history(Kind::Redis, &own, "c", 2).await;
     // Past `everysec`'s window, so these two are on disk when it crashes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     own.stop();
@@ -156,15 +122,46 @@ async fn a_redis_that_can_lose_writes_starts_a_new_epoch_after_a_restart() {
     assert_eq!(positioned(&mut client).await, (2, epoch.clone(), 2));
     client.expect(&typed("confirm_history", &id)).await;
 
-    node.cable
-        .broadcast(&stream, &json!({ "n": 3 }))
-        .await
-        .unwrap();
+    broadcast_n(&node, &stream, 3).await;
     let (n, next_epoch, offset) = positioned(&mut client).await;
     assert_eq!((n, offset), (3, 1));
     assert_ne!(next_epoch, epoch, "a restart that may have lost appends");
     ask_history(&mut client, &id, &stream, &epoch, 1).await;
     client.expect(&typed("reject_history", &id)).await;
+}
+
+/// A node of `kind` on `own` under a fresh prefix, and a client as `user`
+/// subscribed to a news stream that then gets `n` = 1..=`count` (the
+/// client has read them all): the node, stream, identifier, client and the
+/// stream's epoch.
+async fn with_history(
+    kind: Kind,
+    own: &Own,
+    user: &str,
+    count: u64,
+) -> (cable_test::TestServer, String, String, Ws, String) {
+    let prefix = unique_prefix();
+    let node = served_node(kind, &own.url(), &prefix).await;
+    let stream = format!("news_{prefix}");
+    let id = news(&stream);
+    let (mut client, _) = ext_client(&node, &format!("/cable?user={user}")).await;
+    client.subscribe(&id).await;
+    for n in 1..=count {
+        broadcast_n(&node, &stream, n).await;
+    }
+    let (_, epoch, _) = positioned(&mut client).await;
+    for n in 2..=count {
+        assert_eq!(positioned(&mut client).await, (n, epoch.clone(), n));
+    }
+    (node, stream, id, client, epoch)
+}
+
+/// Broadcasts `{"n": n}` on `stream` through `node`'s cable.
+async fn broadcast_n(node: &cable_test::TestServer, stream: &str, n: u64) {
+    node.cable
+        .broadcast(stream, &json!({ "n": n }))
+        .await
+        .unwrap();
 }
 
 /// Waits until the node's adapter has reconnected `n` times in all (every

@@ -285,6 +285,18 @@ pub struct Client(cable_test::Client);
 
 newtype_deref!(mut Client => cable_test::Client);
 
+/// `user`'s chat message `body` (no characters JSON escapes) in room
+/// `identifier` is the next frame each of `clients` gets.
+pub async fn all_hear(clients: &mut [&mut Client], identifier: &str, user: &str, body: &str) {
+    let frame = message(
+        identifier,
+        &format!(r#"{{"user":"{user}","body":"{body}"}}"#),
+    );
+    for c in clients {
+        c.expect(&frame).await;
+    }
+}
+
 impl Client {
     /// Connects to `chat` as `user` and reads the welcome.
     pub async fn connect(chat: &Server, user: &str) -> Client {
