@@ -98,6 +98,23 @@ impl Default for HistoryPolicy {
     }
 }
 
+/// A session joining a stream's presence ([`Broker::presence_join`]).
+/// Named fields, as a session id and a member id are both text and must
+/// not be swapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Join<'a> {
+    /// The stream whose presence it joins.
+    pub stream: &'a str,
+    /// The session joining.
+    pub sid: &'a str,
+    /// The member id it joins as.
+    pub id: &'a str,
+    /// What others see of it (JSON text).
+    pub info: &'a str,
+    /// How long it stays present without being renewed.
+    pub ttl: Duration,
+}
+
 /// A broker failure, returned to whoever asked; never a panic.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -187,20 +204,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Forgets `sid`'s state (a restored session's old id, a clean logout).
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError>;
 
-    /// Session `sid` joins `stream`'s presence as member `id`, showing
-    /// `info` (JSON text; the latest join's wins), and stays present while
-    /// [`Broker::presence_touch`] renews it within `ttl`. Returns true when
-    /// `id` was not present before (the stream's subscribers are told it
-    /// joined). A session present as another id on the stream is
-    /// [`BrokerError::PresenceIdMismatch`].
-    async fn presence_join(
-        &self,
-        _stream: &str,
-        _sid: &str,
-        _id: &str,
-        _info: &str,
-        _ttl: Duration,
-    ) -> Result<bool, BrokerError> {
+    /// Session `join.sid` joins `join.stream`'s presence as member
+    /// `join.id`, showing `join.info` (JSON text; the latest join's wins),
+    /// and stays present while [`Broker::presence_touch`] renews it within
+    /// `join.ttl`. Returns true when the id was not present before (the
+    /// stream's subscribers are told it joined). A session present as
+    /// another id on the stream is [`BrokerError::PresenceIdMismatch`].
+    async fn presence_join(&self, _join: Join<'_>) -> Result<bool, BrokerError> {
         Err(self.no_presence())
     }
 

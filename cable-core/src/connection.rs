@@ -1397,7 +1397,13 @@ impl Session {
         let joined = async {
             let info = presence.info.to_string();
             let first = broker
-                .presence_join(&stream, &sid, &presence.id, &info, ttl)
+                .presence_join(crate::broker::Join {
+                    stream: &stream,
+                    sid: &sid,
+                    id: &presence.id,
+                    info: &info,
+                    ttl,
+                })
                 .await?;
             if first {
                 let event = crate::presence::join_event(&presence.id, &presence.info);

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use cable_core::broker::{Broker, BrokerError, History, HistoryPolicy, Position};
+use cable_core::broker::{Broker, BrokerError, History, HistoryPolicy, Join, Position};
 use tokio::time::Instant;
 
 pub use crate::conformance::{skip, unique_prefix};
@@ -636,7 +636,7 @@ pub async fn unreachable_backend_fails_promptly<C: BrokerConformance>() {
         ];
         let presence = if b.supports_presence() {
             vec![
-                b.presence_join("s", "sid", "id", "{}", Duration::from_secs(1))
+                b.presence_join(member("s", "sid", "id", "{}", Duration::from_secs(1)))
                     .await
                     .err(),
                 b.presence_leave("s", "sid").await.err(),
@@ -675,9 +675,26 @@ async fn join(
     info: &str,
     ttl: Duration,
 ) -> bool {
-    b.presence_join(stream, sid, id, info, ttl)
+    b.presence_join(member(stream, sid, id, info, ttl))
         .await
         .unwrap_or_else(|e| panic!("presence_join({stream}, {sid}, {id}): {e}"))
+}
+
+/// A [`Join`] from its parts, in the order the tests read them.
+pub fn member<'a>(
+    stream: &'a str,
+    sid: &'a str,
+    id: &'a str,
+    info: &'a str,
+    ttl: Duration,
+) -> Join<'a> {
+    Join {
+        stream,
+        sid,
+        id,
+        info,
+        ttl,
+    }
 }
 
 async fn leave(b: &impl Broker, stream: &str, sid: &str) -> Option<String> {
@@ -793,7 +810,7 @@ pub async fn presence_id_mismatch<C: BrokerConformance>() {
     assert!(join(&a, &stream, &sid("s1"), "ann", "{}", MINUTE).await);
     for node in [&a, &b] {
         assert_eq!(
-            node.presence_join(&stream, &sid("s1"), "bob", "{}", MINUTE)
+            node.presence_join(member(&stream, &sid("s1"), "bob", "{}", MINUTE))
                 .await,
             Err(BrokerError::PresenceIdMismatch)
         );

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
 use cable_core::broker::{
-    Broker, BrokerError, Entry, History, HistoryPolicy, Position, PresenceInfo, PresenceLeft,
+    Broker, BrokerError, Entry, History, HistoryPolicy, Join, Position, PresenceInfo, PresenceLeft,
     PresenceRecord,
 };
 use redis::aio::MultiplexedConnection;
@@ -837,14 +837,8 @@ impl Broker for RedisBroker {
         .await
     }
 
-    async fn presence_join(
-        &self,
-        stream: &str,
-        sid: &str,
-        id: &str,
-        info: &str,
-        ttl: Duration,
-    ) -> Result<bool, BrokerError> {
+    async fn presence_join(&self, join: Join<'_>) -> Result<bool, BrokerError> {
+        let (stream, sid, id, info, ttl) = (join.stream, join.sid, join.id, join.info, join.ttl);
         let c = &self.config;
         let keys = [
             c.presence_key(stream),

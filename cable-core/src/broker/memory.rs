@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerError, Entry, History, HistoryPolicy, MemoryPresence, Position, PresenceInfo,
-    PresenceLeft,
+    Broker, BrokerError, Entry, History, HistoryPolicy, Join, MemoryPresence, Position,
+    PresenceInfo, PresenceLeft,
 };
 
 /// How often, at most, a call sweeps every stream, mark and session for
@@ -288,15 +288,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_join(
-        &self,
-        stream: &str,
-        sid: &str,
-        id: &str,
-        info: &str,
-        ttl: Duration,
-    ) -> Result<bool, BrokerError> {
-        self.presence.join(stream, sid, id, info, ttl)
+    async fn presence_join(&self, join: Join<'_>) -> Result<bool, BrokerError> {
+        self.presence.join(join)
     }
 
     async fn presence_leave(&self, stream: &str, sid: &str) -> Result<Option<String>, BrokerError> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::BrokerError;
+use super::{BrokerError, Join};
 
 /// One member of a stream's presence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,14 +81,8 @@ impl MemoryPresence {
     }
 
     /// See [`Broker::presence_join`](super::Broker::presence_join).
-    pub fn join(
-        &self,
-        stream: &str,
-        sid: &str,
-        id: &str,
-        info: &str,
-        ttl: Duration,
-    ) -> Result<bool, BrokerError> {
+    pub fn join(&self, join: Join<'_>) -> Result<bool, BrokerError> {
+        let (stream, sid, id, info, ttl) = (join.stream, join.sid, join.id, join.info, join.ttl);
         let mut state = self.lock();
         let until = crate::reliable::later(Instant::now(), ttl);
         let (streams, deadline) = state

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use cable_adapter_kit::broker_conformance::{append_within_5s, unique_prefix, BrokerConformance};
+use cable_adapter_kit::broker_conformance::{
+    append_within_5s, member, unique_prefix, BrokerConformance,
+};
 use cable_core::async_trait;
 use cable_core::broker::{Broker, BrokerError, HistoryPolicy, Position};
 use cable_postgres::{PostgresBroker, PostgresBrokerConfig};
@@ -342,7 +344,9 @@ async fn presence_rows_are_left_to_the_sweep_and_cleaned_up() {
     let broker = schema.broker(&url, None);
     let long = Duration::from_secs(60);
     assert_eq!(
-        broker.presence_join("s", "a", "ann", "{}", long).await,
+        broker
+            .presence_join(member("s", "a", "ann", "{}", long))
+            .await,
         Ok(true)
     );
     assert_eq!(
@@ -357,7 +361,9 @@ async fn presence_rows_are_left_to_the_sweep_and_cleaned_up() {
     );
     let brief = Duration::from_millis(100);
     assert_eq!(
-        broker.presence_join("s", "b", "bob", "{}", brief).await,
+        broker
+            .presence_join(member("s", "b", "bob", "{}", brief))
+            .await,
         Ok(true)
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -379,11 +385,15 @@ async fn presence_rows_are_left_to_the_sweep_and_cleaned_up() {
     assert_eq!(schema.count("presence_members").await, 0);
     // Ann comes back: the newest member.
     assert_eq!(
-        broker.presence_join("s", "c", "cy", "{}", long).await,
+        broker
+            .presence_join(member("s", "c", "cy", "{}", long))
+            .await,
         Ok(true)
     );
     assert_eq!(
-        broker.presence_join("s", "a", "ann", "{}", long).await,
+        broker
+            .presence_join(member("s", "a", "ann", "{}", long))
+            .await,
         Ok(true)
     );
     let ids: Vec<String> = broker

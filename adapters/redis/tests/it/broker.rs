@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use cable_adapter_kit::broker_conformance::{append_within_5s, unique_prefix, BrokerConformance};
+use cable_adapter_kit::broker_conformance::{
+    append_within_5s, member, unique_prefix, BrokerConformance,
+};
 use cable_core::async_trait;
 use cable_core::broker::{Broker, BrokerError, HistoryPolicy};
 use cable_redis::{RedisBroker, RedisBrokerConfig};
@@ -333,7 +335,9 @@ async fn presence_keys_are_as_documented_and_expire() {
         RedisBroker::new(RedisBrokerConfig::new(&url).key_prefix(&prefix)).expect("config");
     let ttl = Duration::from_secs(5);
     assert_eq!(
-        broker.presence_join("s", "sid", "ann", "{}", ttl).await,
+        broker
+            .presence_join(member("s", "sid", "ann", "{}", ttl))
+            .await,
         Ok(true)
     );
     let mut keys: Vec<String> = redis::cmd("KEYS")
