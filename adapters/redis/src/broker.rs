@@ -531,11 +531,26 @@ impl RedisBroker {
         let f = &f;
         self.conn
             .call(what, |conn| async move {
-                f(conn).await.map_err(|e| CallFailure {
-                    error: to_broker_error(&e),
-                    // A server error leaves the connection usable.
-                    broken: !matches!(e.kind(), ErrorKind::Server(_)),
-                })
+                loop {
+                    match f(conn.clone()).await {
+                        // Not run, and it will be shortly: a server that
+                        // has just started answers LOADING while it reads
+                        // its data (its SUBSCRIBEs already work, so the
+                        // first broadcast after a restart comes here). The
+                        // call's bound ends the wait.
+                        Err(e) if is_not_ready(&e) => {
+                            tracing::debug!(error = %e, "redis is not ready; {what} waits");
+                            tokio::time::sleep(NOT_READY_PAUSE).await;
+                        }
+                        done => {
+                            return done.map_err(|e| CallFailure {
+                                error: to_broker_error(&e),
+                                // A server error leaves the connection usable.
+                                broken: !matches!(e.kind(), ErrorKind::Server(_)),
+                            });
+                        }
+                    }
+                }
             })
             .await
     }
@@ -950,6 +965,20 @@ impl Broker for RedisBroker {
         "redis"
     }
 }
+
+/// Errors of a command Redis did not run because it is not ready yet
+/// (loading its data, a failover under way) and would run shortly.
+fn is_not_ready(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain | ServerErrorKind::MasterDown
+        )
+    )
+}
+
+/// The pause before a command refused by [`is_not_ready`] is sent again.
+const NOT_READY_PAUSE: Duration = Duration::from_millis(50);
 
 /// As the pub/sub side classifies errors: transient ones are
 /// `Unavailable`, other errors `Backend`.

@@ -11,7 +11,7 @@ use cable_core::async_trait;
 use cable_core::broker::{Broker, BrokerError, HistoryPolicy};
 use cable_redis::{RedisBroker, RedisBrokerConfig};
 
-use crate::support::{shared_redis, OwnRedis};
+use crate::support::{own_redis, shared_redis};
 
 pub struct Redis {
     url: String,
@@ -136,7 +136,7 @@ async fn keys_are_as_documented() {
 /// the stream starts a new epoch at 1 (the old positions are refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart_with_a_new_epoch() {
-    let Some(mut own) = OwnRedis::start(&[]).await else {
+    let Some(mut own) = own_redis(&[]).await else {
         return;
     };
     let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
@@ -195,7 +195,7 @@ async fn survives_a_redis_restart_with_a_new_epoch() {
 /// next append loads the script again and starts a new epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_scripts_and_keys_start_a_new_epoch() {
-    let Some(own) = OwnRedis::start(&[]).await else {
+    let Some(own) = own_redis(&[]).await else {
         return;
     };
     let mut plain = crate::support::try_plain(&own.url())
@@ -234,7 +234,7 @@ async fn flushed_scripts_and_keys_start_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_a_snapshot_starts_a_new_epoch() {
     let (dir, dir_arg) = data_dir();
-    let Some(mut own) = OwnRedis::start(&["--dir", &dir_arg]).await else {
+    let Some(mut own) = own_redis(&["--dir", &dir_arg]).await else {
         return;
     };
     let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
@@ -292,7 +292,7 @@ async fn a_crash_of_a_redis_that_fsyncs_every_write_keeps_the_epoch() {
         "--appendfsync",
         "always",
     ];
-    let Some(mut own) = OwnRedis::start(&durable).await else {
+    let Some(mut own) = own_redis(&durable).await else {
         return;
     };
     let broker = RedisBroker::new(RedisBrokerConfig::new(own.url())).expect("config");
@@ -417,4 +417,94 @@ async fn a_corrupt_presence_key_is_an_error() {
         .query_async(&mut plain)
         .await
         .expect("DEL");
+}
+
+/// Right after a start, Redis accepts connections (and `SUBSCRIBE`s, so the
+/// pub/sub side is back) while it still answers `-LOADING` to commands. An
+/// append then waits, within the broker's bound, instead of failing: the
+/// first broadcast after a restart keeps its position. A fake server, as
+/// a real one loads an empty data set too fast to catch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_waits_for_a_redis_that_is_still_loading() {
+    let (url, evals) = loading_redis(3).await;
+    let broker = RedisBroker::new(config(&url)).expect("valid broker config");
+    let position = broker
+        .append("news", "{}", HistoryPolicy::default())
+        .await
+        .expect("appended once Redis had loaded");
+    assert_eq!((position.epoch.as_str(), position.offset), ("e1", 1));
+    assert_eq!(evals.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // Still loading when the bound runs out: an error within it, no hang.
+    let (url, _) = loading_redis(u32::MAX).await;
+    let broker = RedisBroker::new(config(&url).timeout(Duration::from_millis(500)))
+        .expect("valid broker config");
+    let started = std::time::Instant::now();
+    let refused = broker.append("news", "{}", HistoryPolicy::default()).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A fake Redis on a free port that answers `-LOADING` to the first
+/// `loading` scripts it is sent and an append's reply (epoch `e1`, offset
+/// 1) after that; every other command gets what the broker expects of a
+/// plain server. Returns its URL and the count of scripts received.
+async fn loading_redis(loading: u32) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("redis://{}", listener.local_addr().expect("address"));
+    let evals = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = evals.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read);
+                let mut line = String::new();
+                loop {
+                    // A command: `*<n>` then n bulk strings.
+                    line.clear();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim_start_matches('*').trim().parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        let _ = read.read_line(&mut line).await;
+                        let len: usize = line.trim_start_matches('$').trim().parse().unwrap_or(0);
+                        let mut arg = vec![0; len + 2];
+                        let _ = read.read_exact(&mut arg).await;
+                        arg.truncate(len);
+                        args.push(String::from_utf8_lossy(&arg).to_uppercase());
+                    }
+                    let reply = match args.first().map(String::as_str) {
+                        Some("CONFIG") => "*0\r\n".to_owned(),
+                        Some("INFO") => "$14\r\nrun_id:fake1\r\n\r\n".to_owned(),
+                        Some("EVALSHA" | "EVAL") => {
+                            if seen.fetch_add(1, Ordering::SeqCst) < loading {
+                                "-LOADING Redis is loading the dataset in memory\r\n".to_owned()
+                            } else {
+                                "*2\r\n$2\r\ne1\r\n:1\r\n".to_owned()
+                            }
+                        }
+                        _ => "+OK\r\n".to_owned(),
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, evals)
 }
