@@ -52,26 +52,58 @@ impl<P: Publish> Wiring<P> {
     }
 }
 
-/// Inside an `impl PubSub for …` of an adapter with a `wiring:`
-/// [`Wiring`] field: the status methods (`reconnects`, `is_connected`,
-/// `backlog`, `dropped`), answered by the subscriber's [`Status`].
+/// `impl PubSub for $adapter` for an adapter with a `wiring:` [`Wiring`]
+/// field that maps a stream to its backend channel with the method
+/// `$channel`: broadcasts go through the lazy publisher, subscribes and
+/// unsubscribes through the subscriber task, the status methods are the
+/// subscriber's [`Status`](crate::Status), and `name` is `$name`.
 #[macro_export]
-macro_rules! pubsub_status {
-    () => {
-        fn reconnects(&self) -> u64 {
-            self.wiring.status.reconnects()
-        }
+macro_rules! wired_pubsub {
+    ($adapter:ty, $channel:ident, $name:literal) => {
+        #[$crate::async_trait]
+        impl $crate::__cable_core::pubsub::PubSub for $adapter {
+            async fn broadcast(
+                &self,
+                stream: &str,
+                payload: &str,
+            ) -> Result<(), $crate::__cable_core::pubsub::PubSubError> {
+                self.wiring
+                    .publisher
+                    .publish(&self.$channel(stream), payload)
+                    .await
+            }
 
-        fn is_connected(&self) -> bool {
-            self.wiring.status.is_connected()
-        }
+            fn subscribe(&self, stream: &str) -> $crate::__cable_core::pubsub::Ack {
+                self.wiring
+                    .subscriber
+                    .subscribe(stream, self.$channel(stream))
+            }
 
-        fn backlog(&self) -> u64 {
-            self.wiring.status.backlog()
-        }
+            fn unsubscribe(&self, stream: &str) -> $crate::__cable_core::pubsub::Ack {
+                self.wiring
+                    .subscriber
+                    .unsubscribe(stream, self.$channel(stream))
+            }
 
-        fn dropped(&self) -> u64 {
-            self.wiring.status.dropped()
+            fn reconnects(&self) -> u64 {
+                self.wiring.status.reconnects()
+            }
+
+            fn is_connected(&self) -> bool {
+                self.wiring.status.is_connected()
+            }
+
+            fn backlog(&self) -> u64 {
+                self.wiring.status.backlog()
+            }
+
+            fn dropped(&self) -> u64 {
+                self.wiring.status.dropped()
+            }
+
+            fn name(&self) -> &'static str {
+                $name
+            }
         }
     };
 }

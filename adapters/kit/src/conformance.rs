@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use crate::own::{own_node, starts_before_its_own_server, OwnServer, Probe};
 use crate::ACK_TIMEOUT;
 
 /// What an adapter's test supplies to the suite.
@@ -193,10 +194,17 @@ pub fn chat_builder<P: PubSub>(
 /// A node of an adapter's own tests: a [`chat_builder`] cable on the adapter
 /// `make` builds, and what `status` reads off that adapter (its status
 /// handle) before the cable takes it.
+///
+/// Logs go to the test's output with `RUST_LOG` set (and `--nocapture`),
+/// e.g. `RUST_LOG=cable_redis=debug,cable_adapter_kit=debug`.
 pub fn chat_node<P: PubSub, S>(
     make: impl FnOnce(Delivery) -> P,
     status: impl FnOnce(&P) -> S,
 ) -> (Cable, S) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut seen = None;
     let cable = chat_builder(CableConfig::default(), |d| {
         let adapter = make(d);
@@ -208,6 +216,15 @@ pub fn chat_node<P: PubSub, S>(
         unreachable!("the adapter factory runs in try_pubsub")
     };
     (cable, seen)
+}
+
+/// Waits until an adapter's subscriber `status` says connected.
+pub async fn until_connected(status: &crate::Status) {
+    eventually("the subscriber connected", || {
+        let s = status.clone();
+        async move { s.is_connected() }
+    })
+    .await;
 }
 
 /// A real server on `adapter`, as [`chat_builder`] makes it.

@@ -91,10 +91,14 @@ pub mod broker;
 pub mod broker_conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+mod own;
 
 use std::time::Duration;
 
 pub use async_trait::async_trait;
+#[doc(hidden)]
+pub use cable_core as __cable_core;
 use cable_core::PubSubError;
 
 pub use crate::adapter::Wiring;

@@ -217,9 +217,10 @@ pub struct Subscriber {
 }
 
 /// A view of a [`Subscriber`]'s connection that outlives the borrow of the
-/// adapter and does not keep it alive; adapters wrap it in their own status
-/// type.
-#[derive(Clone, Debug)]
+/// adapter and does not keep it alive: what adapters hand out for health
+/// checks and metrics once the adapter has moved into the `Cable`
+/// (`RedisStatus` and `NatsStatus` are this type).
+#[derive(Clone)]
 pub struct Status {
     state: Arc<State>,
     commands: mpsc::WeakUnboundedSender<Command>,
@@ -354,6 +355,14 @@ impl Status {
                 ACK_TIMEOUT.as_secs()
             ))),
         }
+    }
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (connected, reconnects) = (self.is_connected(), self.reconnects());
+        let (backlog, dropped) = (self.backlog(), self.dropped());
+        write!(f, "Status {{ backend: {:?}, connected: {connected}, reconnects: {reconnects}, backlog: {backlog}, dropped: {dropped} }}", self.name)
     }
 }
 

@@ -101,10 +101,9 @@ mod publisher;
 pub mod subject;
 
 use async_nats::ServerAddr;
-use async_trait::async_trait;
-use cable_adapter_kit::{Status, Wiring};
-use cable_core::pubsub::{Ack, Delivery, PubSub};
-use cable_core::{redact_url, PubSubError};
+use cable_adapter_kit::Wiring;
+use cable_core::pubsub::Delivery;
+use cable_core::redact_url;
 
 /// How long a subscribe or unsubscribe may wait for the server (including
 /// for the connection to come back) before its [`Ack`] fails.
@@ -336,35 +335,10 @@ impl NatsPubSub {
         }
     }
 
-    /// How many times the subscriber connection was re-established after it
-    /// had been up and was lost. The first connection does not count.
-    pub fn reconnects(&self) -> u64 {
-        self.wiring.status.reconnects()
-    }
-
-    /// Whether the subscriber connection is up and has subscribed every
-    /// active stream.
-    pub fn is_connected(&self) -> bool {
-        self.wiring.status.is_connected()
-    }
-
-    /// Messages received from NATS and not yet handed to the hub, now.
-    pub fn backlog(&self) -> u64 {
-        self.wiring.status.backlog()
-    }
-
-    /// Messages received from NATS and dropped because the backlog was full
-    /// ([`NatsConfig::max_backlog_bytes`]), since the adapter was built.
-    pub fn dropped(&self) -> u64 {
-        self.wiring.status.dropped()
-    }
-
     /// A cloneable handle on the connection state, to keep for health checks
     /// and tests once the adapter has moved into the `Cable`.
     pub fn status(&self) -> NatsStatus {
-        NatsStatus {
-            status: self.wiring.status.clone(),
-        }
+        self.wiring.status.clone()
     }
 
     /// The settings this adapter was built with.
@@ -373,84 +347,17 @@ impl NatsPubSub {
     }
 }
 
-#[async_trait]
-impl PubSub for NatsPubSub {
-    async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
-        self.wiring
-            .publisher
-            .publish(&self.subject(stream), payload)
-            .await
-    }
-
-    fn subscribe(&self, stream: &str) -> Ack {
-        self.wiring
-            .subscriber
-            .subscribe(stream, self.subject(stream))
-    }
-
-    fn unsubscribe(&self, stream: &str) -> Ack {
-        self.wiring
-            .subscriber
-            .unsubscribe(stream, self.subject(stream))
-    }
-
-    cable_adapter_kit::pubsub_status!();
-
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-}
+cable_adapter_kit::wired_pubsub!(NatsPubSub, subject, "nats");
 
 /// A view of a [`NatsPubSub`]'s subscriber connection that outlives the
 /// borrow of the adapter (the `Cable` owns the adapter itself).
-#[derive(Clone)]
-pub struct NatsStatus {
-    status: Status,
-}
-
-impl NatsStatus {
-    /// See [`NatsPubSub::is_connected`].
-    pub fn is_connected(&self) -> bool {
-        self.status.is_connected()
-    }
-
-    /// See [`NatsPubSub::reconnects`].
-    pub fn reconnects(&self) -> u64 {
-        self.status.reconnects()
-    }
-
-    /// See [`NatsPubSub::backlog`].
-    pub fn backlog(&self) -> u64 {
-        self.status.backlog()
-    }
-
-    /// See [`NatsPubSub::dropped`].
-    pub fn dropped(&self) -> u64 {
-        self.status.dropped()
-    }
-
-    /// The subjects the subscriber connection is subscribed to, after every
-    /// command queued before; [`PubSubError::Unavailable`] while it is not
-    /// connected.
-    pub async fn subjects(&self) -> Result<Vec<String>, PubSubError> {
-        self.status.subscriptions().await
-    }
-}
-
-impl std::fmt::Debug for NatsStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsStatus")
-            .field("connected", &self.is_connected())
-            .field("reconnects", &self.reconnects())
-            .field("backlog", &self.backlog())
-            .field("dropped", &self.dropped())
-            .finish()
-    }
-}
+pub type NatsStatus = cable_adapter_kit::Status;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cable_core::pubsub::PubSub;
+    use cable_core::PubSubError;
 
     #[tokio::test]
     async fn validates_without_connecting() {

@@ -210,10 +210,9 @@ mod broker;
 mod intake;
 mod publisher;
 
-use async_trait::async_trait;
-use cable_adapter_kit::{Status, Wiring};
-use cable_core::pubsub::{Ack, Delivery, PubSub};
-use cable_core::{redact_url, PubSubError};
+use cable_adapter_kit::Wiring;
+use cable_core::pubsub::Delivery;
+use cable_core::redact_url;
 
 pub use crate::broker::{RedisBroker, RedisBrokerConfig, DEFAULT_KEY_PREFIX};
 pub use crate::intake::{
@@ -374,35 +373,10 @@ impl RedisPubSub {
         }
     }
 
-    /// How many times the subscriber connection was re-established after it
-    /// had been up and was lost. The first connection does not count.
-    pub fn reconnects(&self) -> u64 {
-        self.wiring.status.reconnects()
-    }
-
-    /// Whether the subscriber connection is up and has re-subscribed every
-    /// active stream.
-    pub fn is_connected(&self) -> bool {
-        self.wiring.status.is_connected()
-    }
-
-    /// Messages received from Redis and not yet handed to the hub, now.
-    pub fn backlog(&self) -> u64 {
-        self.wiring.status.backlog()
-    }
-
-    /// Messages received from Redis and dropped because the backlog was
-    /// full ([`RedisConfig::max_backlog_bytes`]), since the adapter was built.
-    pub fn dropped(&self) -> u64 {
-        self.wiring.status.dropped()
-    }
-
     /// A cloneable handle on the connection state, to keep for health checks
     /// and metrics once the adapter has moved into the `Cable`.
     pub fn status(&self) -> RedisStatus {
-        RedisStatus {
-            status: self.wiring.status.clone(),
-        }
+        self.wiring.status.clone()
     }
 
     /// The settings this adapter was built with.
@@ -411,33 +385,7 @@ impl RedisPubSub {
     }
 }
 
-#[async_trait]
-impl PubSub for RedisPubSub {
-    async fn broadcast(&self, stream: &str, payload: &str) -> Result<(), PubSubError> {
-        self.wiring
-            .publisher
-            .publish(&self.redis_channel(stream), payload)
-            .await
-    }
-
-    fn subscribe(&self, stream: &str) -> Ack {
-        self.wiring
-            .subscriber
-            .subscribe(stream, self.redis_channel(stream))
-    }
-
-    fn unsubscribe(&self, stream: &str) -> Ack {
-        self.wiring
-            .subscriber
-            .unsubscribe(stream, self.redis_channel(stream))
-    }
-
-    cable_adapter_kit::pubsub_status!();
-
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-}
+cable_adapter_kit::wired_pubsub!(RedisPubSub, redis_channel, "redis");
 
 /// A view of a [`RedisPubSub`]'s subscriber connection that outlives the
 /// borrow of the adapter (the `Cable` owns the adapter itself).
@@ -457,43 +405,7 @@ impl PubSub for RedisPubSub {
 /// let reconnects = status.map_or(0, |s| s.reconnects());
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct RedisStatus {
-    status: Status,
-}
-
-impl RedisStatus {
-    /// See [`RedisPubSub::is_connected`].
-    pub fn is_connected(&self) -> bool {
-        self.status.is_connected()
-    }
-
-    /// See [`RedisPubSub::reconnects`].
-    pub fn reconnects(&self) -> u64 {
-        self.status.reconnects()
-    }
-
-    /// See [`RedisPubSub::backlog`].
-    pub fn backlog(&self) -> u64 {
-        self.status.backlog()
-    }
-
-    /// See [`RedisPubSub::dropped`].
-    pub fn dropped(&self) -> u64 {
-        self.status.dropped()
-    }
-}
-
-impl std::fmt::Debug for RedisStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStatus")
-            .field("connected", &self.is_connected())
-            .field("reconnects", &self.reconnects())
-            .field("backlog", &self.backlog())
-            .field("dropped", &self.dropped())
-            .finish()
-    }
-}
+pub type RedisStatus = cable_adapter_kit::Status;
 
 /// rustls needs a process-wide crypto provider; install ring unless the
 /// application already chose one (installing a second one would fail).
@@ -506,6 +418,8 @@ fn install_tls_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cable_core::pubsub::PubSub;
+    use cable_core::PubSubError;
 
     #[test]
     fn default_connection_name_is_rails() {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cable_adapter_kit::conformance::OwnServer;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -546,53 +547,18 @@ async fn operator_endpoints_are_not_public_by_default() {
     assert!(printed.contains("ops_on_public_port = true"), "{printed}");
 }
 
-/// A redis-server of our own, so stopping it harms no other test.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Option<std::process::Child> {
-        std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn health_is_503_while_redis_is_down() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(child) = OwnRedis::start(port) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server not found (CI is set, so this is a failure)"
-        );
-        println!("SKIPPED: redis-server not found; cannot test health against a stopped Redis");
+    // A redis-server of our own, so stopping it harms no other test.
+    let args = ["--port", "{port}", "--bind", "127.0.0.1", "--save", ""];
+    let Some(mut redis) = OwnServer::start("redis-server", "redis", &args, |url| {
+        Box::pin(async move { std::net::TcpStream::connect(&url["redis://".len()..]).is_ok() })
+    })
+    .await
+    else {
         return;
     };
-    let mut redis = OwnRedis {
-        port,
-        child: Some(child),
-    };
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let server = Server::start(
         &[
             "--adapter",
@@ -608,17 +574,14 @@ async fn health_is_503_while_redis_is_down() {
         server.get("/health").await.0 == 200
     })
     .await;
-    if let Some(mut c) = redis.child.take() {
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
+    redis.kill();
     eventually("/health 503 with Redis down", || async {
         server.get("/health").await.0 == 503
     })
     .await;
     let (_, body) = server.get("/health").await;
     assert!(body.contains("redis"), "{body}");
-    redis.child = OwnRedis::start(port);
+    redis.restart().await;
     eventually("/health 200 again after Redis is back", || async {
         server.get("/health").await.0 == 200
     })

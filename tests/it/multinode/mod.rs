@@ -33,10 +33,9 @@ both!(
 );
 
 async fn speak_on_one_node_reaches_room_members_on_both(kind: Kind) {
-    let Some(shared) = kind.shared().await else {
+    let Some((_shared, a, b)) = kind.two_chats().await else {
         return;
     };
-    let (a, b) = shared.two_nodes().await;
     let mut alice = Client::joined(&a, "alice", LOBBY).await;
     let mut dave = Client::joined(&a, "dave", LOBBY).await;
     let mut bob = Client::joined(&b, "bob", LOBBY).await;
@@ -70,10 +69,9 @@ async fn speak_on_one_node_reaches_room_members_on_both(kind: Kind) {
 }
 
 async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind) {
-    let Some(shared) = kind.shared().await else {
+    let Some((shared, a, b)) = kind.two_chats().await else {
         return;
     };
-    let (a, b) = shared.two_nodes().await;
     let mut alice = Client::joined(&a, "alice", LOBBY).await;
     let mut bob1 = Client::joined(&b, "bob", LOBBY).await;
     let mut bob2 = Client::joined(&b, "bob", LOBBY).await;
@@ -108,10 +106,9 @@ async fn remote_disconnect_via_one_node_closes_the_user_on_the_other(kind: Kind)
 }
 
 async fn rails_publish_with_the_backends_cli_reaches_subscribers(kind: Kind) {
-    let Some(shared) = kind.shared().await else {
+    let Some((shared, a, b)) = kind.two_chats().await else {
         return;
     };
-    let (a, b) = shared.two_nodes().await;
     let mut clients = vec![
         Client::joined(&a, "ann", LOBBY).await,
         Client::joined(&b, "ben", LOBBY).await,
@@ -227,11 +224,10 @@ async fn the_adapter_in_use_is_logged_and_the_backend_need_not_be_up(kind: Kind)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_subscription_per_process_while_clients_come_and_go() {
-    let Some(shared) = Kind::Redis.shared().await else {
+    let Some((shared, a, b)) = Kind::Redis.two_chats().await else {
         return;
     };
     let mut plain = shared.redis();
-    let (a, b) = shared.two_nodes().await;
     let prefix = &shared.prefix;
     let lobby = shared.channel("chat_lobby");
     let internal = |user: &str| shared.channel(&format!("action_cable/{user}"));

@@ -96,22 +96,12 @@ async fn nats_speak_and_remote_disconnect_cross_chat_processes() {
     let mut bob = Client::joined(&b, "bob", LOBBY).await;
     let mut carol = Client::joined(&b, "carol", LOBBY).await;
 
-    alice.speak(LOBBY, "hello").await;
-    all_hear(
-        &mut [&mut alice, &mut bob, &mut carol],
-        LOBBY,
-        "alice",
-        "hello",
-    )
-    .await;
-    carol.speak(LOBBY, "from b").await;
-    all_hear(
-        &mut [&mut alice, &mut bob, &mut carol],
-        LOBBY,
-        "carol",
-        "from b",
-    )
-    .await;
+    // Alice on A, then carol on B.
+    let mut everyone = [&mut alice, &mut bob, &mut carol];
+    for (speaker, user, body) in [(0, "alice", "hello"), (2, "carol", "from b")] {
+        everyone[speaker].speak(LOBBY, body).await;
+        all_hear(&mut everyone, LOBBY, user, body).await;
+    }
 
     a.disconnect_user("bob", false).await;
     assert_eq!(

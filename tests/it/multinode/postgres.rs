@@ -18,11 +18,10 @@ async fn sessions_named(client: &tokio_postgres::Client, name: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_one_listening_connection_per_process() {
-    let Some(shared) = Kind::Postgres.shared().await else {
+    let Some((shared, a, b)) = Kind::Postgres.two_chats().await else {
         return;
     };
     let plain = shared.postgres();
-    let (a, b) = shared.two_nodes().await;
     let name = |chat: &Chat| format!("ActionCable-PID-{}", chat.pid());
     // The listener connects in the background: wait for it.
     for chat in [&a, &b] {
@@ -60,10 +59,9 @@ async fn pg_one_listening_connection_per_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_oversized_broadcast_is_refused_and_chat_keeps_serving() {
-    let Some(shared) = Kind::Postgres.shared().await else {
+    let Some((_shared, a, b)) = Kind::Postgres.two_chats().await else {
         return;
     };
-    let (a, b) = shared.two_nodes().await;
     let mut ann = Client::joined(&a, "ann", LOBBY).await;
     let mut ben = Client::joined(&b, "ben", LOBBY).await;
     let refusal = "payload of 9000 bytes is over the postgres adapter's limit of 7999 bytes";

@@ -16,7 +16,16 @@ mod postgres_probe;
 #[path = "../../../adapters/redis/tests/it/probe.rs"]
 mod redis_probe;
 
-pub use redis_probe::{numsub, redis_server_found};
+pub use redis_probe::numsub;
+
+/// Whether a `redis-server` binary is on `PATH`.
+pub fn redis_server_found() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
 
 pub use crate::chat_process::{chat_exit, Chat};
 pub use crate::process::{run_with_timeout, skip, tool, Server, START_WAIT};
@@ -77,6 +86,14 @@ impl Kind {
             Kind::Postgres => ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
         };
         std::env::var(var).unwrap_or_else(|_| default.to_owned())
+    }
+
+    /// The shared backend and two chat nodes on it, or None after printing
+    /// why the test is skipped.
+    pub async fn two_chats(self) -> Option<(Shared, Chat, Chat)> {
+        let shared = self.shared().await?;
+        let (a, b) = shared.two_nodes().await;
+        Some((shared, a, b))
     }
 
     /// The shared backend, or None after printing why the test is skipped

@@ -150,11 +150,9 @@ async fn a_stream_too_long_for_a_subject_is_refused_and_the_rest_goes_on() {
 /// and every subscription is back on the new server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_nats_server_restart() {
-    let Some(mut nats) = OwnNats::start().await else {
+    let Some((mut nats, prefix, cable, status)) = own_node(own_nats(&[]).await, node) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&nats.url(), &prefix);
     until_connected(&status).await;
     delivery_survives_an_outage(
         &cable,
@@ -165,7 +163,7 @@ async fn survives_a_nats_server_restart() {
             // Delivery on the lobby (subscribed before the restart) and on
             // the late room proves the server has both again; the adapter
             // says so too.
-            let subjects = status.subjects().await.expect("connected");
+            let subjects = status.subscriptions().await.expect("connected");
             let want = [
                 subject(&prefix, "chat_late"),
                 subject(&prefix, "chat_lobby"),
@@ -185,7 +183,7 @@ async fn survives_a_nats_server_restart() {
 /// ignores a URL's credentials: the adapter passes them on itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticates_with_the_urls_user_and_password() {
-    let Some(nats) = OwnNats::start_with(&["--user", "cable", "--pass", "s3:cr@t"]).await else {
+    let Some(nats) = own_nats(&["--user", "cable", "--pass", "s3:cr@t"]).await else {
         return;
     };
     let url = format!("nats://cable:s3%3Acr%40t@127.0.0.1:{}", nats.port);
@@ -211,28 +209,21 @@ async fn authenticates_with_the_urls_user_and_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_nats_is_down() {
-    let Some(mut nats) = OwnNats::stopped() else {
-        return;
-    };
-    let (cable, status) = node(&nats.url(), &unique_prefix());
-    starts_while_the_backend_is_away(&cable, async |up| nats.set_up(up).await, |_| {}).await;
-    assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
+    starts_before_its_own_server(own_nats_stopped(&[]), node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
-    let Some(mut nats) = OwnNats::start().await else {
+    let Some((mut nats, prefix, cable, status)) = own_node(own_nats(&[]).await, node) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&nats.url(), &prefix);
     let url = nats.url();
     subscribe_fails_during_a_long_outage(
         &cable,
         async |up| nats.set_up(up).await,
         // The dropped subscription was not made again.
         async || {
-            let subjects = status.subjects().await.expect("connected");
+            let subjects = status.subscriptions().await.expect("connected");
             assert!(
                 !subjects.contains(&subject(&prefix, "chat_lobby")),
                 "{subjects:?}"

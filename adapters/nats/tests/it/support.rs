@@ -2,8 +2,6 @@
 //! subscriptions and can cut its connections, an own nats-server.
 
 use std::collections::HashMap;
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,11 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub use cable_adapter_kit::conformance::{
-    chat_node, connected_node, delivery_survives_an_outage, shared_server, skip_because,
-    starts_while_the_backend_is_away, subscribe_fails_during_a_long_outage, unique_prefix,
-    LocalClient as Client,
+    chat_node, connected_node, delivery_survives_an_outage, own_node, shared_server,
+    starts_before_its_own_server, subscribe_fails_during_a_long_outage, unique_prefix,
+    until_connected, LocalClient as Client, OwnServer,
 };
-pub use cable_test::eventually;
 
 pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -59,11 +56,6 @@ pub fn node(url: &str, prefix: &str) -> (Cable, NatsStatus) {
 
 /// A node as [`node`], with these adapter settings.
 pub fn node_with(config: NatsConfig) -> (Cable, NatsStatus) {
-    // Logs with RUST_LOG=cable_nats=debug,cable_adapter_kit=debug (and --nocapture).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     chat_node(
         |d| NatsPubSub::new(config, d).expect("valid nats config"),
         NatsPubSub::status,
@@ -77,15 +69,6 @@ pub async fn shared_node() -> Option<(async_nats::Client, String, Cable, NatsSta
     let (url, plain) = shared_nats().await?;
     let (prefix, cable, status) = connected_node(|prefix| node(&url, prefix)).await;
     Some((plain, prefix, cable, status))
-}
-
-/// Waits until `status` says connected.
-pub async fn until_connected(status: &NatsStatus) {
-    eventually("nats subscriber connected", || {
-        let s = status.clone();
-        async move { s.is_connected() }
-    })
-    .await;
 }
 
 /// `host:port` of a `nats://[user:pass@]host[:port]` URL.
@@ -122,7 +105,7 @@ impl Proxy {
     /// Starts a proxy to the server of `url`; needs a runtime.
     pub fn start(url: &str) -> Proxy {
         let upstream = host_port(url);
-        let std = StdListener::bind("127.0.0.1:0").expect("bind proxy");
+        let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         std.set_nonblocking(true).expect("nonblocking");
         let port = std.local_addr().expect("addr").port();
         let listener = TcpListener::from_std(std).expect("tokio listener");
@@ -260,106 +243,25 @@ impl Parser {
     }
 }
 
-/// Whether a `nats-server` binary can be run.
-pub fn nats_server_found() -> bool {
-    Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 /// A nats-server of our own on a free port, so that an outage harms no one
 /// else. Killed on drop.
-pub struct OwnNats {
-    pub port: u16,
-    extra: Vec<String>,
-    child: Option<Child>,
+pub type OwnNats = OwnServer;
+
+/// Starts an [`OwnNats`] with `extra` arguments, or None (after printing
+/// why) if `nats-server` is missing; a failure instead when `CI` is set.
+pub async fn own_nats(extra: &[&str]) -> Option<OwnNats> {
+    Some(own_nats_stopped(extra)?.started().await)
 }
 
-impl OwnNats {
-    /// Starts one, or None (after printing why) if `nats-server` is missing;
-    /// a failure instead when `CI` is set.
-    pub async fn start() -> Option<OwnNats> {
-        OwnNats::start_with(&[]).await
-    }
-
-    /// As [`OwnNats::start`], with these extra arguments to nats-server.
-    pub async fn start_with(extra: &[&str]) -> Option<OwnNats> {
-        let mut nats = OwnNats::stopped()?;
-        nats.extra = extra.iter().map(|s| s.to_string()).collect();
-        nats.restart().await;
-        Some(nats)
-    }
-
-    /// A free port for one, not started yet.
-    pub fn stopped() -> Option<OwnNats> {
-        if !nats_server_found() {
-            skip_because("nats-server binary not found; cannot simulate an outage");
-            return None;
-        }
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Some(OwnNats {
-            port,
-            extra: Vec::new(),
-            child: None,
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// (Re)starts the server on the same port and waits until it answers.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        // With auth, "answering" is accepting TCP (it refuses a bare client).
-        let up = !self.extra.iter().any(|a| a == "--user");
-        let probe = self.url();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        eventually("own nats-server answering", || {
-            let url = probe.clone();
-            async move {
-                if up {
-                    try_plain(&url).await.is_some()
-                } else {
-                    std::net::TcpStream::connect(host_port(&url)).is_ok()
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Restarts (`up`) or kills the server.
-    pub async fn set_up(&mut self, up: bool) {
-        if up {
-            self.restart().await
-        } else {
-            self.kill()
-        }
-    }
-
-    /// Kills the server (SIGKILL: clients see their connections drop).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A free port for an [`OwnNats`], not started yet.
+pub fn own_nats_stopped(extra: &[&str]) -> Option<OwnNats> {
+    let mut args = vec!["-a", "127.0.0.1", "-p", "{port}"];
+    args.extend(extra);
+    // With auth, "answering" is accepting TCP (it refuses a bare client).
+    let probe: cable_adapter_kit::conformance::Probe = if extra.contains(&"--user") {
+        |url| Box::pin(async move { std::net::TcpStream::connect(host_port(&url)).is_ok() })
+    } else {
+        |url| Box::pin(async move { try_plain(&url).await.is_some() })
+    };
+    OwnServer::stopped("nats-server", "nats", &args, probe)
 }

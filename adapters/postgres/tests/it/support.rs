@@ -31,11 +31,6 @@ pub async fn shared_postgres() -> Option<(String, tokio_postgres::Client)> {
 /// A node: a Cable on PostgreSQL with `prefix`, users identified by `?user=`,
 /// its listening connection named `app`.
 pub fn node(url: &str, prefix: &str, app: &str) -> (Cable, PostgresStatus) {
-    // Logs with RUST_LOG=cable_postgres=debug (and --nocapture).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let config = PostgresConfig::new(url)
         .channel_prefix(prefix)
         .application_name(app);

@@ -449,9 +449,9 @@ async fn an_append_waits_for_a_redis_that_is_still_loading() {
     );
 }
 
-/// A fake Redis on a free port that answers `-LOADING` to the first
-/// `loading` scripts it is sent and an append's reply (epoch `e1`, offset
-/// 1) after that; every other command gets what the broker expects of a
+/// A fake Redis on a free port. It answers `-LOADING` to the first
+/// `loading` scripts it is sent, then an append's reply (epoch `e1` at
+/// offset one); every other command gets what the broker expects of a
 /// plain server. Returns its URL and the count of scripts received.
 async fn loading_redis(loading: u32) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
     use std::sync::atomic::{AtomicU32, Ordering};

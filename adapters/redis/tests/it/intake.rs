@@ -21,17 +21,12 @@ async fn until_intake_up(intake: &RedisIntake) {
 
 /// Two chat nodes on one Redis, under a prefix of their own, each with the
 /// intake `start` makes for it (given the key, the node and a consumer name)
-/// connected: the intakes' key is `<prefix>:__anycable__`.
-struct TwoNodes {
-    prefix: String,
-    key: String,
-    a: Cable,
-    b: Cable,
-    on_a: RedisIntake,
-    on_b: RedisIntake,
-}
-
-async fn two_nodes(url: &str, start: impl Fn(&str, &Cable, &str) -> RedisIntake) -> TwoNodes {
+/// connected: the prefix, the intakes' key (`<prefix>:__anycable__`), and
+/// each node with its intake.
+async fn two_nodes(
+    url: &str,
+    start: impl Fn(&str, &Cable, &str) -> RedisIntake,
+) -> (String, String, (Cable, RedisIntake), (Cable, RedisIntake)) {
     let prefix = unique_prefix();
     let key = format!("{prefix}:__anycable__");
     let (a, _) = node(url, &prefix);
@@ -40,14 +35,7 @@ async fn two_nodes(url: &str, start: impl Fn(&str, &Cable, &str) -> RedisIntake)
     let on_b = start(&key, &b, "node-b");
     until_intake_up(&on_a).await;
     until_intake_up(&on_b).await;
-    TwoNodes {
-        prefix,
-        key,
-        a,
-        b,
-        on_a,
-        on_b,
-    }
+    (prefix, key, (a, on_a), (b, on_b))
 }
 
 async fn cmd(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
@@ -75,14 +63,7 @@ async fn pubsub_intake_applies_what_is_published_on_every_node() {
     let Some((url, mut plain)) = shared_redis().await else {
         return;
     };
-    let TwoNodes {
-        prefix,
-        key: channel,
-        a,
-        b,
-        on_a,
-        on_b,
-    } = two_nodes(&url, |channel, cable, _| {
+    let (prefix, channel, (a, on_a), (b, on_b)) = two_nodes(&url, |channel, cable, _| {
         let config = RedisIntakeConfig::new(&url).channel(channel);
         RedisIntake::pubsub(config, cable.broadcaster()).unwrap()
     })
@@ -154,14 +135,7 @@ async fn redisx_intake_handles_each_entry_once_across_nodes() {
     let Some((url, mut plain)) = shared_redis().await else {
         return;
     };
-    let TwoNodes {
-        prefix,
-        key: stream,
-        a,
-        b,
-        on_a,
-        on_b,
-    } = two_nodes(&url, |stream, cable, consumer| {
+    let (prefix, stream, (a, on_a), (b, on_b)) = two_nodes(&url, |stream, cable, consumer| {
         let config = RedisIntakeConfig::new(&url)
             .channel(stream)
             .consumer(consumer)

@@ -23,15 +23,9 @@ async fn raw_publish_from_rails_reaches_subscribers() {
     let (mut client, id) = Client::in_lobby(&cable, "ann").await;
 
     // What `ActionCable.server.broadcast("chat_lobby", user: "rails", body: "hi")` sends.
-    publish(
-        &mut plain,
-        &format!("{prefix}:chat_lobby"),
-        r#"{"user":"rails","body":"hi"}"#,
-    )
-    .await;
-    client
-        .expect_message(&id, r#"{"user":"rails","body":"hi"}"#)
-        .await;
+    let hi = r#"{"user":"rails","body":"hi"}"#;
+    publish(&mut plain, &format!("{prefix}:chat_lobby"), hi).await;
+    client.expect_message(&id, hi).await;
     // A broadcast published without the prefix is another channel.
     publish(&mut plain, "chat_lobby", r#"{"user":"x"}"#).await;
     assert!(client.quiet_for(Duration::from_millis(200)).await);
@@ -79,11 +73,9 @@ async fn survives_a_redis_restart_over_resp2() {
 }
 
 async fn restart_scenario(server_args: &[&str]) {
-    let Some(mut redis) = OwnRedis::start(server_args).await else {
+    let Some((mut redis, _, cable, status)) = own_node(own_redis(server_args).await, node) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, status) = node(&redis.url(), &prefix);
     until_connected(&status).await;
     delivery_survives_an_outage(
         &cable,
@@ -98,22 +90,10 @@ async fn restart_scenario(server_args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_while_redis_is_down() {
-    let Some(mut redis) = OwnRedis::stopped(&[]) else {
-        return;
-    };
-    let (cable, status) = node(&redis.url(), &unique_prefix());
-    starts_while_the_backend_is_away(&cable, async |up| redis.set_up(up).await, |_| {}).await;
-    assert_eq!(status.reconnects(), 0, "a first connection is no reconnect");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
-    let Some(mut redis) = OwnRedis::start(&[]).await else {
+    let Some((mut redis, prefix, cable, _)) = own_node(own_redis(&[]).await, node) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (cable, _) = node(&redis.url(), &prefix);
     let url = redis.url();
     let plain = async || try_plain(&url).await.expect("own redis is up");
     subscribe_fails_during_a_long_outage(
@@ -135,11 +115,9 @@ async fn subscribe_fails_after_five_seconds_of_outage_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn falls_back_to_resp2_without_hello() {
-    let Some(redis) = OwnRedis::start(NO_HELLO).await else {
+    let Some((redis, prefix, a, status_a)) = own_node(own_redis(NO_HELLO).await, node) else {
         return;
     };
-    let prefix = unique_prefix();
-    let (a, status_a) = node(&redis.url(), &prefix);
     let (b, status_b) = node(&redis.url(), &prefix);
     until_connected(&status_a).await;
     until_connected(&status_b).await;
@@ -261,8 +239,13 @@ async fn a_burst_past_the_backlog_bound_is_dropped_and_counted() {
 
 #[tokio::test]
 async fn a_burst_past_the_backlog_bound_is_dropped_and_counted_over_resp2() {
-    let Some(redis) = OwnRedis::start(NO_HELLO).await else {
+    let Some(redis) = own_redis(NO_HELLO).await else {
         return;
     };
     burst_scenario(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down() {
+    starts_before_its_own_server(own_redis_stopped(&[]), node).await;
 }

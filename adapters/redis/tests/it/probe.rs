@@ -1,8 +1,7 @@
 //! Raw access to Redis for tests, without the adapter: a plain
-//! connection, `PUBSUB NUMSUB`, whether `redis-server` is installed. Shared
+//! connection and `PUBSUB NUMSUB`. Shared
 //! by this crate's tests and the workspace's multinode tests (`#[path]`).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A plain connection for raw commands, or None if Redis is unreachable.
@@ -25,13 +24,4 @@ pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str)
         .await
         .expect("PUBSUB NUMSUB");
     reply.first().map_or(0, |(_, n)| *n)
-}
-
-/// Whether a `redis-server` binary is on `PATH`.
-pub fn redis_server_found() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok()
 }
