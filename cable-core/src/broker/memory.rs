@@ -47,10 +47,40 @@ pub struct MemoryBroker {
 #[derive(Debug, Default)]
 struct State {
     streams: HashMap<String, Kept>,
-    marks: HashMap<String, (HistoryPolicy, Instant)>,
-    sessions: HashMap<String, (String, Instant)>,
+    marks: Expiring<HistoryPolicy>,
+    sessions: Expiring<String>,
     incarnations: u64,
     last_sweep: Option<Instant>,
+}
+
+/// Values by key, each until its deadline.
+#[derive(Debug)]
+struct Expiring<T>(HashMap<String, (T, Instant)>);
+
+impl<T> Default for Expiring<T> {
+    fn default() -> Self {
+        Expiring(HashMap::new())
+    }
+}
+
+impl<T> Expiring<T> {
+    /// Keeps `value` under `key` for `ttl` from `now`.
+    fn put(&mut self, key: &str, value: T, now: Instant, ttl: Duration) {
+        let until = crate::reliable::later(now, ttl);
+        self.0.insert(key.to_owned(), (value, until));
+    }
+
+    /// The value under `key` unless it ran out by `now`.
+    fn get(&self, key: &str, now: Instant) -> Option<&T> {
+        self.0
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v)
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.0.retain(|_, (_, until)| *until > now);
+    }
 }
 
 /// One stream's history.
@@ -125,8 +155,8 @@ impl MemoryBroker {
                 kept.expire(now);
                 !kept.entries.is_empty()
             });
-            state.marks.retain(|_, (_, until)| *until > now);
-            state.sessions.retain(|_, (_, until)| *until > now);
+            state.marks.sweep(now);
+            state.sessions.sweep(now);
         }
         state
     }
@@ -242,21 +272,13 @@ impl Broker for MemoryBroker {
 
     async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError> {
         let now = Instant::now();
-        self.lock(now).marks.insert(
-            stream.to_owned(),
-            (policy, crate::reliable::later(now, policy.ttl)),
-        );
+        self.lock(now).marks.put(stream, policy, now, policy.ttl);
         Ok(())
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
         let now = Instant::now();
-        Ok(self
-            .lock(now)
-            .marks
-            .get(stream)
-            .filter(|(_, until)| *until > now)
-            .map(|(p, _)| *p))
+        Ok(self.lock(now).marks.get(stream, now).copied())
     }
 
     async fn store_session(
@@ -266,25 +288,17 @@ impl Broker for MemoryBroker {
         ttl: Duration,
     ) -> Result<(), BrokerError> {
         let now = Instant::now();
-        self.lock(now).sessions.insert(
-            sid.to_owned(),
-            (state.to_owned(), crate::reliable::later(now, ttl)),
-        );
+        self.lock(now).sessions.put(sid, state.to_owned(), now, ttl);
         Ok(())
     }
 
     async fn fetch_session(&self, sid: &str) -> Result<Option<String>, BrokerError> {
         let now = Instant::now();
-        Ok(self
-            .lock(now)
-            .sessions
-            .get(sid)
-            .filter(|(_, until)| *until > now)
-            .map(|(s, _)| s.clone()))
+        Ok(self.lock(now).sessions.get(sid, now).cloned())
     }
 
     async fn remove_session(&self, sid: &str) -> Result<(), BrokerError> {
-        self.lock(Instant::now()).sessions.remove(sid);
+        self.lock(Instant::now()).sessions.0.remove(sid);
         Ok(())
     }
 
