@@ -97,8 +97,11 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod intake;
 mod publisher;
 pub mod subject;
+
+pub use crate::intake::{NatsIntake, NatsIntakeConfig, DEFAULT_INTAKE_SUBJECT};
 
 use async_nats::ServerAddr;
 use cable_adapter_kit::Wiring;
@@ -281,6 +284,14 @@ pub enum NatsConfigError {
     InvalidPrefix {
         /// The prefix as given.
         prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The intake's subject is not a valid literal subject.
+    #[error("invalid nats intake subject {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The subject as given.
+        subject: String,
         /// What is wrong with it.
         reason: &'static str,
     },

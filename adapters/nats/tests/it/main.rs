@@ -4,6 +4,7 @@
 //! set. The outage tests start their own nats-server on a free port.
 
 mod conformance;
+mod intake;
 mod support;
 
 use std::time::Duration;
@@ -13,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use support::*;
 
-async fn raw_publish(client: &async_nats::Client, subject: &str, payload: &str) {
+pub async fn raw_publish(client: &async_nats::Client, subject: &str, payload: &str) {
     client
         .publish(subject.to_owned(), payload.to_owned().into())
         .await
