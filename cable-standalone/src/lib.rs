@@ -100,10 +100,10 @@ pub enum StandaloneError {
         #[source]
         source: cable_anycable::JwtConfigError,
     },
-    /// A Redis broadcaster (`broadcast_adapter` redis or redisx) was refused.
+    /// A broadcaster (`broadcast_adapter` redis, redisx or nats) was refused.
     #[error("broadcast_adapter {kind}: {source}")]
     Intake {
-        /// `redis` or `redisx`.
+        /// `redis`, `redisx` or `nats`.
         kind: &'static str,
         /// Why.
         #[source]
@@ -351,17 +351,14 @@ pub fn serve_options(settings: &Settings) -> ServeOptions {
     options
 }
 
-/// A running broadcast intake; it stops when dropped.
-#[cfg(feature = "redis")]
-pub type Intake = cable_redis::RedisIntake;
-/// A running broadcast intake (none without the `redis` feature).
-#[cfg(not(feature = "redis"))]
-pub type Intake = std::convert::Infallible;
+/// A running broadcast intake (a Redis or NATS one); it stops when dropped.
+pub type Intake = Box<dyn std::any::Any + Send + Sync>;
 
-/// Starts AnyCable's Redis broadcasters that `settings.broadcast_adapter`
-/// names, on `cable`: `redis` subscribes to `redis_channel`, `redisx`
-/// reads `redisx_stream` in group `redisx_group`, both at `redis_url`.
-/// They run while the returned handles live.
+/// Starts AnyCable's broadcasters that `settings.broadcast_adapter` names,
+/// on `cable`: `redis` subscribes to `redis_channel`, `redisx` reads
+/// `redisx_stream` in group `redisx_group`, both at `redis_url`; `nats`
+/// subscribes to `nats_channel` at `nats_servers`. They run while the
+/// returned handles live.
 pub fn start_intakes(
     settings: &Settings,
     cable: &cable_core::Cable,
@@ -380,8 +377,9 @@ pub fn start_intakes(
         };
         if settings.broadcaster("redis") {
             let config = RedisIntakeConfig::new(&url).channel(&settings.redis_channel);
-            intakes
-                .push(RedisIntake::pubsub(config, cable.broadcaster()).map_err(refused("redis"))?);
+            let intake =
+                RedisIntake::pubsub(config, cable.broadcaster()).map_err(refused("redis"))?;
+            intakes.push(Box::new(intake) as Intake);
             tracing::info!(
                 "broadcast_adapter redis: PUBLISH {} at {} (every node applies every message)",
                 settings.redis_channel,
@@ -395,9 +393,9 @@ pub fn start_intakes(
                 .block(std::time::Duration::from_millis(
                     settings.redisx_read_block_milliseconds,
                 ));
-            intakes.push(
-                RedisIntake::streams(config, cable.broadcaster()).map_err(refused("redisx"))?,
-            );
+            let intake =
+                RedisIntake::streams(config, cable.broadcaster()).map_err(refused("redisx"))?;
+            intakes.push(Box::new(intake));
             tracing::info!(
                 "broadcast_adapter redisx: XADD {} at {} (group {}, one node per message)",
                 settings.redisx_stream,
@@ -406,7 +404,25 @@ pub fn start_intakes(
             );
         }
     }
-    #[cfg(not(feature = "redis"))]
+    #[cfg(feature = "nats")]
+    if settings.broadcaster("nats") {
+        use cable_nats::{NatsIntake, NatsIntakeConfig};
+        let url = settings.intake_nats_url();
+        let config = NatsIntakeConfig::new(&url).subject(&settings.nats_channel);
+        let intake = NatsIntake::subscribe(config, cable.broadcaster()).map_err(|e| {
+            StandaloneError::Intake {
+                kind: "nats",
+                source: Box::new(e),
+            }
+        })?;
+        intakes.push(Box::new(intake));
+        tracing::info!(
+            "broadcast_adapter nats: subject {} at {} (every node applies every message)",
+            settings.nats_channel,
+            redact_url(&url)
+        );
+    }
+    #[cfg(not(any(feature = "redis", feature = "nats")))]
     let _ = (settings, cable);
     Ok(intakes)
 }

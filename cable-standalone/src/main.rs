@@ -172,7 +172,7 @@ struct Args {
     /// Refuse connections without a JWT (true/false).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "AnyCable")]
     enforce_jwt: Option<String>,
-    /// AnyCable's broadcasters: http (POST /_broadcast), redis (PUBLISH __anycable__), redisx (XADD __anycable__); nats: not built yet.
+    /// AnyCable's broadcasters: http (POST /_broadcast), redis (PUBLISH __anycable__), redisx (XADD __anycable__), nats (subject __anycable__).
     #[arg(long, value_name = "LIST", help_heading = "AnyCable")]
     broadcast_adapter: Option<String>,
 }

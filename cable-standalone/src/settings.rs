@@ -254,12 +254,16 @@ pub struct Settings {
     /// key); `redis` subscribes to `redis_channel` at `redis_url` (every
     /// node gets every message); `redisx` reads the stream `redisx_stream`
     /// in the consumer group `redisx_group` (one node per message); `nats`
-    /// is not built yet (a warning).
+    /// subscribes to `nats_channel` at `nats_servers` (every node gets every
+    /// message).
     #[serde(deserialize_with = "de::list")]
     pub broadcast_adapter: Vec<String>,
     /// AnyCable's `redis_channel`: the channel of the `redis` broadcaster.
     /// Default `__anycable__`.
     pub redis_channel: String,
+    /// AnyCable's `nats_channel`: the subject of the `nats` broadcaster.
+    /// Default `__anycable__`.
+    pub nats_channel: String,
     /// AnyCable's `redisx_stream`: the stream of the `redisx` broadcaster.
     /// Default `__anycable__`.
     pub redisx_stream: String,
@@ -365,6 +369,7 @@ impl Default for Settings {
             enforce_jwt: false,
             broadcast_adapter: Vec::new(),
             redis_channel: "__anycable__".to_owned(),
+            nats_channel: "__anycable__".to_owned(),
             redisx_stream: "__anycable__".to_owned(),
             redisx_group: "bx".to_owned(),
             redisx_read_block_milliseconds: 2000,
@@ -404,7 +409,7 @@ const BROADCASTERS: &[(&str, bool)] = &[
     ("http", true),
     ("redis", cfg!(feature = "redis")),
     ("redisx", cfg!(feature = "redis")),
-    ("nats", false),
+    ("nats", cfg!(feature = "nats")),
 ];
 
 /// AnyCable's `nats_servers` default.
@@ -1059,10 +1064,7 @@ impl Settings {
                 same_setting(figment, "pubsub", url, "adapter", &mut self.adapter)?;
             }
             Some("nats") => {
-                let url = self
-                    .nats_servers
-                    .take()
-                    .unwrap_or_else(|| ANYCABLE_NATS_SERVERS.to_owned());
+                let url = self.intake_nats_url();
                 same_setting(figment, "pubsub", url, "adapter", &mut self.adapter)?;
             }
             Some(_) => {
@@ -1146,6 +1148,7 @@ impl Settings {
         }
         for (key, value) in [
             ("redis_channel", &self.redis_channel),
+            ("nats_channel", &self.nats_channel),
             ("redisx_stream", &self.redisx_stream),
             ("redisx_group", &self.redisx_group),
         ] {
@@ -1191,7 +1194,16 @@ impl Settings {
             .unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned())
     }
 
-    /// Whether AnyCable's broadcaster `name` (`redis`, `redisx`) is asked for.
+    /// Where the NATS broadcaster reads (and `pubsub = "nats"` publishes):
+    /// AnyCable's `nats_servers` (default nats://localhost:4222).
+    pub fn intake_nats_url(&self) -> String {
+        self.nats_servers
+            .clone()
+            .unwrap_or_else(|| ANYCABLE_NATS_SERVERS.to_owned())
+    }
+
+    /// Whether AnyCable's broadcaster `name` (`redis`, `redisx`, `nats`) is
+    /// asked for.
     pub fn broadcaster(&self, name: &str) -> bool {
         self.broadcast_adapter.iter().any(|a| a == name)
     }
@@ -1219,22 +1231,24 @@ impl Settings {
             .map(|a| {
                 format!(
                     "broadcast_adapter {a}: not built yet, nothing is received through it; \
-                     publish with POST /_broadcast (broadcast_adapter = \"http\"), redis or \
-                     redisx"
+                     publish with POST /_broadcast (broadcast_adapter = \"http\"), redis, \
+                     redisx or nats"
                 )
             })
             .collect();
-        // The legacy Redis broadcaster reaches every node, and each appends
-        // to a shared history: a client resuming on another node would get
-        // the message again.
+        // The legacy Redis broadcaster and NATS' reach every node, and each
+        // appends to a shared history: a client resuming on another node
+        // would get the message again.
         let shared_broker = !matches!(self.broker.as_str(), "memory" | "none");
-        if shared_broker && self.broadcast_adapter.iter().any(|a| a == "redis") {
-            notices.push(
-                "broadcast_adapter redis with a shared broker: every node appends each message \
+        let fan_out = ["redis", "nats"]
+            .into_iter()
+            .filter(|a| self.broadcaster(a));
+        for a in fan_out.filter(|_| shared_broker) {
+            notices.push(format!(
+                "broadcast_adapter {a} with a shared broker: every node appends each message \
                  to the stream's history, so history holds it once per node; use redisx (one \
                  node per message) or POST /_broadcast"
-                    .to_owned(),
-            );
+            ));
         }
         notices
     }
@@ -1965,14 +1979,30 @@ mod tests {
         ])
         .unwrap();
         assert!(s.notices().is_empty(), "{:?}", s.notices());
-        // redis and redisx are real; nats, not built yet, is accepted and
-        // said so.
+        // redis, redisx and nats are real.
         let s = from_vars(&[("ANYCABLE_BROADCAST_ADAPTER", "redis,redisx,nats")]).unwrap();
         assert!(!s.http_broadcast() && s.broadcaster("redis") && s.broadcaster("redisx"));
-        let notices = s.notices();
-        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(s.broadcaster("nats"));
+        assert!(s.notices().is_empty(), "{:?}", s.notices());
+        assert_eq!(
+            (s.nats_channel.as_str(), s.intake_nats_url().as_str()),
+            ("__anycable__", "nats://localhost:4222")
+        );
+        let n = from_vars(&[
+            ("ANYCABLE_BROADCAST_ADAPTER", "nats"),
+            ("ANYCABLE_NATS_CHANNEL", "bcast"),
+            ("ANYCABLE_NATS_SERVERS", "nats://n1:4222"),
+            ("ANYCABLE_BROKER", "redis"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (n.nats_channel.as_str(), n.intake_nats_url().as_str()),
+            ("bcast", "nats://n1:4222")
+        );
+        let notices = n.notices();
         assert!(
-            notices[0].contains("nats") && notices[0].contains("not built yet"),
+            notices.len() == 1
+                && notices[0].contains("broadcast_adapter nats with a shared broker"),
             "{notices:?}"
         );
         // AnyCable's names and defaults for where they read; redisx

@@ -6,7 +6,9 @@
 // - `redis-cli XADD __anycable__ * payload <json>` on two nodes sharing
 //   Redis (pubsub redis, broadcast_adapter redisx): received once by each
 //   subscriber on each node, not once per node.
-// Two nodes on NATS (ANYCABLE_PUBSUB=nats) pass a /_broadcast between them.
+// Two nodes on NATS (ANYCABLE_PUBSUB=nats) pass a /_broadcast between them,
+// and a raw NATS publish on the broadcaster's subject (broadcast_adapter
+// nats) reaches a subscriber on each node once.
 // The Redis and NATS ones are SKIPPED when the server is unreachable, unless
 // CI is set.
 //
@@ -18,6 +20,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import net from "node:net";
 import { after, describe, it } from "node:test";
 
 import {
@@ -90,6 +93,34 @@ function redisCli(...args) {
     child.once("exit", (code) =>
       code === 0 ? resolve(out.trim()) : reject(new Error(`redis-cli ${args.join(" ")}: ${code} ${err}`)),
     );
+  });
+}
+
+/**
+ * Publishes `payload` on `subject` with the NATS protocol itself (what
+ * `nats pub` sends): CONNECT, PUB, then PING; resolves on the PONG, which
+ * the server sends only after it has handled the PUB.
+ */
+function natsPublish(url, subject, payload) {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port || 4222), hostname);
+    let seen = "";
+    let sent = false;
+    socket.on("error", reject);
+    socket.on("data", (chunk) => {
+      seen += chunk;
+      if (!sent && seen.includes("INFO ")) {
+        sent = true;
+        const size = Buffer.byteLength(payload);
+        socket.write(`CONNECT {"verbose":false}\r\nPUB ${subject} ${size}\r\n${payload}\r\nPING\r\n`);
+      }
+      if (seen.includes("-ERR")) reject(new Error(`nats: ${seen}`));
+      if (seen.includes("PONG")) {
+        socket.end();
+        resolve();
+      }
+    });
   });
 }
 
@@ -220,6 +251,37 @@ testNeeding(
     assert.equal(await postBroadcast(nodeA, stream, { via: "nats" }, BROADCAST_KEY), 201);
     await scope.waitFor("B got it", () => b.got.length >= 1);
     await sleep(500);
+    assert.deepEqual(b.got, [{ via: "nats" }]);
+  },
+);
+
+testNeeding(
+  "a raw NATS publish on two nodes (ANYCABLE_PUBSUB=nats, BROADCAST_ADAPTER=nats)",
+  ["NATS", NATS_URL, 4222],
+  "is received exactly once by a subscriber on each node",
+  30_000,
+  async (scope) => {
+    const subject = `cable_it_${TAG}.__anycable__`;
+    const env = {
+      ANYCABLE_PUBSUB: "nats",
+      ANYCABLE_NATS_SERVERS: NATS_URL,
+      ANYCABLE_PUBLIC_STREAMS: "true",
+      ANYCABLE_BROADCAST_ADAPTER: "nats",
+      ANYCABLE_NATS_CHANNEL: subject,
+    };
+    const nodeA = await scope.anycableServer(env);
+    const nodeB = await scope.anycableServer(env);
+    for (const s of [nodeA, nodeB]) {
+      await scope.waitFor("the nats intake subscribed", () =>
+        s.log.includes(`receiving broadcasts from subject ${subject}`),
+      );
+    }
+    const stream = `nats_intake_${TAG}`;
+    const [a, b] = await scope.listening(stream, [nodeA.cableUrl, "on A"], [nodeB.cableUrl, "on B"]);
+    await natsPublish(NATS_URL, subject, JSON.stringify({ stream, data: JSON.stringify({ via: "nats" }) }));
+    await scope.waitFor("both got it", () => a.got.length >= 1 && b.got.length >= 1);
+    await sleep(500);
+    assert.deepEqual(a.got, [{ via: "nats" }]);
     assert.deepEqual(b.got, [{ via: "nats" }]);
   },
 );

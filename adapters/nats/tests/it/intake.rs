@@ -38,12 +38,7 @@ async fn what_is_published_on_the_subject_reaches_every_node_once() {
     let (mut ann, id_a) = Client::in_lobby(&a, "ann").await;
     let (mut bob, id_b) = Client::in_lobby(&b, "bob").await;
 
-    raw_publish(
-        &plain,
-        &on,
-        r#"{"stream":"chat_lobby","data":"{\"n\":1}"}"#,
-    )
-    .await;
+    raw_publish(&plain, &on, r#"{"stream":"chat_lobby","data":"{\"n\":1}"}"#).await;
     for junk in ["not json", r#"{"stream":"chat_lobby"}"#, "[1,2]"] {
         raw_publish(&plain, &on, junk).await;
     }
