@@ -55,6 +55,10 @@ pub enum ChannelError {
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What channel code returns: `Ok` or a [`ChannelError`] (logged, the client
+/// is sent nothing).
+pub type ChannelResult<T = ()> = Result<T, ChannelError>;
+
 impl ChannelError {
     /// Wraps any error (or message) as [`ChannelError::Other`].
     pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -110,7 +114,7 @@ pub trait Channel: Send + 'static {
         _ctx: &mut Context<'_>,
         action: &str,
         _data: Value,
-    ) -> Result<(), ChannelError> {
+    ) -> ChannelResult {
         Err(ChannelError::UnknownAction(action.to_owned()))
     }
 

@@ -123,7 +123,7 @@ pub use crate::{
         IdentifiersJsonError, Unauthorized,
     },
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Publication, Stats},
-    channel::{Channel, ChannelError, Context, Params, StreamOptions},
+    channel::{Channel, ChannelError, ChannelResult, Context, Params, StreamOptions},
     naming::{broadcasting_for, channel_name, ToParam},
     pubsub::PubSubError,
     redact::redact_url,

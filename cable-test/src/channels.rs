@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cable_core::broker::HistoryPolicy;
-use cable_core::{async_trait, Channel, ChannelError, Context};
+use cable_core::{async_trait, Channel, ChannelError, ChannelResult, Context};
 use serde_json::{json, Value};
 
 /// What a [`Recorder`] noted, in order: `subscribed <identifier>`,
@@ -44,7 +44,7 @@ impl Recorder {
 
 #[async_trait]
 impl Channel for Recorder {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         self.note(format!("subscribed {}", ctx.identifier()));
         match ctx.param_str("mode") {
             Some("reject") => {
@@ -65,12 +65,7 @@ impl Channel for Recorder {
         self.note(format!("unsubscribed {}", ctx.identifier()));
     }
 
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         match action {
             "receive" => ctx.transmit(&json!({"received": data})),
             "stop" => {
@@ -85,7 +80,7 @@ impl Channel for Recorder {
         }
     }
 
-    async fn timer(&mut self, ctx: &mut Context<'_>, name: &str) -> Result<(), ChannelError> {
+    async fn timer(&mut self, ctx: &mut Context<'_>, name: &str) -> ChannelResult {
         self.note(format!("timer {name}"));
         ctx.transmit(&json!({"timer": name}))
     }
@@ -120,7 +115,7 @@ impl Faulty {
 
 #[async_trait]
 impl Channel for Faulty {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         self.panic_in = ctx.param_str("in").unwrap_or("").to_owned();
         ctx.stream_from(format!("faulty_{}", self.panic_in));
         ctx.stream_from("faulty_all");
@@ -140,12 +135,7 @@ impl Channel for Faulty {
         }
     }
 
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         let n = |key: &str| data[key].as_u64().unwrap_or(0);
         match action {
             "panic" => panic!("boom in perform"),
@@ -160,7 +150,7 @@ impl Channel for Faulty {
         }
     }
 
-    async fn timer(&mut self, _ctx: &mut Context<'_>, _name: &str) -> Result<(), ChannelError> {
+    async fn timer(&mut self, _ctx: &mut Context<'_>, _name: &str) -> ChannelResult {
         if let Some(calls) = &self.timer_calls {
             calls
                 .lock()
@@ -194,7 +184,7 @@ impl Feed {
 
 #[async_trait]
 impl Channel for Feed {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         self.subscribed.fetch_add(1, Ordering::SeqCst);
         let stream = ctx.param_str("stream").unwrap_or("feed").to_owned();
         if ctx.param("plain").is_some() {
@@ -209,12 +199,7 @@ impl Channel for Feed {
         Ok(())
     }
 
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         match (action, data["stream"].as_str()) {
             ("follow", Some(stream)) => {
                 ctx.stream_from_with_history(stream.to_owned());
@@ -242,7 +227,7 @@ pub struct RoomChannel {
 
 #[async_trait]
 impl Channel for RoomChannel {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         let room = ctx.param_str("room").unwrap_or("lobby").to_owned();
         self.stream = format!("room_{room}");
         ctx.transmit(&json!({"hello": room}))?;
@@ -263,12 +248,7 @@ impl Channel for RoomChannel {
         let _ = ctx.transmit(&json!({"bye": self.stream}));
     }
 
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         let stream = data["stream"].as_str().unwrap_or_default().to_owned();
         match action {
             "speak" => {
@@ -302,7 +282,7 @@ impl Channel for RoomChannel {
         }
     }
 
-    async fn timer(&mut self, ctx: &mut Context<'_>, name: &str) -> Result<(), ChannelError> {
+    async fn timer(&mut self, ctx: &mut Context<'_>, name: &str) -> ChannelResult {
         self.ticks += 1;
         ctx.transmit(&json!({"timer": name, "n": self.ticks}))?;
         let own = self.stream.clone();
@@ -317,12 +297,7 @@ pub struct EchoChannel;
 
 #[async_trait]
 impl Channel for EchoChannel {
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         ctx.transmit(&json!({"action": action, "data": data}))
     }
 }

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use cable_core::broker::PresenceRecord;
-use cable_core::{async_trait, Cable, CableConfig, Channel, ChannelError, Context, StreamOptions};
+use cable_core::{
+    async_trait, Cable, CableConfig, Channel, ChannelError, ChannelResult, Context, StreamOptions,
+};
 use cable_test::{Connection, Request, TestCable};
 use serde_json::{json, Value};
 
@@ -16,19 +18,14 @@ struct Room;
 
 #[async_trait]
 impl Channel for Room {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         let stream = format!("room_{}", ctx.param_str("room").unwrap_or("lobby"));
         ctx.stream_from_with(stream, StreamOptions::new().presence());
         Ok(())
     }
 
     /// `who`: transmits the ids present, as the channel sees them.
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        _action: &str,
-        _data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, _: &str, _: Value) -> ChannelResult {
         let info = ctx.presence().await.map_err(ChannelError::other)?;
         let ids: Vec<String> = info.records.into_iter().map(|r| r.id).collect();
         ctx.transmit(&json!({ "present": ids }))
@@ -259,7 +256,7 @@ struct Assigned;
 
 #[async_trait]
 impl Channel for Assigned {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         let who = ctx.param_str("as").unwrap_or("nobody").to_owned();
         ctx.stream_from_with("room_assigned", StreamOptions::new().presence());
         ctx.present_as(who.clone(), json!({ "name": who }));

@@ -29,8 +29,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cable_core::{
-    async_trait, authenticate_with, Cable, Channel, ChannelError, ConnectRequest, Context,
-    Identifiers, StreamOptions, Unauthorized,
+    async_trait, authenticate_with, Cable, Channel, ChannelError, ChannelResult, ConnectRequest,
+    Context, Identifiers, StreamOptions, Unauthorized,
 };
 use cable_server::ServerConfig;
 use serde::Deserialize;
@@ -158,7 +158,7 @@ fn param_to_string(v: Option<&Value>) -> Option<String> {
 
 #[async_trait]
 impl Channel for ChatChannel {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         let Some(stream) = room_stream(ctx).filter(|s| s != "chat_forbidden") else {
             ctx.reject();
             return Ok(());
@@ -185,12 +185,7 @@ impl Channel for ChatChannel {
         Ok(())
     }
 
-    async fn perform(
-        &mut self,
-        ctx: &mut Context<'_>,
-        action: &str,
-        data: Value,
-    ) -> Result<(), ChannelError> {
+    async fn perform(&mut self, ctx: &mut Context<'_>, action: &str, data: Value) -> ChannelResult {
         match action {
             "speak" => {
                 let user = ctx.identified("current_user").unwrap_or_default();
@@ -239,7 +234,7 @@ pub struct BenchmarkChannel {
 
 #[async_trait]
 impl Channel for BenchmarkChannel {
-    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+    async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
         self.id = format!("benchmark:{}", BENCH_IDS.fetch_add(1, Ordering::Relaxed));
         ctx.stream_from(self.id.clone());
         ctx.stream_from("all");
@@ -251,7 +246,7 @@ impl Channel for BenchmarkChannel {
         ctx: &mut Context<'_>,
         action: &str,
         mut data: Value,
-    ) -> Result<(), ChannelError> {
+    ) -> ChannelResult {
         match action {
             "echo" => ctx.broadcast(&self.id, &data).await,
             "broadcast" => {
