@@ -18,6 +18,7 @@ pub struct ConnectRequest {
     cookies: HashMap<String, String>,
     peer: Option<SocketAddr>,
     subprotocol: Option<String>,
+    one_way: bool,
 }
 
 impl ConnectRequest {
@@ -54,7 +55,22 @@ impl ConnectRequest {
             cookies,
             peer,
             subprotocol: None,
+            one_way: false,
         }
+    }
+
+    /// Marks the client as one that cannot send while connected (Server-Sent
+    /// Events: its commands come with the request): its session is never
+    /// stored for a resume, and the extended protocol's pong timeout does
+    /// not apply.
+    pub fn one_way(mut self) -> Self {
+        self.one_way = true;
+        self
+    }
+
+    /// Whether the transport marked the client [one-way](Self::one_way).
+    pub fn is_one_way(&self) -> bool {
+        self.one_way
     }
 
     /// Sets the WebSocket subprotocol the transport negotiated

@@ -92,8 +92,9 @@ pub enum Inbound {
 /// transmits nothing sends nothing). The session answers a probe in order
 /// with the frames around it, after the callbacks of every earlier command
 /// have finished, so the answer is both a barrier and a look inside.
-/// Probes do not count against the command rate. Transports over sockets
-/// never send one.
+/// Probes do not count against the command rate. The SSE transport sends
+/// one after the commands that came with its request, to answer the
+/// request once they are handled; WebSocket transports never send one.
 #[derive(Clone)]
 pub struct Probe(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Snapshot>>>>);
 
@@ -179,6 +180,9 @@ struct Ext {
     store: bool,
     /// A session restored from a stored one: its subscriptions.
     restored: Option<Vec<StoredSub>>,
+    /// The client can answer pings: the pong timeout applies (not over a
+    /// one-way transport, [`ConnectRequest::one_way`]).
+    pongs: bool,
 }
 
 /// A session as stored in the broker (opaque text to it): identifiers, and
@@ -310,7 +314,7 @@ where
         }
     };
     let mut ext = ext_for(&cable, &request);
-    if let Some(ext) = &mut ext {
+    if let Some(ext) = ext.as_mut().filter(|e| e.pongs) {
         if let Some((ids, subs)) = restore(&cable, &request).await {
             drop(request);
             ext.restored = Some(subs);
@@ -359,6 +363,7 @@ impl Ext {
             sid: std::mem::take(&mut self.sid),
             store: self.store,
             restored: self.restored.take(),
+            pongs: self.pongs,
         }
     }
 }
@@ -374,10 +379,14 @@ fn ext_for(cable: &Inner, request: &ConnectRequest) -> Option<Ext> {
         .header("x-request-id")
         .filter(|s| !s.is_empty() && s.len() <= MAX_REQUEST_ID)
         .map_or_else(|| crate::ids::random_id(21), str::to_owned);
+    // A one-way client (SSE) cannot resume a session: it reconnects with
+    // Last-Event-ID instead, so storing its session would be waste.
+    let two_way = !request.is_one_way();
     Some(Ext {
         sid,
-        store: cable.reliable.broker.is_some() && !cable.config.session_ttl.is_zero(),
+        store: two_way && cable.reliable.broker.is_some() && !cable.config.session_ttl.is_zero(),
         restored: None,
+        pongs: two_way,
     })
 }
 
@@ -505,7 +514,10 @@ async fn run_session<S>(
         internal,
     };
 
-    let pong_timeout = ext.as_ref().and(cable.config.pong_timeout);
+    let pong_timeout = ext
+        .as_ref()
+        .filter(|e| e.pongs)
+        .and(cable.config.pong_timeout);
     let mut session = Session {
         bucket: cable.config.command_rate.map(Bucket::new),
         conn,

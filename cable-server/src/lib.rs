@@ -36,6 +36,7 @@ mod close_code;
 mod http;
 mod ops;
 mod origin;
+mod sse;
 mod ws;
 
 use std::future::Future;
@@ -77,9 +78,17 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     /// Most WebSocket connections open at once; further handshakes get HTTP
     /// 503 before the upgrade (counted in `Stats::refused_handshakes`).
-    /// Default: no limit.
+    /// SSE responses count against the same limit. Default: no limit.
     pub max_connections: Option<usize>,
+    /// Where Server-Sent Events answer (AnyCable's SSE transport: GET and
+    /// POST; see the crate docs, "Server-Sent Events"), or None for no SSE.
+    /// Default None: like AnyCable's `--sse`, it is asked for (usually
+    /// `/events`, [`DEFAULT_SSE_PATH`]).
+    pub sse_path: Option<String>,
 }
+
+/// AnyCable's SSE path: `/events`.
+pub const DEFAULT_SSE_PATH: &str = "/events";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(3),
             max_connections: None,
+            sse_path: None,
         }
     }
 }
@@ -118,10 +128,19 @@ impl ServerConfig {
 /// a delayed ACK.
 pub fn router(cable: Cable, config: ServerConfig) -> Router {
     let path = config.mount_path.clone();
+    let sse = config.sse_path.clone();
     let state = Arc::new(ws::ServerState::new(cable, config));
-    Router::new()
-        .route(&path, any(ws::handle))
-        .with_state(state)
+    let mut router = Router::new().route(&path, any(ws::handle));
+    match sse {
+        Some(sse) if sse.starts_with('/') && sse != path => {
+            router = router.route(&sse, any(sse::handle));
+        }
+        Some(sse) => tracing::error!(
+            "sse_path {sse:?} must start with / and differ from the mount path {path:?}: no SSE"
+        ),
+        None => {}
+    }
+    router.with_state(state)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then shuts `cable`

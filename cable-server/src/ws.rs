@@ -39,12 +39,12 @@ impl ServerState {
     /// One timer for all connections of the `Cable` (however many routers
     /// share it), started with the first request as Rails starts its
     /// heartbeat on the first request.
-    fn ensure_heartbeat(&self) {
+    pub(crate) fn ensure_heartbeat(&self) {
         cable_core::transport::start_heartbeat(&self.cable, self.config.ping_interval);
     }
 }
 
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -63,7 +63,7 @@ fn is_websocket(method: &Method, headers: &HeaderMap) -> bool {
         && header_has_token(headers, header::UPGRADE, "websocket")
 }
 
-fn forwarded_https(headers: &HeaderMap) -> bool {
+pub(crate) fn forwarded_https(headers: &HeaderMap) -> bool {
     let first = |name: &str| {
         headers
             .get(name)
@@ -92,13 +92,19 @@ fn page_not_found() -> Response {
     text(StatusCode::NOT_FOUND, "Page not found")
 }
 
-pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Request) -> Response {
-    state.ensure_heartbeat();
+/// The peer's address (when the server recorded it) and its IP for logs.
+pub(crate) fn peer_of(req: &Request) -> (Option<SocketAddr>, String) {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let peer_s = peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string());
+    let shown = peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string());
+    (peer, shown)
+}
+
+pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Request) -> Response {
+    state.ensure_heartbeat();
+    let (peer, peer_s) = peer_of(&req);
     let path = req.uri().path().to_owned();
     let headers = req.headers();
     if !is_websocket(req.method(), headers) {

@@ -316,6 +316,7 @@ fn jwt_auth(settings: &Settings) -> Result<Option<cable_anycable::JwtAuth>, Stan
 pub fn server_config(settings: &Settings) -> Result<ServerConfig, StandaloneError> {
     let mut cfg = ServerConfig::default();
     cfg.mount_path = settings.mount_path.clone();
+    cfg.sse_path = settings.sse.then(|| settings.sse_path.clone());
     cfg.max_message_size = settings.max_message_size;
     cfg.ping_interval = settings.ping_interval;
     cfg.max_connections = settings.max_connections;

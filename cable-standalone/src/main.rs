@@ -70,6 +70,12 @@ struct Args {
     /// Heartbeat period: 3s, 500ms or seconds [default: 3s].
     #[arg(long, value_name = "DURATION")]
     ping_interval: Option<String>,
+    /// Serve Server-Sent Events at --sse-path (true/false) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    sse: Option<String>,
+    /// Path of the SSE endpoint [default: /events].
+    #[arg(long, value_name = "PATH")]
+    sse_path: Option<String>,
     /// Most connections at once; more get HTTP 503 (0: no limit) [default: 0].
     #[arg(long, value_name = "N")]
     max_connections: Option<String>,

@@ -121,6 +121,11 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// Path of the WebSocket endpoint. Default `/cable`.
     pub mount_path: String,
+    /// Serve Server-Sent Events at `sse_path` (AnyCable's `sse`). Default
+    /// false.
+    pub sse: bool,
+    /// Path of the SSE endpoint (AnyCable's `sse_path`). Default `/events`.
+    pub sse_path: String,
     /// Origins allowed exactly (same-origin requests are always allowed).
     #[serde(deserialize_with = "de::list")]
     pub allowed_origins: Vec<String>,
@@ -329,6 +334,8 @@ impl Default for Settings {
         Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 28080)),
             mount_path: "/cable".to_owned(),
+            sse: false,
+            sse_path: cable_server::DEFAULT_SSE_PATH.to_owned(),
             allowed_origins: Vec::new(),
             allowed_origin_patterns: Vec::new(),
             disable_origin_check: false,
@@ -812,6 +819,12 @@ impl Settings {
         let conflict = |m: &str| Err(SettingsError::Conflict(m.to_owned()));
         if !self.mount_path.starts_with('/') {
             return Err(invalid("mount_path", "a path starting with /, e.g. /cable"));
+        }
+        if !self.sse_path.starts_with('/') || self.sse_path == self.mount_path {
+            return Err(invalid(
+                "sse_path",
+                "a path starting with /, other than mount_path, e.g. /events",
+            ));
         }
         if OPS_PATHS.contains(&self.mount_path.as_str()) {
             return Err(invalid(

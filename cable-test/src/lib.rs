@@ -134,6 +134,8 @@ mod request;
 #[cfg(feature = "sockets")]
 mod server;
 mod session;
+#[cfg(feature = "sockets")]
+mod sse_client;
 
 use std::future::Future;
 use std::time::Duration;
@@ -147,6 +149,8 @@ pub use crate::request::Request;
 #[cfg(feature = "sockets")]
 pub use crate::server::TestServer;
 pub use crate::session::{Connection, Rejected, Subscription, TestCable};
+#[cfg(feature = "sockets")]
+pub use crate::sse_client::{SseClient, SseEvent};
 
 /// How long any helper waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);

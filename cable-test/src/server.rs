@@ -25,11 +25,13 @@ pub struct TestServer {
 
 impl TestServer {
     /// The transport settings [`start`](Self::start) uses: [`origin`](Self::origin)
-    /// allowed, a 300 ms heartbeat (so tests see pings quickly).
+    /// allowed, a 300 ms heartbeat (so tests see pings quickly), and
+    /// Server-Sent Events at `/events`.
     pub fn config() -> ServerConfig {
         let mut c = ServerConfig::default();
         c.origins.allowed.push(AllowedOrigin::from(ORIGIN));
         c.ping_interval = Duration::from_millis(300);
+        c.sse_path = Some(cable_server::DEFAULT_SSE_PATH.to_owned());
         c
     }
 

@@ -32,4 +32,5 @@ mod multinode;
 mod process;
 mod protocol;
 mod reliable;
+mod sse;
 mod support;

@@ -2,8 +2,6 @@
 //! `actioncable-v1-ext-json`, a session id in the welcome, and a resume by
 //! `?sid=` on a new socket.
 
-use cable_core::{authenticate_with, Cable, Identifiers, Unauthorized};
-use cable_test::channels::Feed;
 use serde_json::{json, Value};
 
 /// Broadcasts `{"n": n}` on `news`.
@@ -20,14 +18,7 @@ const EXT: (&str, &str) = cable_test::EXT_CLIENT_PROTOCOLS;
 
 #[tokio::test]
 async fn the_extended_protocol_is_negotiated_and_a_session_resumes_by_sid() {
-    let cable = Cable::builder()
-        .channel("NewsChannel", Feed::default)
-        .authenticate(authenticate_with(|req| async move {
-            req.query("user")
-                .map(|u| Identifiers::new().with("current_user", u))
-                .ok_or_else(|| Unauthorized::because("no user"))
-        }))
-        .build();
+    let cable = crate::support::news_cable();
     let app = cable_server::router(cable.clone(), cable_test::TestServer::config())
         .merge(cable_server::ops_router(cable.clone(), Default::default()));
     let server = cable_test::TestServer::serve(app, cable).await;

@@ -112,3 +112,17 @@ pub fn room(r: &str) -> String {
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     cable_test::http(addr, method, path, &[], body).await
 }
+
+/// A cable with `NewsChannel` (`cable_test::channels::Feed`: history on its
+/// `stream` param) and users identified by `?user=`.
+pub fn news_cable() -> Cable {
+    use cable_core::{authenticate_with, Identifiers, Unauthorized};
+    Cable::builder()
+        .channel("NewsChannel", cable_test::channels::Feed::default)
+        .authenticate(authenticate_with(|req| async move {
+            req.query("user")
+                .map(|u| Identifiers::new().with("current_user", u))
+                .ok_or_else(|| Unauthorized::because("no user"))
+        }))
+        .build()
+}
