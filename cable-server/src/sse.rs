@@ -2,6 +2,10 @@
 //! client, driven by the same connection machinery as a WebSocket (connect
 //! hook, origin rules, channels, streams, history, shutdown).
 //!
+//! Origins follow the WebSocket's rules, except that a request without an
+//! `Origin` header is served: browsers send one with every cross-origin
+//! `EventSource` and every POST, and none with a same-origin `EventSource`.
+//!
 //! The subscription comes with the request: a GET's query names it
 //! (`identifier`, `channel` with optional `params` as a JSON object,
 //! `stream`, `signed_stream` or `turbo_signed_stream_name`; `history_since`
@@ -64,11 +68,15 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, req: Request) 
     let headers = req.headers();
     let origin = header_str(headers, header::ORIGIN).map(str::to_owned);
     let host = header_str(headers, header::HOST);
-    if !state
-        .config
-        .origins
-        .allows(origin.as_deref(), host, forwarded_https(headers))
-    {
+    // Browsers send Origin with every cross-origin EventSource and every
+    // POST, so a request without one is no cross-site page's: served (a
+    // same-origin EventSource sends none, unlike a WebSocket).
+    let allowed = origin.is_none()
+        || state
+            .config
+            .origins
+            .allows(origin.as_deref(), host, forwarded_https(headers));
+    if !allowed {
         tracing::error!(
             "Request origin not allowed: {} (SSE {method} {path:?} for {peer_s})",
             origin.as_deref().unwrap_or("")

@@ -1,6 +1,8 @@
 // The nginx configuration of docs/deployment.md (docs/nginx/cable.conf),
 // run by Debian's nginx in front of the chat example: the unmodified
-// @rails/actioncable client connects, subscribes and chats through it.
+// @rails/actioncable client connects, subscribes and chats through it, and
+// an EventSource (the `eventsource` package) hears the room over SSE
+// through it, event by event.
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +12,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
-import { Scope, freePort, sleep } from "./helpers.mjs";
+import { freePort, sleep } from "./helpers.mjs";
+import { SseScope, chatOverSse } from "./sse_helpers.mjs";
 
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
 const CONF = fileURLToPath(new URL("../../docs/nginx/cable.conf", import.meta.url));
@@ -24,7 +27,7 @@ function listening(port) {
 }
 
 describe("through nginx (docs/nginx/cable.conf)", { skip: !NGINX && !process.env.CI ? "SKIPPED: nginx not installed (apt-get install nginx-light)" : false }, () => {
-  const scope = new Scope();
+  const scope = new SseScope();
   let nginx;
   let port;
   let dir;
@@ -90,5 +93,9 @@ http {
     // /health is proxied too.
     const res = await fetch(`http://127.0.0.1:${port}/health`);
     assert.ok([200, 404].includes(res.status), `health answered ${res.status}`);
+  }));
+
+  it("Server-Sent Events pass through the proxy as they come", { timeout: 30_000 }, scope.wrap(async () => {
+    await chatOverSse(scope, `http://127.0.0.1:${port}`, `ws://127.0.0.1:${port}/cable`);
   }));
 });

@@ -336,6 +336,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         admin: args.admin,
         ..Default::default()
     };
+    // The room over Server-Sent Events too, for clients that cannot hold a
+    // WebSocket: /events?user=ann&channel=ChatChannel&params={"room":"lobby"}.
+    opts.server.sse_path = Some(cable_server::DEFAULT_SSE_PATH.to_owned());
     opts.server.origins.disabled = args.disable_origin_check;
     opts.server.origins.allowed = args
         .allowed_origins
