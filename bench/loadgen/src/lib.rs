@@ -8,7 +8,8 @@
 //! server with the chat example's `ChatChannel` while a canary client
 //! measures what that costs everyone else. Results are JSON
 //! ([`modes::RunResult`]); [`report`] turns a directory of them into
-//! `BENCHMARKS.md`. `scripts/bench` runs the whole suite.
+//! `BENCHMARKS.md`. `scripts/bench` runs the whole suite. `fanout --sse`
+//! subscribes over Server-Sent Events ([`sse`]) instead.
 
 pub mod b1;
 pub mod client;
@@ -17,3 +18,4 @@ pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;
+pub mod sse;

@@ -146,6 +146,38 @@ pub async fn open_many(
     (clients, timings, failures)
 }
 
+/// `n` SSE subscribers ([`crate::sse`]), opened `connect_concurrency` at a
+/// time; returns how many.
+async fn open_sse(common: &Common, n: usize, shared: &Arc<Shared>) -> Result<u64> {
+    let pb = bar(common, n as u64, "SSE subscribers connecting");
+    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (sem, target) = (sem.clone(), common.target.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            tokio::time::timeout(Duration::from_secs(30), crate::sse::open(&target, i))
+                .await
+                .ok()
+                .map(|r| r.map(|(socket, rest)| (i, socket, rest)))
+        }));
+    }
+    let mut opened = 0;
+    for task in tasks {
+        pb.inc(1);
+        match task.await.ok().flatten() {
+            Some(Ok((i, socket, rest))) => {
+                crate::sse::spawn(i, socket, rest, shared.clone());
+                opened += 1;
+            }
+            Some(Err(e)) => bail!("an SSE subscriber failed: {e:#}"),
+            None => bail!("an SSE subscriber did not open within 30 s"),
+        }
+    }
+    pb.finish_and_clear();
+    Ok(opened)
+}
+
 /// Sends `total` broadcasts from `publisher`, `rate` a second counted from
 /// `started`, on a 5 ms tick (missed ticks catch up); `each_tick` sees the
 /// count sent after each tick. Returns the count sent.
@@ -412,23 +444,32 @@ pub struct FanoutOpts {
     /// Publisher's server, when it is another node than the subscribers'.
     #[arg(long)]
     pub publish_url: Option<String>,
+    /// Subscribers over Server-Sent Events (`/events` on the URL's server)
+    /// instead of WebSockets; the publisher stays a WebSocket client.
+    #[arg(long)]
+    pub sse: bool,
 }
 
 /// N subscribers of one stream; one publisher sweeps the broadcast rate.
 pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     let (shared, _rtt) = Shared::new();
-    let (subs, _, failures) = open_many(
-        common,
-        0..o.subscribers,
-        &shared,
-        "subscribers connecting",
-        |_| None,
-    )
-    .await;
-    if !failures.is_empty() {
-        bail!("{} subscribers failed: {}", failures.len(), failures[0]);
-    }
-    let n = subs.len() as u64;
+    let (subs, n) = if o.sse {
+        (Vec::new(), open_sse(common, o.subscribers, &shared).await?)
+    } else {
+        let (subs, _, failures) = open_many(
+            common,
+            0..o.subscribers,
+            &shared,
+            "subscribers connecting",
+            |_| None,
+        )
+        .await;
+        if !failures.is_empty() {
+            bail!("{} subscribers failed: {}", failures.len(), failures[0]);
+        }
+        let n = subs.len() as u64;
+        (subs, n)
+    };
     // The publisher is a BenchmarkChannel client too; what it receives is not
     // counted.
     let (pub_shared, _rtt2) = Shared::new();

@@ -336,18 +336,39 @@ pub fn fanout_tables(runs: &Runs) -> String {
 /// the publisher on one node and the subscribers on another (or the same
 /// node for the in-memory adapter).
 pub fn adapter_table(runs: &Runs) -> String {
-    let mut s = String::from(
+    fanout_comparison(
+        runs,
+        ("adapter-", "adapter"),
         "Publisher on one node, subscribers on another (both nodes on the same \
          machine; for `memory`, one node): the latency includes the trip through \
          the adapter's server.\n\n",
-    );
-    s.push_str(
-        "| adapter | subscribers | latency at the first rate: p50 ms | p99 ms | best deliveries/s with p99 ≤ limit | p50 / p99 ms at that rate |\n\
-         |---|---:|---:|---:|---:|---|\n",
+    )
+}
+
+/// Transports compared: fan-out runs labelled `transport-<name>`, the same
+/// chat and the same sweep, subscribers over WebSockets or Server-Sent
+/// Events.
+pub fn transport_table(runs: &Runs) -> String {
+    fanout_comparison(
+        runs,
+        ("transport-", "transport"),
+        "One chat node on the in-memory adapter, the publisher on a WebSocket, the \
+         subscribers on WebSockets or on Server-Sent Events (`fanout --sse`).\n\n",
+    )
+}
+
+/// One row per fan-out run whose label starts with `prefix` (the rest
+/// names it, in a column headed `column`), after `intro`.
+fn fanout_comparison(runs: &Runs, (prefix, column): (&str, &str), intro: &str) -> String {
+    let mut s = String::from(intro);
+    let _ = writeln!(
+        s,
+        "| {column} | subscribers | latency at the first rate: p50 ms | p99 ms | best deliveries/s with p99 ≤ limit | p50 / p99 ms at that rate | server CPU µs per delivery at that rate |\n\
+         |---|---:|---:|---:|---:|---|---:|"
     );
     let mut any = false;
     for ((server, mode), r) in runs {
-        let Some(name) = server.strip_prefix("adapter-") else {
+        let Some(name) = server.strip_prefix(prefix) else {
             continue;
         };
         if mode != "fanout" {
@@ -358,19 +379,20 @@ pub fn adapter_table(runs: &Runs) -> String {
         let best = &r.metrics["best"];
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {} | {} / {} |",
+            "| {name} | {} | {} | {} | {} | {} / {} | {} |",
             r.params["subscribers"],
             fmt_num(num(&first["latency"]["p50_ms"]), 1),
             fmt_num(num(&first["latency"]["p99_ms"]), 1),
             fmt_num(num(&best["deliveries_per_sec"]), 0),
             fmt_num(num(&best["latency"]["p50_ms"]), 1),
             fmt_num(num(&best["latency"]["p99_ms"]), 1),
+            fmt_num(num(&best["server_cpu_us_per_delivery"]), 2),
         );
     }
     if any {
         s
     } else {
-        "No adapter runs in this result set.\n".into()
+        format!("No {column} runs in this result set.\n")
     }
 }
 

@@ -98,11 +98,15 @@ fn write_report(
         md.push('\n');
     }
     type Section = fn(&report::Runs) -> String;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
         ("\n## Pub/sub adapters\n\n", report::adapter_table),
+        (
+            "\n## Transports: WebSocket and SSE\n\n",
+            report::transport_table,
+        ),
         ("\n## Hostile load\n", report::hostile_section),
         ("\n## Reliable streams: jitter\n\n", report::jitter_section),
         ("\n## Runs\n\n", report::raw),
