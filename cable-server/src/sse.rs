@@ -298,30 +298,31 @@ fn subscribe_from_query<'a>(
 }
 
 /// The extended protocol's `history` for a reconnecting client: the
-/// position of `Last-Event-ID`, else `history_since`.
+/// position of `Last-Event-ID` for its stream, and `history_since` for
+/// every stream (AnyCable sends both when both are given).
 fn history(last_event_id: Option<&str>, since: Option<&str>) -> Result<Option<Value>, String> {
+    let mut history = serde_json::Map::new();
     if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
         let mut parts = id.splitn(3, '/');
         let (Some(offset), Some(epoch), Some(stream)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!(
-                "Last-Event-ID {id:?} is not <offset>/<epoch>/<stream>"
-            ));
+            return Err(format!("Last-Event-ID {id:?} is not <offset>/<epoch>/<stream>"));
         };
         let Ok(offset) = offset.parse::<u64>() else {
             return Err(format!("Last-Event-ID {id:?}: the offset is not a number"));
         };
-        return Ok(Some(
-            json!({"streams": {stream: {"offset": offset, "epoch": epoch}}}),
-        ));
+        history.insert(
+            "streams".into(),
+            json!({ stream: {"offset": offset, "epoch": epoch} }),
+        );
     }
-    match since {
-        None => Ok(None),
-        Some(s) => match s.parse::<u64>() {
-            Ok(since) => Ok(Some(json!({ "since": since }))),
-            Err(_) => Err(format!("history_since {s:?} is not Unix seconds")),
-        },
+    if let Some(s) = since {
+        let Ok(since) = s.parse::<u64>() else {
+            return Err(format!("history_since {s:?} is not Unix seconds"));
+        };
+        history.insert("since".into(), since.into());
     }
+    Ok((!history.is_empty()).then_some(Value::Object(history)))
 }
 
 /// A POST body's commands: one JSON object per non-empty line.
