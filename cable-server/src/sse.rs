@@ -608,7 +608,7 @@ mod tests {
         );
         assert_eq!(
             c["history"],
-            json!({"streams": {"a/b": {"offset": 3, "epoch": "ep"}}})
+            json!({"streams": {"a/b": {"offset": 3, "epoch": "ep"}}, "since": 100})
         );
         assert_eq!(
             cmd(&[("stream", "s"), ("history_since", "100")], None)["history"],
