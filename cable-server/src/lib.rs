@@ -37,6 +37,8 @@ mod http;
 mod ops;
 mod origin;
 mod sse;
+#[doc(hidden)]
+pub use crate::sse::fuzzing as sse_fuzzing;
 mod ws;
 
 use std::future::Future;

@@ -24,11 +24,12 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
+use cable_core::protocol::Frame;
 use cable_core::protocol::EXT_SUBPROTOCOL;
 use cable_core::transport::{Inbound, Outbox, Outgoing, Probe, ProbeAnswer, TransportGuard};
 use cable_core::ConnectRequest;
@@ -52,6 +53,7 @@ const BATCH: usize = 64;
 
 /// What the client gets.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(usize)]
 enum Mode {
     /// A GET: typed events, and each broadcast's message alone.
     Get,
@@ -306,7 +308,9 @@ fn history(last_event_id: Option<&str>, since: Option<&str>) -> Result<Option<Va
         let mut parts = id.splitn(3, '/');
         let (Some(offset), Some(epoch), Some(stream)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("Last-Event-ID {id:?} is not <offset>/<epoch>/<stream>"));
+            return Err(format!(
+                "Last-Event-ID {id:?} is not <offset>/<epoch>/<stream>"
+            ));
         };
         let Ok(offset) = offset.parse::<u64>() else {
             return Err(format!("Last-Event-ID {id:?}: the offset is not a number"));
@@ -451,9 +455,8 @@ impl SseStream {
 
     /// The next bytes of the body; None once the connection has ended.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        let mut out = String::new();
         let mut batch = std::mem::take(&mut self.early);
-        while out.is_empty() {
+        loop {
             if self.done {
                 return None;
             }
@@ -461,15 +464,70 @@ impl SseStream {
                 self.done = true;
                 return None;
             }
+            // One event (a broadcast, a ping) goes out as the bytes every
+            // subscriber shares; several are copied into one chunk.
+            let mut single: Option<Bytes> = None;
+            let mut joined = Vec::new();
             for item in batch.drain(..) {
-                match item {
-                    Outgoing::Text(frame) => encode(frame.as_str(), self.mode, &mut out),
-                    Outgoing::Close { .. } => self.done = true,
+                let frame = match item {
+                    Outgoing::Text(frame) => frame,
+                    Outgoing::Close { .. } => {
+                        self.done = true;
+                        continue;
+                    }
+                };
+                let event = encode_shared(frame, self.mode);
+                if event.is_empty() {
+                    continue;
+                }
+                match single.take() {
+                    None if joined.is_empty() => single = Some(event),
+                    first => {
+                        if let Some(first) = first {
+                            joined.extend_from_slice(&first);
+                        }
+                        joined.extend_from_slice(&event);
+                    }
                 }
             }
+            if let Some(event) = single {
+                return Some(event);
+            }
+            if !joined.is_empty() {
+                return Some(Bytes::from(joined));
+            }
         }
-        Some(Bytes::from(out))
     }
+}
+
+/// The frame last encoded in each mode, and its event. The hub hands every
+/// subscriber of an identifier the same frame (one allocation), and the
+/// heartbeat every connection the same ping, so a fan-out encodes each
+/// frame once per mode rather than once per subscriber. The cache holds
+/// the frame, so its allocation (and therefore its address) cannot be
+/// reused by another frame while it is cached: the same address and length
+/// are the same bytes.
+static LAST_ENCODED: [Mutex<Option<(Frame, Bytes)>>; 3] = [const { Mutex::new(None) }; 3];
+
+/// `frame`'s event in `mode` (empty when the mode leaves it out).
+fn encode_shared(frame: Frame, mode: Mode) -> Bytes {
+    let slot = &LAST_ENCODED[mode as usize];
+    let same = |cached: &Frame| {
+        cached.as_str().as_ptr() == frame.as_str().as_ptr() && cached.len() == frame.len()
+    };
+    if let Ok(last) = slot.lock() {
+        if let Some((cached, event)) = last.as_ref().filter(|(cached, _)| same(cached)) {
+            debug_assert_eq!(cached.as_str(), frame.as_str());
+            return event.clone();
+        }
+    }
+    let mut out = String::new();
+    encode(frame.as_str(), mode, &mut out);
+    let event = Bytes::from(out);
+    if let Ok(mut last) = slot.lock() {
+        *last = Some((frame, event.clone()));
+    }
+    event
 }
 
 /// Appends the event for one frame to `out` (nothing for a frame `mode`
@@ -481,6 +539,7 @@ fn encode(frame: &str, mode: Mode, out: &mut String) {
     match f.kind {
         Some("ping") if mode == Mode::Raw => out.push_str(": ping\n\n"),
         Some(_) if mode == Mode::Raw => {}
+        Some(kind) if !one_line(kind) => {}
         Some(kind) => {
             out.push_str("event: ");
             out.push_str(kind);
@@ -505,7 +564,9 @@ fn encode(frame: &str, mode: Mode, out: &mut String) {
                 (_, None) => return,
             }
             if let (Some(offset), Some(epoch), Some(stream)) = (f.offset, &f.epoch, &f.stream_id) {
-                if offset > 0 {
+                // A position that cannot be one line is left out (the
+                // client then resumes from the one before).
+                if offset > 0 && one_line(epoch) && one_line(stream) {
                     out.push_str(&format!("id: {offset}/{epoch}/{stream}\n"));
                 }
             }
@@ -514,12 +575,68 @@ fn encode(frame: &str, mode: Mode, out: &mut String) {
     }
 }
 
-/// `data:` lines for `text`, one per line of it.
+/// `data:` lines for `text`, one per line of it. SSE ends a line at CR,
+/// LF or CRLF: each of them starts a new `data:` line here, so that a
+/// message can neither end its event nor add a field (`id:`, `event:`).
 fn data(text: &str, out: &mut String) {
-    for line in text.split('\n') {
+    let mut rest = text;
+    loop {
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
         out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push_str(&rest[..end]);
         out.push('\n');
+        if end == rest.len() {
+            return;
+        }
+        let newline = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + newline..];
+    }
+}
+
+/// Whether `s` fits on one SSE field line (and in `Last-Event-ID`, which
+/// a browser drops when it holds a NUL).
+fn one_line(s: &str) -> bool {
+    !s.contains(['\r', '\n', '\0'])
+}
+
+/// For the fuzz target `sse_request` (not an API): the parsers and the
+/// encoder of this module.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The subscribe command a GET with `query` (and `Last-Event-ID`) asks
+    /// for, or why it is refused.
+    pub fn subscribe(query: &str, last_event_id: Option<&str>) -> Result<String, String> {
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        super::subscribe_from_query(&param, last_event_id)
+    }
+
+    /// A POST body's commands, or why it is refused.
+    pub fn commands(body: &[u8]) -> Result<Vec<String>, String> {
+        super::commands_from_body(body)
+    }
+
+    /// The SSE text of `frame`: `mode` 0 a GET, 1 `raw=1`, 2 a POST.
+    pub fn encode(frame: &str, mode: u8) -> String {
+        let mode = match mode % 3 {
+            0 => super::Mode::Get,
+            1 => super::Mode::Raw,
+            _ => super::Mode::Post,
+        };
+        let mut out = String::new();
+        super::encode(frame, mode, &mut out);
+        out
     }
 }
 
@@ -577,6 +694,24 @@ mod tests {
             Mode::Get
         )
         .contains("retry"));
+    }
+
+    #[test]
+    fn a_shared_frame_is_encoded_once_and_others_anew() {
+        let a = Frame::message_at("i", r#"{"n":1}"#, "s", "e", 1);
+        let first = encode_shared(a.clone(), Mode::Get);
+        assert_eq!(&first[..], b"data: {\"n\":1}\nid: 1/e/s\n\n");
+        // The same frame (another subscriber's clone) gets the same event.
+        assert_eq!(encode_shared(a.clone(), Mode::Get), first);
+        // Same text, another allocation; other text: each encoded for itself.
+        let again = Frame::message_at("i", r#"{"n":1}"#, "s", "e", 1);
+        assert_eq!(encode_shared(again, Mode::Get), first);
+        let other = Frame::message_at("i", r#"{"n":2}"#, "s", "e", 2);
+        assert_eq!(
+            &encode_shared(other, Mode::Get)[..],
+            b"data: {\"n\":2}\nid: 2/e/s\n\n"
+        );
+        assert!(encode_shared(a, Mode::Post).starts_with(b"data: {\"identifier\":\"i\""));
     }
 
     #[test]
