@@ -112,16 +112,8 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, req: Request) 
         return text(StatusCode::SERVICE_UNAVAILABLE, "Server is restarting");
     }
     let query = req.uri().query().map(str::to_owned);
-    let params: Vec<(String, String)> = query
-        .as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = Query::parse(query.as_deref().unwrap_or(""));
+    let param = |name: &str| params.get(name);
     let last_event_id =
         header_str(headers, header::HeaderName::from_static("last-event-id")).map(str::to_owned);
     let mode = match (method == Method::POST, param("raw") == Some("1")) {
@@ -223,6 +215,27 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, req: Request) 
     // nginx buffers responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+/// A query's parameters, decoded.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        Query(
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// The request's headers, for the connect hook.
@@ -610,16 +623,8 @@ pub mod fuzzing {
     /// The subscribe command a GET with `query` (and `Last-Event-ID`) asks
     /// for, or why it is refused.
     pub fn subscribe(query: &str, last_event_id: Option<&str>) -> Result<String, String> {
-        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-            .into_owned()
-            .collect();
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        super::subscribe_from_query(&param, last_event_id)
+        let params = super::Query::parse(query);
+        super::subscribe_from_query(&|name| params.get(name), last_event_id)
     }
 
     /// A POST body's commands, or why it is refused.
