@@ -24,12 +24,11 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
-use cable_core::protocol::Frame;
 use cable_core::protocol::EXT_SUBPROTOCOL;
 use cable_core::transport::{Inbound, Outbox, Outgoing, Probe, ProbeAnswer, TransportGuard};
 use cable_core::ConnectRequest;
@@ -53,7 +52,6 @@ const BATCH: usize = 64;
 
 /// What the client gets.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(usize)]
 enum Mode {
     /// A GET: typed events, and each broadcast's message alone.
     Get,
@@ -468,8 +466,9 @@ impl SseStream {
 
     /// The next bytes of the body; None once the connection has ended.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut out = String::new();
         let mut batch = std::mem::take(&mut self.early);
-        loop {
+        while out.is_empty() {
             if self.done {
                 return None;
             }
@@ -477,70 +476,15 @@ impl SseStream {
                 self.done = true;
                 return None;
             }
-            // One event (a broadcast, a ping) goes out as the bytes every
-            // subscriber shares; several are copied into one chunk.
-            let mut single: Option<Bytes> = None;
-            let mut joined = Vec::new();
             for item in batch.drain(..) {
-                let frame = match item {
-                    Outgoing::Text(frame) => frame,
-                    Outgoing::Close { .. } => {
-                        self.done = true;
-                        continue;
-                    }
-                };
-                let event = encode_shared(frame, self.mode);
-                if event.is_empty() {
-                    continue;
-                }
-                match single.take() {
-                    None if joined.is_empty() => single = Some(event),
-                    first => {
-                        if let Some(first) = first {
-                            joined.extend_from_slice(&first);
-                        }
-                        joined.extend_from_slice(&event);
-                    }
+                match item {
+                    Outgoing::Text(frame) => encode(frame.as_str(), self.mode, &mut out),
+                    Outgoing::Close { .. } => self.done = true,
                 }
             }
-            if let Some(event) = single {
-                return Some(event);
-            }
-            if !joined.is_empty() {
-                return Some(Bytes::from(joined));
-            }
         }
+        Some(Bytes::from(out))
     }
-}
-
-/// The frame last encoded in each mode, and its event. The hub hands every
-/// subscriber of an identifier the same frame (one allocation), and the
-/// heartbeat every connection the same ping, so a fan-out encodes each
-/// frame once per mode rather than once per subscriber. The cache holds
-/// the frame, so its allocation (and therefore its address) cannot be
-/// reused by another frame while it is cached: the same address and length
-/// are the same bytes.
-static LAST_ENCODED: [Mutex<Option<(Frame, Bytes)>>; 3] = [const { Mutex::new(None) }; 3];
-
-/// `frame`'s event in `mode` (empty when the mode leaves it out).
-fn encode_shared(frame: Frame, mode: Mode) -> Bytes {
-    let slot = &LAST_ENCODED[mode as usize];
-    let same = |cached: &Frame| {
-        cached.as_str().as_ptr() == frame.as_str().as_ptr() && cached.len() == frame.len()
-    };
-    if let Ok(last) = slot.lock() {
-        if let Some((cached, event)) = last.as_ref().filter(|(cached, _)| same(cached)) {
-            debug_assert_eq!(cached.as_str(), frame.as_str());
-            return event.clone();
-        }
-    }
-    let mut out = String::new();
-    encode(frame.as_str(), mode, &mut out);
-    let event = Bytes::from(out);
-    if let Ok(mut last) = slot.lock() {
-        *last = Some((frame, event.clone()));
-    }
-    event
 }
 
 /// Appends the event for one frame to `out` (nothing for a frame `mode`
@@ -699,24 +643,6 @@ mod tests {
             Mode::Get
         )
         .contains("retry"));
-    }
-
-    #[test]
-    fn a_shared_frame_is_encoded_once_and_others_anew() {
-        let a = Frame::message_at("i", r#"{"n":1}"#, "s", "e", 1);
-        let first = encode_shared(a.clone(), Mode::Get);
-        assert_eq!(&first[..], b"data: {\"n\":1}\nid: 1/e/s\n\n");
-        // The same frame (another subscriber's clone) gets the same event.
-        assert_eq!(encode_shared(a.clone(), Mode::Get), first);
-        // Same text, another allocation; other text: each encoded for itself.
-        let again = Frame::message_at("i", r#"{"n":1}"#, "s", "e", 1);
-        assert_eq!(encode_shared(again, Mode::Get), first);
-        let other = Frame::message_at("i", r#"{"n":2}"#, "s", "e", 2);
-        assert_eq!(
-            &encode_shared(other, Mode::Get)[..],
-            b"data: {\"n\":2}\nid: 2/e/s\n\n"
-        );
-        assert!(encode_shared(a, Mode::Post).starts_with(b"data: {\"identifier\":\"i\""));
     }
 
     #[test]
