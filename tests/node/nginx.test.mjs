@@ -1,8 +1,9 @@
 // The nginx configuration of docs/deployment.md (docs/nginx/cable.conf),
 // run by Debian's nginx in front of the chat example: the unmodified
-// @rails/actioncable client connects, subscribes and chats through it, and
-// an EventSource (the `eventsource` package) hears the room over SSE
-// through it, event by event.
+// @rails/actioncable client connects, subscribes and chats through it; an
+// EventSource (the `eventsource` package) hears the room over SSE through it,
+// resumes with Last-Event-ID after a cut in front of it, and a POST of
+// commands passes.
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -13,7 +14,7 @@ import path from "node:path";
 import net from "node:net";
 import { fileURLToPath } from "node:url";
 import { freePort, sleep } from "./helpers.mjs";
-import { SseScope, chatOverSse } from "./sse_helpers.mjs";
+import { CuttingProxy, SseScope, chatOverSse } from "./sse_helpers.mjs";
 
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
 const CONF = fileURLToPath(new URL("../../docs/nginx/cable.conf", import.meta.url));
@@ -32,10 +33,11 @@ describe("through nginx (docs/nginx/cable.conf)", { skip: !NGINX && !process.env
   let port;
   let dir;
   let log = "";
+  let server;
 
   before(async () => {
     assert.ok(NGINX, "nginx is required in CI");
-    const server = await scope.startServer({ port: await freePort() });
+    server = await scope.startServer({ port: await freePort(), admin: true });
     port = await freePort();
     dir = mkdtempSync(path.join(tmpdir(), "cable-nginx-"));
     for (const d of ["body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(path.join(dir, d));
@@ -97,5 +99,42 @@ http {
 
   it("Server-Sent Events pass through the proxy as they come", { timeout: 30_000 }, scope.wrap(async () => {
     await chatOverSse(scope, `http://127.0.0.1:${port}`, `ws://127.0.0.1:${port}/cable`);
+  }));
+
+  /** Says `{n}` in the lobby through the chat's admin endpoint. */
+  async function say(n) {
+    const res = await server.post("/admin/broadcast", { stream: "chat_lobby", message: { n } });
+    assert.equal(res.status, 200, JSON.stringify(res));
+  }
+
+  it("an SSE connection cut in front of nginx resumes with Last-Event-ID, exactly what was missed", { timeout: 40_000 }, scope.wrap(async () => {
+    const proxy = await CuttingProxy.start(port);
+    scope.proxies.push(proxy);
+    const params = encodeURIComponent(JSON.stringify({ room: "lobby" }));
+    const c = scope.source(`http://127.0.0.1:${proxy.port}/events?user=ivy&channel=ChatChannel&params=${params}`);
+    await scope.waitFor("subscribed through nginx", () => c.has("confirm_subscription"));
+    const before = c.messages.length;
+    for (const n of [1, 2]) await say(n);
+    await scope.waitFor("1 and 2", () => c.messages.length === before + 2);
+    proxy.cut();
+    for (const n of [3, 4]) await say(n);
+    await scope.waitFor("re-opened through nginx", () => c.opened >= 2, { timeout: 15_000 });
+    await scope.waitFor("the history replayed", () => c.has("confirm_history"));
+    await say(5);
+    await scope.waitFor("5 live", () => c.messages.length >= before + 5);
+    await sleep(300);
+    assert.deepEqual(c.messages.slice(before).map((m) => m.data.n), [1, 2, 3, 4, 5], "each once, in order");
+  }));
+
+  it("a POST of JSONL commands passes through nginx", { timeout: 30_000 }, scope.wrap(async () => {
+    const identifier = JSON.stringify({ channel: "ChatChannel", room: "lobby" });
+    const c = scope.source(`http://127.0.0.1:${port}/events?user=jon`, {
+      method: "POST",
+      body: `${JSON.stringify({ command: "subscribe", identifier })}\n`,
+      headers: { Origin: "http://localhost:3000" },
+    });
+    await scope.waitFor("subscribed by POST through nginx", () => c.has("confirm_subscription"));
+    await say(7);
+    await scope.waitFor("the whole frame", () => c.messages.some((m) => m.data.message?.n === 7));
   }));
 });
