@@ -85,7 +85,8 @@ pub struct ServerConfig {
     /// Where Server-Sent Events answer (AnyCable's SSE transport: GET and
     /// POST; see the crate docs, "Server-Sent Events"), or None for no SSE.
     /// Default None: like AnyCable's `--sse`, it is asked for (usually
-    /// `/events`, [`DEFAULT_SSE_PATH`]).
+    /// `/events`, [`DEFAULT_SSE_PATH`]). Two routers merged into one app
+    /// must not both serve it on one path (axum refuses two routes there).
     pub sse_path: Option<String>,
 }
 

@@ -39,9 +39,12 @@ pub trait Connect: Send + Sync + 'static {
 /// A lazily opened, self-repairing connection: a call connects if needed,
 /// fails within its timeout all told ([`BROKER_TIMEOUT`] by default), never
 /// panics, and a broken connection is replaced by the next call. After a
-/// failed connect, calls fail at once for
-/// [`RETRY_HOLDOFF`](crate::RETRY_HOLDOFF), so that a burst
-/// of calls during an outage is not a burst of connection attempts.
+/// failed connect, no new attempt is made for
+/// [`RETRY_HOLDOFF`](crate::RETRY_HOLDOFF), so that a burst of calls
+/// during an outage is not a burst of connection attempts: a call in that
+/// window waits for its end and then gets a fresh answer (a newer failure,
+/// or the connection), so a call right after the backend is back does not
+/// fail on a failure from just before.
 pub struct LazyConnection<C: Connect> {
     backend: C,
     slot: ConnSlot<C::Conn, BrokerError>,
@@ -64,7 +67,7 @@ impl<C: Connect> LazyConnection<C> {
     pub fn with_timeout(backend: C, timeout: Duration) -> Self {
         LazyConnection {
             backend,
-            slot: ConnSlot::new((C::NAME, "broker"), timeout, C::is_closed),
+            slot: ConnSlot::new((C::NAME, "broker"), timeout, C::is_closed).waiting_out_holdoff(),
         }
     }
 
@@ -198,17 +201,21 @@ mod tests {
             matches!(&hung, Err(BrokerError::Unavailable(m)) if m.contains("HANG")),
             "{hung:?}"
         );
-        // Down: the failure is returned, and repeated without a new attempt
-        // during the hold-off.
+        // Down: the failure is returned. A call during the hold-off makes no
+        // attempt before it ends: back by then, it gets the connection.
         up.store(false, Ordering::SeqCst);
         assert!(matches!(
             lazy.call("x", |c| async move { Ok(c) }).await,
             Err(BrokerError::Unavailable(_))
         ));
+        assert_eq!(connects.load(Ordering::SeqCst), 4);
         up.store(true, Ordering::SeqCst);
-        assert!(lazy.call("x", |c| async move { Ok(c) }).await.is_err());
-        tokio::time::advance(RETRY_HOLDOFF).await;
+        let started = tokio::time::Instant::now();
         assert_eq!(lazy.call("x", |c| async move { Ok(c) }).await, Ok(5));
+        assert!(
+            started.elapsed() >= RETRY_HOLDOFF / 2,
+            "waited out the hold-off"
+        );
         assert_eq!(connects.load(Ordering::SeqCst), 5);
     }
 

@@ -43,6 +43,9 @@ pub(crate) struct ConnSlot<T, E> {
     timeout: Duration,
     /// Whether a connection is known to be closed (checked before reuse).
     is_closed: fn(&T) -> bool,
+    /// Within the hold-off, wait for its end rather than fail at once
+    /// (see [`ConnSlot::get`]).
+    wait_out_holdoff: bool,
 }
 
 struct Slot<T, E> {
@@ -68,7 +71,19 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
             names,
             timeout,
             is_closed,
+            wait_out_holdoff: false,
         }
+    }
+
+    /// A caller within the hold-off waits for its end and then gets a fresh
+    /// answer (the connection someone opened meanwhile, a failure newer
+    /// than the one it waited out, or its own attempt) instead of the old
+    /// failure at once. For brokers: an append right after the backend is
+    /// back must not fail on a failure of an idle timer's call made just
+    /// before; it costs a call during an outage at most the hold-off.
+    pub(crate) fn waiting_out_holdoff(mut self) -> Self {
+        self.wait_out_holdoff = true;
+        self
     }
 
     /// The bound on one request.
@@ -149,24 +164,39 @@ impl<T: Clone, E: Clone + Display> ConnSlot<T, E> {
     /// The connection and its generation: the one in the slot unless it is
     /// known to be closed, else a new one from `connect` (one caller
     /// connects, the others wait for it). Within [`RETRY_HOLDOFF`] of a
-    /// failed connect, that failure again without trying.
+    /// failed connect, that failure again without trying, or, when waiting
+    /// out the hold-off, the answer after it.
     async fn get<F, Fut>(&self, connect: F) -> Result<(u64, T), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(found) = self.current() {
-            return Ok(found);
-        }
-        if let Some((at, error)) = &self.slot().last_failure {
-            if at.elapsed() < RETRY_HOLDOFF {
-                return Err(error.clone());
+        let mut waited = false;
+        let _connecting = loop {
+            if let Some(found) = self.current() {
+                return Ok(found);
             }
-        }
+            let connecting = self.connecting.lock().await;
+            if let Some(found) = self.current() {
+                return Ok(found);
+            }
+            let held = self
+                .slot()
+                .last_failure
+                .clone()
+                .filter(|(at, _)| at.elapsed() < RETRY_HOLDOFF);
+            match held {
+                None => break connecting,
+                // The failure waited out was replaced by a newer one: that
+                // is a fresh answer.
+                Some((_, error)) if waited || !self.wait_out_holdoff => return Err(error),
+                Some((at, _)) => {
+                    drop(connecting);
+                    tokio::time::sleep(RETRY_HOLDOFF.saturating_sub(at.elapsed())).await;
+                    waited = true;
+                }
+            }
+        };
         match connect().await {
             Ok(conn) => {
                 let mut slot = self.slot();
