@@ -191,14 +191,14 @@ pub fn with_adapter(
 }
 
 /// Applies the broker named by `settings.broker` to `builder`: history and
-/// sessions in this process (`memory`), Redis, PostgreSQL, or nowhere
-/// (`none`).
+/// sessions in this process (`memory`), Redis, PostgreSQL, NATS
+/// JetStream, or nowhere (`none`).
 pub fn with_broker(
     builder: CableBuilder,
     settings: &Settings,
 ) -> Result<CableBuilder, StandaloneError> {
     let url = settings.broker.as_str();
-    #[cfg(any(feature = "redis", feature = "postgres"))]
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
     let refused = |e: Box<dyn std::error::Error + Send + Sync>| StandaloneError::Broker {
         url: redact_url(url),
         source: e,
@@ -215,6 +215,10 @@ pub fn with_broker(
             .try_broker(|| {
                 cable_postgres::PostgresBroker::new(cable_postgres::PostgresBrokerConfig::new(url))
             })
+            .map_err(|e| refused(Box::new(e))),
+        #[cfg(feature = "nats")]
+        "nats" => builder
+            .try_broker(|| cable_nats::NatsBroker::new(cable_nats::NatsBrokerConfig::new(url)))
             .map_err(|e| refused(Box::new(e))),
         other => Err(StandaloneError::UnsupportedBroker {
             scheme: other.to_owned(),

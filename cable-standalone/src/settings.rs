@@ -148,8 +148,10 @@ pub struct Settings {
     )]
     pub channel_prefix: Option<String>,
     /// History, session and presence store of reliable streams: `memory`
-    /// (this process only), `redis://…`, `postgres://…` (shared by every
-    /// node on it), `redis` (AnyCable's name: the Redis at `redis_url`), or
+    /// (this process only), `redis://…`, `postgres://…`, `nats://…`
+    /// (JetStream; shared by every node on it), `redis` (AnyCable's name:
+    /// the Redis at `redis_url`), `nats` (AnyCable's: JetStream at
+    /// `nats_servers`; no presence), or
     /// `none` (history requests are rejected, sessions do not resume, no
     /// presence). Default `memory`.
     #[serde(serialize_with = "ser::redacted")]
@@ -886,13 +888,14 @@ impl Settings {
                     .split_once("://")
                     .map(|(s, _)| s.to_ascii_lowercase())
                     .as_deref(),
-                Some("redis" | "rediss" | "redis+unix" | "postgres" | "postgresql")
+                Some("redis" | "rediss" | "redis+unix" | "postgres" | "postgresql" | "nats")
             );
         if !broker_ok {
             return Err(invalid(
                 "broker",
-                "memory, none, redis (at redis_url), redis://HOST[:PORT][/DB], rediss://… or \
-                 postgres://HOST[:PORT]/DB",
+                "memory, none, redis (at redis_url), nats (JetStream at nats_servers), \
+                 redis://HOST[:PORT][/DB], rediss://…, postgres://HOST[:PORT]/DB or \
+                 nats://HOST[:PORT]",
             ));
         }
         if self.history_limit == 0 {
@@ -1064,6 +1067,8 @@ impl Settings {
             self.broker = redis_url
                 .clone()
                 .unwrap_or_else(|| ANYCABLE_REDIS_URL.to_owned());
+        } else if self.broker.eq_ignore_ascii_case("nats") {
+            self.broker = self.intake_nats_url();
         }
         match self
             .pubsub
@@ -1810,6 +1815,15 @@ mod tests {
                     ("ANYCABLE_REDIS_URL", "redis://db:6380/1"),
                 ],
                 |s| s.broker == "redis://db:6380/1" && s.adapter == "memory",
+            ),
+            (
+                "broker and pubsub nats at nats_servers",
+                &[
+                    ("ANYCABLE_BROKER", "nats"),
+                    ("ANYCABLE_PUBSUB", "nats"),
+                    ("ANYCABLE_NATS_SERVERS", "nats://n1:4222"),
+                ],
+                |s| s.broker == "nats://n1:4222" && s.adapter == s.broker,
             ),
             (
                 "broker and pubsub redis at its default",

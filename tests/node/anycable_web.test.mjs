@@ -4,8 +4,8 @@
 // clients: a dropped client reconnects by itself, resumes its session by sid
 // (no connect hook, same subscriptions) and gets what it missed exactly once;
 // a client that was away longer than the history reaches gets
-// `history_not_found`; with two nodes on a shared Redis or PostgreSQL
-// (`--broker adapter`), a client dropped from one resumes on the other
+// `history_not_found`; with two nodes on a shared Redis, PostgreSQL or NATS
+// with JetStream (`--broker adapter`), a client dropped from one resumes on the other
 // (SKIPPED when the backend is unreachable, unless CI is set). And the plain
 // @rails/actioncable client still sees Rails' frames (no sid, no positions).
 //
@@ -380,6 +380,8 @@ describe("@anycable/web against the chat server (extended protocol, reliable roo
 const BACKENDS = [
   ["Redis", process.env.REDIS_URL || "redis://127.0.0.1:6379", 6379, "redis"],
   ["PostgreSQL", process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/test", 5432, "postgres"],
+  // NATS pub/sub and the JetStream broker (issue 17).
+  ["NATS", process.env.NATS_URL || "nats://127.0.0.1:4222", 4222, "nats jetstream"],
 ];
 
 for (const [backend, url, defaultPort, logName] of BACKENDS) {

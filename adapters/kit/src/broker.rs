@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::slot::{ConnSlot, Failure, Late};
 use async_trait::async_trait;
-use cable_core::broker::BrokerError;
+use cable_core::broker::{BrokerError, HistoryPolicy};
 
 /// How long one broker call may take, connecting included, before it fails
 /// with [`BrokerError::Unavailable`].
@@ -103,6 +103,29 @@ impl<C: Connect> LazyConnection<C> {
                 },
             )
             .await
+    }
+}
+
+/// A history mark's value as the key-value brokers keep it:
+/// `<limit> <ttl_ms>`, read back by [`parse_mark`].
+pub fn mark_text(policy: HistoryPolicy, ttl_ms: u64) -> String {
+    format!("{} {ttl_ms}", policy.limit)
+}
+
+/// The policy of a history mark written by [`mark_text`]; an error naming
+/// `backend` and the stream when it is not one.
+pub fn parse_mark(backend: &str, stream: &str, value: &str) -> Result<HistoryPolicy, BrokerError> {
+    let parsed = value
+        .split_once(' ')
+        .and_then(|(limit, ttl)| Some((limit.parse().ok()?, ttl.parse().ok()?)));
+    match parsed {
+        Some((limit, ttl)) => Ok(HistoryPolicy {
+            limit,
+            ttl: Duration::from_millis(ttl),
+        }),
+        None => Err(BrokerError::Backend(format!(
+            "{backend}: history mark of {stream:?} is not `<limit> <ttl_ms>`: {value:?}"
+        ))),
     }
 }
 

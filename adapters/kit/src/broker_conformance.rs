@@ -63,10 +63,25 @@ pub trait BrokerConformance: Sized + Send + Sync + 'static {
 }
 
 /// Expands to one `#[tokio::test]` per property of the suite, for `$impl`
-/// (a [`BrokerConformance`] type).
+/// (a [`BrokerConformance`] type). `broker_conformance_tests!($impl;
+/// without presence)` is for a broker that keeps no presence: the
+/// presence properties are replaced by [`presence_is_unsupported`].
 #[macro_export]
 macro_rules! broker_conformance_tests {
     ($impl:ty) => {
+        $crate::broker_conformance_tests!(@history $impl;
+            presence_join_leave_info,
+            presence_id_mismatch,
+            presence_two_sessions_of_one_id,
+            presence_is_shared_by_nodes,
+            presence_expires_unless_touched,
+            presence_expire_reports_each_leave_once,
+        );
+    };
+    ($impl:ty; without presence) => {
+        $crate::broker_conformance_tests!(@history $impl; presence_is_unsupported);
+    };
+    (@history $impl:ty; $($presence:ident),* $(,)?) => {
         $crate::suite_tests!(broker_conformance, $impl;
             offsets_start_at_one_and_grow_by_one,
             nodes_share_positions,
@@ -84,12 +99,7 @@ macro_rules! broker_conformance_tests {
             payloads_come_back_exactly,
             extreme_arguments_are_no_errors,
             unreachable_backend_fails_promptly,
-            presence_join_leave_info,
-            presence_id_mismatch,
-            presence_two_sessions_of_one_id,
-            presence_is_shared_by_nodes,
-            presence_expires_unless_touched,
-            presence_expire_reports_each_leave_once,
+            $($presence),*
         );
     };
 }
@@ -733,6 +743,36 @@ async fn expired(b: &impl Broker, prefix: &str) -> Vec<(String, String)> {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// A broker without presence says so, and every presence call answers
+/// [`BrokerError::Unsupported`] (the server then serves no presence API and
+/// refuses `join`), without touching the backend.
+pub async fn presence_is_unsupported<C: BrokerConformance>() {
+    let Some(c) = C::setup().await else { return };
+    let b = c.broker();
+    assert!(!b.supports_presence(), "{} keeps no presence", b.name());
+    let results = [
+        b.presence_join(member("s", "sid", "id", "{}", MINUTE))
+            .await
+            .err(),
+        b.presence_leave("s", "sid").await.err(),
+        b.presence_info("s").await.err(),
+        b.presence_touch(&["sid".to_owned()], MINUTE).await.err(),
+        b.presence_expire().await.err(),
+    ];
+    for r in results {
+        assert!(
+            matches!(
+                r,
+                Some(BrokerError::Unsupported {
+                    what: "presence",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
 
 /// Join, leave and info: the first session of an id joins (true), a
 /// rejoin changes the info and keeps the place, leaving returns the id

@@ -1,5 +1,7 @@
 //! `cable-nats`: a NATS pub/sub adapter for [`cable_core`], on the shared
-//! adapter skeleton `cable-adapter-kit`.
+//! adapter skeleton `cable-adapter-kit`; [`NatsBroker`], the history and
+//! session store of reliable streams on JetStream; and [`NatsIntake`],
+//! AnyCable's NATS broadcaster received.
 //!
 //! Every cable server on the same NATS (and the same subject prefix) hears
 //! every other's broadcasts; a raw NATS client publishing on a stream's
@@ -65,6 +67,62 @@
 //! reconnections. A `subscribe` during an outage is applied once NATS is
 //! back; its `Ack` fails after 5 s, as with every adapter on the kit.
 //!
+//! # History broker
+//! [`NatsBroker`] keeps the history and sessions of reliable streams in
+//! JetStream (nats-server 2.9 or later, started with `-js`), shared by
+//! every node on the server or cluster. It creates what it needs on first
+//! use, named by [`NatsBrokerConfig::name`] (`cable` by default):
+//! - the stream `cable_history` on the subjects `cable.history.>`, one
+//!   subject per cable stream, `cable.history.<key>` where the key is the
+//!   stream's bytes in unpadded URL-safe base64 (`=` for the empty stream;
+//!   [`NatsBrokerConfig::subject`] tells it). Each entry is one message:
+//!   the payload as given, and the headers `Cable-Epoch`, `Cable-Offset`,
+//!   `Cable-Prev` (the stream sequence of the entry before it),
+//!   `Cable-Limit` and `Cable-Ttl-Ms`;
+//! - the key-value bucket `cable_broker` (one revision per key): sessions
+//!   under `session.<key>`, history marks under `mark.<key>`, each value
+//!   `<deadline in Unix ms> <value>`.
+//!
+//! An append is one conditional publish: `Nats-Expected-Last-Subject-Sequence`
+//! names the sequence of the subject's last entry, so when two nodes append
+//! after the same entry JetStream stores one and refuses the other, which
+//! reads the new last entry and tries again. Offsets therefore never repeat
+//! and have no gaps, with no second write that a crash could leave undone.
+//! A node appends to one stream one call at a time and remembers the last
+//! entry it wrote, so its next append is a single round trip.
+//!
+//! The epoch travels with the entries, not in a key of its own (a
+//! deliberate difference from AnyCable's NATS broker, which keeps one epoch
+//! for everything in a bucket): when the subject has no entry (never
+//! written, purged, lost with a JetStream store) or its last entry is older
+//! than its TTL, the next append starts a new epoch at offset 1, and the
+//! old epoch's entries are purged.
+//!
+//! History is read backwards from the subject's last entry by its
+//! `Cable-Prev` links, one request per entry returned, so a client that
+//! missed three messages costs four requests whatever the limit. The limit
+//! is kept as the readers count (entries more than `limit` behind the last
+//! are not served) and physically by a purge that keeps the last `limit`
+//! entries, every `limit / 4` appends. Entry times are JetStream's
+//! (the server clock); TTLs are judged against this process's clock, so keep
+//! the nodes' clocks in step with NATS (NTP).
+//!
+//! Limits of this design: the stream's and bucket's `max_age`
+//! ([`NatsBrokerConfig::max_age`], a day by default) caps every TTL and
+//! clears subjects nobody appends to; they are set when the broker creates
+//! them (change them with `nats stream edit` afterwards). The broker keeps
+//! no presence ([`Broker::supports_presence`](cable_core::broker::Broker::supports_presence)
+//! is false, as in AnyCable's NATS broker): use the Redis or PostgreSQL
+//! broker for presence across nodes.
+//!
+//! ```no_run
+//! use cable_nats::{NatsBroker, NatsBrokerConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let builder = cable_core::Cable::builder()
+//!     .try_broker(|| NatsBroker::new(NatsBrokerConfig::new("nats://127.0.0.1:4222")))?;
+//! # drop(builder); Ok(()) }
+//! ```
+//!
 //! # Example
 //! ```no_run
 //! use cable_core::{async_trait, Cable, Channel, ChannelError, Context};
@@ -97,10 +155,12 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod broker;
 mod intake;
 mod publisher;
 pub mod subject;
 
+pub use crate::broker::{NatsBroker, NatsBrokerConfig, DEFAULT_BROKER_NAME, DEFAULT_MAX_AGE};
 pub use crate::intake::{NatsIntake, NatsIntakeConfig, DEFAULT_INTAKE_SUBJECT};
 
 use async_nats::ServerAddr;

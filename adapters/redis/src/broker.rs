@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cable_adapter_kit::broker::{new_epoch, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT};
+use cable_adapter_kit::broker::{
+    mark_text, new_epoch, parse_mark, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT,
+};
 use cable_core::broker::{
     Broker, BrokerError, Entry, History, HistoryPolicy, Join, Position, PresenceInfo, PresenceLeft,
     PresenceRecord,
@@ -808,26 +810,14 @@ impl Broker for RedisBroker {
 
     async fn enable_history(&self, stream: &str, policy: HistoryPolicy) -> Result<(), BrokerError> {
         let key = self.config.policy_key(stream);
-        let value = format!("{} {}", policy.limit, millis(policy.ttl));
         let ttl = millis(policy.ttl);
-        self.set(&key, &value, ttl).await
+        self.set(&key, &mark_text(policy, ttl), ttl).await
     }
 
     async fn history_policy(&self, stream: &str) -> Result<Option<HistoryPolicy>, BrokerError> {
         let value = self.get(&self.config.policy_key(stream)).await?;
         let Some(value) = value else { return Ok(None) };
-        let parsed = value
-            .split_once(' ')
-            .and_then(|(limit, ttl)| Some((limit.parse().ok()?, ttl.parse().ok()?)));
-        match parsed {
-            Some((limit, ttl)) => Ok(Some(HistoryPolicy {
-                limit,
-                ttl: Duration::from_millis(ttl),
-            })),
-            None => Err(BrokerError::Backend(format!(
-                "redis: history mark of {stream:?} is not `<limit> <ttl_ms>`: {value:?}"
-            ))),
-        }
+        parse_mark("redis", stream, &value).map(Some)
     }
 
     async fn store_session(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cable_core::redact_url;
-use cable_nats::{NatsConfig, NatsPubSub};
+use cable_nats::{NatsBroker, NatsBrokerConfig, NatsConfig, NatsPubSub};
 use cable_postgres::{PostgresBroker, PostgresBrokerConfig, PostgresConfig, PostgresPubSub};
 use cable_redis::{RedisBroker, RedisBrokerConfig, RedisConfig, RedisPubSub};
 use cable_server::{serve_with, shutdown_signal, AllowedOrigin, ServeOptions};
@@ -83,10 +83,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_pending_connections: usize,
     /// Where reliable streams keep their history and sessions: `memory`
-    /// (this process only; a restart forgets them); a Redis URL or a
-    /// PostgreSQL URL (as `--adapter` takes), shared by every node on it, so a
-    /// client resumes on any node; or `adapter`, the same backend and URL as
-    /// `--adapter` (`memory` when the adapter is).
+    /// (this process only; a restart forgets them); a Redis URL, a
+    /// PostgreSQL URL or a NATS URL (JetStream; as `--adapter` takes them),
+    /// shared by every node on it, so a client resumes on any node; or
+    /// `adapter`, the same backend and URL as `--adapter` (`memory` when the
+    /// adapter is).
     #[arg(long, value_name = "memory|adapter|URL", default_value = "memory")]
     broker: String,
     /// Messages of history kept per room, for clients on AnyCable's extended
@@ -277,6 +278,7 @@ enum BrokerChoice {
     Memory,
     Redis(RedisBrokerConfig),
     Postgres(PostgresBrokerConfig),
+    Nats(NatsBrokerConfig),
 }
 
 /// Reads `--broker` (`adapter` meaning `--adapter`'s value); an error names
@@ -302,11 +304,17 @@ fn choose_broker(broker: &str, adapter: &str) -> Result<BrokerChoice, (ErrorKind
             config.validate().map_err(|e| invalid(&e))?;
             Ok(BrokerChoice::Postgres(config))
         }
+        Some("nats") => {
+            let config = NatsBrokerConfig::new(url);
+            config.validate().map_err(|e| invalid(&e))?;
+            Ok(BrokerChoice::Nats(config))
+        }
         _ => Err((
             ErrorKind::ValueValidation,
             format!(
                 "--broker {:?}: unknown broker; expected memory, adapter (the same as \
-                 --adapter), redis://HOST[:PORT][/DB], rediss://… or postgres://HOST[:PORT]/DB",
+                 --adapter), redis://HOST[:PORT][/DB], rediss://…, postgres://HOST[:PORT]/DB \
+                 or nats://HOST[:PORT]",
                 redact_url(url)
             ),
         )),
@@ -378,6 +386,15 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 config.table_prefix
             );
             builder.try_broker(move || PostgresBroker::new(config))?
+        }
+        BrokerChoice::Nats(config) => {
+            tracing::info!(
+                "broker: nats jetstream at {} ({history}; stream {}, bucket {})",
+                redact_url(&config.url),
+                config.stream_name(),
+                config.bucket_name()
+            );
+            builder.try_broker(move || NatsBroker::new(config))?
         }
     };
     let builder = builder.config(core);
@@ -535,8 +552,19 @@ mod tests {
         };
         assert!(msg.starts_with("--broker: "), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        let Err((_, msg)) = broker("nats://:hunter2@localhost", "memory") else {
-            panic!("nats accepted")
+        let Ok(BrokerChoice::Nats(c)) = broker("adapter", "nats://127.0.0.1:4222") else {
+            panic!("the adapter's nats url refused")
+        };
+        assert_eq!(c.url, "nats://127.0.0.1:4222");
+        let Err((_, msg)) = broker("nats://:hunter2@localhost:notaport", "memory") else {
+            panic!("bad nats port accepted")
+        };
+        assert!(
+            msg.starts_with("--broker: ") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        let Err((_, msg)) = broker("amqp://:hunter2@localhost", "memory") else {
+            panic!("amqp accepted")
         };
         assert!(
             msg.contains("unknown broker") && !msg.contains("hunter2"),

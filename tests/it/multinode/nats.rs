@@ -1,15 +1,24 @@
 //! Several `chat` processes on one nats-server through `--adapter
 //! nats://…` (`NATS_URL`, default `nats://127.0.0.1:4222`): speaks and
 //! remote disconnects cross, and a raw NATS client publishing on a
-//! stream's subject reaches its subscribers. Skipped without NATS unless
-//! `CI` is set.
+//! stream's subject reaches its subscribers. Two nodes on NATS pub/sub and
+//! the JetStream broker: a client resumes on the other node and misses
+//! nothing. Skipped without NATS unless `CI` is set.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use cable_core::{authenticate_with, Cable, Identifiers, Unauthorized};
+use cable_nats::{NatsBroker, NatsBrokerConfig, NatsConfig, NatsPubSub};
+use cable_test::channels::Feed;
+use cable_test::TestServer;
+use serde_json::json;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::reliable::{ask_history, ext_client, news, positioned, typed};
 use super::support::*;
 
 fn nats_url() -> String {
@@ -128,4 +137,75 @@ async fn nats_raw_publish_on_a_streams_subject_reaches_chat_clients() {
     alice
         .expect(&message(LOBBY, r#"{"user":"nats","body":"raw"}"#))
         .await;
+}
+
+/// A node as a deployment on NATS runs it: NATS pub/sub under `prefix`
+/// and a JetStream broker of its own (on the stream `cable_it_nodes_history`
+/// that every run shares: tests keep apart by stream names, and entries
+/// age out), `NewsChannel`, users from `?user=`.
+async fn jetstream_node(url: &str, prefix: &str) -> TestServer {
+    let pubsub = NatsConfig::new(url).subject_prefix(prefix);
+    let broker =
+        NatsBroker::new(NatsBrokerConfig::new(url).name("cable_it_nodes")).expect("broker config");
+    let builder = Cable::builder()
+        .channel("NewsChannel", Feed::default)
+        .authenticate(authenticate_with(|req| async move {
+            req.query("user")
+                .map(|u| Identifiers::new().with("current_user", u))
+                .ok_or_else(|| Unauthorized::because("no user"))
+        }))
+        .shared_broker(Arc::new(broker))
+        .try_pubsub(move |d| NatsPubSub::new(pubsub, d))
+        .expect("pubsub config");
+    TestServer::start(builder).await
+}
+
+/// Issue 17: the JetStream broker behind two nodes. A client on A drops;
+/// what both nodes publish meanwhile is in JetStream; it comes back on B
+/// with its session id and its last position, gets exactly what it missed
+/// (once each, in order, with the positions the live messages had), then
+/// the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_client_resumes_on_the_other_node_and_misses_nothing() {
+    let Some((url, _raw, prefix)) = shared().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(jetstream_node(&url, &prefix), jetstream_node(&url, &prefix));
+    let stream = format!("news_{prefix}");
+    let id = news(&stream);
+    let publish = async |ns: std::ops::RangeInclusive<u64>| {
+        for n in ns {
+            let node = if n % 2 == 1 { &a } else { &b };
+            node.cable
+                .broadcast(&stream, &json!({ "n": n }))
+                .await
+                .expect("broadcast");
+        }
+    };
+    let (mut c, welcome) = ext_client(&a, "/cable?user=ann").await;
+    let sid = welcome["sid"].as_str().expect("a session id").to_owned();
+    c.subscribe(&id).await;
+    let mut seen = Vec::new();
+    publish(1..=2).await;
+    for _ in 1..=2 {
+        seen.push(positioned(&mut c).await);
+    }
+    drop(c);
+    publish(3..=5).await;
+
+    let (mut back, welcome) = ext_client(&b, &format!("/cable?sid={sid}")).await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    let (_, epoch, offset) = seen.last().cloned().expect("two seen");
+    ask_history(&mut back, &id, &stream, &epoch, offset).await;
+    for _ in 3..=5 {
+        seen.push(positioned(&mut back).await);
+    }
+    back.expect(&typed("confirm_history", &id)).await;
+    publish(6..=7).await;
+    for _ in 6..=7 {
+        seen.push(positioned(&mut back).await);
+    }
+    back.expect_silence(Duration::from_millis(500)).await;
+    let want: Vec<_> = (1..=7).map(|n| (n, epoch.clone(), n)).collect();
+    assert_eq!(seen, want, "bodies and positions, in order, once each");
 }

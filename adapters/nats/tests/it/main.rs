@@ -3,6 +3,7 @@
 //! a reachable NATS the tests print `SKIPPED: …` and pass, unless `CI` is
 //! set. The outage tests start their own nats-server on a free port.
 
+mod broker;
 mod conformance;
 mod intake;
 mod support;
