@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::protocol::DisconnectReason;
+use crate::Extensions;
 
 /// What the connection hook sees of the upgrade request. Transport-neutral:
 /// the server fills it from the HTTP request.
@@ -19,6 +21,11 @@ pub struct ConnectRequest {
     peer: Option<SocketAddr>,
     subprotocol: Option<String>,
     one_way: bool,
+    /// What the transport attached (see [`ConnectRequest::extensions`]).
+    extensions: Extensions,
+    /// The app state of the `Cable` the request is for, set by the core
+    /// before the connection hook runs.
+    state: Option<Arc<Extensions>>,
 }
 
 impl ConnectRequest {
@@ -56,7 +63,50 @@ impl ConnectRequest {
             peer,
             subprotocol: None,
             one_way: false,
+            extensions: Extensions::new(),
+            state: None,
         }
+    }
+
+    /// Attaches `value`, for the connection hook to read with
+    /// [`extensions`](Self::extensions). cable-server attaches the HTTP
+    /// request's extensions (`http::Extensions`), where axum middleware
+    /// (tower-sessions, axum-login) keeps what it found.
+    pub fn with_extension<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// What the transport attached to this request.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The application state of type `T` given to
+    /// [`CableBuilder::state`](crate::CableBuilder::state), once the
+    /// request reaches the connection hook.
+    ///
+    /// ```
+    /// use cable_core::{authenticate_with, Cable, Identifiers, Unauthorized};
+    /// struct Users(Vec<&'static str>);
+    /// let cable = Cable::builder()
+    ///     .state(Users(vec!["ann"]))
+    ///     .authenticate(authenticate_with(|req| async move {
+    ///         let users = req.state::<Users>().expect("the builder's state");
+    ///         match req.query("user") {
+    ///             Some(u) if users.0.contains(&u) => Ok(Identifiers::new().with("current_user", u)),
+    ///             _ => Err(Unauthorized::because("unknown user")),
+    ///         }
+    ///     }))
+    ///     .build();
+    /// # drop(cable);
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.state.as_deref()?.get()
+    }
+
+    pub(crate) fn set_state(&mut self, state: Arc<Extensions>) {
+        self.state = Some(state);
     }
 
     /// Marks the client as one that cannot send while connected (Server-Sent

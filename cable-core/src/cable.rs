@@ -20,6 +20,7 @@ use crate::outbox::Outbox;
 use crate::protocol::Frame;
 use crate::pubsub::{Delivery, MemoryPubSub, PubSub, PubSubError};
 use crate::reliable::Reliable;
+use crate::Extensions;
 
 pub(crate) type ChannelFactory = Box<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
 
@@ -227,6 +228,8 @@ pub(crate) struct Inner {
     transports: AtomicU64,
     /// Set once the heartbeat task runs (one per server).
     heartbeat: std::sync::OnceLock<()>,
+    /// The application state ([`CableBuilder::state`]).
+    pub(crate) state: Arc<Extensions>,
 }
 
 /// Held by a transport while one of its sockets is open, so that
@@ -502,6 +505,7 @@ pub struct CableBuilder {
     /// are not kept).
     broker: Option<Arc<dyn Broker>>,
     config: CableConfig,
+    state: Extensions,
 }
 
 impl std::fmt::Debug for CableBuilder {
@@ -511,6 +515,37 @@ impl std::fmt::Debug for CableBuilder {
 }
 
 impl CableBuilder {
+    /// Adds application state: a database pool, a config, a client of
+    /// another service. Channels read it with
+    /// [`Context::state`](crate::Context::state), the connection hook with
+    /// [`ConnectRequest::state`](crate::ConnectRequest::state), anything
+    /// holding the `Cable` with [`Cable::state`]; one value per type (wrap
+    /// two of one type in types of their own), no globals.
+    ///
+    /// ```
+    /// use cable_core::{async_trait, Cable, Channel, ChannelResult, Context};
+    /// struct Motd(String);
+    /// #[derive(Default)]
+    /// struct Lobby;
+    /// #[async_trait]
+    /// impl Channel for Lobby {
+    ///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
+    ///         let motd = ctx.state::<Motd>().map(|m| m.0.clone()).unwrap_or_default();
+    ///         ctx.transmit(&serde_json::json!({ "motd": motd }));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let cable = Cable::builder()
+    ///     .state(Motd("welcome".into()))
+    ///     .channel("LobbyChannel", Lobby::default)
+    ///     .build();
+    /// assert_eq!(cable.state::<Motd>().map(|m| m.0.as_str()), Some("welcome"));
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
     /// Registers a channel under its Rails class name (`"ChatChannel"`); a new
     /// instance is made by `factory` for every subscription.
     pub fn channel<C, F>(mut self, name: &str, factory: F) -> Self
@@ -660,6 +695,7 @@ impl CableBuilder {
                 started: Instant::now(),
                 transports: AtomicU64::new(0),
                 heartbeat: std::sync::OnceLock::new(),
+                state: Arc::new(self.state),
             }),
         }
     }
@@ -674,7 +710,13 @@ impl Cable {
             pubsub: PubSubSlot::Factory(Box::new(|d| Arc::new(MemoryPubSub::new(d)))),
             broker: Some(Arc::new(MemoryBroker::new())),
             config: CableConfig::default(),
+            state: Extensions::new(),
         }
+    }
+
+    /// The application state of type `T` given to [`CableBuilder::state`].
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.state.get()
     }
 
     /// Who is present on `stream` (AnyCable's presence), on every node

@@ -332,6 +332,12 @@ impl std::fmt::Debug for Context<'_> {
 }
 
 impl<'a> Context<'a> {
+    /// The application state of type `T` given to
+    /// [`CableBuilder::state`](crate::CableBuilder::state) (see its example).
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.conn.cable.state.get()
+    }
+
     /// The subscription's params (the decoded identifier, `channel` included).
     pub fn params(&self) -> &Params {
         &self.sub.params

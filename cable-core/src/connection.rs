@@ -321,6 +321,8 @@ where
             return run_session(cable, ids, inbound, outbox, Some(Box::new(ext.take()))).await;
         }
     }
+    let mut request = request;
+    request.set_state(cable.state.clone());
     let outcome = contained(cable.config.connect_timeout, cable.auth.connect(&request)).await;
     let identifiers = match outcome {
         Outcome::Done(Ok(ids)) => ids,

@@ -99,6 +99,7 @@ pub mod broker;
 mod cable;
 mod channel;
 mod connection;
+mod extensions;
 mod hub;
 mod ids;
 pub mod intake;
@@ -124,6 +125,7 @@ pub use crate::{
     },
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Publication, Stats},
     channel::{Channel, ChannelError, ChannelResult, Context, Params, StreamOptions},
+    extensions::Extensions,
     naming::{broadcasting_for, channel_name, ToParam},
     pubsub::PubSubError,
     redact::redact_url,

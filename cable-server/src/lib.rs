@@ -55,6 +55,36 @@ pub use crate::http::ServeOptions;
 pub use crate::ops::{broadcast_router, health_router, ops_router, OpsConfig};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
+/// What axum middleware stored on the HTTP request (tower-sessions'
+/// session, axum-login's user, anything in `http::Extensions`), read by the
+/// connection hook. cable-server attaches the request's extensions to
+/// every [`ConnectRequest`](cable_core::ConnectRequest) it makes, WebSocket
+/// or SSE; a request made otherwise (a test) has none.
+///
+/// ```
+/// use cable_core::{authenticate_with, Identifiers, Unauthorized};
+/// use cable_server::HttpExtensions;
+/// #[derive(Clone)]
+/// struct LoggedIn(String); // put there by the app's own auth middleware
+/// let hook = authenticate_with(|req| async move {
+///     match req.http_extension::<LoggedIn>() {
+///         Some(user) => Ok(Identifiers::new().with("current_user", user.0.clone())),
+///         None => Err(Unauthorized::because("not logged in")),
+///     }
+/// });
+/// # drop(hook);
+/// ```
+pub trait HttpExtensions {
+    /// The value of type `T` in the HTTP request's extensions.
+    fn http_extension<T: Clone + Send + Sync + 'static>(&self) -> Option<&T>;
+}
+
+impl HttpExtensions for cable_core::ConnectRequest {
+    fn http_extension<T: Clone + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.extensions().get::<::http::Extensions>()?.get::<T>()
+    }
+}
+
 /// Transport settings.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -123,13 +153,18 @@ impl ServerConfig {
     }
 }
 
-/// An axum router serving `cable` at `config.mount_path`.
+/// An axum router serving `cable` at `config.mount_path`, for an app of
+/// any state type `S` (it carries its own state, so it merges into a
+/// `Router<AppState>` as it is, before or after the app's `with_state`).
 ///
 /// [`serve`] sets `TCP_NODELAY` on every accepted socket; with your own
 /// `axum::serve`, do the same (`listener.tap_io(|tcp| tcp.set_nodelay(true))`
 /// with `axum::serve::ListenerExt`), or small frames can wait up to 40 ms for
 /// a delayed ACK.
-pub fn router(cable: Cable, config: ServerConfig) -> Router {
+pub fn router<S>(cable: Cable, config: ServerConfig) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let path = config.mount_path.clone();
     let sse = config.sse_path.clone();
     let state = Arc::new(ws::ServerState::new(cable, config));
@@ -203,6 +238,37 @@ where
         );
     }
     Ok(())
+}
+
+/// Shuts `cable` down when the app is served by your own `axum::serve`
+/// rather than [`serve`]: new connections are refused, every client (WebSocket
+/// or SSE) is sent `server_restart` and closed, and the call returns once
+/// they all closed or `drain_timeout` passed, with the number still open.
+/// Await it inside the graceful-shutdown future, so that axum stops only
+/// after the sockets it no longer tracks (upgraded ones) are drained:
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let cable = cable_core::Cable::builder().build();
+/// let app = axum::Router::new().merge(cable_server::router(cable.clone(), Default::default()));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(async move {
+///         cable_server::shutdown_signal().await;
+///         cable_server::shutdown(&cable, Duration::from_secs(10)).await;
+///     })
+///     .await
+/// # }
+/// ```
+pub async fn shutdown(cable: &Cable, drain_timeout: Duration) -> usize {
+    tracing::info!("Shutting down: telling clients to reconnect (server_restart)");
+    cable_core::transport::begin_shutdown(cable);
+    let left = cable_core::transport::drain(cable, drain_timeout).await;
+    if left > 0 {
+        tracing::warn!("{left} connections still open after {drain_timeout:?}; going on anyway");
+    }
+    left
 }
 
 /// Standalone mode: serves `cable` alone on `addr` (like Rails' `bin/cable`)

@@ -86,7 +86,10 @@ struct OpsState {
 /// and `/_broadcast` reaches every client with the right key, so merging it
 /// into a public router puts all three on the internet; the standalone
 /// server does so only with `ops_on_public_port = true`.
-pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
+pub fn ops_router<S>(cable: Cable, config: OpsConfig) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/_broadcast", post(broadcast))
         .route(PRESENCE_PATH, get(presence))
@@ -99,7 +102,10 @@ pub fn ops_router(cable: Cable, config: OpsConfig) -> Router {
 /// `POST /_broadcast` and the presence endpoint alone: where AnyCable
 /// serves them when it has a key, beside the WebSocket endpoint, without
 /// `/stats` and `/metrics`.
-pub fn broadcast_router(cable: Cable, config: OpsConfig) -> Router {
+pub fn broadcast_router<S>(cable: Cable, config: OpsConfig) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/_broadcast", post(broadcast))
         .route(PRESENCE_PATH, get(presence))
@@ -117,7 +123,10 @@ fn ops_state(cable: &Cable, config: &OpsConfig) -> Arc<OpsState> {
 
 /// `/health` alone: what the public address serves by default, for load
 /// balancers and probes.
-pub fn health_router(cable: Cable) -> Router {
+pub fn health_router<S>(cable: Cable) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/health", get(health))
         .with_state(cable)

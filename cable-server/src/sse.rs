@@ -61,9 +61,11 @@ enum Mode {
     Post,
 }
 
-pub(crate) async fn handle(State(state): State<Arc<ServerState>>, req: Request) -> Response {
+pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Request) -> Response {
     state.ensure_heartbeat();
     let (peer, peer_s) = peer_of(&req);
+    // What middleware put on the request, for the connection hook.
+    let http_extensions = std::mem::take(req.extensions_mut());
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let headers = req.headers();
     let origin = header_str(headers, header::ORIGIN).map(str::to_owned);
@@ -160,6 +162,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, req: Request) 
     let request = ConnectRequest::new(path.clone(), query.as_deref(), request_headers, peer)
         // Positions (for `id:`) and AnyCable's frames; no pongs, no resume.
         .with_subprotocol(Some(EXT_SUBPROTOCOL))
+        .with_extension(http_extensions)
         .one_way();
     let awaited: HashSet<String> = commands.iter().filter_map(|c| subscribe_of(c)).collect();
     let cable = state.cable.clone();
@@ -237,7 +240,7 @@ impl Query {
 }
 
 /// The request's headers, for the connect hook.
-fn connect_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn connect_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))

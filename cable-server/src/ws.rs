@@ -168,24 +168,22 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         );
     };
     let protocol = choose_subprotocol(headers);
-    let request = Box::new(
-        ConnectRequest::new(
-            path.clone(),
-            req.uri().query(),
-            headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                .collect(),
-            peer,
-        )
-        // Core speaks the extended protocol (session ids, resume by `?sid=` or
-        // `X-ANYCABLE-RESTORE-SID`, pongs) when it was negotiated.
-        .with_subprotocol(protocol),
-    );
+    let request = ConnectRequest::new(
+        path.clone(),
+        req.uri().query(),
+        crate::sse::connect_headers(headers),
+        peer,
+    )
+    // Core speaks the extended protocol (session ids, resume by `?sid=` or
+    // `X-ANYCABLE-RESTORE-SID`, pongs) when it was negotiated.
+    .with_subprotocol(protocol);
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         tracing::error!("Failed to upgrade to WebSocket: the HTTP server does not support upgrades on this connection");
         return page_not_found();
     };
+    // What middleware put on the request, for the connection hook
+    // (`HttpExtensions::http_extension`).
+    let request = Box::new(request.with_extension(std::mem::take(req.extensions_mut())));
 
     let cable = state.cable.clone();
     let ws_config = state

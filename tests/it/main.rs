@@ -24,6 +24,7 @@ macro_rules! newtype_deref {
 
 mod architecture;
 mod chat_process;
+mod embedding;
 mod handshake;
 mod hardening;
 mod hostile;
