@@ -30,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::net::SocketAddr;
 
 use cable_core::broker::HistoryPolicy;

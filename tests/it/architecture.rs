@@ -336,3 +336,116 @@ fn features_for_tests_stay_in_dev_dependencies() {
         "test-only features enabled by a normal dependency: {wrong:?}"
     );
 }
+
+/// The workspace root (this crate is `tests/`).
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// Issue 18: the README's embedding example is `cable-server/examples/embed.rs`
+/// as it is (the file is compiled with the crate's examples), so what a
+/// newcomer copies builds.
+#[test]
+fn the_readmes_embedding_example_is_the_compiled_one() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).expect(p);
+    let example = read("cable-server/examples/embed.rs");
+    let body: Vec<&str> = example.lines().filter(|l| !l.starts_with("//!")).collect();
+    let block = format!("```rust\n{}\n```", body.join("\n").trim_matches('\n'));
+    let readme = read("README.md");
+    assert!(
+        readme.contains(&block),
+        "README.md must show cable-server/examples/embed.rs as it is:\n{block}"
+    );
+    // On the first screen, after the two commands.
+    let at = readme.find(&block).unwrap_or(usize::MAX);
+    assert!(
+        readme[..at].lines().count() < 40,
+        "the example starts too far down"
+    );
+    for dep in ["cable-core = \"0.1\"", "cable-server = \"0.1\""] {
+        assert!(readme[..at].contains(dep), "README lacks {dep}");
+    }
+}
+
+/// Issue 18: every crate that can be published says what it is, under
+/// which license, with a README and docs link, and no placeholder
+/// repository; no crate depends on itself through another (dev-dependencies
+/// with a version count: `cargo publish` keeps them).
+#[test]
+fn publishable_crates_have_complete_metadata_and_no_cycles() {
+    let g = graph();
+    let packages = g.meta["packages"].as_array().expect("packages");
+    let members: BTreeSet<&str> = g.members.iter().map(String::as_str).collect();
+    let publishable: Vec<&Value> = packages
+        .iter()
+        .filter(|p| members.contains(p["name"].as_str().unwrap_or("")))
+        .filter(|p| p["publish"] != serde_json::json!([]))
+        .collect();
+    assert!(publishable.len() >= 10, "{}", publishable.len());
+    let mut problems = Vec::new();
+    let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in &publishable {
+        let name = p["name"].as_str().unwrap_or("?");
+        for field in ["description", "license", "readme", "documentation"] {
+            if p[field].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{name}: no {field}"));
+            }
+        }
+        for field in ["keywords", "categories"] {
+            if p[field].as_array().is_none_or(Vec::is_empty) {
+                problems.push(format!("{name}: no {field}"));
+            }
+        }
+        if let Some(repo) = p["repository"].as_str() {
+            if repo.contains("example.invalid") {
+                problems.push(format!("{name}: placeholder repository {repo}"));
+            }
+        }
+        let manifest = std::path::Path::new(p["manifest_path"].as_str().unwrap_or(""));
+        if let (Some(dir), Some(readme)) = (manifest.parent(), p["readme"].as_str()) {
+            if !dir.join(readme).exists() {
+                problems.push(format!("{name}: readme {readme} missing"));
+            }
+        }
+        for dep in p["dependencies"].as_array().into_iter().flatten() {
+            let dn = dep["name"].as_str().unwrap_or("");
+            // A path dev-dependency without a version is dropped on publish.
+            if members.contains(dn) && dep["req"] != "*" {
+                edges.entry(name).or_default().push(dn);
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    // Depth-first search for a cycle.
+    fn visit<'a>(
+        n: &'a str,
+        edges: &BTreeMap<&'a str, Vec<&'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(n);
+            return Some(cycle);
+        }
+        if !done.insert(n) {
+            return None;
+        }
+        path.push(n);
+        for m in edges.get(n).into_iter().flatten() {
+            if let Some(c) = visit(m, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for n in edges.keys() {
+        let cycle = visit(n, &edges, &mut Vec::new(), &mut done);
+        assert!(cycle.is_none(), "dependency cycle: {cycle:?}");
+    }
+}
