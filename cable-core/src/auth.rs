@@ -178,10 +178,109 @@ impl ConnectRequest {
 /// The identifiers of an authenticated connection (`identified_by`), in the
 /// order they were declared. Values are the strings Rails would use: a plain
 /// `to_s`, or a model's GlobalID param.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identifiers(Vec<(String, String)>);
+///
+/// Beside them the hook may put one typed value, the connection's data (the
+/// user record, as Rails' `current_user` is an object): see
+/// [`Identifiers::with_data`]. Two `Identifiers` are equal when their
+/// identifiers are; the data does not take part.
+#[derive(Clone, Default)]
+pub struct Identifiers(Vec<(String, String)>, Option<ConnData>);
+
+/// The connection's data: its JSON (kept with a stored session, so a
+/// resumed connection has it without running the hook) and the typed value,
+/// decoded from the JSON on first use after a resume.
+#[derive(Clone)]
+struct ConnData {
+    json: Option<Arc<str>>,
+    value: Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl PartialEq for Identifiers {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Identifiers {}
+
+impl std::fmt::Debug for Identifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Identifiers").field(&self.0).finish()
+    }
+}
 
 impl Identifiers {
+    /// Attaches the connection's typed data, for channels to read with
+    /// [`Context::connection_data`](crate::Context::connection_data) and
+    /// the disconnect hook with [`Identifiers::data`]. It is kept as JSON
+    /// with the connection's stored session, so a connection resumed by
+    /// `?sid=` (which skips the hook) has it too; a value that does not
+    /// encode is kept for this connection only (logged).
+    ///
+    /// ```
+    /// use cable_core::Identifiers;
+    /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    /// struct User { id: u64, name: String }
+    /// let ids = Identifiers::new()
+    ///     .with("current_user", "42")
+    ///     .with_data(User { id: 42, name: "Ann".into() });
+    /// assert_eq!(ids.data::<User>().unwrap().name, "Ann");
+    /// assert!(ids.data::<String>().is_none());
+    /// ```
+    pub fn with_data<T>(mut self, value: T) -> Self
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let json = match serde_json::to_string(&value) {
+            Ok(json) => Some(Arc::from(json)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "connection data does not encode as JSON: a resumed session will not have it"
+                );
+                None
+            }
+        };
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(Arc::new(value) as Arc<dyn std::any::Any + Send + Sync>);
+        self.1 = Some(ConnData {
+            json,
+            value: Arc::new(cell),
+        });
+        self
+    }
+
+    /// The connection's data of type `T` ([`Identifiers::with_data`]), if
+    /// it has data and it is a `T` (after a resume: if its JSON decodes as
+    /// one).
+    pub fn data<T>(&self) -> Option<Arc<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let data = self.1.as_ref()?;
+        if let Some(v) = data.value.get() {
+            return v.clone().downcast().ok();
+        }
+        let value: T = serde_json::from_str(data.json.as_deref()?).ok()?;
+        let value: Arc<dyn std::any::Any + Send + Sync> = Arc::new(value);
+        let _ = data.value.set(value);
+        data.value.get()?.clone().downcast().ok()
+    }
+
+    /// The data's JSON, for storing the session.
+    pub(crate) fn data_json(&self) -> Option<&str> {
+        self.1.as_ref()?.json.as_deref()
+    }
+
+    /// Data known only as JSON (a restored session's).
+    pub(crate) fn with_data_json(mut self, json: Option<String>) -> Self {
+        self.1 = json.map(|j| ConnData {
+            json: Some(Arc::from(j)),
+            value: Arc::new(std::sync::OnceLock::new()),
+        });
+        self
+    }
+
     /// No identifiers (an anonymous connection).
     pub fn new() -> Self {
         Self::default()

@@ -35,9 +35,11 @@ pub enum ChannelError {
     /// The data sent does not fit what the action expects.
     #[error("invalid data: {0}")]
     InvalidData(String),
-    /// A value could not be encoded as JSON.
-    #[error("could not encode JSON: {0}")]
-    Encode(#[from] serde_json::Error),
+    /// A value could not be encoded as JSON, or decoded from it (channel
+    /// code's own `serde_json` calls; the data of an `#[action]` that does
+    /// not decode is [`ChannelError::InvalidData`]).
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
     /// A transmitted message is larger than a client may be sent
     /// ([`crate::CableConfig::max_outbound_message_bytes`]).
     #[error("message of {size} bytes is over the limit of {limit} bytes a client may be sent")]
@@ -54,6 +56,18 @@ pub enum ChannelError {
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// The data of a typed action (an `#[action]` method's last argument):
+/// anything serde decodes from JSON. Implemented for every
+/// `DeserializeOwned` type; named so that a type that cannot be one says so.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the data of an #[action]: it does not implement serde's `Deserialize`",
+    label = "the data of this action",
+    note = "derive it: `#[derive(serde::Deserialize)]` on `{Self}`"
+)]
+pub trait ActionData: serde::de::DeserializeOwned {}
+
+impl<T: serde::de::DeserializeOwned> ActionData for T {}
 
 /// What channel code returns: `Ok` or a [`ChannelError`] (logged, the client
 /// is sent nothing).
@@ -317,6 +331,37 @@ impl SubState {
 
 /// What channel code can do: read params and identifiers, stream, transmit,
 /// reject, broadcast, set timers. Borrowed for the length of one callback.
+///
+/// ```
+/// use cable_core::{async_trait, Cable, Channel, ChannelResult, Context};
+/// use serde_json::json;
+///
+/// struct Greeting(&'static str); // app state, given to the builder
+///
+/// #[derive(Default)]
+/// struct RoomChannel;
+///
+/// #[async_trait]
+/// impl Channel for RoomChannel {
+///     async fn subscribed(&mut self, ctx: &mut Context<'_>) -> ChannelResult {
+///         // `{"channel":"RoomChannel","room":"42"}`
+///         let Some(room) = ctx.param_str("room").map(str::to_owned) else {
+///             ctx.reject();
+///             return Ok(());
+///         };
+///         let user = ctx.identified("current_user").unwrap_or("guest").to_owned();
+///         ctx.stream_from(format!("room_{room}"));
+///         let hello = ctx.state::<Greeting>().map_or("hi", |g| g.0);
+///         ctx.transmit(&json!({ "hello": hello, "user": user }))
+///     }
+/// }
+///
+/// let cable = Cable::builder()
+///     .state(Greeting("welcome"))
+///     .channel("RoomChannel", RoomChannel::default)
+///     .build();
+/// # drop(cable);
+/// ```
 pub struct Context<'a> {
     pub(crate) conn: &'a ConnShared,
     pub(crate) sub: &'a mut SubState,
@@ -336,6 +381,16 @@ impl<'a> Context<'a> {
     /// [`CableBuilder::state`](crate::CableBuilder::state) (see its example).
     pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.conn.cable.state.get()
+    }
+
+    /// The connection's typed data, put there by the connection hook with
+    /// [`Identifiers::with_data`](crate::Identifiers::with_data) (the user
+    /// record): `ctx.connection_data::<User>()`.
+    pub fn connection_data<T>(&self) -> Option<std::sync::Arc<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        self.conn.identifiers.data()
     }
 
     /// The subscription's params (the decoded identifier, `channel` included).

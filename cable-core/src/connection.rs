@@ -193,6 +193,9 @@ struct Ext {
 struct StoredSession {
     ids: Vec<(String, String)>,
     subs: Vec<StoredSub>,
+    /// The connection data's JSON ([`Identifiers::with_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -431,6 +434,7 @@ async fn restore(cable: &Inner, request: &ConnectRequest) -> Option<(Identifiers
     for (k, v) in stored.ids {
         ids.insert(k, v);
     }
+    let ids = ids.with_data_json(stored.data);
     cable
         .reliable
         .counters
@@ -1648,6 +1652,7 @@ impl Session {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             subs,
+            data: self.conn.identifiers.data_json().map(str::to_owned),
         };
         // Strings and numbers only: serialising cannot fail.
         serde_json::to_string(&stored).unwrap_or_default()

@@ -116,6 +116,31 @@ mod reliable;
 pub mod transport;
 
 pub use async_trait::async_trait;
+/// Typed actions: `#[channel]` on `impl Channel for …` makes its `#[action]`
+/// methods the channel's actions, each with its data decoded by serde (see
+/// [`ActionData`]). Feature `macros` (on by default).
+#[cfg(feature = "macros")]
+pub use cable_macros::{action, channel};
+
+/// What the macros' expansions name; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json::Value;
+
+    use crate::{ActionData, ChannelError};
+
+    /// Decodes an action's data into `T`, its `action` key taken out.
+    pub fn action_data<T: ActionData>(action: &str, mut data: Value) -> Result<T, ChannelError> {
+        if let Value::Object(map) = &mut data {
+            map.remove("action");
+        }
+        serde_json::from_value(data).map_err(|e| {
+            let ty = std::any::type_name::<T>();
+            let ty = ty.rsplit("::").next().unwrap_or(ty);
+            ChannelError::InvalidData(format!("{e} (action `{action}` takes {ty})"))
+        })
+    }
+}
 
 #[doc(inline)]
 pub use crate::{
@@ -124,7 +149,7 @@ pub use crate::{
         IdentifiersJsonError, Unauthorized,
     },
     cable::{Broadcaster, Cable, CableBuilder, CableConfig, CommandRate, Publication, Stats},
-    channel::{Channel, ChannelError, ChannelResult, Context, Params, StreamOptions},
+    channel::{ActionData, Channel, ChannelError, ChannelResult, Context, Params, StreamOptions},
     extensions::Extensions,
     naming::{broadcasting_for, channel_name, ToParam},
     pubsub::PubSubError,

@@ -52,7 +52,9 @@ use cable_core::Cable;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub use crate::http::ServeOptions;
-pub use crate::ops::{broadcast_router, health_router, ops_router, OpsConfig};
+pub use crate::ops::{
+    broadcast_router, describe_metrics, health_router, ops_router, record_metrics, OpsConfig,
+};
 pub use crate::origin::{AllowedOrigin, OriginPolicy};
 
 /// What axum middleware stored on the HTTP request (tower-sessions'

@@ -417,27 +417,49 @@ fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, 
 /// A recorder with every figure described (once, not per scrape).
 fn recorder() -> PrometheusRecorder {
     let recorder = PrometheusBuilder::new().build_recorder();
-    metrics::with_local_recorder(&recorder, || {
-        for (name, help, figure) in figures(&Stats::default(), false) {
-            match figure {
-                Figure::Gauge(_) => metrics::describe_gauge!(name, help),
-                Figure::Counter(_) => metrics::describe_counter!(name, help),
-            }
-        }
-    });
+    metrics::with_local_recorder(&recorder, describe_metrics);
     recorder
 }
 
-async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
-    let all = figures(&state.cable.stats(), state.cable.is_healthy());
-    metrics::with_local_recorder(&state.recorder, || {
-        for (name, _, figure) in all {
-            match figure {
-                Figure::Gauge(v) => metrics::gauge!(name).set(v),
-                Figure::Counter(v) => metrics::counter!(name).absolute(v),
-            }
+/// Describes cable's figures (names, help texts) to the current `metrics`
+/// recorder: your app's, installed with `metrics::set_global_recorder` (or
+/// an exporter's `install`). Call it once, then [`record_metrics`].
+pub fn describe_metrics() {
+    for (name, help, figure) in figures(&Stats::default(), false) {
+        match figure {
+            Figure::Gauge(_) => metrics::describe_gauge!(name, help),
+            Figure::Counter(_) => metrics::describe_counter!(name, help),
         }
-    });
+    }
+}
+
+/// Sets every figure `/metrics` serves (the same names: `cable_connections`,
+/// `cable_broadcasts_total`, …) on the current `metrics` recorder, so they
+/// go wherever your app's metrics go instead of (or beside) cable's own
+/// `/metrics`. Counters are set to their absolute value; call it on a timer
+/// or before each scrape:
+///
+/// ```no_run
+/// # async fn run(cable: cable_core::Cable) {
+/// cable_server::describe_metrics();
+/// let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+/// loop {
+///     every.tick().await;
+///     cable_server::record_metrics(&cable);
+/// }
+/// # }
+/// ```
+pub fn record_metrics(cable: &Cable) {
+    for (name, _, figure) in figures(&cable.stats(), cable.is_healthy()) {
+        match figure {
+            Figure::Gauge(v) => metrics::gauge!(name).set(v),
+            Figure::Counter(v) => metrics::counter!(name).absolute(v),
+        }
+    }
+}
+
+async fn prometheus(State(state): State<Arc<OpsState>>) -> Response {
+    metrics::with_local_recorder(&state.recorder, || record_metrics(&state.cable));
     (
         [(
             header::CONTENT_TYPE,

@@ -15,7 +15,10 @@ use serde_json::Value;
 
 /// Workspace crates each library may depend on directly (normal edges).
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("cable-core", &[]),
+    // Its `macros` feature (on by default): #[channel], #[action].
+    ("cable-core", &["cable-macros"]),
+    // Proc macros: syn and quote only; the expansions name cable-core.
+    ("cable-macros", &[]),
     ("cable-server", &["cable-core"]),
     ("cable-redis", &["cable-core", "cable-adapter-kit"]),
     ("cable-postgres", &["cable-core", "cable-adapter-kit"]),

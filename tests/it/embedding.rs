@@ -147,6 +147,16 @@ async fn cable_embeds_into_an_app_with_state_middleware_and_its_own_serve() {
     .await;
     ann.expect(&frames::confirm(id)).await;
 
+    // The app's own metrics recorder gets cable's figures.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        cable_server::describe_metrics();
+        cable_server::record_metrics(&cable);
+    });
+    let rendered = recorder.handle().render();
+    assert!(rendered.contains("cable_connections 1"), "{rendered}");
+    assert!(rendered.contains("# HELP cable_connections "), "{rendered}");
+
     // Over SSE too: the hook sees the middleware's extension.
     let mut sse =
         cable_test::SseClient::get(addr, "/events?login=bob&channel=LobbyChannel", &headers).await;

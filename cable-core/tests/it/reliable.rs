@@ -746,3 +746,63 @@ async fn a_subscribe_with_history_sends_the_replay_and_live_frames_once_in_order
     let offsets: Vec<u64> = ns(&got).iter().map(|(_, o)| *o).collect();
     assert_eq!(offsets, [2, 3, 4], "{got:?}");
 }
+
+/// Issue 18: the connection hook's typed data (the user record) reaches
+/// channels, and a session resumed by `?sid=` (no hook) has it again, from
+/// the JSON kept with the session.
+#[tokio::test]
+async fn connection_data_reaches_channels_and_survives_a_resume() {
+    use cable_core::{ChannelResult, ConnectRequest};
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct User {
+        id: u64,
+        name: String,
+    }
+
+    #[derive(Default)]
+    struct Profile;
+
+    #[async_trait]
+    impl Channel for Profile {
+        async fn perform(
+            &mut self,
+            ctx: &mut Context<'_>,
+            _action: &str,
+            _data: Value,
+        ) -> ChannelResult {
+            let user = ctx.connection_data::<User>();
+            let name = user.as_ref().map(|u| u.name.as_str());
+            ctx.transmit(&json!({ "name": name, "id": user.as_ref().map(|u| u.id) }))?;
+            // Another type than the hook's: none.
+            assert!(ctx.connection_data::<String>().is_none());
+            Ok(())
+        }
+    }
+
+    let cable = TestCable::new(
+        Cable::builder()
+            .channel("Profile", Profile::default)
+            .authenticate(authenticate_with(|req: ConnectRequest| async move {
+                let name = req.query("user").unwrap_or("anon").to_owned();
+                Ok(Identifiers::new()
+                    .with("current_user", name.clone())
+                    .with_data(User { id: 7, name }))
+            })),
+    );
+    let a = ext(&cable, "ann").await;
+    let sub = a.subscribe_to(r#"{"channel":"Profile"}"#).await;
+    sub.perform("who", json!({})).await;
+    assert_eq!(sub.transmissions(), [json!({"name": "ann", "id": 7})]);
+    let old = sid(&a);
+    a.disconnect().await;
+
+    let b = cable.resume(&old).await;
+    b.send(
+        json!({"command": "message", "identifier": r#"{"channel":"Profile"}"#,
+        "data": json!({"action": "who"}).to_string()}),
+    );
+    b.settle().await;
+    let last: Value = serde_json::from_str(b.frames().last().expect("a frame")).unwrap();
+    assert_eq!(last["message"], json!({"name": "ann", "id": 7}), "{last}");
+}

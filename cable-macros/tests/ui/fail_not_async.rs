@@ -1,0 +1,14 @@
+#![allow(unused)]
+use cable_core::{channel, Channel, ChannelResult, Context};
+
+struct Chat;
+
+#[channel]
+impl Channel for Chat {
+    #[action]
+    fn speak(&mut self, _ctx: &mut Context<'_>) -> ChannelResult {
+        Ok(())
+    }
+}
+
+fn main() {}
