@@ -152,6 +152,9 @@ pub use crate::server::TestServer;
 pub use crate::session::{Connection, Rejected, Subscription, TestCable};
 #[cfg(feature = "sockets")]
 pub use crate::sse_client::{SseClient, SseEvent};
+/// WebSocket close codes, for [`Client::expect_close`].
+#[cfg(feature = "sockets")]
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// How long any helper waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
