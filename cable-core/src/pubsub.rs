@@ -1,7 +1,7 @@
 //! For adapter authors: the pub/sub adapter contract (Rails' `SubscriptionAdapter`),
 //! the in-memory adapter, and the reconnect [`Backoff`] adapters share.
 //!
-//! An adapter moves broadcasts between processes. The local [`Hub`](crate::hub)
+//! An adapter moves broadcasts between processes. The local hub
 //! is its only subscriber: the hub counts local subscribers per stream and asks
 //! the adapter to `subscribe` a stream when the first arrives and to
 //! `unsubscribe` it when the last leaves, so an adapter sees each stream at most

@@ -3,7 +3,7 @@
 //! module; they build a `Cable` and hand it to a transport.
 //!
 //! A transport, per client: takes a slot ([`try_transport_guard`]), builds a
-//! [`ConnectRequest`](crate::ConnectRequest) from the handshake (with the
+//! [`ConnectRequest`] from the handshake (with the
 //! negotiated subprotocol, [`ConnectRequest::with_subprotocol`](crate::ConnectRequest::with_subprotocol):
 //! the extended protocol reads `?sid=` and `X-ANYCABLE-RESTORE-SID` from the
 //! request itself), makes an

@@ -49,6 +49,29 @@
 //! `#[channel]` goes above `#[async_trait]` (it adds `#[async_trait]` when
 //! it is missing). The string-based `perform` stays for dynamic cases: write
 //! it yourself and leave `#[action]` out.
+//!
+//! # Mistakes and what the compiler says
+//! Each is a test case in `tests/ui` with the full message beside it.
+//!
+//! | mistake | message |
+//! | --- | --- |
+//! | the data type has no `Deserialize` | `` `Speak` cannot be the data of an #[action]: it does not implement serde's `Deserialize` `` (at the type; note: derive it) |
+//! | `fn` instead of `async fn` | `` an #[action] method must be `async fn` `` (also when `#[async_trait]` is above `#[channel]`, which the message says) |
+//! | no context argument | `` an #[action] method takes the context next: `ctx: &mut Context<'_>` `` |
+//! | two data arguments | `an #[action] method takes one data argument at most (put several values in one struct)` |
+//! | `&self` | `` an #[action] method takes `&mut self` first `` |
+//! | two actions of one name | `` action `speak` is defined twice (also by `speak`) `` |
+//! | `perform` written beside `#[action]`s | `` with #[action] methods, leave `perform` out: #[channel] writes it `` |
+//! | `#[channel]` on `impl Chat` | `` #[channel] goes on `impl Channel for YourChannel`, not on an inherent impl `` |
+//! | `#[action]` outside a `#[channel]` block | `` #[action] works inside an `impl Channel for …` block marked #[cable_core::channel] `` |
+//! | an action returning something else | `` mismatched types: expected `Result<(), ChannelError>` `` at its `->` |
+//!
+//! # At run time
+//! | the client sends | the action | the log (error level) |
+//! | --- | --- | --- |
+//! | an action no method has | not run | `` Unable to process ChatChannel#"dance"(…) `` (Rails' line) |
+//! | data that does not decode | not run | `` Could not execute command from (…) [ChatChannel#"speak": invalid data: missing field `body` (action `speak` takes Speak)] `` |
+//! | an error the method returns | ran | `` Could not execute command from (…) [ChatChannel#"speak": …the error…] `` |
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;

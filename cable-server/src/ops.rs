@@ -86,6 +86,12 @@ struct OpsState {
 /// and `/_broadcast` reaches every client with the right key, so merging it
 /// into a public router puts all three on the internet; the standalone
 /// server does so only with `ops_on_public_port = true`.
+///
+/// It carries its own state, so it merges or nests into a `Router<S>` of
+/// any state, under a prefix of your choosing:
+/// `app.nest("/ops", ops_router(cable, OpsConfig::default()))` serves
+/// `/ops/stats`, `/ops/metrics`, …. The same figures can go to your app's own
+/// `metrics` recorder instead: [`record_metrics`].
 pub fn ops_router<S>(cable: Cable, config: OpsConfig) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,

@@ -4,6 +4,9 @@
 //! `ANYCABLE_*`) environment variables and flags, in that order of
 //! precedence; see `cable_standalone::settings`.
 
+// The flags' doc comments are --help text: `CABLE_<NAME>` reads as a tag to rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

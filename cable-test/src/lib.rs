@@ -77,7 +77,7 @@
 //!   exact frames ([`Client::expect`]), skips pings, and knows Rails' close
 //!   handshake ([`Client::expect_close`], [`Client::leave`]);
 //! - [`TestServer`]: a `Cable` served in-process on a free port;
-//! - [`http`]: a bare HTTP/1.1 request (operator endpoints, broadcasts).
+//! - [`http`](fn@http): a bare HTTP/1.1 request (operator endpoints, broadcasts).
 //!
 //! For tests of the server itself: [`channels`] (a channel that panics,
 //! sleeps or floods on request) and [`model`] (one connection driven by a

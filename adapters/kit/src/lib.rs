@@ -30,9 +30,9 @@
 //!   while the backend is away.
 //!
 //! The contract all of this implements is `cable_core::pubsub::PubSub`'s;
-//! the conformance suite ([`conformance`], feature `conformance`) checks it
+//! the conformance suite (module `conformance`, feature `conformance`) checks it
 //! against each adapter's real server. The broker conformance suite
-//! ([`broker_conformance`], same feature) does the same for
+//! (module `broker_conformance`, same feature) does the same for
 //! `cable_core::broker::Broker`.
 //!
 //! # Example

@@ -23,13 +23,13 @@
 //!   [`subject::stream_of`]).
 //! - A subject over [`subject::MAX_SUBJECT_BYTES`] is refused (the
 //!   subscribe's `Ack` and the broadcast fail with
-//!   [`PubSubError::Backend`]): nats-server closes a connection that sends
+//!   [`PubSubError::Backend`](cable_core::PubSubError::Backend)): nats-server closes a connection that sends
 //!   a protocol line over its `max_control_line` (4 KiB by default).
 //! - Payloads are published as their bytes, unchanged, and delivered the
 //!   same way; a message that is not UTF-8 (only a foreign publisher can
 //!   send one) is dropped with a warning. A payload over the server's
 //!   `max_payload` (1 MiB by default, read from the server's `INFO`) is
-//!   refused before sending with [`PubSubError::PayloadTooLarge`], as
+//!   refused before sending with [`PubSubError::PayloadTooLarge`](cable_core::PubSubError::PayloadTooLarge), as
 //!   nats-server would close the connection.
 //! - Remote disconnects need nothing special: the core subscribes each
 //!   connection's internal stream `action_cable/<id>`, which becomes a
@@ -45,13 +45,13 @@
 //!   sent before it). The same round trip pings the connection every 15 s.
 //!   Messages go through a queue bounded in bytes
 //!   ([`NatsConfig::max_backlog_bytes`]); what does not fit is dropped and
-//!   counted ([`NatsPubSub::dropped`]). Before that queue, async-nats holds
+//!   counted ([`NatsStatus::dropped`]). Before that queue, async-nats holds
 //!   up to 4096 messages per subscription, which a task empties into it at
 //!   once; should that task fall behind, async-nats drops the excess itself
 //!   (logged as a slow consumer, not counted in `dropped`).
 //! - a **publisher**, opened on the first broadcast and replaced after a
 //!   failure. NATS does not answer a `PUB` either: a broadcast succeeds once
-//!   it is written to the socket, fails with [`PubSubError::Unavailable`]
+//!   it is written to the socket, fails with [`PubSubError::Unavailable`](cable_core::PubSubError::Unavailable)
 //!   when it cannot be within 2 s, and never hangs or panics.
 //!
 //! Nothing connects in [`NatsPubSub::new`]: a server can start while NATS
@@ -63,7 +63,7 @@
 //! active stream again and logs the gap: core NATS keeps no messages, so
 //! what was published during the gap is lost. async-nats' own reconnection
 //! is cut to one attempt, as the kit does it (one backoff and one
-//! resubscription for every adapter). [`NatsPubSub::reconnects`] counts the
+//! resubscription for every adapter). [`NatsStatus::reconnects`] counts the
 //! reconnections. A `subscribe` during an outage is applied once NATS is
 //! back; its `Ack` fails after 5 s, as with every adapter on the kit.
 //!
@@ -169,7 +169,7 @@ use cable_core::pubsub::Delivery;
 use cable_core::redact_url;
 
 /// How long a subscribe or unsubscribe may wait for the server (including
-/// for the connection to come back) before its [`Ack`] fails.
+/// for the connection to come back) before its [`Ack`](cable_core::pubsub::Ack) fails.
 pub use cable_adapter_kit::ACK_TIMEOUT;
 /// How long a broadcast may take, connecting included, before it fails.
 pub use cable_adapter_kit::PUBLISH_TIMEOUT;

@@ -26,13 +26,13 @@
 //! Rails does):
 //! - one dedicated **subscriber** connection, owned by a background task that
 //!   applies `SUBSCRIBE`/`UNSUBSCRIBE` strictly in call order and resolves each
-//!   [`Ack`] when Redis has replied. It speaks RESP3 (Redis 6+), which lets it
+//!   [`Ack`](cable_core::pubsub::Ack) when Redis has replied. It speaks RESP3 (Redis 6+), which lets it
 //!   send `CLIENT SETNAME` and health-check `PING`s; on a server without
 //!   `HELLO` it falls back to a RESP2 pub/sub connection, which cannot be named.
 //! - one multiplexed **publisher** connection, opened on first use and
 //!   replaced after a failure. A broadcast fails with
-//!   [`PubSubError::Unavailable`] (connection problems, or no reply within
-//!   2 s) or [`PubSubError::Backend`] (Redis answered with an error); it never
+//!   [`PubSubError::Unavailable`](cable_core::PubSubError::Unavailable) (connection problems, or no reply within
+//!   2 s) or [`PubSubError::Backend`](cable_core::PubSubError::Backend) (Redis answered with an error); it never
 //!   hangs and never panics.
 //!
 //! Nothing connects in [`RedisPubSub::new`]: a server can start while Redis
@@ -45,8 +45,8 @@
 //! fleet of servers does not reconnect in lockstep), re-subscribes every
 //! active stream and logs the gap with `tracing::warn!`: Redis pub/sub does
 //! not keep messages, so whatever was published during the gap is lost.
-//! [`RedisPubSub::reconnects`] counts the reconnections and
-//! [`RedisPubSub::is_connected`] tells whether the subscriber is up.
+//! [`RedisStatus::reconnects`] counts the reconnections and
+//! [`RedisStatus::is_connected`] tells whether the subscriber is up.
 //!
 //! # Backlog
 //! Messages wait between the socket and the hub in a queue bounded in bytes
@@ -54,16 +54,16 @@
 //! payload and 64 bytes of bookkeeping per message). It is drained
 //! continuously, also while a `SUBSCRIBE` waits for its reply, so it only
 //! fills when the fan-out cannot keep up with Redis. A message that does not
-//! fit is dropped, counted in [`RedisPubSub::dropped`] and logged (one
-//! warning when dropping starts, one when it stops); [`RedisPubSub::backlog`]
+//! fit is dropped, counted in [`RedisStatus::dropped`] and logged (one
+//! warning when dropping starts, one when it stops); [`RedisStatus::backlog`]
 //! is the queue's length now. Dropping keeps the connection and every
 //! subscription, where Redis' own limit for slow subscribers
 //! (`client-output-buffer-limit pubsub`) closes the connection and loses
 //! everything until the reconnection.
 //!
 //! A `subscribe` called during an outage is recorded at once and applied when
-//! the connection is back. Its [`Ack`] resolves `Ok` if that happens within
-//! 5 s, and otherwise fails with [`PubSubError::Unavailable`], so the
+//! the connection is back. Its [`Ack`](cable_core::pubsub::Ack) resolves `Ok` if that happens within
+//! 5 s, and otherwise fails with [`PubSubError::Unavailable`](cable_core::PubSubError::Unavailable), so the
 //! subscribing client gets no `confirm_subscription` for a stream that is not
 //! live. The stream stays recorded either way, until it is unsubscribed: it is
 //! subscribed as soon as Redis is back, so a subscriber that stays (such as a
@@ -221,7 +221,7 @@ pub use crate::intake::{
 };
 
 /// How long a subscribe or unsubscribe may wait for Redis' reply (including
-/// for the connection to come back) before its [`Ack`] fails.
+/// for the connection to come back) before its [`Ack`](cable_core::pubsub::Ack) fails.
 pub use cable_adapter_kit::ACK_TIMEOUT;
 /// How long a broadcast may take, connecting included, before it fails.
 pub use cable_adapter_kit::PUBLISH_TIMEOUT;
