@@ -151,7 +151,7 @@ pub struct Settings {
     /// (this process only), `redis://…`, `postgres://…`, `nats://…`
     /// (JetStream; shared by every node on it), `redis` (AnyCable's name:
     /// the Redis at `redis_url`), `nats` (AnyCable's: JetStream at
-    /// `nats_servers`; no presence), or
+    /// `nats_servers`), or
     /// `none` (history requests are rejected, sessions do not resume, no
     /// presence). Default `memory`.
     #[serde(serialize_with = "ser::redacted")]

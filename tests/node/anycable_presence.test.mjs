@@ -13,8 +13,8 @@
 //   cargo build -p cable-standalone --bin cable-server
 //   cd tests/node && npm ci && node --test anycable_presence.test.mjs
 //
-// Env: CABLE_SERVER_BIN overrides the server binary; REDIS_URL and
-// DATABASE_URL (defaults on 127.0.0.1) name the backends, whose tests print
+// Env: CABLE_SERVER_BIN overrides the server binary; REDIS_URL,
+// DATABASE_URL and NATS_URL (defaults on 127.0.0.1) name the backends, whose tests print
 // SKIPPED when they are unreachable, unless CI is set.
 
 import assert from "node:assert/strict";
@@ -207,6 +207,13 @@ const BACKENDS = [
     5432,
     (url) => ({ CABLE_ADAPTER: url, CABLE_BROKER: url }),
     "postgres",
+  ],
+  [
+    "NATS JetStream (ANYCABLE_PUBSUB=nats, ANYCABLE_BROKER=nats)",
+    process.env.NATS_URL || "nats://127.0.0.1:4222",
+    4222,
+    (url) => ({ ANYCABLE_PUBSUB: "nats", ANYCABLE_BROKER: "nats", ANYCABLE_NATS_SERVERS: url }),
+    "nats",
   ],
 ];
 

@@ -26,7 +26,9 @@ use base64::Engine;
 use cable_adapter_kit::broker::{
     mark_text, new_epoch, parse_mark, CallFailure, Connect, LazyConnection, BROKER_TIMEOUT,
 };
-use cable_core::broker::{Broker, BrokerError, Entry, History, HistoryPolicy, Position};
+use cable_core::broker::{
+    Broker, BrokerError, Entry, History, HistoryPolicy, Join, Position, PresenceInfo, PresenceLeft,
+};
 use tokio::sync::Mutex;
 
 use crate::backend::options;
@@ -138,6 +140,11 @@ impl NatsBrokerConfig {
     pub fn bucket_name(&self) -> String {
         format!("{}_broker", self.name)
     }
+
+    /// The key-value bucket of presence: `<name>_presence`.
+    pub fn presence_bucket_name(&self) -> String {
+        format!("{}_presence", self.name)
+    }
 }
 
 cable_adapter_kit::debug_redacting_url!(
@@ -152,7 +159,7 @@ cable_adapter_kit::debug_redacting_url!(
 /// A subject token and key-value key for any text: unpadded URL-safe
 /// base64 (`A-Z a-z 0-9 - _`), `=` for the empty text, so distinct texts
 /// never share one.
-fn key(text: &str) -> String {
+pub(crate) fn key(text: &str) -> String {
     if text.is_empty() {
         return "=".to_owned();
     }
@@ -176,8 +183,8 @@ const MAX_APPEND_TRIES: usize = 32;
 /// A JetStream history and session store. Cheap to share (`Arc`); nothing
 /// connects until the first call. See the crate docs ("History broker").
 pub struct NatsBroker {
-    config: NatsBrokerConfig,
-    conn: LazyConnection<JsConnect>,
+    pub(crate) config: NatsBrokerConfig,
+    pub(crate) conn: LazyConnection<JsConnect>,
     /// Per stream, the appends of this node one at a time (others would
     /// only be refused by the conditional write), with the last entry this
     /// node wrote or read, so that its next append needs no read.
@@ -490,13 +497,13 @@ fn text_of(m: &StreamMessage, stream: &str) -> Result<String, BrokerError> {
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -507,7 +514,7 @@ fn refused(error: BrokerError) -> CallFailure {
     }
 }
 
-fn refused_text(e: &dyn std::fmt::Display) -> CallFailure {
+pub(crate) fn refused_text(e: &dyn std::fmt::Display) -> CallFailure {
     refused(BrokerError::Backend(format!("nats: {e}")))
 }
 
@@ -520,7 +527,7 @@ fn broken(e: &dyn std::fmt::Display) -> CallFailure {
 
 /// A request that timed out or could not be sent breaks the connection; an
 /// answer from JetStream refusing it does not.
-fn get_failure(e: &dyn std::fmt::Display, kind: LastRawMessageErrorKind) -> CallFailure {
+pub(crate) fn get_failure(e: &dyn std::fmt::Display, kind: LastRawMessageErrorKind) -> CallFailure {
     match kind {
         LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
             refused_text(e)
@@ -529,7 +536,7 @@ fn get_failure(e: &dyn std::fmt::Display, kind: LastRawMessageErrorKind) -> Call
     }
 }
 
-fn publish_failure(e: &dyn std::fmt::Display, kind: PublishErrorKind) -> CallFailure {
+pub(crate) fn publish_failure(e: &dyn std::fmt::Display, kind: PublishErrorKind) -> CallFailure {
     match kind {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => broken(e),
         // No stream on the subject: someone deleted it; connecting again
@@ -721,6 +728,30 @@ impl Broker for NatsBroker {
         self.kv_delete(format!("session.{}", key(sid))).await
     }
 
+    async fn presence_join(&self, join: Join<'_>) -> Result<bool, BrokerError> {
+        self.join(join).await
+    }
+
+    async fn presence_leave(&self, stream: &str, sid: &str) -> Result<Option<String>, BrokerError> {
+        self.leave(stream, sid).await
+    }
+
+    async fn presence_info(&self, stream: &str) -> Result<PresenceInfo, BrokerError> {
+        self.info(stream).await
+    }
+
+    async fn presence_touch(&self, sids: &[String], ttl: Duration) -> Result<(), BrokerError> {
+        self.touch(sids, ttl).await
+    }
+
+    async fn presence_expire(&self) -> Result<Vec<PresenceLeft>, BrokerError> {
+        self.expire().await
+    }
+
+    fn supports_presence(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "nats"
     }
@@ -728,18 +759,56 @@ impl Broker for NatsBroker {
 
 /// Opens the broker's connection: a NATS client, the history stream and
 /// the bucket, each created if missing.
-struct JsConnect {
+pub(crate) struct JsConnect {
     target: Target,
     config: NatsBrokerConfig,
 }
 
 /// One connection's handles.
 #[derive(Clone)]
-struct Js {
+pub(crate) struct Js {
     client: Client,
-    js: Context,
+    pub(crate) js: Context,
     stream: stream::Stream,
     kv: kv::Store,
+    /// The presence bucket's stream (read and written as a key-value
+    /// bucket is, with conditional publishes: see `presence.rs`).
+    pub(crate) presence: stream::Stream,
+}
+
+impl Js {
+    /// A fresh inbox subject on this connection (a push consumer's).
+    pub(crate) fn client_inbox(&self) -> String {
+        self.client.new_inbox()
+    }
+}
+
+/// A key-value bucket's stream, made as a bucket is (async-nats' own bucket
+/// creation first asks for account details nats-server 2.9 does not answer
+/// in the shape it expects): one revision per key.
+async fn bucket_stream(
+    js: &Context,
+    bucket: &str,
+    max_age: Duration,
+    storage: StorageType,
+    what: &str,
+) -> Result<stream::Stream, BrokerError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        description: Some(format!("cable: {what}")),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BrokerError::Unavailable(format!("nats: bucket {bucket}: {e}")))
 }
 
 #[async_trait]
@@ -779,35 +848,33 @@ impl Connect for JsConnect {
                     c.stream_name()
                 ))
             })?;
-        // The bucket's stream, made as a key-value bucket is (async-nats'
-        // own bucket creation first asks for account details nats-server
-        // 2.9 does not answer in the shape it expects).
         let bucket = c.bucket_name();
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: c.max_age,
+        bucket_stream(
+            &js,
+            &bucket,
+            c.max_age,
             storage,
-            discard: DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: 1,
-            description: Some("cable: sessions and history marks".to_owned()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BrokerError::Unavailable(format!("nats: bucket {bucket}: {e}")))?;
+            "sessions and history marks",
+        )
+        .await?;
         let kv = js
             .get_key_value(&bucket)
             .await
             .map_err(|e| BrokerError::Unavailable(format!("nats: bucket {bucket}: {e}")))?;
+        let presence = bucket_stream(
+            &js,
+            &c.presence_bucket_name(),
+            crate::presence::MAX_AGE,
+            storage,
+            "presence",
+        )
+        .await?;
         Ok(Js {
             client,
             js,
             stream,
             kv,
+            presence,
         })
     }
 

@@ -110,10 +110,24 @@
 //! Limits of this design: the stream's and bucket's `max_age`
 //! ([`NatsBrokerConfig::max_age`], a day by default) caps every TTL and
 //! clears subjects nobody appends to; they are set when the broker creates
-//! them (change them with `nats stream edit` afterwards). The broker keeps
-//! no presence ([`Broker::supports_presence`](cable_core::broker::Broker::supports_presence)
-//! is false, as in AnyCable's NATS broker): use the Redis or PostgreSQL
-//! broker for presence across nodes.
+//! them (change them with `nats stream edit` afterwards).
+//!
+//! # Presence
+//! Unlike AnyCable's NATS broker, this one keeps presence, shared by every
+//! node: the key-value bucket `cable_presence` holds a record per stream
+//! (`stream.<key>`: its members, oldest first, with their info and
+//! sessions) and one per session (`session.<key>`: its deadline and the
+//! streams it is present on). Every change is a publish conditional on the
+//! record's revision, retried when another node changed it first, so
+//! concurrent joins and leaves on several nodes lose nothing. The sweep
+//! ([`Broker::presence_expire`](cable_core::broker::Broker::presence_expire))
+//! reads every session record and deletes the ones past their deadline
+//! conditionally on the revision it read: only the node whose delete is
+//! stored reports the leaves, so each is reported once, and a session
+//! renewed meanwhile stays. The sweep reads every present session on each
+//! heartbeat of each node: fine for thousands of present sessions, the
+//! Redis broker's sorted set scales further. Presence TTLs are capped at 15
+//! minutes (the bucket's `max_age` is an hour).
 //!
 //! ```no_run
 //! use cable_nats::{NatsBroker, NatsBrokerConfig};
@@ -157,6 +171,7 @@
 mod backend;
 mod broker;
 mod intake;
+mod presence;
 mod publisher;
 pub mod subject;
 

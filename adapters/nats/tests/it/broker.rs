@@ -65,7 +65,7 @@ impl BrokerConformance for Nats {
     }
 }
 
-cable_adapter_kit::broker_conformance_tests!(Nats; without presence);
+cable_adapter_kit::broker_conformance_tests!(Nats);
 
 /// Entries are where the docs say: the subject `<name>.history.<key>` of
 /// the stream `<name>_history`, the payload as given, epoch and offset in
