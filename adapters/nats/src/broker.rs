@@ -282,13 +282,27 @@ impl NatsBroker {
         payload: &str,
     ) -> Result<Option<u64>, BrokerError> {
         let bytes = bytes::Bytes::copy_from_slice(payload.as_bytes());
+        self.publish_if("PUB (append)", subject, headers, bytes)
+            .await
+    }
+
+    /// Publishes `payload` on `subject` with `headers`, which name the
+    /// subject's expected last sequence: its stream sequence, or Ok(None)
+    /// when another publish came first (`wrong last sequence`).
+    pub(crate) async fn publish_if(
+        &self,
+        what: &str,
+        subject: &str,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<Option<u64>, BrokerError> {
         self.conn
-            .call("PUB (append)", |js| {
-                let (headers, bytes) = (headers.clone(), bytes.clone());
+            .call(what, |js| {
+                let (headers, payload) = (headers.clone(), payload.clone());
                 async move {
                     let ack = js
                         .js
-                        .publish_with_headers(subject.to_owned(), headers, bytes)
+                        .publish_with_headers(subject.to_owned(), headers, payload)
                         .await
                         .map_err(|e| publish_failure(&e, e.kind()))?;
                     match ack.await {
@@ -536,7 +550,7 @@ pub(crate) fn get_failure(e: &dyn std::fmt::Display, kind: LastRawMessageErrorKi
     }
 }
 
-pub(crate) fn publish_failure(e: &dyn std::fmt::Display, kind: PublishErrorKind) -> CallFailure {
+fn publish_failure(e: &dyn std::fmt::Display, kind: PublishErrorKind) -> CallFailure {
     match kind {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => broken(e),
         // No stream on the subject: someone deleted it; connecting again

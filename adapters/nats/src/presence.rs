@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy};
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use cable_core::broker::{BrokerError, Join, PresenceInfo, PresenceLeft, PresenceRecord};
@@ -29,7 +28,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{get_failure, key, millis, now_ms, publish_failure, refused_text, NatsBroker};
+use crate::broker::{get_failure, key, millis, now_ms, refused_text, NatsBroker};
 
 /// The presence bucket's `max_age`: a record nobody renews is gone after
 /// it (its leave then reported by nobody: a node sweeps long before).
@@ -127,24 +126,10 @@ impl NatsBroker {
         if value.is_none() {
             headers.insert("KV-Operation", "DEL");
         }
-        let subject = subject.as_str();
-        self.conn
-            .call("PUB (presence)", |js| {
-                let (headers, payload) = (headers.clone(), payload.clone());
-                async move {
-                    let ack = js
-                        .js
-                        .publish_with_headers(subject.to_owned(), headers, payload)
-                        .await
-                        .map_err(|e| publish_failure(&e, e.kind()))?;
-                    match ack.await {
-                        Ok(_) => Ok(true),
-                        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-                        Err(e) => Err(publish_failure(&e, e.kind())),
-                    }
-                }
-            })
-            .await
+        let stored = self
+            .publish_if("PUB (presence)", &subject, headers, payload)
+            .await?;
+        Ok(stored.is_some())
     }
 
     /// Reads the record at `key`, lets `change` make the new value (None:
