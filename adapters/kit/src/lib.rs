@@ -82,6 +82,7 @@
 
 mod adapter;
 mod inbox;
+pub mod intake;
 mod publisher;
 mod slot;
 mod state;

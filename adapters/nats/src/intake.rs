@@ -15,16 +15,14 @@
 //! never panics on what NATS or a publisher sends. Dropping the
 //! [`NatsIntake`] stops the task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::Event;
+use cable_adapter_kit::intake::{IntakeState, IntakeTask};
 use cable_adapter_kit::CONNECT_TIMEOUT;
 use cable_core::intake::Message;
-use cable_core::pubsub::Backoff;
 use cable_core::{redact_url, Broadcaster};
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 
 use crate::{NatsConfig, NatsConfigError};
 
@@ -71,17 +69,9 @@ impl NatsIntakeConfig {
 
 cable_adapter_kit::debug_redacting_url!(NatsIntakeConfig, subject, connection_name);
 
-#[derive(Default)]
-struct Shared {
-    connected: AtomicBool,
-    handled: AtomicU64,
-    lost: AtomicU64,
-}
-
 /// A running intake; see the module docs. Stops when dropped.
 pub struct NatsIntake {
-    task: JoinHandle<()>,
-    shared: Arc<Shared>,
+    task: IntakeTask,
 }
 
 impl std::fmt::Debug for NatsIntake {
@@ -91,12 +81,6 @@ impl std::fmt::Debug for NatsIntake {
             f,
             "NatsIntake {{ connected: {connected}, handled: {handled} }}"
         )
-    }
-}
-
-impl Drop for NatsIntake {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -119,24 +103,23 @@ impl NatsIntake {
         }
         let target = NatsConfig::new(config.url.clone()).target()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(NatsConfigError::NoRuntime)?;
-        let shared = Arc::new(Shared::default());
-        let task = runtime.spawn(run(target, config, broadcaster, shared.clone()));
-        Ok(NatsIntake { task, shared })
+        let task = IntakeTask::spawn(&runtime, |state| run(target, config, broadcaster, state));
+        Ok(NatsIntake { task })
     }
 
     /// Whether it is connected and subscribed.
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Acquire)
+        self.task.state().is_connected()
     }
 
     /// Messages received and applied (or dropped as malformed) so far.
     pub fn handled(&self) -> u64 {
-        self.shared.handled.load(Ordering::Relaxed)
+        self.task.state().handled()
     }
 
     /// Times a connection that was up was lost (and a reconnection began).
     pub fn reconnects(&self) -> u64 {
-        self.shared.lost.load(Ordering::Relaxed)
+        self.task.state().reconnects()
     }
 }
 
@@ -144,32 +127,14 @@ async fn run(
     target: crate::Target,
     config: NatsIntakeConfig,
     broadcaster: Broadcaster,
-    shared: Arc<Shared>,
+    state: Arc<IntakeState>,
 ) {
     let url = redact_url(&config.url);
-    let mut backoff = Backoff::new(Backoff::DEFAULT_FIRST, Backoff::DEFAULT_MAX);
-    let mut logged = false;
-    loop {
-        let (was_up, reason) = session(&target, &config, &broadcaster, &shared, &url).await;
-        shared.connected.store(false, Ordering::Release);
-        if was_up {
-            backoff.reset();
-            shared.lost.fetch_add(1, Ordering::Relaxed);
-            logged = false;
-        }
-        if logged {
-            tracing::debug!(intake = "nats", url, reason, "nats intake still down");
-        } else {
-            tracing::warn!(
-                intake = "nats",
-                url,
-                reason,
-                "nats intake down; reconnecting"
-            );
-            logged = true;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    state
+        .reconnecting("nats", &url, || {
+            session(&target, &config, &broadcaster, &state, &url)
+        })
+        .await
 }
 
 /// One connection: subscribes, applies messages until the connection is
@@ -178,7 +143,7 @@ async fn session(
     target: &crate::Target,
     config: &NatsIntakeConfig,
     broadcaster: &Broadcaster,
-    shared: &Shared,
+    state: &IntakeState,
     url: &str,
 ) -> (bool, String) {
     let (events, mut lost) = tokio::sync::mpsc::unbounded_channel();
@@ -205,18 +170,12 @@ async fn session(
     if let Err(e) = tokio::time::timeout(CONNECT_TIMEOUT, client.flush()).await {
         return (false, format!("no answer to a flush: {e}"));
     }
-    shared.connected.store(true, Ordering::Release);
-    tracing::info!(
-        intake = "nats",
-        url,
-        "receiving broadcasts from subject {}",
-        config.subject
-    );
+    state.up("nats", url, &format!("subject {}", config.subject));
     loop {
         tokio::select! {
             msg = messages.next() => match msg {
                 // At most once: a message the adapter refuses is not retried.
-                Some(msg) => handle(&msg.payload, broadcaster, shared).await,
+                Some(msg) => handle(&msg.payload, broadcaster, state).await,
                 None => return (true, "subscription closed".to_owned()),
             },
             event = lost.recv() => {
@@ -228,7 +187,7 @@ async fn session(
 }
 
 /// Applies `payload` to this node's subscribers.
-async fn handle(payload: &[u8], broadcaster: &Broadcaster, shared: &Shared) {
+async fn handle(payload: &[u8], broadcaster: &Broadcaster, state: &IntakeState) {
     match Message::parse(payload) {
         Ok(message) => {
             if let Err(e) = message.apply_locally(broadcaster).await {
@@ -240,5 +199,5 @@ async fn handle(payload: &[u8], broadcaster: &Broadcaster, shared: &Shared) {
             tracing::warn!(intake = "nats", error = %e, cause, "not a broadcast message; dropped");
         }
     }
-    shared.handled.fetch_add(1, Ordering::Relaxed);
+    state.handled_one();
 }

@@ -6,9 +6,9 @@
 //! - [`RedisIntake::pubsub`], AnyCable's legacy `redis` broadcaster:
 //!   `PUBLISH __anycable__ <json>`. Every node subscribed gets every
 //!   message and delivers it to its own subscribers only
-//!   ([`Message::apply_locally`]), so that a pub/sub adapter shared by the
+//!   ([`Message::apply_locally`]), so that a pub/sub adapter state by the
 //!   nodes does not hand it to each subscriber once per node. (A stream
-//!   with history on a shared broker is appended once per node.)
+//!   with history on a state broker is appended once per node.)
 //! - [`RedisIntake::streams`], AnyCable's `redisx`: `XADD __anycable__ *
 //!   payload <json>`. Nodes read the stream as consumers of one group
 //!   (`bx`, created with `MKSTREAM` at `$` when missing), so each message is
@@ -23,18 +23,16 @@
 //! ([`Backoff`]) after any failure, and never panic on what Redis or a
 //! publisher sends. Dropping the [`RedisIntake`] stops the task.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cable_adapter_kit::intake::{IntakeState, IntakeTask};
 use cable_adapter_kit::{CONNECT_TIMEOUT, PING_INTERVAL, REPLY_TIMEOUT};
 use cable_core::intake::Message;
-use cable_core::pubsub::Backoff;
 use cable_core::{redact_url, Broadcaster};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
-use tokio::task::JoinHandle;
 
 use crate::RedisConfigError;
 
@@ -124,17 +122,9 @@ fn random_consumer() -> String {
     format!("cable-{}-{:08x}", std::process::id(), h.finish() as u32)
 }
 
-#[derive(Default)]
-struct Shared {
-    connected: AtomicBool,
-    handled: AtomicU64,
-    lost: AtomicU64,
-}
-
 /// A running intake; see the module docs. Stops when dropped.
 pub struct RedisIntake {
-    task: JoinHandle<()>,
-    shared: Arc<Shared>,
+    task: IntakeTask,
     kind: &'static str,
 }
 
@@ -148,12 +138,6 @@ impl std::fmt::Debug for RedisIntake {
     }
 }
 
-impl Drop for RedisIntake {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl RedisIntake {
     /// Subscribes to the channel and applies every message published on it
     /// (AnyCable's `redis` broadcaster). Needs a tokio runtime.
@@ -162,8 +146,8 @@ impl RedisIntake {
         broadcaster: Broadcaster,
     ) -> Result<Self, RedisConfigError> {
         let client = config.client()?;
-        Self::spawn("redis", move |shared| {
-            run_pubsub(client, config, broadcaster, shared)
+        Self::spawn("redis", move |state| {
+            run_pubsub(client, config, broadcaster, state)
         })
     }
 
@@ -174,37 +158,36 @@ impl RedisIntake {
         broadcaster: Broadcaster,
     ) -> Result<Self, RedisConfigError> {
         let client = config.client()?;
-        Self::spawn("redisx", move |shared| {
-            run_streams(client, config, broadcaster, shared)
+        Self::spawn("redisx", move |state| {
+            run_streams(client, config, broadcaster, state)
         })
     }
 
     fn spawn<F, Fut>(kind: &'static str, run: F) -> Result<Self, RedisConfigError>
     where
-        F: FnOnce(Arc<Shared>) -> Fut,
+        F: FnOnce(Arc<IntakeState>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisConfigError::NoRuntime)?;
         crate::install_tls_provider();
-        let shared = Arc::new(Shared::default());
-        let task = runtime.spawn(run(shared.clone()));
-        Ok(RedisIntake { task, shared, kind })
+        let task = IntakeTask::spawn(&runtime, run);
+        Ok(RedisIntake { task, kind })
     }
 
     /// Whether it is connected (and, for the stream, the group exists).
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Acquire)
+        self.task.state().is_connected()
     }
 
     /// Messages received and applied (or dropped as malformed) so far.
     pub fn handled(&self) -> u64 {
-        self.shared.handled.load(Ordering::Relaxed)
+        self.task.state().handled()
     }
 
     /// Times a connection that was up was lost (and a reconnection began).
     pub fn reconnects(&self) -> u64 {
-        self.shared.lost.load(Ordering::Relaxed)
+        self.task.state().reconnects()
     }
 }
 
@@ -218,13 +201,18 @@ enum Outcome {
 
 /// Applies `payload`: through the adapter (`redisx`: one node handles it
 /// for all), or to this node only (`redis`: every node receives it).
-async fn handle(kind: &str, payload: &[u8], broadcaster: &Broadcaster, shared: &Shared) -> Outcome {
+async fn handle(
+    kind: &str,
+    payload: &[u8],
+    broadcaster: &Broadcaster,
+    state: &IntakeState,
+) -> Outcome {
     let message = match Message::parse(payload) {
         Ok(m) => m,
         Err(e) => {
             let cause = std::error::Error::source(&e).map(|s| s.to_string());
             tracing::warn!(intake = kind, error = %e, cause, "not a broadcast message; dropped");
-            shared.handled.fetch_add(1, Ordering::Relaxed);
+            state.handled_one();
             return Outcome::Done;
         }
     };
@@ -235,7 +223,7 @@ async fn handle(kind: &str, payload: &[u8], broadcaster: &Broadcaster, shared: &
     };
     match applied {
         Ok(()) => {
-            shared.handled.fetch_add(1, Ordering::Relaxed);
+            state.handled_one();
             Outcome::Done
         }
         Err(e) => {
@@ -245,156 +233,118 @@ async fn handle(kind: &str, payload: &[u8], broadcaster: &Broadcaster, shared: &
     }
 }
 
-/// Runs `session` over and over, with backoff between attempts; a session
-/// returns whether it had been up and why it ended. An outage is logged
-/// once, not per attempt.
-async fn reconnecting<F, Fut>(kind: &'static str, url: &str, shared: &Shared, mut session: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = (bool, String)>,
-{
-    let mut backoff = Backoff::new(Backoff::DEFAULT_FIRST, Backoff::DEFAULT_MAX);
-    let mut logged = false;
-    loop {
-        let (was_up, reason) = session().await;
-        shared.connected.store(false, Ordering::Release);
-        if was_up {
-            backoff.reset();
-            shared.lost.fetch_add(1, Ordering::Relaxed);
-            logged = false;
-        }
-        if logged {
-            tracing::debug!(intake = kind, url, reason, "redis intake still down");
-        } else {
-            tracing::warn!(
-                intake = kind,
-                url,
-                reason,
-                "redis intake down; reconnecting"
-            );
-            logged = true;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-fn up(kind: &str, url: &str, shared: &Shared, what: &str) {
-    shared.connected.store(true, Ordering::Release);
-    tracing::info!(intake = kind, url, "receiving broadcasts from {what}");
-}
-
 async fn run_pubsub(
     client: redis::Client,
     config: RedisIntakeConfig,
     broadcaster: Broadcaster,
-    shared: Arc<Shared>,
+    state: Arc<IntakeState>,
 ) {
     let url = redact_url(&config.url);
-    reconnecting("redis", &url, &shared, || async {
-        let pubsub = match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return (false, e.to_string()),
-            Err(_) => return (false, "connect timed out".to_owned()),
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        match tokio::time::timeout(REPLY_TIMEOUT, sink.subscribe(&config.channel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return (false, e.to_string()),
-            Err(_) => return (false, "SUBSCRIBE timed out".to_owned()),
-        }
-        up(
-            "redis",
-            &url,
-            &shared,
-            &format!("channel {}", config.channel),
-        );
-        let mut ping = tokio::time::interval(PING_INTERVAL);
-        ping.reset();
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => {
-                        // At most once: a refused message is not retried.
-                        handle("redis", msg.get_payload_bytes(), &broadcaster, &shared).await;
-                    }
-                    None => return (true, "connection closed".to_owned()),
-                },
-                _ = ping.tick() => {
-                    match tokio::time::timeout(REPLY_TIMEOUT, sink.ping::<Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {}
-                        Ok(Err(e)) => return (true, e.to_string()),
-                        Err(_) => return (true, "PING timed out".to_owned()),
+    state
+        .reconnecting("redis", &url, || async {
+            let pubsub =
+                match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => return (false, e.to_string()),
+                    Err(_) => return (false, "connect timed out".to_owned()),
+                };
+            let (mut sink, mut stream) = pubsub.split();
+            match tokio::time::timeout(REPLY_TIMEOUT, sink.subscribe(&config.channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return (false, e.to_string()),
+                Err(_) => return (false, "SUBSCRIBE timed out".to_owned()),
+            }
+            state.up("redis", &url, &format!("channel {}", config.channel));
+            let mut ping = tokio::time::interval(PING_INTERVAL);
+            ping.reset();
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => {
+                            // At most once: a refused message is not retried.
+                            handle("redis", msg.get_payload_bytes(), &broadcaster, &state).await;
+                        }
+                        None => return (true, "connection closed".to_owned()),
+                    },
+                    _ = ping.tick() => {
+                        match tokio::time::timeout(REPLY_TIMEOUT, sink.ping::<Value>()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {}
+                            Ok(Err(e)) => return (true, e.to_string()),
+                            Err(_) => return (true, "PING timed out".to_owned()),
+                        }
                     }
                 }
             }
-        }
-    })
-    .await
+        })
+        .await
 }
 
 async fn run_streams(
     client: redis::Client,
     config: RedisIntakeConfig,
     broadcaster: Broadcaster,
-    shared: Arc<Shared>,
+    state: Arc<IntakeState>,
 ) {
     let url = redact_url(&config.url);
-    reconnecting("redisx", &url, &shared, || async {
-        // Replies wait up to the block time, then the usual bound.
-        let mut conn =
-            match crate::publisher::open(&client, &config.consumer, config.block + REPLY_TIMEOUT)
-                .await
+    state
+        .reconnecting("redisx", &url, || async {
+            // Replies wait up to the block time, then the usual bound.
+            let mut conn = match crate::publisher::open(
+                &client,
+                &config.consumer,
+                config.block + REPLY_TIMEOUT,
+            )
+            .await
             {
                 Ok(c) => c,
                 Err(e) => return (false, e.to_string()),
             };
-        let created = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&config.channel)
-            .arg(&config.group)
-            .arg("$")
-            .arg("MKSTREAM")
-            .query_async::<Value>(&mut conn)
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return (false, e.to_string()),
-        }
-        up(
-            "redisx",
-            &url,
-            &shared,
-            &format!(
-                "stream {} (group {}, consumer {})",
-                config.channel, config.group, config.consumer
-            ),
-        );
-        let mut claimed_at: Option<tokio::time::Instant> = None;
-        loop {
-            if claimed_at.is_none_or(|t| t.elapsed() >= config.block) {
-                match autoclaim(&mut conn, &config).await {
-                    Ok(entries) => {
-                        if !entries.is_empty() {
-                            tracing::info!(
-                                count = entries.len(),
-                                "redisx: claimed messages another consumer left pending"
-                            );
+            let created = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&config.channel)
+                .arg(&config.group)
+                .arg("$")
+                .arg("MKSTREAM")
+                .query_async::<Value>(&mut conn)
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return (false, e.to_string()),
+            }
+            state.up(
+                "redisx",
+                &url,
+                &format!(
+                    "stream {} (group {}, consumer {})",
+                    config.channel, config.group, config.consumer
+                ),
+            );
+            let mut claimed_at: Option<tokio::time::Instant> = None;
+            loop {
+                if claimed_at.is_none_or(|t| t.elapsed() >= config.block) {
+                    match autoclaim(&mut conn, &config).await {
+                        Ok(entries) => {
+                            if !entries.is_empty() {
+                                tracing::info!(
+                                    count = entries.len(),
+                                    "redisx: claimed messages another consumer left pending"
+                                );
+                            }
+                            settle(&mut conn, &config, entries, &broadcaster, &state).await;
                         }
-                        settle(&mut conn, &config, entries, &broadcaster, &shared).await;
+                        Err(e) => return (true, e.to_string()),
                     }
+                    claimed_at = Some(tokio::time::Instant::now());
+                }
+                match read(&mut conn, &config).await {
+                    Ok(entries) => settle(&mut conn, &config, entries, &broadcaster, &state).await,
                     Err(e) => return (true, e.to_string()),
                 }
-                claimed_at = Some(tokio::time::Instant::now());
             }
-            match read(&mut conn, &config).await {
-                Ok(entries) => settle(&mut conn, &config, entries, &broadcaster, &shared).await,
-                Err(e) => return (true, e.to_string()),
-            }
-        }
-    })
-    .await
+        })
+        .await
 }
 
 /// One stream entry: its ID and its `payload` field, if it has one.
@@ -451,11 +401,11 @@ async fn settle(
     config: &RedisIntakeConfig,
     entries: Vec<Entry>,
     broadcaster: &Broadcaster,
-    shared: &Shared,
+    state: &IntakeState,
 ) {
     for entry in entries {
         let outcome = match &entry.payload {
-            Some(payload) => handle("redisx", payload, broadcaster, shared).await,
+            Some(payload) => handle("redisx", payload, broadcaster, state).await,
             None => {
                 tracing::warn!(
                     id = entry.id,
