@@ -289,9 +289,41 @@ enum Figure {
 }
 
 /// Every figure `/metrics` exports: name, help, value.
-fn figures(s: &Stats, adapter_connected: bool) -> [(&'static str, &'static str, Figure); 25] {
+/// What the process has open: tokio tasks alive on the runtime that serves
+/// (every connection holds some; a leak shows as growth) and file
+/// descriptors (Linux: `/proc/self/fd`; 0 elsewhere).
+#[derive(Default)]
+struct Process {
+    tasks: usize,
+    fds: usize,
+}
+
+impl Process {
+    fn now() -> Self {
+        let tasks =
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        Process { tasks, fds }
+    }
+}
+
+fn figures(
+    s: &Stats,
+    adapter_connected: bool,
+    p: &Process,
+) -> [(&'static str, &'static str, Figure); 27] {
     use Figure::{Counter, Gauge};
     [
+        (
+            "cable_tokio_alive_tasks",
+            "Tokio tasks alive on the serving runtime (connections hold some; growth with a steady load is a leak)",
+            Gauge(p.tasks as f64),
+        ),
+        (
+            "cable_open_fds",
+            "File descriptors the process has open (Linux; 0 elsewhere)",
+            Gauge(p.fds as f64),
+        ),
         (
             "cable_connections",
             "Open, welcomed WebSocket connections",
@@ -431,7 +463,7 @@ fn recorder() -> PrometheusRecorder {
 /// recorder: your app's, installed with `metrics::set_global_recorder` (or
 /// an exporter's `install`). Call it once, then [`record_metrics`].
 pub fn describe_metrics() {
-    for (name, help, figure) in figures(&Stats::default(), false) {
+    for (name, help, figure) in figures(&Stats::default(), false, &Process::default()) {
         match figure {
             Figure::Gauge(_) => metrics::describe_gauge!(name, help),
             Figure::Counter(_) => metrics::describe_counter!(name, help),
@@ -456,7 +488,7 @@ pub fn describe_metrics() {
 /// # }
 /// ```
 pub fn record_metrics(cable: &Cable) {
-    for (name, _, figure) in figures(&cable.stats(), cable.is_healthy()) {
+    for (name, _, figure) in figures(&cable.stats(), cable.is_healthy(), &Process::now()) {
         match figure {
             Figure::Gauge(v) => metrics::gauge!(name).set(v),
             Figure::Counter(v) => metrics::counter!(name).absolute(v),

@@ -305,6 +305,21 @@ async fn health_stats_and_metrics_follow_clients() {
             "cable_adapter_dropped_total 0",
         ],
     );
+    // The process's own figures (issue 19's soak reads them): with three
+    // clients there are at least three sockets and a task for each.
+    let figure = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or_else(|| panic!("no {name} in {metrics}"), |v| v as u64)
+    };
+    let (fds, tasks) = (
+        figure(&metrics, "cable_open_fds"),
+        figure(&metrics, "cable_tokio_alive_tasks"),
+    );
+    assert!(fds >= 4, "{fds} fds with three clients and a listener");
+    assert!(tasks >= 3, "{tasks} tasks with three clients");
     for mut c in clients.drain(..) {
         c.close(None).await.unwrap();
     }
@@ -314,6 +329,13 @@ async fn health_stats_and_metrics_follow_clients() {
     .await;
     let (_, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("cable_connections 0"), "{metrics}");
+    // The clients' sockets and tasks are given back.
+    eventually("three fds and three tasks fewer once they left", || async {
+        let (_, m) = server.get("/metrics").await;
+        figure(&m, "cable_open_fds") + 3 <= fds
+            && figure(&m, "cable_tokio_alive_tasks") + 3 <= tasks
+    })
+    .await;
 }
 
 #[tokio::test]
