@@ -477,7 +477,7 @@ fn disconnect_message(identifiers: &Identifiers, reconnect: bool) -> (String, St
 /// ```
 #[derive(Clone)]
 pub struct Cable {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cable {

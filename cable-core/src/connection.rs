@@ -17,6 +17,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -299,6 +300,22 @@ where
 {
     // Whatever ends this function (a panic included), the writer finishes.
     let _close_outbox = CloseOnDrop(outbox.clone());
+    // Both boxed: this future lives as long as the connection, and would
+    // otherwise keep room for the authentication's state beside the
+    // session's (and a task's memory is rounded up to 128 bytes).
+    let Some((identifiers, ext)) = Box::pin(authenticate(&cable, hello, &outbox)).await else {
+        return;
+    };
+    Box::pin(run_session(cable, identifiers, inbound, outbox, ext)).await;
+}
+
+/// The identifiers (and the extended protocol's part) a session starts
+/// with, or None when the connection was refused (the outbox says why).
+async fn authenticate(
+    cable: &Arc<Inner>,
+    hello: Hello,
+    outbox: &Outbox,
+) -> Option<(Identifiers, Option<Box<Ext>>)> {
     if cable.is_shutting_down() {
         outbox.close(
             Some(Frame::disconnect(
@@ -308,20 +325,18 @@ where
             CLOSE_NORMAL,
             "",
         );
-        return;
+        return None;
     }
     let request = match hello {
         Hello::Request(request) => request,
-        Hello::Identified(ids) => {
-            return run_session(cable, ids, inbound, outbox, None).await;
-        }
+        Hello::Identified(ids) => return Some((ids, None)),
     };
-    let mut ext = ext_for(&cable, &request);
+    let mut ext = ext_for(cable, &request);
     if let Some(ext) = ext.as_mut().filter(|e| e.pongs) {
-        if let Some((ids, subs)) = restore(&cable, &request).await {
+        if let Some((ids, subs)) = restore(cable, &request).await {
             drop(request);
             ext.restored = Some(subs);
-            return run_session(cable, ids, inbound, outbox, Some(Box::new(ext.take()))).await;
+            return Some((ids, Some(Box::new(ext.take()))));
         }
     }
     let mut request = request;
@@ -353,13 +368,13 @@ where
             }
             cable.counters.unauthorized.inc();
             outbox.close(Some(Frame::disconnect(Some(told), false)), CLOSE_NORMAL, "");
-            return;
+            return None;
         }
     };
     // Channels never see the request: free its headers now rather than keep
     // them for the connection's lifetime.
     drop(request);
-    run_session(cable, identifiers, inbound, outbox, ext.map(Box::new)).await;
+    Some((identifiers, ext.map(Box::new)))
 }
 
 impl Ext {
@@ -449,17 +464,21 @@ async fn restore(cable: &Inner, request: &ConnectRequest) -> Option<(Identifiers
 }
 
 /// The welcomed part of a connection: from the welcome to the disconnect
-/// hook.
-async fn run_session<S>(
+/// hook. Not an async fn: the setup runs before the future exists, and the
+/// future ([`live`]) holds one pointer to the session's state; an async fn
+/// would keep its arguments and every local of the setup for the
+/// connection's life.
+fn run_session<S>(
     cable: Arc<Inner>,
     identifiers: Identifiers,
-    mut inbound: S,
+    inbound: S,
     outbox: Arc<Outbox>,
     mut ext: Option<Box<Ext>>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
-    let (ctl_tx, mut ctl_rx) = mailbox();
+    let (ctl_tx, ctl_rx) = mailbox();
     let conn = ConnShared {
         id: cable.next_id(),
         connection_identifier: identifiers.connection_identifier(),
@@ -524,7 +543,7 @@ async fn run_session<S>(
         .as_ref()
         .filter(|e| e.pongs)
         .and(cable.config.pong_timeout);
-    let mut session = Session {
+    let session = Session {
         bucket: cable.config.command_rate.map(Bucket::new),
         conn,
         subs: HashMap::new(),
@@ -532,18 +551,65 @@ async fn run_session<S>(
         sid: ext.filter(|e| e.store).map(|e| e.sid),
         changed: true,
     };
+    live(Box::new(Live {
+        cable,
+        outbox,
+        session,
+        registration,
+        inbound,
+        ctl_rx,
+        pong_timeout,
+        restored,
+    }))
+}
+
+/// A session's state, in one allocation.
+struct Live<S> {
+    cable: Arc<Inner>,
+    outbox: Arc<Outbox>,
+    session: Session,
+    registration: Registration,
+    inbound: S,
+    ctl_rx: MailboxReceiver,
+    pong_timeout: Option<Duration>,
+    restored: Option<Vec<(Box<Subscription>, StoredSub)>>,
+}
+
+/// Runs a session to its end.
+async fn live<S>(live: Box<Live<S>>)
+where
+    S: Stream<Item = Inbound> + Unpin + Send,
+{
+    let mut live = live;
+    let Live {
+        cable,
+        outbox,
+        session,
+        inbound,
+        ctl_rx,
+        pong_timeout,
+        restored,
+        ..
+    } = &mut *live;
+    let (cable, outbox, pong_timeout) = (&*cable, &*outbox, *pong_timeout);
     let mut io = Io {
-        inbound: &mut inbound,
-        ctl: &mut ctl_rx,
+        inbound,
+        ctl: ctl_rx,
         backlog: VecDeque::new(),
         deferred: VecDeque::new(),
         ended: false,
     };
+    let restored = restored.take();
     if let Some(subs) = restored {
         Box::pin(session.restore(&mut io, subs)).await;
     }
-    let mut pong_deadline =
-        pong_timeout.map(|t| crate::reliable::later(tokio::time::Instant::now(), t));
+    // Only for clients that answer pings (boxed: most have no timer).
+    let mut pong = pong_timeout.map(|t| {
+        Box::pin(tokio::time::sleep_until(crate::reliable::later(
+            tokio::time::Instant::now(),
+            t,
+        )))
+    });
     loop {
         if outbox.is_closed() {
             break;
@@ -558,12 +624,29 @@ async fn run_session<S>(
         } else if io.ended {
             Event::Frame(None)
         } else {
-            tokio::select! {
-                biased;
-                _ = outbox.closed() => break,
-                ctl = io.ctl.recv() => Event::Control(ctl),
-                frame = io.inbound.next() => Event::Frame(frame),
-                _ = sleep_until(pong_deadline) => Event::NoPong,
+            // By hand rather than `select!`: no branch future to keep
+            // between polls, so an idle session holds only its state.
+            let next = std::future::poll_fn(|cx| {
+                if outbox.poll_closed(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if let Poll::Ready(ctl) = io.ctl.poll_recv(cx) {
+                    return Poll::Ready(Some(Event::Control(ctl)));
+                }
+                if let Poll::Ready(frame) = io.inbound.poll_next_unpin(cx) {
+                    return Poll::Ready(Some(Event::Frame(frame)));
+                }
+                if let Some(pong) = pong.as_mut() {
+                    if pong.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Event::NoPong));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                Some(event) => event,
+                None => break,
             }
         };
         match event {
@@ -591,8 +674,9 @@ async fn run_session<S>(
             }
             Event::Frame(Some(Inbound::Probe(probe))) => probe.answer(session.snapshot()),
             Event::Frame(Some(item)) => {
-                if let (Some(deadline), Some(t)) = (&mut pong_deadline, pong_timeout) {
-                    *deadline = crate::reliable::later(tokio::time::Instant::now(), t);
+                if let (Some(pong), Some(t)) = (&mut pong, pong_timeout) {
+                    pong.as_mut()
+                        .reset(crate::reliable::later(tokio::time::Instant::now(), t));
                 }
                 if ends_connection(&session.conn, &item) {
                     break;
@@ -622,6 +706,19 @@ async fn run_session<S>(
         outbox.close(None, CLOSE_NORMAL, "");
     }
     drop(io);
+    let Live {
+        cable,
+        session,
+        registration,
+        ..
+    } = *live;
+    // Boxed: the connection's future must not keep room for its ending.
+    Box::pin(end_session(cable, session, registration)).await;
+}
+
+/// The end of a session: its stored state, the `unsubscribed` callbacks,
+/// the registration, then the disconnect hook.
+async fn end_session(cable: Arc<Inner>, mut session: Session, registration: Registration) {
     if session.sid.is_some() {
         // The TTL counts from the disconnect: the client has that long to
         // come back.
@@ -659,14 +756,6 @@ enum Event {
     Frame(Option<Inbound>),
     /// The pong timeout ran out.
     NoPong,
-}
-
-/// Sleeps until `deadline`; forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The channel instances of a restored session's subscriptions, made with
@@ -1847,4 +1936,43 @@ async fn settle_pending(state: &mut SubState) -> Result<(), (String, crate::pubs
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod size_guard {
+    /// An idle connection's memory is mostly these futures (they live as
+    /// long as the socket): the setup's locals and the callbacks' state are
+    /// kept out of them (boxed, or built before the future exists). The
+    /// bounds leave room for compiler changes; a jump past them means a
+    /// large local now lives across the session's await.
+    #[tokio::test]
+    async fn a_sessions_futures_stay_small() {
+        let cable = crate::Cable::builder().build();
+        let outbox = cable.new_outbox();
+        let inbound = futures_util::stream::empty::<super::Inbound>();
+        let run = super::run(
+            cable.inner.clone(),
+            super::Hello::Request(Box::default()),
+            inbound,
+            outbox.clone(),
+        );
+        assert!(
+            std::mem::size_of_val(&run) <= 256,
+            "{}",
+            std::mem::size_of_val(&run)
+        );
+        let inbound = futures_util::stream::empty::<super::Inbound>();
+        let live = super::run_session(
+            cable.inner.clone(),
+            Default::default(),
+            inbound,
+            outbox,
+            None,
+        );
+        assert!(
+            std::mem::size_of_val(&live) <= 512,
+            "{}",
+            std::mem::size_of_val(&live)
+        );
+    }
 }

@@ -156,7 +156,33 @@ impl Hold {
 struct Entry {
     /// Subscribers grouped by subscription identifier (empty for internal).
     groups: Groups,
-    ack: Shared<Ack>,
+    /// The adapter's acknowledgement while it is pending (or failed); None
+    /// once it succeeded, so a stream does not keep the shared future (a
+    /// few hundred bytes) for its whole life.
+    ack: Option<Shared<Ack>>,
+}
+
+/// The adapter's subscription to a new stream: None when it succeeded at
+/// once (the memory adapter), else the shared acknowledgement.
+fn subscribe_ack(pubsub: &dyn PubSub, stream: &str) -> Option<Shared<Ack>> {
+    let mut ack = pubsub.subscribe(stream);
+    match (&mut ack).now_or_never() {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some((Box::pin(async move { Err(e) }) as Ack).shared()),
+        None => Some(ack.shared()),
+    }
+}
+
+/// An acknowledgement that has succeeded.
+fn done_ack() -> Shared<Ack> {
+    (Box::pin(async { Ok(()) }) as Ack).shared()
+}
+
+/// Forgets an acknowledgement that has succeeded.
+fn settle(ack: &mut Option<Shared<Ack>>) {
+    if matches!(ack.as_ref().and_then(|a| a.peek()), Some(Ok(()))) {
+        *ack = None;
+    }
 }
 
 /// Subscribers of one stream by identifier. Most streams (a user's, a
@@ -308,20 +334,22 @@ impl Hub {
         match shard.entry(stream.to_owned()) {
             MapEntry::Occupied(o) => {
                 let e = o.into_mut();
+                settle(&mut e.ack);
                 // A failed subscribe is retried by the next subscriber.
-                if matches!(e.ack.peek(), Some(Err(_))) {
-                    e.ack = self.pubsub.subscribe(stream).shared();
+                if matches!(e.ack.as_ref().and_then(|a| a.peek()), Some(Err(_))) {
+                    e.ack = subscribe_ack(&*self.pubsub, stream);
                 }
                 e.groups.insert(identifier, conn, target);
-                e.ack.clone()
+                e.ack.clone().unwrap_or_else(done_ack)
             }
             MapEntry::Vacant(v) => v
                 .insert(Entry {
                     groups: Groups::new(identifier, conn, target),
-                    ack: self.pubsub.subscribe(stream).shared(),
+                    ack: subscribe_ack(&*self.pubsub, stream),
                 })
                 .ack
-                .clone(),
+                .clone()
+                .unwrap_or_else(done_ack),
         }
     }
 
@@ -352,7 +380,10 @@ impl Hub {
     /// shard lock is held only to take a snapshot of the subscribers.
     pub(crate) fn deliver(&self, stream: &str, payload: &str) {
         self.broadcasts_received.fetch_add(1, Ordering::Relaxed);
-        let Some(groups) = self.shard(stream).get(stream).map(|e| e.groups.clone()) else {
+        let Some(groups) = self.shard(stream).get_mut(stream).map(|e| {
+            settle(&mut e.ack);
+            e.groups.clone()
+        }) else {
             return;
         };
         // A broadcast of a stream with history carries its position; a

@@ -18,14 +18,17 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use crate::hub::Control;
 
 #[derive(Debug, Default)]
 struct Inner {
     queue: Mutex<VecDeque<Control>>,
-    notify: Notify,
+    /// The session's task, woken by a send (one receiver: no list of waiters).
+    waker: AtomicWaker,
     /// The receiving session has ended; sends fail.
     closed: AtomicBool,
 }
@@ -65,7 +68,7 @@ impl Mailbox {
         }
         queue.push_back(ctl);
         drop(queue);
-        self.inner.notify.notify_one();
+        self.inner.waker.wake();
         Ok(())
     }
 }
@@ -92,17 +95,26 @@ impl MailboxReceiver {
     /// The next message. Cancel-safe: a message is only taken from the queue
     /// by the call that returns it.
     pub(crate) async fn recv(&mut self) -> Control {
-        loop {
-            if let Some(c) = self
-                .inner
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next message, or the task woken when one comes.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Control> {
+        let pop = || {
+            self.inner
                 .queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_front()
-            {
-                return c;
-            }
-            self.inner.notify.notified().await;
+        };
+        if let Some(c) = pop() {
+            return Poll::Ready(c);
+        }
+        self.inner.waker.register(cx.waker());
+        // A send between the first look and the registration woke nobody.
+        match pop() {
+            Some(c) => Poll::Ready(c),
+            None => Poll::Pending,
         }
     }
 }

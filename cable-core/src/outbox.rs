@@ -56,6 +56,28 @@ struct State {
     closing: bool,
     /// The close frame has been handed to the writer.
     finished: bool,
+    /// The ready hook has fired and nothing has emptied the queue since
+    /// (only with [`Outbox::set_ready_hook`]).
+    signalled: bool,
+}
+
+/// Told when an outbox has something to write (see [`Outbox::set_ready_hook`]).
+pub trait Ready: Send + Sync {
+    /// The outbox went from nothing to write to something to write. Called
+    /// without the outbox's lock held; must not block.
+    fn ready(&self);
+}
+
+/// What [`Outbox::try_pop_batch`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Popped {
+    /// Items were moved into the buffer.
+    Items,
+    /// Nothing queued; the ready hook fires on the next push.
+    Empty,
+    /// The close frame was taken earlier, or the outbox was aborted: nothing
+    /// more will come.
+    Finished,
 }
 
 /// A bounded, byte-counted outbound queue for one connection.
@@ -63,6 +85,8 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     closed: CancellationToken,
+    /// The session's task, woken when the outbox closes ([`Outbox::poll_closed`]).
+    closed_waker: futures_util::task::AtomicWaker,
     capacity: usize,
     overflows: Option<Arc<AtomicU64>>,
     /// Frames handed to the writer, for the server's stats.
@@ -71,6 +95,9 @@ pub struct Outbox {
     /// (a whisper's sender, `exclude_socket`): the welcome's `sid`, or one
     /// made when a session without one first needs it.
     socket_id: std::sync::OnceLock<Box<str>>,
+    /// A transport that writes from its own task rather than awaiting
+    /// [`Outbox::pop_batch`] (the WebSocket transport's flusher).
+    ready: std::sync::OnceLock<Box<dyn Ready>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -96,11 +123,48 @@ impl Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             closed: CancellationToken::new(),
+            closed_waker: futures_util::task::AtomicWaker::new(),
             capacity,
             overflows,
             sent,
             socket_id: std::sync::OnceLock::new(),
+            ready: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes `hook` the way this outbox announces work, instead of waking
+    /// [`Outbox::pop_batch`]: it is called once when the queue goes from
+    /// empty to not empty (or the outbox closes or aborts), and not again
+    /// until [`Outbox::try_pop_batch`] has found the queue empty. The
+    /// transport then drains with `try_pop_batch`, never `pop_batch`. Only
+    /// the first hook set counts; false if one was set before.
+    pub fn set_ready_hook(&self, hook: Box<dyn Ready>) -> bool {
+        let set = self.ready.set(hook).is_ok();
+        // Anything queued before the hook (the welcome) must be announced.
+        let st = self.lock();
+        if !st.queue.is_empty() || st.finished {
+            self.wake(st);
+        }
+        set
+    }
+
+    /// Tells the writer there is work, by the hook or the notify; consumes
+    /// the guard so the hook runs unlocked.
+    fn wake(&self, mut st: MutexGuard<'_, State>) {
+        match self.ready.get() {
+            Some(hook) => {
+                let fire = !st.signalled;
+                st.signalled = true;
+                drop(st);
+                if fire {
+                    hook.ready();
+                }
+            }
+            None => {
+                drop(st);
+                self.notify.notify_one();
+            }
+        }
     }
 
     /// The session id broadcasts may exclude this connection by, if it has one.
@@ -141,18 +205,16 @@ impl Outbox {
                 reason: "",
             });
             st.closing = true;
-            drop(st);
             if let Some(c) = &self.overflows {
                 c.fetch_add(1, Ordering::Relaxed);
             }
-            self.closed.cancel();
-            self.notify.notify_one();
+            self.cancel();
+            self.wake(st);
             return Err(PushError::Overflow);
         }
         st.bytes += frame.len();
         st.queue.push_back(Outgoing::Text(frame));
-        drop(st);
-        self.notify.notify_one();
+        self.wake(st);
         Ok(())
     }
 
@@ -169,9 +231,8 @@ impl Outbox {
             st.queue.push_back(Outgoing::Text(f));
         }
         st.queue.push_back(Outgoing::Close { code, reason });
-        drop(st);
-        self.closed.cancel();
-        self.notify.notify_one();
+        self.cancel();
+        self.wake(st);
         true
     }
 
@@ -182,9 +243,27 @@ impl Outbox {
         st.finished = true;
         st.queue.clear();
         st.bytes = 0;
-        drop(st);
+        self.cancel();
+        self.wake(st);
+    }
+
+    fn cancel(&self) {
         self.closed.cancel();
-        self.notify.notify_one();
+        self.closed_waker.wake();
+    }
+
+    /// Ready once the outbox stops accepting frames; the future-free form
+    /// of [`Outbox::closed`] for one task's poll loop (it keeps one waker).
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.closed.is_cancelled() {
+            return std::task::Poll::Ready(());
+        }
+        self.closed_waker.register(cx.waker());
+        if self.closed.is_cancelled() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Whether the outbox accepts no more frames.
@@ -207,37 +286,52 @@ impl Outbox {
     /// was aborted): the writer should stop. Meant for a single consumer.
     pub async fn pop_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> bool {
         loop {
-            {
-                let mut st = self.lock();
-                if st.finished && st.queue.is_empty() {
-                    return false;
-                }
-                if !st.queue.is_empty() {
-                    let before = buf.len();
-                    while buf.len() < max {
-                        match st.queue.pop_front() {
-                            Some(Outgoing::Text(f)) => {
-                                st.bytes -= f.len();
-                                buf.push(Outgoing::Text(f));
-                            }
-                            Some(close @ Outgoing::Close { .. }) => {
-                                st.finished = true;
-                                st.queue.clear();
-                                st.bytes = 0;
-                                buf.push(close);
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    if let Some(sent) = &self.sent {
-                        sent.fetch_add((buf.len() - before) as u64, Ordering::Relaxed);
-                    }
-                    return true;
-                }
+            match self.try_pop_batch(buf, max) {
+                Popped::Items => return true,
+                Popped::Finished => return false,
+                Popped::Empty => self.notify.notified().await,
             }
-            self.notify.notified().await;
         }
+    }
+
+    /// Moves up to `max` queued items into `buf` without waiting. A close
+    /// frame is always the last item moved.
+    pub fn try_pop_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> Popped {
+        let mut st = self.lock();
+        if st.finished && st.queue.is_empty() {
+            return Popped::Finished;
+        }
+        if st.queue.is_empty() {
+            st.signalled = false;
+            return Popped::Empty;
+        }
+        let before = buf.len();
+        while buf.len() < max {
+            match st.queue.pop_front() {
+                Some(Outgoing::Text(f)) => {
+                    st.bytes -= f.len();
+                    buf.push(Outgoing::Text(f));
+                }
+                Some(close @ Outgoing::Close { .. }) => {
+                    st.finished = true;
+                    st.queue.clear();
+                    st.bytes = 0;
+                    buf.push(close);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if st.queue.is_empty() {
+            // An idle connection keeps no slots (a few bytes of allocator
+            // work per round, against 128 bytes for every idle socket).
+            st.queue = VecDeque::new();
+        }
+        drop(st);
+        if let Some(sent) = &self.sent {
+            sent.fetch_add((buf.len() - before) as u64, Ordering::Relaxed);
+        }
+        Popped::Items
     }
 }
 

@@ -40,7 +40,7 @@ use crate::{Cable, ConnectRequest, Identifiers};
 
 pub use crate::cable::TransportGuard;
 pub use crate::connection::{Inbound, Probe, ProbeAnswer, Snapshot, SubscriptionSnapshot};
-pub use crate::outbox::{Outbox, Outgoing, PushError, CLOSE_NORMAL, CLOSE_TOO_BIG};
+pub use crate::outbox::{Outbox, Outgoing, Popped, PushError, Ready, CLOSE_NORMAL, CLOSE_TOO_BIG};
 
 /// A new outbound queue sized by
 /// [`CableConfig::outbound_queue_bytes`](crate::CableConfig::outbound_queue_bytes).
@@ -56,7 +56,7 @@ pub fn new_outbox(cable: &Cable) -> Arc<Outbox> {
 /// in order after it.
 pub fn run_connection<S>(
     cable: &Cable,
-    request: ConnectRequest,
+    request: impl Into<Box<ConnectRequest>>,
     inbound: S,
     outbox: Arc<Outbox>,
 ) -> impl Future<Output = ()> + Send
@@ -66,7 +66,7 @@ where
     // Boxed before the future is built: an async fn keeps room for its
     // arguments for its whole life, and this one lives as long as the
     // connection while the request is dropped after authentication.
-    cable.run_connection(Hello::Request(Box::new(request)), inbound, outbox)
+    cable.run_connection(Hello::Request(request.into()), inbound, outbox)
 }
 
 /// Like [`run_connection`], for a client the transport identified itself

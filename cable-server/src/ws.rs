@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::close_code::CloseCodeFix;
 use crate::http::{respond, text};
+use crate::wire::{Flusher, Lane, Wire, WireIo};
 use crate::ServerConfig;
 
 /// Most frames handed to the socket between two flushes.
@@ -29,11 +30,17 @@ const WRITE_BATCH: usize = 64;
 pub(crate) struct ServerState {
     pub(crate) cable: Cable,
     pub(crate) config: ServerConfig,
+    /// Started with the first WebSocket on a TCP socket.
+    flusher: std::sync::OnceLock<Flusher>,
 }
 
 impl ServerState {
     pub(crate) fn new(cable: Cable, config: ServerConfig) -> Self {
-        ServerState { cable, config }
+        ServerState {
+            cable,
+            config,
+            flusher: std::sync::OnceLock::new(),
+        }
     }
 
     /// One timer for all connections of the `Cable` (however many routers
@@ -185,30 +192,21 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     // (`HttpExtensions::http_extension`).
     let request = Box::new(request.with_extension(std::mem::take(req.extensions_mut())));
 
-    let cable = state.cable.clone();
-    let ws_config = state
-        .config
-        .websocket_config(state.cable.config().outbound_queue_bytes);
-    let write_timeout = state.config.write_timeout;
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!("WebSocket upgrade failed: {e}");
-                return;
-            }
-        };
-        tracing::info!("Successfully upgraded to WebSocket (REQUEST_METHOD: GET, HTTP_CONNECTION: Upgrade, HTTP_UPGRADE: websocket)");
-        let ws = WebSocketStream::from_raw_socket(
-            CloseCodeFix::new(TokioIo::new(upgraded)),
-            Role::Server,
-            Some(ws_config),
-        )
-        .await;
-        drive(cable, request, Box::new(ws), write_timeout).await;
-        drop(guard);
-        tracing::info!("Finished {path:?} [WebSocket] for {peer_s}");
+    let accepted = Box::new(Accepted {
+        cable: state.cable.clone(),
+        request,
+        ws_config: state
+            .config
+            .websocket_config(state.cable.config().outbound_queue_bytes),
+        write_timeout: state.config.write_timeout,
+        lane: state.flusher.get_or_init(Flusher::start).lane(),
+        end: Box::new(End {
+            _guard: guard,
+            path,
+            peer_s,
+        }),
     });
+    tokio::spawn(connection(on_upgrade, accepted));
 
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -346,7 +344,7 @@ async fn drive<S>(
     let outbox = cable_core::transport::new_outbox(&cable);
     let writer = tokio::spawn(write_loop(sink, outbox.clone(), write_timeout));
     let mut inbound = Box::pin(inbound_stream(stream));
-    cable_core::transport::run_connection(&cable, *request, &mut inbound, outbox.clone()).await;
+    cable_core::transport::run_connection(&cable, request, &mut inbound, outbox.clone()).await;
     let _ = writer.await;
     // Read until the client answers our close (or goes away), so the socket is
     // not torn down with unread data, which can make the peer lose our last
@@ -355,6 +353,135 @@ async fn drive<S>(
         while inbound.next().await.is_some() {}
     })
     .await;
+}
+
+/// What a connection needs once upgraded, in one allocation: the
+/// connection's future keeps a pointer, not the fields.
+struct Accepted {
+    cable: Cable,
+    request: Box<ConnectRequest>,
+    ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    write_timeout: std::time::Duration,
+    lane: Lane,
+    end: Box<End>,
+}
+
+/// Held until the socket is closed.
+struct End {
+    _guard: cable_core::transport::TransportGuard,
+    path: String,
+    peer_s: String,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        tracing::info!("Finished {:?} [WebSocket] for {}", self.path, self.peer_s);
+    }
+}
+
+/// One upgraded connection, from the upgrade to the socket's close.
+async fn connection(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Box<Accepted>) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!("WebSocket upgrade failed: {e}");
+            return;
+        }
+    };
+    tracing::info!("Successfully upgraded to WebSocket (REQUEST_METHOD: GET, HTTP_CONNECTION: Upgrade, HTTP_UPGRADE: websocket)");
+    // `serve`'s sockets are plain TCP: the flusher writes to them
+    // (wire.rs). Any other stream (an app's own listener, TLS) gets a
+    // writer task.
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => on_tcp(*accepted, parts).await,
+        Err(upgraded) => {
+            // Boxed: its state must not size every TCP connection's task.
+            Box::pin(async move {
+                let Accepted {
+                    cable,
+                    request,
+                    ws_config,
+                    write_timeout,
+                    end,
+                    ..
+                } = *accepted;
+                let ws = WebSocketStream::from_raw_socket(
+                    CloseCodeFix::new(TokioIo::new(upgraded)),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                drive(cable, request, Box::new(ws), write_timeout).await;
+                drop(end);
+            })
+            .await;
+        }
+    }
+}
+
+/// Runs one connection on a TCP socket: tungstenite reads, the flusher
+/// writes (see wire.rs). The setup is done here, before the future exists,
+/// so that the future holds only what the session needs.
+fn on_tcp(
+    accepted: Accepted,
+    parts: hyper::upgrade::Parts<TokioIo<tokio::net::TcpStream>>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let Accepted {
+        cable,
+        request,
+        ws_config,
+        write_timeout,
+        lane,
+        end,
+    } = accepted;
+    // Taken apart now: hyper's read buffer (8 KiB) must not live as long as
+    // the connection.
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let pre = read_buf.to_vec();
+    drop(read_buf);
+    let outbox = cable_core::transport::new_outbox(&cable);
+    // A batch's tail (at most the outbox's capacity) and a few pongs.
+    let max_pending = cable.config().outbound_queue_bytes + 64 * 1024;
+    let wire = Wire::new(io.into_inner(), outbox.clone(), write_timeout, max_pending);
+    wire.attach(lane);
+    // No handshake to wait for: the future is ready at its first poll.
+    let ws = WebSocketStream::from_partially_read(
+        WireIo(wire.clone()),
+        pre,
+        Role::Server,
+        Some(ws_config),
+    );
+    let ws = futures_util::FutureExt::now_or_never(Box::pin(ws));
+    let echo = wire.clone();
+    let inbound = ws.map(|ws| {
+        Box::pin(inbound_stream(ws.inspect(move |m| {
+            if let Ok(Message::Close(frame)) = m {
+                echo.peer_closed(frame.as_ref());
+            }
+        })))
+    });
+    async move {
+        let Some(mut inbound) = inbound else {
+            tracing::error!(
+                "WebSocket stream setup did not complete at once; dropping the connection"
+            );
+            return;
+        };
+        cable_core::transport::run_connection(&cable, request, &mut inbound, outbox).await;
+        Box::pin(async move {
+            wire.finished().await;
+            // As in `drive`: read until the client answers our close.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                while inbound.next().await.is_some() {}
+            })
+            .await;
+            // The socket closes with the last reference to the wire.
+            drop(inbound);
+            drop(wire);
+            drop(end);
+        })
+        .await;
+    }
 }
 
 /// How a write batch ended.
