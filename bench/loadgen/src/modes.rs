@@ -17,7 +17,7 @@ use crate::client::{self, histogram, Client, Opened, Shared, Target};
 use crate::procfs;
 
 /// One run's outcome, as written to `--out`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub mode: String,
     /// Label of the server under test (`cable`, `b1`, `rails`, ...).

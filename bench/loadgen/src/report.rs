@@ -9,20 +9,40 @@ use serde_json::Value;
 
 use crate::modes::RunResult;
 
+/// Every repetition of every run, by (server, mode), in repetition order.
+pub type AllRuns = BTreeMap<(String, String), Vec<RunResult>>;
+
 /// Reads every `*.json` run result in `dir` (other JSON, such as
-/// `meta.json`, is skipped), keyed by (server, mode).
-pub fn load(dir: &Path) -> Result<BTreeMap<(String, String), RunResult>> {
-    let mut out = BTreeMap::new();
+/// `meta.json`, is skipped), keyed by (server, mode); `LABEL-RUN.rK.json`
+/// is repetition K of a run, `LABEL-RUN.json` a run made once.
+pub fn load(dir: &Path) -> Result<AllRuns> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&path)?;
             if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-                out.insert((r.server.clone(), r.mode.clone()), r);
+                found.push((repetition(&path), r));
             }
         }
     }
+    found.sort_by_key(|(k, _)| *k);
+    let mut out = AllRuns::new();
+    for (_, r) in found {
+        out.entry((r.server.clone(), r.mode.clone()))
+            .or_default()
+            .push(r);
+    }
     Ok(out)
+}
+
+/// K of a file named `….rK.json`; 0 for any other name.
+fn repetition(path: &Path) -> u32 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit_once(".r"))
+        .and_then(|(_, k)| k.parse().ok())
+        .unwrap_or(0)
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -49,8 +69,15 @@ fn ratio(a: Option<f64>, b: Option<f64>, higher_is_better: bool) -> String {
 /// A figure of one (server, mode), or None when that run is absent.
 type Pick = fn(&RunResult) -> Option<f64>;
 
-/// Every run of a results directory, by (mode, server).
+/// One run per (server, mode).
 pub type Runs = BTreeMap<(String, String), RunResult>;
+
+/// The first repetition of every run.
+pub fn first_runs(all: &AllRuns) -> Runs {
+    all.iter()
+        .filter_map(|(k, reps)| reps.first().map(|r| (k.clone(), r.clone())))
+        .collect()
+}
 
 struct Row {
     name: &'static str,

@@ -87,7 +87,8 @@ fn write_report(
     history: Option<PathBuf>,
     output: &std::path::Path,
 ) -> Result<()> {
-    let runs = report::load(dir)?;
+    // Repeated runs: the first repetition of each.
+    let runs = report::first_runs(&report::load(dir)?);
     let mut md = String::from("# Benchmarks\n\n");
     md.push_str(
         "Written by `scripts/bench` (see the README); do not edit by hand. The history at the \
