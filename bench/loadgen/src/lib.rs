@@ -18,4 +18,5 @@ pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;
+pub mod spread;
 pub mod sse;

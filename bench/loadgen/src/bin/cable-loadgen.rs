@@ -87,8 +87,7 @@ fn write_report(
     history: Option<PathBuf>,
     output: &std::path::Path,
 ) -> Result<()> {
-    // Repeated runs: the first repetition of each.
-    let runs = report::first_runs(&report::load(dir)?);
+    let runs = report::load(dir)?;
     let mut md = String::from("# Benchmarks\n\n");
     md.push_str(
         "Written by `scripts/bench` (see the README); do not edit by hand. The history at the \
@@ -98,18 +97,25 @@ fn write_report(
         md.push_str(&std::fs::read_to_string(&h).with_context(|| h.display().to_string())?);
         md.push('\n');
     }
-    type Section = fn(&report::Runs) -> String;
+    // The comparison, the ladders and the sweeps see every repetition; the
+    // other sections (runs made once) the median repetition of each.
+    type Section = fn(&report::AllRuns) -> String;
     let sections: [(&str, Section); 8] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
-        ("\n## Pub/sub adapters\n\n", report::adapter_table),
-        (
-            "\n## Transports: WebSocket and SSE\n\n",
-            report::transport_table,
-        ),
-        ("\n## Hostile load\n", report::hostile_section),
-        ("\n## Reliable streams: jitter\n\n", report::jitter_section),
+        ("\n## Pub/sub adapters\n\n", |a| {
+            report::adapter_table(&report::median_runs(a))
+        }),
+        ("\n## Transports: WebSocket and SSE\n\n", |a| {
+            report::transport_table(&report::median_runs(a))
+        }),
+        ("\n## Hostile load\n", |a| {
+            report::hostile_section(&report::median_runs(a))
+        }),
+        ("\n## Reliable streams: jitter\n\n", |a| {
+            report::jitter_section(&report::median_runs(a))
+        }),
         ("\n## Runs\n\n", report::raw),
     ];
     for (heading, section) in sections {
