@@ -436,6 +436,61 @@ pub fn summary_table(all: &AllRuns) -> String {
     s
 }
 
+/// The comparison of cable and B1 as plain text for a terminal: the rows
+/// with a figure for either, medians with their spreads, the ratio of the
+/// medians and the verdict; columns padded to line up.
+pub fn summary_text(all: &AllRuns) -> String {
+    let mut lines = vec![[
+        "benchmark".to_owned(),
+        "cable".to_owned(),
+        "B1".to_owned(),
+        "cable vs B1".to_owned(),
+        "beyond the spread?".to_owned(),
+    ]];
+    for row in summary_rows(all) {
+        if row.servers[0].0.is_none() && row.servers[1].0.is_none() {
+            continue;
+        }
+        lines.push([
+            row.name.to_owned(),
+            row.cell(0),
+            row.cell(1),
+            row.ratio(1),
+            row.verdict().to_string(),
+        ]);
+    }
+    if lines.len() == 1 {
+        return "No cable or B1 runs in this result set.\n".into();
+    }
+    let width = |i: usize| {
+        lines
+            .iter()
+            .map(|l| l[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let mut s = String::new();
+    for l in &lines {
+        let mut line = String::new();
+        for (i, cell) in l.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            // Figures right-aligned, words left-aligned.
+            if (1..=3).contains(&i) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+            line.push_str("  ");
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
 /// The ladder's steps, one table per server (of a repeated run, the
 /// median repetition).
 pub fn ladder_tables(all: &AllRuns) -> String {
@@ -1004,6 +1059,42 @@ mod tests {
             t.contains("Repetitions per run: cable 3, B1 3, Rails 1."),
             "{t}"
         );
+    }
+
+    #[test]
+    fn summary_text_lines_up_cable_and_b1() {
+        let bytes = |v: &[f64]| -> Vec<Value> {
+            v.iter()
+                .map(|b| json!({"bytes_per_connection": b}))
+                .collect()
+        };
+        let all: AllRuns = [
+            reps("cable", "idle", &bytes(&[8200.0, 8000.0, 8100.0])),
+            reps("b1", "idle", &bytes(&[13000.0, 14000.0, 13500.0])),
+            reps(
+                "cable",
+                "connect",
+                &[json!({"per_sec": 900.0}), json!({"per_sec": 1100.0})],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let t = summary_text(&all);
+        let lines: Vec<&str> = t.lines().collect();
+        // The header, connect's connections/s, idle; rows without a figure left out.
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("benchmark "), "{t}");
+        assert!(lines[1].starts_with("connect: connections/s "), "{t}");
+        assert!(lines[1].contains("1,000 (900–1,100)"), "{t}");
+        assert!(lines[1].ends_with("—  —"), "{t}");
+        assert!(
+            lines[2]
+                .contains("8,100 (8,000–8,200)  13,500 (13,000–14,000)        1.67x  yes, better"),
+            "{t}"
+        );
+        // Columns line up: the verdicts start at the same character.
+        let at = |l: &str, pat: &str| l.chars().count() - l[l.find(pat).unwrap()..].chars().count();
+        assert_eq!(at(lines[0], "beyond"), at(lines[2], "yes, better"), "{t}");
     }
 
     #[test]

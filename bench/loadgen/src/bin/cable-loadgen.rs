@@ -78,6 +78,9 @@ enum Run {
         history: Option<PathBuf>,
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
+        /// Also print cable vs B1 (medians, spreads, verdicts) to stdout.
+        #[arg(long)]
+        summary: bool,
     },
 }
 
@@ -197,9 +200,13 @@ async fn run(args: Args) -> Result<()> {
             header,
             history,
             output,
+            summary,
         } => {
             write_report(&dir, header, history, &output)?;
             eprintln!("wrote {}", output.display());
+            if summary {
+                print!("{}", report::summary_text(&report::load(&dir)?));
+            }
             return Ok(());
         }
     };
