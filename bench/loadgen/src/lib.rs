@@ -14,6 +14,7 @@
 pub mod b1;
 pub mod client;
 pub mod hostile;
+pub mod instr;
 pub mod jitter;
 pub mod modes;
 pub mod procfs;
