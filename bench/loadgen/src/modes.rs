@@ -1,5 +1,6 @@
 //! The runs: `broadcast` (websocket-shootout's ladder), `fanout`, `connect`,
-//! `idle` and `slow`. Each returns a [`RunResult`] that is written as JSON.
+//! `idle`, `slow`, and `count` (a fixed workload for instruction counts).
+//! Each returns a [`RunResult`] that is written as JSON.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
