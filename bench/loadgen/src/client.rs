@@ -323,6 +323,7 @@ impl Shared {
 pub struct State {
     pub broadcasts: AtomicU64,
     pub results: AtomicU64,
+    pub pings: AtomicU64,
     pub closed: AtomicBool,
     pub too_slow: AtomicBool,
     paused: AtomicBool,
@@ -418,7 +419,10 @@ async fn run(
                             state.too_slow.store(true, Ordering::SeqCst);
                         }
                     }
-                    Kind::Ping | Kind::Confirm | Kind::Welcome => {}
+                    Kind::Ping => {
+                        state.pings.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Kind::Confirm | Kind::Welcome => {}
                     k => shared.error(format!("client {id}: unexpected frame {k:?}: {t}")),
                 },
                 Some(Ok(Message::Close(_))) | None => break,

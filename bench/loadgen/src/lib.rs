@@ -8,14 +8,20 @@
 //! server with the chat example's `ChatChannel` while a canary client
 //! measures what that costs everyone else. Results are JSON
 //! ([`modes::RunResult`]); [`report`] turns a directory of them into
-//! `BENCHMARKS.md`. `scripts/bench` runs the whole suite. `fanout --sse`
-//! subscribes over Server-Sent Events ([`sse`]) instead.
+//! `BENCHMARKS.md`, with the median and spread of repeated runs
+//! ([`spread`]). `scripts/bench` runs the whole suite. `fanout --sse`
+//! subscribes over Server-Sent Events ([`sse`]) instead. `count` is a fixed
+//! workload for instruction counts: `scripts/callgrind` runs a server under
+//! valgrind for two sizes of it and [`instr`] works out the cost per
+//! connect and per delivery.
 
 pub mod b1;
 pub mod client;
 pub mod hostile;
+pub mod instr;
 pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;
+pub mod spread;
 pub mod sse;

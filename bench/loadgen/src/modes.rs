@@ -1,5 +1,6 @@
 //! The runs: `broadcast` (websocket-shootout's ladder), `fanout`, `connect`,
-//! `idle` and `slow`. Each returns a [`RunResult`] that is written as JSON.
+//! `idle`, `slow`, and `count` (a fixed workload for instruction counts).
+//! Each returns a [`RunResult`] that is written as JSON.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use crate::client::{self, histogram, Client, Opened, Shared, Target};
 use crate::procfs;
 
 /// One run's outcome, as written to `--out`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub mode: String,
     /// Label of the server under test (`cable`, `b1`, `rails`, ...).
@@ -865,6 +867,131 @@ pub async fn slow(common: &Common, o: &SlowOpts) -> Result<RunResult> {
             "stalled_dropped": dropped,
             "stalled_told_too_slow": told_too_slow,
             "readers_dropped": readers_closed,
+        }),
+        errors,
+    )
+}
+
+// ---------------------------------------------------------------- count
+
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct CountOpts {
+    /// Clients, opened one at a time (TCP, WebSocket handshake, welcome,
+    /// subscribe, confirm).
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Broadcasts from client 0 once every client is open, one at a time:
+    /// the next is sent when every client has the last one and client 0
+    /// its broadcastResult. With 0, each client is closed as soon as it is
+    /// confirmed, before the next one opens.
+    #[arg(long, default_value_t = 0)]
+    pub broadcasts: u64,
+    #[arg(long, default_value_t = 200)]
+    pub payload_padding: usize,
+}
+
+/// A fixed, deterministic workload for counting a server's instructions
+/// (scripts/callgrind runs the server under valgrind): the same frames in
+/// the same order every time, nothing paced by the clock, so two runs of
+/// different sizes differ by the work of the extra connections or
+/// deliveries alone.
+pub async fn count(common: &Common, o: &CountOpts) -> Result<RunResult> {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let (shared, _rtt) = Shared::new();
+    let (mut delivered, mut results, mut pings) = (0, 0, 0);
+    if o.broadcasts == 0 {
+        // Each connection's whole life, one after the other.
+        let pb = bar(common, o.clients as u64, "connecting one at a time");
+        for i in 0..o.clients {
+            let opened = tokio::time::timeout(
+                Duration::from_secs(30),
+                client::open(&common.target, i, None),
+            )
+            .await;
+            let mut ws = match opened {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(e)) => bail!("client {i}: {e:#}"),
+                Err(_) => bail!("client {i}: no confirm_subscription within 30 s"),
+            };
+            ws.close(None).await?;
+            // Until the server has closed its end too.
+            let drained = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            if drained.is_err() {
+                bail!("client {i}: the server did not close within 30 s");
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+    } else {
+        let one_at_a_time = Common {
+            connect_concurrency: 1,
+            ..common.clone()
+        };
+        let (clients, _, failures) =
+            open_many(&one_at_a_time, 0..o.clients, &shared, "connecting", |_| {
+                None
+            })
+            .await;
+        if !failures.is_empty() {
+            bail!("{} clients failed: {}", failures.len(), failures[0]);
+        }
+        let n = clients.len() as u64;
+        let padding = client::padding(o.payload_padding);
+        let publisher = &clients[0];
+        shared.start_window();
+        let pb = bar(common, o.broadcasts, "broadcasting one at a time");
+        for k in 1..=o.broadcasts {
+            publisher.broadcast(&padding);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while shared.delivered.load(Ordering::Relaxed) < k * n
+                || publisher.state.results.load(Ordering::Relaxed) < k
+            {
+                if Instant::now() > deadline || shared.error_count() > 0 {
+                    errors.push(format!(
+                        "broadcast {k}: {} of {} deliveries and {} of {k} broadcastResults within 30 s",
+                        shared.delivered.load(Ordering::Relaxed),
+                        k * n,
+                        publisher.state.results.load(Ordering::Relaxed)
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            pb.inc(1);
+            if !errors.is_empty() {
+                break;
+            }
+        }
+        pb.finish_and_clear();
+        delivered = shared.delivered.load(Ordering::Relaxed);
+        results = publisher.state.results.load(Ordering::Relaxed);
+        pings = clients
+            .iter()
+            .map(|c| c.state.pings.load(Ordering::Relaxed))
+            .sum();
+        close_all(&clients, &shared).await;
+    }
+    errors.extend(shared.errors.lock().expect("errors lock").iter().cloned());
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "count: {} clients, {} broadcasts: {delivered} deliveries, {results} broadcastResults, {pings} pings in {secs:.2}s",
+        o.clients, o.broadcasts
+    );
+    RunResult::new(
+        "count",
+        common,
+        o,
+        json!({
+            "clients": o.clients,
+            "broadcasts": o.broadcasts,
+            "deliveries": delivered,
+            "broadcast_results": results,
+            "pings_received": pings,
+            "secs": secs,
         }),
         errors,
     )

@@ -8,21 +8,42 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::modes::RunResult;
+use crate::spread::{self, Spread, Verdict};
+
+/// Every repetition of every run, by (server, mode), in repetition order.
+pub type AllRuns = BTreeMap<(String, String), Vec<RunResult>>;
 
 /// Reads every `*.json` run result in `dir` (other JSON, such as
-/// `meta.json`, is skipped), keyed by (server, mode).
-pub fn load(dir: &Path) -> Result<BTreeMap<(String, String), RunResult>> {
-    let mut out = BTreeMap::new();
+/// `meta.json`, is skipped), keyed by (server, mode); `LABEL-RUN.rK.json`
+/// is repetition K of a run, `LABEL-RUN.json` a run made once.
+pub fn load(dir: &Path) -> Result<AllRuns> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") {
             let text = std::fs::read_to_string(&path)?;
             if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-                out.insert((r.server.clone(), r.mode.clone()), r);
+                found.push((repetition(&path), r));
             }
         }
     }
+    found.sort_by_key(|(k, _)| *k);
+    let mut out = AllRuns::new();
+    for (_, r) in found {
+        out.entry((r.server.clone(), r.mode.clone()))
+            .or_default()
+            .push(r);
+    }
     Ok(out)
+}
+
+/// K of a file named `….rK.json`; 0 for any other name.
+fn repetition(path: &Path) -> u32 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit_once(".r"))
+        .and_then(|(_, k)| k.parse().ok())
+        .unwrap_or(0)
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -49,8 +70,78 @@ fn ratio(a: Option<f64>, b: Option<f64>, higher_is_better: bool) -> String {
 /// A figure of one (server, mode), or None when that run is absent.
 type Pick = fn(&RunResult) -> Option<f64>;
 
-/// Every run of a results directory, by (mode, server).
+/// One run per (server, mode).
 pub type Runs = BTreeMap<(String, String), RunResult>;
+
+/// The figure a mode's repetitions are ranked by to pick the one the
+/// detail sections show, a tie-breaker, and what the figure is.
+type Rank = fn(&RunResult) -> (Option<f64>, Option<f64>);
+
+fn rank_of(mode: &str) -> Option<(Rank, &'static str)> {
+    Some(match mode {
+        "broadcast" => (
+            |r| (ladder_max(r), ladder_p95_at_top(r).map(|x| -x)),
+            "the most clients within the limit, then the p95 at that step",
+        ),
+        "fanout" => (
+            |r| (fanout_best(r), fanout_complete(r)),
+            "deliveries/s within the p99 limit",
+        ),
+        "connect" => (|r| (connect_rate(r), None), "connections/s"),
+        "idle" => (|r| (idle_bytes(r), None), "RSS per connection"),
+        "slow" => (|r| (slow_p99_during(r), None), "p99 during the stall"),
+        _ => return None,
+    })
+}
+
+/// Which of a run's repetitions the detail sections show: the median one by
+/// its mode's figure ([`rank_of`]; the lower of the middle two for an even
+/// count, a repetition without the figure ranked lowest), else the first.
+pub fn representative(reps: &[RunResult]) -> usize {
+    let Some(rank) = reps.first().and_then(|r| rank_of(&r.mode)).map(|(f, _)| f) else {
+        return 0;
+    };
+    let key = |r: &RunResult| {
+        let (a, b) = rank(r);
+        (
+            a.unwrap_or(f64::NEG_INFINITY),
+            b.unwrap_or(f64::NEG_INFINITY),
+        )
+    };
+    let mut order: Vec<usize> = (0..reps.len()).collect();
+    order.sort_by(|&i, &j| {
+        let (a, b) = (key(&reps[i]), key(&reps[j]));
+        a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1))
+    });
+    order
+        .get(reps.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The representative repetition of every run ([`representative`]).
+pub fn median_runs(all: &AllRuns) -> Runs {
+    all.iter()
+        .filter(|(_, reps)| !reps.is_empty())
+        .map(|(k, reps)| (k.clone(), reps[representative(reps)].clone()))
+        .collect()
+}
+
+/// For a repeated run, which repetition a detail table shows and why.
+fn shown(reps: &[RunResult]) -> String {
+    if reps.len() < 2 {
+        return String::new();
+    }
+    let i = representative(reps);
+    match reps.first().and_then(|r| rank_of(&r.mode)) {
+        Some((_, what)) => format!(
+            "; repetition {} of {}, the median by {what}",
+            i + 1,
+            reps.len()
+        ),
+        None => format!("; repetition {} of {}", i + 1, reps.len()),
+    }
+}
 
 struct Row {
     name: &'static str,
@@ -242,44 +333,174 @@ const ROWS: &[Row] = &[
     },
 ];
 
-/// The comparison table: cable vs B1 vs Rails with ratios.
-pub fn summary_table(runs: &Runs) -> String {
-    let get = |server: &str, row: &Row| -> Option<f64> {
-        runs.get(&(server.to_owned(), row.mode.to_owned()))
-            .and_then(|r| (row.pick)(r))
+/// One row of the comparison table: each server's figure over its
+/// repetitions, and how many repetitions there were.
+pub struct SummaryRow {
+    pub name: &'static str,
+    pub digits: usize,
+    pub higher_is_better: bool,
+    pub target: &'static str,
+    /// cable, B1, Rails: the figure's spread and the run's repetitions.
+    pub servers: [(Option<Spread>, usize); 3],
+}
+
+impl SummaryRow {
+    fn cell(&self, i: usize) -> String {
+        let (s, runs) = self.servers[i];
+        spread::cell(s, runs, self.digits)
+    }
+
+    /// cable's median against server `i`'s.
+    fn ratio(&self, i: usize) -> String {
+        let median = |j: usize| self.servers[j].0.map(|s| s.median);
+        ratio(median(0), median(i), self.higher_is_better)
+    }
+
+    /// Whether cable and B1 differ beyond their spreads.
+    pub fn verdict(&self) -> Verdict {
+        spread::verdict(self.servers[0].0, self.servers[1].0, self.higher_is_better)
+    }
+}
+
+/// The comparison's rows, from every repetition of cable's, B1's and
+/// Rails' runs.
+pub fn summary_rows(all: &AllRuns) -> Vec<SummaryRow> {
+    let get = |server: &str, row: &Row| -> (Option<Spread>, usize) {
+        let reps = all
+            .get(&(server.to_owned(), row.mode.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let values: Vec<f64> = reps.iter().filter_map(|r| (row.pick)(r)).collect();
+        (Spread::of(&values), reps.len())
     };
+    ROWS.iter()
+        .map(|row| SummaryRow {
+            name: row.name,
+            digits: row.digits,
+            higher_is_better: row.higher_is_better,
+            target: row.target,
+            servers: [get("cable", row), get("b1", row), get("rails", row)],
+        })
+        .collect()
+}
+
+/// The comparison table: cable vs B1 vs Rails, medians with their spreads,
+/// ratios of the medians, and whether cable and B1 differ beyond the spread.
+pub fn summary_table(all: &AllRuns) -> String {
     let mut s = String::new();
-    s.push_str("| benchmark | cable | B1 | Rails | cable vs B1 | cable vs Rails | target |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---|\n");
-    for row in ROWS {
-        let (c, b, r) = (get("cable", row), get("b1", row), get("rails", row));
+    s.push_str(
+        "| benchmark | cable | B1 | Rails | cable vs B1 | beyond the spread? | cable vs Rails | target |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---|---:|---|\n");
+    for row in summary_rows(all) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
-            fmt_num(c, row.digits),
-            fmt_num(b, row.digits),
-            fmt_num(r, row.digits),
-            ratio(c, b, row.higher_is_better),
-            ratio(c, r, row.higher_is_better),
+            row.cell(0),
+            row.cell(1),
+            row.cell(2),
+            row.ratio(1),
+            row.verdict(),
+            row.ratio(2),
             row.target
         );
     }
-    s.push_str(
-        "\nRatios are cable's advantage: above 1.00x cable is better (for latencies and \
-         memory, the other server's figure divided by cable's).\n",
+    let runs = |server: &str| {
+        let n: Vec<usize> = ROWS
+            .iter()
+            .filter_map(|row| all.get(&(server.to_owned(), row.mode.to_owned())))
+            .map(Vec::len)
+            .collect();
+        match (n.iter().min(), n.iter().max()) {
+            (Some(a), Some(b)) if a == b => a.to_string(),
+            (Some(a), Some(b)) => format!("{a} to {b}"),
+            _ => "none".into(),
+        }
+    };
+    let _ = writeln!(
+        s,
+        "\nEach figure is the median over the run's repetitions (`scripts/bench --repeat`, \
+         interleaved: repetition 1 of every server, then repetition 2, ...), the lowest and \
+         highest in brackets; `(—)` is a run made once, `n of N runs` says some repetitions \
+         had no figure (a failed run). Repetitions per run: cable {}, B1 {}, Rails {}. \
+         Ratios are of the medians and are cable's advantage: above 1.00x cable is better \
+         (for latencies and memory, the other server's figure divided by cable's). \
+         \"Beyond the spread?\": whether cable's and B1's ranges do not overlap (\"yes, \
+         better\", \"yes, worse\") or do (\"no, within spread\": the difference is no larger \
+         than the run-to-run noise); not judged with one run of either.",
+        runs("cable"),
+        runs("b1"),
+        runs("rails"),
     );
     s
 }
 
-/// The ladder's steps, one table per server.
-pub fn ladder_tables(runs: &Runs) -> String {
-    let mut s = String::new();
-    for ((server, mode), r) in runs {
-        if mode != "broadcast" {
+/// The comparison of cable and B1 as plain text for a terminal: the rows
+/// with a figure for either, medians with their spreads, the ratio of the
+/// medians and the verdict; columns padded to line up.
+pub fn summary_text(all: &AllRuns) -> String {
+    let mut lines = vec![[
+        "benchmark".to_owned(),
+        "cable".to_owned(),
+        "B1".to_owned(),
+        "cable vs B1".to_owned(),
+        "beyond the spread?".to_owned(),
+    ]];
+    for row in summary_rows(all) {
+        if row.servers[0].0.is_none() && row.servers[1].0.is_none() {
             continue;
         }
-        let _ = writeln!(s, "\n**{server}** ({})\n", status(r));
+        lines.push([
+            row.name.to_owned(),
+            row.cell(0),
+            row.cell(1),
+            row.ratio(1),
+            row.verdict().to_string(),
+        ]);
+    }
+    if lines.len() == 1 {
+        return "No cable or B1 runs in this result set.\n".into();
+    }
+    let width = |i: usize| {
+        lines
+            .iter()
+            .map(|l| l[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let mut s = String::new();
+    for l in &lines {
+        let mut line = String::new();
+        for (i, cell) in l.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            // Figures right-aligned, words left-aligned.
+            if (1..=3).contains(&i) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+            line.push_str("  ");
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// The ladder's steps, one table per server (of a repeated run, the
+/// median repetition).
+pub fn ladder_tables(all: &AllRuns) -> String {
+    let mut s = String::new();
+    for ((server, mode), reps) in all {
+        if mode != "broadcast" || reps.is_empty() {
+            continue;
+        }
+        let r = &reps[representative(reps)];
+        let _ = writeln!(s, "\n**{server}** ({}{})\n", status(r), shown(reps));
         s.push_str("| clients | p95 RTT ms | min | median | max |\n|---:|---:|---:|---:|---:|\n");
         for st in r.metrics["steps"].as_array().into_iter().flatten() {
             let _ = writeln!(
@@ -296,18 +517,21 @@ pub fn ladder_tables(runs: &Runs) -> String {
     s
 }
 
-/// The fan-out sweeps, one table per server label.
-pub fn fanout_tables(runs: &Runs) -> String {
+/// The fan-out sweeps, one table per server label (of a repeated run, the
+/// median repetition).
+pub fn fanout_tables(all: &AllRuns) -> String {
     let mut s = String::new();
-    for ((server, mode), r) in runs {
-        if mode != "fanout" {
+    for ((server, mode), reps) in all {
+        if mode != "fanout" || reps.is_empty() {
             continue;
         }
+        let r = &reps[representative(reps)];
         let _ = writeln!(
             s,
-            "\n**{server}**, {} subscribers ({})\n",
+            "\n**{server}**, {} subscribers ({}{})\n",
             r.params["subscribers"],
-            status(r)
+            status(r),
+            shown(reps)
         );
         s.push_str(
             "| broadcasts/s | deliveries/s | p50 ms | p99 ms | max ms | delivered | CPU µs/delivery | server CPU % |\n\
@@ -599,18 +823,35 @@ fn status(r: &RunResult) -> String {
     }
 }
 
-/// Every run's parameters and figures as compact JSON lines.
-pub fn raw(runs: &Runs) -> String {
+/// Every run's parameters (and, of a repeated run, every repetition's
+/// outcome) as compact JSON lines.
+pub fn raw(all: &AllRuns) -> String {
     let mut s = String::new();
-    for ((server, mode), r) in runs {
+    for ((server, mode), reps) in all {
+        let Some(first) = reps.first() else { continue };
+        let outcome = |r: &RunResult| if r.ok { "ok" } else { "failed" };
+        let outcomes = if reps.len() == 1 {
+            outcome(first).to_owned()
+        } else {
+            format!(
+                "{} repetitions: {}",
+                reps.len(),
+                reps.iter().map(outcome).collect::<Vec<_>>().join(", ")
+            )
+        };
         let _ = writeln!(
             s,
-            "- `{server} {mode}` ({}): params `{}`",
-            if r.ok { "ok" } else { "failed" },
-            r.params
+            "- `{server} {mode}` ({outcomes}): params `{}`",
+            first.params
         );
-        for e in r.errors.iter().take(3) {
-            let _ = writeln!(s, "  - error: {e}");
+        for (k, r) in reps.iter().enumerate() {
+            for e in r.errors.iter().take(3) {
+                if reps.len() == 1 {
+                    let _ = writeln!(s, "  - error: {e}");
+                } else {
+                    let _ = writeln!(s, "  - repetition {}: error: {e}", k + 1);
+                }
+            }
         }
     }
     s
@@ -715,6 +956,27 @@ mod tests {
         assert!(t.find("jitter-memory") < t.find("jitter-off"), "{t}");
     }
 
+    /// Every run of `runs` as a run made once.
+    fn once(runs: Runs) -> AllRuns {
+        runs.into_iter().map(|(k, r)| (k, vec![r])).collect()
+    }
+
+    /// Repetitions of `server`'s `mode` run, one per metrics value.
+    fn reps(server: &str, mode: &str, metrics: &[Value]) -> ((String, String), Vec<RunResult>) {
+        let runs = metrics
+            .iter()
+            .map(|m| RunResult {
+                mode: mode.into(),
+                server: server.into(),
+                ok: true,
+                params: json!({"subscribers": 1000}),
+                metrics: m.clone(),
+                errors: vec![],
+            })
+            .collect();
+        ((server.to_owned(), mode.to_owned()), runs)
+    }
+
     #[test]
     fn table_has_a_row_per_figure() {
         let runs = one_run(
@@ -723,7 +985,216 @@ mod tests {
             json!({}),
             json!({"bytes_per_connection": 3000.0}),
         );
-        let t = summary_table(&runs);
-        assert!(t.contains("| idle: server RSS per subscribed connection (bytes) | 3000 | — |"));
+        let t = summary_table(&once(runs));
+        assert!(
+            t.contains("| idle: server RSS per subscribed connection (bytes) | 3,000 (—) | — | — | — | — | — | ≤ 4096 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn table_shows_medians_spreads_and_verdicts() {
+        let bytes = |v: &[f64]| -> Vec<Value> {
+            v.iter()
+                .map(|b| json!({"bytes_per_connection": b}))
+                .collect()
+        };
+        let rate = |v: &[f64]| -> Vec<Value> {
+            v.iter()
+                .map(|d| json!({"best": {"deliveries_per_sec": d}, "best_complete": {"deliveries_per_sec": d}}))
+                .collect()
+        };
+        let all: AllRuns = [
+            reps("cable", "idle", &bytes(&[8200.0, 8000.0, 8100.0])),
+            reps("b1", "idle", &bytes(&[13000.0, 14000.0, 13500.0])),
+            reps("rails", "idle", &bytes(&[30000.0])),
+            reps(
+                "cable",
+                "fanout",
+                &rate(&[900_000.0, 1_000_000.0, 1_100_000.0]),
+            ),
+            reps(
+                "b1",
+                "fanout",
+                &rate(&[1_050_000.0, 1_200_000.0, 1_300_000.0]),
+            ),
+            reps(
+                "cable",
+                "connect",
+                &[
+                    json!({"per_sec": 9000.0}),
+                    json!({"per_sec": 9100.0}),
+                    json!({"per_sec": 9200.0}),
+                ],
+            ),
+            reps(
+                "b1",
+                "connect",
+                &[
+                    json!({"per_sec": 9500.0}),
+                    json!({"per_sec": 9600.0}),
+                    json!({"per_sec": 9700.0}),
+                ],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let t = summary_table(&all);
+        // Lower memory is better: cable's whole range is below B1's.
+        assert!(
+            t.contains("| idle: server RSS per subscribed connection (bytes) | 8,100 (8,000–8,200) | 13,500 (13,000–14,000) | 30,000 (—) | 1.67x | yes, better | 3.70x | ≤ 4096 |"),
+            "{t}"
+        );
+        // The medians differ, the ranges overlap.
+        assert!(
+            t.contains("| fanout: deliveries/s sustained with p99 ≤ limit | 1,000,000 (900,000–1,100,000) | 1,200,000 (1,050,000–1,300,000) | — | 0.83x | no, within spread | — |"),
+            "{t}"
+        );
+        // Higher is better and cable's range is wholly below B1's.
+        assert!(
+            t.contains("| connect: connections/s | 9,100 (9,000–9,200) | 9,600 (9,500–9,700) | — | 0.95x | yes, worse |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Repetitions per run: cable 3, B1 3, Rails 1."),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn summary_text_lines_up_cable_and_b1() {
+        let bytes = |v: &[f64]| -> Vec<Value> {
+            v.iter()
+                .map(|b| json!({"bytes_per_connection": b}))
+                .collect()
+        };
+        let all: AllRuns = [
+            reps("cable", "idle", &bytes(&[8200.0, 8000.0, 8100.0])),
+            reps("b1", "idle", &bytes(&[13000.0, 14000.0, 13500.0])),
+            reps(
+                "cable",
+                "connect",
+                &[json!({"per_sec": 900.0}), json!({"per_sec": 1100.0})],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let t = summary_text(&all);
+        let lines: Vec<&str> = t.lines().collect();
+        // The header, connect's connections/s, idle; rows without a figure left out.
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("benchmark "), "{t}");
+        assert!(lines[1].starts_with("connect: connections/s "), "{t}");
+        assert!(lines[1].contains("1,000 (900–1,100)"), "{t}");
+        assert!(lines[1].ends_with("—  —"), "{t}");
+        assert!(
+            lines[2]
+                .contains("8,100 (8,000–8,200)  13,500 (13,000–14,000)        1.67x  yes, better"),
+            "{t}"
+        );
+        // Columns line up: the verdicts start at the same character.
+        let at = |l: &str, pat: &str| l.chars().count() - l[l.find(pat).unwrap()..].chars().count();
+        assert_eq!(at(lines[0], "beyond"), at(lines[2], "yes, better"), "{t}");
+    }
+
+    #[test]
+    fn a_failed_repetition_is_counted_out_of_the_median() {
+        let mut all: AllRuns = [reps(
+            "cable",
+            "broadcast",
+            &[
+                json!({"max_clients_within_limit": 19000, "steps": []}),
+                json!({"max_clients_within_limit": 18000, "steps": []}),
+                json!({"max_clients_within_limit": 5000, "steps": []}),
+            ],
+        )]
+        .into_iter()
+        .collect();
+        all.values_mut().next().unwrap()[2].ok = false;
+        let t = summary_table(&all);
+        assert!(t.contains("| 18,500 (18,000–19,000; 2 of 3 runs) |"), "{t}");
+    }
+
+    #[test]
+    fn detail_tables_show_the_median_repetition() {
+        let sweep = |best: f64| json!({"best": {"deliveries_per_sec": best}, "steps": [{"rate": best / 1000.0}]});
+        let all: AllRuns = [reps(
+            "cable",
+            "fanout",
+            &[sweep(100_000.0), sweep(300_000.0), sweep(200_000.0)],
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(representative(&all[&("cable".into(), "fanout".into())]), 2);
+        let t = fanout_tables(&all);
+        assert!(
+            t.contains("(ok; repetition 3 of 3, the median by deliveries/s within the p99 limit)"),
+            "{t}"
+        );
+        assert!(t.contains("| 200.0 |"), "{t}");
+        assert!(!t.contains("| 100.0 |") && !t.contains("| 300.0 |"), "{t}");
+        // Ladders: the most clients, ties broken by the p95 at that step.
+        let ladder = |max: u64, p95: f64| json!({"max_clients_within_limit": max, "steps": [{"clients": max, "within_limit": true, "rtt": {"p95_ms": p95}}]});
+        let (_, runs) = reps(
+            "cable",
+            "broadcast",
+            &[
+                ladder(19000, 300.0),
+                ladder(19000, 100.0),
+                ladder(18000, 50.0),
+                ladder(19000, 200.0),
+            ],
+        );
+        // Ranked 18000, 19000@300, 19000@200, 19000@100: the lower middle.
+        assert_eq!(representative(&runs), 0);
+        let (_, runs) = reps(
+            "cable",
+            "broadcast",
+            &[
+                ladder(19000, 300.0),
+                ladder(19000, 100.0),
+                ladder(19000, 200.0),
+            ],
+        );
+        assert_eq!(representative(&runs), 2);
+        // Runs without a ranking figure, and single runs: the first.
+        let (_, runs) = reps("cable", "hostile", &[json!({}), json!({})]);
+        assert_eq!(representative(&runs), 0);
+    }
+
+    #[test]
+    fn load_groups_repetitions_in_order() {
+        let dir = std::env::temp_dir().join(format!("cable-report-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, server: &str, bytes: f64| {
+            let r = RunResult {
+                mode: "idle".into(),
+                server: server.into(),
+                ok: true,
+                params: json!({}),
+                metrics: json!({"bytes_per_connection": bytes}),
+                errors: vec![],
+            };
+            std::fs::write(dir.join(name), serde_json::to_string(&r).unwrap()).unwrap();
+        };
+        // Written last to first: the order is the repetition number's, not
+        // the directory's or the names' (r10 after r9).
+        for k in (1..=12).rev() {
+            write(&format!("cable-idle.r{k}.json"), "cable", k as f64);
+        }
+        write("b1-idle.json", "b1", 5.0);
+        std::fs::write(dir.join("meta.json"), "{}").unwrap();
+        let all = load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let figures = |server: &str| -> Vec<f64> {
+            all[&(server.to_owned(), "idle".to_owned())]
+                .iter()
+                .filter_map(idle_bytes)
+                .collect()
+        };
+        let want: Vec<f64> = (1..=12).map(|k| k as f64).collect();
+        assert_eq!(figures("cable"), want);
+        assert_eq!(figures("b1"), [5.0]);
+        assert_eq!(all.len(), 2);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use cable_loadgen::client::Target;
 use cable_loadgen::modes::{self, Common, RunResult};
-use cable_loadgen::{hostile, report};
+use cable_loadgen::{hostile, instr, report};
 use clap::{Parser, Subcommand};
 
 /// Load generator for ActionCable servers: websocket-shootout's broadcast
@@ -66,6 +66,26 @@ enum Run {
     /// SIGTERM to --server-pid with half-sent requests open: how long until
     /// the process is gone (it must be within its drain timeout plus 5 s).
     HostileShutdown(hostile::ShutdownOpts),
+    /// A fixed workload for instruction counts (scripts/callgrind): N
+    /// clients opened and closed one at a time, or N subscribers and B
+    /// broadcasts sent one at a time, each after the last was delivered.
+    Count(modes::CountOpts),
+    /// Instruction counts per connect and per delivery from scripts/callgrind's
+    /// `count` results (NAME.json) and callgrind outputs (NAME.callgrind).
+    Callgrind {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where the figures go as JSON (BENCHMARKS.md shows a results
+        /// directory's callgrind.json).
+        #[arg(long)]
+        json: PathBuf,
+        /// The same as a markdown table.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Recorded with the figures, KEY=VALUE (commit, date, valgrind).
+        #[arg(long)]
+        meta: Vec<String>,
+    },
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -78,6 +98,9 @@ enum Run {
         history: Option<PathBuf>,
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: PathBuf,
+        /// Also print cable vs B1 (medians, spreads, verdicts) to stdout.
+        #[arg(long)]
+        summary: bool,
     },
 }
 
@@ -97,23 +120,43 @@ fn write_report(
         md.push_str(&std::fs::read_to_string(&h).with_context(|| h.display().to_string())?);
         md.push('\n');
     }
-    type Section = fn(&report::Runs) -> String;
+    // The comparison, the ladders and the sweeps see every repetition; the
+    // other sections (runs made once) the median repetition of each.
+    type Section = fn(&report::AllRuns) -> String;
     let sections: [(&str, Section); 8] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
-        ("\n## Pub/sub adapters\n\n", report::adapter_table),
-        (
-            "\n## Transports: WebSocket and SSE\n\n",
-            report::transport_table,
-        ),
-        ("\n## Hostile load\n", report::hostile_section),
-        ("\n## Reliable streams: jitter\n\n", report::jitter_section),
+        ("\n## Pub/sub adapters\n\n", |a| {
+            report::adapter_table(&report::median_runs(a))
+        }),
+        ("\n## Transports: WebSocket and SSE\n\n", |a| {
+            report::transport_table(&report::median_runs(a))
+        }),
+        ("\n## Hostile load\n", |a| {
+            report::hostile_section(&report::median_runs(a))
+        }),
+        ("\n## Reliable streams: jitter\n\n", |a| {
+            report::jitter_section(&report::median_runs(a))
+        }),
         ("\n## Runs\n\n", report::raw),
     ];
     for (heading, section) in sections {
         md.push_str(heading);
         md.push_str(&section(&runs));
+        // The instruction counts after the comparison, when scripts/callgrind
+        // left them here.
+        if heading.contains("cable vs B1 vs Rails") {
+            let counts = dir.join("callgrind.json");
+            if counts.exists() {
+                let text = std::fs::read_to_string(&counts)
+                    .with_context(|| counts.display().to_string())?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| counts.display().to_string())?;
+                md.push_str("\n## Instruction counts\n\n");
+                md.push_str(&instr::markdown(&v));
+            }
+        }
     }
     if let Some(h) = history {
         md.push('\n');
@@ -172,6 +215,12 @@ async fn run(args: Args) -> Result<()> {
             modes::idle(&common, &opts).await?
         }
         Run::Slow(opts) => modes::slow(&common, &opts).await?,
+        Run::Count(opts) => {
+            if opts.clients == 0 {
+                bail!("--clients must be at least 1");
+            }
+            modes::count(&common, &opts).await?
+        }
         Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
         Run::Hostile(mut opts) => {
             if opts.cases == ["all"] {
@@ -185,14 +234,41 @@ async fn run(args: Args) -> Result<()> {
             };
             hostile::shutdown(&common, pid, &opts).await?
         }
+        Run::Callgrind {
+            dir,
+            json,
+            markdown,
+            meta,
+        } => {
+            let mut m = serde_json::Map::new();
+            for kv in meta {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("--meta {kv:?}: KEY=VALUE");
+                };
+                m.insert(k.to_owned(), v.into());
+            }
+            let summary = instr::summarize(&dir, serde_json::Value::Object(m))?;
+            std::fs::write(&json, serde_json::to_string_pretty(&summary)?)
+                .with_context(|| json.display().to_string())?;
+            let md = instr::markdown(&summary);
+            if let Some(path) = markdown {
+                std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
+            }
+            print!("{md}");
+            return Ok(());
+        }
         Run::Report {
             dir,
             header,
             history,
             output,
+            summary,
         } => {
             write_report(&dir, header, history, &output)?;
             eprintln!("wrote {}", output.display());
+            if summary {
+                print!("{}", report::summary_text(&report::load(&dir)?));
+            }
             return Ok(());
         }
     };
