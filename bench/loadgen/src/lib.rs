@@ -9,7 +9,9 @@
 //! measures what that costs everyone else. Results are JSON
 //! ([`modes::RunResult`]); [`report`] turns a directory of them into
 //! `BENCHMARKS.md`. `scripts/bench` runs the whole suite. `fanout --sse`
-//! subscribes over Server-Sent Events ([`sse`]) instead.
+//! subscribes over Server-Sent Events ([`sse`]) instead. [`soak`] churns
+//! clients for minutes while it samples the server's memory, descriptors,
+//! tasks and streams.
 
 pub mod b1;
 pub mod client;
@@ -18,4 +20,5 @@ pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;
+pub mod soak;
 pub mod sse;

@@ -66,6 +66,10 @@ enum Run {
     /// SIGTERM to --server-pid with half-sent requests open: how long until
     /// the process is gone (it must be within its drain timeout plus 5 s).
     HostileShutdown(hostile::ShutdownOpts),
+    /// Churn (N clients present, each living a short life) with steady
+    /// broadcasts while the server's RSS, descriptors, tasks and streams
+    /// are sampled; judges the RSS slope and the return to the baseline.
+    Soak(cable_loadgen::soak::SoakOpts),
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -98,7 +102,7 @@ fn write_report(
         md.push('\n');
     }
     type Section = fn(&report::Runs) -> String;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
@@ -109,6 +113,7 @@ fn write_report(
         ),
         ("\n## Hostile load\n", report::hostile_section),
         ("\n## Reliable streams: jitter\n\n", report::jitter_section),
+        ("\n## Soak\n\n", cable_loadgen::soak::report_section),
         ("\n## Runs\n\n", report::raw),
     ];
     for (heading, section) in sections {
@@ -173,6 +178,7 @@ async fn run(args: Args) -> Result<()> {
         }
         Run::Slow(opts) => modes::slow(&common, &opts).await?,
         Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
+        Run::Soak(opts) => cable_loadgen::soak::soak(&common, &opts).await?,
         Run::Hostile(mut opts) => {
             if opts.cases == ["all"] {
                 opts.cases = hostile::CASES.iter().map(|c| c.to_string()).collect();
