@@ -11,7 +11,8 @@
 //! `BENCHMARKS.md`. `scripts/bench` runs the whole suite. `fanout --sse`
 //! subscribes over Server-Sent Events ([`sse`]) instead. [`soak`] churns
 //! clients for minutes while it samples the server's memory, descriptors,
-//! tasks and streams.
+//! tasks and streams; [`twonode`] puts subscribers on several nodes that
+//! share a backend.
 
 pub mod b1;
 pub mod client;
@@ -22,3 +23,4 @@ pub mod procfs;
 pub mod report;
 pub mod soak;
 pub mod sse;
+pub mod twonode;

@@ -70,6 +70,9 @@ enum Run {
     /// broadcasts while the server's RSS, descriptors, tasks and streams
     /// are sampled; judges the RSS slope and the return to the baseline.
     Soak(cable_loadgen::soak::SoakOpts),
+    /// Subscribers on several nodes sharing one backend, the publisher on
+    /// the first, a fixed rate: same-node and cross-node delivery latency.
+    Twonode(cable_loadgen::twonode::TwoNodeOpts),
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -102,7 +105,7 @@ fn write_report(
         md.push('\n');
     }
     type Section = fn(&report::Runs) -> String;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
@@ -114,6 +117,10 @@ fn write_report(
         ("\n## Hostile load\n", report::hostile_section),
         ("\n## Reliable streams: jitter\n\n", report::jitter_section),
         ("\n## Soak\n\n", cable_loadgen::soak::report_section),
+        (
+            "\n## Several nodes\n\n",
+            cable_loadgen::twonode::report_section,
+        ),
         ("\n## Runs\n\n", report::raw),
     ];
     for (heading, section) in sections {
@@ -179,6 +186,7 @@ async fn run(args: Args) -> Result<()> {
         Run::Slow(opts) => modes::slow(&common, &opts).await?,
         Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
         Run::Soak(opts) => cable_loadgen::soak::soak(&common, &opts).await?,
+        Run::Twonode(opts) => cable_loadgen::twonode::twonode(&common, &opts).await?,
         Run::Hostile(mut opts) => {
             if opts.cases == ["all"] {
                 opts.cases = hostile::CASES.iter().map(|c| c.to_string()).collect();
