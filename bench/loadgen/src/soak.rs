@@ -999,8 +999,8 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
              to a ChatChannel room, {}% unsubscribe and subscribe to another room midway, \
              leave; {}% drop the socket without a close frame); rooms renamed every {} s, so \
              streams come and go; {} broadcasts/s through `POST /admin/broadcast`. Samples \
-             every {} s; the RSS slope is the least-squares fit after a {} s warm-up (limit: \
-             below {} MiB per 10 min). Baselines are taken before the clients come, the \
+             every {} s; the RSS slope is the least-squares fit after a {} s warm-up ({}). \
+             Baselines are taken before the clients come, the \
              figures after they all left (descriptors and tasks may be {} and {} above; the \
              rest not at all). Adapter subscriptions: Redis' count of the prefix's channels; \
              elsewhere the hub's streams are them (one adapter subscription per stream).\n",
@@ -1014,7 +1014,10 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
             p["rate"],
             p["sample_secs"],
             p["warmup_secs"],
-            p["rss_slope_limit_mib"],
+            match p["rss_slope_limit_mib"].as_f64() {
+                Some(l) if l > 0.0 => format!("limit: below {l} MiB per 10 min"),
+                _ => "not judged: too short a run".to_owned(),
+            },
             p["fd_tolerance"],
             p["task_tolerance"],
         );
@@ -1055,7 +1058,7 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
         let judged = m["verdicts"][0]["judged"] == true;
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {}{} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            "| {} | {} | {} / {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {} |",
             r.server,
             m["lives"],
             at_warm.unwrap_or_else(|| "—".into()),
@@ -1072,8 +1075,8 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
             m["returned_after_secs"]
                 .as_f64()
                 .map_or("never".into(), |x| format!("{x:.1}")),
-            m["latency"]["p50_ms"],
-            m["latency"]["p99_ms"],
+            m["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            m["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
             verdict,
         );
     }
