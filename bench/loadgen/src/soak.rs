@@ -1023,7 +1023,7 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
         );
     }
     s.push_str(
-        "| run | lives | RSS at warm-up end / at the end MiB | RSS slope MiB per 10 min | fds: baseline → after | tasks | connections | streams | adapter subscriptions | back after s | delivery p50 / p99 ms | verdict |\n\
+        "| run | lives | RSS MiB: baseline / warm-up end / end / after leaving | RSS slope MiB per 10 min | fds: baseline → after | tasks | connections | streams | adapter subscriptions | back after s | delivery p50 / p99 ms | verdict |\n\
          |---|---:|---|---:|---|---|---|---|---|---:|---|---|\n",
     );
     for r in soaks {
@@ -1041,6 +1041,9 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
             .find(|x| x["t_secs"].as_f64().unwrap_or(0.0) >= warm)
             .and_then(mib);
         let at_end = samples.last().and_then(mib);
+        let rss = [mib(b), at_warm, at_end, mib(a)]
+            .map(|x| x.unwrap_or_else(|| "—".into()))
+            .join(" / ");
         let failed: Vec<&str> = m["verdicts"]
             .as_array()
             .into_iter()
@@ -1058,11 +1061,9 @@ pub fn report_section(runs: &crate::report::Runs) -> String {
         let judged = m["verdicts"][0]["judged"] == true;
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {} |",
+            "| {} | {} | {rss} | {}{} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {} |",
             r.server,
             m["lives"],
-            at_warm.unwrap_or_else(|| "—".into()),
-            at_end.unwrap_or_else(|| "—".into()),
             m["rss_slope_mib_per_10_min"]
                 .as_f64()
                 .map_or("—".into(), |x| format!("{x:+.2}")),
@@ -1193,8 +1194,8 @@ mod tests {
             ok: false,
             params: json!({"clients": 1000, "secs": 1200.0, "warmup_secs": 10.0}),
             metrics: json!({
-                "baseline": {"fds": 20, "tasks": 9, "connections": 0, "streams": 0, "adapter_subscriptions": null},
-                "after": {"fds": 21, "tasks": 30, "connections": 0, "streams": 0, "adapter_subscriptions": null},
+                "baseline": {"rss_bytes": 8388608, "fds": 20, "tasks": 9, "connections": 0, "streams": 0, "adapter_subscriptions": null},
+                "after": {"rss_bytes": 12582912, "fds": 21, "tasks": 30, "connections": 0, "streams": 0, "adapter_subscriptions": null},
                 "samples": [{"t_secs": 5.0, "rss_bytes": 10485760}, {"t_secs": 10.0, "rss_bytes": 11534336}, {"t_secs": 15.0, "rss_bytes": 12582912}],
                 "verdicts": [{"name": "rss_slope", "judged": true, "ok": true}, {"name": "tasks_returned", "judged": true, "ok": false}],
                 "rss_slope_mib_per_10_min": 0.25,
@@ -1210,7 +1211,7 @@ mod tests {
         )]);
         let t = report_section(&runs);
         assert!(
-            t.contains("| soak-memory | 80000 | 11.0 / 12.0 | +0.25 | 20 → 21 | 9 → 30 | 0 → 0 | 0 → 0 | — | never | 1.5 / 9.0 | FAILED: tasks_returned |"),
+            t.contains("| soak-memory | 80000 | 8.0 / 11.0 / 12.0 / 12.0 | +0.25 | 20 → 21 | 9 → 30 | 0 → 0 | 0 → 0 | — | never | 1.5 / 9.0 | FAILED: tasks_returned |"),
             "{t}"
         );
     }
