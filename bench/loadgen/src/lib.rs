@@ -13,7 +13,9 @@
 //! subscribes over Server-Sent Events ([`sse`]) instead. `count` is a fixed
 //! workload for instruction counts: `scripts/callgrind` runs a server under
 //! valgrind for two sizes of it and [`instr`] works out the cost per
-//! connect and per delivery.
+//! connect and per delivery. [`soak`] churns clients for minutes while it
+//! samples the server's memory, descriptors, tasks and streams;
+//! [`twonode`] puts subscribers on several nodes that share a backend.
 
 pub mod b1;
 pub mod client;
@@ -23,5 +25,7 @@ pub mod jitter;
 pub mod modes;
 pub mod procfs;
 pub mod report;
+pub mod soak;
 pub mod spread;
 pub mod sse;
+pub mod twonode;

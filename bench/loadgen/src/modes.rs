@@ -62,7 +62,7 @@ pub struct Common {
     pub connect_concurrency: usize,
 }
 
-fn bar(common: &Common, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(common: &Common, len: u64, what: &str) -> ProgressBar {
     if !common.progress {
         return ProgressBar::hidden();
     }
@@ -84,7 +84,7 @@ fn us_to_ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
 
-fn summary(h: &Histogram<u64>) -> Value {
+pub(crate) fn summary(h: &Histogram<u64>) -> Value {
     json!({
         "count": h.len(),
         "min_ms": us_to_ms(h.min()),
@@ -183,7 +183,7 @@ async fn open_sse(common: &Common, n: usize, shared: &Arc<Shared>) -> Result<u64
 /// Sends `total` broadcasts from `publisher`, `rate` a second counted from
 /// `started`, on a 5 ms tick (missed ticks catch up); `each_tick` sees the
 /// count sent after each tick. Returns the count sent.
-async fn publish_paced(
+pub(crate) async fn publish_paced(
     publisher: &Client,
     padding: &str,
     rate: f64,
@@ -208,7 +208,7 @@ async fn publish_paced(
     sent
 }
 
-async fn close_all(clients: &[Client], shared: &Shared) {
+pub(crate) async fn close_all(clients: &[Client], shared: &Shared) {
     let before = shared.closed.load(Ordering::SeqCst) as usize;
     for c in clients {
         c.close();

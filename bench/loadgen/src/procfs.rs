@@ -1,4 +1,5 @@
-//! Server-side figures read from `/proc`: CPU time and resident memory.
+//! Server-side figures read from `/proc`: CPU time, resident memory and
+//! open descriptors.
 
 use anyhow::{anyhow, Context as _, Result};
 
@@ -51,6 +52,14 @@ pub fn rss_all(pids: &[u32]) -> Result<u64> {
     pids.iter().map(|&p| rss_bytes(p)).sum()
 }
 
+/// Open file descriptors of `pid` (the entries of `/proc/PID/fd`; the
+/// process must be ours).
+pub fn fd_count(pid: u32) -> Result<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?;
+    Ok(dir.count() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -58,5 +67,7 @@ mod tests {
         let me = std::process::id();
         assert!(super::rss_bytes(me).unwrap() > 0);
         super::cpu_us(me).unwrap();
+        // stdin, stdout, stderr at least.
+        assert!(super::fd_count(me).unwrap() >= 3);
     }
 }

@@ -35,6 +35,10 @@ struct Args {
     /// Serve POST /admin/broadcast and /admin/disconnect (loopback clients only).
     #[arg(long)]
     admin: bool,
+    /// Serve the operator endpoints GET /metrics (Prometheus), /stats and
+    /// /health (loopback clients only).
+    #[arg(long)]
+    ops: bool,
     /// Seconds to wait for clients to leave on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
@@ -414,7 +418,10 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     .build();
-    let app = crate::app(cable.clone(), &opts);
+    let mut app = crate::app(cable.clone(), &opts);
+    if args.ops {
+        app = app.merge(crate::ops(cable.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
@@ -436,6 +443,12 @@ mod tests {
             Err((_, msg)) => msg,
             Ok(a) => panic!("{adapter:?} accepted as {a:?}"),
         }
+    }
+
+    #[test]
+    fn ops_endpoints_are_asked_for() {
+        assert!(!Args::try_parse_from(["chat"]).expect("no flags").ops);
+        assert!(Args::try_parse_from(["chat", "--ops"]).expect("--ops").ops);
     }
 
     #[test]

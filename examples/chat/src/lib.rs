@@ -341,6 +341,16 @@ pub fn app(cable: Cable, opts: &Options) -> Router {
     router
 }
 
+/// The operator endpoints (`cable_server::ops_router`: `/metrics`,
+/// `/stats`, `/health`) for loopback callers only, as the admin endpoints:
+/// what `chat --ops` merges into [`app`], so a benchmark can watch the
+/// server's tasks, descriptors and streams. `/_broadcast` and the presence
+/// API stay off (no keys).
+pub fn ops(cable: Cable) -> Router {
+    cable_server::ops_router(cable, cable_server::OpsConfig::default())
+        .route_layer(axum::middleware::from_fn(loopback_only))
+}
+
 fn javascript(source: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -440,6 +450,49 @@ mod tests {
             .insert(axum::extract::ConnectInfo(peer));
         let response = super::app(cable, &opts).oneshot(request).await.unwrap();
         response.status().as_u16()
+    }
+
+    /// `GET path` from `peer` to the app, with the ops endpoints when
+    /// `ops`: the status and the body.
+    async fn get(ops: bool, peer: &str, path: &str) -> (u16, String) {
+        use tower::ServiceExt;
+        let cable = super::cable_builder().build();
+        let mut app = super::app(cable.clone(), &super::Options::default());
+        if ops {
+            app = app.merge(super::ops(cable));
+        }
+        let mut request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ops_endpoints_are_off_by_default_and_loopback_only() {
+        let (status, metrics) = get(true, "127.0.0.1:5000", "/metrics").await;
+        assert_eq!(status, 200);
+        for figure in ["cable_tokio_alive_tasks", "cable_open_fds", "cable_streams"] {
+            assert!(
+                metrics.contains(&format!("\n{figure} ")),
+                "{figure}: {metrics}"
+            );
+        }
+        assert_eq!(get(true, "[::1]:5000", "/stats").await.0, 200);
+        assert_eq!(get(true, "127.0.0.1:5000", "/health").await.0, 200);
+        assert_eq!(get(true, "10.0.0.7:5000", "/metrics").await.0, 403);
+        assert_eq!(get(true, "10.0.0.7:5000", "/health").await.0, 403);
+        // No keys: the broadcast API stays off.
+        assert_eq!(get(true, "127.0.0.1:5000", "/_broadcast").await.0, 405);
+        assert_eq!(get(false, "127.0.0.1:5000", "/metrics").await.0, 404);
     }
 
     #[tokio::test]

@@ -86,6 +86,13 @@ enum Run {
         #[arg(long)]
         meta: Vec<String>,
     },
+    /// Churn (N clients present, each living a short life) with steady
+    /// broadcasts while the server's RSS, descriptors, tasks and streams
+    /// are sampled; judges the RSS slope and the return to the baseline.
+    Soak(cable_loadgen::soak::SoakOpts),
+    /// Subscribers on several nodes sharing one backend, the publisher on
+    /// the first, a fixed rate: same-node and cross-node delivery latency.
+    Twonode(cable_loadgen::twonode::TwoNodeOpts),
     /// Write BENCHMARKS.md from a directory of results.
     Report {
         #[arg(long)]
@@ -123,7 +130,7 @@ fn write_report(
     // The comparison, the ladders and the sweeps see every repetition; the
     // other sections (runs made once) the median repetition of each.
     type Section = fn(&report::AllRuns) -> String;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 10] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
@@ -138,6 +145,12 @@ fn write_report(
         }),
         ("\n## Reliable streams: jitter\n\n", |a| {
             report::jitter_section(&report::median_runs(a))
+        }),
+        ("\n## Soak\n\n", |a| {
+            cable_loadgen::soak::report_section(&report::median_runs(a))
+        }),
+        ("\n## Several nodes\n\n", |a| {
+            cable_loadgen::twonode::report_section(&report::median_runs(a))
         }),
         ("\n## Runs\n\n", report::raw),
     ];
@@ -222,6 +235,8 @@ async fn run(args: Args) -> Result<()> {
             modes::count(&common, &opts).await?
         }
         Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
+        Run::Soak(opts) => cable_loadgen::soak::soak(&common, &opts).await?,
+        Run::Twonode(opts) => cable_loadgen::twonode::twonode(&common, &opts).await?,
         Run::Hostile(mut opts) => {
             if opts.cases == ["all"] {
                 opts.cases = hostile::CASES.iter().map(|c| c.to_string()).collect();
