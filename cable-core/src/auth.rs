@@ -195,6 +195,14 @@ struct ConnData {
     value: Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
+impl Identifiers {
+    /// Gives back the unused slots of a hook's pushes (kept for the
+    /// connection's life).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
 impl PartialEq for Identifiers {
     fn eq(&self, other: &Self) -> bool {
         self.0 == other.0

@@ -374,6 +374,8 @@ async fn authenticate(
     // Channels never see the request: free its headers now rather than keep
     // them for the connection's lifetime.
     drop(request);
+    let mut identifiers = identifiers;
+    identifiers.shrink_to_fit();
     Some((identifiers, ext.map(Box::new)))
 }
 
@@ -493,9 +495,11 @@ where
         .then(|| internal_channel(&conn.connection_identifier));
     if let Some(ch) = &internal {
         // Rails does not make the welcome wait for the internal channel.
+        // One empty identifier for every connection's internal stream.
+        static INTERNAL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         let ack = cable.hub.add(
             ch,
-            &Arc::from(""),
+            INTERNAL.get_or_init(|| Arc::from("")),
             conn.id,
             Target::Internal(ctl_tx.clone()),
         );
@@ -556,21 +560,25 @@ where
         outbox,
         session,
         registration,
-        inbound,
-        ctl_rx,
+        io: Io {
+            inbound,
+            ctl: ctl_rx,
+            backlog: VecDeque::new(),
+            deferred: VecDeque::new(),
+            ended: false,
+        },
         pong_timeout,
         restored,
     }))
 }
 
-/// A session's state, in one allocation.
+/// A session's state, in one allocation (the future keeps a pointer).
 struct Live<S> {
     cable: Arc<Inner>,
     outbox: Arc<Outbox>,
     session: Session,
     registration: Registration,
-    inbound: S,
-    ctl_rx: MailboxReceiver,
+    io: Io<S>,
     pong_timeout: Option<Duration>,
     restored: Option<Vec<(Box<Subscription>, StoredSub)>>,
 }
@@ -585,23 +593,14 @@ where
         cable,
         outbox,
         session,
-        inbound,
-        ctl_rx,
+        io,
         pong_timeout,
         restored,
         ..
     } = &mut *live;
     let (cable, outbox, pong_timeout) = (&*cable, &*outbox, *pong_timeout);
-    let mut io = Io {
-        inbound,
-        ctl: ctl_rx,
-        backlog: VecDeque::new(),
-        deferred: VecDeque::new(),
-        ended: false,
-    };
-    let restored = restored.take();
-    if let Some(subs) = restored {
-        Box::pin(session.restore(&mut io, subs)).await;
+    if let Some(subs) = restored.take() {
+        Box::pin(session.restore(io, subs)).await;
     }
     // Only for clients that answer pings (boxed: most have no timer).
     let mut pong = pong_timeout.map(|t| {
@@ -615,7 +614,7 @@ where
             break;
         }
         if session.sid.is_some() {
-            Box::pin(session.store_if_changed(&mut io)).await;
+            Box::pin(session.store_if_changed(io)).await;
         }
         let event = if let Some(ctl) = io.deferred.pop_front() {
             Event::Control(ctl)
@@ -654,7 +653,7 @@ where
                 // Boxed (as are commands and close): the session future
                 // lives as long as the connection, and its size is that of
                 // its largest await; idle connections should not pay for it.
-                if Box::pin(session.control(&mut io, ctl)).await {
+                if Box::pin(session.control(io, ctl)).await {
                     break;
                 }
             }
@@ -687,7 +686,7 @@ where
                 match item {
                     Inbound::Text(text) => {
                         cable.counters.messages_received.inc();
-                        Box::pin(session.command(&mut io, &text)).await;
+                        Box::pin(session.command(io, &text)).await;
                     }
                     Inbound::Binary(len) => {
                         client_error!(
@@ -705,13 +704,15 @@ where
     if io.ended {
         outbox.close(None, CLOSE_NORMAL, "");
     }
-    drop(io);
     let Live {
         cable,
         session,
         registration,
+        io,
         ..
     } = *live;
+    // The mailbox closes before the `unsubscribed` callbacks, as before.
+    drop(io);
     // Boxed: the connection's future must not keep room for its ending.
     Box::pin(end_session(cable, session, registration)).await;
 }
@@ -828,9 +829,9 @@ fn ends_connection(conn: &ConnShared, item: &Inbound) -> bool {
 
 /// What the session reads besides its own state: the socket's frames and
 /// the control mailbox, plus what arrived while a callback ran.
-struct Io<'a, S> {
-    inbound: &'a mut S,
-    ctl: &'a mut MailboxReceiver,
+struct Io<S> {
+    inbound: S,
+    ctl: MailboxReceiver,
     /// Frames read while a callback ran, handled after it, in order.
     backlog: VecDeque<Inbound>,
     /// Timer ticks that arrived while a callback ran.
@@ -839,7 +840,7 @@ struct Io<'a, S> {
     ended: bool,
 }
 
-impl<S: Stream<Item = Inbound> + Unpin> Io<'_, S> {
+impl<S: Stream<Item = Inbound> + Unpin> Io<S> {
     /// Runs a callback of `conn` guarded: panics caught, bounded by the
     /// callback timeout, and dropped as soon as the connection is ending.
     async fn guarded<F: Future>(&mut self, conn: &ConnShared, fut: F) -> Outcome<F::Output> {
@@ -1035,7 +1036,7 @@ impl Session {
     }
 
     /// Handles a control message; true when the connection must end.
-    async fn control<S>(&mut self, io: &mut Io<'_, S>, ctl: Control) -> bool
+    async fn control<S>(&mut self, io: &mut Io<S>, ctl: Control) -> bool
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1077,7 +1078,7 @@ impl Session {
         false
     }
 
-    async fn command<S>(&mut self, io: &mut Io<'_, S>, text: &str)
+    async fn command<S>(&mut self, io: &mut Io<S>, text: &str)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1142,7 +1143,7 @@ impl Session {
     /// Subscribes; true when the subscription was confirmed now.
     /// Subscribes to `identifier`; with `hold`, its live frames wait for
     /// the history replay that follows.
-    async fn subscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: String, hold: bool) -> bool
+    async fn subscribe<S>(&mut self, io: &mut Io<S>, identifier: String, hold: bool) -> bool
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1276,7 +1277,7 @@ impl Session {
         true
     }
 
-    async fn unsubscribe<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    async fn unsubscribe<S>(&mut self, io: &mut Io<S>, identifier: &str)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1314,7 +1315,7 @@ impl Session {
 
     async fn message<S>(
         &mut self,
-        io: &mut Io<'_, S>,
+        io: &mut Io<S>,
         identifier: &str,
         data: Option<Value>,
         text: &str,
@@ -1400,7 +1401,7 @@ impl Session {
     /// Publishes a whisper on the subscription's whisper stream, to every
     /// subscriber but this session and never into history. Ignored (logged)
     /// without a whisper stream, as AnyCable.
-    async fn whisper<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, data: Value)
+    async fn whisper<S>(&mut self, io: &mut Io<S>, identifier: &str, data: Value)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1481,7 +1482,7 @@ impl Session {
 
     /// The `join` command: this session joins the subscription's presence
     /// stream as `presence.id`; the stream hears of it when the id is new.
-    async fn join<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, presence: PresenceJoin)
+    async fn join<S>(&mut self, io: &mut Io<S>, identifier: &str, presence: PresenceJoin)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1543,7 +1544,7 @@ impl Session {
 
     /// The `leave` command: this session leaves the subscription's presence
     /// stream now.
-    async fn leave<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    async fn leave<S>(&mut self, io: &mut Io<S>, identifier: &str)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1564,7 +1565,7 @@ impl Session {
 
     /// The `presence` command: who is on the subscription's presence stream,
     /// sent to this client only (`{"type":"error"}` when it cannot be read).
-    async fn presence_info<S>(&mut self, io: &mut Io<'_, S>, identifier: &str)
+    async fn presence_info<S>(&mut self, io: &mut Io<S>, identifier: &str)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1594,7 +1595,7 @@ impl Session {
 
     /// Starts the streams of a restored session's subscriptions (after the
     /// welcome) and keeps them; `subscribed` does not run.
-    async fn restore<S>(&mut self, io: &mut Io<'_, S>, subs: Vec<(Box<Subscription>, StoredSub)>)
+    async fn restore<S>(&mut self, io: &mut Io<S>, subs: Vec<(Box<Subscription>, StoredSub)>)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1652,7 +1653,7 @@ impl Session {
     /// Replays what a client missed on the streams of subscription
     /// `identifier`, then `confirm_history`; when any of it cannot be
     /// served, only `reject_history`.
-    async fn history<S>(&mut self, io: &mut Io<'_, S>, identifier: &str, request: HistoryRequest)
+    async fn history<S>(&mut self, io: &mut Io<S>, identifier: &str, request: HistoryRequest)
     where
         S: Stream<Item = Inbound> + Unpin,
     {
@@ -1751,7 +1752,7 @@ impl Session {
     /// the last store (so a client whose node died can resume it). The
     /// store runs guarded, so a slow broker does not keep the session from
     /// noticing a client that left.
-    async fn store_if_changed<S>(&mut self, io: &mut Io<'_, S>)
+    async fn store_if_changed<S>(&mut self, io: &mut Io<S>)
     where
         S: Stream<Item = Inbound> + Unpin,
     {

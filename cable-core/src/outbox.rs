@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::protocol::{DisconnectReason, Frame};
 
@@ -48,9 +47,50 @@ pub enum PushError {
     Overflow,
 }
 
+/// A FIFO whose first item is held inline: a connection mostly has one
+/// frame queued at a time, which then costs no allocation, and an idle one
+/// keeps no slots.
+#[derive(Default)]
+struct Queue {
+    head: Option<Outgoing>,
+    rest: VecDeque<Outgoing>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push_back(&mut self, item: Outgoing) {
+        if self.head.is_none() {
+            self.head = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let item = self.head.take();
+        self.head = self.rest.pop_front();
+        item
+    }
+
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest.clear();
+    }
+
+    /// Gives back a burst's slots once drained.
+    fn shrink_if_empty(&mut self) {
+        if self.head.is_none() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    queue: Queue,
     bytes: usize,
     /// No more pushes are accepted (a close is queued or the writer failed).
     closing: bool,
@@ -84,7 +124,10 @@ pub enum Popped {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    closed: CancellationToken,
+    /// No more pushes are accepted (read without the lock).
+    closed: std::sync::atomic::AtomicBool,
+    /// Wakes [`Outbox::closed`]'s waiters.
+    closed_notify: Notify,
     /// The session's task, woken when the outbox closes ([`Outbox::poll_closed`]).
     closed_waker: futures_util::task::AtomicWaker,
     capacity: usize,
@@ -122,7 +165,8 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            closed_notify: Notify::new(),
             closed_waker: futures_util::task::AtomicWaker::new(),
             capacity,
             overflows,
@@ -248,18 +292,19 @@ impl Outbox {
     }
 
     fn cancel(&self) {
-        self.closed.cancel();
+        self.closed.store(true, Ordering::Release);
+        self.closed_notify.notify_waiters();
         self.closed_waker.wake();
     }
 
     /// Ready once the outbox stops accepting frames; the future-free form
     /// of [`Outbox::closed`] for one task's poll loop (it keeps one waker).
     pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.closed.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             return std::task::Poll::Ready(());
         }
         self.closed_waker.register(cx.waker());
-        if self.closed.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -268,12 +313,20 @@ impl Outbox {
 
     /// Whether the outbox accepts no more frames.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Resolves once the outbox stops accepting frames.
-    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
-        self.closed.cancelled()
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Bytes currently queued.
@@ -322,11 +375,7 @@ impl Outbox {
                 None => break,
             }
         }
-        if st.queue.is_empty() {
-            // An idle connection keeps no slots (a few bytes of allocator
-            // work per round, against 128 bytes for every idle socket).
-            st.queue = VecDeque::new();
-        }
+        st.queue.shrink_if_empty();
         drop(st);
         if let Some(sent) = &self.sent {
             sent.fetch_add((buf.len() - before) as u64, Ordering::Relaxed);

@@ -86,6 +86,11 @@ impl Frame {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The frame's bytes, valid UTF-8 (no check: what a transport writes).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The frame's bytes, valid UTF-8.
     pub fn into_bytes(self) -> Bytes {
         self.0

@@ -17,6 +17,7 @@
 //! with the client's code and reason (empty becomes 1000, as Rails does).
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -266,49 +267,61 @@ impl Wire {
     /// One vectored write of `batch`; keeps the tail the socket did not take.
     /// None when all of it went and there may be more to write.
     fn write_batch(&self, out: &mut Out, batch: &[Outgoing]) -> Option<Pumped> {
-        let mut heads = [[0u8; 10]; BATCH];
+        let batch = &batch[..batch.len().min(BATCH)];
+        // Not zeroed: filled up to `n` before use (this runs per delivery).
+        let mut heads = [MaybeUninit::<[u8; 10]>::uninit(); BATCH];
+        let mut slices = [MaybeUninit::<IoSlice<'_>>::uninit(); 2 * BATCH];
         let mut close: Option<Vec<u8>> = None;
-        let mut lens = [0usize; BATCH];
-        for (i, item) in batch.iter().enumerate().take(BATCH) {
-            match item {
-                Outgoing::Text(f) => lens[i] = text_header(f.len(), &mut heads[i]),
-                Outgoing::Close { code, reason } => {
-                    close = Some(
-                        out.echo
-                            .take()
-                            .unwrap_or_else(|| close_frame(*code, reason)),
-                    );
-                }
+        for item in batch {
+            if let Outgoing::Close { code, reason } = item {
+                close = Some(
+                    out.echo
+                        .take()
+                        .unwrap_or_else(|| close_frame(*code, reason)),
+                );
             }
         }
-        let mut slices = [IoSlice::new(&[]); 2 * BATCH];
+        let mut lens = [0u8; BATCH];
+        for (i, item) in batch.iter().enumerate() {
+            if let Outgoing::Text(f) = item {
+                let mut h = [0u8; 10];
+                lens[i] = text_header(f.len(), &mut h) as u8;
+                heads[i].write(h);
+            }
+        }
         let mut n = 0;
         let mut total = 0;
-        for (i, item) in batch.iter().enumerate().take(BATCH) {
+        for (i, item) in batch.iter().enumerate() {
             match item {
                 Outgoing::Text(f) => {
-                    slices[n] = IoSlice::new(&heads[i][..lens[i]]);
-                    slices[n + 1] = IoSlice::new(f.as_str().as_bytes());
+                    // SAFETY: written in the loop above for every text item.
+                    let head = unsafe { heads[i].assume_init_ref() };
+                    slices[n].write(IoSlice::new(&head[..usize::from(lens[i])]));
+                    slices[n + 1].write(IoSlice::new(f.as_bytes()));
                     n += 2;
-                    total += lens[i] + f.len();
+                    total += usize::from(lens[i]) + f.len();
                 }
                 Outgoing::Close { .. } => {
                     if let Some(c) = &close {
-                        slices[n] = IoSlice::new(c);
+                        slices[n].write(IoSlice::new(c));
                         n += 1;
                         total += c.len();
                     }
                 }
             }
         }
-        let written = match self.tcp.try_write_vectored(&slices[..n]) {
+        // SAFETY: the first `n` slices were written above; MaybeUninit<T>
+        // has T's layout.
+        let slices: &[IoSlice<'_>] =
+            unsafe { std::slice::from_raw_parts(slices.as_ptr().cast::<IoSlice<'_>>(), n) };
+        let written = match self.tcp.try_write_vectored(slices) {
             Ok(w) => w,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Some(self.fail(out, &e)),
         };
         if written < total {
             let mut skip = written;
-            for s in &slices[..n] {
+            for s in slices {
                 if skip >= s.len() {
                     skip -= s.len();
                 } else {

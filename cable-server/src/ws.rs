@@ -393,7 +393,7 @@ async fn connection(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Box<Accepte
     // (wire.rs). Any other stream (an app's own listener, TLS) gets a
     // writer task.
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => on_tcp(*accepted, parts).await,
+        Ok(parts) => on_tcp(accepted, parts).await,
         Err(upgraded) => {
             // Boxed: its state must not size every TCP connection's task.
             Box::pin(async move {
@@ -422,8 +422,11 @@ async fn connection(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Box<Accepte
 /// Runs one connection on a TCP socket: tungstenite reads, the flusher
 /// writes (see wire.rs). The setup is done here, before the future exists,
 /// so that the future holds only what the session needs.
+// Boxed in, so that the box is freed here rather than with the caller's
+// future at the connection's end.
+#[allow(clippy::boxed_local)]
 fn on_tcp(
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     parts: hyper::upgrade::Parts<TokioIo<tokio::net::TcpStream>>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let Accepted {
@@ -433,7 +436,7 @@ fn on_tcp(
         write_timeout,
         lane,
         end,
-    } = accepted;
+    } = *accepted;
     // Taken apart now: hyper's read buffer (8 KiB) must not live as long as
     // the connection.
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
