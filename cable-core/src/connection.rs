@@ -775,7 +775,7 @@ fn recreate(conn: &ConnShared, stored: Vec<StoredSub>) -> Vec<(Box<Subscription>
             break;
         }
         let params = match serde_json::from_str::<Value>(&sub.id) {
-            Ok(Value::Object(m)) => m,
+            Ok(Value::Object(m)) => compact(m),
             _ => continue,
         };
         let Some(class) = params.get("channel").and_then(Value::as_str) else {
@@ -799,6 +799,13 @@ fn recreate(conn: &ConnShared, stored: Vec<StoredSub>) -> Vec<(Box<Subscription>
         ));
     }
     out
+}
+
+/// The parsed channel params, rebuilt at their exact size: the parser's map
+/// keeps room for several keys (some 400 bytes for a one-key identifier),
+/// and a subscription keeps its params for its life.
+fn compact(params: Params) -> Params {
+    params.into_iter().collect()
 }
 
 /// Closes the connection for frames that end it; true when it did.
@@ -1164,7 +1171,7 @@ impl Session {
             return false;
         }
         let params: Params = match serde_json::from_str::<Value>(&identifier) {
-            Ok(Value::Object(m)) => m,
+            Ok(Value::Object(m)) => compact(m),
             _ => {
                 client_error!(
                     self,
@@ -1493,7 +1500,7 @@ impl Session {
         let presence = self
             .subs
             .get(identifier)
-            .and_then(|sub| sub.state.present_as.clone())
+            .and_then(|sub| sub.state.present_as.as_deref().cloned())
             .unwrap_or(presence);
         let sid = self
             .conn
@@ -1624,7 +1631,7 @@ impl Session {
             sub.state.presence = stored.presence;
             sub.state.present_as = stored
                 .present_as
-                .map(|(id, info)| crate::protocol::PresenceJoin { id, info });
+                .map(|(id, info)| Box::new(crate::protocol::PresenceJoin { id, info }));
             let class = sub.state.class.clone();
             match io.guarded(&self.conn, settle_pending(&mut sub.state)).await {
                 Outcome::Done(Ok(())) => {}

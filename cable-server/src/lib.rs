@@ -99,11 +99,11 @@ pub struct ServerConfig {
     /// Largest inbound message, in bytes; a larger one closes the connection
     /// with code 1009. Default 64 KiB.
     pub max_message_size: usize,
-    /// Per-connection read buffer. Default 256 bytes, allocated for every
+    /// Per-connection read buffer. Default 128 bytes, allocated for every
     /// connection, idle or not (tungstenite's default is 128 KiB). A longer
     /// message still arrives whole: the buffer grows to fit a frame once its
-    /// header has been read (one more read for a command over 256 bytes;
-    /// ActionCable's subscribe and most performs are shorter).
+    /// header has been read (one more read for a command over 128 bytes;
+    /// ActionCable's subscribe and unsubscribe are shorter).
     pub read_buffer_size: usize,
     /// Bytes buffered before tungstenite writes to the socket. Default 8 KiB.
     pub write_buffer_size: usize,
@@ -133,7 +133,7 @@ impl Default for ServerConfig {
             mount_path: "/cable".to_owned(),
             origins: OriginPolicy::default(),
             max_message_size: 64 * 1024,
-            read_buffer_size: 256,
+            read_buffer_size: 128,
             write_buffer_size: 8 * 1024,
             write_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(3),

@@ -11,8 +11,8 @@
 //! kernel buffer is full gets a task of its own, a drainer, until it has
 //! caught up (or the write timeout drops it).
 //!
-//! tungstenite still reads the socket and answers pings: its writes (pongs)
-//! come through [`WireIo`] into the same ordered byte path. Its close echo is
+//! tungstenite still reads the socket and answers pings ([`Reader`]): its
+//! writes (pongs) come into the same ordered byte path. Its close echo is
 //! not used: the client's Close is answered by the outbox's own final close,
 //! with the client's code and reason (empty becomes 1000, as Rails does).
 
@@ -21,14 +21,17 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cable_core::transport::{Outbox, Outgoing, Popped, Ready};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use futures_util::Stream;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, Role, WebSocketConfig, WebSocketContext,
+};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Most frames in one vectored write (two slices each).
 const BATCH: usize = 64;
@@ -522,46 +525,85 @@ async fn flusher(shard: Weak<Shard>, wake: Arc<Notify>) {
     }
 }
 
-/// The socket as tungstenite sees it: reads from the TCP stream, writes
-/// (pongs) into the wire's ordered path, never blocks on writes.
-pub(crate) struct WireIo(pub(crate) Arc<Wire>);
+/// The client's frames: tungstenite's protocol state read straight from the
+/// socket (no async adapter between them, so no waker bookkeeping per
+/// connection). Its writes (pongs) go into the wire's ordered path.
+pub(crate) struct Reader {
+    ctx: WebSocketContext,
+    wire: Arc<Wire>,
+    /// An error ended the stream: tungstenite's state is not to be read
+    /// again (as tokio-tungstenite's stream ends after its first error).
+    ended: bool,
+}
 
-impl AsyncRead for WireIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.tcp.poll_read_ready(cx))?;
-            match self.0.tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+impl Reader {
+    /// `pre`: bytes read past the HTTP request (the client's first frames).
+    pub(crate) fn new(wire: Arc<Wire>, pre: Vec<u8>, config: WebSocketConfig) -> Self {
+        Reader {
+            ctx: WebSocketContext::from_partially_read(pre, Role::Server, Some(config)),
+            wire,
+            ended: false,
         }
     }
 }
 
-impl AsyncWrite for WireIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+/// The socket as tungstenite's blocking API sees it: reads never wait
+/// (`WouldBlock` sends the reader back to the runtime), writes are taken
+/// whole.
+struct SyncIo<'a>(&'a Arc<Wire>);
+
+impl io::Read for SyncIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.tcp.try_read(buf)
+    }
+}
+
+impl io::Write for SyncIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.control(buf);
-        Poll::Ready(Ok(buf.len()))
+        Ok(buf.len())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
+}
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+impl Stream for Reader {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            let read = this.ctx.read(&mut SyncIo(&this.wire));
+            if read.is_err()
+                && !matches!(&read, Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
+            {
+                this.ended = true;
+            }
+            match read {
+                Ok(m) => return Poll::Ready(Some(Ok(m))),
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The failed read cleared the socket's readiness: this
+                    // registers the task for the next bytes.
+                    match this.wire.tcp.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => {
+                            this.ended = true;
+                            return Poll::Ready(Some(Err(WsError::Io(e))));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    return Poll::Ready(None)
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::close_code::CloseCodeFix;
 use crate::http::{respond, text};
-use crate::wire::{Flusher, Lane, Wire, WireIo};
+use crate::wire::{Flusher, Lane, Reader, Wire};
 use crate::ServerConfig;
 
 /// Most frames handed to the socket between two flushes.
@@ -447,29 +447,15 @@ fn on_tcp(
     let max_pending = cable.config().outbound_queue_bytes + 64 * 1024;
     let wire = Wire::new(io.into_inner(), outbox.clone(), write_timeout, max_pending);
     wire.attach(lane);
-    // No handshake to wait for: the future is ready at its first poll.
-    let ws = WebSocketStream::from_partially_read(
-        WireIo(wire.clone()),
-        pre,
-        Role::Server,
-        Some(ws_config),
-    );
-    let ws = futures_util::FutureExt::now_or_never(Box::pin(ws));
     let echo = wire.clone();
-    let inbound = ws.map(|ws| {
-        Box::pin(inbound_stream(ws.inspect(move |m| {
+    let mut inbound = Box::pin(inbound_stream(
+        Reader::new(wire.clone(), pre, ws_config).inspect(move |m| {
             if let Ok(Message::Close(frame)) = m {
                 echo.peer_closed(frame.as_ref());
             }
-        })))
-    });
+        }),
+    ));
     async move {
-        let Some(mut inbound) = inbound else {
-            tracing::error!(
-                "WebSocket stream setup did not complete at once; dropping the connection"
-            );
-            return;
-        };
         cable_core::transport::run_connection(&cable, request, &mut inbound, outbox).await;
         Box::pin(async move {
             wire.finished().await;
