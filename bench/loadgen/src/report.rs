@@ -95,7 +95,7 @@ fn rank_of(mode: &str) -> Option<(Rank, &'static str)> {
 }
 
 /// Which of a run's repetitions the detail sections show: the median one by
-/// its mode's figure ([`rank_of`]; the lower of the middle two for an even
+/// its mode's figure (`rank_of`; the lower of the middle two for an even
 /// count, a repetition without the figure ranked lowest), else the first.
 pub fn representative(reps: &[RunResult]) -> usize {
     let Some(rank) = reps.first().and_then(|r| rank_of(&r.mode)).map(|(f, _)| f) else {

@@ -31,7 +31,7 @@
 //! figures are read every half second until they are back or
 //! `--return-secs` has passed.
 //!
-//! Verdicts ([`verdicts`]):
+//! Verdicts (`verdicts`):
 //! - `rss_slope`: the least-squares slope of RSS over the samples after
 //!   `--warmup-secs`, in MiB per 10 minutes, below `--rss-slope-limit-mib`
 //!   (0: recorded, not judged: too short a run says nothing about it);
@@ -110,7 +110,7 @@ pub struct SoakOpts {
     /// recorded.
     #[arg(long)]
     pub metrics_url: Option<String>,
-    /// The Redis the server's adapter is on, redis://HOST[:PORT]: adapter
+    /// The Redis the server's adapter is on, `redis://HOST[:PORT]`: adapter
     /// subscriptions are counted there (with --channel-prefix).
     #[arg(long)]
     pub redis_url: Option<String>,
