@@ -374,8 +374,6 @@ async fn authenticate(
     // Channels never see the request: free its headers now rather than keep
     // them for the connection's lifetime.
     drop(request);
-    let mut identifiers = identifiers;
-    identifiers.shrink_to_fit();
     Some((identifiers, ext.map(Box::new)))
 }
 
@@ -481,6 +479,10 @@ where
     S: Stream<Item = Inbound> + Unpin + Send,
 {
     let (ctl_tx, ctl_rx) = mailbox();
+    // Kept for the connection's life, whichever way it was identified
+    // (the hook, a restored session, a stubbed connection).
+    let mut identifiers = identifiers;
+    identifiers.shrink_to_fit();
     let conn = ConnShared {
         id: cable.next_id(),
         connection_identifier: identifiers.connection_identifier(),

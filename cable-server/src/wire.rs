@@ -275,21 +275,21 @@ impl Wire {
         let mut heads = [MaybeUninit::<[u8; 10]>::uninit(); BATCH];
         let mut slices = [MaybeUninit::<IoSlice<'_>>::uninit(); 2 * BATCH];
         let mut close: Option<Vec<u8>> = None;
-        for item in batch {
-            if let Outgoing::Close { code, reason } = item {
-                close = Some(
-                    out.echo
-                        .take()
-                        .unwrap_or_else(|| close_frame(*code, reason)),
-                );
-            }
-        }
         let mut lens = [0u8; BATCH];
         for (i, item) in batch.iter().enumerate() {
-            if let Outgoing::Text(f) = item {
-                let mut h = [0u8; 10];
-                lens[i] = text_header(f.len(), &mut h) as u8;
-                heads[i].write(h);
+            match item {
+                Outgoing::Text(f) => {
+                    let mut h = [0u8; 10];
+                    lens[i] = text_header(f.len(), &mut h) as u8;
+                    heads[i].write(h);
+                }
+                Outgoing::Close { code, reason } => {
+                    close = Some(
+                        out.echo
+                            .take()
+                            .unwrap_or_else(|| close_frame(*code, reason)),
+                    );
+                }
             }
         }
         let mut n = 0;

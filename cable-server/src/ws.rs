@@ -346,13 +346,7 @@ async fn drive<S>(
     let mut inbound = Box::pin(inbound_stream(stream));
     cable_core::transport::run_connection(&cable, request, &mut inbound, outbox.clone()).await;
     let _ = writer.await;
-    // Read until the client answers our close (or goes away), so the socket is
-    // not torn down with unread data, which can make the peer lose our last
-    // frames.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        while inbound.next().await.is_some() {}
-    })
-    .await;
+    read_until_closed(&mut inbound).await;
 }
 
 /// What a connection needs once upgraded, in one allocation: the
@@ -459,11 +453,7 @@ fn on_tcp(
         cable_core::transport::run_connection(&cable, request, &mut inbound, outbox).await;
         Box::pin(async move {
             wire.finished().await;
-            // As in `drive`: read until the client answers our close.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                while inbound.next().await.is_some() {}
-            })
-            .await;
+            read_until_closed(&mut inbound).await;
             // The socket closes with the last reference to the wire.
             drop(inbound);
             drop(wire);
@@ -471,6 +461,16 @@ fn on_tcp(
         })
         .await;
     }
+}
+
+/// Reads until the client answers our close (or goes away), at most 2 s,
+/// so the socket is not torn down with unread data, which can make the peer
+/// lose our last frames.
+async fn read_until_closed<S: Stream + Unpin>(inbound: &mut S) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while inbound.next().await.is_some() {}
+    })
+    .await;
 }
 
 /// How a write batch ended.
