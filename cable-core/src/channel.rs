@@ -198,7 +198,10 @@ impl StreamOptions {
 pub(crate) struct SubState {
     pub(crate) identifier: Arc<str>,
     pub(crate) class: Arc<str>,
-    pub(crate) params: Params,
+    /// The decoded identifier. Dropped once the subscription is confirmed
+    /// and decoded again if channel code asks later (then kept): an idle
+    /// subscription does not keep a parsed copy of its identifier.
+    params: std::sync::OnceLock<Params>,
     pub(crate) serial: u64,
     pub(crate) streams: Vec<String>,
     pub(crate) pending: Vec<(String, Shared<Ack>)>,
@@ -233,12 +236,18 @@ fn push_small<T>(v: &mut Vec<T>, item: T) {
     v.push(item);
 }
 
+/// Params rebuilt at their exact size: the parser's map keeps room for
+/// several keys (some 400 bytes for a one-key identifier).
+pub(crate) fn compact_params(params: Params) -> Params {
+    params.into_iter().collect()
+}
+
 impl SubState {
     pub(crate) fn new(identifier: Arc<str>, class: Arc<str>, params: Params, serial: u64) -> Self {
         SubState {
             identifier,
             class,
-            params,
+            params: params.into(),
             serial,
             streams: Vec::new(),
             pending: Vec::new(),
@@ -253,6 +262,21 @@ impl SubState {
             joined: false,
             present_as: None,
         }
+    }
+
+    /// The params, decoded again from the identifier if they were dropped.
+    pub(crate) fn params(&self) -> &Params {
+        self.params
+            .get_or_init(|| match serde_json::from_str(&self.identifier) {
+                Ok(Value::Object(m)) => compact_params(m),
+                // It was decoded as an object when the subscription was made.
+                _ => Params::new(),
+            })
+    }
+
+    /// Drops the decoded params (see the field).
+    pub(crate) fn forget_params(&mut self) {
+        self.params.take();
     }
 
     pub(crate) fn stream_from(&mut self, conn: &ConnShared, stream: String) {
@@ -405,12 +429,12 @@ impl<'a> Context<'a> {
 
     /// The subscription's params (the decoded identifier, `channel` included).
     pub fn params(&self) -> &Params {
-        &self.sub.params
+        self.sub.params()
     }
 
     /// Param `name`.
     pub fn param(&self, name: &str) -> Option<&Value> {
-        self.sub.params.get(name)
+        self.sub.params().get(name)
     }
 
     /// Param `name` when it is a string.

@@ -12,7 +12,7 @@
 //! then dropped). Whatever ends the session, drop guards give back its hub
 //! entries, timers and registration.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::auth::{ConnectRequest, Identifiers};
 use crate::broker::{BrokerError, HistoryPolicy};
 use crate::cable::{CommandRate, ConnHandle, Inner};
-use crate::channel::{Channel, ChannelError, Context, Params, SubState};
+use crate::channel::{compact_params, Channel, ChannelError, Context, Params, SubState};
 use crate::hub::{Control, Hold, Target};
 use crate::logging::{LogLimiter, Snip};
 use crate::mailbox::{mailbox, Mailbox, MailboxReceiver};
@@ -34,6 +34,7 @@ use crate::outbox::{Outbox, CLOSE_NORMAL, CLOSE_TOO_BIG};
 use crate::protocol::{
     Command, CommandError, DisconnectReason, Frame, HistoryRequest, PresenceJoin, EXT_SUBPROTOCOL,
 };
+use crate::small_map::SmallMap;
 
 /// Logs an error the client caused, within the connection's log budget.
 macro_rules! client_error {
@@ -552,7 +553,7 @@ where
     let session = Session {
         bucket: cable.config.command_rate.map(Bucket::new),
         conn,
-        subs: HashMap::new(),
+        subs: SmallMap::default(),
         log: LogLimiter::new(),
         sid: ext.filter(|e| e.store).map(|e| e.sid),
         changed: true,
@@ -565,8 +566,7 @@ where
         io: Io {
             inbound,
             ctl: ctl_rx,
-            backlog: VecDeque::new(),
-            deferred: VecDeque::new(),
+            waiting: None,
             ended: false,
         },
         pong_timeout,
@@ -618,9 +618,9 @@ where
         if session.sid.is_some() {
             Box::pin(session.store_if_changed(io)).await;
         }
-        let event = if let Some(ctl) = io.deferred.pop_front() {
+        let event = if let Some(ctl) = io.take_waiting(|w| w.deferred.pop_front()) {
             Event::Control(ctl)
-        } else if let Some(item) = io.backlog.pop_front() {
+        } else if let Some(item) = io.take_waiting(|w| w.backlog.pop_front()) {
             Event::Frame(Some(item))
         } else if io.ended {
             Event::Frame(None)
@@ -777,7 +777,7 @@ fn recreate(conn: &ConnShared, stored: Vec<StoredSub>) -> Vec<(Box<Subscription>
             break;
         }
         let params = match serde_json::from_str::<Value>(&sub.id) {
-            Ok(Value::Object(m)) => compact(m),
+            Ok(Value::Object(m)) => compact_params(m),
             _ => continue,
         };
         let Some(class) = params.get("channel").and_then(Value::as_str) else {
@@ -801,13 +801,6 @@ fn recreate(conn: &ConnShared, stored: Vec<StoredSub>) -> Vec<(Box<Subscription>
         ));
     }
     out
-}
-
-/// The parsed channel params, rebuilt at their exact size: the parser's map
-/// keeps room for several keys (some 400 bytes for a one-key identifier),
-/// and a subscription keeps its params for its life.
-fn compact(params: Params) -> Params {
-    params.into_iter().collect()
 }
 
 /// Closes the connection for frames that end it; true when it did.
@@ -841,12 +834,39 @@ fn ends_connection(conn: &ConnShared, item: &Inbound) -> bool {
 struct Io<S> {
     inbound: S,
     ctl: MailboxReceiver,
-    /// Frames read while a callback ran, handled after it, in order.
-    backlog: VecDeque<Inbound>,
-    /// Timer ticks that arrived while a callback ran.
-    deferred: VecDeque<Control>,
+    /// What arrived while a callback ran; boxed (and freed once empty):
+    /// most sessions never have any, and two empty queues cost 64 bytes.
+    waiting: Option<Box<Waiting>>,
     /// The socket ended.
     ended: bool,
+}
+
+/// Frames and timer ticks that came while a callback ran, handled after it,
+/// in order (ticks first).
+#[derive(Default)]
+struct Waiting {
+    backlog: VecDeque<Inbound>,
+    deferred: VecDeque<Control>,
+}
+
+impl<S> Io<S> {
+    fn waiting(&mut self) -> &mut Waiting {
+        self.waiting.get_or_insert_with(Box::default)
+    }
+
+    fn backlog_len(&self) -> usize {
+        self.waiting.as_ref().map_or(0, |w| w.backlog.len())
+    }
+
+    /// Takes from what waited (`take`), freeing it once empty.
+    fn take_waiting<T>(&mut self, take: impl FnOnce(&mut Waiting) -> Option<T>) -> Option<T> {
+        let w = self.waiting.as_mut()?;
+        let item = take(w);
+        if w.backlog.is_empty() && w.deferred.is_empty() {
+            self.waiting = None;
+        }
+        item
+    }
 }
 
 impl<S: Stream<Item = Inbound> + Unpin> Io<S> {
@@ -867,13 +887,13 @@ impl<S: Stream<Item = Inbound> + Unpin> Io<S> {
                 }
                 _ = conn.outbox.closed() => return Outcome::Interrupted,
                 ctl = self.ctl.recv() => match ctl {
-                    Control::Timer { .. } => self.deferred.push_back(ctl),
+                    Control::Timer { .. } => self.waiting().deferred.push_back(ctl),
                     other => {
                         end_by_control(conn, other);
                         return Outcome::Interrupted;
                     }
                 },
-                item = self.inbound.next(), if !self.ended && self.backlog.len() < BACKLOG_MAX => {
+                item = self.inbound.next(), if !self.ended && self.backlog_len() < BACKLOG_MAX => {
                     match item {
                         None => {
                             self.ended = true;
@@ -883,7 +903,7 @@ impl<S: Stream<Item = Inbound> + Unpin> Io<S> {
                             if ends_connection(conn, &item) {
                                 return Outcome::Interrupted;
                             }
-                            self.backlog.push_back(item);
+                            self.waiting().backlog.push_back(item);
                         }
                     }
                 }
@@ -946,7 +966,7 @@ impl Bucket {
 struct Session {
     conn: ConnShared,
     // Boxed: the map's spare slots then cost a pointer, not a Subscription.
-    subs: HashMap<Arc<str>, Box<Subscription>>,
+    subs: SmallMap<Box<Subscription>>,
     bucket: Option<Bucket>,
     log: LogLimiter,
     /// The session id this session is stored under (extended protocol,
@@ -1173,7 +1193,7 @@ impl Session {
             return false;
         }
         let params: Params = match serde_json::from_str::<Value>(&identifier) {
-            Ok(Value::Object(m)) => compact(m),
+            Ok(Value::Object(m)) => compact_params(m),
             _ => {
                 client_error!(
                     self,
@@ -1276,6 +1296,7 @@ impl Session {
         }
         tracing::info!("{class} is transmitting the subscription confirmation");
         let _ = self.conn.outbox.push(Frame::confirm(&identifier));
+        sub.state.forget_params();
         self.subs.insert(identifier, sub);
         self.conn
             .cable
@@ -1654,6 +1675,7 @@ impl Session {
                 .counters
                 .subscriptions
                 .fetch_add(1, Ordering::Relaxed);
+            sub.state.forget_params();
             self.subs.insert(sub.state.identifier.clone(), sub);
         }
         self.changed = true;
@@ -1818,7 +1840,7 @@ impl Session {
     /// `unsubscribed` callbacks run even though the socket is gone, each
     /// guarded and bounded by the callback timeout.
     async fn close(&mut self) {
-        let subs: Vec<_> = self.subs.drain().collect();
+        let subs = self.subs.drain();
         self.conn
             .cable
             .counters

@@ -113,6 +113,7 @@ pub mod protocol;
 pub mod pubsub;
 mod redact;
 mod reliable;
+mod small_map;
 pub mod transport;
 
 pub use async_trait::async_trait;

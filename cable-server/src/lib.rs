@@ -147,7 +147,7 @@ impl ServerConfig {
     /// `largest_frame`: the most one frame can hold (the outbox capacity).
     /// The write buffer must take any frame the core lets through, or
     /// tungstenite fails the write and the client is dropped.
-    fn websocket_config(&self, largest_frame: usize) -> WebSocketConfig {
+    pub(crate) fn websocket_config(&self, largest_frame: usize) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             .write_buffer_size(self.write_buffer_size)

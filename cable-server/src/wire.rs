@@ -528,39 +528,137 @@ async fn flusher(shard: Weak<Shard>, wake: Arc<Notify>) {
 /// The client's frames: tungstenite's protocol state read straight from the
 /// socket (no async adapter between them, so no waker bookkeeping per
 /// connection). Its writes (pongs) go into the wire's ordered path.
+///
+/// tungstenite's state (its read buffer grown to the largest frame so far,
+/// its write buffer, the codec: some 800 bytes) is dropped whenever every
+/// byte read so far forms whole frames and no fragmented message is open,
+/// and made anew when the next bytes come: an idle connection keeps none of
+/// it. At such a boundary a fresh context is the same as the old one (it
+/// holds no partial frame or message, and its pongs are written: the wire
+/// takes every write at once).
 pub(crate) struct Reader {
-    ctx: WebSocketContext,
+    ctx: Option<Box<WebSocketContext>>,
+    config: Arc<WebSocketConfig>,
+    /// Where the bytes read so far end in the client's frame sequence.
+    frames: Frames,
     wire: Arc<Wire>,
     /// An error ended the stream: tungstenite's state is not to be read
     /// again (as tokio-tungstenite's stream ends after its first error).
     ended: bool,
+    /// The client sent a Close: the context keeps its closing state.
+    closing: bool,
 }
 
 impl Reader {
     /// `pre`: bytes read past the HTTP request (the client's first frames).
-    pub(crate) fn new(wire: Arc<Wire>, pre: Vec<u8>, config: WebSocketConfig) -> Self {
+    pub(crate) fn new(wire: Arc<Wire>, pre: Vec<u8>, config: Arc<WebSocketConfig>) -> Self {
+        let mut frames = Frames::default();
+        frames.feed(&pre);
+        let ctx = (!pre.is_empty()).then(|| {
+            Box::new(WebSocketContext::from_partially_read(
+                pre,
+                Role::Server,
+                Some(*config),
+            ))
+        });
         Reader {
-            ctx: WebSocketContext::from_partially_read(pre, Role::Server, Some(config)),
+            ctx,
+            config,
+            frames,
             wire,
             ended: false,
+            closing: false,
         }
+    }
+}
+
+/// Tracks the client's frame boundaries from the bytes given to tungstenite
+/// (RFC 6455 section 5.2 headers): only to tell when its state holds nothing.
+/// tungstenite still validates everything; a frame it rejects ends the
+/// reader anyway.
+#[derive(Default, Debug)]
+struct Frames {
+    /// The header read so far of the next frame (at most 14 bytes).
+    head: [u8; 14],
+    head_len: u8,
+    /// Payload bytes still to come of the current frame.
+    left: u64,
+    /// A data frame without FIN came: a fragmented message is open.
+    open: bool,
+}
+
+impl Frames {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.head[usize::from(self.head_len)] = bytes[0];
+            self.head_len += 1;
+            bytes = &bytes[1..];
+            self.header_done();
+        }
+    }
+
+    /// Takes the header in once it is whole.
+    fn header_done(&mut self) {
+        let head = &self.head[..usize::from(self.head_len)];
+        if head.len() < 2 {
+            return;
+        }
+        let (ext, len7) = match head[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let mask = if head[1] & 0x80 != 0 { 4 } else { 0 };
+        if head.len() < 2 + ext + mask {
+            return;
+        }
+        self.left = len7.unwrap_or_else(|| {
+            head[2..2 + ext]
+                .iter()
+                .fold(0u64, |n, b| (n << 8) | u64::from(*b))
+        });
+        let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
+        // Continuation, text, binary: they open or close a message; control
+        // frames come between fragments and change nothing.
+        if opcode <= 2 {
+            self.open = !fin;
+        }
+        self.head_len = 0;
+    }
+
+    /// Every byte so far belongs to whole frames and no message is open.
+    fn at_boundary(&self) -> bool {
+        self.head_len == 0 && self.left == 0 && !self.open
     }
 }
 
 /// The socket as tungstenite's blocking API sees it: reads never wait
 /// (`WouldBlock` sends the reader back to the runtime), writes are taken
 /// whole.
-struct SyncIo<'a>(&'a Arc<Wire>);
+struct SyncIo<'a> {
+    wire: &'a Arc<Wire>,
+    frames: &'a mut Frames,
+}
 
 impl io::Read for SyncIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.tcp.try_read(buf)
+        let n = self.wire.tcp.try_read(buf)?;
+        self.frames.feed(&buf[..n]);
+        Ok(n)
     }
 }
 
 impl io::Write for SyncIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.control(buf);
+        self.wire.control(buf);
         Ok(buf.len())
     }
 
@@ -578,15 +676,28 @@ impl Stream for Reader {
             return Poll::Ready(None);
         }
         loop {
-            let read = this.ctx.read(&mut SyncIo(&this.wire));
+            let config = &this.config;
+            let ctx = this.ctx.get_or_insert_with(|| {
+                Box::new(WebSocketContext::new(Role::Server, Some(**config)))
+            });
+            let read = ctx.read(&mut SyncIo {
+                wire: &this.wire,
+                frames: &mut this.frames,
+            });
             if read.is_err()
                 && !matches!(&read, Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
             {
                 this.ended = true;
             }
             match read {
-                Ok(m) => return Poll::Ready(Some(Ok(m))),
+                Ok(m) => {
+                    this.closing |= matches!(m, Message::Close(_));
+                    return Poll::Ready(Some(Ok(m)));
+                }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if this.frames.at_boundary() && !this.closing {
+                        this.ctx = None;
+                    }
                     // The failed read cleared the socket's readiness: this
                     // registers the task for the next bytes.
                     match this.wire.tcp.poll_read_ready(cx) {
@@ -632,6 +743,111 @@ mod tests {
         assert_eq!(&*without_closes(&pong), &pong);
         assert!(without_closes(&close).is_empty());
         assert_eq!(&*without_closes(&both), &[pong, pong].concat()[..]);
+    }
+
+    /// A client frame: masked, with the lengths' three encodings.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [1, 2, 3, 4];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn frame_boundaries_are_found_however_the_bytes_are_split() {
+        // (frame, whether a message is complete after it)
+        let frames = [
+            (client_frame(true, 1, b"hello"), true),
+            (client_frame(true, 1, &[b'a'; 200]), true),
+            (client_frame(true, 2, &[b'b'; 70_000]), true),
+            (client_frame(false, 1, b"frag"), false),
+            (client_frame(true, 9, b"ping"), false),
+            (client_frame(false, 0, b"ment"), false),
+            (client_frame(true, 0, b"ed"), true),
+            (client_frame(true, 10, b""), true),
+            (client_frame(true, 1, b""), true),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|(f, _)| f.clone()).collect();
+        let mut ends = std::collections::HashMap::new();
+        let mut at = 0;
+        for (f, complete) in &frames {
+            at += f.len();
+            ends.insert(at, *complete);
+        }
+        for chunk in [1, 2, 3, 7, 13, 14, 64, 1000, bytes.len()] {
+            let mut t = Frames::default();
+            let mut fed = 0;
+            for piece in bytes.chunks(chunk) {
+                t.feed(piece);
+                fed += piece.len();
+                let expected = ends.get(&fed).copied().unwrap_or(false);
+                assert_eq!(
+                    t.at_boundary(),
+                    expected,
+                    "chunk {chunk}, after {fed} bytes"
+                );
+            }
+            assert!(t.at_boundary());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_keeps_no_tungstenite_state_and_reads_on() {
+        use futures_util::{FutureExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let cable = cable_core::Cable::builder().build();
+        let outbox = cable_core::transport::new_outbox(&cable);
+        let wire = Wire::new(server, outbox, Duration::from_secs(1), 1 << 20);
+        let config = Arc::new(WebSocketConfig::default().read_buffer_size(16));
+        let mut pre = client_frame(true, 1, b"first");
+        pre.extend_from_slice(&client_frame(false, 1, b"one "));
+        let mut reader = Reader::new(wire, pre, config);
+        let text = |m: Option<Result<Message, WsError>>| match m {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("expected a text message, got {other:?}"),
+        };
+        assert_eq!(text(reader.next().await), "first");
+        // Half a fragmented message: the context holds it.
+        assert!(reader.next().now_or_never().is_none());
+        assert!(reader.ctx.is_some());
+        let rest = client_frame(true, 0, &[b'x'; 300]);
+        client.write_all(&rest[..7]).await.unwrap();
+        client.write_all(&rest[7..]).await.unwrap();
+        assert_eq!(
+            text(reader.next().await),
+            format!("one {}", "x".repeat(300))
+        );
+        assert!(reader.next().now_or_never().is_none());
+        assert!(
+            reader.ctx.is_none(),
+            "an idle reader keeps tungstenite's state"
+        );
+        // A new context reads on, a frame split over two writes included.
+        let next = client_frame(true, 1, b"after idle");
+        client.write_all(&next[..3]).await.unwrap();
+        // On loopback the bytes are there long before this.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(reader.next().now_or_never().is_none());
+        assert!(reader.ctx.is_some());
+        client.write_all(&next[3..]).await.unwrap();
+        assert_eq!(text(reader.next().await), "after idle");
     }
 
     #[test]

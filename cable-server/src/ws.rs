@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -32,14 +32,18 @@ pub(crate) struct ServerState {
     pub(crate) config: ServerConfig,
     /// Started with the first WebSocket on a TCP socket.
     flusher: std::sync::OnceLock<Flusher>,
+    /// Shared by every connection's reader.
+    ws_config: Arc<WebSocketConfig>,
 }
 
 impl ServerState {
     pub(crate) fn new(cable: Cable, config: ServerConfig) -> Self {
+        let ws_config = Arc::new(config.websocket_config(cable.config().outbound_queue_bytes));
         ServerState {
             cable,
             config,
             flusher: std::sync::OnceLock::new(),
+            ws_config,
         }
     }
 
@@ -195,9 +199,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
     let accepted = Box::new(Accepted {
         cable: state.cable.clone(),
         request,
-        ws_config: state
-            .config
-            .websocket_config(state.cable.config().outbound_queue_bytes),
+        ws_config: state.ws_config.clone(),
         write_timeout: state.config.write_timeout,
         lane: state.flusher.get_or_init(Flusher::start).lane(),
         end: Box::new(End {
@@ -354,7 +356,7 @@ async fn drive<S>(
 struct Accepted {
     cable: Cable,
     request: Box<ConnectRequest>,
-    ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    ws_config: Arc<WebSocketConfig>,
     write_timeout: std::time::Duration,
     lane: Lane,
     end: Box<End>,
@@ -402,7 +404,7 @@ async fn connection(on_upgrade: hyper::upgrade::OnUpgrade, accepted: Box<Accepte
                 let ws = WebSocketStream::from_raw_socket(
                     CloseCodeFix::new(TokioIo::new(upgraded)),
                     Role::Server,
-                    Some(ws_config),
+                    Some(*ws_config),
                 )
                 .await;
                 drive(cable, request, Box::new(ws), write_timeout).await;

@@ -253,3 +253,49 @@ async fn probes_are_answered_in_order_and_not_rate_limited() {
     s.assert_has_stream("s3");
     assert_eq!(cable.cable().stats().rate_limited_disconnects, 0);
 }
+
+/// Transmits its params on every `perform` (and reads one in `subscribed`).
+#[derive(Default)]
+struct ParamsEcho;
+
+#[async_trait::async_trait]
+impl cable_core::Channel for ParamsEcho {
+    async fn subscribed(&mut self, ctx: &mut cable_core::Context<'_>) -> cable_core::ChannelResult {
+        if ctx.param_str("room") != Some("7") {
+            ctx.reject();
+        }
+        Ok(())
+    }
+
+    async fn perform(
+        &mut self,
+        ctx: &mut cable_core::Context<'_>,
+        _action: &str,
+        _data: Value,
+    ) -> cable_core::ChannelResult {
+        ctx.transmit(ctx.params())
+    }
+}
+
+#[tokio::test]
+async fn params_are_the_same_after_the_subscription_is_confirmed() {
+    // A confirmed subscription drops its decoded params and decodes them
+    // again when channel code asks: the same map, in the same order.
+    let cable = TestCable::new(Cable::builder().channel("ParamsEcho", ParamsEcho::default));
+    let c = cable.connect(Request::new()).await.expect("welcomed");
+    let params = json!({"room": "7", "n": [1, {"deep": true}], "a": null});
+    let s = c.subscribe("ParamsEcho", params).await;
+    s.assert_confirmed();
+    s.perform("echo", Value::Null).await;
+    s.perform("echo", Value::Null).await;
+    let want = json!({"channel": "ParamsEcho", "room": "7", "n": [1, {"deep": true}], "a": null});
+    let got = s.transmissions();
+    assert_eq!(got, [want.clone(), want]);
+    let keys: Vec<String> = got[0].as_object().unwrap().keys().cloned().collect();
+    let sent: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(s.identifier())
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, sent, "params keep the identifier's key order");
+}
