@@ -99,11 +99,13 @@ pub struct ServerConfig {
     /// Largest inbound message, in bytes; a larger one closes the connection
     /// with code 1009. Default 64 KiB.
     pub max_message_size: usize,
-    /// Per-connection read buffer. Default 128 bytes, allocated for every
-    /// connection, idle or not (tungstenite's default is 128 KiB). A longer
-    /// message still arrives whole: the buffer grows to fit a frame once its
-    /// header has been read (one more read for a command over 128 bytes;
-    /// ActionCable's subscribe and unsubscribe are shorter).
+    /// Per-connection read buffer. Default 128 bytes (tungstenite's default
+    /// is 128 KiB). A longer message still arrives whole: the buffer grows
+    /// to fit a frame once its header has been read (one more read for a
+    /// command over 128 bytes; ActionCable's subscribe and unsubscribe are
+    /// shorter). On [`serve`]'s TCP sockets it exists only while a frame is
+    /// being read: an idle connection has none; with other streams (your
+    /// own listener, TLS) every connection keeps one.
     pub read_buffer_size: usize,
     /// Bytes buffered before tungstenite writes to the socket. Default 8 KiB.
     pub write_buffer_size: usize,
