@@ -104,8 +104,10 @@ pub struct ServerConfig {
     /// to fit a frame once its header has been read (one more read for a
     /// command over 128 bytes; ActionCable's subscribe and unsubscribe are
     /// shorter). On [`serve`]'s TCP sockets it exists only while a frame is
-    /// being read: an idle connection has none; with other streams (your
-    /// own listener, TLS) every connection keeps one.
+    /// being read, and is then at least 4 KiB (tungstenite reads at most the
+    /// buffer's size per call): an idle connection has none. With other
+    /// streams (your own listener, TLS) every connection keeps one of this
+    /// size.
     pub read_buffer_size: usize,
     /// Bytes buffered before tungstenite writes to the socket. Default 8 KiB.
     pub write_buffer_size: usize,

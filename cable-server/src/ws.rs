@@ -34,16 +34,29 @@ pub(crate) struct ServerState {
     flusher: std::sync::OnceLock<Flusher>,
     /// Shared by every connection's reader.
     ws_config: Arc<WebSocketConfig>,
+    /// The same for `serve`'s TCP sockets, whose reader holds its buffer
+    /// only while a frame is being read: there it reads at least
+    /// [`TCP_READ_CHUNK`] bytes at a time (tungstenite reads at most the
+    /// buffer size per call, so a 32 KB command would take 250 reads of
+    /// 128 bytes).
+    tcp_ws_config: Arc<WebSocketConfig>,
 }
+
+/// Least read size of the TCP path's reader (see `tcp_ws_config`).
+const TCP_READ_CHUNK: usize = 4096;
 
 impl ServerState {
     pub(crate) fn new(cable: Cable, config: ServerConfig) -> Self {
-        let ws_config = Arc::new(config.websocket_config(cable.config().outbound_queue_bytes));
+        let ws = config.websocket_config(cable.config().outbound_queue_bytes);
+        let tcp_ws_config =
+            Arc::new(ws.read_buffer_size(config.read_buffer_size.max(TCP_READ_CHUNK)));
+        let ws_config = Arc::new(ws);
         ServerState {
             cable,
             config,
             flusher: std::sync::OnceLock::new(),
             ws_config,
+            tcp_ws_config,
         }
     }
 
@@ -200,6 +213,7 @@ pub(crate) async fn handle(State(state): State<Arc<ServerState>>, mut req: Reque
         cable: state.cable.clone(),
         request,
         ws_config: state.ws_config.clone(),
+        tcp_ws_config: state.tcp_ws_config.clone(),
         write_timeout: state.config.write_timeout,
         lane: state.flusher.get_or_init(Flusher::start).lane(),
         end: Box::new(End {
@@ -357,6 +371,7 @@ struct Accepted {
     cable: Cable,
     request: Box<ConnectRequest>,
     ws_config: Arc<WebSocketConfig>,
+    tcp_ws_config: Arc<WebSocketConfig>,
     write_timeout: std::time::Duration,
     lane: Lane,
     end: Box<End>,
@@ -428,10 +443,11 @@ fn on_tcp(
     let Accepted {
         cable,
         request,
-        ws_config,
+        tcp_ws_config,
         write_timeout,
         lane,
         end,
+        ..
     } = *accepted;
     // Taken apart now: hyper's read buffer (8 KiB) must not live as long as
     // the connection.
@@ -445,7 +461,7 @@ fn on_tcp(
     wire.attach(lane);
     let echo = wire.clone();
     let mut inbound = Box::pin(inbound_stream(
-        Reader::new(wire.clone(), pre, ws_config).inspect(move |m| {
+        Reader::new(wire.clone(), pre, tcp_ws_config).inspect(move |m| {
             if let Ok(Message::Close(frame)) = m {
                 echo.peer_closed(frame.as_ref());
             }
