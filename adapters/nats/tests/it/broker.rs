@@ -39,7 +39,12 @@ impl BrokerConformance for Nats {
     }
 
     fn broker(&self) -> NatsBroker {
-        NatsBroker::new(config(&self.url)).expect("valid broker config")
+        // A longer call timeout than the default 2 s: the presence sweep
+        // reads every session record in the shared bucket, and with the
+        // other tests of the suite running beside it on two cores it took
+        // longer than 2 s on a slower machine (seen in two CI runs).
+        NatsBroker::new(config(&self.url).timeout(std::time::Duration::from_secs(10)))
+            .expect("valid broker config")
     }
 
     /// Purges the stream's subject, what a restart without its JetStream
