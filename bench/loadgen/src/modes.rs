@@ -490,7 +490,8 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     let mut best_complete: Option<Value> = None;
     let mut rate = o.rate_start;
     while rate <= o.rate_max {
-        let cpu0 = procfs::cpu_us_all(&common.server_pids).unwrap_or(0);
+        let cpu0 = procfs::cpu_split_all(&common.server_pids).unwrap_or((0, 0));
+        let own0 = procfs::cpu_us(std::process::id()).ok();
         let started = Instant::now();
         shared.start_window();
         let total = (rate * o.step_secs).round() as u64;
@@ -504,7 +505,8 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         }
         let elapsed = started.elapsed();
         pb.finish_and_clear();
-        let cpu1 = procfs::cpu_us_all(&common.server_pids).unwrap_or(0);
+        let cpu1 = procfs::cpu_split_all(&common.server_pids).unwrap_or((0, 0));
+        let own1 = procfs::cpu_us(std::process::id()).ok();
         let delivered = shared.delivered.load(Ordering::Relaxed);
         let lat = shared.merged();
         let p99 = lat.value_at_quantile(0.99);
@@ -513,10 +515,15 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         // Deliveries over the nominal sending time: the offered rate times N when
         // everything arrived (the latency limit says whether it kept up).
         let per_sec = delivered as f64 / (sent as f64 / rate);
-        let cpu_per = if delivered > 0 && !common.server_pids.is_empty() {
-            Some((cpu1 - cpu0) as f64 / delivered as f64)
-        } else {
-            None
+        let measured = delivered > 0 && !common.server_pids.is_empty();
+        let per = |us: u64| measured.then(|| us as f64 / delivered as f64);
+        let (user, kernel) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+        let cpu_per = per(user + kernel);
+        // The load generator's own CPU: on a shared machine it is most of
+        // the total, so it bounds what any server can be seen to sustain.
+        let own_per = match (own0, own1) {
+            (Some(a), Some(b)) if delivered > 0 => Some((b - a) as f64 / delivered as f64),
+            _ => None,
         };
         let row = json!({
             "rate": rate,
@@ -526,17 +533,23 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
             "deliveries_per_sec": per_sec.round(),
             "latency": summary(&lat),
             "server_cpu_us_per_delivery": cpu_per,
+            "server_user_us_per_delivery": per(user),
+            "server_kernel_us_per_delivery": per(kernel),
+            "loadgen_cpu_us_per_delivery": own_per,
             "server_cpu_percent": if common.server_pids.is_empty() { None } else {
-                Some(((cpu1 - cpu0) as f64 / elapsed.as_secs_f64() / 1e4).round())
+                Some(((user + kernel) as f64 / elapsed.as_secs_f64() / 1e4).round())
             },
             "ok": ok,
         });
         println!(
-            "rate: {rate:>8.1}/s  deliveries/s: {:>10.0}  p50: {:>7.2}ms  p99: {:>8.2}ms  delivered: {delivered}/{expected}  cpu/delivery: {}  {}",
+            "rate: {rate:>8.1}/s  deliveries/s: {:>10.0}  p50: {:>7.2}ms  p99: {:>8.2}ms  delivered: {delivered}/{expected}  cpu/delivery: {} (user {}, kernel {}; loadgen {})  {}",
             per_sec,
             us_to_ms(lat.value_at_quantile(0.5)),
             us_to_ms(p99),
             cpu_per.map(|c| format!("{c:.2}us")).unwrap_or_else(|| "-".into()),
+            per(user).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            per(kernel).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            own_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             if ok { "ok" } else { "over" }
         );
         steps.push(row.clone());

@@ -8,6 +8,15 @@ const TICKS_PER_SEC: u64 = 100;
 
 /// CPU time (user + system) of `pid` so far, in microseconds.
 pub fn cpu_us(pid: u32) -> Result<u64> {
+    let (user, kernel) = cpu_split_us(pid)?;
+    Ok(user + kernel)
+}
+
+/// CPU time of `pid` so far in user space and in the kernel, in
+/// microseconds. On loopback the kernel's share holds most of the TCP path
+/// of both ends (a write runs the receiver's side too), so it is where two
+/// servers' costs are least their own.
+pub fn cpu_split_us(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces.
@@ -24,12 +33,21 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
             .parse::<u64>()
             .map_err(Into::into)
     };
-    Ok((ticks(14)? + ticks(15)?) * 1_000_000 / TICKS_PER_SEC)
+    let us = |t: u64| t * 1_000_000 / TICKS_PER_SEC;
+    Ok((us(ticks(14)?), us(ticks(15)?)))
 }
 
 /// Summed over several processes (a multi-node run, say).
 pub fn cpu_us_all(pids: &[u32]) -> Result<u64> {
     pids.iter().map(|&p| cpu_us(p)).sum()
+}
+
+/// [`cpu_split_us`] summed over several processes.
+pub fn cpu_split_all(pids: &[u32]) -> Result<(u64, u64)> {
+    pids.iter().try_fold((0, 0), |(u, k), &p| {
+        let (pu, pk) = cpu_split_us(p)?;
+        Ok((u + pu, k + pk))
+    })
 }
 
 /// Resident set size of `pid`, in bytes (`VmRSS`).
@@ -67,6 +85,17 @@ mod tests {
         let me = std::process::id();
         assert!(super::rss_bytes(me).unwrap() > 0);
         super::cpu_us(me).unwrap();
+        // 200 ms of arithmetic shows in the user-space share (10 ms ticks).
+        let (u0, _) = super::cpu_split_us(me).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 1u64;
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let (u1, _) = super::cpu_split_us(me).unwrap();
+        assert!(u1 - u0 >= 50_000, "user time grew by {} µs", u1 - u0);
+        let (both_u, _) = super::cpu_split_all(&[me, me]).unwrap();
+        assert!(both_u >= 2 * u1);
         // stdin, stdout, stderr at least.
         assert!(super::fd_count(me).unwrap() >= 3);
     }
