@@ -517,12 +517,14 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         let per_sec = delivered as f64 / (sent as f64 / rate);
         let measured = delivered > 0 && !common.server_pids.is_empty();
         let per = |us: u64| measured.then(|| us as f64 / delivered as f64);
-        let (user, kernel) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+        let (user, kernel) = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
         let cpu_per = per(user + kernel);
         // The load generator's own CPU: on a shared machine it is most of
         // the total, so it bounds what any server can be seen to sustain.
         let own_per = match (own0, own1) {
-            (Some(a), Some(b)) if delivered > 0 => Some((b - a) as f64 / delivered as f64),
+            (Some(a), Some(b)) if delivered > 0 => {
+                Some(b.saturating_sub(a) as f64 / delivered as f64)
+            }
             _ => None,
         };
         let row = json!({
