@@ -515,18 +515,13 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         // Deliveries over the nominal sending time: the offered rate times N when
         // everything arrived (the latency limit says whether it kept up).
         let per_sec = delivered as f64 / (sent as f64 / rate);
-        let measured = delivered > 0 && !common.server_pids.is_empty();
-        let per = |us: u64| measured.then(|| us as f64 / delivered as f64);
+        let per = |us: u64| (delivered > 0).then(|| us as f64 / delivered as f64);
+        let server = |us: u64| per(us).filter(|_| !common.server_pids.is_empty());
         let (user, kernel) = (cpu1.0.saturating_sub(cpu0.0), cpu1.1.saturating_sub(cpu0.1));
-        let cpu_per = per(user + kernel);
+        let (cpu_per, user_per, kernel_per) = (server(user + kernel), server(user), server(kernel));
         // The load generator's own CPU: on a shared machine it is most of
         // the total, so it bounds what any server can be seen to sustain.
-        let own_per = match (own0, own1) {
-            (Some(a), Some(b)) if delivered > 0 => {
-                Some(b.saturating_sub(a) as f64 / delivered as f64)
-            }
-            _ => None,
-        };
+        let own_per = own0.zip(own1).and_then(|(a, b)| per(b.saturating_sub(a)));
         let row = json!({
             "rate": rate,
             "sent": sent,
@@ -535,8 +530,8 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
             "deliveries_per_sec": per_sec.round(),
             "latency": summary(&lat),
             "server_cpu_us_per_delivery": cpu_per,
-            "server_user_us_per_delivery": per(user),
-            "server_kernel_us_per_delivery": per(kernel),
+            "server_user_us_per_delivery": user_per,
+            "server_kernel_us_per_delivery": kernel_per,
             "loadgen_cpu_us_per_delivery": own_per,
             "server_cpu_percent": if common.server_pids.is_empty() { None } else {
                 Some(((user + kernel) as f64 / elapsed.as_secs_f64() / 1e4).round())
@@ -549,8 +544,8 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
             us_to_ms(lat.value_at_quantile(0.5)),
             us_to_ms(p99),
             cpu_per.map(|c| format!("{c:.2}us")).unwrap_or_else(|| "-".into()),
-            per(user).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
-            per(kernel).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            user_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            kernel_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             own_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             if ok { "ok" } else { "over" }
         );

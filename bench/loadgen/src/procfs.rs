@@ -39,7 +39,7 @@ pub fn cpu_split_us(pid: u32) -> Result<(u64, u64)> {
 
 /// Summed over several processes (a multi-node run, say).
 pub fn cpu_us_all(pids: &[u32]) -> Result<u64> {
-    pids.iter().map(|&p| cpu_us(p)).sum()
+    cpu_split_all(pids).map(|(user, kernel)| user + kernel)
 }
 
 /// [`cpu_split_us`] summed over several processes.
