@@ -105,18 +105,18 @@ impl Tally {
 
 /// The frames a client reads; everything else is ignored.
 #[derive(Deserialize)]
-struct Frame {
+pub(crate) struct Frame {
     #[serde(rename = "type")]
-    kind: Option<String>,
-    identifier: Option<String>,
-    message: Option<Value>,
-    sid: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) identifier: Option<String>,
+    pub(crate) message: Option<Value>,
+    pub(crate) sid: Option<String>,
     #[serde(default)]
-    restored: bool,
+    pub(crate) restored: bool,
     #[serde(default)]
-    restored_ids: Vec<String>,
-    epoch: Option<String>,
-    offset: Option<u64>,
+    pub(crate) restored_ids: Vec<String>,
+    pub(crate) epoch: Option<String>,
+    pub(crate) offset: Option<u64>,
 }
 
 /// What the run's clients share.
@@ -136,7 +136,7 @@ struct Handle {
 }
 
 /// The subscribe command, with a `history` request when `history` is set.
-fn subscribe_command(identifier: &str, history: Option<Value>) -> String {
+pub(crate) fn subscribe_command(identifier: &str, history: Option<Value>) -> String {
     let mut c = json!({"command": "subscribe", "identifier": identifier});
     if let Some(h) = history {
         c["history"] = h;
@@ -167,7 +167,7 @@ fn url_for(base: &str, i: usize, sid: Option<&str>) -> String {
     }
 }
 
-async fn next_frame(ws: &mut Ws) -> Result<Frame> {
+pub(crate) async fn next_frame(ws: &mut Ws) -> Result<Frame> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -183,15 +183,26 @@ async fn next_frame(ws: &mut Ws) -> Result<Frame> {
 
 /// TCP, the handshake with the run's subprotocol, the welcome.
 async fn connect(sh: &Shared, i: usize, sid: Option<&str>) -> Result<(Ws, Frame)> {
-    let (_, hostport) = sh.target.addr()?;
-    let tcp = tcp_connect(&sh.target, i, None).await?;
-    let url = url_for(&sh.target.url, i, sid);
-    let mut req = url.as_str().into_client_request()?;
     let proto = if sh.opts.no_history {
         "actioncable-v1-json"
     } else {
         "actioncable-v1-ext-json"
     };
+    connect_with(&sh.target, i, sid, proto).await
+}
+
+/// Client `i`'s TCP connection, the handshake offering `proto` (resuming
+/// session `sid` if given), the welcome.
+pub(crate) async fn connect_with(
+    target: &Target,
+    i: usize,
+    sid: Option<&str>,
+    proto: &'static str,
+) -> Result<(Ws, Frame)> {
+    let (_, hostport) = target.addr()?;
+    let tcp = tcp_connect(target, i, None).await?;
+    let url = url_for(&target.url, i, sid);
+    let mut req = url.as_str().into_client_request()?;
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(proto));
     req.headers_mut().insert(
@@ -380,7 +391,7 @@ async fn client(
     }
 }
 
-fn summary(h: &Histogram<u64>) -> Value {
+pub(crate) fn summary(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1e3;
     json!({
         "count": h.len(),
@@ -390,8 +401,9 @@ fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn admin_addr(common: &Common, o: &JitterOpts) -> Result<SocketAddr> {
-    match &o.admin_url {
+/// `--admin-url`'s address, or the WebSocket target's.
+pub(crate) fn admin_addr(common: &Common, admin_url: Option<&str>) -> Result<SocketAddr> {
+    match admin_url {
         Some(u) => {
             let hostport = u
                 .strip_prefix("http://")
@@ -410,7 +422,7 @@ pub async fn jitter(common: &Common, o: &JitterOpts) -> Result<RunResult> {
     if !(0.0..=100.0).contains(&o.drop_percent) || o.rate <= 0.0 || o.secs <= 0.0 {
         bail!("--drop-percent must be 0..=100, --rate and --secs above 0");
     }
-    let admin = admin_addr(common, o)?;
+    let admin = admin_addr(common, o.admin_url.as_deref())?;
     let total = (o.rate * o.secs).round() as u64;
     let sh = Arc::new(Shared {
         opts: o.clone(),

@@ -15,7 +15,8 @@
 //! valgrind for two sizes of it and [`instr`] works out the cost per
 //! connect and per delivery. [`soak`] churns clients for minutes while it
 //! samples the server's memory, descriptors, tasks and streams;
-//! [`twonode`] puts subscribers on several nodes that share a backend.
+//! [`twonode`] puts subscribers on several nodes that share a backend;
+//! [`replay`] measures what one history replay costs the server.
 
 pub mod b1;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod instr;
 pub mod jitter;
 pub mod modes;
 pub mod procfs;
+pub mod replay;
 pub mod report;
 pub mod soak;
 pub mod spread;

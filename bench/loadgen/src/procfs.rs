@@ -50,6 +50,46 @@ pub fn cpu_split_all(pids: &[u32]) -> Result<(u64, u64)> {
     })
 }
 
+/// CPU time (user + system, microseconds) of every process named `comm`
+/// (as `/proc/PID/comm` has it: `redis-server`, `postgres`), by pid. A
+/// backend's processes are not ours, but their `stat` is readable.
+pub fn cpu_by_comm(comm: &str) -> Result<std::collections::BTreeMap<u32, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the reads.
+        let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if name.trim_end() == comm {
+            if let Ok(us) = cpu_us(pid) {
+                out.insert(pid, us);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The CPU the processes of two [`cpu_by_comm`] readings spent between
+/// them: a process only in the later one started meanwhile and counts in
+/// full; one that exited meanwhile is lost.
+pub fn cpu_between(
+    before: &std::collections::BTreeMap<u32, u64>,
+    after: &std::collections::BTreeMap<u32, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(pid, &us)| us.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// Resident set size of `pid`, in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -98,5 +138,17 @@ mod tests {
         assert!(both_u >= 2 * u1);
         // stdin, stdout, stderr at least.
         assert!(super::fd_count(me).unwrap() >= 3);
+        // This test binary, found by its name.
+        let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        let by_comm = super::cpu_by_comm(comm.trim_end()).unwrap();
+        assert!(by_comm.get(&me).is_some_and(|&us| us >= u1), "{by_comm:?}");
+    }
+
+    #[test]
+    fn cpu_between_counts_new_processes_in_full() {
+        let before = [(1, 100), (2, 50)].into_iter().collect();
+        let after = [(1, 160), (3, 30)].into_iter().collect();
+        // 1 spent 60, 3 started and spent 30, 2 exited (lost).
+        assert_eq!(super::cpu_between(&before, &after), 90);
     }
 }

@@ -854,6 +854,68 @@ pub fn jitter_section(runs: &Runs) -> String {
     s
 }
 
+/// The replay runs (mode `replay`, one per broker): the server's CPU per
+/// client in the plain and the replaying wave, and what a replay costs.
+pub fn replay_section(runs: &Runs) -> String {
+    let replay: Vec<&RunResult> = runs.values().filter(|r| r.mode == "replay").collect();
+    if replay.is_empty() {
+        return "No replay runs in this result set.\n".into();
+    }
+    let mut s = String::new();
+    if let Some(r) = replay.first() {
+        let _ = writeln!(
+            s,
+            "What a history replay costs (`cable-loadgen replay`): {} messages are published \
+             to a room, then waves of {} clients on `actioncable-v1-ext-json` connect and \
+             subscribe, {} at a time: a plain wave without a `history` request, then a \
+             replaying wave that asks `history: {{since}}` and reads all {} messages before \
+             `confirm_history`; {} rounds of both, each kind's CPU summed. The \
+             waves differ only by the replay, so the replaying wave's server CPU minus the \
+             plain wave's is the replays': the broker's read, the encoding, the writes. \
+             The backend's: the same difference for the backend's processes (`redis-server`, \
+             `postgres`, `nats-server`), which the server's figure leaves out. \
+             Subscribe to confirmation: the client's subscribe sent to `confirm_subscription` \
+             (plain) or `confirm_history` (replaying, all messages read).\n",
+            r.params["history"],
+            r.params["clients"],
+            r.metrics["connect_concurrency"]
+                .as_u64()
+                .map_or("—".to_owned(), |c| c.to_string()),
+            r.params["history"],
+            r.params["rounds"],
+        );
+    }
+    s.push_str(
+        "| run | server CPU per client, plain µs | per client, replaying µs | per replay µs | per replayed message µs | backend's CPU per replay µs | per replayed message µs | subscribe to confirm p50 / p99 ms, plain | replaying | status |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---|---|\n",
+    );
+    for r in replay {
+        let m = &r.metrics;
+        let lat = |w: &str| {
+            format!(
+                "{} / {}",
+                fmt_num(num(&m[w]["subscribe_to_confirm"]["p50_ms"]), 1),
+                fmt_num(num(&m[w]["subscribe_to_confirm"]["p99_ms"]), 1)
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.server,
+            fmt_num(num(&m["server_cpu_us_per_client_plain"]), 0),
+            fmt_num(num(&m["server_cpu_us_per_client_replay"]), 0),
+            fmt_num(num(&m["server_cpu_us_per_replay"]), 0),
+            fmt_num(num(&m["server_cpu_us_per_replayed_message"]), 2),
+            fmt_num(num(&m["backend_cpu_us_per_replay"]), 0),
+            fmt_num(num(&m["backend_cpu_us_per_replayed_message"]), 2),
+            lat("plain"),
+            lat("replay"),
+            status(r),
+        );
+    }
+    s
+}
+
 fn status(r: &RunResult) -> String {
     if r.ok {
         "ok".into()
@@ -993,6 +1055,45 @@ mod tests {
         assert!(t.contains("| jitter-off | off | 20.0% |"), "{t}");
         // The history-on rows come first.
         assert!(t.find("jitter-memory") < t.find("jitter-off"), "{t}");
+    }
+
+    #[test]
+    fn replay_section_shows_the_cost_of_a_replay() {
+        let wave = |p50: f64| json!({"subscribe_to_confirm": {"p50_ms": p50, "p99_ms": p50 * 2.0}});
+        let r = RunResult {
+            mode: "replay".into(),
+            server: "replay-memory".into(),
+            ok: true,
+            params: json!({"clients": 1000, "history": 100, "rounds": 3}),
+            metrics: json!({
+                "connect_concurrency": 200,
+                "plain": wave(1.0),
+                "replay": wave(3.0),
+                "server_cpu_us_per_client_plain": 150.0,
+                "server_cpu_us_per_client_replay": 400.0,
+                "server_cpu_us_per_replay": 250.0,
+                "server_cpu_us_per_replayed_message": 2.5,
+                "backend_cpu_us_per_replay": null,
+                "backend_cpu_us_per_replayed_message": null,
+            }),
+            errors: vec![],
+        };
+        let runs: Runs = [r]
+            .into_iter()
+            .map(|r| ((r.server.clone(), r.mode.clone()), r))
+            .collect();
+        let t = replay_section(&runs);
+        assert!(t.contains("100 messages are published"), "{t}");
+        assert!(t.contains("waves of 1000 clients"), "{t}");
+        assert!(t.contains("subscribe, 200 at a time"), "{t}");
+        assert!(t.contains("3 rounds of both"), "{t}");
+        assert!(
+            t.contains(
+                "| replay-memory | 150 | 400 | 250 | 2.50 | — | — | 1.0 / 2.0 | 3.0 / 6.0 | ok |"
+            ),
+            "{t}"
+        );
+        assert!(replay_section(&Runs::new()).contains("No replay runs"));
     }
 
     /// Every run of `runs` as a run made once.

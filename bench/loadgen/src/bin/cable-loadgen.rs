@@ -59,6 +59,9 @@ enum Run {
     /// and recover by `?sid=` and `history` (or, with --no-history, only
     /// resubscribe); counts what each received once, missed or got twice.
     Jitter(cable_loadgen::jitter::JitterOpts),
+    /// What one history replay costs the server: a wave of clients that
+    /// subscribe to a room, then a wave that also asks for its history.
+    Replay(cable_loadgen::replay::ReplayOpts),
     /// A canary echoes every 50 ms while other sockets attack a server with
     /// the chat example's ChatChannel (floods, 20,000 subscriptions, big
     /// identifiers, a 1.5 MiB broadcast, half-sent requests, slow readers).
@@ -130,7 +133,7 @@ fn write_report(
     // The comparison, the ladders and the sweeps see every repetition; the
     // other sections (runs made once) the median repetition of each.
     type Section = fn(&report::AllRuns) -> String;
-    let sections: [(&str, Section); 10] = [
+    let sections: [(&str, Section); 11] = [
         ("## cable vs B1 vs Rails\n\n", report::summary_table),
         ("\n## Broadcast ladder\n", report::ladder_tables),
         ("\n## Fan-out sweeps\n", report::fanout_tables),
@@ -145,6 +148,9 @@ fn write_report(
         }),
         ("\n## Reliable streams: jitter\n\n", |a| {
             report::jitter_section(&report::median_runs(a))
+        }),
+        ("\n## Reliable streams: replay\n\n", |a| {
+            report::replay_section(&report::median_runs(a))
         }),
         ("\n## Soak\n\n", |a| {
             cable_loadgen::soak::report_section(&report::median_runs(a))
@@ -235,6 +241,7 @@ async fn run(args: Args) -> Result<()> {
             modes::count(&common, &opts).await?
         }
         Run::Jitter(opts) => cable_loadgen::jitter::jitter(&common, &opts).await?,
+        Run::Replay(opts) => cable_loadgen::replay::replay(&common, &opts).await?,
         Run::Soak(opts) => cable_loadgen::soak::soak(&common, &opts).await?,
         Run::Twonode(opts) => cable_loadgen::twonode::twonode(&common, &opts).await?,
         Run::Hostile(mut opts) => {
