@@ -5,9 +5,11 @@
 //! clients share two cores with the server under test, and a client that
 //! spends its time in a JSON parser measures itself, not the server.
 
+use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -130,20 +132,33 @@ pub fn classify(frame: &[u8]) -> Kind {
     if frame.ends_with(br#""type":"reject_subscription"}"#) {
         return Kind::Reject;
     }
-    if memmem::find(frame, br#""broadcastResult""#).is_some()
-        || memmem::find(frame, br#""action":"echo""#).is_some()
-    {
-        Kind::Result(send_time(frame))
-    } else if memmem::find(frame, br#""action":"broadcast""#).is_some() {
-        Kind::Broadcast(send_time(frame))
-    } else {
-        Kind::Other
+    // Every frame of a fan-out comes through here: one scan finds the
+    // action, and the byte after `broadcast` tells a result from a
+    // broadcast (the finders are built once).
+    static ACTION: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(br#""action":"broadcast"#));
+    static ECHO: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(br#""action":"echo""#));
+    if let Some(at) = ACTION.find(frame) {
+        let rest = &frame[at + ACTION.needle().len()..];
+        if rest.starts_with(b"\"") {
+            return Kind::Broadcast(send_time(rest));
+        }
+        if rest.starts_with(br#"Result""#) {
+            return Kind::Result(send_time(rest));
+        }
     }
+    if ECHO.find(frame).is_some() {
+        return Kind::Result(send_time(frame));
+    }
+    Kind::Other
 }
 
 fn send_time(frame: &[u8]) -> Option<u64> {
     const KEY: &[u8] = br#""sendTime":""#;
-    let start = memmem::find(frame, KEY)? + KEY.len();
+    static SEND_TIME: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(KEY));
+    let start = SEND_TIME.find(frame)? + KEY.len();
     let digits = &frame[start..];
     let end = digits.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
@@ -260,9 +275,10 @@ pub struct Shared {
     /// RTTs of `broadcastResult`s, to the ladder's coordinator.
     pub rtt_tx: mpsc::UnboundedSender<Duration>,
     /// Deliveries of broadcasts sent at or after this `now_us()` count in
-    /// `latency` and `delivered`; earlier ones are a previous step's.
+    /// `latency`; earlier ones are a previous step's.
     pub window_start_us: AtomicU64,
-    pub delivered: AtomicU64,
+    /// The window's latencies, one histogram per runtime thread (see
+    /// [`Shared::record_delivery`]); their counts are the deliveries.
     pub latency: Vec<Mutex<Histogram<u64>>>,
     pub closed: AtomicU64,
     pub errors: Mutex<Vec<String>>,
@@ -276,7 +292,6 @@ impl Shared {
             Arc::new(Shared {
                 rtt_tx,
                 window_start_us: AtomicU64::new(u64::MAX),
-                delivered: AtomicU64::new(0),
                 latency: (0..shards).map(|_| Mutex::new(histogram())).collect(),
                 closed: AtomicU64::new(0),
                 errors: Mutex::new(Vec::new()),
@@ -285,15 +300,36 @@ impl Shared {
         )
     }
 
-    /// Starts a measurement window: clears the histogram and the count.
+    /// Starts a measurement window: clears the histograms, so the count.
     pub fn start_window(&self) -> u64 {
         let now = now_us();
         for h in &self.latency {
             h.lock().expect("histogram lock").reset();
         }
-        self.delivered.store(0, Ordering::SeqCst);
         self.window_start_us.store(now, Ordering::SeqCst);
         now
+    }
+
+    /// A broadcast sent at `sent` (`now_us()`) arrived: its latency counts
+    /// if it belongs to the window. Each runtime thread records into a
+    /// histogram of its own, so at a million deliveries a second the two
+    /// cores neither wait for each other's lock nor pass a shared counter's
+    /// cache line back and forth.
+    pub fn record_delivery(&self, sent: u64) {
+        if sent >= self.window_start_us.load(Ordering::Relaxed) {
+            let lat = now_us().saturating_sub(sent).max(1);
+            if let Ok(mut h) = self.latency[thread_shard() % self.latency.len()].lock() {
+                h.saturating_record(lat);
+            }
+        }
+    }
+
+    /// Deliveries counted in the window so far.
+    pub fn delivered(&self) -> u64 {
+        self.latency
+            .iter()
+            .map(|h| h.lock().map_or(0, |h| h.len()))
+            .sum()
     }
 
     /// The window's latencies merged.
@@ -316,6 +352,22 @@ impl Shared {
             errs.push(e);
         }
     }
+}
+
+/// This thread's histogram shard: threads take shards in turn as they
+/// first record.
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SHARD.with(|s| {
+        s.get().unwrap_or_else(|| {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(Some(n));
+            n
+        })
+    })
 }
 
 /// Per-client state the coordinator reads.
@@ -375,14 +427,19 @@ async fn run(
     state: Arc<State>,
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
-    let shard = id % shared.latency.len();
     let mut closing = false;
     loop {
         if state.paused.load(Ordering::SeqCst) {
+            // A resume that came while this client was not waiting left a
+            // permit: the loop then only comes round once more.
             state.resume.notified().await;
             continue;
         }
+        // `biased`: no per-turn random order. What the client is told to
+        // send comes first: a publisher that reads a frame every turn
+        // would otherwise keep its broadcasts waiting.
         tokio::select! {
+            biased;
             out = rx.recv(), if !closing => match out {
                 Some(m) => {
                     closing = matches!(m, Message::Close(_));
@@ -395,18 +452,11 @@ async fn run(
                 }
                 None => closing = true,
             },
-            _ = state.resume.notified() => {}
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => match classify(t.as_bytes()) {
                     Kind::Broadcast(Some(sent)) => {
                         state.broadcasts.fetch_add(1, Ordering::Relaxed);
-                        if sent >= shared.window_start_us.load(Ordering::Relaxed) {
-                            let lat = now_us().saturating_sub(sent).max(1);
-                            shared.delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut h) = shared.latency[shard].lock() {
-                                h.saturating_record(lat);
-                            }
-                        }
+                        shared.record_delivery(sent);
                     }
                     Kind::Result(Some(sent)) => {
                         state.results.fetch_add(1, Ordering::Relaxed);
@@ -460,6 +510,12 @@ mod tests {
         assert_eq!(classify(b), Kind::Broadcast(Some(123)));
         let r = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"broadcastResult","payload":{"sendTime":"9"}}}"#;
         assert_eq!(classify(r), Kind::Result(Some(9)));
+        let e = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"echo","payload":{"sendTime":"4"}}}"#;
+        assert_eq!(classify(e), Kind::Result(Some(4)));
+        // A broadcast whose padding happens to hold the word is still one.
+        let p = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"broadcast","payload":{"sendTime":"8","padding":"broadcastResult"}}}"#;
+        assert_eq!(classify(p), Kind::Broadcast(Some(8)));
+        assert_eq!(classify(br#"{"identifier":"x","message":{"action":"other"}}"#), Kind::Other);
     }
 
     #[test]

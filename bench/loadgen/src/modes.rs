@@ -168,8 +168,8 @@ async fn open_sse(common: &Common, n: usize, shared: &Arc<Shared>) -> Result<u64
     for task in tasks {
         pb.inc(1);
         match task.await.ok().flatten() {
-            Some(Ok((i, socket, rest))) => {
-                crate::sse::spawn(i, socket, rest, shared.clone());
+            Some(Ok((_, socket, rest))) => {
+                crate::sse::spawn(socket, rest, shared.clone());
                 opened += 1;
             }
             Some(Err(e)) => bail!("an SSE subscriber failed: {e:#}"),
@@ -491,7 +491,7 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     let mut rate = o.rate_start;
     while rate <= o.rate_max {
         let cpu0 = procfs::cpu_split_all(&common.server_pids).unwrap_or((0, 0));
-        let own0 = procfs::cpu_us(std::process::id()).ok();
+        let own0 = procfs::cpu_split_us(std::process::id()).ok();
         let started = Instant::now();
         shared.start_window();
         let total = (rate * o.step_secs).round() as u64;
@@ -499,15 +499,14 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         let sent = publish_paced(&publisher, &padding, rate, total, started, &pb, |_| {}).await;
         let expected = sent * n;
         let drain_deadline = Instant::now() + Duration::from_secs(3);
-        while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline
-        {
+        while shared.delivered() < expected && Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let elapsed = started.elapsed();
         pb.finish_and_clear();
         let cpu1 = procfs::cpu_split_all(&common.server_pids).unwrap_or((0, 0));
-        let own1 = procfs::cpu_us(std::process::id()).ok();
-        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let own1 = procfs::cpu_split_us(std::process::id()).ok();
+        let delivered = shared.delivered();
         let lat = shared.merged();
         let p99 = lat.value_at_quantile(0.99);
         let complete = delivered as f64 >= expected as f64 * 0.999;
@@ -521,7 +520,11 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
         let (cpu_per, user_per, kernel_per) = (server(user + kernel), server(user), server(kernel));
         // The load generator's own CPU: on a shared machine it is most of
         // the total, so it bounds what any server can be seen to sustain.
-        let own_per = own0.zip(own1).and_then(|(a, b)| per(b.saturating_sub(a)));
+        let own = own0
+            .zip(own1)
+            .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)));
+        let own_per = own.and_then(|(u, k)| per(u + k));
+        let own_user_per = own.and_then(|(u, _)| per(u));
         let row = json!({
             "rate": rate,
             "sent": sent,
@@ -533,13 +536,14 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
             "server_user_us_per_delivery": user_per,
             "server_kernel_us_per_delivery": kernel_per,
             "loadgen_cpu_us_per_delivery": own_per,
+            "loadgen_user_us_per_delivery": own_user_per,
             "server_cpu_percent": if common.server_pids.is_empty() { None } else {
                 Some(((user + kernel) as f64 / elapsed.as_secs_f64() / 1e4).round())
             },
             "ok": ok,
         });
         println!(
-            "rate: {rate:>8.1}/s  deliveries/s: {:>10.0}  p50: {:>7.2}ms  p99: {:>8.2}ms  delivered: {delivered}/{expected}  cpu/delivery: {} (user {}, kernel {}; loadgen {})  {}",
+            "rate: {rate:>8.1}/s  deliveries/s: {:>10.0}  p50: {:>7.2}ms  p99: {:>8.2}ms  delivered: {delivered}/{expected}  cpu/delivery: {} (user {}, kernel {}; loadgen {}, user {})  {}",
             per_sec,
             us_to_ms(lat.value_at_quantile(0.5)),
             us_to_ms(p99),
@@ -547,6 +551,7 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
             user_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             kernel_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             own_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            own_user_per.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
             if ok { "ok" } else { "over" }
         );
         steps.push(row.clone());
@@ -957,13 +962,12 @@ pub async fn count(common: &Common, o: &CountOpts) -> Result<RunResult> {
         for k in 1..=o.broadcasts {
             publisher.broadcast(&padding);
             let deadline = Instant::now() + Duration::from_secs(30);
-            while shared.delivered.load(Ordering::Relaxed) < k * n
-                || publisher.state.results.load(Ordering::Relaxed) < k
+            while shared.delivered() < k * n || publisher.state.results.load(Ordering::Relaxed) < k
             {
                 if Instant::now() > deadline || shared.error_count() > 0 {
                     errors.push(format!(
                         "broadcast {k}: {} of {} deliveries and {} of {k} broadcastResults within 30 s",
-                        shared.delivered.load(Ordering::Relaxed),
+                        shared.delivered(),
                         k * n,
                         publisher.state.results.load(Ordering::Relaxed)
                     ));
@@ -977,7 +981,7 @@ pub async fn count(common: &Common, o: &CountOpts) -> Result<RunResult> {
             }
         }
         pb.finish_and_clear();
-        delivered = shared.delivered.load(Ordering::Relaxed);
+        delivered = shared.delivered();
         results = publisher.state.results.load(Ordering::Relaxed);
         pings = clients
             .iter()

@@ -16,7 +16,7 @@ use memchr::memchr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::client::{self, classify, now_us, Kind, Shared, Target, IDENTIFIER};
+use crate::client::{self, classify, Kind, Shared, Target, IDENTIFIER};
 
 /// `http://host:port/events?<the WebSocket URL's query>&identifier=…` for
 /// client `i`, as a request line's target.
@@ -75,11 +75,10 @@ pub async fn open(target: &Target, i: usize) -> Result<(TcpStream, Vec<u8>)> {
     Ok((socket, buf.split_off(head_end)))
 }
 
-/// Reads subscriber `id`'s events until the server closes, recording
+/// Reads a subscriber's events until the server closes, recording
 /// broadcast latencies.
-pub fn spawn(id: usize, mut socket: TcpStream, mut pending: Vec<u8>, shared: Arc<Shared>) {
+pub fn spawn(mut socket: TcpStream, mut pending: Vec<u8>, shared: Arc<Shared>) {
     tokio::spawn(async move {
-        let shard = id % shared.latency.len();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let mut start = 0;
@@ -87,13 +86,7 @@ pub fn spawn(id: usize, mut socket: TcpStream, mut pending: Vec<u8>, shared: Arc
                 let line = &pending[start..start + nl];
                 if let Some(data) = line.strip_prefix(b"data: ") {
                     if let Kind::Broadcast(Some(sent)) = classify(data) {
-                        if sent >= shared.window_start_us.load(Ordering::Relaxed) {
-                            let lat = now_us().saturating_sub(sent).max(1);
-                            shared.delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut h) = shared.latency[shard].lock() {
-                                h.saturating_record(lat);
-                            }
-                        }
+                        shared.record_delivery(sent);
                     }
                 }
                 start += nl + 1;

@@ -116,11 +116,7 @@ pub async fn twonode(common: &Common, o: &TwoNodeOpts) -> Result<RunResult> {
     let pb = bar(common, total, &format!("{:.1} broadcasts/s", o.rate));
     let sent = publish_paced(&publisher, &padding, o.rate, total, started, &pb, |_| {}).await;
     pb.finish_and_clear();
-    let delivered = |node: &Node| {
-        node.shared
-            .delivered
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let delivered = |node: &Node| node.shared.delivered();
     let deadline = Instant::now() + Duration::from_secs_f64(o.drain_secs);
     while nodes
         .iter()
