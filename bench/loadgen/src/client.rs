@@ -346,7 +346,7 @@ impl Shared {
         self.errors.lock().expect("errors lock").len()
     }
 
-    fn error(&self, e: String) {
+    pub(crate) fn error(&self, e: String) {
         let mut errs = self.errors.lock().expect("errors lock");
         if errs.len() < 1000 {
             errs.push(e);
@@ -390,6 +390,10 @@ pub struct Client {
 }
 
 impl Client {
+    pub(crate) fn new(id: usize, state: Arc<State>, tx: mpsc::UnboundedSender<Message>) -> Self {
+        Client { id, state, tx }
+    }
+
     /// Sends a `broadcast` action stamped now; false if the client is gone.
     pub fn broadcast(&self, padding: &str) -> bool {
         self.send(perform_frame("broadcast", now_us(), padding))
@@ -515,7 +519,10 @@ mod tests {
         // A broadcast whose padding happens to hold the word is still one.
         let p = br#"{"identifier":"{\"channel\":\"BenchmarkChannel\"}","message":{"action":"broadcast","payload":{"sendTime":"8","padding":"broadcastResult"}}}"#;
         assert_eq!(classify(p), Kind::Broadcast(Some(8)));
-        assert_eq!(classify(br#"{"identifier":"x","message":{"action":"other"}}"#), Kind::Other);
+        assert_eq!(
+            classify(br#"{"identifier":"x","message":{"action":"other"}}"#),
+            Kind::Other
+        );
     }
 
     #[test]

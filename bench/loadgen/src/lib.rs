@@ -10,7 +10,8 @@
 //! ([`modes::RunResult`]); [`report`] turns a directory of them into
 //! `BENCHMARKS.md`, with the median and spread of repeated runs
 //! ([`spread`]). `scripts/bench` runs the whole suite. `fanout --sse`
-//! subscribes over Server-Sent Events ([`sse`]) instead. `count` is a fixed
+//! subscribes over Server-Sent Events ([`sse`]) instead; its WebSocket
+//! subscribers read frames without a library ([`rawws`]). `count` is a fixed
 //! workload for instruction counts: `scripts/callgrind` runs a server under
 //! valgrind for two sizes of it and [`instr`] works out the cost per
 //! connect and per delivery. [`soak`] churns clients for minutes while it
@@ -25,6 +26,7 @@ pub mod instr;
 pub mod jitter;
 pub mod modes;
 pub mod procfs;
+pub mod rawws;
 pub mod replay;
 pub mod report;
 pub mod soak;

@@ -95,6 +95,12 @@ pub(crate) fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// A client that opened, before its task runs.
+enum Opening {
+    Ws(Box<client::Ws>),
+    Raw(tokio::net::TcpStream, Vec<u8>),
+}
+
 /// Opens the clients numbered `ids`, `common.connect_concurrency` at a time,
 /// behind a progress bar labelled `what`; `rcvbuf` gives a client's receive buffer
 /// size (a small one makes a client that stops reading back up the server
@@ -106,6 +112,19 @@ pub async fn open_many(
     shared: &Arc<Shared>,
     what: &str,
     rcvbuf: impl Fn(usize) -> Option<u32>,
+) -> (Vec<Client>, Vec<Opened>, Vec<String>) {
+    open_clients(common, ids, shared, what, rcvbuf, false).await
+}
+
+/// [`open_many`], the clients read with [`crate::rawws`] when `raw` (fan-out
+/// subscribers; `rcvbuf` does not apply to them).
+async fn open_clients(
+    common: &Common,
+    ids: Range<usize>,
+    shared: &Arc<Shared>,
+    what: &str,
+    rcvbuf: impl Fn(usize) -> Option<u32>,
+    raw: bool,
 ) -> (Vec<Client>, Vec<Opened>, Vec<String>) {
     let n = ids.len();
     let pb = bar(common, n as u64, what);
@@ -120,9 +139,16 @@ pub async fn open_many(
             let Ok(_permit) = sem.acquire_owned().await else {
                 return;
             };
-            let res =
-                tokio::time::timeout(Duration::from_secs(30), client::open(&target, i, buf)).await;
-            let res = match res {
+            let open = async {
+                if raw {
+                    let (socket, rest, opened) = crate::rawws::open(&target, i).await?;
+                    Ok((Opening::Raw(socket, rest), opened))
+                } else {
+                    let (ws, opened) = client::open(&target, i, buf).await?;
+                    Ok((Opening::Ws(Box::new(ws)), opened))
+                }
+            };
+            let res = match tokio::time::timeout(Duration::from_secs(30), open).await {
                 Ok(r) => r,
                 Err(_) => Err(anyhow::anyhow!("no confirm_subscription within 30 s")),
             };
@@ -136,9 +162,14 @@ pub async fn open_many(
     while let Some((i, res)) = rx.recv().await {
         pb.inc(1);
         match res {
-            Ok((ws, opened)) => {
+            Ok((opening, opened)) => {
                 timings.push(opened);
-                clients.push(client::spawn(i, ws, shared.clone()));
+                clients.push(match opening {
+                    Opening::Ws(ws) => client::spawn(i, *ws, shared.clone()),
+                    Opening::Raw(socket, rest) => {
+                        crate::rawws::spawn(i, socket, rest, shared.clone())
+                    }
+                });
             }
             Err(e) => failures.push(format!("client {i}: {e:#}")),
         }
@@ -450,6 +481,11 @@ pub struct FanoutOpts {
     /// instead of WebSockets; the publisher stays a WebSocket client.
     #[arg(long)]
     pub sse: bool,
+    /// WebSocket subscribers through tokio-tungstenite, a message object
+    /// per frame, as before 2026-12-04; by default they read frames in
+    /// place ([`crate::rawws`]), which costs the shared cores less.
+    #[arg(long)]
+    pub library_client: bool,
 }
 
 /// N subscribers of one stream; one publisher sweeps the broadcast rate.
@@ -458,12 +494,13 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<RunResult> {
     let (subs, n) = if o.sse {
         (Vec::new(), open_sse(common, o.subscribers, &shared).await?)
     } else {
-        let (subs, _, failures) = open_many(
+        let (subs, _, failures) = open_clients(
             common,
             0..o.subscribers,
             &shared,
             "subscribers connecting",
             |_| None,
+            !o.library_client,
         )
         .await;
         if !failures.is_empty() {
